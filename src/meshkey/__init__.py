@@ -1,0 +1,24 @@
+"""meshkey: peer-to-peer secure connectivity between cryptographic identities.
+
+``meshkey.Node`` is the embedding API (see the README). It is imported lazily so that the
+lower layers (and the CLI's fast paths) do not pay for the whole stack.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from meshkey.node.core import Node, RemoteError
+
+__all__ = ["Node", "RemoteError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Node", "RemoteError"):
+        from meshkey.node import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'meshkey' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""The node: composes every layer below; daemon, control API and state directory."""

@@ -1,0 +1,230 @@
+"""The state directory: where identities, node configuration and runtime files live.
+
+$MESHKEY_HOME (default ~/.meshkey), mode 0700
+  identities/<name>.pem|.json
+  nodes/<name>/state.db      SQLite (WAL): configuration and, later, relays, policies...
+  nodes/<name>/node.log      the daemon's structured log
+  nodes/<name>/daemon.lock   held (flock) by the running daemon: the truth of "running"
+  nodes/<name>/daemon.pid
+  nodes/<name>/control.sock  the control API (Unix socket, mode 0600)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshkey.identity.node_id import NodeId
+from meshkey.identity.store import IdentityStore, check_name
+from meshkey.routing.address import RouteError, TransportAddress, parse_address
+
+SCHEMA_VERSION = 1
+#: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).
+_UNIX_PATH_LIMIT = 100
+
+
+class NodeStateError(Exception):
+    """A node's state is missing, inconsistent or in the wrong condition for the request."""
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code  # not_found | conflict | invalid
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MESHKEY_HOME") or Path.home() / ".meshkey")
+
+
+class Home:
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_home()
+
+    @property
+    def identities(self) -> IdentityStore:
+        return IdentityStore(self.path / "identities")
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.path / "nodes"
+
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.nodes_dir.mkdir(exist_ok=True, mode=0o700)
+
+    def node(self, name: str) -> NodeDir:
+        check_name("node", name)
+        return NodeDir(name, self.nodes_dir / name)
+
+    def node_names(self) -> list[str]:
+        if not self.nodes_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.nodes_dir.iterdir() if (p / "state.db").exists())
+
+    def resolve_node(self, name: str) -> TransportAddress:
+        """``/node/NAME`` -> the running node's TCP address, pinned to its NodeId."""
+        node = self.node(name)
+        if not node.exists():
+            raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
+        if not node.is_running():
+            raise NodeStateError(
+                f"node {name!r} is not running (start it with `meshkey node start {name}`)",
+                "conflict",
+            )
+        config = node.config()
+        bound = config.get("tcp_bound")
+        if not bound:
+            raise NodeStateError(f"node {name!r} has no TCP listener yet", "conflict")
+        address = parse_address(bound)
+        assert isinstance(address, TransportAddress)
+        return address.with_node_id(NodeId.parse(config["node_id"]))
+
+
+@dataclass
+class NodeDir:
+    name: str
+    path: Path
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "state.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "node.log"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "daemon.lock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.path / "daemon.pid"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.path / "control.sock"
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
+    def create(self, config: dict[str, str]) -> None:
+        if self.exists():
+            raise NodeStateError(f"node {self.name!r} already exists", "conflict")
+        self.path.mkdir(parents=True, mode=0o700)
+        self.set_config(config)
+
+    def delete(self) -> None:
+        shutil.rmtree(self.path)
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.db_path, timeout=5)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            with connection:
+                yield connection
+        except sqlite3.DatabaseError as exc:
+            raise NodeStateError(f"node {self.name!r}: state database is unusable: {exc}") from exc
+        finally:
+            connection.close()
+
+    def config(self) -> dict[str, str]:
+        if not self.exists():
+            raise NodeStateError(f"no node named {self.name!r}", "not_found")
+        with self.database() as db:
+            return dict(db.execute("SELECT key, value FROM config").fetchall())
+
+    def set_config(self, values: dict[str, str]) -> None:
+        with self.database() as db:
+            db.executemany(
+                "INSERT INTO config(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
+
+    def is_running(self) -> bool:
+        """True while a daemon holds this node's lock (immune to stale pid files)."""
+        if not self.lock_path.exists():
+            return False
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for a listener; port 0 lets the OS choose."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise RouteError(
+            f"invalid listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:4000"
+        )
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A path to ``path`` that fits in sockaddr_un: itself, or its name after a chdir."""
+    if len(os.fsencode(path)) <= _UNIX_PATH_LIMIT:
+        yield str(path)
+        return
+    previous = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        yield path.name
+    finally:
+        os.chdir(previous)
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path`` that only its owner can connect to."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        with _short_path(path) as short:
+            sock.bind(short)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+def connect_unix(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with _short_path(path) as short:
+            sock.connect(short)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,1 @@
+"""Addresses, routes, messages, workers and the router."""

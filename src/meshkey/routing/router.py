@@ -1,0 +1,200 @@
+"""The router: delivers each message to a local worker or hands it to a transport.
+
+The decision is the pure function :func:`next_hop`; :class:`Router` adds worker mailboxes
+(one task per worker, messages handled in order) and error replies: a message that cannot be
+delivered is answered along its return route with an ERROR message saying why, unless it is
+itself an error (so errors never loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshkey.identity.node_id import NodeId
+from meshkey.log import EventLogger
+from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress
+from meshkey.routing.message import Message, error_message
+from meshkey.wire.message import ErrorCode, MessageKind
+
+log = EventLogger("routing")
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+class RoutingError(Exception):
+    """A message could not be routed; ``code`` travels back to the sender in an error reply."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class Transport(Protocol):
+    protocol: str
+
+    async def send(self, address: TransportAddress, message: Message) -> None:
+        """Queues ``message`` (onward route already past ``address``) for the peer there.
+
+        Raises RoutingError when it cannot even be queued; failures after queueing are
+        answered by the transport itself through :meth:`Router.fail`.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    address: TransportAddress
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    code: ErrorCode
+    text: str
+
+
+def next_hop(message: Message) -> Deliver | Forward | Fail:
+    if not message.onward:
+        return Fail(ErrorCode.MALFORMED, "message has an empty onward route")
+    first = message.onward[0]
+    if isinstance(first, ServiceAddress):
+        return Deliver(first.name)
+    if isinstance(first, TransportAddress):
+        return Forward(first, message.step())
+    assert isinstance(first, NodeNameAddress)
+    return Fail(ErrorCode.UNSUPPORTED, f"{first} was not resolved before sending")
+
+
+class _Worker:
+    __slots__ = ("handler", "inline", "name", "queue", "task")
+
+    def __init__(self, name: str, handler: Handler, inline: bool, mailbox_size: int) -> None:
+        self.name = name
+        self.handler = handler
+        self.inline = inline
+        self.queue: asyncio.Queue[Message] | None = None
+        self.task: asyncio.Task[None] | None = None
+        if not inline:
+            self.queue = asyncio.Queue(mailbox_size)
+
+
+class Router:
+    def __init__(self, node_id: NodeId, *, mailbox_size: int = 256) -> None:
+        self.node_id = node_id
+        self._label = node_id.short()
+        self._workers: dict[str, _Worker] = {}
+        self._transports: dict[str, Transport] = {}
+        self._mailbox_size = mailbox_size
+
+    # -- registration -----------------------------------------------------------------
+
+    def register(self, name: str, handler: Handler, *, inline: bool = False) -> ServiceAddress:
+        """Registers a worker at ``/service/NAME``.
+
+        A mailbox worker (the default) handles its messages one at a time, in order, in its
+        own task. An ``inline`` handler runs in the sender's task and must not block.
+        """
+        if name in self._workers:
+            raise ValueError(f"a worker is already registered at /service/{name}")
+        worker = _Worker(name, handler, inline, self._mailbox_size)
+        if worker.queue is not None:
+            worker.task = asyncio.get_running_loop().create_task(
+                self._run_worker(worker), name=f"worker:{name}"
+            )
+        self._workers[name] = worker
+        return ServiceAddress(name)
+
+    def unregister(self, name: str) -> None:
+        worker = self._workers.pop(name, None)
+        if worker is not None and worker.task is not None:
+            worker.task.cancel()
+
+    def has_worker(self, name: str) -> bool:
+        return name in self._workers
+
+    def worker_names(self) -> list[str]:
+        return sorted(self._workers)
+
+    def add_transport(self, transport: Transport) -> None:
+        self._transports[transport.protocol] = transport
+
+    async def close(self) -> None:
+        tasks = [w.task for w in self._workers.values() if w.task is not None]
+        self._workers.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- routing ----------------------------------------------------------------------
+
+    async def route(self, message: Message) -> None:
+        """Delivers or forwards ``message``; never raises for a routing failure."""
+        decision = next_hop(message)
+        if isinstance(decision, Deliver):
+            worker = self._workers.get(decision.name)
+            if worker is None:
+                await self.fail(
+                    message,
+                    ErrorCode.NO_SUCH_SERVICE,
+                    f"node {self._label}: no service {decision.name!r}",
+                )
+            elif worker.queue is not None:
+                await worker.queue.put(message)
+            else:
+                await self._call(worker, message)
+        elif isinstance(decision, Forward):
+            transport = self._transports.get(decision.address.protocol)
+            if transport is None:
+                await self.fail(
+                    message,
+                    ErrorCode.UNSUPPORTED,
+                    f"node {self._label} has no {decision.address.protocol} transport",
+                )
+                return
+            try:
+                await transport.send(decision.address, decision.message)
+            except RoutingError as exc:
+                await self.fail(message, exc.code, exc.text)
+        else:
+            await self.fail(message, decision.code, f"node {self._label}: {decision.text}")
+
+    async def fail(self, message: Message, code: ErrorCode, text: str) -> None:
+        """Answers an undeliverable message with an error along its return route."""
+        log.debug("message.failed", code=code.name, reason=text)
+        if message.kind == MessageKind.ERROR or not message.return_route:
+            return
+        await self.route(error_message(message.return_route, code, text))
+
+    async def reply(self, message: Message, payload: bytes) -> None:
+        """Sends ``payload`` back along ``message``'s return route, from its worker."""
+        sender = message.onward[:1]
+        await self.route(Message(message.return_route, sender, payload))
+
+    async def _call(self, worker: _Worker, message: Message) -> None:
+        try:
+            await worker.handler(message)
+        except RoutingError as exc:
+            await self.fail(message, exc.code, exc.text)
+        except Exception:
+            log.exception("worker.crashed", worker=worker.name)
+            await self.fail(
+                message, ErrorCode.INTERNAL, f"node {self._label}: service {worker.name} failed"
+            )
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        assert worker.queue is not None
+        while True:
+            message = await worker.queue.get()
+            await self._call(worker, message)

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+
+from meshkey.identity import Identity
+from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress, parse_route
+from meshkey.routing.message import Message
+from meshkey.routing.router import Deliver, Fail, Forward, Router, RoutingError, next_hop
+from meshkey.wire.message import ErrorCode, MessageKind
+
+
+def test_next_hop_decisions() -> None:
+    route = parse_route("/ip4/10.0.0.1/tcp/1/service/echo")
+    decision = next_hop(Message(route, (), b""))
+    assert isinstance(decision, Forward)
+    assert decision.message.onward == route[1:]
+    assert next_hop(Message((ServiceAddress("x"),), (), b"")) == Deliver("x")
+    assert isinstance(next_hop(Message((), (), b"")), Fail)
+    assert isinstance(next_hop(Message((NodeNameAddress("b"),), (), b"")), Fail)
+
+
+class FakeTransport:
+    protocol = "tcp"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[TransportAddress, Message]] = []
+
+    async def send(self, address: TransportAddress, message: Message) -> None:
+        if address.port == 1:
+            raise RoutingError(ErrorCode.UNREACHABLE, "refused")
+        self.sent.append((address, message))
+
+
+async def test_router_delivers_forwards_and_answers_failures() -> None:
+    router = Router(Identity.generate().node_id)
+    transport = FakeTransport()
+    router.add_transport(transport)
+    inbox: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        inbox.append(message)
+
+    router.register("inbox", collect, inline=True)
+
+    async def echo(message: Message) -> None:
+        await router.reply(message, message.payload)
+
+    router.register("echo", echo)
+    me = (ServiceAddress("inbox"),)
+    await router.route(Message((ServiceAddress("echo"),), me, b"ping"))
+    await router.route(Message((ServiceAddress("nope"),), me, b"x"))
+    await router.route(Message(parse_route("/ip4/10.0.0.1/tcp/1/service/x"), me, b"x"))
+    await router.route(Message(parse_route("/ip4/10.0.0.1/tcp/2/service/x"), me, b"fwd"))
+    await router.route(Message(parse_route("/ip4/10.0.0.1/udp/2"), me, b"x"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert [m.payload for m in inbox if not m.is_error] == [b"ping"]
+    errors = [m.error()[0] for m in inbox if m.is_error]
+    assert errors == [ErrorCode.NO_SUCH_SERVICE, ErrorCode.UNREACHABLE, ErrorCode.UNSUPPORTED]
+    assert [m.payload for _, m in transport.sent] == [b"fwd"]
+    await router.close()
+
+
+async def test_errors_are_never_answered_with_errors() -> None:
+    router = Router(Identity.generate().node_id)
+    got: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        got.append(message)
+
+    router.register("inbox", collect, inline=True)
+    # An error whose destination does not exist must vanish, not bounce back to inbox.
+    await router.route(
+        Message((ServiceAddress("gone"),), (ServiceAddress("inbox"),), b"\x01x", MessageKind.ERROR)
+    )
+    assert got == []
+    await router.close()
+
+
+async def test_a_crashing_worker_answers_internal_error_and_keeps_serving() -> None:
+    router = Router(Identity.generate().node_id)
+    got: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        got.append(message)
+
+    async def flaky(message: Message) -> None:
+        if message.payload == b"boom":
+            raise RuntimeError("bug")
+        await router.reply(message, b"ok")
+
+    router.register("inbox", collect, inline=True)
+    router.register("flaky", flaky)
+    for payload in (b"boom", b"fine"):
+        await router.route(Message((ServiceAddress("flaky"),), (ServiceAddress("inbox"),), payload))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert got[0].error()[0] == ErrorCode.INTERNAL
+    assert got[1].payload == b"ok"
+    await router.close()
