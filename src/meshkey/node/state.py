@@ -20,10 +20,14 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from meshkey.identity.names import check_name
 from meshkey.identity.node_id import NodeId
-from meshkey.identity.store import IdentityStore, check_name
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
+
+if TYPE_CHECKING:
+    from meshkey.identity.store import IdentityStore
 
 SCHEMA_VERSION = 1
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).
@@ -48,6 +52,8 @@ class Home:
 
     @property
     def identities(self) -> IdentityStore:
+        from meshkey.identity.store import IdentityStore  # lazily: it loads cryptography
+
         return IdentityStore(self.path / "identities")
 
     @property

@@ -1,0 +1,3 @@
+from meshkey.cli.main import main
+
+main()

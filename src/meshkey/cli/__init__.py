@@ -1,0 +1,1 @@
+"""The ``meshkey`` command line: talks to node daemons over their control API."""

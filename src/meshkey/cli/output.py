@@ -1,0 +1,49 @@
+"""Printing results: human tables by default, ``--output json`` for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_option(function: F) -> F:
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format; json is stable for scripts.",
+    )(function)
+
+
+def emit(output: str, data: Any, text: Callable[[], str] | str) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(text() if callable(text) else text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+def fields(pairs: Sequence[tuple[str, Any]]) -> str:
+    width = max(len(key) for key, _ in pairs)
+    lines = []
+    for key, value in pairs:
+        shown = value
+        if isinstance(value, list):
+            shown = ("\n" + " " * (width + 4)).join(str(v) for v in value) if value else "-"
+        lines.append(f"{key + ':':<{width + 2}}  {'-' if shown is None else shown}")
+    return "\n".join(lines)

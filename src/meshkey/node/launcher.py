@@ -1,0 +1,172 @@
+"""Creating, starting, stopping and deleting node daemons: what ``meshkey node`` does.
+
+Nothing here imports asyncio or cryptography unless it has to (identity creation does), so
+the CLI stays quick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from meshkey.node.control_client import ControlClient, ControlError
+from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+def create_node(home: Home, name: str, *, tcp: str | None, identity: str | None) -> NodeDir:
+    """Writes a new node's configuration (creating its identity if it has none yet)."""
+    home.ensure()
+    node = home.node(name)
+    if node.exists():
+        raise NodeStateError(f"node {name!r} already exists", "conflict")
+    listen = tcp or "127.0.0.1:0"
+    parse_listen(listen)
+    identity_name = identity or name
+    store = home.identities
+    if not store.exists(identity_name):
+        if identity is not None:
+            raise NodeStateError(
+                f"no identity named {identity!r} (create it with `meshkey identity create "
+                f"{identity}`)",
+                "not_found",
+            )
+        store.create(identity_name)
+    info = store.info(identity_name)
+    node.create(
+        {
+            "name": name,
+            "identity": identity_name,
+            "node_id": info.node_id,
+            "tcp": listen,
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+    )
+    return node
+
+
+def start_node(home: Home, name: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+    """Starts the node's daemon in the background and waits until it answers."""
+    node = home.node(name)
+    if not node.exists():
+        raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
+    if node.is_running():
+        raise NodeStateError(f"node {name!r} is already running", "conflict")
+    with open(node.log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "meshkey.node.daemon", "--home", str(home.path), "--name", name],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    client = ControlClient(node.socket_path, timeout=1.0)
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NodeStateError(f"node {name!r} failed to start: {_last_error(node)}", "failed")
+        if node.socket_path.exists():
+            try:
+                status: dict[str, Any] = client.call("status")
+                return status
+            except ControlError:
+                pass
+        time.sleep(0.02)
+    process.terminate()
+    raise NodeStateError(f"node {name!r} did not start within {timeout:g}s", "timeout")
+
+
+def stop_node(home: Home, name: str, timeout: float = STOP_TIMEOUT) -> None:
+    node = home.node(name)
+    if not node.exists():
+        raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
+    if not node.is_running():
+        raise NodeStateError(f"node {name!r} is not running", "conflict")
+    try:
+        ControlClient(node.socket_path, timeout=2.0).call("stop")
+    except ControlError:
+        _signal(node, signal.SIGTERM)
+    if _wait_stopped(node, timeout):
+        return
+    _signal(node, signal.SIGKILL)
+    if not _wait_stopped(node, 2.0):
+        raise NodeStateError(f"node {name!r} did not stop", "timeout")
+
+
+def delete_node(home: Home, name: str, *, force: bool) -> None:
+    node = home.node(name)
+    if not node.exists():
+        raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
+    if node.is_running():
+        if not force:
+            raise NodeStateError(
+                f"node {name!r} is running: stop it first (`meshkey node stop {name}`) "
+                "or delete with --force",
+                "conflict",
+            )
+        stop_node(home, name)
+    node.delete()
+
+
+def node_summary(home: Home, name: str) -> dict[str, Any]:
+    """What `node list` shows: from the state database, without asking the daemon."""
+    node = home.node(name)
+    config = node.config()
+    running = node.is_running()
+    return {
+        "name": name,
+        "node_id": config.get("node_id"),
+        "identity": config.get("identity"),
+        "status": "running" if running else "stopped",
+        "pid": node.pid() if running else None,
+        "addresses": [config["tcp_bound"]] if running and config.get("tcp_bound") else [],
+        "tcp_listen": config.get("tcp"),
+        "created_at": config.get("created_at"),
+    }
+
+
+def _wait_stopped(node: NodeDir, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not node.is_running():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _signal(node: NodeDir, signum: int) -> None:
+    pid = node.pid()
+    if pid is None or not _is_our_daemon(pid, node):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _is_our_daemon(pid: int, node: NodeDir) -> bool:
+    """Guards against signalling a stranger that reused a stale pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"meshkey.node.daemon" in cmdline and node.name.encode() in cmdline
+
+
+def _last_error(node: NodeDir) -> str:
+    try:
+        lines = node.log_path.read_text(errors="replace").splitlines()[-30:]
+    except OSError:
+        return "see its log"
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    return lines[-1] if lines else "see its log"

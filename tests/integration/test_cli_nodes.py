@@ -1,0 +1,115 @@
+"""Node and identity lifecycle through the real CLI and real daemons."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+
+import pytest
+
+from meshkey.cli.errors import ExitCode
+
+from .conftest import Cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_identity_commands(cli: Cli) -> None:
+    created = cli.json("identity", "create", "alice")
+    assert len(created["node_id"]) == 54 and created["node_id"].startswith("mk")
+    key = cli.home / "identities" / "alice.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert cli.json("identity", "show", "alice") == created
+    assert [i["name"] for i in cli.json("identity", "list")] == ["alice"]
+    assert created["node_id"] in cli.ok("identity", "show", "alice")
+    assert "already exists" in cli.fails(ExitCode.CONFLICT, "identity", "create", "alice")
+    assert "no identity" in cli.fails(ExitCode.NOT_FOUND, "identity", "show", "bob")
+    assert "invalid identity name" in cli.fails(ExitCode.USAGE, "identity", "create", "a/b")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    assert "corrupted" in cli.fails(ExitCode.FAILURE, "node", "create", "n1", "--identity", "alice")
+
+
+def test_node_lifecycle(cli: Cli) -> None:
+    created = cli.json("node", "create", "blue")
+    assert created["services"] == ["echo", "hop", "uppercase"]
+    address = created["addresses"][0]
+    assert address.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in address
+    assert "already exists" in cli.fails(ExitCode.CONFLICT, "node", "create", "blue")
+
+    listed = cli.json("node", "list")
+    assert [(n["name"], n["status"], n["node_id"]) for n in listed] == [
+        ("blue", "running", created["node_id"])
+    ]
+    assert "running" in cli.ok("node", "list")
+
+    assert "is running" in cli.fails(ExitCode.CONFLICT, "node", "delete", "blue")
+    assert "already running" in cli.fails(ExitCode.CONFLICT, "node", "start", "blue")
+    cli.ok("node", "stop", "blue")
+    assert "not running" in cli.fails(ExitCode.CONFLICT, "node", "stop", "blue")
+    assert cli.json("node", "show", "blue")["status"] == "stopped"
+
+    restarted = cli.json("node", "start", "blue")
+    assert restarted["node_id"] == created["node_id"]
+    assert restarted["addresses"] == [address]  # same port: it was free
+    assert "event=daemon.ready" in cli.ok("node", "logs", "blue")
+
+    cli.ok("node", "delete", "blue", "--force")
+    assert cli.json("node", "list") == []
+    assert "no node" in cli.fails(ExitCode.NOT_FOUND, "node", "show", "blue")
+    assert "no node" in cli.fails(ExitCode.NOT_FOUND, "node", "start", "blue")
+    # The identity outlives the node, so a node created again under the name keeps its NodeId.
+    assert cli.json("node", "create", "blue")["node_id"] == created["node_id"]
+
+
+def test_node_with_named_identity_and_fixed_port(cli: Cli, unused_tcp_port: int) -> None:
+    identity = cli.json("identity", "create", "shared")
+    node = cli.json(
+        "node", "create", "n1", "--identity", "shared", "--tcp", f"127.0.0.1:{unused_tcp_port}"
+    )
+    assert node["node_id"] == identity["node_id"]
+    assert node["addresses"][0].startswith(f"/ip4/127.0.0.1/tcp/{unused_tcp_port}/")
+    assert "is used by node(s) n1" in cli.fails(ExitCode.CONFLICT, "identity", "delete", "shared")
+    # Same port again: the node cannot start, and no half-made node is left behind.
+    assert "address already in use" in cli.fails(
+        ExitCode.FAILURE, "node", "create", "n2", "--tcp", f"127.0.0.1:{unused_tcp_port}"
+    )
+    assert [n["name"] for n in cli.json("node", "list")] == ["n1"]
+    assert "no identity" in cli.fails(ExitCode.NOT_FOUND, "node", "create", "n3", "--identity", "x")
+    assert "HOST:PORT" in cli.fails(ExitCode.USAGE, "node", "create", "n4", "--tcp", "nope")
+    assert "invalid node name" in cli.fails(ExitCode.USAGE, "node", "create", "../n5")
+
+
+def test_sigkill_then_start_brings_back_the_same_node(cli: Cli) -> None:
+    created = cli.json("node", "create", "blue")
+    pid = created["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while cli.json("node", "show", "blue")["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    restarted = cli.json("node", "start", "blue")
+    assert restarted["pid"] != pid
+    assert restarted["node_id"] == created["node_id"]
+    assert restarted["services"] == created["services"]
+    assert cli.ok("message", "send", "hi", "--to", "/node/blue/service/uppercase").strip() == "HI"
+
+
+def test_delete_all(cli: Cli) -> None:
+    cli.ok("node", "create", "a")
+    cli.ok("node", "create", "b")
+    cli.ok("node", "stop", "b")
+    result = cli.run("node", "delete", "--all")
+    assert result.returncode == ExitCode.CONFLICT  # a is running: refused, b deleted
+    assert [n["name"] for n in cli.json("node", "list")] == ["a"]
+    cli.ok("node", "delete", "--all", "--force")
+    assert cli.json("node", "list") == []
+    assert "NAME or --all" in cli.fails(ExitCode.USAGE, "node", "delete")
+
+
+def test_help_explains_commands_and_exit_codes(cli: Cli) -> None:
+    top = cli.ok("--help")
+    assert "Exit codes" in top and "node" in top and "message" in top
+    assert "ROUTE" in cli.ok("message", "send", "--help")
+    assert "--foreground" in cli.ok("node", "create", "--help")

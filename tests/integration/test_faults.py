@@ -1,0 +1,153 @@
+"""Bad input at a node's TCP port: it refuses, logs, and keeps serving."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+
+import pytest
+
+from meshkey.cli.errors import ExitCode
+from meshkey.identity import Identity, NodeId
+from meshkey.routing.address import ServiceAddress, TransportAddress, parse_address
+from meshkey.routing.message import Message
+from meshkey.transport.hop import HopConnection, HopError, HopEvent, MessageReceived, Role
+from meshkey.transport.tls import SERVER_NAME, client_context
+from meshkey.wire.frames import FrameDecoder, encode_frame
+from meshkey.wire.hop import ClientProof, Close, CloseCode, decode_hop_frame, encode_hop_frame
+
+from .conftest import Cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def blue(cli: Cli) -> tuple[Cli, TransportAddress]:
+    cli.ok("node", "create", "blue")
+    address = parse_address(cli.address("blue"))
+    assert isinstance(address, TransportAddress)
+    return cli, address
+
+
+def tls(address: TransportAddress) -> ssl.SSLSocket:
+    raw = socket.create_connection(address.endpoint, timeout=5)
+    return client_context().wrap_socket(raw, server_hostname=SERVER_NAME)
+
+
+def read_frames(sock: ssl.SSLSocket) -> list[bytes]:
+    decoder, frames = FrameDecoder(), list[bytes]()
+    while not frames:
+        data = sock.recv(65536)
+        if not data:
+            break
+        frames = decoder.feed(data)
+    return frames
+
+
+def authenticated(address: TransportAddress) -> tuple[ssl.SSLSocket, HopConnection]:
+    """A hop to the node driven by the sans-IO core over a blocking TLS socket."""
+    sock = tls(address)
+    core = HopConnection(Role.CLIENT, Identity.generate(), "tcp")
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    from meshkey.identity.certificate import node_id_from_certificate
+
+    core.certificate_verified(node_id_from_certificate(der))
+    while not core.is_open:
+        core.receive_data(sock.recv(65536))
+        sock.sendall(core.data_to_send())
+    return sock, core
+
+
+def still_serving(cli: Cli) -> None:
+    assert cli.ok("message", "send", "ok", "--to", "/node/blue/service/uppercase") == "OK\n"
+    assert "Traceback" not in cli.log("blue")
+
+
+def test_garbage_before_and_after_tls(blue: tuple[Cli, TransportAddress]) -> None:
+    cli, address = blue
+    idle = tls(address)  # a connection that never speaks must not block anyone else
+    for size in (1, 17, 5000):
+        with socket.create_connection(address.endpoint, timeout=5) as raw:
+            raw.sendall(os.urandom(size))  # not TLS at all: the handshake fails
+    for garbage in (
+        os.urandom(3000),  # random frames
+        struct.pack("!I", 100) + b"short",  # truncated frame, then EOF
+        struct.pack("!I", 0xFFFFFFFF),  # a frame far over the size limit
+        encode_frame(b"\x10" + os.urandom(50)),  # a message before authenticating
+        encode_frame(b""),  # an empty frame
+    ):
+        with tls(address) as sock:
+            read_frames(sock)  # server hello
+            sock.sendall(garbage)
+            try:
+                reply = read_frames(sock)
+            except (ConnectionError, ssl.SSLError, TimeoutError):
+                reply = []
+        if reply:
+            assert isinstance(decode_hop_frame(reply[0]), Close)
+    still_serving(cli)
+    idle.close()
+
+
+def test_forged_client_proof_is_refused_and_logged(blue: tuple[Cli, TransportAddress]) -> None:
+    cli, address = blue
+    claimed = Identity.generate().node_id
+    with tls(address) as sock:
+        read_frames(sock)
+        proof = ClientProof(claimed.raw, Identity.generate().sign(b"not the proof"))
+        sock.sendall(encode_frame(encode_hop_frame(proof)))
+        close = decode_hop_frame(read_frames(sock)[0])
+    assert isinstance(close, Close) and close.code == CloseCode.AUTH_FAILED
+    assert f"proof of NodeId {claimed} does not verify" in cli.log("blue")
+    assert "event=hop.refused" in cli.log("blue")
+    still_serving(cli)
+
+
+def test_wrong_node_id_is_refused_and_logged(blue: tuple[Cli, TransportAddress]) -> None:
+    cli, address = blue
+    cli.ok("node", "create", "green")
+    impostor = address.with_node_id(Identity.generate().node_id)
+    message = cli.fails(
+        ExitCode.REFUSED,
+        "message",
+        "send",
+        "x",
+        "--from",
+        "green",
+        "--to",
+        f"{impostor}/service/echo",
+    )
+    assert f"presented NodeId {address.node_id}" in message
+    assert "event=hop.refused" in cli.log("green")
+    still_serving(cli)
+
+
+def test_malformed_messages_on_an_authenticated_hop_are_dropped(
+    blue: tuple[Cli, TransportAddress],
+) -> None:
+    cli, address = blue
+    sock, core = authenticated(address)
+    with sock:
+        for body in (b"", b"\x01", os.urandom(200), b"\x01\x00\x01\x00\x03abc"):
+            core.send_message(body)
+        good = Message((ServiceAddress("uppercase"),), (ServiceAddress("me"),), b"still here")
+        core.send_message(good.to_wire())
+        sock.sendall(core.data_to_send())
+        events: list[HopEvent] = []
+        while not events:
+            events = core.receive_data(sock.recv(65536))
+    assert isinstance(events[0], MessageReceived)
+    assert Message.from_wire(events[0].body).payload == b"STILL HERE"
+    assert "event=message.malformed" in cli.log("blue")
+    still_serving(cli)
+
+
+def test_node_id_from_wrong_certificate_is_refused_locally() -> None:
+    core = HopConnection(
+        Role.CLIENT, Identity.generate(), "tcp", expected_peer=NodeId(b"\x01" * 32)
+    )
+    with pytest.raises(HopError):
+        core.certificate_verified(NodeId(b"\x02" * 32))
