@@ -11,14 +11,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from meshkey.node.core import Node, RemoteError
+    from meshkey.node.core import Node
+    from meshkey.routing.errors import RemoteError
 
 __all__ = ["Node", "RemoteError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Node", "RemoteError"):
-        from meshkey.node import core
+    if name == "Node":
+        from meshkey.node.core import Node
 
-        return getattr(core, name)
+        return Node
+    if name == "RemoteError":
+        from meshkey.routing.errors import RemoteError
+
+        return RemoteError
     raise AttributeError(f"module 'meshkey' has no attribute {name!r}")

@@ -13,7 +13,8 @@ from meshkey.cli.errors import ExitCode
 from meshkey.identity import Identity, NodeId
 from meshkey.routing.address import ServiceAddress, TransportAddress, parse_address
 from meshkey.routing.message import Message
-from meshkey.transport.hop import HopConnection, HopError, HopEvent, MessageReceived, Role
+from meshkey.transport.blocking import BlockingHop
+from meshkey.transport.hop import HopConnection, HopError, Role
 from meshkey.transport.tls import SERVER_NAME, client_context
 from meshkey.wire.frames import FrameDecoder, encode_frame
 from meshkey.wire.hop import ClientProof, Close, CloseCode, decode_hop_frame, encode_hop_frame
@@ -46,19 +47,9 @@ def read_frames(sock: ssl.SSLSocket) -> list[bytes]:
     return frames
 
 
-def authenticated(address: TransportAddress) -> tuple[ssl.SSLSocket, HopConnection]:
+def authenticated(address: TransportAddress) -> BlockingHop:
     """A hop to the node driven by the sans-IO core over a blocking TLS socket."""
-    sock = tls(address)
-    core = HopConnection(Role.CLIENT, Identity.generate(), "tcp")
-    der = sock.getpeercert(binary_form=True)
-    assert der is not None
-    from meshkey.identity.certificate import node_id_from_certificate
-
-    core.certificate_verified(node_id_from_certificate(der))
-    while not core.is_open:
-        core.receive_data(sock.recv(65536))
-        sock.sendall(core.data_to_send())
-    return sock, core
+    return BlockingHop(Identity.generate(), address, timeout=5)
 
 
 def still_serving(cli: Cli) -> None:
@@ -129,18 +120,13 @@ def test_malformed_messages_on_an_authenticated_hop_are_dropped(
     blue: tuple[Cli, TransportAddress],
 ) -> None:
     cli, address = blue
-    sock, core = authenticated(address)
-    with sock:
+    with authenticated(address) as hop:
         for body in (b"", b"\x01", os.urandom(200), b"\x01\x00\x01\x00\x03abc"):
-            core.send_message(body)
+            hop.send(body)
         good = Message((ServiceAddress("uppercase"),), (ServiceAddress("me"),), b"still here")
-        core.send_message(good.to_wire())
-        sock.sendall(core.data_to_send())
-        events: list[HopEvent] = []
-        while not events:
-            events = core.receive_data(sock.recv(65536))
-    assert isinstance(events[0], MessageReceived)
-    assert Message.from_wire(events[0].body).payload == b"STILL HERE"
+        hop.send(good.to_wire())
+        reply = Message.from_wire(hop.receive(timeout=5))
+    assert reply.payload == b"STILL HERE"
     assert "event=message.malformed" in cli.log("blue")
     still_serving(cli)
 

@@ -14,8 +14,9 @@ import click
 from meshkey.cli.errors import EXIT_CODES_HELP, CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, fields, output_option, table
 from meshkey.node.control_client import ControlClient, ControlError
-from meshkey.node.state import Home, NodeStateError
+from meshkey.node.state import Home, NodeStateError, resolve_route
 from meshkey.routing.address import RouteError, expand_placeholders, parse_route
+from meshkey.routing.errors import RemoteError
 
 
 class _Group(click.Group):
@@ -514,17 +515,11 @@ def message_send(
 
 
 def _send_embedded(home: Home, route: str, payload: bytes, timeout: float) -> bytes:
-    """Sends from a short-lived in-process node (no listener, fresh identity)."""
-    import asyncio
-
-    from meshkey.node.core import Node, RemoteError
-
-    async def send() -> bytes:
-        async with Node(tcp=None, home=home) as embedded:
-            return await embedded.send(route, payload, timeout=timeout)
+    """Sends as a short-lived node in this process: fresh identity, no listener, no loop."""
+    from meshkey.node.oneshot import send_once
 
     try:
-        return asyncio.run(send())
+        return send_once(resolve_route(route, home), payload, timeout=timeout)
     except RemoteError as exc:
         raise CliError(exc.text, exit_code_for(exc.code.name.lower())) from exc
 

@@ -2,25 +2,32 @@
 
 The certificate is only a vehicle for the key: what a peer checks is that the key in it is the
 NodeId it expected (TLS itself proves the peer holds the private key).
+
+``cryptography.x509`` costs ~25 ms to import, so it is imported when first needed: a CLI that
+sends one message parses one certificate and never builds any.
 """
 
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.x509.oid import NameOID
 
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 _VALIDITY = datetime.timedelta(days=3650)
 
 
 def self_signed_certificate(identity: Identity) -> x509.Certificate:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(identity.node_id))])
     now = datetime.datetime.now(datetime.UTC)
     return (
@@ -36,11 +43,17 @@ def self_signed_certificate(identity: Identity) -> x509.Certificate:
 
 
 def certificate_pem(identity: Identity) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return self_signed_certificate(identity).public_bytes(serialization.Encoding.PEM)
 
 
-def node_id_from_certificate(der: bytes) -> NodeId:
+def node_id_from_certificate(der: bytes | None) -> NodeId:
     """The NodeId whose key a peer's certificate carries; IdentityError if there is none."""
+    from cryptography import x509
+
+    if not der:
+        raise IdentityError("peer sent no certificate")
     try:
         certificate = x509.load_der_x509_certificate(der)
         key = certificate.public_key()
@@ -48,4 +61,4 @@ def node_id_from_certificate(der: bytes) -> NodeId:
         raise IdentityError(f"peer certificate is not readable: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise IdentityError("peer certificate does not carry an Ed25519 key")
-    return NodeId(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    return NodeId(key.public_bytes_raw())

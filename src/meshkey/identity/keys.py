@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meshkey.identity.errors import IdentityError
@@ -15,11 +14,7 @@ class Identity:
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
-        self.node_id = NodeId(
-            key.public_key().public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            )
-        )
+        self.node_id = NodeId(key.public_key().public_bytes_raw())
 
     @classmethod
     def generate(cls) -> Identity:
@@ -27,6 +22,9 @@ class Identity:
 
     @classmethod
     def from_pem(cls, pem: bytes, passphrase: bytes | None = None) -> Identity:
+        # Imported here: serialization costs ~10 ms, and only key files need it.
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_private_key(pem, password=passphrase)
         except TypeError as exc:  # encrypted without passphrase, or passphrase for plain key
@@ -38,6 +36,8 @@ class Identity:
         return cls(key)
 
     def to_pem(self, passphrase: bytes | None = None) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase

@@ -19,15 +19,9 @@ from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, parse_listen
-from meshkey.routing.address import (
-    Address,
-    NodeNameAddress,
-    Route,
-    ServiceAddress,
-    TransportAddress,
-    parse_route,
-)
+from meshkey.node.state import Home, parse_listen, resolve_route
+from meshkey.routing.address import Route, ServiceAddress, TransportAddress
+from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router
 from meshkey.transport.tcp import TcpTransport
@@ -37,15 +31,6 @@ from meshkey.wire.message import ErrorCode
 log = EventLogger("node")
 
 ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
-
-
-class RemoteError(Exception):
-    """A message could not be delivered or answered; ``code`` says why (a wire ErrorCode)."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
 
 
 class Node:
@@ -153,17 +138,7 @@ class Node:
 
     def resolve(self, route: str | Route) -> Route:
         """Parses route text and replaces ``/node/NAME`` with that node's pinned address."""
-        parsed = parse_route(route) if isinstance(route, str) else route
-        return tuple(self._resolve_address(address) for address in parsed)
-
-    def _resolve_address(self, address: Address) -> Address:
-        if not isinstance(address, NodeNameAddress):
-            return address
-        if self._home is None:
-            raise RemoteError(
-                ErrorCode.UNSUPPORTED, f"{address}: this node has no home to look names up in"
-            )
-        return self._home.resolve_node(address.name)
+        return resolve_route(route, self._home)
 
     async def send(self, route: str | Route, payload: bytes, *, timeout: float = 10.0) -> bytes:
         """Sends ``payload`` along ``route`` and returns the reply's payload.

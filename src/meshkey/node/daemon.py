@@ -20,9 +20,10 @@ from meshkey.identity.errors import IdentityError
 from meshkey.log import EventLogger, configure_logging
 from meshkey.node.control import ControlServer
 from meshkey.node.control_client import ControlError
-from meshkey.node.core import Node, RemoteError
+from meshkey.node.core import Node
 from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
+from meshkey.routing.errors import RemoteError
 
 log = EventLogger("node.daemon")
 

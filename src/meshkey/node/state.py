@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING
 
 from meshkey.identity.names import check_name
 from meshkey.identity.node_id import NodeId
-from meshkey.routing.address import RouteError, TransportAddress, parse_address
+from meshkey.routing.address import (
+    NodeNameAddress,
+    Route,
+    RouteError,
+    TransportAddress,
+    parse_address,
+    parse_route,
+)
+from meshkey.routing.errors import RemoteError
+from meshkey.wire.message import ErrorCode
 
 if TYPE_CHECKING:
     from meshkey.identity.store import IdentityStore
@@ -181,6 +190,19 @@ class NodeDir:
             return int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return None
+
+
+def resolve_route(route: str | Route, home: Home | None) -> Route:
+    """Parses route text and replaces each ``/node/NAME`` with that node's pinned address."""
+    parsed = parse_route(route) if isinstance(route, str) else route
+    if home is None:
+        for address in parsed:
+            if isinstance(address, NodeNameAddress):
+                raise RemoteError(
+                    ErrorCode.UNSUPPORTED, f"{address}: this node has no home to look names up in"
+                )
+        return parsed
+    return tuple(home.resolve_node(a.name) if isinstance(a, NodeNameAddress) else a for a in parsed)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -17,6 +17,7 @@ from typing import Protocol
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress
+from meshkey.routing.errors import RoutingError
 from meshkey.routing.message import Message, error_message
 from meshkey.wire.message import ErrorCode, MessageKind
 
@@ -24,14 +25,7 @@ log = EventLogger("routing")
 
 Handler = Callable[[Message], Awaitable[None]]
 
-
-class RoutingError(Exception):
-    """A message could not be routed; ``code`` travels back to the sender in an error reply."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
+__all__ = ["Deliver", "Fail", "Forward", "Handler", "Router", "RoutingError", "next_hop"]
 
 
 class Transport(Protocol):

@@ -369,10 +369,9 @@ class _Connection:
 
 def _certificate_node_id(writer: asyncio.StreamWriter) -> NodeId:
     ssl_object = writer.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    if not der:
-        raise IdentityError("peer sent no certificate")
-    return node_id_from_certificate(der)
+    return node_id_from_certificate(
+        ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    )
 
 
 def _describe_error(exc: BaseException) -> str:

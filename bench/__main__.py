@@ -1,0 +1,32 @@
+"""Benchmarks, each run side by side with the reference it is compared to.
+
+    python -m bench            # everything
+    python -m bench rtt        # message round trip over TCP vs a plain TLS echo
+    python -m bench cli        # wall time of CLI commands vs the bare interpreter
+
+Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
+read the ratios, and rerun before believing a small difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import cli_latency, rtt
+
+SUITES = {"rtt": rtt.main, "cli": cli_latency.main}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("suites", nargs="*", choices=[[], *SUITES], help="default: all")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    args = parser.parse_args()
+    for name in args.suites or list(SUITES):
+        SUITES[name](quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

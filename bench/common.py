@@ -1,0 +1,51 @@
+"""Shared helpers: temporary homes with daemons, percentiles, result files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshkey.node import launcher
+from meshkey.node.state import Home
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextlib.contextmanager
+def daemons(*names: str) -> Iterator[Home]:
+    with tempfile.TemporaryDirectory(prefix="meshkey-bench-") as directory:
+        home = Home(directory)
+        try:
+            for name in names:
+                launcher.create_node(home, name, tcp=None, identity=None)
+                launcher.start_node(home, name)
+            yield home
+        finally:
+            for name in names:
+                if home.node(name).exists() and home.node(name).is_running():
+                    launcher.stop_node(home, name)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(samples_ms: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(samples_ms),
+        "p50_ms": round(percentile(samples_ms, 0.5), 3),
+        "p99_ms": round(percentile(samples_ms, 0.99), 3),
+        "mean_ms": round(statistics.fmean(samples_ms), 3),
+    }
+
+
+def save(name: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))

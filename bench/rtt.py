@@ -1,0 +1,92 @@
+"""Message round trip between two node processes over TCP on loopback.
+
+meshkey: this process embeds a node and sends to a daemon's echo service, one message at a
+time (a new route parse, routing, hop framing, TLS both ways, each time). Reference, in the
+same run: a plain asyncio TLS 1.3 echo server in another process, one frame at a time. The
+ratio says what routing and the hop protocol cost over the bare encrypted transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from typing import Any
+
+import uvloop
+
+from bench.common import daemons, save, summary
+from meshkey.identity import Identity
+from meshkey.node.core import Node
+from meshkey.transport.tls import SERVER_NAME, client_context, server_context
+
+
+async def _meshkey_rtt(route: str, count: int) -> list[float]:
+    async with Node(tcp=None) as node:
+        await node.send(route, b"warm-up")
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            await node.send(route, b"x" * 64)
+            samples.append((time.perf_counter() - started) * 1000)
+        return samples
+
+
+def _tls_echo_server(port_queue: Any) -> None:
+    async def serve() -> None:
+        context = server_context(Identity.generate())
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                header = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(header, "big"))
+                writer.write(header + body)
+                await writer.drain()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
+        port_queue.put(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+async def _tls_rtt(port: int, count: int) -> list[float]:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(), server_hostname=SERVER_NAME
+    )
+    frame = (64).to_bytes(4, "big") + b"x" * 64
+    samples = []
+    for _ in range(count + 1):
+        started = time.perf_counter()
+        writer.write(frame)
+        await reader.readexactly(len(frame))
+        samples.append((time.perf_counter() - started) * 1000)
+    writer.close()
+    return samples[1:]
+
+
+def main(*, quick: bool = False) -> None:
+    count = 500 if quick else 5000
+    with daemons("echo-node") as home:
+        route = f"{home.resolve_node('echo-node')}/service/echo"
+        meshkey = uvloop.run(_meshkey_rtt(route, count))
+    ports: Any = multiprocessing.get_context("spawn").Queue()
+    server = multiprocessing.get_context("spawn").Process(target=_tls_echo_server, args=(ports,))
+    server.start()
+    try:
+        reference = uvloop.run(_tls_rtt(ports.get(timeout=10), count))
+    finally:
+        server.terminate()
+        server.join()
+    ours, theirs = summary(meshkey), summary(reference)
+    result: dict[str, Any] = {
+        "meshkey_tcp_message": ours,
+        "reference_plain_tls_echo": theirs,
+        "ratio_p50": round(ours["p50_ms"] / theirs["p50_ms"], 2),
+    }
+    save("rtt", result)
+    print(f"round trip, {count} messages of 64 bytes, two processes, TCP loopback")
+    for name in ("meshkey_tcp_message", "reference_plain_tls_echo"):
+        figures = result[name]
+        print(f"  {name:<28} p50 {figures['p50_ms']:.3f} ms  p99 {figures['p99_ms']:.3f} ms")
+    print(f"  ratio meshkey/plain TLS (p50): {result['ratio_p50']}")

@@ -1,0 +1,18 @@
+"""Routing failures; importing this module costs nothing (no asyncio)."""
+
+from __future__ import annotations
+
+from meshkey.wire.message import ErrorCode
+
+
+class RoutingError(Exception):
+    """A message could not be routed; ``code`` travels back to the sender in an error reply."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class RemoteError(RoutingError):
+    """Raised to a sender: its message could not be delivered or answered (see ``code``)."""
