@@ -113,3 +113,61 @@ def test_help_explains_commands_and_exit_codes(cli: Cli) -> None:
     assert "Exit codes" in top and "node" in top and "message" in top
     assert "ROUTE" in cli.ok("message", "send", "--help")
     assert "--foreground" in cli.ok("node", "create", "--help")
+
+
+def test_foreground_node_runs_until_stopped(cli: Cli) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MESHKEY_HOME": str(cli.home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meshkey", "node", "create", "fg", "--foreground"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            nodes = cli.json("node", "list")
+            if nodes and nodes[0]["status"] == "running":
+                break
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cli.ok("message", "send", "fg", "--to", "/node/fg/service/uppercase") == "FG\n"
+        cli.ok("node", "stop", "fg")
+        assert process.wait(10) == 0
+        assert process.stderr is not None
+        assert "event=daemon.ready" in process.stderr.read()  # foreground logs go to stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_ipv6_and_dns_routes(cli: Cli) -> None:
+    node = cli.json("node", "create", "v6", "--tcp", "[::1]:0")
+    address = node["addresses"][0]
+    assert address.startswith("/ip6/::1/tcp/")
+    assert cli.ok("message", "send", "six", "--to", f"{address}/service/uppercase") == "SIX\n"
+    v4 = cli.json("node", "create", "v4")
+    v4_port = v4["addresses"][0].split("/")[4]
+    dns = f"/dns/localhost/tcp/{v4_port}"
+    assert cli.ok("message", "send", "dns", "--to", f"{dns}/service/uppercase") == "DNS\n"
+    pinned_right = f"{dns}/id/{v4['node_id']}/service/echo"
+    assert cli.ok("message", "send", "pin", "--to", pinned_right) == "pin\n"
+    pinned_wrong = f"{dns}/id/{node['node_id']}/service/echo"
+    assert "presented NodeId" in cli.fails(
+        ExitCode.REFUSED, "message", "send", "x", "--to", pinned_wrong
+    )
