@@ -1,0 +1,1 @@
+"""Secure channels (Noise XX, identities attested), and the trust policies that use them."""

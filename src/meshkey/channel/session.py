@@ -1,0 +1,287 @@
+"""One end of a secure channel, sans-IO: handshake with identity proofs, then sealed messages.
+
+Bytes in (channel payloads, :mod:`meshkey.wire.channel`), results out; no sockets, no clock.
+
+After the Noise XX handshake each side knows the other's NodeId: it checked that the NodeId's
+signature attests the X25519 static key Noise authenticated, and (if given) that the NodeId is
+in its ``authorized`` set. The responder then sends CONFIRM (or REFUSE), so an initiator that
+is not wanted hears so instead of talking into the void.
+
+Transport messages carry explicit 64-bit nonces. Every :data:`REKEY_INTERVAL` nonces the key
+moves on (Noise REKEY); a receiver accepts each nonce once, within :data:`REPLAY_WINDOW` of the
+newest, keeping the previous key for late arrivals. A message that fails authentication means
+someone on the route tampered with it: :class:`ChannelError`, and the channel closes. A
+replayed or too-old one is only dropped (:class:`ReplayedMessage`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshkey.channel.noise import Cipher, NoiseError, NoiseXX, aead, nonce_bytes, rekey
+from meshkey.identity.attestation import attest_static_key, verify_static_key
+from meshkey.identity.keys import Identity
+from meshkey.identity.node_id import NodeId
+from meshkey.wire.channel import (
+    CHANNEL_VERSION,
+    ChannelKind,
+    Handshake,
+    IdentityProof,
+    Refuse,
+    Sealed,
+    decode_channel,
+    decode_identity_proof,
+    encode_channel,
+    encode_identity_proof,
+)
+from meshkey.wire.errors import WireError
+
+PROLOGUE = b"meshkey/secure-channel/v1"
+REKEY_INTERVAL = 32
+REPLAY_WINDOW = 32
+#: How many keys ahead a nonce may jump (messages lost in a row / REKEY_INTERVAL); bounds the
+#: work a forged nonce can cost before its tag is checked.
+MAX_EPOCH_JUMP = 1024
+
+
+class ChannelError(Exception):
+    """The channel cannot continue. ``refuse`` asks the glue to tell the peer why."""
+
+    def __init__(self, reason: str, *, refuse: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.refuse = refuse
+
+
+class ReplayedMessage(Exception):
+    """A duplicate or too-old message: dropped, the channel goes on."""
+
+
+class StaticKey:
+    """A node's X25519 static key and its identity's attestation of it (per process)."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.private = X25519PrivateKey.generate()
+        self.public = self.private.public_key().public_bytes_raw()
+        self.proof = encode_identity_proof(
+            IdentityProof(identity.node_id.raw, attest_static_key(identity, self.public))
+        )
+
+
+class _Sender:
+    def __init__(self, cipher: Cipher, key: bytes) -> None:
+        self._cipher = cipher
+        self._key = key
+        self._epoch = 0
+        self._next = 0
+
+    def seal(self, kind: ChannelKind, plaintext: bytes) -> Sealed:
+        nonce = self._next
+        self._next += 1
+        epoch = nonce // REKEY_INTERVAL
+        while self._epoch < epoch:
+            self._key = rekey(self._cipher, self._key)
+            self._epoch += 1
+        ciphertext = aead(self._cipher, self._key).encrypt(
+            nonce_bytes(self._cipher, nonce), plaintext, bytes([CHANNEL_VERSION, kind])
+        )
+        return Sealed(kind, nonce, ciphertext)
+
+
+class _Receiver:
+    def __init__(self, cipher: Cipher, key: bytes) -> None:
+        self._cipher = cipher
+        self._epoch = 0
+        self._key = key
+        self._previous: bytes | None = None
+        self._highest = -1
+        self._seen = 0  # bit i: nonce (highest - i) was accepted
+
+    def open(self, sealed: Sealed) -> bytes:
+        nonce = sealed.nonce
+        if nonce <= self._highest:
+            age = self._highest - nonce
+            if age >= REPLAY_WINDOW or self._seen >> age & 1:
+                raise ReplayedMessage(f"nonce {nonce} replayed or older than the window")
+        epoch = nonce // REKEY_INTERVAL
+        key, previous, new_epoch = self._key_for(epoch)
+        try:
+            plaintext = aead(self._cipher, key).decrypt(
+                nonce_bytes(self._cipher, nonce),
+                sealed.ciphertext,
+                bytes([CHANNEL_VERSION, sealed.kind]),
+            )
+        except InvalidTag:
+            raise ChannelError(
+                "a message failed authentication (tampered with on the route?)"
+            ) from None
+        # Only an authentic message moves the key schedule and the window forward.
+        if new_epoch > self._epoch:
+            self._key, self._previous, self._epoch = key, previous, new_epoch
+        if nonce > self._highest:
+            shift = nonce - self._highest
+            self._seen = ((self._seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self._highest = nonce
+        else:
+            self._seen |= 1 << (self._highest - nonce)
+        return plaintext
+
+    def _key_for(self, epoch: int) -> tuple[bytes, bytes | None, int]:
+        if epoch == self._epoch:
+            return self._key, self._previous, self._epoch
+        if epoch == self._epoch - 1 and self._previous is not None:
+            return self._previous, None, self._epoch
+        if epoch < self._epoch:
+            raise ReplayedMessage(f"nonce from key epoch {epoch}, long gone")
+        if epoch - self._epoch > MAX_EPOCH_JUMP:
+            raise ChannelError(f"nonce jumps {epoch - self._epoch} keys ahead")
+        key, previous = self._key, self._previous
+        for _ in range(epoch - self._epoch):
+            previous, key = key, rekey(self._cipher, key)
+        return key, previous, epoch
+
+
+class State(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass
+class Received:
+    """What one incoming payload produced."""
+
+    reply: bytes | None = None  # a channel payload to send back to the peer
+    opened: bool = False  # the channel just became usable
+    plaintext: bytes | None = None  # a DATA message's contents
+    closed: str | None = None  # the peer closed the channel, with this reason
+
+
+class SecureSession:
+    def __init__(
+        self,
+        initiator: bool,
+        static: StaticKey,
+        *,
+        authorized: frozenset[NodeId] | None = None,
+        cipher: Cipher = "AESGCM",
+    ) -> None:
+        self.initiator = initiator
+        self.state = State.HANDSHAKING
+        self.peer: NodeId | None = None
+        self._static = static
+        self._authorized = authorized
+        self._cipher: Cipher = cipher
+        self._noise = NoiseXX(initiator, static.private, prologue=PROLOGUE, cipher=cipher)
+        self._sender: _Sender | None = None
+        self._receiver: _Receiver | None = None
+
+    def start(self) -> bytes:
+        """Initiator: the first handshake message."""
+        if not self.initiator:
+            raise ChannelError("only the initiator starts")
+        return encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
+
+    def seal(self, plaintext: bytes) -> bytes:
+        if self.state is not State.OPEN or self._sender is None:
+            raise ChannelError(f"cannot send on a channel that is {self.state.value}")
+        return encode_channel(self._sender.seal(ChannelKind.DATA, plaintext))
+
+    def close(self, reason: str) -> bytes | None:
+        """Closes this end; returns a sealed CLOSE for the peer when the channel was open."""
+        was_open = self.state is State.OPEN and self._sender is not None
+        self.state = State.CLOSED
+        if was_open and self._sender is not None:
+            return encode_channel(self._sender.seal(ChannelKind.CLOSE, reason.encode()[:256]))
+        return None
+
+    def receive(self, data: bytes) -> Received:
+        if self.state is State.CLOSED:
+            raise ChannelError("the channel is closed")
+        try:
+            payload = decode_channel(data)
+        except WireError as exc:
+            raise ChannelError(f"malformed channel message: {exc}") from exc
+        if isinstance(payload, Refuse):
+            if self.state is State.HANDSHAKING and self.initiator:
+                raise ChannelError(f"refused by the listener: {payload.reason}")
+            raise ChannelError("unexpected refusal")
+        if isinstance(payload, Handshake):
+            return self._handshake(payload)
+        return self._sealed(payload)
+
+    # -- handshake --------------------------------------------------------------------
+
+    def _handshake(self, message: Handshake) -> Received:
+        if self.state is not State.HANDSHAKING:
+            raise ChannelError(f"handshake message on an {self.state.value} channel")
+        expected = {
+            (False, 0): ChannelKind.HELLO,
+            (True, 1): ChannelKind.HELLO_REPLY,
+            (False, 2): ChannelKind.FINISH,
+        }.get((self.initiator, self._noise.messages_done))
+        if message.kind != expected:
+            raise ChannelError(f"unexpected {message.kind.name} during the handshake")
+        try:
+            payload = self._noise.read_message(message.noise)
+            if message.kind == ChannelKind.HELLO:
+                reply = self._noise.write_message(self._static.proof)
+                return Received(reply=encode_channel(Handshake(ChannelKind.HELLO_REPLY, reply)))
+            self._check_peer(payload)
+            if message.kind == ChannelKind.HELLO_REPLY:
+                finish = self._noise.write_message(self._static.proof)
+                self._keys()
+                return Received(reply=encode_channel(Handshake(ChannelKind.FINISH, finish)))
+        except NoiseError as exc:
+            raise ChannelError(f"handshake failed: {exc}") from exc
+        # FINISH: the responder is done; CONFIRM tells the initiator it was accepted.
+        self._keys()
+        self.state = State.OPEN
+        assert self._sender is not None
+        confirm = encode_channel(self._sender.seal(ChannelKind.CONFIRM, b""))
+        return Received(reply=confirm, opened=True)
+
+    def _check_peer(self, payload: bytes) -> None:
+        try:
+            proof = decode_identity_proof(payload)
+        except WireError as exc:
+            raise ChannelError(f"malformed identity proof: {exc}") from exc
+        peer = NodeId(proof.node_id)
+        static = self._noise.remote_static
+        assert static is not None
+        if not verify_static_key(peer, static, proof.signature):
+            raise ChannelError(f"NodeId {peer} did not attest the channel's static key")
+        if self._authorized is not None and peer not in self._authorized:
+            role = "responder" if self.initiator else "initiator"
+            raise ChannelError(
+                f"{role} {peer} is not among the authorized identities", refuse=not self.initiator
+            )
+        self.peer = peer
+
+    def _keys(self) -> None:
+        send, receive = self._noise.split()
+        self._sender = _Sender(self._cipher, send)
+        self._receiver = _Receiver(self._cipher, receive)
+
+    # -- transport --------------------------------------------------------------------
+
+    def _sealed(self, sealed: Sealed) -> Received:
+        if self._receiver is None:
+            raise ChannelError(f"{sealed.kind.name} before the handshake finished")
+        plaintext = self._receiver.open(sealed)
+        if sealed.kind == ChannelKind.CONFIRM:
+            if not (self.initiator and self.state is State.HANDSHAKING):
+                raise ChannelError("unexpected CONFIRM")
+            self.state = State.OPEN
+            return Received(opened=True)
+        if self.state is not State.OPEN:
+            raise ChannelError(f"{sealed.kind.name} before the channel was confirmed")
+        if sealed.kind == ChannelKind.CLOSE:
+            self.state = State.CLOSED
+            return Received(closed=plaintext.decode("utf-8", errors="replace") or "closed")
+        return Received(plaintext=plaintext)
