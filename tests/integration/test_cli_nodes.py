@@ -33,7 +33,7 @@ def test_identity_commands(cli: Cli) -> None:
 
 def test_node_lifecycle(cli: Cli) -> None:
     created = cli.json("node", "create", "blue")
-    assert created["services"] == ["echo", "hop", "uppercase"]
+    assert created["services"] == ["api", "echo", "hop", "relay", "uppercase"]
     address = created["addresses"][0]
     assert address.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in address
     assert "already exists" in cli.fails(ExitCode.CONFLICT, "node", "create", "blue")

@@ -9,17 +9,22 @@ from __future__ import annotations
 import asyncio
 import inspect
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
+from meshkey.channel.policy import Policies, Policy
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, parse_listen, resolve_route
+from meshkey.node.state import Home, NodeStateError, parse_listen, resolve_route
+from meshkey.node.store import NodeStore
+from meshkey.relay.client import Relay, RelayClient
+from meshkey.relay.registry import RelayRegistry
 from meshkey.routing.address import Route, ServiceAddress, TransportAddress
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
@@ -32,12 +37,15 @@ log = EventLogger("node")
 
 ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 
+__all__ = ["Node", "RemoteError"]
+
 
 class Node:
-    """A meshkey node: identity, router, transports and services.
+    """A meshkey node: identity, router, transports, services, secure channels and relays.
 
     ``tcp`` is the listen address (``"127.0.0.1:0"`` lets the OS choose a port; ``None``
     makes a client-only node). ``home`` lets routes name local daemons with ``/node/NAME``.
+    ``store`` (a daemon's) keeps relays, policies and listeners across restarts.
     """
 
     def __init__(
@@ -48,6 +56,8 @@ class Node:
         home: Home | Path | str | None = None,
         name: str | None = None,
         idle_timeout: float = 300.0,
+        keepalive_interval: float = 20.0,
+        store: NodeStore | None = None,
     ) -> None:
         self.identity = identity or Identity.generate()
         self.name = name
@@ -55,42 +65,83 @@ class Node:
         self._tcp_listen = parse_listen(tcp) if tcp else None
         self._home = home if isinstance(home, Home) or home is None else Home(home)
         self._idle_timeout = idle_timeout
+        self._keepalive_interval = keepalive_interval
+        self._store = store
         self._router: Router | None = None
         self._tcp: TcpTransport | None = None
+        self._channels: SecureChannels | None = None
+        self._relays: RelayClient | None = None
+        self._registry: RelayRegistry | None = None
+        self.policies = Policies()
         self._started = False
 
     @property
     def node_id(self) -> NodeId:
         return self.identity.node_id
 
+    def _require(self, component: Any) -> Any:
+        if component is None:
+            raise RuntimeError("the node is not started")
+        return component
+
     @property
     def router(self) -> Router:
-        if self._router is None:
-            raise RuntimeError("the node is not started")
-        return self._router
+        router: Router = self._require(self._router)
+        return router
 
     @property
     def tcp(self) -> TcpTransport:
-        if self._tcp is None:
-            raise RuntimeError("the node is not started")
-        return self._tcp
+        tcp: TcpTransport = self._require(self._tcp)
+        return tcp
+
+    @property
+    def channels(self) -> SecureChannels:
+        channels: SecureChannels = self._require(self._channels)
+        return channels
+
+    @property
+    def relays(self) -> RelayClient:
+        relays: RelayClient = self._require(self._relays)
+        return relays
+
+    @property
+    def relay_registry(self) -> RelayRegistry:
+        registry: RelayRegistry = self._require(self._registry)
+        return registry
 
     @property
     def addresses(self) -> list[TransportAddress]:
         return [a for a in [self._tcp.address if self._tcp else None] if a is not None]
 
     async def start(self) -> Node:
-        self._router = Router(self.node_id)
+        store = self._store
+        router = self._router = Router(self.node_id)
         self._tcp = TcpTransport(
             self.identity,
-            self._router,
+            router,
             on_event=self.events.publish,
             idle_timeout=self._idle_timeout,
+            keepalive_interval=self._keepalive_interval,
         )
-        self._router.add_transport(self._tcp)
-        install_builtin_services(self._router)
+        router.add_transport(self._tcp)
+        self.policies = Policies(store.policies() if store else [])
+        router.admission = self.policies.admit
+        install_builtin_services(router)
+        self._channels = SecureChannels(self.identity, router)
+        self._channels.add_listener(DEFAULT_LISTENER)
+        for listener, authorized in store.listeners() if store else []:
+            self._channels.add_listener(listener, authorized)
+        self._registry = RelayRegistry(
+            router,
+            claims=store.relay_claims() if store else {},
+            on_claim=store.claim_relay if store else lambda name, owner: None,
+            on_release=store.release_relay if store else lambda name: None,
+        )
+        self._relays = RelayClient(router, self._resolve_for_relay, self._tcp.watch)
         if self._tcp_listen is not None:
             await self._tcp.listen(*self._tcp_listen)
+        for relay, at in store.relays() if store else []:
+            await self._relays.create(relay, at, wait=False)
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
@@ -99,10 +150,10 @@ class Node:
         if not self._started:
             return
         self._started = False
-        assert self._tcp is not None
-        assert self._router is not None
-        await self._tcp.close()
-        await self._router.close()
+        await self.relays.close()
+        await self.channels.close_all()
+        await self.tcp.close()
+        await self.router.close()
         log.info("node.stopped", name=self.name or "-")
 
     async def __aenter__(self) -> Node:
@@ -139,6 +190,12 @@ class Node:
     def resolve(self, route: str | Route) -> Route:
         """Parses route text and replaces ``/node/NAME`` with that node's pinned address."""
         return resolve_route(route, self._home)
+
+    def _resolve_for_relay(self, route: str) -> Route:
+        try:
+            return self.resolve(route)
+        except NodeStateError as exc:
+            raise RemoteError(ErrorCode.UNREACHABLE, str(exc)) from exc
 
     async def send(self, route: str | Route, payload: bytes, *, timeout: float = 10.0) -> bytes:
         """Sends ``payload`` along ``route`` and returns the reply's payload.
@@ -187,11 +244,72 @@ class Node:
         finally:
             router.unregister(slot)
 
+    # -- relays, secure channels, policies ----------------------------------------------
+
+    async def create_relay(self, name: str, at: str) -> Relay:
+        """Registers ``forward_to_NAME`` on the node at route ``at`` and keeps it registered."""
+        relay = await self.relays.create(name, at)
+        if self._store:
+            self._store.save_relay(name, at)
+        return relay
+
+    async def delete_relay(self, name: str) -> None:
+        await self.relays.delete(name)
+        if self._store:
+            self._store.delete_relay(name)
+
+    async def create_secure_channel(
+        self,
+        route: str | Route,
+        *,
+        authorized: Iterable[NodeId] | None = None,
+        timeout: float = 10.0,
+    ) -> str:
+        """Opens a secure channel to the listener at the end of ``route``; returns its local
+        address (``/service/<hex>``): send to ``THAT/service/X`` to reach X on the far node."""
+        allowed = frozenset(authorized) if authorized else None
+        channel = await self.channels.create(
+            self.resolve(route), authorized=allowed, timeout=timeout
+        )
+        return f"/service/{channel.address}"
+
+    def add_listener(self, name: str, authorized: Iterable[NodeId] | None = None) -> None:
+        allowed = frozenset(authorized) if authorized else None
+        self.channels.add_listener(name, allowed)
+        if self._store:
+            self._store.save_listener(name, allowed)
+
+    def remove_listener(self, name: str) -> None:
+        if name == DEFAULT_LISTENER:
+            raise ValueError(f"the default listener /service/{DEFAULT_LISTENER} cannot be deleted")
+        self.channels.remove_listener(name)
+        if self._store:
+            self._store.delete_listener(name)
+
+    def set_policy(self, resource: str, allow: Iterable[NodeId]) -> Policy:
+        policy = Policy(resource, frozenset(allow))
+        if not policy.allow:
+            raise ValueError("a policy needs at least one allowed identity")
+        self.policies.set(policy)
+        if self._store:
+            self._store.save_policy(policy)
+        return policy
+
+    def delete_policy(self, resource: str) -> None:
+        if not self.policies.delete(resource):
+            raise KeyError(resource)
+        if self._store:
+            self._store.delete_policy(resource)
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "node_id": str(self.node_id),
             "addresses": [str(a) for a in self.addresses],
-            "services": [n for n in self.router.worker_names() if not n.startswith("_")],
+            "services": [
+                n
+                for n in self.router.worker_names()
+                if not n.startswith("_") and not self.channels.get(n)
+            ],
             "connections": self.tcp.connections(),
         }

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import errno
 import fcntl
 import os
+import re
 import signal
+import struct
 import sys
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from meshkey.identity.errors import IdentityError
+from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger, configure_logging
 from meshkey.node.control import ControlServer
 from meshkey.node.control_client import ControlError
 from meshkey.node.core import Node
 from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
+from meshkey.node.store import NodeStore
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
+from meshkey.routing.message import Message
 
 log = EventLogger("node.daemon")
 
@@ -60,8 +68,17 @@ class Daemon:
         identity = self.home.identities.load(
             config["identity"], passphrase.encode() if passphrase else None
         )
-        self.node = Node(identity=identity, tcp=None, home=self.home, name=self.name)
+        self.node = Node(
+            identity=identity,
+            tcp=None,
+            home=self.home,
+            name=self.name,
+            store=NodeStore(self.dir),
+        )
         await self.node.start()
+        capture = os.environ.get("MESHKEY_CAPTURE")
+        if capture:
+            self.node.router.capture = _capture_to(Path(capture))
         try:
             address = await self._listen(config)
             self.dir.set_config({"node_id": str(identity.node_id), "tcp_bound": str(address)})
@@ -105,7 +122,24 @@ class Daemon:
             "status": self._status,
             "stop": self._request_stop,
             "message.send": self._message_send,
+            "relay.create": self._relay_create,
+            "relay.list": self._relay_list,
+            "relay.delete": self._relay_delete,
+            "channel.create": self._channel_create,
+            "channel.list": self._channel_list,
+            "channel.delete": self._channel_delete,
+            "listener.create": self._listener_create,
+            "listener.list": self._listener_list,
+            "listener.delete": self._listener_delete,
+            "policy.create": self._policy_create,
+            "policy.list": self._policy_list,
+            "policy.delete": self._policy_delete,
         }
+
+    @property
+    def _node(self) -> Node:
+        assert self.node is not None
+        return self.node
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.node is not None
@@ -116,24 +150,162 @@ class Daemon:
         return {"stopping": True}
 
     async def _message_send(self, args: dict[str, Any]) -> dict[str, Any]:
-        assert self.node is not None
-        route, payload = args.get("route"), args.get("payload")
-        timeout = args.get("timeout", 10.0)
-        if not isinstance(route, str) or not isinstance(payload, bytes):
-            raise ControlError("invalid", "message.send needs a route (text) and a payload")
-        if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-            raise ControlError("invalid", "timeout must be between 0 and 3600 seconds")
+        route = _text(args, "route")
+        payload = args.get("payload")
+        if not isinstance(payload, bytes):
+            raise ControlError("invalid", "message.send needs a payload")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            reply = await self.node.send(route, payload, timeout=float(timeout))
-        except RouteError as exc:
-            raise ControlError("invalid", str(exc)) from exc
-        except NodeStateError as exc:
-            raise ControlError(exc.code, str(exc)) from exc
-        except RemoteError as exc:
-            raise ControlError(exc.code.name.lower(), exc.text) from exc
+        with _control_errors():
+            reply = await self._node.send(route, payload, timeout=_timeout(args))
         return {"payload": reply, "elapsed": loop.time() - started}
+
+    async def _relay_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        with _control_errors():
+            relay = await self._node.create_relay(_text(args, "name"), _text(args, "at"))
+        return relay.describe()
+
+    async def _relay_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "relays": [r.describe() for r in self._node.relays.relays()],
+            "hosted": self._node.relay_registry.describe(),
+        }
+
+    async def _relay_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _text(args, "name")
+        try:
+            await self._node.delete_relay(name)
+        except KeyError:
+            raise ControlError("not_found", f"this node has no relay named {name!r}") from None
+        return {"deleted": name}
+
+    async def _channel_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        with _control_errors():
+            address = await self._node.create_secure_channel(
+                _text(args, "route"),
+                authorized=_node_ids(args.get("authorized")),
+                timeout=_timeout(args),
+            )
+        channel = self._node.channels.get(address)
+        assert channel is not None
+        return channel.describe()
+
+    async def _channel_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [c.describe() for c in self._node.channels.channels()]
+
+    async def _channel_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        address = _text(args, "address")
+        try:
+            await self._node.channels.delete(address)
+        except KeyError:
+            raise ControlError("not_found", f"no secure channel at {address}") from None
+        return {"deleted": address}
+
+    async def _listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _text(args, "name").removeprefix("/service/")
+        with _control_errors():
+            if not _SERVICE_NAME.fullmatch(name) or name.startswith("_"):
+                raise ValueError(f"invalid listener address /service/{name}")
+            if self._node.router.has_worker(name):
+                raise ControlError("conflict", f"/service/{name} is already in use on this node")
+            self._node.add_listener(name, _node_ids(args.get("authorized")))
+        return {"address": f"/service/{name}"}
+
+    async def _listener_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [listener.describe() for listener in self._node.channels.listeners()]
+
+    async def _listener_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _text(args, "name").removeprefix("/service/")
+        try:
+            with _control_errors():
+                self._node.remove_listener(name)
+        except KeyError:
+            raise ControlError(
+                "not_found", f"no secure channel listener at /service/{name}"
+            ) from None
+        return {"deleted": f"/service/{name}"}
+
+    async def _policy_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        resource = _text(args, "resource").removeprefix("/service/")
+        allow = _node_ids(args.get("allow"))
+        with _control_errors():
+            if not allow:
+                raise ValueError("a policy needs at least one --allow NODEID")
+            policy = self._node.set_policy(resource, allow)
+        return {"resource": policy.resource, **policy.document()}
+
+    async def _policy_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"resource": p.resource, **p.document()} for p in self._node.policies.list()]
+
+    async def _policy_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        resource = _text(args, "resource").removeprefix("/service/")
+        try:
+            self._node.delete_policy(resource)
+        except KeyError:
+            raise ControlError("not_found", f"no policy for {resource!r}") from None
+        return {"deleted": resource}
+
+
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _text(args: dict[str, Any], key: str) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value:
+        raise ControlError("invalid", f"missing {key!r}")
+    return value
+
+
+def _timeout(args: dict[str, Any]) -> float:
+    timeout = args.get("timeout", 10.0)
+    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        raise ControlError("invalid", "timeout must be between 0 and 3600 seconds")
+    return float(timeout)
+
+
+def _node_ids(values: Any) -> list[NodeId] | None:
+    if not values:
+        return None
+    if not isinstance(values, list):
+        raise ControlError("invalid", "expected a list of NodeIds")
+    try:
+        return [NodeId.parse(str(value)) for value in values]
+    except ValueError as exc:
+        raise ControlError("invalid", str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _control_errors() -> Iterator[None]:
+    """Turns the node's typed errors into control errors the CLI maps to exit codes."""
+    try:
+        yield
+    except RouteError as exc:
+        raise ControlError("invalid", str(exc)) from exc
+    except NodeStateError as exc:
+        raise ControlError(exc.code, str(exc)) from exc
+    except RemoteError as exc:
+        raise ControlError(exc.code.name.lower(), exc.text) from exc
+    except ValueError as exc:
+        raise ControlError("conflict" if "already" in str(exc) else "invalid", str(exc)) from exc
+
+
+def _capture_to(path: Path) -> Any:
+    """A router capture writing every routed message (u32 length + wire bytes) to ``path``.
+
+    For debugging and for tests that must see what a node sees after hop decryption (such as
+    proving a relay handles only ciphertext).
+    """
+    handle: BinaryIO = path.open("ab")
+
+    def capture(message: Message) -> None:
+        try:
+            data = message.to_wire()
+        except ValueError:
+            return
+        handle.write(struct.pack("!I", len(data)) + data)
+        handle.flush()
+
+    return capture
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,18 @@ from meshkey.wire.message import ErrorCode
 if TYPE_CHECKING:
     from meshkey.identity.store import IdentityStore
 
-SCHEMA_VERSION = 1
+# Each entry brings the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS = [
+    "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """
+    CREATE TABLE relays (name TEXT PRIMARY KEY, at TEXT NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE relay_claims (name TEXT PRIMARY KEY, owner TEXT NOT NULL,
+                               claimed_at TEXT NOT NULL);
+    CREATE TABLE policies (resource TEXT PRIMARY KEY, document TEXT NOT NULL);
+    CREATE TABLE listeners (name TEXT PRIMARY KEY, authorized TEXT);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).
 _UNIX_PATH_LIMIT = 100
 
@@ -144,10 +155,13 @@ class NodeDir:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            if version > SCHEMA_VERSION:
+                raise NodeStateError(
+                    f"node {self.name!r} was written by a newer meshkey (schema {version})"
                 )
+            for migration in MIGRATIONS[version:]:
+                connection.executescript(migration)
+            if version < SCHEMA_VERSION:
                 connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             with connection:
                 yield connection

@@ -24,8 +24,19 @@ from meshkey.wire.message import ErrorCode, MessageKind
 log = EventLogger("routing")
 
 Handler = Callable[[Message], Awaitable[None]]
+#: (worker name, authenticated identity or None) -> None to admit, or why it is refused.
+Admission = Callable[[str, NodeId | None], str | None]
 
-__all__ = ["Deliver", "Fail", "Forward", "Handler", "Router", "RoutingError", "next_hop"]
+__all__ = [
+    "Admission",
+    "Deliver",
+    "Fail",
+    "Forward",
+    "Handler",
+    "Router",
+    "RoutingError",
+    "next_hop",
+]
 
 
 class Transport(Protocol):
@@ -70,12 +81,15 @@ def next_hop(message: Message) -> Deliver | Forward | Fail:
 
 
 class _Worker:
-    __slots__ = ("handler", "inline", "name", "queue", "task")
+    __slots__ = ("handler", "hop_identity", "inline", "name", "queue", "task")
 
-    def __init__(self, name: str, handler: Handler, inline: bool, mailbox_size: int) -> None:
+    def __init__(
+        self, name: str, handler: Handler, inline: bool, hop_identity: bool, mailbox_size: int
+    ) -> None:
         self.name = name
         self.handler = handler
         self.inline = inline
+        self.hop_identity = hop_identity
         self.queue: asyncio.Queue[Message] | None = None
         self.task: asyncio.Task[None] | None = None
         if not inline:
@@ -89,18 +103,26 @@ class Router:
         self._workers: dict[str, _Worker] = {}
         self._transports: dict[str, Transport] = {}
         self._mailbox_size = mailbox_size
+        #: Decides, per message, whether a worker may receive it (policies plug in here).
+        self.admission: Admission | None = None
+        #: Sees every message this node routes (a debugging capture; see node.daemon).
+        self.capture: Callable[[Message], None] | None = None
 
     # -- registration -----------------------------------------------------------------
 
-    def register(self, name: str, handler: Handler, *, inline: bool = False) -> ServiceAddress:
+    def register(
+        self, name: str, handler: Handler, *, inline: bool = False, hop_identity: bool = False
+    ) -> ServiceAddress:
         """Registers a worker at ``/service/NAME``.
 
         A mailbox worker (the default) handles its messages one at a time, in order, in its
         own task. An ``inline`` handler runs in the sender's task and must not block.
+        Admission sees the identity at the far end of the secure channel a message came
+        through; with ``hop_identity`` the authenticated previous hop counts too.
         """
         if name in self._workers:
             raise ValueError(f"a worker is already registered at /service/{name}")
-        worker = _Worker(name, handler, inline, self._mailbox_size)
+        worker = _Worker(name, handler, inline, hop_identity, self._mailbox_size)
         if worker.queue is not None:
             worker.task = asyncio.get_running_loop().create_task(
                 self._run_worker(worker), name=f"worker:{name}"
@@ -135,6 +157,8 @@ class Router:
 
     async def route(self, message: Message) -> None:
         """Delivers or forwards ``message``; never raises for a routing failure."""
+        if self.capture is not None:
+            self.capture(message)
         decision = next_hop(message)
         if isinstance(decision, Deliver):
             worker = self._workers.get(decision.name)
@@ -144,6 +168,11 @@ class Router:
                     ErrorCode.NO_SUCH_SERVICE,
                     f"node {self._label}: no service {decision.name!r}",
                 )
+                return
+            refusal = self._admit(worker, message)
+            if refusal is not None:
+                log.warning("message.refused", service=worker.name, reason=refusal)
+                await self.fail(message, ErrorCode.REFUSED, f"node {self._label}: {refusal}")
             elif worker.queue is not None:
                 await worker.queue.put(message)
             else:
@@ -163,6 +192,14 @@ class Router:
                 await self.fail(message, exc.code, exc.text)
         else:
             await self.fail(message, decision.code, f"node {self._label}: {decision.text}")
+
+    def _admit(self, worker: _Worker, message: Message) -> str | None:
+        if self.admission is None:
+            return None
+        identity = message.local.channel_peer
+        if identity is None and worker.hop_identity:
+            identity = message.local.hop_peer
+        return self.admission(worker.name, identity)
 
     async def fail(self, message: Message, code: ErrorCode, text: str) -> None:
         """Answers an undeliverable message with an error along its return route."""

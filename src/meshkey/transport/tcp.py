@@ -55,10 +55,12 @@ class TcpTransport:
         on_event: EventCallback | None = None,
         idle_timeout: float = 300.0,
         handshake_timeout: float = 10.0,
+        keepalive_interval: float = 20.0,
     ) -> None:
         self.identity = identity
         self.router = router
         self.idle_timeout = idle_timeout
+        self.keepalive_interval = keepalive_interval
         self.handshake_timeout = handshake_timeout
         self._on_event = on_event or (lambda event: None)
         self._server: asyncio.Server | None = None
@@ -95,6 +97,18 @@ class TcpTransport:
             self._outbound[key] = connection
             connection.start_outbound()
         await connection.enqueue(message)
+
+    def watch(self, address: TransportAddress) -> asyncio.Future[str]:
+        """Keeps the connection to ``address`` alive (pings instead of idle close) and returns
+        a future that resolves, with the reason, when it closes."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        connection = self._outbound.get((address.host, address.port, address.node_id))
+        if connection is None or connection.closed:
+            future.set_result("not connected")
+        else:
+            connection.keepalive = True
+            connection.watchers.append(future)
+        return future
 
     def connections(self) -> list[dict[str, Any]]:
         return [c.describe() for c in self._connections if not c.closed]
@@ -155,6 +169,8 @@ class _Connection:
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self._registered = False
+        self.keepalive = False
+        self.watchers: list[asyncio.Future[str]] = []
         transport._connections.add(self)
 
     def describe(self) -> dict[str, Any]:
@@ -321,9 +337,21 @@ class _Connection:
 
     async def _idle_watch(self) -> None:
         idle = self.transport.idle_timeout
+        interval = self.transport.keepalive_interval
+        pings = 0
         while True:
-            await asyncio.sleep(min(idle / 4, 30))
-            if self._loop.time() - self._last_activity > idle and self.queue.empty():
+            await asyncio.sleep(min(idle / 4, interval / 2))
+            quiet = self._loop.time() - self._last_activity
+            if self.keepalive:
+                # Pings keep NAT mappings and the peer's idle timer fresh; silence means dead.
+                if quiet > 3 * interval:
+                    await self.close(CloseCode.NORMAL, f"no answer to keepalives for {quiet:.0f}s")
+                    return
+                if quiet > interval:
+                    pings += 1
+                    self.core.ping(pings)
+                    self._flush()
+            elif quiet > idle and self.queue.empty():
                 await self.close(CloseCode.IDLE, "idle")
                 return
 
@@ -359,6 +387,9 @@ class _Connection:
             self.transport._emit(
                 HopClosed(self.core.peer, "tcp", self.remote, self.direction, reason)
             )
+        for watcher in self.watchers:
+            if not watcher.done():
+                watcher.set_result(reason)
         # Whatever was waiting to go out is answered, so no sender waits for nothing.
         while not self.queue.empty():
             await self.transport.router.fail(self.queue.get_nowait(), error, reason)

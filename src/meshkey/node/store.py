@@ -1,0 +1,94 @@
+"""What a daemon keeps across restarts, in its SQLite state database.
+
+:class:`meshkey.node.core.Node` writes through a store when it has one (a daemon's) and keeps
+everything in memory when it has none (an embedded node).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+from meshkey.channel.policy import Policy
+from meshkey.identity.node_id import NodeId
+from meshkey.node.state import NodeDir
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+class NodeStore:
+    def __init__(self, node: NodeDir) -> None:
+        self._node = node
+
+    # relays this node registered elsewhere
+    def relays(self) -> list[tuple[str, str]]:
+        with self._node.database() as db:
+            return [(n, a) for n, a in db.execute("SELECT name, at FROM relays ORDER BY name")]
+
+    def save_relay(self, name: str, at: str) -> None:
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO relays(name, at, created_at) VALUES (?, ?, ?)",
+                (name, at, _now()),
+            )
+
+    def delete_relay(self, name: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM relays WHERE name = ?", (name,))
+
+    # relay names other nodes claimed here
+    def relay_claims(self) -> dict[str, NodeId]:
+        with self._node.database() as db:
+            rows = db.execute("SELECT name, owner FROM relay_claims").fetchall()
+        return {name: NodeId.parse(owner) for name, owner in rows}
+
+    def claim_relay(self, name: str, owner: NodeId) -> None:
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO relay_claims(name, owner, claimed_at) VALUES (?, ?, ?)",
+                (name, str(owner), _now()),
+            )
+
+    def release_relay(self, name: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM relay_claims WHERE name = ?", (name,))
+
+    # policies
+    def policies(self) -> list[Policy]:
+        with self._node.database() as db:
+            rows = db.execute("SELECT resource, document FROM policies").fetchall()
+        return [Policy.from_document(resource, json.loads(doc)) for resource, doc in rows]
+
+    def save_policy(self, policy: Policy) -> None:
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO policies(resource, document) VALUES (?, ?)",
+                (policy.resource, json.dumps(policy.document())),
+            )
+
+    def delete_policy(self, resource: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM policies WHERE resource = ?", (resource,))
+
+    # secure channel listeners added by users (the default one is not stored)
+    def listeners(self) -> list[tuple[str, frozenset[NodeId] | None]]:
+        with self._node.database() as db:
+            rows = db.execute("SELECT name, authorized FROM listeners ORDER BY name").fetchall()
+        return [
+            (name, frozenset(NodeId.parse(n) for n in json.loads(auth)) if auth else None)
+            for name, auth in rows
+        ]
+
+    def save_listener(self, name: str, authorized: frozenset[NodeId] | None) -> None:
+        document = json.dumps(sorted(str(n) for n in authorized)) if authorized else None
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO listeners(name, authorized) VALUES (?, ?)",
+                (name, document),
+            )
+
+    def delete_listener(self, name: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM listeners WHERE name = ?", (name,))
