@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,13 @@ class Cli:
     home: Path
 
     def run(
-        self, *args: str, input: str | None = None, timeout: float = 60
+        self,
+        *args: str,
+        input: str | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MESHKEY_HOME": str(self.home)}
+        env = {**os.environ, "MESHKEY_HOME": str(self.home), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "meshkey", *args],
             input=input,
@@ -36,8 +41,8 @@ class Cli:
             check=False,
         )
 
-    def ok(self, *args: str, input: str | None = None) -> str:
-        result = self.run(*args, input=input)
+    def ok(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
+        result = self.run(*args, input=input, env=env)
         assert result.returncode == 0, f"meshkey {' '.join(args)}: {result.stderr}"
         return result.stdout
 
@@ -54,6 +59,16 @@ class Cli:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         return lines[0]
+
+    def node_id(self, node: str) -> str:
+        node_id: str = self.json("node", "show", node)["node_id"]
+        return node_id
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.1)
 
     def address(self, node: str) -> str:
         status: dict[str, Any] = self.json("node", "show", node)

@@ -206,6 +206,11 @@ class SecureChannels:
             received = session.receive(message.payload)
         except ChannelError as exc:
             log.warning("channel.bad_hello", listener=listener.name, reason=exc.reason)
+            await self.router.fail(
+                message,
+                ErrorCode.MALFORMED,
+                f"/service/{listener.name} is a secure channel listener: {exc.reason}",
+            )
             return
         channel = self._new_channel(session, listener.name)
         channel.route = message.return_route
@@ -231,6 +236,14 @@ class SecureChannels:
                 message, ErrorCode.UNREACHABLE, f"secure channel {channel.address} is {reason}"
             )
             return
+        lost = self._route_lost(channel)
+        if lost is not None:
+            await self.router.fail(
+                message,
+                ErrorCode.UNREACHABLE,
+                f"secure channel {channel.address} lost its route ({lost}); create a new one",
+            )
+            return
         inner = Message(message.onward[1:], message.return_route, message.payload, message.kind)
         try:
             sealed = channel.session.seal(inner.to_wire())
@@ -238,6 +251,23 @@ class SecureChannels:
             await self.router.fail(message, ErrorCode.MALFORMED, str(exc))
             return
         await self._send(channel, sealed)
+
+    def _route_lost(self, channel: Channel) -> str | None:
+        """Why the channel's route is known to be broken, or None.
+
+        Either its first hop is a connection of this node that has closed, or a node on the
+        route reported an error and the peer has not spoken since.
+        """
+        first = channel.route[0] if channel.route else None
+        if (
+            isinstance(first, ServiceAddress)
+            and first.name.startswith("_")
+            and not self.router.has_worker(first.name)
+        ):
+            return "its first connection has closed"
+        if channel.error and channel.error.startswith("route error"):
+            return channel.error
+        return None
 
     async def _decrypt(self, channel: Channel, message: Message) -> None:
         if message.is_error:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
+from meshkey.cli.channel_commands import secure_channel, secure_channel_listener
 from meshkey.cli.common import MeshkeyGroup
 from meshkey.cli.errors import EXIT_CODES_HELP
 from meshkey.cli.identity_commands import identity
 from meshkey.cli.message_commands import message
 from meshkey.cli.node_commands import node
+from meshkey.cli.policy_commands import policy
+from meshkey.cli.relay_commands import relay
 from meshkey.node.state import Home
 
 
@@ -55,5 +58,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="meshkey")
 
 
-for group in (identity, node, message):
+for group in (identity, node, message, relay, secure_channel, secure_channel_listener, policy):
     cli.add_command(group)

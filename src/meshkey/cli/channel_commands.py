@@ -1,0 +1,179 @@
+"""``meshkey secure-channel`` and ``secure-channel-listener``: end-to-end encrypted channels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from meshkey.cli.common import call, get_home, node_name, parse_duration, pick_node, read_route
+from meshkey.cli.errors import CliError, ExitCode
+from meshkey.cli.output import emit, fields, output_option, table
+
+
+@click.group("secure-channel")
+def secure_channel() -> None:
+    """Secure channels (Noise XX) between node identities, end to end over any route.
+
+    \b
+    meshkey secure-channel create --from /node/yellow \\
+        --to /node/green/service/forward_to_blue/service/api \\
+      | meshkey message send hello --from /node/yellow --to -/service/uppercase
+    """
+
+
+@secure_channel.command("create")
+@click.option("--from", "from_node", required=True, metavar="NODE", help="The initiating node.")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="ROUTE",
+    help="Route to a secure channel listener, e.g. /node/blue/service/api.",
+)
+@click.option(
+    "--authorized",
+    multiple=True,
+    metavar="NODEID",
+    help="Accept only these identities at the far end (repeatable).",
+)
+@click.option(
+    "--timeout", default="10s", show_default=True, help="How long the handshake may take."
+)
+@output_option
+@click.pass_context
+def channel_create(
+    ctx: click.Context,
+    from_node: str,
+    to: str,
+    authorized: tuple[str, ...],
+    timeout: str,
+    output: str,
+) -> None:
+    """Open a secure channel from NODE to the listener at ROUTE and print its address.
+
+    Send to ADDRESS/service/X (with --from NODE) to reach service X on the far node: the
+    message is encrypted end to end, and nodes on the route see only ciphertext.
+    """
+    seconds = parse_duration(timeout)
+    result = call(
+        ctx,
+        node_name(from_node),
+        "channel.create",
+        {"route": read_route(to), "authorized": list(authorized), "timeout": seconds},
+        timeout=seconds + 5,
+    )
+    emit(output, result, result["address"])
+
+
+def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
+    home = get_home(ctx)
+    names = (
+        [pick_node(ctx, node_name(at), "--at")]
+        if at
+        else [n for n in home.node_names() if home.node(n).is_running()]
+    )
+    return [{**c, "node": n} for n in names for c in call(ctx, n, "channel.list")]
+
+
+@secure_channel.command("list")
+@click.option("--at", "at", metavar="NODE", help="Only this node's channels [default: all].")
+@output_option
+@click.pass_context
+def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
+    """List secure channels of running nodes."""
+    channels = _channels(ctx, at)
+    emit(
+        output,
+        channels,
+        lambda: (
+            table(
+                ["NODE", "ADDRESS", "ROLE", "STATE", "PEER"],
+                [[c["node"], c["address"], c["role"], c["state"], c["peer"]] for c in channels],
+            )
+            if channels
+            else "No secure channels."
+        ),
+    )
+
+
+@secure_channel.command("show")
+@click.argument("address")
+@click.option("--at", "at", metavar="NODE", help="The node that holds the channel.")
+@output_option
+@click.pass_context
+def channel_show(ctx: click.Context, address: str, at: str | None, output: str) -> None:
+    """Show the secure channel at ADDRESS: peer identity, state, route, last error."""
+    wanted = "/service/" + address.removeprefix("/service/")
+    found = [c for c in _channels(ctx, at) if c["address"] == wanted]
+    if not found:
+        raise CliError(f"no secure channel at {wanted}", ExitCode.NOT_FOUND)
+    emit(output, found[0], lambda: fields([(k, v) for k, v in found[0].items()]))
+
+
+@secure_channel.command("delete")
+@click.argument("address")
+@click.option("--at", "at", metavar="NODE", help="The node that holds the channel.")
+@click.pass_context
+def channel_delete(ctx: click.Context, address: str, at: str | None) -> None:
+    """Close and delete the secure channel at ADDRESS (the peer is told)."""
+    wanted = "/service/" + address.removeprefix("/service/")
+    holders = [c["node"] for c in _channels(ctx, at) if c["address"] == wanted]
+    if not holders:
+        raise CliError(f"no secure channel at {wanted}", ExitCode.NOT_FOUND)
+    call(ctx, holders[0], "channel.delete", {"address": wanted})
+    click.echo(f"Secure channel {wanted} deleted")
+
+
+@click.group("secure-channel-listener")
+def secure_channel_listener() -> None:
+    """Secure channel listeners: where other nodes open channels to (every node has api)."""
+
+
+@secure_channel_listener.command("create")
+@click.argument("address")
+@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@click.option(
+    "--authorized",
+    multiple=True,
+    metavar="NODEID",
+    help="Accept channels only from these identities (repeatable).",
+)
+@output_option
+@click.pass_context
+def listener_create(
+    ctx: click.Context, address: str, at: str | None, authorized: tuple[str, ...], output: str
+) -> None:
+    """Create a secure channel listener at ADDRESS (e.g. /service/private, or private)."""
+    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    result = call(ctx, node, "listener.create", {"name": address, "authorized": list(authorized)})
+    emit(output, {**result, "node": node}, result["address"])
+
+
+@secure_channel_listener.command("list")
+@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@output_option
+@click.pass_context
+def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
+    """List a node's secure channel listeners."""
+    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    listeners = call(ctx, node, "listener.list")
+    emit(
+        output,
+        listeners,
+        lambda: table(
+            ["ADDRESS", "AUTHORIZED"],
+            [[item["address"], ", ".join(item["authorized"] or ["anyone"])] for item in listeners],
+        ),
+    )
+
+
+@secure_channel_listener.command("delete")
+@click.argument("address")
+@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@click.pass_context
+def listener_delete(ctx: click.Context, address: str, at: str | None) -> None:
+    """Delete the secure channel listener at ADDRESS."""
+    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    result = call(ctx, node, "listener.delete", {"name": address})
+    click.echo(f"Secure channel listener {result['deleted']} deleted")
