@@ -37,11 +37,14 @@ def _tls_echo_server(port_queue: Any) -> None:
         context = server_context(Identity.generate())
 
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                header = await reader.readexactly(4)
-                body = await reader.readexactly(int.from_bytes(header, "big"))
-                writer.write(header + body)
-                await writer.drain()
+            try:
+                while True:
+                    header = await reader.readexactly(4)
+                    body = await reader.readexactly(int.from_bytes(header, "big"))
+                    writer.write(header + body)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()  # the client is done (handshake benchmarks close at once)
 
         server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
         port_queue.put(server.sockets[0].getsockname()[1])

@@ -270,3 +270,20 @@ def test_channel_commands_and_errors(cli: Cli) -> None:
         ),
         "blue's end to close",
     )
+
+
+def test_a_channel_that_loses_its_route_says_so_and_can_be_re_established(cli: Cli) -> None:
+    cli.ok("node", "create", "blue")
+    cli.ok("node", "create", "yellow")
+    create = ("secure-channel", "create", "--from", "yellow", "--to", "/node/blue/service/api")
+    channel = cli.ok(*create).strip()
+    send = ("message", "send", "x", "--from", "yellow", "--to", f"{channel}/service/echo")
+    assert cli.ok(*send) == "x\n"
+    cli.ok("node", "stop", "blue")
+    assert "lost its route" in cli.fails(ExitCode.UNREACHABLE, *send)
+    cli.ok("node", "start", "blue")
+    assert "lost its route" in cli.fails(ExitCode.UNREACHABLE, *send)  # still that channel
+    fresh = cli.ok(*create).strip()
+    assert (
+        cli.ok("message", "send", "y", "--from", "yellow", "--to", f"{fresh}/service/echo") == "y\n"
+    )

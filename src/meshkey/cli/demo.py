@@ -32,7 +32,10 @@ def run_demo(*, keep: bool) -> None:
             click.echo(f"  started node {name:<8} {status['addresses'][0]}")
         asyncio.run(_exchange(home))
         click.echo()
-        click.echo("Each hop above was TLS 1.3, and each side proved its NodeId to the other.")
+        click.echo("Each hop above was TLS 1.3, each side proved its NodeId to the other, and the")
+        click.echo(
+            "secure channel (Noise XX) ran end to end between yellow's and blue's identities."
+        )
     finally:
         if keep:
             click.echo(
@@ -72,9 +75,36 @@ async def _exchange(home: Home) -> None:
             )
         # And the other way: daemon blue sends to a service of this embedded node.
         route = f"{here.addresses[0]}/service/reverse"
-        client = ControlClient(home.node("blue").socket_path)
+        blue = ControlClient(home.node("blue").socket_path)
         result = await asyncio.to_thread(
-            client.call, "message.send", {"route": route, "payload": b"stressed", "timeout": 5}
+            blue.call, "message.send", {"route": route, "payload": b"stressed", "timeout": 5}
         )
         click.echo(f"  blue -> {route}")
         click.echo(f"    sent 'stressed' reply {result['payload'].decode()!r}")
+
+        # Ockam's forwarder session: blue registers a relay on green (blue dials out, so it
+        # could sit behind a NAT), then yellow opens a secure channel to blue through it.
+        click.echo("\n  relay create blue --at /node/green --to /node/blue")
+        relay = await asyncio.to_thread(
+            blue.call, "relay.create", {"name": "blue", "at": "/node/green"}, 15
+        )
+        click.echo(f"    -> {relay['address']} on green")
+        through = "/node/green/service/forward_to_blue"
+        reply = await here.send(f"{through}/service/uppercase", b"relayed")
+        click.echo(f"  {through}/service/uppercase: 'relayed' -> {reply.decode()!r}")
+        yellow = ControlClient(home.node("yellow").socket_path)
+        channel = await asyncio.to_thread(
+            yellow.call, "channel.create", {"route": f"{through}/service/api"}, 15
+        )
+        click.echo(f"  secure-channel create --from yellow --to {through}/service/api")
+        click.echo(f"    -> {channel['address']}, peer {channel['peer'][:12]}… (blue)")
+        result = await asyncio.to_thread(
+            yellow.call,
+            "message.send",
+            {"route": f"{channel['address']}/service/uppercase", "payload": b"secret"},
+            15,
+        )
+        click.echo(
+            f"  yellow -> {channel['address'][:20]}…/service/uppercase: 'secret' -> "
+            f"{result['payload'].decode()!r}  (end to end: green saw only ciphertext)"
+        )
