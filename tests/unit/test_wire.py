@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshkey.wire.channel import decode_channel, decode_identity_proof
 from meshkey.wire.control import decode_control, encode_control
 from meshkey.wire.errors import (
     MalformedError,
@@ -45,6 +46,14 @@ from meshkey.wire.message import (
     encode_endpoint,
     encode_error,
     encode_message,
+)
+from meshkey.wire.relay import (
+    RelayRequest,
+    RelayResponse,
+    decode_relay_request,
+    decode_relay_response,
+    encode_relay_request,
+    encode_relay_response,
 )
 
 
@@ -199,6 +208,40 @@ def test_control_round_trip_and_errors() -> None:
         decode_control(encode_control({"op": "x"})[:-1])
     with pytest.raises(UnsupportedVersionError):
         decode_control(msgpack.packb({"v": 99}))
+
+
+def test_oversize_structured_messages_say_so() -> None:
+    with pytest.raises(OversizeError):
+        decode_control(b"\x00" * (MAX_FRAME + 1))
+    with pytest.raises(OversizeError):
+        decode_relay_request(b"\x00" * 5000)
+
+
+def test_relay_messages_round_trip_and_reject_bad_input() -> None:
+    request = RelayRequest("create", "blue", b"t" * 16)
+    assert decode_relay_request(encode_relay_request(request)) == request
+    ok = RelayResponse(b"t" * 16, True, address="/service/forward_to_blue")
+    assert decode_relay_response(encode_relay_response(ok)) == ok
+    refused = RelayResponse(b"t" * 16, False, code="conflict", error="taken")
+    assert decode_relay_response(encode_relay_response(refused)) == refused
+    with pytest.raises(MalformedError, match="token"):
+        decode_relay_request(encode_relay_request(RelayRequest("create", "blue", b"short")))
+    with pytest.raises(MalformedError, match="invalid relay name"):
+        decode_relay_request(encode_relay_request(RelayRequest("create", "a/b", b"t" * 16)))
+    with pytest.raises(MalformedError, match="op"):
+        decode_relay_request(encode_relay_request(RelayRequest("steal", "blue", b"t" * 16)))
+
+
+@given(st.binary(max_size=200))
+def test_relay_and_channel_parsers_only_raise_wire_errors(data: bytes) -> None:
+    for parse in (
+        decode_relay_request,
+        decode_relay_response,
+        decode_channel,
+        decode_identity_proof,
+    ):
+        with contextlib.suppress(WireError):
+            parse(data)
 
 
 @given(st.binary(max_size=200))

@@ -6,9 +6,16 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import call, get_home, node_name, parse_duration, pick_node, read_route
+from meshkey.cli.common import (
+    across_nodes,
+    call,
+    node_name,
+    parse_duration,
+    pick_node,
+    read_route,
+)
 from meshkey.cli.errors import CliError, ExitCode
-from meshkey.cli.output import emit, fields, output_option, table
+from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
 @click.group("secure-channel")
@@ -67,13 +74,7 @@ def channel_create(
 
 
 def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
-    home = get_home(ctx)
-    names = (
-        [pick_node(ctx, node_name(at), "--at")]
-        if at
-        else [n for n in home.node_names() if home.node(n).is_running()]
-    )
-    return [{**c, "node": n} for n in names for c in call(ctx, n, "channel.list")]
+    return across_nodes(ctx, at, "--at", "channel.list")
 
 
 @secure_channel.command("list")
@@ -82,18 +83,17 @@ def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
 @click.pass_context
 def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
     """List secure channels of running nodes."""
-    channels = _channels(ctx, at)
-    emit(
+    emit_table(
         output,
-        channels,
-        lambda: (
-            table(
-                ["NODE", "ADDRESS", "ROLE", "STATE", "PEER"],
-                [[c["node"], c["address"], c["role"], c["state"], c["peer"]] for c in channels],
-            )
-            if channels
-            else "No secure channels."
-        ),
+        _channels(ctx, at),
+        [
+            ("NODE", "node"),
+            ("ADDRESS", "address"),
+            ("ROLE", "role"),
+            ("STATE", "state"),
+            ("PEER", "peer"),
+        ],
+        "No secure channels.",
     )
 
 
@@ -157,14 +157,14 @@ def listener_create(
 def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
     """List a node's secure channel listeners."""
     node = pick_node(ctx, node_name(at) if at else None, "--at")
-    listeners = call(ctx, node, "listener.list")
-    emit(
+    emit_table(
         output,
-        listeners,
-        lambda: table(
-            ["ADDRESS", "AUTHORIZED"],
-            [[item["address"], ", ".join(item["authorized"] or ["anyone"])] for item in listeners],
-        ),
+        call(ctx, node, "listener.list"),
+        [
+            ("ADDRESS", "address"),
+            ("AUTHORIZED", lambda item: ", ".join(item["authorized"] or ["anyone"])),
+        ],
+        "No listeners.",
     )
 
 

@@ -98,6 +98,24 @@ def call(
         raise
 
 
+def across_nodes(
+    ctx: click.Context, node: str | None, option: str, op: str, key: str | None = None
+) -> list[dict[str, Any]]:
+    """``op``'s list from ``node``, or from every running node, each item tagged with it."""
+    home = get_home(ctx)
+    names = (
+        [pick_node(ctx, node_name(node), option)]
+        if node
+        else [n for n in home.node_names() if home.node(n).is_running()]
+    )
+    items = []
+    for name in names:
+        result = call(ctx, name, op)
+        for item in result[key] if key else result:
+            items.append({**item, "node": name})
+    return items
+
+
 def parse_duration(text: str) -> float:
     units = {"ms": 0.001, "s": 1.0, "m": 60.0}
     for suffix in ("ms", "s", "m"):

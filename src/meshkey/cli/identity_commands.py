@@ -9,7 +9,7 @@ import click
 
 from meshkey.cli.common import get_home
 from meshkey.cli.errors import CliError, ExitCode
-from meshkey.cli.output import emit, fields, output_option, table
+from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
 @click.group()
@@ -46,17 +46,16 @@ def identity_create(ctx: click.Context, name: str, encrypt: bool, output: str) -
 def identity_list(ctx: click.Context, output: str) -> None:
     """List identities."""
     infos = get_home(ctx).identities.list()
-    emit(
+    emit_table(
         output,
         [i.as_dict() for i in infos],
-        lambda: (
-            table(
-                ["NAME", "NODE ID", "CREATED", "ENCRYPTED"],
-                [[i.name, i.node_id, i.created_at, "yes" if i.encrypted else "no"] for i in infos],
-            )
-            if infos
-            else "No identities (create one with `meshkey identity create NAME`)."
-        ),
+        [
+            ("NAME", "name"),
+            ("NODE ID", "node_id"),
+            ("CREATED", "created_at"),
+            ("ENCRYPTED", lambda i: "yes" if i["encrypted"] else "no"),
+        ],
+        "No identities (create one with `meshkey identity create NAME`).",
     )
 
 

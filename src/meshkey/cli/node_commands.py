@@ -10,7 +10,7 @@ import click
 
 from meshkey.cli.common import get_home, node_name
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
-from meshkey.cli.output import emit, fields, output_option, table
+from meshkey.cli.output import emit, emit_table, fields, output_option
 from meshkey.node.control_client import ControlClient, ControlError
 from meshkey.node.state import Home, NodeStateError
 
@@ -146,20 +146,17 @@ def node_list(ctx: click.Context, output: str) -> None:
     from meshkey.node.launcher import node_summary
 
     home = get_home(ctx)
-    nodes = [node_summary(home, n) for n in home.node_names()]
-
-    def text() -> str:
-        if not nodes:
-            return "No nodes (create one with `meshkey node create NAME`)."
-        return table(
-            ["NAME", "STATUS", "NODE ID", "ADDRESS"],
-            [
-                [n["name"], n["status"], n["node_id"], _without_id((n["addresses"] or [""])[0])]
-                for n in nodes
-            ],
-        )
-
-    emit(output, nodes, text)
+    emit_table(
+        output,
+        [node_summary(home, n) for n in home.node_names()],
+        [
+            ("NAME", "name"),
+            ("STATUS", "status"),
+            ("NODE ID", "node_id"),
+            ("ADDRESS", lambda n: _without_id((n["addresses"] or [""])[0])),
+        ],
+        "No nodes (create one with `meshkey node create NAME`).",
+    )
 
 
 def _without_id(address: str) -> str:

@@ -29,6 +29,29 @@ def emit(output: str, data: Any, text: Callable[[], str] | str) -> None:
         click.echo(text() if callable(text) else text)
 
 
+Column = tuple[str, "str | Callable[[dict[str, Any]], Any]"]
+
+
+def emit_table(
+    output: str, items: list[dict[str, Any]], columns: Sequence[Column], empty: str
+) -> None:
+    """A list of records: a table (each column a key or a function of the record), or
+    ``empty`` when there are none; the records themselves with ``--output json``."""
+
+    def text() -> str:
+        if not items:
+            return empty
+        return table(
+            [header for header, _ in columns],
+            [
+                [key(item) if callable(key) else item.get(key) for _, key in columns]
+                for item in items
+            ],
+        )
+
+    emit(output, items, text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]

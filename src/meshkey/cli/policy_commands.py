@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from meshkey.cli.common import call, node_name, pick_node
-from meshkey.cli.output import emit, output_option, table
+from meshkey.cli.output import emit, emit_table, output_option
 
 
 @click.group()
@@ -47,15 +47,11 @@ def policy_create(
 def policy_list(ctx: click.Context, at: str | None, output: str) -> None:
     """List a node's policies."""
     node = pick_node(ctx, node_name(at) if at else None, "--at")
-    policies = call(ctx, node, "policy.list")
-    emit(
+    emit_table(
         output,
-        policies,
-        lambda: (
-            table(["RESOURCE", "ALLOW"], [[p["resource"], ", ".join(p["allow"])] for p in policies])
-            if policies
-            else "No policies: every service is open to whoever can reach it."
-        ),
+        call(ctx, node, "policy.list"),
+        [("RESOURCE", "resource"), ("ALLOW", lambda p: ", ".join(p["allow"]))],
+        "No policies: every service is open to whoever can reach it.",
     )
 
 

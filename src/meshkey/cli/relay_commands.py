@@ -6,10 +6,9 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import call, get_home, node_name, pick_node, read_route
+from meshkey.cli.common import across_nodes, call, node_name, pick_node, read_route
 from meshkey.cli.errors import CliError, ExitCode
-from meshkey.cli.output import emit, fields, output_option, table
-from meshkey.node.state import Home
+from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
 @click.group()
@@ -51,17 +50,7 @@ def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output:
 
 
 def _relays_of(ctx: click.Context, to: str | None) -> list[dict[str, Any]]:
-    home: Home = get_home(ctx)
-    names = (
-        [pick_node(ctx, node_name(to), "--to")]
-        if to
-        else [n for n in home.node_names() if home.node(n).is_running()]
-    )
-    relays = []
-    for node in names:
-        for item in call(ctx, node, "relay.list")["relays"]:
-            relays.append({**item, "node": node})
-    return relays
+    return across_nodes(ctx, to, "--to", "relay.list", "relays")
 
 
 @relay.command("list")
@@ -70,18 +59,17 @@ def _relays_of(ctx: click.Context, to: str | None) -> list[dict[str, Any]]:
 @click.pass_context
 def relay_list(ctx: click.Context, to: str | None, output: str) -> None:
     """List relays that running nodes created, with their status."""
-    relays = _relays_of(ctx, to)
-    emit(
+    emit_table(
         output,
-        relays,
-        lambda: (
-            table(
-                ["NODE", "NAME", "STATUS", "AT", "ADDRESS"],
-                [[r["node"], r["name"], r["status"], r["at"], r["address"]] for r in relays],
-            )
-            if relays
-            else "No relays."
-        ),
+        _relays_of(ctx, to),
+        [
+            ("NODE", "node"),
+            ("NAME", "name"),
+            ("STATUS", "status"),
+            ("AT", "at"),
+            ("ADDRESS", "address"),
+        ],
+        "No relays.",
     )
 
 

@@ -18,6 +18,7 @@ from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import TransportAddress
 from meshkey.routing.errors import RoutingError
+from meshkey.transport.errors import describe_error
 from meshkey.transport.hop import HopConnection, HopError, MessageReceived, PeerClosed, Role
 from meshkey.transport.tls import SERVER_NAME, client_context
 from meshkey.wire.hop import CloseCode
@@ -36,14 +37,14 @@ class BlockingHop:
             raw = socket.create_connection(address.endpoint, timeout=timeout)
         except OSError as exc:
             raise RoutingError(
-                ErrorCode.UNREACHABLE, f"cannot connect to {address}: {_reason(exc)}"
+                ErrorCode.UNREACHABLE, f"cannot connect to {address}: {describe_error(exc)}"
             ) from exc
         try:
             self.sock = client_context().wrap_socket(raw, server_hostname=SERVER_NAME)
         except (OSError, ssl.SSLError) as exc:
             raw.close()
             raise RoutingError(
-                ErrorCode.UNREACHABLE, f"TLS with {address} failed: {_reason(exc)}"
+                ErrorCode.UNREACHABLE, f"TLS with {address} failed: {describe_error(exc)}"
             ) from exc
         try:
             der = self.sock.getpeercert(binary_form=True)
@@ -96,7 +97,9 @@ class BlockingHop:
             try:
                 self.sock.sendall(data)
             except OSError as exc:
-                raise RoutingError(ErrorCode.UNREACHABLE, f"connection lost: {exc}") from exc
+                raise RoutingError(
+                    ErrorCode.UNREACHABLE, f"connection lost: {describe_error(exc)}"
+                ) from exc
 
     def _pump(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -110,7 +113,9 @@ class BlockingHop:
                 ErrorCode.TIMEOUT, f"no answer from {self.address} in time"
             ) from None
         except OSError as exc:
-            raise RoutingError(ErrorCode.UNREACHABLE, f"connection lost: {_reason(exc)}") from exc
+            raise RoutingError(
+                ErrorCode.UNREACHABLE, f"connection lost: {describe_error(exc)}"
+            ) from exc
         if not data:
             raise RoutingError(ErrorCode.UNREACHABLE, f"{self.address} closed the connection")
         for event in self.core.receive_data(data):
@@ -121,13 +126,3 @@ class BlockingHop:
                     ErrorCode.UNREACHABLE, f"{self.address} closed the hop: {event.reason}"
                 )
         self._flush()
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__

@@ -22,6 +22,7 @@ from meshkey.log import EventLogger
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.message import LocalInfo, Message
 from meshkey.routing.router import Router, RoutingError
+from meshkey.transport.errors import describe_error
 from meshkey.transport.events import HopAuthenticated, HopClosed, HopRefused, TransportEvent
 from meshkey.transport.hop import (
     HopConnection,
@@ -210,7 +211,7 @@ class _Connection:
                 timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            reason = _describe_error(exc)
+            reason = describe_error(exc)
             await self.close(
                 CloseCode.NORMAL,
                 f"cannot connect to {self.target}: {reason}",
@@ -252,7 +253,7 @@ class _Connection:
             await self._refuse("authentication timed out")
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             await self.close(
-                CloseCode.NORMAL, f"connection lost: {_describe_error(exc)}", ErrorCode.UNREACHABLE
+                CloseCode.NORMAL, f"connection lost: {describe_error(exc)}", ErrorCode.UNREACHABLE
             )
 
     def _opened(self) -> None:
@@ -322,7 +323,7 @@ class _Connection:
                 self._last_activity = self._loop.time()
                 await writer.drain()
         except (OSError, ssl.SSLError) as exc:
-            await self.close(CloseCode.NORMAL, f"connection lost: {_describe_error(exc)}")
+            await self.close(CloseCode.NORMAL, f"connection lost: {describe_error(exc)}")
 
     def _send(self, message: Message) -> None:
         try:
@@ -403,13 +404,3 @@ def _certificate_node_id(writer: asyncio.StreamWriter) -> NodeId:
     return node_id_from_certificate(
         ssl_object.getpeercert(binary_form=True) if ssl_object else None
     )
-
-
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__

@@ -13,9 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
+from meshkey.wire.errors import MalformedError
+from meshkey.wire.maps import decode_map, encode_map
 
 RELAY_VERSION = 1
 MAX_RELAY_MESSAGE = 4096
@@ -49,33 +48,21 @@ def check_relay_name(name: str) -> str:
 
 
 def encode_relay_request(request: RelayRequest) -> bytes:
-    packed: bytes = msgpack.packb(
-        {"v": RELAY_VERSION, "op": request.op, "name": request.name, "token": request.token}
-    )
-    return packed
+    body = {"op": request.op, "name": request.name, "token": request.token}
+    return encode_map(body, RELAY_VERSION, MAX_RELAY_MESSAGE, "relay request")
 
 
 def encode_relay_response(response: RelayResponse) -> bytes:
-    body: dict[str, Any] = {"v": RELAY_VERSION, "token": response.token, "ok": response.ok}
+    body: dict[str, Any] = {"token": response.token, "ok": response.ok}
     if response.ok:
         body["address"] = response.address
     else:
         body["code"], body["error"] = response.code, response.error
-    packed: bytes = msgpack.packb(body)
-    return packed
+    return encode_map(body, RELAY_VERSION, MAX_RELAY_MESSAGE, "relay response")
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
-    if len(data) > MAX_RELAY_MESSAGE:
-        raise OversizeError(f"relay message of {len(data)} bytes")
-    try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
-        raise MalformedError(f"relay message is not valid msgpack: {exc}") from exc
-    if not isinstance(body, dict):
-        raise MalformedError("relay message is not a map")
-    if body.get("v") != RELAY_VERSION:
-        raise UnsupportedVersionError(f"relay protocol version {body.get('v')!r}")
+    body = decode_map(data, RELAY_VERSION, MAX_RELAY_MESSAGE, "relay message")
     token = body.get("token")
     if not isinstance(token, bytes) or len(token) != TOKEN_SIZE:
         raise MalformedError("relay message without a valid token")
