@@ -276,8 +276,8 @@ class SecureChannels:
             code, text = message.error()
             channel.error = f"route error: {text}"
             log.warning("channel.route_error", address=channel.address, reason=text)
-            if channel.session.state is State.HANDSHAKING and not channel.opened.done():
-                channel.opened.set_exception(RemoteError(code, text))
+            if channel.session.state is State.HANDSHAKING:
+                self._fail_handshake(channel, RemoteError(code, text))
             return
         try:
             received = channel.session.receive(message.payload)
@@ -291,8 +291,7 @@ class SecureChannels:
                     Message(message.return_route, (), encode_channel(Refuse(exc.reason)))
                 )
             await self._close(channel, exc.reason, notify=False)
-            if not channel.opened.done():
-                channel.opened.set_exception(RemoteError(ErrorCode.REFUSED, exc.reason))
+            self._fail_handshake(channel, RemoteError(ErrorCode.REFUSED, exc.reason))
             return
         channel.route = message.return_route  # authentic: follow the path it came by
         if channel.error and channel.error.startswith("route error"):
@@ -313,6 +312,15 @@ class SecureChannels:
             await self._close(channel, f"closed by the peer: {received.closed}", notify=False)
         if received.plaintext is not None:
             await self._deliver(channel, received.plaintext)
+
+    @staticmethod
+    def _fail_handshake(channel: Channel, error: RemoteError) -> None:
+        if channel.opened.done():
+            return
+        if channel.initiator:  # someone awaits it in create()
+            channel.opened.set_exception(error)
+        else:
+            channel.opened.cancel()
 
     async def _deliver(self, channel: Channel, plaintext: bytes) -> None:
         try:
