@@ -70,9 +70,10 @@ class Cli:
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.1)
 
-    def address(self, node: str) -> str:
+    def address(self, node: str, protocol: str = "udp") -> str:
+        """The node's listening address for ``protocol`` (``/node/NAME`` means its UDP one)."""
         status: dict[str, Any] = self.json("node", "show", node)
-        address: str = status["addresses"][0]
+        address: str = next(a for a in status["addresses"] if f"/{protocol}/" in a)
         return address
 
     def log(self, node: str) -> str:

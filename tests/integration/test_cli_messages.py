@@ -53,8 +53,9 @@ def test_from_a_node_and_hop_service(blue_green: Cli) -> None:
         )
         == "X\n"
     )
-    address = cli.address("blue")
-    assert cli.ok("message", "send", "raw", "--to", f"{address}/service/uppercase") == "RAW\n"
+    for protocol in ("udp", "tcp"):
+        address = cli.address("blue", protocol)
+        assert cli.ok("message", "send", "raw", "--to", f"{address}/service/uppercase") == "RAW\n"
     assert cli.ok("message", "send", "6869", "--hex", "--to", "/node/blue/service/echo") == "6869\n"
 
 

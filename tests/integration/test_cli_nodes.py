@@ -34,8 +34,9 @@ def test_identity_commands(cli: Cli) -> None:
 def test_node_lifecycle(cli: Cli) -> None:
     created = cli.json("node", "create", "blue")
     assert created["services"] == ["api", "echo", "hop", "relay", "uppercase"]
-    address = created["addresses"][0]
-    assert address.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in address
+    udp, tcp = created["addresses"]
+    assert udp.startswith("/ip4/127.0.0.1/udp/") and f"/id/{created['node_id']}" in udp
+    assert tcp.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in tcp
     assert "already exists" in cli.fails(ExitCode.CONFLICT, "node", "create", "blue")
 
     listed = cli.json("node", "list")
@@ -52,7 +53,7 @@ def test_node_lifecycle(cli: Cli) -> None:
 
     restarted = cli.json("node", "start", "blue")
     assert restarted["node_id"] == created["node_id"]
-    assert restarted["addresses"] == [address]  # same port: it was free
+    assert restarted["addresses"] == [udp, tcp]  # the same ports: they were free
     assert "event=daemon.ready" in cli.ok("node", "logs", "blue")
 
     cli.ok("node", "delete", "blue", "--force")
@@ -63,13 +64,24 @@ def test_node_lifecycle(cli: Cli) -> None:
     assert cli.json("node", "create", "blue")["node_id"] == created["node_id"]
 
 
-def test_node_with_named_identity_and_fixed_port(cli: Cli, unused_tcp_port: int) -> None:
+def test_node_with_named_identity_and_fixed_port(
+    cli: Cli, unused_tcp_port: int, unused_udp_port: int
+) -> None:
     identity = cli.json("identity", "create", "shared")
     node = cli.json(
-        "node", "create", "n1", "--identity", "shared", "--tcp", f"127.0.0.1:{unused_tcp_port}"
+        "node",
+        "create",
+        "n1",
+        "--identity",
+        "shared",
+        "--tcp",
+        f"127.0.0.1:{unused_tcp_port}",
+        "--udp",
+        f"127.0.0.1:{unused_udp_port}",
     )
     assert node["node_id"] == identity["node_id"]
-    assert node["addresses"][0].startswith(f"/ip4/127.0.0.1/tcp/{unused_tcp_port}/")
+    assert node["addresses"][0].startswith(f"/ip4/127.0.0.1/udp/{unused_udp_port}/")
+    assert node["addresses"][1].startswith(f"/ip4/127.0.0.1/tcp/{unused_tcp_port}/")
     assert "is used by node(s) n1" in cli.fails(ExitCode.CONFLICT, "identity", "delete", "shared")
     # Same port again: the node cannot start, and no half-made node is left behind.
     assert "address already in use" in cli.fails(
@@ -157,12 +169,13 @@ def _ipv6_loopback() -> bool:
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 def test_ipv6_and_dns_routes(cli: Cli) -> None:
-    node = cli.json("node", "create", "v6", "--tcp", "[::1]:0")
-    address = node["addresses"][0]
-    assert address.startswith("/ip6/::1/tcp/")
-    assert cli.ok("message", "send", "six", "--to", f"{address}/service/uppercase") == "SIX\n"
+    node = cli.json("node", "create", "v6", "--tcp", "[::1]:0", "--udp", "[::1]:0")
+    for address, protocol in zip(node["addresses"], ("udp", "tcp"), strict=True):
+        assert address.startswith(f"/ip6/::1/{protocol}/")
+        assert cli.ok("message", "send", "six", "--to", f"{address}/service/uppercase") == "SIX\n"
+    assert cli.ok("message", "send", "v6", "--to", "/node/v6/node/v6/service/echo") == "v6\n"
     v4 = cli.json("node", "create", "v4")
-    v4_port = v4["addresses"][0].split("/")[4]
+    v4_port = v4["addresses"][1].split("/")[4]
     dns = f"/dns/localhost/tcp/{v4_port}"
     assert cli.ok("message", "send", "dns", "--to", f"{dns}/service/uppercase") == "DNS\n"
     pinned_right = f"{dns}/id/{v4['node_id']}/service/echo"

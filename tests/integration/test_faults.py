@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def blue(cli: Cli) -> tuple[Cli, TransportAddress]:
     cli.ok("node", "create", "blue")
-    address = parse_address(cli.address("blue"))
+    address = parse_address(cli.address("blue", "tcp"))
     assert isinstance(address, TransportAddress)
     return cli, address
 

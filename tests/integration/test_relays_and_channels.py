@@ -4,6 +4,7 @@ across restarts; secure channel authorization; policies."""
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -272,18 +273,41 @@ def test_channel_commands_and_errors(cli: Cli) -> None:
     )
 
 
-def test_a_channel_that_loses_its_route_says_so_and_can_be_re_established(cli: Cli) -> None:
+def test_a_channel_whose_peer_leaves_says_so_and_can_be_re_established(cli: Cli) -> None:
     cli.ok("node", "create", "blue")
     cli.ok("node", "create", "yellow")
     create = ("secure-channel", "create", "--from", "yellow", "--to", "/node/blue/service/api")
+
+    def send(channel: str) -> tuple[str, ...]:
+        return (
+            "message",
+            "send",
+            "x",
+            "--from",
+            "yellow",
+            "--to",
+            f"{channel}/service/echo",
+            "--timeout",
+            "3s",
+        )
+
     channel = cli.ok(*create).strip()
-    send = ("message", "send", "x", "--from", "yellow", "--to", f"{channel}/service/echo")
-    assert cli.ok(*send) == "x\n"
+    assert cli.ok(*send(channel)) == "x\n"
+    # A node that stops tells its channels' peers why.
     cli.ok("node", "stop", "blue")
-    assert "lost its route" in cli.fails(ExitCode.UNREACHABLE, *send)
-    cli.ok("node", "start", "blue")
-    assert "lost its route" in cli.fails(ExitCode.UNREACHABLE, *send)  # still that channel
-    fresh = cli.ok(*create).strip()
-    assert (
-        cli.ok("message", "send", "y", "--from", "yellow", "--to", f"{fresh}/service/echo") == "y\n"
+    assert "closed by the peer: node shutting down" in cli.fails(
+        ExitCode.UNREACHABLE, *send(channel)
     )
+    cli.ok("node", "start", "blue")
+    channel = cli.ok(*create).strip()
+    assert cli.ok(*send(channel)) == "x\n"
+
+    # A node that dies says nothing: the link notices (ICMP, then no answer), the channel
+    # reports its lost route, and a new channel works once the node is back.
+    os.kill(cli.json("node", "show", "blue")["pid"], signal.SIGKILL)
+    cli.wait_for(
+        lambda: "lost its route" in cli.run(*send(channel)).stderr, "the channel to notice"
+    )
+    cli.ok("node", "start", "blue")
+    fresh = cli.ok(*create).strip()
+    assert cli.ok(*send(fresh)) == "x\n"

@@ -61,6 +61,7 @@ class Channel:
     initiator: bool
     listener: str | None = None
     route: Route = ()
+    closed: bool = False
     error: str | None = None  # why it closed, or the last error a node on its route reported
     created_at: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -334,8 +335,9 @@ class SecureChannels:
         )
 
     async def _close(self, channel: Channel, reason: str, *, notify: bool) -> None:
-        if channel.session.state is State.CLOSED:
+        if channel.closed:
             return
+        channel.closed = True
         goodbye = channel.session.close(reason)
         channel.error = reason
         log.info("channel.closed", address=channel.address, reason=reason)

@@ -10,6 +10,7 @@ from meshkey.cli.common import call, get_home, node_name, parse_duration, read_r
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, output_option
 from meshkey.node.state import Home, resolve_route
+from meshkey.routing.address import NodeNameAddress, Route, TransportAddress, parse_route
 from meshkey.routing.errors import RemoteError
 
 
@@ -84,10 +85,35 @@ def message_send(
 
 
 def _send_embedded(home: Home, route: str, payload: bytes, timeout: float) -> bytes:
-    """Sends as a short-lived node in this process: fresh identity, no listener, no loop."""
+    """Sends as a short-lived node in this process: fresh identity, no listener, no loop.
+
+    It reaches the route's first node over TCP (the node runs on this machine, and loading
+    QUIC would cost this process more than the whole exchange); every hop after that is the
+    route's own, UDP for ``/node/NAME``.
+    """
     from meshkey.node.oneshot import send_once
 
+    parsed = parse_route(route)
+    first = parsed[0]
+    if isinstance(first, NodeNameAddress):
+        parsed = (home.resolve_node(first.name, "tcp"), *parsed[1:])
+    resolved = resolve_route(parsed, home)
     try:
-        return send_once(resolve_route(route, home), payload, timeout=timeout)
+        if isinstance(resolved[0], TransportAddress) and resolved[0].protocol == "udp":
+            return _send_from_full_node(home, resolved, payload, timeout)
+        return send_once(resolved, payload, timeout=timeout)
     except RemoteError as exc:
         raise CliError(exc.text, exit_code_for(exc.code.name.lower())) from exc
+
+
+def _send_from_full_node(home: Home, route: Route, payload: bytes, timeout: float) -> bytes:
+    """A route that starts with a UDP hop needs QUIC: a whole (short-lived) node sends it."""
+    import asyncio
+
+    from meshkey.node.core import Node
+
+    async def send() -> bytes:
+        async with Node(tcp=None, udp=None, home=home) as node:
+            return await node.send(route, payload, timeout=timeout)
+
+    return asyncio.run(send())

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import get_home, node_name
+from meshkey.cli.common import call, get_home, node_name, parse_duration, read_route
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, emit_table, fields, output_option
 from meshkey.node.control_client import ControlClient, ControlError
@@ -22,6 +22,12 @@ def node() -> None:
 
 @node.command("create")
 @click.argument("name")
+@click.option(
+    "--udp",
+    metavar="HOST:PORT",
+    help="The node's one UDP socket: QUIC hops and reflexive-address requests, in and out "
+    "[default: 127.0.0.1:0].",
+)
 @click.option("--tcp", metavar="HOST:PORT", help="TCP listen address [default: 127.0.0.1:0].")
 @click.option(
     "--identity",
@@ -35,16 +41,20 @@ def node() -> None:
 def node_create(
     ctx: click.Context,
     name: str,
+    udp: str | None,
     tcp: str | None,
     identity_name: str | None,
     foreground: bool,
     output: str,
 ) -> None:
-    """Create node NAME and start it (in the background unless --foreground)."""
+    """Create node NAME and start it (in the background unless --foreground).
+
+    The node listens on UDP (QUIC) and TCP; /node/NAME in a route means its UDP address.
+    """
     from meshkey.node import launcher
 
     home = get_home(ctx)
-    launcher.create_node(home, name, tcp=tcp, identity=identity_name)
+    launcher.create_node(home, name, udp=udp, tcp=tcp, identity=identity_name)
     if foreground:
         _run_foreground(home, name)
         return
@@ -230,3 +240,31 @@ def node_logs(ctx: click.Context, name: str, lines: int, follow: bool) -> None:
                 click.echo(line, nl=False)
             else:
                 time.sleep(0.2)
+
+
+@node.command("whoami")
+@click.argument("name")
+@click.option(
+    "--via",
+    required=True,
+    metavar="ROUTE",
+    help="The node to ask: /node/NAME or /ip4/A/udp/P (one UDP hop).",
+)
+@click.option("--timeout", default="3s", show_default=True, help="How long to wait.")
+@output_option
+@click.pass_context
+def node_whoami(ctx: click.Context, name: str, via: str, timeout: str, output: str) -> None:
+    """Ask another node which address it sees NAME's UDP socket as (its reflexive address).
+
+    Answered by a control packet on the same UDP socket as NAME's QUIC traffic, so behind a
+    NAT it prints the public address and port that peers must punch to.
+    """
+    seconds = parse_duration(timeout)
+    result = call(
+        ctx,
+        node_name(name),
+        "udp.whoami",
+        {"via": read_route(via), "timeout": seconds},
+        timeout=seconds + 5,
+    )
+    emit(output, result, result["observed"])

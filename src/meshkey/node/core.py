@@ -19,6 +19,7 @@ from meshkey.channel.policy import Policies, Policy
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, NodeStateError, parse_listen, resolve_route
@@ -30,6 +31,7 @@ from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router
 from meshkey.transport.tcp import TcpTransport
+from meshkey.transport.udp import QuicTransport
 from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode
 
@@ -43,8 +45,10 @@ __all__ = ["Node", "RemoteError"]
 class Node:
     """A meshkey node: identity, router, transports, services, secure channels and relays.
 
-    ``tcp`` is the listen address (``"127.0.0.1:0"`` lets the OS choose a port; ``None``
-    makes a client-only node). ``home`` lets routes name local daemons with ``/node/NAME``.
+    ``udp`` and ``tcp`` are listen addresses (``"127.0.0.1:0"`` lets the OS choose a port;
+    ``None`` listens on none). The UDP socket is the node's only one: its QUIC hops and its
+    reflexive-address requests all leave from it. ``home`` lets routes name local daemons
+    with ``/node/NAME``.
     ``store`` (a daemon's) keeps relays, policies and listeners across restarts.
     """
 
@@ -53,6 +57,8 @@ class Node:
         *,
         identity: Identity | None = None,
         tcp: str | None = "127.0.0.1:0",
+        udp: str | None = "127.0.0.1:0",
+        udp_batching: bool = True,
         home: Home | Path | str | None = None,
         name: str | None = None,
         idle_timeout: float = 300.0,
@@ -63,12 +69,16 @@ class Node:
         self.name = name
         self.events = EventBus()
         self._tcp_listen = parse_listen(tcp) if tcp else None
+        self._udp_listen = parse_listen(udp) if udp else None
+        self._udp_batching = udp_batching
         self._home = home if isinstance(home, Home) or home is None else Home(home)
         self._idle_timeout = idle_timeout
         self._keepalive_interval = keepalive_interval
         self._store = store
         self._router: Router | None = None
         self._tcp: TcpTransport | None = None
+        self._udp: QuicTransport | None = None
+        self._reflexive: ReflexiveAddressService | None = None
         self._channels: SecureChannels | None = None
         self._relays: RelayClient | None = None
         self._registry: RelayRegistry | None = None
@@ -95,6 +105,11 @@ class Node:
         return tcp
 
     @property
+    def udp(self) -> QuicTransport:
+        udp: QuicTransport = self._require(self._udp)
+        return udp
+
+    @property
     def channels(self) -> SecureChannels:
         channels: SecureChannels = self._require(self._channels)
         return channels
@@ -111,19 +126,22 @@ class Node:
 
     @property
     def addresses(self) -> list[TransportAddress]:
-        return [a for a in [self._tcp.address if self._tcp else None] if a is not None]
+        """Where this node listens: UDP first (what ``/node/NAME`` means), then TCP."""
+        return [t.address for t in (self._udp, self._tcp) if t is not None and t.address]
 
     async def start(self) -> Node:
         store = self._store
         router = self._router = Router(self.node_id)
-        self._tcp = TcpTransport(
-            self.identity,
-            router,
-            on_event=self.events.publish,
-            idle_timeout=self._idle_timeout,
-            keepalive_interval=self._keepalive_interval,
-        )
+        settings: dict[str, Any] = {
+            "on_event": self.events.publish,
+            "idle_timeout": self._idle_timeout,
+            "keepalive_interval": self._keepalive_interval,
+        }
+        self._tcp = TcpTransport(self.identity, router, **settings)
+        self._udp = QuicTransport(self.identity, router, batching=self._udp_batching, **settings)
         router.add_transport(self._tcp)
+        router.add_transport(self._udp)
+        self._reflexive = ReflexiveAddressService(self._udp)
         self.policies = Policies(store.policies() if store else [])
         router.admission = self.policies.admit
         install_builtin_services(router)
@@ -137,7 +155,9 @@ class Node:
             on_claim=store.claim_relay if store else lambda name, owner: None,
             on_release=store.release_relay if store else lambda name: None,
         )
-        self._relays = RelayClient(router, self._resolve_for_relay, self._tcp.watch)
+        self._relays = RelayClient(router, self._resolve_for_relay, self._watch)
+        if self._udp_listen is not None:
+            await self._udp.listen(*self._udp_listen)
         if self._tcp_listen is not None:
             await self._tcp.listen(*self._tcp_listen)
         for relay, at in store.relays() if store else []:
@@ -152,6 +172,7 @@ class Node:
         self._started = False
         await self.relays.close()
         await self.channels.close_all()
+        await self.udp.close()
         await self.tcp.close()
         await self.router.close()
         log.info("node.stopped", name=self.name or "-")
@@ -190,6 +211,20 @@ class Node:
     def resolve(self, route: str | Route) -> Route:
         """Parses route text and replaces ``/node/NAME`` with that node's pinned address."""
         return resolve_route(route, self._home)
+
+    def _watch(self, address: TransportAddress) -> asyncio.Future[str]:
+        return (self.udp if address.protocol == "udp" else self.tcp).watch(address)
+
+    async def whoami(self, via: str | Route, *, timeout: float = 3.0) -> TransportAddress:
+        """This node's UDP socket as the node at ``via`` (a UDP address) sees it."""
+        route = self.resolve(via)
+        target = route[0] if len(route) == 1 else None
+        if not isinstance(target, TransportAddress) or target.protocol != "udp":
+            raise RemoteError(
+                ErrorCode.UNSUPPORTED, f"--via must be one UDP address or node, not {via}"
+            )
+        reflexive: ReflexiveAddressService = self._require(self._reflexive)
+        return await reflexive.whoami(target, timeout=timeout)
 
     def _resolve_for_relay(self, route: str) -> Route:
         try:
@@ -311,5 +346,5 @@ class Node:
                 for n in self.router.worker_names()
                 if not n.startswith("_") and not self.channels.get(n)
             ],
-            "connections": self.tcp.connections(),
+            "connections": self.udp.connections() + self.tcp.connections(),
         }

@@ -71,6 +71,8 @@ class Daemon:
         self.node = Node(
             identity=identity,
             tcp=None,
+            udp=None,
+            udp_batching=os.environ.get("MESHKEY_UDP_BATCHING", "1") != "0",
             home=self.home,
             name=self.name,
             store=NodeStore(self.dir),
@@ -80,15 +82,18 @@ class Daemon:
         if capture:
             self.node.router.capture = _capture_to(Path(capture))
         try:
-            address = await self._listen(config)
-            self.dir.set_config({"node_id": str(identity.node_id), "tcp_bound": str(address)})
+            bound = {
+                f"{protocol}_bound": str(await self._listen(config, protocol))
+                for protocol in ("udp", "tcp")
+            }
+            self.dir.set_config({"node_id": str(identity.node_id), **bound})
             self.dir.pid_path.write_text(f"{os.getpid()}\n")
             control = ControlServer(self._handlers())
             await control.start(self.dir.socket_path)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
-            log.info("daemon.ready", name=self.name, node_id=identity.node_id, tcp=address)
+            log.info("daemon.ready", name=self.name, node_id=identity.node_id, **bound)
             await self._stop.wait()
             log.info("daemon.stopping", name=self.name)
             await control.close()
@@ -97,31 +102,35 @@ class Daemon:
             self.dir.socket_path.unlink(missing_ok=True)
             self.dir.pid_path.unlink(missing_ok=True)
 
-    async def _listen(self, config: dict[str, str]) -> TransportAddress:
+    async def _listen(self, config: dict[str, str], protocol: str) -> TransportAddress:
         assert self.node is not None
-        host, port = parse_listen(config.get("tcp", "127.0.0.1:0"))
-        previous = config.get("tcp_bound")
+        transport = self.node.udp if protocol == "udp" else self.node.tcp
+        host, port = parse_listen(config.get(protocol, "127.0.0.1:0"))
+        previous = config.get(f"{protocol}_bound")
         if port == 0 and previous:
             # The OS chose the port last time: ask for the same one, so routes stay valid.
             old = parse_address(previous)
             if isinstance(old, TransportAddress) and old.host == host:
                 try:
-                    return await self.node.tcp.listen(host, old.port)
+                    return await transport.listen(host, old.port)
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
                         raise
-                    log.info("listen.port_taken", port=old.port)
+                    log.info("listen.port_taken", transport=protocol, port=old.port)
         try:
-            return await self.node.tcp.listen(host, port)
+            return await transport.listen(host, port)
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise DaemonError(f"cannot listen on {host}:{port}: {reason}") from exc
+            raise DaemonError(
+                f"cannot listen on {protocol.upper()} {host}:{port}: {reason}"
+            ) from exc
 
     def _handlers(self) -> dict[str, Any]:
         return {
             "status": self._status,
             "stop": self._request_stop,
             "message.send": self._message_send,
+            "udp.whoami": self._whoami,
             "relay.create": self._relay_create,
             "relay.list": self._relay_list,
             "relay.delete": self._relay_delete,
@@ -159,6 +168,12 @@ class Daemon:
         with _control_errors():
             reply = await self._node.send(route, payload, timeout=_timeout(args))
         return {"payload": reply, "elapsed": loop.time() - started}
+
+    async def _whoami(self, args: dict[str, Any]) -> dict[str, Any]:
+        via = _text(args, "via")
+        with _control_errors():
+            observed = await self._node.whoami(via, timeout=_timeout(args))
+        return {"observed": str(observed), "local": str(self._node.udp.address), "via": via}
 
     async def _relay_create(self, args: dict[str, Any]) -> dict[str, Any]:
         with _control_errors():

@@ -23,14 +23,18 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 
 
-def create_node(home: Home, name: str, *, tcp: str | None, identity: str | None) -> NodeDir:
+def create_node(
+    home: Home, name: str, *, tcp: str | None, identity: str | None, udp: str | None = None
+) -> NodeDir:
     """Writes a new node's configuration (creating its identity if it has none yet)."""
     home.ensure()
     node = home.node(name)
     if node.exists():
         raise NodeStateError(f"node {name!r} already exists", "conflict")
     listen = tcp or "127.0.0.1:0"
+    listen_udp = udp or "127.0.0.1:0"
     parse_listen(listen)
+    parse_listen(listen_udp)
     identity_name = identity or name
     store = home.identities
     if not store.exists(identity_name):
@@ -48,6 +52,7 @@ def create_node(home: Home, name: str, *, tcp: str | None, identity: str | None)
             "identity": identity_name,
             "node_id": info.node_id,
             "tcp": listen,
+            "udp": listen_udp,
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
@@ -129,8 +134,11 @@ def node_summary(home: Home, name: str) -> dict[str, Any]:
         "identity": config.get("identity"),
         "status": "running" if running else "stopped",
         "pid": node.pid() if running else None,
-        "addresses": [config["tcp_bound"]] if running and config.get("tcp_bound") else [],
+        "addresses": [
+            config[key] for key in ("udp_bound", "tcp_bound") if running and config.get(key)
+        ],
         "tcp_listen": config.get("tcp"),
+        "udp_listen": config.get("udp"),
         "created_at": config.get("created_at"),
     }
 

@@ -93,8 +93,8 @@ class Home:
             return []
         return sorted(p.name for p in self.nodes_dir.iterdir() if (p / "state.db").exists())
 
-    def resolve_node(self, name: str) -> TransportAddress:
-        """``/node/NAME`` -> the running node's TCP address, pinned to its NodeId."""
+    def resolve_node(self, name: str, protocol: str = "udp") -> TransportAddress:
+        """``/node/NAME`` -> the running node's UDP (or TCP) address, pinned to its NodeId."""
         node = self.node(name)
         if not node.exists():
             raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
@@ -104,9 +104,9 @@ class Home:
                 "conflict",
             )
         config = node.config()
-        bound = config.get("tcp_bound")
+        bound = config.get(f"{protocol}_bound")
         if not bound:
-            raise NodeStateError(f"node {name!r} has no TCP listener yet", "conflict")
+            raise NodeStateError(f"node {name!r} has no {protocol.upper()} listener", "conflict")
         address = parse_address(bound)
         assert isinstance(address, TransportAddress)
         return address.with_node_id(NodeId.parse(config["node_id"]))

@@ -144,6 +144,7 @@ class HopLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
+        self.last_received = self._last_activity
         self._registered = False
         transport.links.add(self)
 
@@ -257,7 +258,7 @@ class HopLink:
         data = await self._read()
         if not data:
             return False
-        self._last_activity = self._loop.time()
+        self._last_activity = self.last_received = self._loop.time()
         events = self.core.receive_data(data)
         self._flush()
         for event in events:
@@ -355,6 +356,10 @@ class HopLink:
         self.transport.forget(self)
         if self._registered:
             self.transport.router.unregister(self.name)
+        if code == CloseCode.SHUTTING_DOWN and self.core.is_open:
+            # A graceful shutdown sends what is already queued (a channel's CLOSE, say).
+            while not self.queue.empty():
+                self._send(self.queue.get_nowait())
         self.core.close(code, reason)
         with contextlib.suppress(LinkError, OSError):
             self._flush()

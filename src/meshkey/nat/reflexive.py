@@ -1,0 +1,92 @@
+"""The reflexive-address service: "which address do you see my UDP socket as?"
+
+Every node answers WHOAMI requests on its one UDP socket, and asks them from that same
+socket, so the answer is the public address (the NAT mapping) that peers must punch to. It
+is the rendezvous building block for hole punching. Requests are retransmitted every 250 ms
+until an answer or the timeout; answers are matched by a random 16-byte transaction id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from meshkey.log import EventLogger
+from meshkey.routing.address import TransportAddress
+from meshkey.routing.errors import RemoteError
+from meshkey.transport.udp import QuicTransport
+from meshkey.wire.errors import WireError
+from meshkey.wire.message import ErrorCode
+from meshkey.wire.udp import (
+    TXID_SIZE,
+    ControlKind,
+    WhoamiRequest,
+    WhoamiResponse,
+    decode_control_packet,
+    encode_control_packet,
+)
+
+log = EventLogger("nat.reflexive")
+
+RETRANSMIT_INTERVAL = 0.25
+
+
+class ReflexiveAddressService:
+    def __init__(self, udp: QuicTransport) -> None:
+        self.udp = udp
+        self._pending: dict[bytes, asyncio.Future[WhoamiResponse]] = {}
+        udp.register_control(ControlKind.WHOAMI_REQUEST, self._on_request)
+        udp.register_control(ControlKind.WHOAMI_RESPONSE, self._on_response)
+
+    def _on_request(self, data: bytes, source: tuple[str, int]) -> None:
+        try:
+            request = decode_control_packet(data)
+        except WireError as exc:
+            log.debug("whoami.bad_request", source=f"{source[0]}:{source[1]}", reason=str(exc))
+            return
+        assert isinstance(request, WhoamiRequest)
+        answer = WhoamiResponse(request.txid, source[0], source[1])
+        self.udp.send_control(encode_control_packet(answer), source)
+
+    def _on_response(self, data: bytes, source: tuple[str, int]) -> None:
+        try:
+            response = decode_control_packet(data)
+        except WireError as exc:
+            log.debug("whoami.bad_response", source=f"{source[0]}:{source[1]}", reason=str(exc))
+            return
+        assert isinstance(response, WhoamiResponse)
+        future = self._pending.get(response.txid)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    async def whoami(self, target: TransportAddress, *, timeout: float = 3.0) -> TransportAddress:
+        """This node's UDP socket as ``target`` sees it; RemoteError(TIMEOUT) if no answer."""
+        if target.protocol != "udp":
+            raise RemoteError(ErrorCode.UNSUPPORTED, f"{target} is not a UDP address")
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(target.host, target.port)
+        destination = infos[0][4][:2]
+        txid = secrets.token_bytes(TXID_SIZE)
+        future: asyncio.Future[WhoamiResponse] = loop.create_future()
+        self._pending[txid] = future
+        packet = encode_control_packet(WhoamiRequest(txid))
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                self.udp.send_control(packet, (str(destination[0]), int(destination[1])))
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RemoteError(
+                        ErrorCode.TIMEOUT,
+                        f"no reflexive-address answer from {target} within {timeout:g}s",
+                    )
+                try:
+                    response = await asyncio.wait_for(
+                        asyncio.shield(future), min(RETRANSMIT_INTERVAL, remaining)
+                    )
+                    break
+                except TimeoutError:
+                    continue
+        finally:
+            self._pending.pop(txid, None)
+        return TransportAddress.from_socket("udp", response.host, response.port)
