@@ -4,6 +4,7 @@
     python -m bench rtt        # message round trip over TCP vs a plain TLS echo
     python -m bench cli        # wall time of CLI commands vs the bare interpreter
     python -m bench channels   # secure-channel handshakes/s vs TLS; RTT direct vs via relay
+    python -m bench udp        # bulk over one QUIC hop: batched, unbatched, plain qh3
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -14,9 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import channels, cli_latency, rtt
+from bench import channels, cli_latency, rtt, udp
 
-SUITES = {"rtt": rtt.main, "cli": cli_latency.main, "channels": channels.main}
+SUITES = {
+    "rtt": rtt.main,
+    "cli": cli_latency.main,
+    "channels": channels.main,
+    "udp": udp.main,
+}
 
 
 def main() -> int:

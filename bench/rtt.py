@@ -1,9 +1,10 @@
 """Message round trip between two node processes over TCP on loopback.
 
 meshkey: this process embeds a node and sends to a daemon's echo service, one message at a
-time (a new route parse, routing, hop framing, TLS both ways, each time). Reference, in the
-same run: a plain asyncio TLS 1.3 echo server in another process, one frame at a time. The
-ratio says what routing and the hop protocol cost over the bare encrypted transport.
+time (a new route parse, routing, hop framing and encryption both ways, each time), over the
+daemon's UDP (QUIC) address and over its TCP (TLS) address. Reference, in the same run: a
+plain asyncio TLS 1.3 echo server in another process, one frame at a time. The ratios say
+what routing and the hop protocol cost over the bare encrypted transport, and UDP vs TCP.
 """
 
 from __future__ import annotations
@@ -71,8 +72,12 @@ async def _tls_rtt(port: int, count: int) -> list[float]:
 def main(*, quick: bool = False) -> None:
     count = 500 if quick else 5000
     with daemons("echo-node") as home:
-        route = f"{home.resolve_node('echo-node')}/service/echo"
-        meshkey = uvloop.run(_meshkey_rtt(route, count))
+        measured = {
+            protocol: uvloop.run(
+                _meshkey_rtt(f"{home.resolve_node('echo-node', protocol)}/service/echo", count)
+            )
+            for protocol in ("udp", "tcp")
+        }
     ports: Any = multiprocessing.get_context("spawn").Queue()
     server = multiprocessing.get_context("spawn").Process(target=_tls_echo_server, args=(ports,))
     server.start()
@@ -81,15 +86,18 @@ def main(*, quick: bool = False) -> None:
     finally:
         server.terminate()
         server.join()
-    ours, theirs = summary(meshkey), summary(reference)
+    udp, tcp, theirs = summary(measured["udp"]), summary(measured["tcp"]), summary(reference)
     result: dict[str, Any] = {
-        "meshkey_tcp_message": ours,
+        "meshkey_udp_message": udp,
+        "meshkey_tcp_message": tcp,
         "reference_plain_tls_echo": theirs,
-        "ratio_p50": round(ours["p50_ms"] / theirs["p50_ms"], 2),
+        "ratio_tcp_vs_plain_tls_p50": round(tcp["p50_ms"] / theirs["p50_ms"], 2),
+        "ratio_udp_vs_tcp_p50": round(udp["p50_ms"] / tcp["p50_ms"], 2),
     }
     save("rtt", result)
-    print(f"round trip, {count} messages of 64 bytes, two processes, TCP loopback")
-    for name in ("meshkey_tcp_message", "reference_plain_tls_echo"):
+    print(f"round trip, {count} messages of 64 bytes, two processes, loopback")
+    for name in ("meshkey_udp_message", "meshkey_tcp_message", "reference_plain_tls_echo"):
         figures = result[name]
         print(f"  {name:<28} p50 {figures['p50_ms']:.3f} ms  p99 {figures['p99_ms']:.3f} ms")
-    print(f"  ratio meshkey/plain TLS (p50): {result['ratio_p50']}")
+    print(f"  ratio meshkey TCP/plain TLS (p50): {result['ratio_tcp_vs_plain_tls_p50']}")
+    print(f"  ratio meshkey UDP/TCP (p50): {result['ratio_udp_vs_tcp_p50']}")

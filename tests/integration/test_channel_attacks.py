@@ -55,8 +55,14 @@ class Network:
         route = parse_route(f"{self.channel}/service/recorder")
         await self.yellow.router.route(Message(route, (), payload))
 
-    async def settle(self) -> None:
-        await asyncio.sleep(0.3)
+    async def settle(self, expected: int, predicate: Callable[[], bool] | None = None) -> None:
+        """Waits until ``expected`` messages arrived (and ``predicate`` holds), then a little
+        longer, so that anything wrongly delivered late would show."""
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(self.received) < expected or (predicate is not None and not predicate()):
+            assert asyncio.get_running_loop().time() < deadline, "the network did not settle"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -109,7 +115,7 @@ def drop_every_third(evil: Evil, message: Message) -> list[Message]:
 @pytest.mark.parametrize("network", [flip], indirect=True)
 async def test_flipped_bits_are_rejected_and_close_the_channel(network: Network) -> None:
     await network.post(b"tampered")
-    await network.settle()
+    await network.settle(0, lambda: network.blue.channels.channels()[0].state == "closed")
     assert network.received == []
     [blue_end] = network.blue.channels.channels()
     assert blue_end.state == "closed"
@@ -124,7 +130,7 @@ async def test_flipped_bits_are_rejected_and_close_the_channel(network: Network)
 async def test_replayed_messages_are_delivered_once(network: Network) -> None:
     for index in range(10):
         await network.post(b"m%d" % index)
-    await network.settle()
+    await network.settle(10)
     assert [p for p, _ in network.received] == [b"m%d" % i for i in range(10)]
     assert {peer for _, peer in network.received} == {network.yellow.node_id}
     assert network.blue.channels.channels()[0].state == "open"
@@ -135,7 +141,7 @@ async def test_a_message_held_back_beyond_the_window_is_dropped(network: Network
     count = REPLAY_WINDOW + 5
     for index in range(count):
         await network.post(b"m%d" % index)
-    await network.settle()
+    await network.settle(count - 1)
     assert [p for p, _ in network.received] == [b"m%d" % i for i in range(1, count)]
 
 
@@ -143,7 +149,7 @@ async def test_a_message_held_back_beyond_the_window_is_dropped(network: Network
 async def test_dropped_messages_are_just_missing(network: Network) -> None:
     for index in range(30):
         await network.post(b"m%d" % index)
-    await network.settle()
+    await network.settle(20)
     assert [p for p, _ in network.received] == [b"m%d" % i for i in range(30) if i % 3 != 2]
     assert network.blue.channels.channels()[0].state == "open"
 

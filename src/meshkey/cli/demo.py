@@ -32,10 +32,9 @@ def run_demo(*, keep: bool) -> None:
             click.echo(f"  started node {name:<8} {status['addresses'][0]}")
         asyncio.run(_exchange(home))
         click.echo()
-        click.echo("Each hop above was TLS 1.3, each side proved its NodeId to the other, and the")
-        click.echo(
-            "secure channel (Noise XX) ran end to end between yellow's and blue's identities."
-        )
+        click.echo("Each hop above was QUIC (TLS 1.3 inside) on each node's one UDP socket;")
+        click.echo("each side proved its NodeId to the other, and the secure channel (Noise XX)")
+        click.echo("ran end to end between yellow's and blue's identities.")
     finally:
         if keep:
             click.echo(
@@ -81,6 +80,12 @@ async def _exchange(home: Home) -> None:
         )
         click.echo(f"  blue -> {route}")
         click.echo(f"    sent 'stressed' reply {result['payload'].decode()!r}")
+
+        observed = await asyncio.to_thread(
+            blue.call, "udp.whoami", {"via": "/node/green", "timeout": 3}, 10
+        )
+        click.echo(f"\n  node whoami blue --via /node/green -> {observed['observed']}")
+        click.echo("    (the address green sees blue's one UDP socket as)")
 
         # Ockam's forwarder session: blue registers a relay on green (blue dials out, so it
         # could sit behind a NAT), then yellow opens a secure channel to blue through it.
