@@ -13,7 +13,7 @@ from meshkey.wire.message import (
     decode_error,
     decode_message,
     encode_error,
-    encode_message,
+    encode_message_parts,
 )
 
 
@@ -58,7 +58,12 @@ class Message:
         return replace(self, local=local)
 
     def to_wire(self) -> bytes:
-        return encode_message(
+        header, payload = self.to_wire_parts()
+        return header + payload
+
+    def to_wire_parts(self) -> tuple[bytes, bytes]:
+        """(routing header, payload): what a transport sends without joining the two."""
+        return encode_message_parts(
             WireMessage(
                 tuple(address_to_wire(a) for a in self.onward),
                 tuple(address_to_wire(a) for a in self.return_route),
@@ -68,7 +73,7 @@ class Message:
         )
 
     @classmethod
-    def from_wire(cls, data: bytes, local: LocalInfo | None = None) -> Message:
+    def from_wire(cls, data: bytes | memoryview, local: LocalInfo | None = None) -> Message:
         wire = decode_message(data)
         return cls(
             route_from_wire(wire.onward),

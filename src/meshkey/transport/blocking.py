@@ -72,7 +72,7 @@ class BlockingHop:
         deadline = time.monotonic() + timeout
         while not self._events:
             self._pump(deadline)
-        return self._events.pop(0).body
+        return bytes(self._events.pop(0).body)
 
     def close(self) -> None:
         if self.core.is_open:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from meshkey.identity.keys import Identity, verify_signature
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.errors import WireError
-from meshkey.wire.frames import FrameDecoder, encode_frame
+from meshkey.wire.frames import FrameDecoder, encode_frame, frame_header
 from meshkey.wire.hop import (
     NONCE_SIZE,
     AuthOk,
@@ -29,6 +29,7 @@ from meshkey.wire.hop import (
     Close,
     CloseCode,
     HopFrame,
+    HopFrameType,
     MessageFrame,
     Ping,
     Pong,
@@ -37,6 +38,8 @@ from meshkey.wire.hop import (
     encode_hop_frame,
     proof_payload,
 )
+
+_MESSAGE = bytes([HopFrameType.MESSAGE])
 
 
 class HopError(Exception):
@@ -66,7 +69,7 @@ class PeerAuthenticated:
 
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
-    body: bytes
+    body: bytes | memoryview  # a view into the frame: parsed without another copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,7 @@ class HopConnection:
         self._transport = transport
         self._expected = expected_peer
         self._decoder = FrameDecoder()
-        self._outgoing = bytearray()
+        self._outgoing: list[bytes] = []
         self._nonce = b""
         self._certificate_peer: NodeId | None = None
         self._proof_sent = False
@@ -112,10 +115,13 @@ class HopConnection:
     def is_open(self) -> bool:
         return self.state is State.OPEN
 
+    def chunks_to_send(self) -> list[bytes]:
+        """The bytes to write, as chunks (message bodies are never copied into one buffer)."""
+        chunks, self._outgoing = self._outgoing, []
+        return chunks
+
     def data_to_send(self) -> bytes:
-        data = bytes(self._outgoing)
-        self._outgoing.clear()
-        return data
+        return b"".join(self.chunks_to_send())
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -137,6 +143,9 @@ class HopConnection:
             self._fail(CloseCode.PROTOCOL_ERROR, str(exc))
         events: list[HopEvent] = []
         for body in bodies:
+            if body[:1] == _MESSAGE and self.state is State.OPEN:  # the hot path: no copy
+                events.append(MessageReceived(memoryview(body)[1:]))
+                continue
             try:
                 frame = decode_hop_frame(body)
             except WireError as exc:
@@ -148,10 +157,12 @@ class HopConnection:
                 break
         return events
 
-    def send_message(self, body: bytes) -> None:
+    def send_message(self, *parts: bytes) -> None:
+        """Queues a MESSAGE frame whose body is the concatenation of ``parts`` (not copied)."""
         if self.state is not State.OPEN:
             raise RuntimeError(f"cannot send on a hop that is {self.state.value}")
-        self._queue(MessageFrame(body))
+        self._outgoing.append(frame_header(sum(map(len, parts)) + 1) + _MESSAGE)
+        self._outgoing.extend(part for part in parts if part)
 
     def ping(self, token: int) -> None:
         if self.state is State.OPEN:
@@ -168,7 +179,7 @@ class HopConnection:
         return self.state is not State.CLOSED
 
     def _queue(self, frame: HopFrame) -> None:
-        self._outgoing += encode_frame(encode_hop_frame(frame))
+        self._outgoing.append(encode_frame(encode_hop_frame(frame)))
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         self.close(code, reason)

@@ -155,7 +155,7 @@ class HopLink:
         Raises LinkError when it cannot connect, IdentityError when the certificate is bad."""
         raise NotImplementedError
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, chunks: list[bytes]) -> None:
         raise NotImplementedError
 
     async def _drain(self) -> None:
@@ -269,7 +269,7 @@ class HopLink:
                 return False
         return True
 
-    async def _deliver(self, body: bytes) -> None:
+    async def _deliver(self, body: bytes | memoryview) -> None:
         try:
             message = Message.from_wire(body, LocalInfo(hop_peer=self.core.peer))
         except WireError as exc:
@@ -305,14 +305,14 @@ class HopLink:
 
     def _send(self, message: Message) -> None:
         try:
-            self.core.send_message(message.to_wire())
+            self.core.send_message(*message.to_wire_parts())
         except (WireError, ValueError) as exc:
             log.warning("message.unsendable", reason=str(exc))
 
     def _flush(self) -> None:
-        data = self.core.data_to_send()
-        if data:
-            self._write(data)
+        chunks = self.core.chunks_to_send()
+        if chunks:
+            self._write(chunks)
 
     async def _idle_watch(self) -> None:
         idle = self.transport.idle_timeout

@@ -102,9 +102,9 @@ class TcpLink(HopLink):
             ssl_object.getpeercert(binary_form=True) if ssl_object else None
         )
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, chunks: list[bytes]) -> None:
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(data)
+            self._writer.writelines(chunks)
 
     async def _drain(self) -> None:
         assert self._writer is not None

@@ -355,17 +355,14 @@ class QuicTransport(LinkTransport):
         # connections, or be control packets: hand each run of one connection over at once.
         start = 0
         while start < len(buffer):
-            first = buffer[start : start + segment]
-            link = self._link_for(first)
+            link = self._link_at(buffer, start)
             end = start + segment
-            while link is not None and end < len(buffer):
-                if self._link_for(buffer[end : end + segment]) is not link:
-                    break
+            while link is not None and end < len(buffer) and self._link_at(buffer, end) is link:
                 end += segment
             if link is not None and end - start > segment:
                 link.receive_gro(buffer[start:end], segment, source, now)
             else:
-                self._on_datagram(first, source, now)
+                self._on_datagram(buffer[start : start + segment], source, now)
                 end = start + segment
             start = end
 
@@ -383,6 +380,15 @@ class QuicTransport(LinkTransport):
             link = self._accept(data, source)
         if link is not None:
             link.receive(data, source, now)
+
+    def _link_at(self, buffer: bytes, offset: int) -> QuicLink | None:
+        """The link of the datagram at ``offset`` in a GRO buffer, reading only its header."""
+        first = buffer[offset]
+        if not first & QUIC_BIT:
+            return None
+        if first & 0x80:
+            return self._link_for(buffer[offset : offset + 6 + 20])
+        return self.by_cid.get(buffer[offset + 1 : offset + 1 + CID_LENGTH])
 
     def _link_for(self, data: bytes) -> QuicLink | None:
         if not data or not data[0] & QUIC_BIT:
@@ -614,11 +620,12 @@ class QuicLink(HopLink):
 
     # -- the pipe ---------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, chunks: list[bytes]) -> None:
         if self.quic is None or self.stream_id is None or self._terminated:
             raise LinkError("the QUIC connection is not open")
         try:
-            self.quic.send_stream_data(self.stream_id, data)
+            for chunk in chunks:
+                self.quic.send_stream_data(self.stream_id, chunk)
         except QuicConnectionError as exc:
             self._terminated = True
             raise LinkError(f"the QUIC connection closed: {exc.reason_phrase}") from exc

@@ -6,6 +6,8 @@ feed it whatever the socket produced and it returns the complete frames.
 
 from __future__ import annotations
 
+from collections import deque
+
 from meshkey.wire.errors import OversizeError
 from meshkey.wire.reader import u32
 
@@ -17,41 +19,80 @@ MAX_FRAME = 2 * MAX_PAYLOAD
 _HEADER = 4
 
 
+def frame_header(length: int) -> bytes:
+    if length > MAX_FRAME:
+        raise OversizeError(f"frame of {length} bytes is over the {MAX_FRAME}-byte limit")
+    return u32(length)
+
+
 def encode_frame(body: bytes) -> bytes:
-    if len(body) > MAX_FRAME:
-        raise OversizeError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
-    return u32(len(body)) + body
+    return frame_header(len(body)) + body
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames; raises OversizeError on a length over the limit."""
+    """Splits a byte stream into frames; raises OversizeError on a length over the limit.
 
-    __slots__ = ("_buffer", "_max_frame")
+    Incoming chunks are kept as they are (with an offset into the first) and a frame's bytes
+    are joined once, when it is complete: a 1 MiB frame arriving in 64 KiB pieces is copied
+    once, and many small frames in one chunk cost no more than their own size.
+    """
+
+    __slots__ = ("_chunks", "_max_frame", "_offset", "_size")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buffer = bytearray()
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0  # into self._chunks[0]
+        self._size = 0  # bytes buffered, from the offset on
         self._max_frame = max_frame
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buffer += data
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
         frames: list[bytes] = []
-        buffer = self._buffer
-        offset = 0
-        while len(buffer) - offset >= _HEADER:
-            length = int.from_bytes(buffer[offset : offset + _HEADER], "big")
+        while self._size >= _HEADER:
+            length = int.from_bytes(self._read(_HEADER, consume=False), "big")
             if length > self._max_frame:
                 raise OversizeError(
                     f"frame announces {length} bytes, over the {self._max_frame}-byte limit"
                 )
-            end = offset + _HEADER + length
-            if len(buffer) < end:
+            if self._size < _HEADER + length:
                 break
-            frames.append(bytes(buffer[offset + _HEADER : end]))
-            offset = end
-        if offset:
-            del buffer[:offset]
+            self._read(_HEADER, consume=True)
+            frames.append(self._read(length, consume=True))
         return frames
+
+    def _read(self, size: int, *, consume: bool) -> bytes:
+        first, offset = self._chunks[0] if self._chunks else b"", self._offset
+        if len(first) - offset >= size:
+            whole = offset == 0 and size == len(first)
+            taken = first if whole else first[offset : offset + size]
+            if consume:
+                self._advance(size)
+            return taken
+        parts, need = [], size
+        for chunk in self._chunks:
+            piece = chunk[offset : offset + need]
+            parts.append(piece)
+            need -= len(piece)
+            offset = 0
+            if not need:
+                break
+        if consume:
+            self._advance(size)
+        return b"".join(parts)
+
+    def _advance(self, size: int) -> None:
+        self._size -= size
+        while size:
+            available = len(self._chunks[0]) - self._offset
+            if available > size:
+                self._offset += size
+                return
+            size -= available
+            self._chunks.popleft()
+            self._offset = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._size

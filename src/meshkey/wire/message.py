@@ -65,6 +65,13 @@ class WireMessage:
 
 
 def encode_message(message: WireMessage) -> bytes:
+    header, payload = encode_message_parts(message)
+    return header + payload
+
+
+def encode_message_parts(message: WireMessage) -> tuple[bytes, bytes]:
+    """The encoded message as (everything before the payload, the payload): a sender can
+    frame and send the two without copying the payload into one buffer."""
     parts = [bytes([MESSAGE_VERSION, message.kind])]
     for route in (message.onward, message.return_route):
         if len(route) > MAX_ROUTE_LENGTH:
@@ -75,14 +82,14 @@ def encode_message(message: WireMessage) -> bytes:
                 raise OversizeError(f"address value of {len(value)} bytes")
             parts.append(bytes([kind, len(value)]))
             parts.append(value)
-    parts.append(message.payload)
-    encoded = b"".join(parts)
-    if len(encoded) > MAX_FRAME:
-        raise OversizeError(f"message of {len(encoded)} bytes is over the {MAX_FRAME}-byte limit")
-    return encoded
+    header = b"".join(parts)
+    size = len(header) + len(message.payload)
+    if size > MAX_FRAME:
+        raise OversizeError(f"message of {size} bytes is over the {MAX_FRAME}-byte limit")
+    return header, message.payload
 
 
-def decode_message(data: bytes) -> WireMessage:
+def decode_message(data: bytes | memoryview) -> WireMessage:
     if len(data) > MAX_FRAME:
         raise OversizeError(f"message of {len(data)} bytes is over the {MAX_FRAME}-byte limit")
     reader = Reader(data, "message")

@@ -17,7 +17,8 @@ class Reader:
     __slots__ = ("_data", "_pos", "_what")
 
     def __init__(self, data: bytes | bytearray | memoryview, what: str) -> None:
-        self._data = bytes(data)
+        # A view: parsing copies only what it returns (a 1 MiB payload once, not thrice).
+        self._data = memoryview(data)
         self._pos = 0
         self._what = what
 
@@ -30,12 +31,16 @@ class Reader:
             raise TruncatedError(
                 f"{self._what}: needs {size} more bytes at offset {self._pos}, has {self.remaining}"
             )
-        chunk = self._data[self._pos : self._pos + size]
+        chunk = bytes(self._data[self._pos : self._pos + size])
         self._pos += size
         return chunk
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        if self._pos >= len(self._data):
+            self.take(1)  # raises TruncatedError
+        value = self._data[self._pos]
+        self._pos += 1
+        return value
 
     def u16(self) -> int:
         value: int = _U16.unpack(self.take(2))[0]
