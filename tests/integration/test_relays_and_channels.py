@@ -36,14 +36,22 @@ def relay_status(cli: Cli, node: str = "blue") -> str:
     return status
 
 
-def test_the_forwarder_session_and_the_relay_sees_only_ciphertext(cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("hops", ["udp", "tcp"])
+def test_the_forwarder_session_and_the_relay_sees_only_ciphertext(
+    cli: Cli, tmp_path: Path, hops: str
+) -> None:
+    """Word for word with ``/node/green`` (UDP hops); with green's TCP address (TCP hops)."""
     capture = tmp_path / "green.capture"
     cli.ok("node", "create", "blue")
     cli.ok("node", "create", "green", env={"MESHKEY_CAPTURE": str(capture)})
-    assert cli.ok("relay", "create", "blue", "--at", "/node/green", "--to", "/node/blue") == (
+    green = "/node/green" if hops == "udp" else cli.address("green", "tcp")
+    to_blue = f"{green}/service/forward_to_blue"
+    assert cli.ok("relay", "create", "blue", "--at", green, "--to", "/node/blue") == (
         "/service/forward_to_blue\n"
     )
-    assert cli.ok("message", "send", "hello", "--to", f"{TO_BLUE}/service/uppercase") == "HELLO\n"
+    assert cli.ok("message", "send", "hello", "--to", f"{to_blue}/service/uppercase") == "HELLO\n"
+    transports = {c["transport"] for c in cli.json("node", "show", "blue")["connections"]}
+    assert transports == {hops}  # blue's relay connection to green
     # Control: without a secure channel, green does see the plaintext. So the capture works.
     plain = captured(capture)
     assert any(b"hello" in m for m in plain) and any(b"HELLO" in m for m in plain)
@@ -58,7 +66,7 @@ def test_the_forwarder_session_and_the_relay_sees_only_ciphertext(cli: Cli, tmp_
             "pipefail",
             "-c",
             "meshkey secure-channel create --from /node/yellow"
-            f" --to {TO_BLUE}/service/api"
+            f" --to {to_blue}/service/api"
             " | meshkey message send hello --from /node/yellow --to -/service/uppercase",
         ],
         capture_output=True,
@@ -71,6 +79,8 @@ def test_the_forwarder_session_and_the_relay_sees_only_ciphertext(cli: Cli, tmp_
         check=False,
     )
     assert (session.returncode, session.stdout) == (0, "HELLO\n"), session.stderr
+    yellow = {c["transport"] for c in cli.json("node", "show", "yellow")["connections"]}
+    assert yellow == {hops}
 
     through_green = captured(capture)
     assert len(through_green) >= 6  # handshake both ways, the message and its reply
