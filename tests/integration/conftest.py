@@ -96,3 +96,11 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     home = tmp_path / "home"
     yield Cli(home)
     stop_all(home)
+
+
+@pytest.fixture
+def blue_green(cli: Cli) -> Cli:
+    """Two running daemons, blue and green."""
+    cli.ok("node", "create", "blue")
+    cli.ok("node", "create", "green")
+    return cli

@@ -18,13 +18,6 @@ from .conftest import Cli
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def blue_green(cli: Cli) -> Cli:
-    cli.ok("node", "create", "blue")
-    cli.ok("node", "create", "green")
-    return cli
-
-
 def test_uppercase_one_and_two_hops(blue_green: Cli) -> None:
     cli = blue_green
     assert cli.ok("message", "send", "hello", "--to", "/node/blue/service/uppercase") == "HELLO\n"

@@ -29,13 +29,6 @@ pytestmark = pytest.mark.integration
 # -- through daemons and the CLI ---------------------------------------------------------
 
 
-@pytest.fixture
-def blue_green(cli: Cli) -> Cli:
-    cli.ok("node", "create", "blue")
-    cli.ok("node", "create", "green")
-    return cli
-
-
 def test_routes_over_quic_hops_and_mixed_routes(blue_green: Cli) -> None:
     cli = blue_green
     send = ("message", "send", "hello")

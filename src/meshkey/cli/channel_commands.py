@@ -145,7 +145,7 @@ def listener_create(
     ctx: click.Context, address: str, at: str | None, authorized: tuple[str, ...], output: str
 ) -> None:
     """Create a secure channel listener at ADDRESS (e.g. /service/private, or private)."""
-    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    node = pick_node(ctx, at, "--at")
     result = call(ctx, node, "listener.create", {"name": address, "authorized": list(authorized)})
     emit(output, {**result, "node": node}, result["address"])
 
@@ -156,7 +156,7 @@ def listener_create(
 @click.pass_context
 def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
     """List a node's secure channel listeners."""
-    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    node = pick_node(ctx, at, "--at")
     emit_table(
         output,
         call(ctx, node, "listener.list"),
@@ -174,6 +174,6 @@ def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
 @click.pass_context
 def listener_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Delete the secure channel listener at ADDRESS."""
-    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    node = pick_node(ctx, at, "--at")
     result = call(ctx, node, "listener.delete", {"name": address})
     click.echo(f"Secure channel listener {result['deleted']} deleted")

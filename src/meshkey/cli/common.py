@@ -68,7 +68,8 @@ def existing_node(ctx: click.Context, name: str) -> NodeDir:
 
 
 def pick_node(ctx: click.Context, given: str | None, option: str, hint: str | None = None) -> str:
-    """The node a command acts on: ``given``; else a node named ``hint``; else the only node."""
+    """The node a command acts on: ``given`` (``NAME`` or ``/node/NAME``); else a node named
+    ``hint``; else the only node."""
     home = get_home(ctx)
     if given:
         return existing_node(ctx, given).name
@@ -104,7 +105,7 @@ def across_nodes(
     """``op``'s list from ``node``, or from every running node, each item tagged with it."""
     home = get_home(ctx)
     names = (
-        [pick_node(ctx, node_name(node), option)]
+        [pick_node(ctx, node, option)]
         if node
         else [n for n in home.node_names() if home.node(n).is_running()]
     )

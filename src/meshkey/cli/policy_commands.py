@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from meshkey.cli.common import call, node_name, pick_node
+from meshkey.cli.common import call, pick_node
 from meshkey.cli.output import emit, emit_table, output_option
 
 
@@ -31,7 +31,7 @@ def policy_create(
     ctx: click.Context, at: str | None, resource: str, allow: tuple[str, ...], output: str
 ) -> None:
     """Create (or replace) the policy for SERVICE on NODE."""
-    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    node = pick_node(ctx, at, "--at")
     result = call(ctx, node, "policy.create", {"resource": resource, "allow": list(allow)})
     emit(
         output,
@@ -46,7 +46,7 @@ def policy_create(
 @click.pass_context
 def policy_list(ctx: click.Context, at: str | None, output: str) -> None:
     """List a node's policies."""
-    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    node = pick_node(ctx, at, "--at")
     emit_table(
         output,
         call(ctx, node, "policy.list"),
@@ -61,6 +61,6 @@ def policy_list(ctx: click.Context, at: str | None, output: str) -> None:
 @click.pass_context
 def policy_delete(ctx: click.Context, at: str | None, resource: str) -> None:
     """Delete the policy for SERVICE (it becomes open again)."""
-    node = pick_node(ctx, node_name(at) if at else None, "--at")
+    node = pick_node(ctx, at, "--at")
     call(ctx, node, "policy.delete", {"resource": resource})
     click.echo(f"Policy for {resource} on {node} deleted")

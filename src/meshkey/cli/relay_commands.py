@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import across_nodes, call, node_name, pick_node, read_route
+from meshkey.cli.common import across_nodes, call, pick_node, read_route
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
@@ -44,7 +44,7 @@ def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output:
     Prints the relay's address on the hosting node, /service/forward_to_NAME. NODE keeps the
     relay registered, re-registering whenever its connection to the host comes back.
     """
-    node = pick_node(ctx, node_name(to) if to else None, "--to", hint=name)
+    node = pick_node(ctx, to, "--to", hint=name)
     result = call(ctx, node, "relay.create", {"name": name, "at": read_route(at)}, timeout=20)
     emit(output, {**result, "node": node}, result["address"])
 
@@ -80,7 +80,7 @@ def relay_list(ctx: click.Context, to: str | None, output: str) -> None:
 @click.pass_context
 def relay_show(ctx: click.Context, name: str, to: str | None, output: str) -> None:
     """Show relay NAME: where it is, its status and its last error."""
-    node = pick_node(ctx, node_name(to) if to else None, "--to", hint=name)
+    node = pick_node(ctx, to, "--to", hint=name)
     found = [r for r in _relays_of(ctx, node) if r["name"] == name]
     if not found:
         raise CliError(f"node {node!r} has no relay named {name!r}", ExitCode.NOT_FOUND)
@@ -94,6 +94,6 @@ def relay_show(ctx: click.Context, name: str, to: str | None, output: str) -> No
 @click.pass_context
 def relay_delete(ctx: click.Context, name: str, to: str | None) -> None:
     """Delete relay NAME: unregister it from its host and stop keeping it alive."""
-    node = pick_node(ctx, node_name(to) if to else None, "--to", hint=name)
+    node = pick_node(ctx, to, "--to", hint=name)
     call(ctx, node, "relay.delete", {"name": name}, timeout=20)
     click.echo(f"Relay {name} deleted")

@@ -35,29 +35,22 @@ class ReflexiveAddressService:
     def __init__(self, udp: QuicTransport) -> None:
         self.udp = udp
         self._pending: dict[bytes, asyncio.Future[WhoamiResponse]] = {}
-        udp.register_control(ControlKind.WHOAMI_REQUEST, self._on_request)
-        udp.register_control(ControlKind.WHOAMI_RESPONSE, self._on_response)
+        for kind in (ControlKind.WHOAMI_REQUEST, ControlKind.WHOAMI_RESPONSE):
+            udp.register_control(kind, self._on_packet)
 
-    def _on_request(self, data: bytes, source: tuple[str, int]) -> None:
+    def _on_packet(self, data: bytes, source: tuple[str, int]) -> None:
         try:
-            request = decode_control_packet(data)
+            packet = decode_control_packet(data)
         except WireError as exc:
-            log.debug("whoami.bad_request", source=f"{source[0]}:{source[1]}", reason=str(exc))
+            log.debug("whoami.bad_packet", source=f"{source[0]}:{source[1]}", reason=str(exc))
             return
-        assert isinstance(request, WhoamiRequest)
-        answer = WhoamiResponse(request.txid, source[0], source[1])
-        self.udp.send_control(encode_control_packet(answer), source)
-
-    def _on_response(self, data: bytes, source: tuple[str, int]) -> None:
-        try:
-            response = decode_control_packet(data)
-        except WireError as exc:
-            log.debug("whoami.bad_response", source=f"{source[0]}:{source[1]}", reason=str(exc))
+        if isinstance(packet, WhoamiRequest):
+            answer = WhoamiResponse(packet.txid, source[0], source[1])
+            self.udp.send_control(encode_control_packet(answer), source)
             return
-        assert isinstance(response, WhoamiResponse)
-        future = self._pending.get(response.txid)
+        future = self._pending.get(packet.txid)
         if future is not None and not future.done():
-            future.set_result(response)
+            future.set_result(packet)
 
     async def whoami(self, target: TransportAddress, *, timeout: float = 3.0) -> TransportAddress:
         """This node's UDP socket as ``target`` sees it; RemoteError(TIMEOUT) if no answer."""
