@@ -17,7 +17,7 @@ from typing import Any
 
 import uvloop
 
-from bench.common import daemons, save, summary
+from bench.common import daemons, round_trips, save, summary
 from bench.rtt import _tls_echo_server
 from meshkey.node.core import Node
 from meshkey.transport.tls import SERVER_NAME, client_context
@@ -58,13 +58,7 @@ async def _rtts(
         for name, route in channel_routes.items():
             targets[name] = f"{await node.create_secure_channel(route)}/service/echo"
         for name, target in targets.items():
-            await node.send(target, b"warm-up")
-            samples = []
-            for _ in range(count):
-                started = time.perf_counter()
-                await node.send(target, b"x" * 64)
-                samples.append((time.perf_counter() - started) * 1000)
-            results[name] = summary(samples)
+            results[name] = summary(await round_trips(node, target, count))
     return results
 
 

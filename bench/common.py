@@ -6,11 +6,13 @@ import contextlib
 import json
 import statistics
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from meshkey.node import launcher
+from meshkey.node.core import Node
 from meshkey.node.state import Home
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,3 +51,14 @@ def summary(samples_ms: Sequence[float]) -> dict[str, float]:
 def save(name: str, data: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
+async def round_trips(node: Node, target: str, count: int) -> list[float]:
+    """Milliseconds of ``count`` sequential 64-byte round trips to ``target`` (after one)."""
+    await node.send(target, b"warm-up")
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await node.send(target, b"x" * 64)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvloop
 
-from bench.common import daemons, save, summary
+from bench.common import daemons, round_trips, save, summary
 from meshkey.identity import Identity
 from meshkey.node.core import Node
 from meshkey.transport.tls import SERVER_NAME, client_context, server_context
@@ -24,13 +24,7 @@ from meshkey.transport.tls import SERVER_NAME, client_context, server_context
 
 async def _meshkey_rtt(route: str, count: int) -> list[float]:
     async with Node(tcp=None) as node:
-        await node.send(route, b"warm-up")
-        samples = []
-        for _ in range(count):
-            started = time.perf_counter()
-            await node.send(route, b"x" * 64)
-            samples.append((time.perf_counter() - started) * 1000)
-        return samples
+        return await round_trips(node, route, count)
 
 
 def _tls_echo_server(port_queue: Any) -> None:
