@@ -96,6 +96,14 @@ def test_store_detects_corrupted_or_swapped_keys(tmp_path: Path) -> None:
     (tmp_path / "bob.json").write_text("{")
     with pytest.raises(IdentityError, match="metadata"):
         store.info("bob")
+    (tmp_path / "alice.pem").unlink()
+    with pytest.raises(IdentityError, match=r"key file .* is missing"):
+        store.load("alice")
+    # A listing shows broken identities, with why, and does not fail because of them.
+    listed = {info.name: info.error for info in store.list()}
+    assert set(listed) == {"alice", "bob"}
+    assert "is missing" in (listed["alice"] or "")
+    assert "metadata" in (listed["bob"] or "")
 
 
 def test_store_passphrase_encryption(tmp_path: Path) -> None:

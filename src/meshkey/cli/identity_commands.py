@@ -51,7 +51,7 @@ def identity_list(ctx: click.Context, output: str) -> None:
         [i.as_dict() for i in infos],
         [
             ("NAME", "name"),
-            ("NODE ID", "node_id"),
+            ("NODE ID", lambda i: f"unusable: {i['error']}" if i["error"] else i["node_id"]),
             ("CREATED", "created_at"),
             ("ENCRYPTED", lambda i: "yes" if i["encrypted"] else "no"),
         ],

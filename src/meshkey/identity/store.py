@@ -20,6 +20,7 @@ class IdentityInfo:
     node_id: str
     created_at: str
     encrypted: bool
+    error: str | None = None  # set, in listings, for an identity whose files are unusable
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -70,6 +71,8 @@ class IdentityStore:
     def info(self, name: str) -> IdentityInfo:
         key_path, meta_path = self._paths(name)
         if not key_path.exists():
+            if meta_path.exists():
+                raise IdentityError(f"identity {name!r}: its key file {key_path} is missing")
             raise IdentityError(f"no identity named {name!r} (see `meshkey identity list`)")
         try:
             raw = json.loads(meta_path.read_text())
@@ -88,7 +91,15 @@ class IdentityStore:
     def list(self) -> list[IdentityInfo]:
         if not self.directory.is_dir():
             return []
-        return [self.info(path.stem) for path in sorted(self.directory.glob("*.pem"))]
+        names = {path.stem for path in self.directory.glob("*.pem")}
+        names |= {path.stem for path in self.directory.glob("*.json")}
+        infos = []
+        for name in sorted(names):
+            try:
+                infos.append(self.info(name))
+            except (IdentityError, ValueError) as exc:  # listed, not hidden, and not fatal
+                infos.append(IdentityInfo(name, "-", "-", encrypted=False, error=str(exc)))
+        return infos
 
     def load(self, name: str, passphrase: bytes | None = None) -> Identity:
         info = self.info(name)
