@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from meshkey.identity.errors import IdentityError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
@@ -22,6 +23,7 @@ from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RoutingError
 from meshkey.routing.message import LocalInfo, Message
 from meshkey.routing.router import Router
+from meshkey.transport.errors import describe_error
 from meshkey.transport.events import HopAuthenticated, HopClosed, HopRefused, TransportEvent
 from meshkey.transport.hop import (
     HopConnection,
@@ -190,8 +192,6 @@ class HopLink:
         self.spawn(self._run_outbound(), "dial")
 
     async def _run_outbound(self) -> None:
-        from meshkey.identity.errors import IdentityError
-
         try:
             peer = await self._connect()
         except LinkError as exc:
@@ -233,7 +233,7 @@ class HopLink:
             await self._refuse("authentication timed out")
         except (LinkError, OSError, asyncio.IncompleteReadError) as exc:
             await self.close(
-                CloseCode.NORMAL, f"connection lost: {_reason(exc)}", ErrorCode.UNREACHABLE
+                CloseCode.NORMAL, f"connection lost: {describe_error(exc)}", ErrorCode.UNREACHABLE
             )
 
     def _opened(self) -> None:
@@ -301,7 +301,7 @@ class HopLink:
                 self._last_activity = self._loop.time()
                 await self._drain()
         except (LinkError, OSError) as exc:
-            await self.close(CloseCode.NORMAL, f"connection lost: {_reason(exc)}")
+            await self.close(CloseCode.NORMAL, f"connection lost: {describe_error(exc)}")
 
     def _send(self, message: Message) -> None:
         try:
@@ -385,9 +385,3 @@ class HopLink:
             await self.transport.router.fail(self.queue.get_nowait(), error, reason)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._wait_closed(), 1)
-
-
-def _reason(exc: BaseException) -> str:
-    from meshkey.transport.errors import describe_error
-
-    return describe_error(exc)

@@ -393,10 +393,9 @@ class QuicTransport(LinkTransport):
     def _link_for(self, data: bytes) -> QuicLink | None:
         if not data or not data[0] & QUIC_BIT:
             return None
-        if data[0] & 0x80:  # long header: version (4), DCID length (1), DCID
-            if len(data) < 6:
-                return None
-            return self.by_cid.get(data[6 : 6 + data[5]])
+        if data[0] & 0x80:
+            dcid = _long_header_dcid(data)
+            return None if dcid is None else self.by_cid.get(dcid)
         return self.by_cid.get(data[1 : 1 + CID_LENGTH])
 
     def _accept(self, data: bytes, source: Address) -> QuicLink | None:
@@ -405,7 +404,8 @@ class QuicTransport(LinkTransport):
             return None
         if self.endpoint.sock is None or len(self.links) >= MAX_CONNECTIONS:
             return None
-        original_cid = data[6 : 6 + data[5]]
+        original_cid = _long_header_dcid(data)
+        assert original_cid is not None  # a 1200-byte long-header packet has one
         quic = QuicConnection(
             configuration=self.server_configuration,
             original_destination_connection_id=original_cid,
@@ -493,7 +493,7 @@ class QuicLink(HopLink):
         ping, and close if nothing comes back.
         """
         if self.direction == "outbound" and not self._established.done():
-            if self.quic is not None and _initial_dcid(original) == (
+            if self.quic is not None and _long_header_dcid(original) == (
                 self.quic.original_destination_connection_id
             ):
                 self._established.set_exception(
@@ -660,8 +660,9 @@ class QuicLink(HopLink):
         self._drop_cids()
 
 
-def _initial_dcid(datagram: bytes) -> bytes | None:
-    """The destination connection ID of a long-header QUIC packet, or None."""
+def _long_header_dcid(datagram: bytes) -> bytes | None:
+    """The destination connection ID of a long-header QUIC packet (after the first byte: a
+    4-byte version, a 1-byte length, the ID), or None."""
     if len(datagram) < 6 or not datagram[0] & 0x80:
         return None
     return datagram[6 : 6 + datagram[5]]
