@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from typing import Any
 
 import uvloop
 
-from bench.common import daemons, round_trips, save, summary
+from bench.common import daemons, round_trips, save, served_in_process, summary
 from bench.rtt import _tls_echo_server
 from meshkey.node.core import Node
 from meshkey.transport.tls import SERVER_NAME, client_context
@@ -88,15 +87,8 @@ def main(*, quick: bool = False) -> None:
                 rtt_count,
             )
         )
-    context = multiprocessing.get_context("spawn")
-    ports: Any = context.Queue()
-    server = context.Process(target=_tls_echo_server, args=(ports,))
-    server.start()
-    try:
-        tls = uvloop.run(_tls_handshakes(ports.get(timeout=10), count))
-    finally:
-        server.terminate()
-        server.join()
+    with served_in_process(_tls_echo_server) as port:
+        tls = uvloop.run(_tls_handshakes(port, count))
     result = {
         "channel_handshakes_per_s_sequential": round(sequential, 1),
         "channel_handshakes_per_s_16_parallel": round(parallel, 1),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,21 @@ async def round_trips(node: Node, target: str, count: int) -> list[float]:
         await node.send(target, b"x" * 64)
         samples.append((time.perf_counter() - started) * 1000)
     return samples
+
+
+@contextlib.contextmanager
+def served_in_process(target: Callable[..., None], *args: Any) -> Iterator[Any]:
+    """Runs ``target(*args, ports, stop)`` in a spawned process and yields the first thing it
+    puts on ``ports`` (its address); on exit it puts on ``stop``, then ends the process."""
+    context = multiprocessing.get_context("spawn")
+    ports, stop = context.Queue(), context.Queue()
+    process = context.Process(target=target, args=(*args, ports, stop))
+    process.start()
+    try:
+        yield ports.get(timeout=30)
+    finally:
+        stop.put(True)
+        process.join(5)
+        if process.is_alive():
+            process.terminate()
+            process.join()

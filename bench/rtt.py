@@ -10,13 +10,12 @@ what routing and the hop protocol cost over the bare encrypted transport, and UD
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from typing import Any
 
 import uvloop
 
-from bench.common import daemons, round_trips, save, summary
+from bench.common import daemons, round_trips, save, served_in_process, summary
 from meshkey.identity import Identity
 from meshkey.node.core import Node
 from meshkey.transport.tls import SERVER_NAME, client_context, server_context
@@ -27,7 +26,9 @@ async def _meshkey_rtt(route: str, count: int) -> list[float]:
         return await round_trips(node, route, count)
 
 
-def _tls_echo_server(port_queue: Any) -> None:
+def _tls_echo_server(port_queue: Any, stop: Any) -> None:
+    """A plain TLS 1.3 echo server (runs until its process is ended)."""
+
     async def serve() -> None:
         context = server_context(Identity.generate())
 
@@ -72,14 +73,8 @@ def main(*, quick: bool = False) -> None:
             )
             for protocol in ("udp", "tcp")
         }
-    ports: Any = multiprocessing.get_context("spawn").Queue()
-    server = multiprocessing.get_context("spawn").Process(target=_tls_echo_server, args=(ports,))
-    server.start()
-    try:
-        reference = uvloop.run(_tls_rtt(ports.get(timeout=10), count))
-    finally:
-        server.terminate()
-        server.join()
+    with served_in_process(_tls_echo_server) as port:
+        reference = uvloop.run(_tls_rtt(port, count))
     udp, tcp, theirs = summary(measured["udp"]), summary(measured["tcp"]), summary(reference)
     result: dict[str, Any] = {
         "meshkey_udp_message": udp,

@@ -10,13 +10,12 @@ routing, framing or hop protocol), the same number of bytes.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from typing import Any
 
 import uvloop
 
-from bench.common import save
+from bench.common import save, served_in_process
 from meshkey.identity import Identity
 from meshkey.identity.certificate import certificate_pem
 from meshkey.node.core import Node
@@ -53,7 +52,9 @@ async def _meshkey_send(address: str, total: int, batching: bool) -> tuple[float
         return total / elapsed / 1e6, dict(node.udp.endpoint.stats)
 
 
-def _qh3_server(ports: Any) -> None:
+def _qh3_server(ports: Any, stop: Any) -> None:
+    """A plain qh3 server counting one stream (runs until its process is ended)."""
+
     from qh3.asyncio.server import serve
     from qh3.quic.configuration import QuicConfiguration
 
@@ -106,37 +107,17 @@ async def _qh3_send(port: int, total: int) -> float:
         return total / elapsed / 1e6
 
 
-def _in_processes(server: Any, args: tuple[Any, ...], client: Any) -> Any:
-    context = multiprocessing.get_context("spawn")
-    ports, stop = context.Queue(), context.Queue()
-    process = context.Process(target=server, args=(*args, ports, stop) if args else (ports,))
-    process.start()
-    try:
-        return client(ports.get(timeout=30))
-    finally:
-        stop.put(True)
-        process.join(5)
-        if process.is_alive():
-            process.terminate()
-            process.join()
-
-
 def main(*, quick: bool = False) -> None:
     total = (64 if quick else 256) * CHUNK
     results: dict[str, Any] = {"bytes": total}
     for batching in (True, False):
-        rate, stats = _in_processes(
-            _meshkey_sink,
-            (batching,),
-            lambda address, b=batching: uvloop.run(_meshkey_send(address, total, b)),
-        )
+        with served_in_process(_meshkey_sink, batching) as address:
+            rate, stats = uvloop.run(_meshkey_send(address, total, batching))
         name = "meshkey_quic_batched" if batching else "meshkey_quic_unbatched"
         results[name] = {"MB_per_s": round(rate, 1), "sender_socket": stats}
-    results["reference_plain_qh3_stream"] = {
-        "MB_per_s": round(
-            _in_processes(_qh3_server, (), lambda port: uvloop.run(_qh3_send(port, total))), 1
-        )
-    }
+    with served_in_process(_qh3_server) as port:
+        reference = uvloop.run(_qh3_send(port, total))
+    results["reference_plain_qh3_stream"] = {"MB_per_s": round(reference, 1)}
     ours = results["meshkey_quic_batched"]["MB_per_s"]
     results["ratio_batched_vs_unbatched"] = round(
         ours / results["meshkey_quic_unbatched"]["MB_per_s"], 2
