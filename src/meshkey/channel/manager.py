@@ -179,8 +179,8 @@ class SecureChannels:
         async def decrypt(message: Message) -> None:
             await self._decrypt(channel, message)
 
-        self.router.register(channel.address, encrypt)
-        self.router.register(channel.decryptor, decrypt)
+        self.router.register(channel.address, encrypt, per_peer=True)
+        self.router.register(channel.decryptor, decrypt, per_peer=True)
         self._channels[channel.address] = channel
         self._trim_closed()
         return channel

@@ -154,21 +154,40 @@ class NodeDir:
         connection = sqlite3.connect(self.db_path, timeout=5)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise NodeStateError(
-                    f"node {self.name!r} was written by a newer meshkey (schema {version})"
-                )
-            for migration in MIGRATIONS[version:]:
-                connection.executescript(migration)
-            if version < SCHEMA_VERSION:
-                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._migrate(connection)
             with connection:
                 yield connection
         except sqlite3.DatabaseError as exc:
             raise NodeStateError(f"node {self.name!r}: state database is unusable: {exc}") from exc
         finally:
             connection.close()
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Brings the schema up to date, once: the CLI and the daemon may open the database at
+        the same moment, so the version is read and moved inside one write transaction."""
+        previous = connection.isolation_level
+        connection.isolation_level = None  # explicit BEGIN/COMMIT below
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for migration in MIGRATIONS[version:]:
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            if version < SCHEMA_VERSION:
+                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        else:
+            if version > SCHEMA_VERSION:
+                raise NodeStateError(
+                    f"node {self.name!r} was written by a newer meshkey (schema {version})"
+                )
+        finally:
+            connection.isolation_level = previous
 
     def config(self) -> dict[str, str]:
         if not self.exists():

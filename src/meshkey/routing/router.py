@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +32,7 @@ Admission = Callable[[str, NodeId | None], str | None]
 
 __all__ = [
     "FORWARD_RESOURCE",
+    "sends_must_not_block",
     "Admission",
     "Deliver",
     "Fail",
@@ -40,6 +42,18 @@ __all__ = [
     "RoutingError",
     "next_hop",
 ]
+
+
+#: True in the task of a worker that serves many peers: it must never wait for one of them.
+_MUST_NOT_BLOCK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "meshkey_sends_must_not_block", default=False
+)
+
+
+def sends_must_not_block() -> bool:
+    """Whether the current sender is a shared worker, which a transport must refuse (BUSY)
+    rather than make wait for a peer that does not read."""
+    return _MUST_NOT_BLOCK.get()
 
 
 class Transport(Protocol):
@@ -84,15 +98,22 @@ def next_hop(message: Message) -> Deliver | Forward | Fail:
 
 
 class _Worker:
-    __slots__ = ("admit", "handler", "inline", "name", "queue", "task")
+    __slots__ = ("admit", "handler", "inline", "name", "per_peer", "queue", "task")
 
     def __init__(
-        self, name: str, handler: Handler, inline: bool, admit: bool, mailbox_size: int
+        self,
+        name: str,
+        handler: Handler,
+        inline: bool,
+        admit: bool,
+        per_peer: bool,
+        mailbox_size: int,
     ) -> None:
         self.name = name
         self.handler = handler
         self.inline = inline
         self.admit = admit
+        self.per_peer = per_peer
         self.queue: asyncio.Queue[Message] | None = None
         self.task: asyncio.Task[None] | None = None
         if not inline:
@@ -116,7 +137,13 @@ class Router:
     # -- registration -----------------------------------------------------------------
 
     def register(
-        self, name: str, handler: Handler, *, inline: bool = False, admit: bool = True
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        inline: bool = False,
+        admit: bool = True,
+        per_peer: bool = False,
     ) -> ServiceAddress:
         """Registers a worker at ``/service/NAME``.
 
@@ -125,10 +152,15 @@ class Router:
         Admission sees the identity at the far end of the secure channel a message came
         through; a worker registered with ``admit=False`` decides on its own (the relay
         registry, whose requests prove their owner by signature).
+
+        A mailbox worker serves many peers unless ``per_peer``: its sends are then never
+        allowed to wait for one peer that does not read (the transport refuses them with
+        BUSY), so one slow reader cannot stop the service for everyone. A per-peer worker
+        (one end of a secure channel, a portal session) waits instead: backpressure.
         """
         if name in self._workers:
             raise ValueError(f"a worker is already registered at /service/{name}")
-        worker = _Worker(name, handler, inline, admit, self._mailbox_size)
+        worker = _Worker(name, handler, inline, admit, per_peer, self._mailbox_size)
         if worker.queue is not None:
             worker.task = asyncio.get_running_loop().create_task(
                 self._run_worker(worker), name=f"worker:{name}"
@@ -255,6 +287,7 @@ class Router:
 
     async def _run_worker(self, worker: _Worker) -> None:
         assert worker.queue is not None
+        _MUST_NOT_BLOCK.set(not worker.per_peer)  # this task's own context
         while True:
             message = await worker.queue.get()
             await self._call(worker, message)
