@@ -363,4 +363,9 @@ class Node:
                 if not n.startswith("_") and not self.channels.get(n)
             ],
             "connections": self.udp.connections() + self.tcp.connections(),
+            "udp_stats": dict(self.udp.endpoint.stats),
+            "unauthenticated": {
+                "udp": sum(self.udp.unauthenticated.values()),
+                "tcp": sum(self.tcp.unauthenticated.values()),
+            },
         }

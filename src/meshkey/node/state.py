@@ -3,7 +3,8 @@
 $MESHKEY_HOME (default ~/.meshkey), mode 0700
   identities/<name>.pem|.json
   nodes/<name>/state.db      SQLite (WAL): configuration and, later, relays, policies...
-  nodes/<name>/node.log      the daemon's structured log
+  nodes/<name>/node.log      the daemon's structured log (rotated: node.log.1 .. .3)
+  nodes/<name>/daemon.out    the daemon's stdout/stderr (start-up errors)
   nodes/<name>/daemon.lock   held (flock) by the running daemon: the truth of "running"
   nodes/<name>/daemon.pid
   nodes/<name>/control.sock  the control API (Unix socket, mode 0600)
@@ -124,6 +125,11 @@ class NodeDir:
     @property
     def log_path(self) -> Path:
         return self.path / "node.log"
+
+    @property
+    def output_path(self) -> Path:
+        """The daemon's stdout and stderr: start-up errors and anything logging missed."""
+        return self.path / "daemon.out"
 
     @property
     def lock_path(self) -> Path:

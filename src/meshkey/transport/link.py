@@ -60,7 +60,7 @@ QUEUE_HIGH_WATER = 4 * 1024 * 1024
 #: Inbound links that have not authenticated yet, in all and from one source address. Each
 #: costs a TLS or QUIC handshake; beyond this a stranger's new connection is closed at once.
 MAX_UNAUTHENTICATED = 256
-MAX_UNAUTHENTICATED_PER_SOURCE = 32
+MAX_UNAUTHENTICATED_PER_SOURCE = 8
 #: An inbound peer has this long to finish TLS/QUIC and hop authentication.
 INBOUND_AUTH_TIMEOUT = 5.0
 

@@ -176,7 +176,13 @@ class TcpLink(HopLink):
             raise LinkError(describe_error(exc)) from exc
 
     def _close_pipe(self) -> None:
-        if self._writer is not None:
+        if self._writer is None:
+            return
+        if self.core.peer is None:
+            # Never authenticated: drop it at once. A graceful TLS shutdown would keep its
+            # buffers (256 KiB and more each) until the stranger answers, or for 30 s.
+            self._writer.transport.abort()
+        else:
             self._writer.close()
 
     async def _wait_closed(self) -> None:

@@ -108,6 +108,7 @@ class UdpEndpoint:
             "inbox_dropped": 0,
             "retries_sent": 0,
             "strangers_refused": 0,
+            "junk_initials": 0,
         }
 
     def bind(self, host: str, port: int) -> Address:
@@ -396,11 +397,10 @@ class QuicTransport(LinkTransport):
             return
         link = self._link_for(data)
         if link is None:
-            link = self._accept(data, source)
-        if link is not None:
-            if link.inbox_full:
-                self.endpoint.stats["inbox_dropped"] += 1
-                return
+            self._accept(data, source, now)
+        elif link.inbox_full:
+            self.endpoint.stats["inbox_dropped"] += 1
+        else:
             link.receive(data, source, now)
 
     def _link_at(self, buffer: bytes, offset: int) -> QuicLink | None:
@@ -420,46 +420,50 @@ class QuicTransport(LinkTransport):
             return None if dcid is None else self.by_cid.get(dcid)
         return self.by_cid.get(data[1 : 1 + CID_LENGTH])
 
-    def _accept(self, data: bytes, source: Address) -> QuicLink | None:
+    def _accept(self, data: bytes, source: Address, now: float) -> None:
+        """Opens an inbound connection for a client's first Initial, if it deserves one."""
         # Only a full-size QUIC v1 Initial may open a connection (RFC 9000, 14.1).
         if len(data) < 1200 or data[0] & 0xB0 != 0x80 or data[1:5] != b"\x00\x00\x00\x01":
-            return None
+            return
         if self.endpoint.sock is None or len(self.links) >= MAX_CONNECTIONS:
-            return None
+            return
         try:
             header = pull_quic_header(data, 0, CID_LENGTH)
         except ValueError:
-            return None
-        packet_type, destination_cid, source_cid, token = (
-            header[1],
-            header[3],
-            header[4],
-            header[5],
-        )
+            return
+        packet_type, destination_cid, source_cid, token = header[1], header[3], header[4], header[5]
         if packet_type != QuicPacketType.INITIAL:
-            return None
+            return
         retry_source: bytes | None = None
         original_cid = destination_cid
         if token:
             validated = self._validate_retry_token(token, source)
             if validated is None:
-                return None  # forged, expired or from another address: no state, no answer
+                return  # forged, expired or from another address: no state, no answer
             original_cid, retry_source = validated
         elif sum(self.unauthenticated.values()) >= RETRY_THRESHOLD:
             self._send_retry(source, destination_cid, source_cid)
-            return None
+            return
         if not self.admits_stranger(source[0]):
             self.endpoint.stats["strangers_refused"] += 1
-            return None
+            return
         quic = QuicConnection(
             configuration=self.server_configuration,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_source,
         )
+        quic.receive_datagram(data, source, now)
+        answer = quic.datagrams_to_send(now)
+        if not answer:
+            # It did not decrypt (its keys come from its own connection ID, so only garbage
+            # fails): keep nothing, so junk costs one decryption and no state.
+            self.endpoint.stats["junk_initials"] += 1
+            return
         link = QuicLink(self, "inbound", source, quic=quic)
         link.add_cid(destination_cid)
         link.add_cid(quic.host_cid)
-        return link
+        link.unsent = answer  # goes out with this batch's other datagrams
+        link._after_input()
 
     # -- address validation (QUIC Retry) --------------------------------------------------
 
@@ -536,6 +540,8 @@ class QuicLink(HopLink):
         self._quic_timer_at: float | None = None
         self._cids: set[bytes] = set()
         self._terminated = False
+        #: Datagrams already taken from the QUIC connection and not yet sent.
+        self.unsent: list[tuple[bytes, Address]] = []
 
     @property
     def inbox_full(self) -> bool:
@@ -668,6 +674,8 @@ class QuicLink(HopLink):
         loop = self._loop
         now = loop.time()
         datagrams = quic.datagrams_to_send(now)
+        if self.unsent:
+            datagrams, self.unsent = self.unsent + datagrams, []
         if datagrams:
             address = datagrams[0][1]
             if all(d[1] == address for d in datagrams):
