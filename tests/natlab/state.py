@@ -62,7 +62,13 @@ def process_start_time(pid: int) -> int | None:
 
 
 def alive(pid: int | None, start_time: int | None) -> bool:
-    return pid is not None and start_time is not None and process_start_time(pid) == start_time
+    """The same process (not a reused pid) still runs (a zombie has ended)."""
+    return (
+        pid is not None
+        and start_time is not None
+        and process_start_time(pid) == start_time
+        and not zombie(pid)
+    )
 
 
 @dataclass
@@ -116,7 +122,7 @@ def end_processes_in(netns: str, grace: float = 2.0) -> None:
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
         time.sleep(0.05)
-        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not zombie(pid)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -131,7 +137,7 @@ def netns_pids(netns: str) -> list[int]:
     return [int(word) for word in result.stdout.split() if word.isdigit()]
 
 
-def _zombie(pid: int) -> bool:
+def zombie(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
