@@ -535,7 +535,9 @@ class Lab:
         ttl_floor: int = DEFAULT_TTL_FLOOR,
         seed: int | None = None,
         keep_workdir: bool = False,
+        purpose: str = "test",
     ) -> None:
+        self.purpose = purpose
         self.delay_ms = delay_ms
         self.ttl_floor = ttl_floor
         self.seed = seed
@@ -567,7 +569,7 @@ class Lab:
         pid = os.getpid()
         start = run_state.process_start_time(pid)
         assert start is not None
-        self.state = run_state.RunState(run_id, pid, start, str(workdir))
+        self.state = run_state.RunState(run_id, pid, start, str(workdir), purpose=self.purpose)
         self.state.save()
         _LIVE_LABS.append(self)
         try:

@@ -84,6 +84,7 @@ class RunState:
     taps: list[str] = field(default_factory=list)
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # for `status` and `exec`
     ready: bool = False
+    purpose: str = "test"  # "manual" for `python -m tests.natlab up`: only those `down` stops
 
     @property
     def path(self) -> Path:
