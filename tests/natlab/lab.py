@@ -214,11 +214,14 @@ class Wan:
 # -- namespaces ------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class Namespace:
     lab: Lab
     name: str  # the lab's name for it: "relay", "eim"...
     netns: str  # the kernel's: nl-RUNID-NAME
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} in netns {self.netns}>"
 
     def run(
         self,
@@ -327,7 +330,7 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
     return entries
 
 
-@dataclass
+@dataclass(repr=False)
 class Router(Namespace):
     kind: NatKind
     wan_address: str
@@ -400,7 +403,7 @@ class Router(Namespace):
         self.iptables("-A", "FORWARD", "-p", "udp", "-j", "DROP")
 
 
-@dataclass
+@dataclass(repr=False)
 class Host(Namespace):
     kind: NatKind
     address: str  # the host's own address (private behind a router)
@@ -693,7 +696,7 @@ class Lab:
         netns = self._netns(name)
         tap = self._wan_port(name, netns)
         host = Host(self, name, netns, NatKind.PUBLIC, address, None, self.workdir / "homes" / name)
-        host.script(["ip link set lo up", *self._wan_lines(tap, address), *_NO_IPV6])
+        host.script([*_NO_IPV6, "ip link set lo up", *self._wan_lines(tap, address)])
         self.hosts[name] = host
         self._record_host(host)
         return host
@@ -710,6 +713,7 @@ class Lab:
         router = Router(self, name, netns, kind, wan_address, f"10.{self._lans}.0")
         masquerade = "iptables -w -t nat -A POSTROUTING -o wan0 -j MASQUERADE"
         lines = [
+            *_NO_IPV6,
             "ip link set lo up",
             *self._wan_lines(tap, wan_address),
             "sysctl -qw net.ipv4.ip_forward=1",
@@ -717,7 +721,7 @@ class Lab:
         ]
         if kind is NatKind.UDP_BLOCKED:
             lines.append("iptables -w -A FORWARD -p udp -j DROP")
-        router.script([*lines, *_NO_IPV6])
+        router.script(lines)
         self.routers[name] = router
         return router
 
@@ -736,7 +740,7 @@ class Lab:
         if index == 0:
             behind.script(
                 [
-                    "ip link add lanbr type bridge",
+                    "ip link add lanbr type bridge mcast_snooping 0",
                     "ip link set lanbr up",
                     f"ip addr add {behind.lan_address}/24 dev lanbr",
                 ]
@@ -745,11 +749,11 @@ class Lab:
         host = Host(self, name, netns, behind.kind, address, behind, self.workdir / "homes" / name)
         host.script(
             [
+                *_NO_IPV6,
                 "ip link set lo up",
                 f"ip addr add {address}/24 dev eth0",
                 "ip link set eth0 up",
                 f"ip route add default via {behind.lan_address}",
-                *_NO_IPV6,
             ]
         )
         behind.hosts.append(host)

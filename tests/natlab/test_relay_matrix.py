@@ -13,8 +13,10 @@ as a real relay is shared) in a module fixture; each pair is then reported as it
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -51,10 +53,21 @@ class Matrix:
     lost_frames: int = 0
 
 
+@contextlib.contextmanager
+def workers() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """A thread pool that, when interrupted (Ctrl-C, SIGTERM), drops the work not yet
+    started, so the lab tears down in seconds."""
+    pool = concurrent.futures.ThreadPoolExecutor(WORKERS)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def start_side_nodes(
     hosts: dict[str, Host], suffix: str
 ) -> tuple[dict[NatKind, MeshkeyNode], dict[NatKind, MeshkeyNode]]:
-    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+    with workers() as pool:
         blues = {k: pool.submit(hosts[str(k)].create_node, f"blue{suffix}") for k in SIDES}
         yellows = {k: pool.submit(hosts[str(k)].create_node, f"yellow{suffix}") for k in SIDES}
         return (
@@ -113,7 +126,7 @@ def connect(matrix: Matrix, a: NatKind, b: NatKind, tag: str) -> PairOutcome:
 
 
 def run_matrix(matrix: Matrix, tag: str) -> None:
-    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
+    with workers() as pool:
         futures = {pool.submit(connect, matrix, a, b, tag): (a, b) for a, b in PAIRS}
         for future, pair in futures.items():
             matrix.outcomes[pair] = future.result()
