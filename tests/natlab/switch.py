@@ -124,10 +124,13 @@ class Switch:
 
     # -- ports -------------------------------------------------------------------------------
 
-    def add_port(self, name: str, label: str) -> Port:
+    def add_port(self, name: str, label: str, fd: int | None = None) -> Port:
+        """A port on a new TAP device ``name``, or on ``fd``: any non-blocking descriptor that
+        reads and writes whole frames (the unit tests use datagram socket pairs)."""
         if name in self.ports:
             raise ValueError(f"port {name!r} exists")
-        fd = open_tap(name)
+        if fd is None:
+            fd = open_tap(name)
         port = Port(name, label or name, fd)
         port.to_switch = functools.partial(self._forward, port)
         port.to_device = functools.partial(self._deliver, port)
@@ -235,6 +238,7 @@ class Switch:
 
     def configure(self, names: list[str] | None, settings: dict[str, Any]) -> None:
         ports = [self.ports[n] for n in names] if names is not None else list(self.ports.values())
+        apply_settings(Link(), settings)  # all or nothing: a bad value changes no port
         for port in ports:
             for link in (port.ingress, port.egress):
                 apply_settings(link, settings)
