@@ -22,6 +22,7 @@ SUITES = {
     "cli": cli_latency.main,
     "channels": channels.main,
     "udp": udp.main,
+    "natlab": __import__("bench.natlab", fromlist=["main"]).main,  # the NAT lab (root)
 }
 
 
