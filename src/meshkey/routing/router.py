@@ -19,6 +19,7 @@ from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress
 from meshkey.routing.errors import RoutingError
+from meshkey.routing.mailbox import FairMailbox
 from meshkey.routing.message import Message, error_message
 from meshkey.wire.message import ErrorCode, MessageKind
 
@@ -114,10 +115,12 @@ class _Worker:
         self.inline = inline
         self.admit = admit
         self.per_peer = per_peer
-        self.queue: asyncio.Queue[Message] | None = None
+        self.queue: FairMailbox[Message] | None = None
         self.task: asyncio.Task[None] | None = None
         if not inline:
-            self.queue = asyncio.Queue(mailbox_size)
+            # A worker for one peer keeps plain order; a shared one is fair between senders.
+            per_sender = mailbox_size if per_peer else max(1, mailbox_size // 4)
+            self.queue = FairMailbox(per_sender, mailbox_size)
 
 
 class Router:
@@ -212,7 +215,15 @@ class Router:
                 log.warning("message.refused", service=worker.name, reason=refusal)
                 await self.fail(message, ErrorCode.REFUSED, f"node {self._label}: {refusal}")
             elif worker.queue is not None:
-                await worker.queue.put(message)
+                sender = message.local.channel_peer or message.local.hop_peer
+                if message.is_error:
+                    # Errors never wait: the worker may be the one whose send caused this
+                    # error, in its own task, and waiting on its own full mailbox would be
+                    # a deadlock. An error that finds no room is dropped (none is answered).
+                    if not worker.queue.try_put(sender, message):
+                        log.debug("error.dropped", service=worker.name, reason="mailbox full")
+                else:
+                    await worker.queue.put(sender, message)
             else:
                 await self._call(worker, message)
         elif isinstance(decision, Forward):

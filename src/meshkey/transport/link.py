@@ -29,6 +29,7 @@ from meshkey.identity.errors import IdentityError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RoutingError
 from meshkey.routing.message import LocalInfo, Message
@@ -63,6 +64,12 @@ MAX_UNAUTHENTICATED = 256
 MAX_UNAUTHENTICATED_PER_SOURCE = 8
 #: An inbound peer has this long to finish TLS/QUIC and hop authentication.
 INBOUND_AUTH_TIMEOUT = 5.0
+#: Events handled before a link's task lets others run.
+EVENTS_PER_TURN = 64
+#: Malformed messages an authenticated peer may send (a bug now and then is forgiven; a
+#: stream of them closes the hop).
+MALFORMED_PER_SECOND = 10.0
+MALFORMED_BURST = 100.0
 
 EventCallback = Callable[[TransportEvent], None]
 
@@ -209,6 +216,7 @@ class HopLink:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._registered = False
+        self._malformed = TokenBucket(MALFORMED_PER_SECOND, MALFORMED_BURST)
         self._counted_stranger = direction == "inbound"
         if self._counted_stranger:
             transport.unauthenticated[remote[0]] += 1
@@ -337,8 +345,13 @@ class HopLink:
         return await self._handle(events)
 
     async def _handle(self, events: list[HopEvent]) -> bool:
-        """Acts on the core's events; False once the link is closed."""
-        for event in events:
+        """Acts on the core's events; False once the link is closed.
+
+        It yields every :data:`EVENTS_PER_TURN` events and after each batch: a read that
+        found data buffered does not suspend, and one busy peer must not starve the rest."""
+        for index, event in enumerate(events, 1):
+            if index % EVENTS_PER_TURN == 0:
+                await asyncio.sleep(0)
             if isinstance(event, MessageReceived):
                 await self._deliver(event.body)
             elif isinstance(event, PeerAuthenticated):
@@ -360,6 +373,7 @@ class HopLink:
                     await self.close(CloseCode.IDLE, "idle")
             if self.closed:
                 return False
+        await asyncio.sleep(0)
         return True
 
     def _rearm(self) -> None:
@@ -394,6 +408,8 @@ class HopLink:
             message = Message.from_wire(body, LocalInfo(hop_peer=self.core.peer))
         except WireError as exc:
             log.warning("message.malformed", peer=self.core.peer, reason=str(exc))
+            if not self._malformed.allow(self._loop.time()):
+                await self.close(CloseCode.PROTOCOL_ERROR, "too many malformed messages")
             return
         if len(message.return_route) >= MAX_ROUTE_LENGTH:
             log.warning("message.route_too_long", peer=self.core.peer)

@@ -40,6 +40,7 @@ from meshkey.identity.certificate import certificate_pem, node_id_from_certifica
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import TransportAddress
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
@@ -70,6 +71,11 @@ MAX_CONNECTIONS = 4096
 #: QUIC Retry round trip: a spoofed flood then costs one small Retry packet each, no state.
 RETRY_THRESHOLD = 64
 RETRY_TOKEN_LIFETIME = 10.0
+#: A new QUIC connection costs ~0.75 ms of CPU before it is known to be garbage (qh3 sets up
+#: TLS to try the Initial): at most this many per second get that far without a Retry token;
+#: beyond, Initials are answered with a Retry (cheap, stateless), and beyond that dropped.
+NEW_CONNECTIONS_PER_SECOND = 200.0
+RETRIES_PER_SECOND = 2000.0
 #: Stream bytes received from one peer and not yet consumed by the node; beyond this its
 #: datagrams are dropped unread (QUIC resends them and its congestion control slows the
 #: sender), so one peer sending as fast as it can cannot starve the others or fill memory.
@@ -109,6 +115,7 @@ class UdpEndpoint:
             "retries_sent": 0,
             "strangers_refused": 0,
             "junk_initials": 0,
+            "initials_dropped": 0,
         }
 
     def bind(self, host: str, port: int) -> Address:
@@ -292,6 +299,8 @@ class QuicTransport(LinkTransport):
         )
         self.by_cid: dict[bytes, QuicLink] = {}
         self._retry_key = os.urandom(32)
+        self._new_connections = TokenBucket(NEW_CONNECTIONS_PER_SECOND, NEW_CONNECTIONS_PER_SECOND)
+        self._retries = TokenBucket(RETRIES_PER_SECOND, RETRIES_PER_SECOND)
         self._dirty: set[QuicLink] = set()
         self._flush_scheduled = False
         self._control: dict[int, ControlHandler] = {}
@@ -441,8 +450,13 @@ class QuicTransport(LinkTransport):
             if validated is None:
                 return  # forged, expired or from another address: no state, no answer
             original_cid, retry_source = validated
-        elif sum(self.unauthenticated.values()) >= RETRY_THRESHOLD:
-            self._send_retry(source, destination_cid, source_cid)
+        elif sum(self.unauthenticated.values()) >= RETRY_THRESHOLD or not (
+            self._new_connections.allow(now)
+        ):
+            if self._retries.allow(now):
+                self._send_retry(source, destination_cid, source_cid)
+            else:
+                self.endpoint.stats["initials_dropped"] += 1
             return
         if not self.admits_stranger(source[0]):
             self.endpoint.stats["strangers_refused"] += 1
