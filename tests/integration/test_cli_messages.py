@@ -106,7 +106,7 @@ def test_failures_have_clear_errors_and_exit_codes(blue_green: Cli, unused_tcp_p
         "--to",
         f"/ip4/127.0.0.1/tcp/{unused_tcp_port}/service/echo",
     )
-    assert "invalid timeout" in cli.fails(
+    assert "invalid duration" in cli.fails(
         ExitCode.USAGE, "message", "send", "x", "--to", "/node/blue/service/echo", "--timeout", "x"
     )
     cli.ok("node", "stop", "blue")

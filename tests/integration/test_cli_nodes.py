@@ -37,7 +37,12 @@ def test_node_lifecycle(cli: Cli) -> None:
     udp, tcp = created["addresses"]
     assert udp.startswith("/ip4/127.0.0.1/udp/") and f"/id/{created['node_id']}" in udp
     assert tcp.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in tcp
-    assert "already exists" in cli.fails(ExitCode.CONFLICT, "node", "create", "blue")
+    # Create is idempotent (Ockam's): again on a running node, it says so and succeeds...
+    assert "already running" in cli.ok("node", "create", "blue")
+    # ...unless asked for something else than the node is.
+    assert "already exists with udp" in cli.fails(
+        ExitCode.CONFLICT, "node", "create", "blue", "--udp", "127.0.0.1:1"
+    )
 
     listed = cli.json("node", "list")
     assert [(n["name"], n["status"], n["node_id"]) for n in listed] == [
@@ -50,6 +55,8 @@ def test_node_lifecycle(cli: Cli) -> None:
     cli.ok("node", "stop", "blue")
     assert "not running" in cli.fails(ExitCode.CONFLICT, "node", "stop", "blue")
     assert cli.json("node", "show", "blue")["status"] == "stopped"
+    assert "started" in cli.ok("node", "create", "blue")  # create starts a stopped node
+    cli.ok("node", "stop", "blue")
 
     restarted = cli.json("node", "start", "blue")
     assert restarted["node_id"] == created["node_id"]

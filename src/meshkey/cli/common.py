@@ -2,51 +2,65 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
+from meshkey.errors import MeshkeyError
 from meshkey.node.control_client import ControlClient, ControlError
-from meshkey.node.state import Home, NodeDir, NodeStateError
-from meshkey.routing.address import RouteError, expand_placeholders, parse_route
+from meshkey.node.state import Home, NodeDir
+from meshkey.routing.address import expand_placeholders, parse_route
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class MeshkeyGroup(click.Group):
-    """Turns every expected failure into one line on stderr and a documented exit code."""
+    """Turns every expected failure into one line on stderr and a documented exit code (one
+    mapping, from the error's kind, whichever command met it)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's own usage errors become one line too (and the help, exit 0)."""
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            fail(f"{exc.format_message()}{where}", ExitCode.USAGE, kind="invalid")
+        except click.ClickException as exc:
+            fail(exc.format_message(), ExitCode.FAILURE, kind="failure")
+        except click.Abort:
+            fail("interrupted", ExitCode.FAILURE, kind="failure")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CliError as exc:
-            fail(exc.message, exc.exit_code)
-        except ControlError as exc:
-            fail(exc.message, exit_code_for(exc.code))
-        except NodeStateError as exc:
-            fail(str(exc), exit_code_for(exc.code))
-        except RouteError as exc:
-            fail(str(exc), ExitCode.USAGE)
+            fail(exc.message, exc.exit_code, kind=exc.kind)
+        except MeshkeyError as exc:
+            fail(str(exc), exit_code_for(exc.kind), kind=exc.kind)
         except ValueError as exc:  # invalid names and other bad values
-            fail(str(exc), ExitCode.USAGE)
+            fail(str(exc), ExitCode.USAGE, kind="invalid")
+        except OSError as exc:  # e.g. a state directory that cannot be created or read
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}", ExitCode.USAGE, kind="invalid")
         except KeyboardInterrupt:
-            fail("interrupted", ExitCode.FAILURE)
-        except Exception as exc:
-            identity_error = _identity_error_type()
-            if isinstance(exc, identity_error):
-                missing = str(exc).startswith("no identity")
-                fail(str(exc), ExitCode.NOT_FOUND if missing else ExitCode.FAILURE)
-            raise
+            fail("interrupted", ExitCode.FAILURE, kind="failure")
 
 
-def _identity_error_type() -> type[Exception]:
-    from meshkey.identity.errors import IdentityError
-
-    return IdentityError
-
-
-def fail(message: str, code: ExitCode) -> None:
-    click.echo(f"error: {message}", err=True)
+def fail(message: str, code: ExitCode, *, kind: str = "failure") -> NoReturn:
+    """One line on stderr (a JSON object with ``--output json``), then exit ``code``."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.meta.get("meshkey.output") == "json":
+        click.echo(json.dumps({"error": message, "code": kind, "exit": int(code)}), err=True)
+    else:
+        click.echo(f"error: {message}", err=True)
     sys.exit(int(code))
 
 
@@ -79,7 +93,8 @@ def pick_node(ctx: click.Context, given: str | None, option: str, hint: str | No
     if len(names) == 1:
         return names[0]
     known = ", ".join(names) if names else "none yet"
-    raise CliError(f"which node? give {option} NODE (nodes: {known})", ExitCode.USAGE)
+    wanted = "its NAME" if option == "NAME" else f"{option} NODE"
+    raise CliError(f"which node? give {wanted} (nodes: {known})", ExitCode.USAGE)
 
 
 def call(
@@ -91,10 +106,23 @@ def call(
         return ControlClient(node_dir.socket_path, timeout=timeout).call(op, args)
     except ControlError as exc:
         if exc.message == "the node is not running":
+            if node_dir.is_running():  # the lock says otherwise: say what is wrong
+                raise CliError(
+                    f"node {node_dir.name!r} is running but its control socket is missing; "
+                    f"restart it (`meshkey node stop {node_dir.name}`, then `meshkey node "
+                    f"start {node_dir.name}`)",
+                    ExitCode.FAILURE,
+                ) from exc
             raise CliError(
                 f"node {node_dir.name!r} is not running (start it with `meshkey node start "
                 f"{node_dir.name}`)",
                 ExitCode.CONFLICT,
+            ) from exc
+        if exc.code == "no_answer":  # the daemon itself, not what it was asked to do
+            raise CliError(
+                f"node {node_dir.name!r} did not answer within {timeout:g}s (is it stopped, "
+                "or overloaded?)",
+                ExitCode.TIMEOUT,
             ) from exc
         raise
 
@@ -104,34 +132,123 @@ def across_nodes(
 ) -> list[dict[str, Any]]:
     """``op``'s list from ``node``, or from every running node, each item tagged with it."""
     home = get_home(ctx)
-    names = (
-        [pick_node(ctx, node, option)]
-        if node
-        else [n for n in home.node_names() if home.node(n).is_running()]
-    )
-    items = []
-    for name in names:
+    if node:
+        name = pick_node(ctx, node, option)
         result = call(ctx, name, op)
-        for item in result[key] if key else result:
-            items.append({**item, "node": name})
+        return [{**item, "node": name} for item in (result[key] if key else result)]
+    names = [n for n in home.node_names() if home.node(n).is_running()]
+    # All at once, each with a short timeout: one node that does not answer (stopped with
+    # SIGSTOP, overloaded) is named on stderr, and the others are listed all the same.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
+        futures = {name: pool.submit(call, ctx, name, op, None, 2.0) for name in names}
+    items: list[dict[str, Any]] = []
+    for name, future in futures.items():
+        try:
+            result = future.result()
+        except MeshkeyError as exc:
+            click.echo(f"warning: node {name}: {exc}", err=True)
+            continue
+        items.extend({**item, "node": name} for item in (result[key] if key else result))
     return items
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION = 3600.0
+
+
 def parse_duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for suffix in ("ms", "s", "m"):
-        if text.endswith(suffix):
-            number, scale = text[: -len(suffix)], units[suffix]
+    """``10``, ``10s``, ``500ms``, ``2m``, ``1h`` -> seconds (more than 0, at most 1 h)."""
+    number, scale = text.strip(), 1.0
+    for suffix in ("ms", "s", "m", "h"):
+        if number.endswith(suffix):
+            number, scale = number[: -len(suffix)], _UNITS[suffix]
             break
-    else:
-        number, scale = text, 1.0
     try:
         value = float(number) * scale
     except ValueError:
         value = -1
-    if not 0 < value <= 3600:
-        raise CliError(f"invalid timeout {text!r}: use e.g. 10, 10s, 500ms", ExitCode.USAGE)
+    if not 0 < value <= MAX_DURATION:
+        raise CliError(
+            f"invalid duration {text!r}: a number with ms, s, m or h (seconds if none), "
+            "more than 0 and at most 1h, e.g. 500ms, 10s, 2m",
+            ExitCode.USAGE,
+        )
     return value
+
+
+if TYPE_CHECKING:  # click's ParamType is generic for type checkers only in newer releases
+    _ParamType = click.ParamType[float, Any]
+else:
+    _ParamType = click.ParamType
+
+
+class Duration(_ParamType):
+    """A ``--timeout``-style option: shown as DURATION, parsed by :func:`parse_duration`."""
+
+    name = "duration"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except CliError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+DURATION = Duration()
+
+
+def timeout_option(default: str, what: str) -> Callable[[F], F]:
+    return click.option(
+        "--timeout",
+        type=DURATION,
+        default=default,
+        show_default=True,
+        help=f"{what} (e.g. 500ms, 10s, 2m; at most 1h).",
+    )
+
+
+def resolve_identities(ctx: click.Context, values: tuple[str, ...] | list[str]) -> list[str]:
+    """NodeIds from NodeIds, local node names or identity names (``--allow yellow``)."""
+    from meshkey.identity.node_id import NodeId
+
+    home = get_home(ctx)
+    resolved = []
+    for value in values:
+        try:
+            resolved.append(str(NodeId.parse(value)))
+            continue
+        except ValueError:
+            pass
+        name = node_name(value)
+        node = home.node(name) if _valid_name(name) else None
+        if node is not None and node.exists():
+            node_id = node.config().get("node_id")
+            if node_id:
+                resolved.append(node_id)
+                continue
+        if _valid_name(name) and home.identities.exists(name):
+            resolved.append(home.identities.info(name).node_id)
+            continue
+        raise CliError(
+            f"{value!r} is neither a NodeId nor the name of a local node or identity",
+            ExitCode.USAGE,
+        )
+    return resolved
+
+
+def _valid_name(name: str) -> bool:
+    from meshkey.identity.names import check_name
+
+    try:
+        check_name("node", name)
+    except ValueError:
+        return False
+    return True
 
 
 def read_route(text: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from meshkey.errors import MeshkeyError
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -22,14 +24,18 @@ _BY_CODE = {
     "unsupported": ExitCode.USAGE,
     "route_too_long": ExitCode.USAGE,
     "too_large": ExitCode.USAGE,
+    "malformed_route": ExitCode.USAGE,
     "not_found": ExitCode.NOT_FOUND,
     "no_such_service": ExitCode.NOT_FOUND,
     "conflict": ExitCode.CONFLICT,
     "unreachable": ExitCode.UNREACHABLE,
     "busy": ExitCode.UNREACHABLE,
     "timeout": ExitCode.TIMEOUT,
+    "no_answer": ExitCode.TIMEOUT,
     "refused": ExitCode.REFUSED,
     "auth_failed": ExitCode.REFUSED,
+    "failed": ExitCode.FAILURE,
+    "internal": ExitCode.FAILURE,
 }
 
 
@@ -37,11 +43,26 @@ def exit_code_for(code: str) -> ExitCode:
     return _BY_CODE.get(code, ExitCode.FAILURE)
 
 
-class CliError(Exception):
+_KIND_OF_EXIT = {
+    ExitCode.FAILURE: "failure",
+    ExitCode.USAGE: "invalid",
+    ExitCode.NOT_FOUND: "not_found",
+    ExitCode.CONFLICT: "conflict",
+    ExitCode.UNREACHABLE: "unreachable",
+    ExitCode.TIMEOUT: "timeout",
+    ExitCode.REFUSED: "refused",
+}
+
+
+class CliError(MeshkeyError):
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.FAILURE) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+
+    @property
+    def kind(self) -> str:
+        return _KIND_OF_EXIT.get(self.exit_code, "failure")
 
 
 EXIT_CODES_HELP = """\b

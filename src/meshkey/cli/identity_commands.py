@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+import sys
+from pathlib import Path
 
 import click
 
 from meshkey.cli.common import get_home
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
+from meshkey.identity.store import IdentityInfo
+
+DEFAULT_IDENTITY = "default"
 
 
 @click.group()
 def identity() -> None:
-    """Ed25519 identities; a node's NodeId is its identity's public key."""
+    """Ed25519 identities; a node's NodeId is its identity's public key.
+
+    \b
+    The first identity created is the default one (`identity default NAME` changes it).
+    Move an identity to another machine with `identity export` and `identity import`."""
+
+
+def _described(ctx: click.Context, info: IdentityInfo) -> dict[str, object]:
+    """An identity, the same way in every command's JSON (one schema)."""
+    return {**info.as_dict(), "default": info.name == get_home(ctx).identities.default()}
+
+
+def _passphrase(confirm: bool) -> bytes:
+    text = os.environ.get("MESHKEY_PASSPHRASE") or click.prompt(
+        "Passphrase", hide_input=True, confirmation_prompt=confirm
+    )
+    return str(text).encode()
 
 
 @identity.command("create")
-@click.argument("name")
+@click.argument("name", default=DEFAULT_IDENTITY)
 @click.option(
     "--encrypt",
     is_flag=True,
@@ -27,30 +48,26 @@ def identity() -> None:
 @output_option
 @click.pass_context
 def identity_create(ctx: click.Context, name: str, encrypt: bool, output: str) -> None:
-    """Create an identity NAME."""
-    passphrase = None
-    if encrypt:
-        text = os.environ.get("MESHKEY_PASSPHRASE") or click.prompt(
-            "Passphrase", hide_input=True, confirmation_prompt=True
-        )
-        passphrase = text.encode()
+    """Create identity NAME [default: default]. Of several runs racing to create the same
+    name, exactly one succeeds; the others fail with exit code 4."""
+    passphrase = _passphrase(confirm=True) if encrypt else None
     home = get_home(ctx)
     home.ensure()
-    info = _identity_call(lambda: home.identities.create(name, passphrase))
-    emit(output, info.as_dict(), lambda: f"Identity {name} created\n{info.node_id}")
+    info = home.identities.create(name, passphrase)
+    emit(output, _described(ctx, info), lambda: f"Identity {name} created\n{info.node_id}")
 
 
 @identity.command("list")
 @output_option
 @click.pass_context
 def identity_list(ctx: click.Context, output: str) -> None:
-    """List identities."""
-    infos = get_home(ctx).identities.list()
+    """List identities (the default one is marked)."""
+    items = [_described(ctx, i) for i in get_home(ctx).identities.list()]
     emit_table(
         output,
-        [i.as_dict() for i in infos],
+        items,
         [
-            ("NAME", "name"),
+            ("NAME", lambda i: f"{i['name']} (default)" if i["default"] else i["name"]),
             ("NODE ID", lambda i: f"unusable: {i['error']}" if i["error"] else i["node_id"]),
             ("CREATED", "created_at"),
             ("ENCRYPTED", lambda i: "yes" if i["encrypted"] else "no"),
@@ -59,25 +76,52 @@ def identity_list(ctx: click.Context, output: str) -> None:
     )
 
 
+def _named_or_default(ctx: click.Context, name: str | None) -> str:
+    if name:
+        return name
+    default = get_home(ctx).identities.default()
+    if default is None:
+        raise CliError(
+            "there is no default identity yet (create one: `meshkey identity create`)",
+            ExitCode.NOT_FOUND,
+        )
+    return default
+
+
 @identity.command("show")
-@click.argument("name")
+@click.argument("name", required=False)
 @output_option
 @click.pass_context
-def identity_show(ctx: click.Context, name: str, output: str) -> None:
-    """Show identity NAME: its NodeId and creation time."""
-    info = _identity_call(lambda: get_home(ctx).identities.info(name))
+def identity_show(ctx: click.Context, name: str | None, output: str) -> None:
+    """Show identity NAME [default: the default identity]: its NodeId and creation time."""
+    info = get_home(ctx).identities.info(_named_or_default(ctx, name))
+    data = _described(ctx, info)
     emit(
         output,
-        info.as_dict(),
+        data,
         lambda: fields(
             [
                 ("name", info.name),
                 ("node id", info.node_id),
                 ("created", info.created_at),
                 ("encrypted", "yes" if info.encrypted else "no"),
+                ("default", "yes" if data["default"] else "no"),
             ]
         ),
     )
+
+
+@identity.command("default")
+@click.argument("name", required=False)
+@output_option
+@click.pass_context
+def identity_default(ctx: click.Context, name: str | None, output: str) -> None:
+    """Print the default identity, or make NAME the default."""
+    store = get_home(ctx).identities
+    if name:
+        store.set_default(name)
+    current = _named_or_default(ctx, None)
+    emit(output, {"default": current}, current)
 
 
 @identity.command("delete")
@@ -91,19 +135,56 @@ def identity_delete(ctx: click.Context, name: str) -> None:
         raise CliError(
             f"identity {name!r} is used by node(s) {', '.join(users)}", ExitCode.CONFLICT
         )
-    _identity_call(lambda: home.identities.delete(name))
+    home.identities.delete(name)
     click.echo(f"Identity {name} deleted")
 
 
-def _identity_call(function: Any) -> Any:
-    from meshkey.identity.errors import IdentityError
+@identity.command("export")
+@click.argument("name", required=False)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the export here (mode 0600) [default: standard output].",
+)
+@click.pass_context
+def identity_export(ctx: click.Context, name: str | None, path: Path | None) -> None:
+    """Export identity NAME [default: the default identity] for `identity import` elsewhere.
 
+    The export holds the private key exactly as stored: an encrypted key stays encrypted (and
+    needs its passphrase where it is imported); a plain one must be kept secret."""
+    bundle = get_home(ctx).identities.export(_named_or_default(ctx, name))
+    text = json.dumps(bundle, indent=2) + "\n"
+    if path is None:
+        click.echo(text, nl=False)
+        return
+    from meshkey.identity.store import write_private_file
+
+    write_private_file(path, text.encode())
+    click.echo(f"Identity {bundle['name']} exported to {path}", err=True)
+
+
+@identity.command("import")
+@click.option(
+    "--file",
+    "path",
+    default="-",
+    show_default=True,
+    help="The export to read; '-' reads standard input.",
+)
+@click.option("--name", metavar="NAME", help="Store it under this name [default: its own].")
+@output_option
+@click.pass_context
+def identity_import(ctx: click.Context, path: str, name: str | None, output: str) -> None:
+    """Import an identity exported with `meshkey identity export`."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
-        return function()
-    except IdentityError as exc:
-        text = str(exc)
-        if "already exists" in text:
-            raise CliError(text, ExitCode.CONFLICT) from exc
-        if text.startswith("no identity"):
-            raise CliError(text, ExitCode.NOT_FOUND) from exc
-        raise CliError(text) from exc
+        bundle = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"not a meshkey identity export: {exc}", ExitCode.USAGE) from exc
+    encrypted = isinstance(bundle, dict) and bool(bundle.get("encrypted"))
+    passphrase = os.environ.get("MESHKEY_PASSPHRASE") if encrypted else None
+    home = get_home(ctx)
+    home.ensure()
+    info = home.identities.import_bundle(bundle, name, passphrase.encode() if passphrase else None)
+    emit(output, _described(ctx, info), lambda: f"Identity {info.name} imported\n{info.node_id}")

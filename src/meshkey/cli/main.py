@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from meshkey import __version__
 from meshkey.cli.channel_commands import secure_channel, secure_channel_listener
 from meshkey.cli.common import MeshkeyGroup
 from meshkey.cli.errors import EXIT_CODES_HELP
@@ -20,6 +21,7 @@ from meshkey.node.state import Home
 
 @click.group(
     cls=MeshkeyGroup,
+    invoke_without_command=True,
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
@@ -29,7 +31,7 @@ from meshkey.node.state import Home
     envvar="MESHKEY_HOME",
     help="State directory (default: $MESHKEY_HOME or ~/.meshkey).",
 )
-@click.version_option(package_name="meshkey")
+@click.version_option(__version__, message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None) -> None:
     """meshkey connects programs across NATs and firewalls through end-to-end encrypted,
@@ -42,6 +44,8 @@ def cli(ctx: click.Context, home: Path | None) -> None:
       meshkey message send hello --to /node/green/node/blue/service/uppercase
     """
     ctx.obj = Home(home)
+    if ctx.invoked_subcommand is None:  # `meshkey` alone: the help, and success
+        click.echo(ctx.get_help())
 
 
 @cli.command()

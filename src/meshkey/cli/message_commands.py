@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import sys
 import time
 
 import click
 
-from meshkey.cli.common import call, get_home, node_name, parse_duration, read_route
+from meshkey.cli.common import call, get_home, node_name, read_route, timeout_option
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, output_option
 from meshkey.node.state import Home, resolve_route
-from meshkey.routing.address import NodeNameAddress, Route, TransportAddress, parse_route
+from meshkey.routing.address import (
+    NodeNameAddress,
+    Route,
+    TransportAddress,
+    check_destination,
+    parse_route,
+)
 from meshkey.routing.errors import RemoteError
+from meshkey.wire.frames import MAX_PAYLOAD
 
 
 @click.group()
@@ -19,8 +28,63 @@ def message() -> None:
     """Send messages along routes."""
 
 
+def _payload(text: str | None, path: str | None, hex_mode: bool) -> bytes:
+    if (text is None) == (path is None):
+        raise CliError("give the MESSAGE, or --file PATH ('-' for standard input)", ExitCode.USAGE)
+    if path is not None:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
+        else:
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read(MAX_PAYLOAD + 1)
+            except OSError as exc:
+                raise CliError(f"--file {path}: {exc.strerror or exc}", ExitCode.USAGE) from exc
+        if len(data) > MAX_PAYLOAD:
+            raise CliError(f"--file {path}: over the {MAX_PAYLOAD}-byte limit", ExitCode.USAGE)
+        return data
+    assert text is not None
+    if not hex_mode:
+        return text.encode()
+    try:
+        return bytes.fromhex(text)
+    except ValueError as exc:
+        raise CliError(f"--hex: MESSAGE is not hex ({exc})", ExitCode.USAGE) from exc
+
+
+def _show(reply: bytes, hex_mode: bool, output: str, route: str, elapsed: float) -> None:
+    """Prints the reply faithfully: text as text, bytes that are not text as they are when
+    stdout is a file or a pipe, and never as silently mangled text on a terminal."""
+    data = {"route": route, "elapsed_ms": round(elapsed * 1000, 3), "size": len(reply)}
+    if hex_mode:
+        emit(output, {**data, "reply": reply.hex(), "encoding": "hex"}, reply.hex())
+        return
+    try:
+        text = reply.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if output == "json":
+        if text is not None:
+            emit(output, {**data, "reply": text, "encoding": "utf-8"}, "")
+        else:
+            encoded = base64.b64encode(reply).decode()
+            emit(output, {**data, "reply": encoded, "encoding": "base64"}, "")
+        return
+    if text is not None:
+        click.echo(text)
+        return
+    if sys.stdout.isatty():
+        raise CliError(
+            f"the reply is {len(reply)} bytes of binary data: use --hex, or redirect the "
+            "output to a file",
+            ExitCode.FAILURE,
+        )
+    sys.stdout.buffer.write(reply)
+    sys.stdout.buffer.flush()
+
+
 @message.command("send")
-@click.argument("text", metavar="MESSAGE")
+@click.argument("text", metavar="MESSAGE", required=False)
 @click.option(
     "--to",
     "to",
@@ -35,33 +99,44 @@ def message() -> None:
     help="Send from this node (name or /node/NAME) [default: a short-lived node in "
     "this process, with a fresh identity].",
 )
-@click.option("--timeout", default="10s", show_default=True, help="How long to wait for a reply.")
+@click.option(
+    "--file",
+    "path",
+    metavar="PATH",
+    help="Send the contents of PATH instead of MESSAGE ('-' reads standard input); binary is "
+    f"fine, up to {MAX_PAYLOAD} bytes.",
+)
+@timeout_option("10s", "How long to wait for a reply")
 @click.option("--hex", "hex_mode", is_flag=True, help="MESSAGE is hex; print the reply as hex.")
 @output_option
 @click.pass_context
 def message_send(
     ctx: click.Context,
-    text: str,
+    text: str | None,
     to: str,
     from_node: str | None,
-    timeout: str,
+    path: str | None,
+    timeout: float,
     hex_mode: bool,
     output: str,
 ) -> None:
-    """Send MESSAGE along a route and print the reply.
+    """Send MESSAGE (or --file PATH) along a route and print the reply.
+
+    A reply that is not UTF-8 text is written as it is when the output is a file or a pipe
+    (and refused on a terminal: use --hex); with --output json it is base64.
 
     \b
     Examples:
       meshkey message send hello --to /node/blue/service/uppercase
       meshkey message send hello --to /node/green/node/blue/service/echo
+      meshkey message send --file photo.jpg --to /node/blue/service/echo > copy.jpg
       meshkey message send hello --from yellow --to /ip4/127.0.0.1/tcp/4000/service/echo
     """
-    seconds = parse_duration(timeout)
+    if path == "-" and "-" in to.split("/"):
+        raise CliError("--file - and a '-' in --to cannot both read stdin", ExitCode.USAGE)
     route = read_route(to)
-    try:
-        payload = bytes.fromhex(text) if hex_mode else text.encode()
-    except ValueError as exc:
-        raise CliError(f"--hex: MESSAGE is not hex ({exc})", ExitCode.USAGE) from exc
+    check_destination(parse_route(route), route)
+    payload = _payload(text, path, hex_mode)
     home = get_home(ctx)
     started = time.perf_counter()
     if from_node:
@@ -69,19 +144,13 @@ def message_send(
             ctx,
             node_name(from_node),
             "message.send",
-            {"route": route, "payload": payload, "timeout": seconds},
-            timeout=seconds + 5,
+            {"route": route, "payload": payload, "timeout": timeout},
+            timeout=timeout + 5,
         )
         reply: bytes = result["payload"]
     else:
-        reply = _send_embedded(home, route, payload, seconds)
-    elapsed = time.perf_counter() - started
-    shown = reply.hex() if hex_mode else reply.decode("utf-8", errors="replace")
-    emit(
-        output,
-        {"reply": shown, "route": route, "elapsed_ms": round(elapsed * 1000, 3)},
-        shown,
-    )
+        reply = _send_embedded(home, route, payload, timeout)
+    _show(reply, hex_mode, output, route, time.perf_counter() - started)
 
 
 def _send_embedded(home: Home, route: str, payload: bytes, timeout: float) -> bytes:

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
-from meshkey.cli.common import call, get_home, node_name, parse_duration, read_route
+from meshkey.cli.common import (
+    call,
+    get_home,
+    node_name,
+    pick_node,
+    read_route,
+    resolve_identities,
+    timeout_option,
+)
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, emit_table, fields, output_option
-from meshkey.node.control_client import ControlClient, ControlError
 from meshkey.node.state import Home, NodeStateError
+
+DEFAULT_NODE = "default"
 
 
 @click.group()
 def node() -> None:
-    """Node daemons: create, list, show, start, stop, delete, logs."""
+    """Node daemons: create, list, show, start, stop, delete, logs, whoami."""
 
 
 @node.command("create")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--udp",
     metavar="HOST:PORT",
@@ -35,35 +47,125 @@ def node() -> None:
     metavar="NAME",
     help="Use this identity [default: one named after the node, created if missing].",
 )
+@click.option(
+    "--configuration",
+    "configuration",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A node configuration file (.toml or .yaml): identity, listeners, relays, policies.",
+)
+@click.option(
+    "--variable",
+    "variables",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A value for ${KEY} in the configuration file (repeatable).",
+)
 @click.option("--foreground", "-f", is_flag=True, help="Run in this process until interrupted.")
 @output_option
 @click.pass_context
 def node_create(
     ctx: click.Context,
-    name: str,
+    name: str | None,
     udp: str | None,
     tcp: str | None,
     identity_name: str | None,
+    configuration: Path | None,
+    variables: tuple[str, ...],
     foreground: bool,
     output: str,
 ) -> None:
-    """Create node NAME and start it (in the background unless --foreground).
+    """Create node NAME [default: default] and start it (in the background unless
+    --foreground).
 
-    The node listens on UDP (QUIC) and TCP; /node/NAME in a route means its UDP address.
+    The node listens on UDP (QUIC) and TCP; /node/NAME in a route means its UDP address. As in
+    Ockam, create is idempotent: a node that exists is started if it is stopped, and left as
+    it is if it runs (options that disagree with its configuration are refused).
     """
     from meshkey.node import launcher
+    from meshkey.node.configuration import NodeConfiguration, load_configuration
 
     home = get_home(ctx)
+    config = (
+        load_configuration(configuration, _variables(variables))
+        if configuration
+        else NodeConfiguration()
+    )
+    name = node_name(name or config.name or DEFAULT_NODE)
+    udp, tcp = udp or config.udp, tcp or config.tcp
+    identity_name = identity_name or config.identity
+    existing = home.node(name)
+    if existing.exists():
+        _check_same(home, name, udp=udp, tcp=tcp, identity=identity_name)
+        if foreground:
+            _run_foreground(home, name)
+            return
+        if existing.is_running():
+            _print_node(output, "is already running", launcher.node_summary(home, name, live=True))
+            return
+        launcher.start_node(home, name)
+        _apply(ctx, name, config)
+        _print_node(output, "started", launcher.node_summary(home, name, live=True))
+        return
     launcher.create_node(home, name, udp=udp, tcp=tcp, identity=identity_name)
     if foreground:
         _run_foreground(home, name)
         return
     try:
-        status = launcher.start_node(home, name)
-    except NodeStateError:
-        home.node(name).delete()  # a node that never ran is not left half-made
+        launcher.start_node(home, name)
+    except NodeStateError as exc:
+        if exc.code != "conflict":
+            home.node(name).delete()  # a node that never ran is not left half-made
         raise
-    _print_started(output, "created", status)
+    _apply(ctx, name, config)
+    _print_node(output, "created", launcher.node_summary(home, name, live=True))
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    variables = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise CliError(f"--variable {pair!r}: expected KEY=VALUE", ExitCode.USAGE)
+        variables[key] = value
+    return variables
+
+
+def _check_same(home: Home, name: str, **wanted: str | None) -> None:
+    """Creating an existing node again is fine, unless it is asked to be different."""
+    config = home.node(name).config()
+    for key, value in wanted.items():
+        if value is not None and config.get(key) != value:
+            raise CliError(
+                f"node {name!r} already exists with {key} {config.get(key)}, not {value} "
+                f"(delete it first to change that: `meshkey node delete {name}`)",
+                ExitCode.CONFLICT,
+            )
+
+
+def _apply(ctx: click.Context, name: str, config: Any) -> None:
+    """Sets up what a configuration file declares on the running node (what already exists,
+    from an earlier run of the same file, is left as it is)."""
+    for address in config.tcp_listeners:
+        _ignore_conflict(lambda a=address: call(ctx, name, "tcp_listener.create", {"address": a}))
+    for address, authorized in config.listeners:
+        args = {"name": address, "authorized": resolve_identities(ctx, authorized)}
+        _ignore_conflict(lambda a=args: call(ctx, name, "listener.create", a))
+    for relay, at in config.relays:
+        args = {"name": relay, "at": read_route(at)}
+        _ignore_conflict(lambda a=args: call(ctx, name, "relay.create", a, timeout=20))
+    for resource, allow in config.policies:
+        args = {"resource": resource, "allow": resolve_identities(ctx, allow)}
+        call(ctx, name, "policy.create", args)
+
+
+def _ignore_conflict(step: Any) -> None:
+    from meshkey.node.control_client import ControlError
+
+    try:
+        step()
+    except ControlError as exc:
+        if exc.code != "conflict":
+            raise
 
 
 def _run_foreground(home: Home, name: str) -> None:
@@ -74,17 +176,17 @@ def _run_foreground(home: Home, name: str) -> None:
         sys.exit(code)
 
 
-def _print_started(output: str, verb: str, status: dict[str, Any]) -> None:
+def _print_node(output: str, verb: str, summary: dict[str, Any]) -> None:
     emit(
         output,
-        status,
+        summary,
         lambda: (
-            f"Node {status['name']} {verb}\n"
+            f"Node {summary['name']} {verb}\n"
             + fields(
                 [
-                    ("node id", status["node_id"]),
-                    ("addresses", status["addresses"]),
-                    ("services", ", ".join(status["services"])),
+                    ("node id", summary["node_id"]),
+                    ("addresses", summary["addresses"]),
+                    ("services", ", ".join(summary.get("services", [])) or None),
                 ]
             )
         ),
@@ -92,29 +194,31 @@ def _print_started(output: str, verb: str, status: dict[str, Any]) -> None:
 
 
 @node.command("start")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--foreground", "-f", is_flag=True, help="Run in this process until interrupted.")
 @output_option
 @click.pass_context
-def node_start(ctx: click.Context, name: str, foreground: bool, output: str) -> None:
-    """Start node NAME again: same identity and, where free, the same port."""
+def node_start(ctx: click.Context, name: str | None, foreground: bool, output: str) -> None:
+    """Start node NAME again: same identity and, where free, the same ports. Of several
+    starts at once exactly one starts it; the others fail with exit code 4."""
     from meshkey.node import launcher
 
-    name = node_name(name)
+    name = pick_node(ctx, name, "NAME")
     if foreground:
         _run_foreground(get_home(ctx), name)
         return
-    _print_started(output, "started", launcher.start_node(get_home(ctx), name))
+    launcher.start_node(get_home(ctx), name)
+    _print_node(output, "started", launcher.node_summary(get_home(ctx), name, live=True))
 
 
 @node.command("stop")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.pass_context
-def node_stop(ctx: click.Context, name: str) -> None:
+def node_stop(ctx: click.Context, name: str | None) -> None:
     """Stop node NAME."""
     from meshkey.node import launcher
 
-    name = node_name(name)
+    name = pick_node(ctx, name, "NAME")
     launcher.stop_node(get_home(ctx), name)
     click.echo(f"Node {name} stopped")
 
@@ -122,7 +226,7 @@ def node_stop(ctx: click.Context, name: str) -> None:
 @node.command("delete")
 @click.argument("name", required=False)
 @click.option("--all", "all_nodes", is_flag=True, help="Delete every node.")
-@click.option("--force", is_flag=True, help="Stop running nodes first instead of refusing.")
+@click.option("--force", "-y", is_flag=True, help="Stop running nodes first instead of refusing.")
 @click.pass_context
 def node_delete(ctx: click.Context, name: str | None, all_nodes: bool, force: bool) -> None:
     """Delete node NAME (or --all). A running node is refused unless --force.
@@ -152,7 +256,8 @@ def node_delete(ctx: click.Context, name: str | None, all_nodes: bool, force: bo
 @output_option
 @click.pass_context
 def node_list(ctx: click.Context, output: str) -> None:
-    """List nodes, their NodeIds, status and addresses."""
+    """List nodes, their NodeIds, status and addresses (a node whose state cannot be read is
+    listed as broken, with why; the others are listed all the same)."""
     from meshkey.node.launcher import node_summary
 
     home = get_home(ctx)
@@ -161,12 +266,17 @@ def node_list(ctx: click.Context, output: str) -> None:
         [node_summary(home, n) for n in home.node_names()],
         [
             ("NAME", "name"),
-            ("STATUS", "status"),
+            ("STATUS", _status_cell),
             ("NODE ID", "node_id"),
             ("ADDRESS", lambda n: _without_id((n["addresses"] or [""])[0])),
         ],
         "No nodes (create one with `meshkey node create NAME`).",
     )
+
+
+def _status_cell(summary: dict[str, Any]) -> str:
+    status: str = summary["status"]
+    return f"broken: {summary['error']}" if status == "broken" else status
 
 
 def _without_id(address: str) -> str:
@@ -175,100 +285,134 @@ def _without_id(address: str) -> str:
 
 
 @node.command("show")
-@click.argument("name")
+@click.argument("name", required=False)
 @output_option
 @click.pass_context
-def node_show(ctx: click.Context, name: str, output: str) -> None:
+def node_show(ctx: click.Context, name: str | None, output: str) -> None:
     """Show node NAME: NodeId, status, addresses, services and connections."""
     from meshkey.node.launcher import node_summary
 
     home = get_home(ctx)
-    name = node_name(name)
-    summary = node_summary(home, name)
-    if summary["status"] == "running":
-        try:
-            live = ControlClient(home.node(name).socket_path).call("status")
-            for key in (
-                "addresses",
-                "services",
-                "connections",
-                "started_at",
-                "udp_stats",
-                "unauthenticated",
-            ):
-                if key in live:
-                    summary[key] = live[key]
-        except ControlError as exc:
-            summary["status"] = f"not answering ({exc.message})"
+    summary = node_summary(home, pick_node(ctx, name, "NAME"), live=True)
 
     def text() -> str:
         connections = [
             f"{c['direction']:<8} {c['transport']} {c['remote']:<21} {c['peer'] or '-'}"
             for c in summary.get("connections", [])
         ]
-        return fields(
-            [
-                ("name", summary["name"]),
-                ("node id", summary["node_id"]),
-                ("identity", summary["identity"]),
-                ("status", summary["status"]),
-                ("pid", summary["pid"]),
-                ("addresses", summary["addresses"]),
-                ("services", ", ".join(summary.get("services", [])) or None),
-                ("connections", connections),
-                ("created", summary["created_at"]),
-            ]
-        )
+        rows = [
+            ("name", summary["name"]),
+            ("node id", summary["node_id"]),
+            ("identity", summary["identity"]),
+            ("status", summary["status"]),
+        ]
+        if summary.get("control", "ok") != "ok":
+            rows.append(("control", summary["control"]))
+        if summary.get("error"):
+            rows.append(("error", summary["error"]))
+        rows += [
+            ("pid", summary["pid"]),
+            ("addresses", summary["addresses"]),
+            ("services", ", ".join(summary.get("services", [])) or None),
+            ("connections", connections),
+            ("created", summary["created_at"]),
+        ]
+        return fields(rows)
 
     emit(output, summary, text)
 
 
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_record(line: str) -> dict[str, str]:
+    """A logfmt line as a dict (``time`` first); continuation lines become ``text``."""
+    stamp, _, rest = line.partition(" ")
+    if not stamp[:4].isdigit():
+        return {"text": line}
+    record = {"time": stamp}
+    for match in re.finditer(r'(\w[\w.]*)=("(?:[^"\\]|\\.)*"|\S*)', rest):
+        value = match.group(2)
+        if value.startswith('"'):
+            value = value[1:-1].replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+        record[match.group(1)] = value
+    return record
+
+
 @node.command("logs")
-@click.argument("name")
-@click.option("--lines", "-n", default=50, show_default=True, help="How many lines to show.")
+@click.argument("name", required=False)
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="How many of the last lines to show (0: all).",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option(
+    "--level",
+    type=click.Choice(_LEVELS),
+    default="debug",
+    show_default=True,
+    help="Only lines at this level or above.",
+)
+@output_option
 @click.pass_context
-def node_logs(ctx: click.Context, name: str, lines: int, follow: bool) -> None:
-    """Show the log of node NAME."""
-    node_dir = get_home(ctx).node(node_name(name))
-    if not node_dir.exists():
-        raise CliError(f"no node named {name!r} (see `meshkey node list`)", ExitCode.NOT_FOUND)
+def node_logs(
+    ctx: click.Context, name: str | None, lines: int, follow: bool, level: str, output: str
+) -> None:
+    """Show the log of node NAME (with --output json, one JSON object per line)."""
+    node_dir = get_home(ctx).node(pick_node(ctx, name, "NAME"))
+    minimum = _LEVELS.index(level)
+
+    def show(line: str) -> None:
+        record = _log_record(line.rstrip("\n"))
+        line_level = record.get("level")
+        if line_level in _LEVELS and _LEVELS.index(line_level) < minimum:
+            return
+        if output == "json":
+            click.echo(json.dumps(record))
+        else:
+            click.echo(line, nl=not line.endswith("\n"))
+
     if not node_dir.log_path.exists():
         return
     with open(node_dir.log_path, errors="replace") as handle:
-        for line in handle.readlines()[-lines:] if lines > 0 else []:
-            click.echo(line, nl=False)
+        for line in handle.readlines()[-lines:] if lines else handle.readlines():
+            show(line)
         while follow:
             line = handle.readline()
             if line:
-                click.echo(line, nl=False)
+                show(line)
             else:
                 time.sleep(0.2)
 
 
 @node.command("whoami")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--via",
     required=True,
     metavar="ROUTE",
     help="The node to ask: /node/NAME or /ip4/A/udp/P (one UDP hop).",
 )
-@click.option("--timeout", default="3s", show_default=True, help="How long to wait.")
+@timeout_option("3s", "How long to wait")
 @output_option
 @click.pass_context
-def node_whoami(ctx: click.Context, name: str, via: str, timeout: str, output: str) -> None:
+def node_whoami(
+    ctx: click.Context, name: str | None, via: str, timeout: float, output: str
+) -> None:
     """Ask another node which address it sees NAME's UDP socket as (its reflexive address).
 
     Answered by a control packet on the same UDP socket as NAME's QUIC traffic, so behind a
     NAT it prints the public address and port that peers must punch to.
     """
-    seconds = parse_duration(timeout)
     result = call(
         ctx,
-        node_name(name),
+        pick_node(ctx, name, "NAME"),
         "udp.whoami",
-        {"via": read_route(via), "timeout": seconds},
-        timeout=seconds + 5,
+        {"via": read_route(via), "timeout": timeout},
+        timeout=timeout + 5,
     )
     emit(output, result, result["observed"])

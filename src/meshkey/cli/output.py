@@ -11,6 +11,11 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _remember_output(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    ctx.meta["meshkey.output"] = value  # errors, too, are JSON then (on stderr)
+    return value
+
+
 def output_option(function: F) -> F:
     return click.option(
         "--output",
@@ -18,7 +23,9 @@ def output_option(function: F) -> F:
         type=click.Choice(["text", "json"]),
         default="text",
         show_default=True,
-        help="Output format; json is stable for scripts.",
+        is_eager=True,
+        callback=_remember_output,
+        help="Output format; json is stable for scripts (errors too: a JSON object on stderr).",
     )(function)
 
 

@@ -7,13 +7,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from meshkey.errors import MeshkeyError
 from meshkey.node.state import connect_unix
 from meshkey.wire.control import decode_control, encode_control
 from meshkey.wire.errors import WireError
 from meshkey.wire.frames import FrameDecoder, encode_frame
 
 
-class ControlError(Exception):
+class ControlError(MeshkeyError):
     """A control request failed. ``code``: invalid, not_found, conflict, unreachable, timeout,
     refused, auth_failed, no_such_service, internal (the CLI maps each to an exit code)."""
 
@@ -21,6 +22,10 @@ class ControlError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    @property
+    def kind(self) -> str:
+        return self.code
 
 
 class ControlClient:
@@ -48,7 +53,7 @@ class ControlClient:
                 response = self._receive(sock)
             except TimeoutError:
                 raise ControlError(
-                    "timeout", f"the node did not answer within {limit:g}s"
+                    "no_answer", f"the node did not answer within {limit:g}s"
                 ) from None
             except (OSError, WireError) as exc:
                 raise ControlError("unreachable", f"lost the node's control socket: {exc}") from exc

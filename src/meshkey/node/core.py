@@ -16,6 +16,7 @@ from typing import Any
 
 from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
 from meshkey.channel.policy import RELAY_RESOURCE, Policies, Policy
+from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
@@ -26,7 +27,13 @@ from meshkey.node.state import Home, NodeStateError, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
-from meshkey.routing.address import Route, ServiceAddress, TransportAddress
+from meshkey.routing.address import (
+    Route,
+    ServiceAddress,
+    TransportAddress,
+    check_destination,
+    format_route,
+)
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router
@@ -40,6 +47,21 @@ log = EventLogger("node")
 ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 
 __all__ = ["Node", "RemoteError"]
+
+
+def _node_ids(values: Iterable[NodeId | str]) -> frozenset[NodeId]:
+    """NodeIds given as NodeId or text; InvalidNodeIdError (a ValueError) for anything else."""
+    if isinstance(values, str | NodeId):
+        values = [values]
+    ids = set()
+    for value in values:
+        if isinstance(value, NodeId):
+            ids.add(value)
+        elif isinstance(value, str):
+            ids.add(NodeId.parse(value))
+        else:
+            raise InvalidNodeIdError(f"{value!r} is not a NodeId (nor its text form)")
+    return frozenset(ids)
 
 
 class Node:
@@ -258,10 +280,9 @@ class Node:
             raise RemoteError(
                 ErrorCode.TOO_LARGE, f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD})"
             )
-        resolved = self.resolve(route)
-        reply = await self.request(
-            Message(resolved, (), payload), timeout=timeout, describe=str(route)
-        )
+        resolved = check_destination(self.resolve(route), route if isinstance(route, str) else None)
+        shown = route if isinstance(route, str) else format_route(route)
+        reply = await self.request(Message(resolved, (), payload), timeout=timeout, describe=shown)
         if reply.is_error:
             code, text = reply.error()
             raise RemoteError(code, text)
@@ -313,19 +334,19 @@ class Node:
         self,
         route: str | Route,
         *,
-        authorized: Iterable[NodeId] | None = None,
+        authorized: Iterable[NodeId | str] | None = None,
         timeout: float = 10.0,
     ) -> str:
         """Opens a secure channel to the listener at the end of ``route``; returns its local
         address (``/service/<hex>``): send to ``THAT/service/X`` to reach X on the far node."""
-        allowed = frozenset(authorized) if authorized else None
+        allowed = _node_ids(authorized) if authorized else None
         channel = await self.channels.create(
             self.resolve(route), authorized=allowed, timeout=timeout
         )
         return f"/service/{channel.address}"
 
-    def add_listener(self, name: str, authorized: Iterable[NodeId] | None = None) -> None:
-        allowed = frozenset(authorized) if authorized else None
+    def add_listener(self, name: str, authorized: Iterable[NodeId | str] | None = None) -> None:
+        allowed = _node_ids(authorized) if authorized else None
         self.channels.add_listener(name, allowed)
         if self._store:
             self._store.save_listener(name, allowed)
@@ -337,8 +358,10 @@ class Node:
         if self._store:
             self._store.delete_listener(name)
 
-    def set_policy(self, resource: str, allow: Iterable[NodeId]) -> Policy:
-        policy = Policy(resource, frozenset(allow))
+    def set_policy(self, resource: str, allow: Iterable[NodeId | str]) -> Policy:
+        """Only ``allow`` (NodeIds, or their text) may use ``resource`` from now on;
+        InvalidNodeIdError (a ValueError) for anything that is not a NodeId."""
+        policy = Policy(resource, _node_ids(allow))
         if not policy.allow:
             raise ValueError("a policy needs at least one allowed identity")
         self.policies.set(policy)

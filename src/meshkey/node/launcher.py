@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from meshkey.identity.errors import IdentityExists
 from meshkey.node.control_client import ControlClient, ControlError
 from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
 
@@ -44,7 +45,8 @@ def create_node(
                 f"{identity}`)",
                 "not_found",
             )
-        store.create(identity_name)
+        with contextlib.suppress(IdentityExists):  # a racing `node create` made it first
+            store.create(identity_name)
     info = store.info(identity_name)
     node.create(
         {
@@ -79,13 +81,18 @@ def start_node(home: Home, name: str, timeout: float = START_TIMEOUT) -> dict[st
     client = ControlClient(node.socket_path, timeout=1.0)
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise NodeStateError(f"node {name!r} failed to start: {_last_error(node)}", "failed")
+            error = _last_error(node)
+            if "already running" in error:  # another start won the node's lock
+                raise NodeStateError(f"node {name!r} is already running", "conflict")
+            raise NodeStateError(f"node {name!r} failed to start: {error}", "failed")
         if node.socket_path.exists():
             try:
                 status: dict[str, Any] = client.call("status")
-                return status
             except ControlError:
                 pass
+            else:
+                if status.get("pid") == process.pid:  # ours, not a racing start's daemon
+                    return status
         time.sleep(0.02)
     process.terminate()
     raise NodeStateError(f"node {name!r} did not start within {timeout:g}s", "timeout")
@@ -123,12 +130,43 @@ def delete_node(home: Home, name: str, *, force: bool) -> None:
     node.delete()
 
 
-def node_summary(home: Home, name: str) -> dict[str, Any]:
-    """What `node list` shows: from the state database, without asking the daemon."""
+#: What the daemon's status adds to a node's description (``node show``, create, start).
+LIVE_FIELDS = (
+    "addresses",
+    "services",
+    "connections",
+    "started_at",
+    "udp_stats",
+    "unauthenticated",
+    "nat",
+    "peers",
+)
+
+
+def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]:
+    """A node, described the same way by every command (one schema, see the README).
+
+    ``status`` is the truth of the node's lock: ``running`` or ``stopped``, or ``broken`` when
+    its state cannot be read (``error`` says why). Without ``live`` nothing asks the daemon
+    (``node list`` stays quick); with it, the daemon's own status is merged in, and
+    ``control`` says whether it answered."""
     node = home.node(name)
-    config = node.config()
-    running = node.is_running()
-    return {
+    try:
+        config = node.config()
+        running = node.is_running()
+    except (NodeStateError, OSError) as exc:
+        return {
+            "name": name,
+            "status": "broken",
+            "error": str(exc),
+            "node_id": None,
+            "identity": None,
+            "pid": None,
+            "addresses": [],
+            "listen": {},
+            "created_at": None,
+        }
+    summary: dict[str, Any] = {
         "name": name,
         "node_id": config.get("node_id"),
         "identity": config.get("identity"),
@@ -137,10 +175,25 @@ def node_summary(home: Home, name: str) -> dict[str, Any]:
         "addresses": [
             config[key] for key in ("udp_bound", "tcp_bound") if running and config.get(key)
         ],
-        "tcp_listen": config.get("tcp"),
-        "udp_listen": config.get("udp"),
+        "listen": {"udp": config.get("udp"), "tcp": config.get("tcp")},
         "created_at": config.get("created_at"),
+        "error": None,
     }
+    if live and running:
+        try:
+            status = ControlClient(node.socket_path, timeout=3.0).call("status")
+        except ControlError as exc:
+            reason = (
+                "its control socket is missing (restart it: `meshkey node stop "
+                f"{name}`, then `meshkey node start {name}`)"
+                if exc.code == "conflict"
+                else exc.message
+            )
+            summary["control"] = f"not answering: {reason}"
+        else:
+            summary["control"] = "ok"
+            summary.update({key: status[key] for key in LIVE_FIELDS if key in status})
+    return summary
 
 
 def _wait_stopped(node: NodeDir, timeout: float) -> bool:

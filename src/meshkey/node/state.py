@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meshkey.errors import MeshkeyError
 from meshkey.identity.names import check_name
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import (
@@ -55,12 +56,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _UNIX_PATH_LIMIT = 100
 
 
-class NodeStateError(Exception):
+class NodeStateError(MeshkeyError):
     """A node's state is missing, inconsistent or in the wrong condition for the request."""
 
     def __init__(self, message: str, code: str = "invalid") -> None:
         super().__init__(message)
-        self.code = code  # not_found | conflict | invalid
+        self.code = code  # not_found | conflict | invalid | failed | timeout
+
+    @property
+    def kind(self) -> str:
+        return self.code
 
 
 def default_home() -> Path:
@@ -147,10 +152,18 @@ class NodeDir:
         return self.db_path.exists()
 
     def create(self, config: dict[str, str]) -> None:
-        if self.exists():
-            raise NodeStateError(f"node {self.name!r} already exists", "conflict")
-        self.path.mkdir(parents=True, mode=0o700)
-        self.set_config(config)
+        """Creates the node's state; of several racing to create one name, exactly one wins
+        (the state database is claimed with an exclusive create), the others get a conflict."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise NodeStateError(f"node {self.name!r} already exists", "conflict") from None
+        try:
+            self.set_config(config)
+        except BaseException:
+            self.db_path.unlink(missing_ok=True)
+            raise
 
     def delete(self) -> None:
         shutil.rmtree(self.path)

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from meshkey.errors import MeshkeyError
 from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.errors import MalformedError, WireError
@@ -26,6 +27,7 @@ from meshkey.wire.message import (
     HOST_DNS,
     HOST_IP4,
     HOST_IP6,
+    MAX_ROUTE_LENGTH,
     AddressKind,
     WireAddress,
     WireEndpoint,
@@ -34,8 +36,10 @@ from meshkey.wire.message import (
 )
 
 
-class RouteError(ValueError):
+class RouteError(MeshkeyError, ValueError):
     """A route or address in text form that cannot be parsed; the message says why."""
+
+    default_kind = "invalid"
 
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -120,7 +124,24 @@ def parse_route(text: str) -> Route:
         route.append(address)
     if not route:
         raise RouteError("empty route: expected something like /node/blue/service/echo")
+    if len(route) > MAX_ROUTE_LENGTH:
+        raise RouteError(
+            f"route {text!r} has {len(route)} addresses: the limit is {MAX_ROUTE_LENGTH}"
+        )
     return tuple(route)
+
+
+def check_destination(route: Route, text: str | None = None) -> Route:
+    """A route a message is sent along must end at a worker: ``/node/blue`` alone is a node,
+    not something that can answer."""
+    last = route[-1] if route else None
+    if not isinstance(last, ServiceAddress):
+        shown = text or format_route(route)
+        raise RouteError(
+            f"route {shown} ends at a node, not at a service on it: add one, e.g. "
+            f"{shown.rstrip('/')}/service/echo"
+        )
+    return route
 
 
 def parse_address(text: str) -> Address:

@@ -21,6 +21,7 @@ from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAd
 from meshkey.routing.errors import RoutingError
 from meshkey.routing.mailbox import FairMailbox
 from meshkey.routing.message import Message, error_message
+from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode, MessageKind
 
 log = EventLogger("routing")
@@ -281,6 +282,14 @@ class Router:
         """
         if message.is_error:
             log.debug("reply.to_error_dropped", service=str(message.onward[:1]))
+            return
+        if len(payload) > MAX_PAYLOAD:  # one limit for requests and replies
+            await self.fail(
+                message,
+                ErrorCode.TOO_LARGE,
+                f"node {self._label}: the reply of {len(payload)} bytes is over the "
+                f"{MAX_PAYLOAD}-byte limit",
+            )
             return
         sender = message.onward[:1]
         await self.route(Message(message.return_route, sender, payload))

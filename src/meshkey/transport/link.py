@@ -457,19 +457,28 @@ class HopLink:
                     self._queued.clear()
                     await self._queued.wait()
                 now = self._loop.time()
+                unsendable: list[tuple[Message, str]] = []
                 while self._queue:  # batch whatever is waiting
-                    self._send(self._pop(), now)
+                    message = self._pop()
+                    problem = self._send(message, now)
+                    if problem is not None:
+                        unsendable.append((message, problem))
                 self._flush()
+                for message, problem in unsendable:  # its sender hears at once, not by timeout
+                    await self.transport.router.fail(message, ErrorCode.TOO_LARGE, problem)
                 self._rearm()
                 await self._drain()
         except (LinkError, OSError) as exc:
             await self.close(CloseCode.NORMAL, f"connection lost: {describe_error(exc)}")
 
-    def _send(self, message: Message, now: float | None = None) -> None:
+    def _send(self, message: Message, now: float | None = None) -> str | None:
+        """Frames ``message`` for the peer; why it cannot be sent (too large...), or None."""
         try:
             self.core.send_message(*message.to_wire_parts(), now=now)
         except (WireError, ValueError) as exc:
             log.warning("message.unsendable", reason=str(exc))
+            return f"cannot send to {self.remote[0]}:{self.remote[1]}: {exc}"
+        return None
 
     def _flush(self) -> None:
         chunks = self.core.chunks_to_send()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from meshkey.errors import MeshkeyError
 
-class WireError(ValueError):
+
+class WireError(MeshkeyError, ValueError):
     """Bytes that are not a valid instance of a meshkey wire format."""
+
+    default_kind = "malformed"
 
 
 class TruncatedError(WireError):
