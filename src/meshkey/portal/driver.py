@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import random
 import secrets
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ log = EventLogger("portal")
 #: A local socket's write buffer pauses us above this and resumes us below the low mark.
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class AppEnd(Protocol):
@@ -426,6 +429,12 @@ class SocketEnd(asyncio.Protocol):
         if self.transport is None:
             return
         if abort:
+            # A reset, not a FIN: with linger 0 the kernel answers with RST, so the local
+            # peer sees "connection reset" rather than a clean (and misleading) end.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
             self.transport.abort()
         else:
             self.transport.close()
