@@ -334,9 +334,7 @@ async def test_bytes_are_exact_through_ten_percent_loss() -> None:
         assert forwarder.dropped > 0.05 * (forwarder.dropped + forwarder.passed)
 
 
-async def test_a_relay_killed_mid_transfer_closes_sessions_with_a_reason_and_the_inlet_lives_on() -> (
-    None
-):
+async def test_a_relay_killed_mid_transfer_fails_sessions_clearly_and_the_inlet_lives_on() -> None:
     limits = SessionLimits(route_grace=1.0, peer_timeout=5.0)
     async with (
         tcp_server(echo) as server_port,
