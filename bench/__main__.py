@@ -22,6 +22,7 @@ SUITES = {
     "cli": cli_latency.main,
     "channels": channels.main,
     "udp": udp.main,
+    "portal": __import__("bench.portal").portal.main,  # python -m bench portal
 }
 
 

@@ -376,6 +376,10 @@ class SocketEnd(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # small writes (a request, a keystroke) go out at once
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._on_connected(self)
 
     def data_received(self, data: bytes) -> None:

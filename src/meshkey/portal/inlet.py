@@ -96,7 +96,11 @@ class Inlet:
         self._server = await loop.create_server(self._new_end, host, port)
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
-        log.info("portal.inlet_listening", address=f"{self.host}:{self.port}", route=self.route)
+        log.info(
+            "portal.inlet_listening",
+            address=f"{self.host}:{self.port}",
+            route=format_route(self.route),
+        )
         return self.host, self.port
 
     def _new_end(self) -> SocketEnd:
