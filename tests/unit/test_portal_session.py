@@ -9,6 +9,7 @@ import random
 import pytest
 
 from meshkey.portal.session import (
+    ACK_DELAY,
     CloseApp,
     Closed,
     Opened,
@@ -477,3 +478,21 @@ def test_ping_is_answered_with_pong_and_the_window() -> None:
     _opener, acceptor = opened_pair()
     acceptor.frame_received(Ping(7, 42), 1.0)
     assert frames_of(acceptor) == [Pong(7, 42), Ack(7, 0, MAX_WINDOW)]
+
+
+def test_in_order_data_is_acknowledged_late_or_with_the_reply() -> None:
+    _, acceptor = opened_pair()
+    acceptor.frame_received(Data(7, 0, b"GET /"), 1.0)
+    writes = acceptor.commands()
+    assert writes == [WriteToApp(b"GET /")]  # no ACK yet: it may ride with the answer
+    deadline = acceptor.next_deadline()
+    assert deadline is not None and deadline == pytest.approx(1.0 + ACK_DELAY)
+    acceptor.app_consumed(5, 1.001)
+    acceptor.app_data(b"200 OK", 1.002)
+    frames = frames_of(acceptor)
+    assert frames == [Data(7, 0, b"200 OK"), Ack(7, 5, MAX_WINDOW)]  # together
+    acceptor.frame_received(Ack(7, 6, MAX_WINDOW), 1.01)
+    acceptor.frame_received(Data(7, 5, b"more"), 2.0)
+    acceptor.commands()
+    acceptor.on_timer(2.0 + ACK_DELAY)  # nothing to ride with: the timer sends it alone
+    assert frames_of(acceptor) == [Ack(7, 9, MAX_WINDOW - 4)]

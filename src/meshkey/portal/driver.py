@@ -57,7 +57,7 @@ from meshkey.routing.address import Route, ServiceAddress, format_route
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.wire.errors import WireError
-from meshkey.wire.portal import RefuseReason, decode_packet
+from meshkey.wire.portal import MAX_PACKET, RefuseReason, decode_packet
 
 log = EventLogger("portal")
 
@@ -65,6 +65,8 @@ log = EventLogger("portal")
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+#: Queued packets smaller than this are joined into one message before sending.
+COALESCE_BELOW = 4096
 
 
 class AppEnd(Protocol):
@@ -320,12 +322,30 @@ class MuxDriver:
             route, payload = self._outgoing.popleft()
             if not route:
                 continue
+            if len(payload) < COALESCE_BELOW:
+                payload = self._coalesce(route, payload)
             try:
                 await self.router.route(Message(route, self._reply_to, payload))
             except Exception:  # the router answers failures itself; never lose the loop
                 log.exception("portal.send_failed", portal=self.label)
             if not self._outgoing and not len(self.mux) and self._on_idle is not None:
                 self._on_idle(self)
+
+    def _coalesce(self, route: Route, payload: bytes) -> bytes:
+        """Joins the small packets queued behind ``payload`` (ACKs, pings of many sessions)
+        into one message: packets are a version byte and frames, so frames concatenate."""
+        parts: list[bytes | memoryview] = [payload]
+        size = len(payload)
+        while self._outgoing:
+            next_route, following = self._outgoing[0]
+            if len(following) >= COALESCE_BELOW or size + len(following) > MAX_PACKET:
+                break
+            if next_route is not route and next_route != route:
+                break
+            self._outgoing.popleft()
+            parts.append(memoryview(following)[1:])
+            size += len(following) - 1
+        return payload if len(parts) == 1 else b"".join(parts)
 
     # -- lifecycle --------------------------------------------------------------------
 

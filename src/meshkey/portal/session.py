@@ -14,7 +14,10 @@ arrives too late. So each direction numbers its bytes (a DATA frame's offset is 
 of its first byte), the receiver acknowledges cumulatively (ACK ``acked``: everything before
 it arrived) and says which later ranges it holds, and the sender keeps every unacknowledged
 byte and sends it again after a retransmission timeout. Duplicates are acknowledged and
-dropped; data past a gap is held (bounded) until the gap fills. The timeout is RFC 6298's:
+dropped; data past a gap is held (bounded) until the gap fills. In-order data is
+acknowledged every quarter window at once, otherwise within :data:`ACK_DELAY` or with the
+next frame this end sends (a reply carries it); gaps, duplicates, FIN and PING are
+acknowledged at once. The timeout is RFC 6298's:
 ``RTO = SRTT + 4·RTTVAR`` from RTT samples (Karn: none from resent data), doubled on each
 expiry, between :attr:`SessionLimits.min_rto` and :attr:`SessionLimits.max_rto`.
 
@@ -88,6 +91,11 @@ from meshkey.wire.portal import (
 #: Below this many bytes of window, a sender with more to send waits for a wider one
 #: (unless nothing is in flight), so a slow reader does not turn the stream into crumbs.
 SMALL_SEGMENT = 4096
+#: The longest an in-order DATA waits for its ACK (hoping to ride on a reply). Senders need
+#: ACKs only to free their buffers and move their windows, and they get one every quarter
+#: window at once, so a few milliseconds cost a bulk transfer nothing, and spare a
+#: request/response exchange one message each way.
+ACK_DELAY = 0.005
 #: Out-of-order segments a receiver holds at most (bytes are bounded by the window anyway).
 MAX_HELD_SEGMENTS = 64
 _CLOCK_GRANULARITY = 0.001
@@ -291,6 +299,8 @@ class PortalSession:
         self._peer_final: int | None = None
         self._fin_delivered = False
         self._ack_needed = False
+        self._ack_deadline: float | None = None  # a delayed ACK is due then
+        self._unacked_bytes = 0  # in-order bytes received since the last ACK
         # timers
         self._srtt: float | None = None
         self._rttvar = 0.0
@@ -465,7 +475,7 @@ class PortalSession:
         if isinstance(frame, Data):
             if self.state is State.ACCEPTING:
                 raise _violation("DATA before the session was accepted")
-            self._receive_data(frame)
+            self._receive_data(frame, now)
         elif isinstance(frame, Ack):
             if self.state is State.ACCEPTING:
                 raise _violation("ACK before the session was accepted")
@@ -521,19 +531,27 @@ class PortalSession:
         self._rto_deadline = None
         self._events.append(Opened())
 
-    def _receive_data(self, frame: Data) -> None:
+    def _receive_data(self, frame: Data, now: float) -> None:
         end = frame.end
         if self._peer_final is not None and end > self._peer_final:
             raise _violation(f"DATA up to {end} past the FIN at {self._peer_final}")
         if end > self._right_edge():
             raise _violation(f"DATA up to {end} past the window's edge at {self._right_edge()}")
-        self._ack_needed = True
         if end <= self._rcv_nxt:
+            self._ack_needed = True  # a resend: the sender missed our ACK
             self.stats.duplicate_bytes += len(frame.data)
             return
         if frame.offset > self._rcv_nxt:
+            self._ack_needed = True  # a gap: tell the sender what we hold at once
             self._hold(frame.offset, frame.data)
             return
+        # In order: acknowledge every quarter window at once, else within ACK_DELAY, or
+        # sooner with whatever we send first (a reply carries the ACK for free).
+        self._unacked_bytes += len(frame.data)
+        if self._unacked_bytes >= self.limits.receive_window // 4:
+            self._ack_needed = True
+        elif self._ack_deadline is None:
+            self._ack_deadline = now + ACK_DELAY
         data = (
             frame.data[self._rcv_nxt - frame.offset :]
             if frame.offset < self._rcv_nxt
@@ -655,6 +673,7 @@ class PortalSession:
         candidates = [
             d
             for d in (
+                self._ack_deadline,
                 self._rto_deadline,
                 self._route_deadline,
                 self._open_retry_at,
@@ -673,6 +692,8 @@ class PortalSession:
             return
         if self.terminal:
             return
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            self._ack_needed = True
         silence = self._silence_deadline()
         if silence is not None and now >= silence:
             quiet = now - self._last_heard
@@ -826,6 +847,9 @@ class PortalSession:
         self._last_sent = now
 
     def _ack_frame(self) -> Ack:
+        self._ack_needed = False
+        self._ack_deadline = None
+        self._unacked_bytes = 0
         right = self._right_edge()
         self._advertised_right = right
         ranges: list[tuple[int, int]] = []
@@ -880,6 +904,7 @@ class PortalSession:
             self._held.clear()
             self._held_bytes = 0
             self._ack_needed = False
+            self._ack_deadline = None
         if close_app:
             self._app.append(CloseApp(reason, abort))
         self._events.append(Closed(outcome, reason))
@@ -896,8 +921,7 @@ class PortalSession:
         """What to do now: commands for the local socket in order, then frames to send."""
         out: list[Command] = list(self._app)
         self._app.clear()
-        if self._ack_needed and self.state is not State.FAILED:
-            self._ack_needed = False
+        if self._wants_ack():
             self._frames.append(self._ack_frame())
         if self._frames:
             out.append(SendFrames(tuple(self._frames)))
@@ -906,11 +930,16 @@ class PortalSession:
 
     def take_frames(self) -> list[Frame]:
         """Only the frames to send (for a multiplexer that packs many sessions' frames)."""
-        if self._ack_needed and self.state is not State.FAILED:
-            self._ack_needed = False
+        if self._wants_ack():
             self._frames.append(self._ack_frame())
         frames, self._frames = self._frames, []
         return frames
+
+    def _wants_ack(self) -> bool:
+        """An ACK is due now, or one is pending and can ride with frames we send anyway."""
+        if self.state is State.FAILED:
+            return False
+        return self._ack_needed or (self._ack_deadline is not None and bool(self._frames))
 
     def take_app_commands(self) -> list[AppCommand]:
         commands, self._app = self._app, []
