@@ -53,7 +53,7 @@ async def digest_then_reply(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 @contextlib.asynccontextmanager
 async def tcp_server(handler: Handler) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=1024)
     try:
         yield int(server.sockets[0].getsockname()[1])
     finally:
@@ -373,3 +373,39 @@ async def test_a_relay_killed_mid_transfer_fails_sessions_clearly_and_the_inlet_
             await outlet.close()
         finally:
             await green.stop()
+
+
+async def test_new_connections_work_again_once_the_route_is_back() -> None:
+    limits = SessionLimits(route_grace=0.5, peer_timeout=3.0)
+    async with tcp_server(echo) as server_port, Node(tcp=None) as inlet_node:
+        outlet_node = await Node(tcp=None).start()
+        identity, udp = outlet_node.identity, outlet_node.addresses[0]
+        Outlet(outlet_node.router, "127.0.0.1", server_port)
+        inlet = Inlet(inlet_node.router, single_hop(outlet_node, "udp"), limits=limits)
+        host, port = await inlet.listen()
+        assert await pump_through(host, port, b"before") == b"before"
+        await outlet_node.stop()  # the far node goes away
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"while down")
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, with a reason
+        writer.close()
+        assert inlet.describe()["last_error"] is not None
+        # The node comes back (same identity, same port): the same inlet works again.
+        async with Node(identity=identity, tcp=None, udp=f"127.0.0.1:{udp.port}") as back:
+            Outlet(back.router, "127.0.0.1", server_port)
+            assert await asyncio.wait_for(pump_through(host, port, b"after"), 10) == b"after"
+        await inlet.close()
+
+
+async def test_a_thousand_concurrent_sessions_on_one_secure_channel() -> None:
+    async with portal("udp", echo, secure=True) as p:
+        payloads = [os.urandom(random.Random(i).randrange(1, 5000)) for i in range(1000)]
+
+        async def one(payload: bytes) -> bytes:
+            return await pump_through(p.host, p.port, payload)
+
+        echoed = await asyncio.wait_for(asyncio.gather(*(one(x) for x in payloads)), 120)
+        assert echoed == payloads
+        assert p.inlet.describe()["sessions_total"] == 1000
+        assert p.inlet.describe()["sessions_failed"] == 0

@@ -314,7 +314,7 @@ class MuxDriver:
         self.pump()
 
     async def _send_loop(self) -> None:
-        while True:
+        while not self.closed or self._outgoing:
             while not self._outgoing:
                 self._drained.set()
                 self._wake.clear()
@@ -329,7 +329,8 @@ class MuxDriver:
             except Exception:  # the router answers failures itself; never lose the loop
                 log.exception("portal.send_failed", portal=self.label)
             if not self._outgoing and not len(self.mux) and self._on_idle is not None:
-                self._on_idle(self)
+                self._on_idle(self)  # may retire us: the loop then ends
+        self._drained.set()
 
     def _coalesce(self, route: Route, payload: bytes) -> bytes:
         """Joins the small packets queued behind ``payload`` (ACKs, pings of many sessions)

@@ -27,6 +27,10 @@ from meshkey.routing.router import Router
 
 log = EventLogger("portal")
 
+#: Connections the kernel queues before the inlet accepts them (asyncio's default, 100, is
+#: too few for a burst of clients; the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
+
 
 class InsecureRouteError(ValueError):
     """A route to an outlet that crosses other nodes without a secure channel."""
@@ -93,7 +97,7 @@ class Inlet:
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Starts listening; returns the bound address (port 0: the OS chooses)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_end, host, port)
+        self._server = await loop.create_server(self._new_end, host, port, backlog=BACKLOG)
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
         log.info(
