@@ -73,8 +73,11 @@ def _outlet_node(sink: int, echo: int, ports: Any, stop: Any) -> None:
 
     import uvloop
 
+    from meshkey.log import configure_logging
     from meshkey.node.core import Node
     from meshkey.portal import Outlet
+
+    configure_logging("warning")  # failed sessions say why, on stderr
 
     async def main() -> None:
         async with Node() as node:
@@ -93,8 +96,11 @@ def _inlet_node(route_to_node: str, mode: str, ports: Any, stop: Any) -> None:
 
     import uvloop
 
+    from meshkey.log import configure_logging
     from meshkey.node.core import Node
     from meshkey.portal import Inlet
+
+    configure_logging("warning")
     from meshkey.routing.address import parse_route
 
     async def main() -> None:
@@ -155,6 +161,52 @@ def transfer(port: int, total: int) -> float:
         elapsed = time.perf_counter() - started
     assert int(reply) == total, (reply, total)
     return total / elapsed / 1e6
+
+
+def parallel_transfer(port: int, total: int, streams: int) -> float:
+    """Aggregate MB/s of ``streams`` concurrent transfers sharing ``total`` bytes."""
+    import threading
+
+    share = max(CHUNK, total // streams // CHUNK * CHUNK)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=transfer, args=(port, share)) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return share * streams / (time.perf_counter() - started) / 1e6
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def idle_sessions_rss(port: int, pids: list[int], count: int) -> dict[str, float]:
+    """KiB of RSS each node process gains per idle session (one echoed byte, then quiet)."""
+    before = [rss_kib(pid) for pid in pids]
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"!")
+            sockets.append(sock)
+        for sock in sockets:
+            assert sock.recv(1) == b"!"
+        time.sleep(1.0)
+        after = [rss_kib(pid) for pid in pids]
+    finally:
+        for sock in sockets:
+            sock.close()
+    return {
+        "sessions": count,
+        "inlet_KiB_per_session": round((after[0] - before[0]) / count, 1),
+        "outlet_KiB_per_session": round((after[1] - before[1]) / count, 1),
+        "inlet_RSS_MiB": round(after[0] / 1024, 1),
+        "outlet_RSS_MiB": round(after[1] / 1024, 1),
+    }
 
 
 def round_trips(port: int, count: int) -> dict[str, float]:
@@ -246,19 +298,23 @@ def ssh_tunnel(target_port: int) -> Iterator[int | None]:
 
 def _through_portal(
     results: dict[str, Any], name: str, node_address: str, mode: str, outlet_pid: int,
-    total: int, rtts: int,
+    total: int, rtts: int, extras: bool,
 ) -> None:  # fmt: skip
     with spawned(_inlet_node, node_address, mode) as ((sink_port, echo_port), inlet_pid):
         transfer(sink_port, 8 * MiB)  # warm-up: connections, QUIC windows
         cpu_before = cpu_seconds(inlet_pid) + cpu_seconds(outlet_pid)
         rate = transfer(sink_port, total)
         cpu = cpu_seconds(inlet_pid) + cpu_seconds(outlet_pid) - cpu_before
-        latency = round_trips(echo_port, rtts)
-    results[name] = {
-        "MB_per_s": round(rate, 1),
-        "node_cpu_s_per_GB": round(cpu / (total / 1e9), 2),
-        "rtt_64B": latency,
-    }
+        results[name] = {
+            "MB_per_s": round(rate, 1),
+            "node_cpu_s_per_GB": round(cpu / (total / 1e9), 2),
+            "rtt_64B": round_trips(echo_port, rtts),
+        }
+        if extras:
+            for streams in (8, 64):
+                aggregate = parallel_transfer(sink_port, total, streams)
+                results[name][f"MB_per_s_{streams}_streams"] = round(aggregate, 1)
+            results[name]["idle"] = idle_sessions_rss(echo_port, [inlet_pid, outlet_pid], 1000)
 
 
 def main(*, quick: bool = False) -> None:
@@ -290,7 +346,8 @@ def main(*, quick: bool = False) -> None:
                 ("portal_direct_tcp", tcp, "direct"),
                 ("portal_secure_channel_udp", udp, "secure"),
             ):
-                _through_portal(results, name, address, mode, outlet_pid, total, rtts)
+                extras = name == "portal_direct_udp"
+                _through_portal(results, name, address, mode, outlet_pid, total, rtts, extras)
     ssh_rate = results["ssh_L"].get("MB_per_s")
     results["ratios"] = {
         "udp_vs_target_100MBps": round(results["portal_direct_udp"]["MB_per_s"] / 100, 2),
@@ -322,4 +379,15 @@ def main(*, quick: bool = False) -> None:
             f"  {name:<28} {entry['MB_per_s']:8.1f} MB/s   64 B RTT p50 {rtt['p50_ms']:.3f} ms"
             f" p99 {rtt['p99_ms']:.3f} ms{extra}"
         )
+    udp_entry = results["portal_direct_udp"]
+    print(
+        f"  portal_direct_udp, parallel streams: 8 -> {udp_entry['MB_per_s_8_streams']} MB/s,"
+        f" 64 -> {udp_entry['MB_per_s_64_streams']} MB/s (aggregate)"
+    )
+    idle = udp_entry["idle"]
+    print(
+        f"  {idle['sessions']} idle sessions: inlet +{idle['inlet_KiB_per_session']} KiB/session"
+        f" (RSS {idle['inlet_RSS_MiB']} MiB), outlet +{idle['outlet_KiB_per_session']}"
+        f" KiB/session (RSS {idle['outlet_RSS_MiB']} MiB)"
+    )
     print(f"  ratios: {results['ratios']}")

@@ -496,3 +496,28 @@ def test_in_order_data_is_acknowledged_late_or_with_the_reply() -> None:
     acceptor.commands()
     acceptor.on_timer(2.0 + ACK_DELAY)  # nothing to ride with: the timer sends it alone
     assert frames_of(acceptor) == [Ack(7, 9, MAX_WINDOW - 4)]
+
+
+def test_an_acceptor_slow_to_connect_is_waited_for_and_never_sent_data_early() -> None:
+    opener = PortalSession(Role.OPENER, 4, 0.0)
+    (first_open,) = frames_of(opener)
+    acceptor = PortalSession(Role.ACCEPTOR, 4, 0.0, peer_window=MAX_WINDOW)
+    opener.app_data(b"early bytes", 0.01)  # the client speaks before the outlet connected
+    now = 0.0
+    for _ in range(3):  # the outlet's TCP connect takes seconds (a full backlog, say)
+        now = opener.next_deadline() or now
+        opener.on_timer(now)
+        sent = frames_of(opener)
+        assert all(isinstance(f, Open) for f in sent), sent  # only OPEN again, no probes
+        for frame in sent:
+            acceptor.frame_received(frame, now)
+        assert frames_of(acceptor) == []  # nothing to say until connected
+    acceptor.accept(now)
+    for frame in frames_of(acceptor):
+        opener.frame_received(frame, now + 0.01)
+    for frame in frames_of(opener):
+        acceptor.frame_received(frame, now + 0.02)
+    assert acceptor.state is State.OPEN and opener.state is State.OPEN
+    assert [c for c in acceptor.commands() if isinstance(c, WriteToApp)] == [
+        WriteToApp(b"early bytes")
+    ]

@@ -284,6 +284,11 @@ class MuxDriver:
             closed = event.event
             if closed.outcome is Outcome.CLOSED:
                 log.debug("portal.session_closed", portal=self.label, session=event.session)
+            elif closed.outcome is Outcome.SHUT_DOWN or (
+                closed.outcome is Outcome.RESET_BY_PEER and "(shutting_down)" in closed.reason
+            ):
+                # An inlet or outlet going away on purpose is not a failure to shout about.
+                log.info("portal.session_ended", portal=self.label, reason=closed.reason)
             else:
                 self.counters.sessions_failed += 1
                 self.counters.last_error = f"{closed.outcome.value}: {closed.reason}"

@@ -488,7 +488,8 @@ class PortalSession:
             self._receive_fin(frame)
         elif isinstance(frame, Ping):
             self._frames.append(Pong(self.session_id, frame.nonce))
-            self._ack_needed = True  # the window, for a sender probing a closed one
+            if self.state is State.OPEN:
+                self._ack_needed = True  # the window, for a sender probing a closed one
         elif isinstance(frame, Pong):
             if frame.nonce == self._ping_nonce:
                 self._ping_outstanding = False
@@ -737,7 +738,8 @@ class PortalSession:
                 self._frames.append(Data(self.session_id, segment.offset, segment.data))
         if self._fin_sent and not self._fin_acked and not self._unsent:
             self._frames.append(Fin(self.session_id, self._snd_nxt))
-        if (self._unsent and self._snd_nxt >= self._peer_right) or self._ping_outstanding:
+        window_closed = self._unsent and self._snd_nxt >= self._peer_right
+        if self.state is State.OPEN and (window_closed or self._ping_outstanding):
             self._ping(now)  # probes a closed window (the answer carries an ACK)
         self._sent(now)
         self._rto_deadline = None
