@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile, save
+from bench.common import percentile, save, served_in_process
 
 MiB = 1024 * 1024
 CHUNK = 1024 * 1024
@@ -310,11 +310,11 @@ def _through_portal(
             "node_cpu_s_per_GB": round(cpu / (total / 1e9), 2),
             "rtt_64B": round_trips(echo_port, rtts),
         }
-        if extras:
+        if extras:  # idle first: RSS grown by bulk buffers is not given back to the OS
+            results[name]["idle"] = idle_sessions_rss(echo_port, [inlet_pid, outlet_pid], 1000)
             for streams in (8, 64):
                 aggregate = parallel_transfer(sink_port, total, streams)
                 results[name][f"MB_per_s_{streams}_streams"] = round(aggregate, 1)
-            results[name]["idle"] = idle_sessions_rss(echo_port, [inlet_pid, outlet_pid], 1000)
 
 
 def main(*, quick: bool = False) -> None:
@@ -338,6 +338,15 @@ def main(*, quick: bool = False) -> None:
                     "MB_per_s": round(transfer(ssh_sink, total), 1),
                     "rtt_64B": round_trips(ssh_echo, rtts),
                 }
+        # The hop underneath, alone: 1 MiB messages over one QUIC hop (bench/udp.py's test),
+        # so the portal's figure can be read against what its path carries in this run.
+        import uvloop
+
+        from bench.udp import _meshkey_send, _meshkey_sink
+
+        with served_in_process(_meshkey_sink, True) as address:
+            hop_rate, _ = uvloop.run(_meshkey_send(address, total, True))
+        results["quic_hop_messages"] = {"MB_per_s": round(hop_rate, 1)}
         with spawned(_outlet_node, sink, echo) as (addresses, outlet_pid):
             udp = next(a for a in addresses if "/udp/" in a)
             tcp = next(a for a in addresses if "/tcp/" in a)
@@ -354,6 +363,9 @@ def main(*, quick: bool = False) -> None:
         "tcp_vs_ssh_L": round(results["portal_direct_tcp"]["MB_per_s"] / ssh_rate, 2)
         if ssh_rate
         else None,
+        "udp_vs_quic_hop": round(
+            results["portal_direct_udp"]["MB_per_s"] / results["quic_hop_messages"]["MB_per_s"], 2
+        ),
         "udp_vs_loopback": round(
             results["portal_direct_udp"]["MB_per_s"] / results["plain_loopback_tcp"]["MB_per_s"],
             3,
@@ -361,6 +373,7 @@ def main(*, quick: bool = False) -> None:
     }
     save("portal", results)
     print(f"one TCP stream, {total // MiB} MiB, client -> [inlet node] -> [outlet node] -> sink")
+    print(f"  {'quic_hop_messages':<28} {results['quic_hop_messages']['MB_per_s']:8.1f} MB/s")
     for name in (
         "plain_loopback_tcp",
         "ssh_L",
