@@ -124,3 +124,27 @@ def test_the_deadline_is_the_earliest_of_all_sessions() -> None:
     mux.commands()
     assert mux.session(2) is None  # silent too long: failed and forgotten
     assert mux.next_deadline() == 30.0 + idle
+
+
+def test_idle_sessions_of_one_route_share_their_keepalive_messages() -> None:
+    pair = Pair()
+    pair.track_buffers = False
+    servers = []
+
+    def server() -> SimApp:
+        servers.append(SimApp(eof_after=False))
+        return servers[-1]
+
+    pair.acceptor_app = server
+    clients = []
+    for _ in range(200):
+        clients.append(SimApp(outgoing=b"hi", eof_after=False))
+        pair.open(clients[-1])
+        pair.settle(0.37)  # opened at scattered times
+    pair.run(lambda: all(bytes(s.received) == b"hi" for s in servers))
+    sent_before = pair.path.sent
+    pair.settle(200.0)
+    assert all(c.outcome is None for c in clients)  # all alive
+    keepalive_messages = pair.path.sent - sent_before
+    frames = 2 * 200 * 200 / pair.a.limits.keepalive_interval  # a PING and a PONG each
+    assert keepalive_messages <= frames / 10  # many of them per message

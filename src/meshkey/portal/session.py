@@ -64,6 +64,7 @@ After every input: drain :meth:`commands` and :meth:`events`, then re-read
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ SMALL_SEGMENT = 4096
 #: window at once, so a few milliseconds cost a bulk transfer nothing, and spare a
 #: request/response exchange one message each way.
 ACK_DELAY = 0.005
+#: Keepalive deadlines are rounded up to a multiple of this (seconds).
+KEEPALIVE_GRID = 2.0
 #: Out-of-order segments a receiver holds at most (bytes are bounded by the window anyway).
 MAX_HELD_SEGMENTS = 64
 _CLOCK_GRANULARITY = 0.001
@@ -671,7 +674,10 @@ class PortalSession:
             return None
         if self._ping_outstanding or self._outstanding():
             return None
-        return self._last_sent + self.limits.keepalive_interval
+        # On a grid, so the idle sessions of one route ping together: one message carries
+        # their PINGs (and one their PONGs) instead of one message per session.
+        due = self._last_sent + self.limits.keepalive_interval
+        return math.ceil(due / KEEPALIVE_GRID) * KEEPALIVE_GRID
 
     def _silence_deadline(self) -> float | None:
         if self._waiting_since is not None:
