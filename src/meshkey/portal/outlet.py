@@ -80,7 +80,7 @@ class Outlet:
         self.refused_identities = 0
         self._rng = rng or random.Random()
         self._remotes: dict[tuple[NodeId | None, Address], MuxDriver] = {}
-        self._connecting: set[asyncio.Task[None]] = set()
+        self._connecting: set[asyncio.Task[None]] = set()  # connects and refusals under way
         self.closed = False
         router.register(name, self._receive, inline=True)
         log.info("portal.outlet_created", service=name, target=f"{host}:{port}")
@@ -120,7 +120,13 @@ class Outlet:
             if refusal is None and len(self._remotes) >= MAX_REMOTES:
                 refusal = f"the outlet serves {MAX_REMOTES} inlets already"
             if refusal is not None:
-                await self._refuse(message, identity, refusal)
+                # Answered from a task of its own: this worker runs inline in the task that
+                # delivered the packet, and must not wait for a hop's queue.
+                task = asyncio.get_running_loop().create_task(
+                    self._refuse(message, identity, refusal)
+                )
+                self._connecting.add(task)
+                task.add_done_callback(self._connecting.discard)
                 return
             driver = MuxDriver(
                 self.router,

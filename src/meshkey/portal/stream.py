@@ -59,7 +59,8 @@ class PortalTransport(asyncio.Transport):
         return True
 
     def close(self) -> None:
-        """Like a socket's close: our direction ends; what still arrives is discarded."""
+        """Like a socket's close: our direction ends; if more data arrives, the session is
+        reset (as a kernel answers data for a closed socket with RST)."""
         if self._closing:
             return
         self.write_eof()
@@ -100,7 +101,9 @@ class PortalTransport(asyncio.Transport):
 
     def deliver(self, data: bytes) -> None:
         if self._closing:
-            self._report(len(data))  # nobody reads any more: consumed, and dropped
+            # Closed, yet the peer still sends: as a TCP socket would, answer with a reset.
+            if self.reason is None:
+                self.driver.app_reset(self.session, "the stream was closed while data arrived")
             return
         self.protocol.data_received(data)
         if self._reading:
