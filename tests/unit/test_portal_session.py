@@ -7,6 +7,8 @@ import os
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshkey.portal.session import (
     ACK_DELAY,
@@ -522,3 +524,52 @@ def test_an_acceptor_slow_to_connect_is_waited_for_and_never_sent_data_early() -
     assert [c for c in acceptor.commands() if isinstance(c, WriteToApp)] == [
         WriteToApp(b"early bytes")
     ]
+
+
+peer_frames = st.one_of(
+    st.builds(Open, st.just(7), st.integers(0, MAX_WINDOW)),
+    st.builds(OpenOk, st.just(7), st.integers(0, MAX_WINDOW)),
+    st.builds(OpenRefused, st.just(7), st.sampled_from(RefuseReason), st.text(max_size=5)),
+    st.builds(
+        Data, st.just(7), st.integers(0, 2 * MAX_WINDOW), st.binary(min_size=1, max_size=3000)
+    ),
+    st.builds(
+        Ack,
+        st.just(7),
+        st.integers(0, 5000),
+        st.integers(0, MAX_WINDOW),
+        st.booleans(),
+        st.just(()),
+    ),
+    st.builds(Fin, st.just(7), st.integers(0, 2 * MAX_WINDOW)),
+    st.builds(Reset, st.just(7), st.sampled_from(ResetReason), st.text(max_size=5)),
+    st.builds(Ping, st.just(7), st.integers(0, 10)),
+    st.builds(Pong, st.just(7), st.integers(0, 10)),
+)
+
+
+@given(
+    st.sampled_from([Role.OPENER, Role.ACCEPTOR]),
+    st.lists(st.tuples(peer_frames, st.floats(0, 5)), max_size=40),
+)
+def test_whatever_the_peer_sends_the_core_never_raises_and_stays_bounded(
+    role: Role, script: list[tuple[Frame, float]]
+) -> None:
+    session = PortalSession(role, 7, 0.0, peer_window=MAX_WINDOW)
+    if role is Role.ACCEPTOR:
+        session.accept(0.0)
+    session.app_data(os.urandom(5000), 0.0)
+    now = 0.0
+    for frame, step in script:
+        now += step
+        session.frame_received(frame, now)
+        deadline = session.next_deadline()
+        if deadline is not None and deadline <= now:
+            session.on_timer(now)
+        session.commands()
+        session.events()
+        assert session.buffered_received <= MAX_WINDOW
+        assert session.buffered_to_send <= 5000
+        if session.state is State.FAILED:
+            assert session.outcome is not None and session.reason
+            assert session.next_deadline() is None
