@@ -743,7 +743,8 @@ class PortalSession:
                 break
             if size < min(SMALL_SEGMENT, len(self._unsent)) and self._inflight:
                 break  # wait for a wider window rather than send crumbs
-            data = bytes(self._unsent[:size])
+            with memoryview(self._unsent) as view:
+                data = bytes(view[:size])  # one copy (a bytearray slice would make two)
             del self._unsent[:size]
             self._inflight.append(_Segment(self._snd_nxt, data, now))
             self._frames.append(Data(self.session_id, self._snd_nxt, data))

@@ -238,9 +238,25 @@ _KIND_OF: dict[type, FrameKind] = {
 
 
 def encode_frame(frame: Frame) -> bytes:
+    return b"".join(_frame_parts(frame))
+
+
+_DATA_HEADER = struct.Struct("!BIIQ")  # a DATA frame's header and offset, packed at once
+
+
+def _frame_parts(frame: Frame) -> tuple[bytes, ...]:
+    """The encoded frame in pieces, so a packet joins its data once (no copy per frame)."""
     _check_session(frame.session)
+    if isinstance(frame, Data):
+        size = len(frame.data)
+        if not 0 < size <= MAX_CHUNK:
+            raise OversizeError(f"DATA frame of {size} bytes (1..{MAX_CHUNK})")
+        _check_offset(frame.offset)
+        _check_offset(frame.end)
+        head = _DATA_HEADER.pack(FrameKind.DATA, frame.session, 8 + size, frame.offset)
+        return head, frame.data
     body = frame_body(frame)
-    return _HEADER.pack(_KIND_OF[type(frame)], frame.session, len(body)) + body
+    return _HEADER.pack(_KIND_OF[type(frame)], frame.session, len(body)), body
 
 
 def frame_size(frame: Frame) -> int:
@@ -257,7 +273,8 @@ def frame_size(frame: Frame) -> int:
 def encode_packet(frames: Iterable[Frame]) -> bytes:
     """One payload holding ``frames`` (at least one); OversizeError past :data:`MAX_PACKET`."""
     parts = [bytes([PORTAL_VERSION])]
-    parts.extend(encode_frame(frame) for frame in frames)
+    for frame in frames:
+        parts.extend(_frame_parts(frame))
     if len(parts) == 1:
         raise MalformedError("a portal packet needs at least one frame")
     packet = b"".join(parts)
@@ -272,14 +289,15 @@ def pack_frames(frames: Iterable[Frame], limit: int = MAX_PACKET) -> list[bytes]
     batch: list[bytes] = []
     size = 1
     for frame in frames:
-        encoded = encode_frame(frame)
-        if batch and size + len(encoded) > limit:
+        parts = _frame_parts(frame)
+        length = len(parts[0]) + len(parts[1])
+        if batch and size + length > limit:
             packets.append(b"".join(batch))
             batch, size = [], 1
         if not batch:
             batch.append(bytes([PORTAL_VERSION]))
-        batch.append(encoded)
-        size += len(encoded)
+        batch.extend(parts)
+        size += length
     if batch:
         packets.append(b"".join(batch))
     return packets
