@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -243,14 +244,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    key: Path  # the user's private key (its public half is authorized)
+    user: str
+
+
 @contextlib.contextmanager
-def ssh_tunnel(target_port: int) -> Iterator[int | None]:
-    """A throwaway sshd on a loopback port and ``ssh -L`` through it; None if impossible."""
-    sshd, ssh, keygen = "/usr/sbin/sshd", shutil.which("ssh"), shutil.which("ssh-keygen")
-    if not (os.path.exists(sshd) and ssh and keygen):
+def throwaway_sshd() -> Iterator[Sshd | None]:
+    """An sshd on a free loopback port with temporary host and user keys; None if impossible."""
+    sshd, keygen = "/usr/sbin/sshd", shutil.which("ssh-keygen")
+    if not (os.path.exists(sshd) and keygen and shutil.which("ssh")):
         yield None
         return
-    with tempfile.TemporaryDirectory(prefix="meshkey-bench-ssh-") as directory:
+    with tempfile.TemporaryDirectory(prefix="meshkey-sshd-") as directory:
         base = Path(directory)
         for name in ("host", "user"):
             subprocess.run(
@@ -258,39 +266,60 @@ def ssh_tunnel(target_port: int) -> Iterator[int | None]:
             )
         (base / "authorized_keys").write_text((base / "user.pub").read_text())
         (base / "authorized_keys").chmod(0o600)
-        sshd_port, local_port = free_port(), free_port()
+        port = free_port()
         config = base / "sshd_config"
         config.write_text(
-            f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\n"
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\n"
             f"AuthorizedKeysFile {base / 'authorized_keys'}\nPidFile {base / 'sshd.pid'}\n"
             "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\n"
         )
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
         daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-        tunnel = None
         try:
-            wait_for_port(sshd_port)
-            user = os.environ.get("USER") or "root"
-            tunnel = subprocess.Popen(
-                [
-                    ssh, "-N", "-i", str(base / "user"), "-p", str(sshd_port),
-                    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                    "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-                    "-L", f"127.0.0.1:{local_port}:127.0.0.1:{target_port}",
-                    f"{user}@127.0.0.1",
-                ],
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            wait_for_port(port)
+        except TimeoutError:
+            daemon.terminate()
+            daemon.wait(5)
+            yield None
+            return
+        try:
+            yield Sshd(port, base / "user", os.environ.get("USER") or "root")
+        finally:
+            daemon.terminate()
+            daemon.wait(5)
+
+
+def ssh_command(sshd: Sshd, port: int, *args: str) -> list[str]:
+    """``ssh`` to ``sshd``'s user at 127.0.0.1:PORT with its key and no host-key prompts."""
+    return [
+        "ssh", "-i", str(sshd.key), "-p", str(port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        *args, f"{sshd.user}@127.0.0.1",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def ssh_tunnel(target_port: int) -> Iterator[int | None]:
+    """``ssh -L`` through a throwaway sshd to 127.0.0.1:TARGET; yields the local port."""
+    with throwaway_sshd() as sshd:
+        if sshd is None:
+            yield None
+            return
+        local_port = free_port()
+        forward = f"127.0.0.1:{local_port}:127.0.0.1:{target_port}"
+        tunnel = subprocess.Popen(
+            ssh_command(sshd, sshd.port, "-N", "-L", forward), stderr=subprocess.DEVNULL
+        )
+        try:
             wait_for_port(local_port)
             yield local_port
-        except (TimeoutError, OSError):
+        except TimeoutError:
             yield None
         finally:
-            for process in (tunnel, daemon):
-                if process is not None:
-                    process.terminate()
-                    process.wait(5)
+            tunnel.terminate()
+            tunnel.wait(5)
 
 
 # -- the suite ----------------------------------------------------------------------------
