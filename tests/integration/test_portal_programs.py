@@ -117,3 +117,89 @@ async def test_curl_downloads_100_MiB_intact_and_many_in_parallel(tmp_path: Path
             )
             expected = small.read_bytes()
             assert all(code == 0 and out == expected for code, out, _ in results)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[int | None]:
+    """A throwaway PostgreSQL server (run as the postgres user: it refuses root) on a free
+    loopback port, trusting local connections; None if it cannot run here."""
+    import pwd
+    import socket
+    import subprocess
+    import tempfile
+
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        yield None
+        return
+    if not (PG_BIN / "initdb").exists() or not shutil.which("runuser"):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="meshkey-pg-") as directory:
+        os.chown(directory, user.pw_uid, user.pw_gid)
+        data = Path(directory) / "data"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        quiet = subprocess.DEVNULL
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "meshkey"]
+        if subprocess.run(
+            [*as_postgres, *initdb], check=False, stdout=quiet, stderr=quiet
+        ).returncode:
+            yield None
+            return
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
+        pg_ctl = str(PG_BIN / "pg_ctl")
+        started = subprocess.run(
+            [*as_postgres, pg_ctl, "-D", str(data), "-o", options, "-w", "-t", "30", "start"],
+            check=False,
+            stdout=quiet,
+            stderr=quiet,
+        )
+        if started.returncode:
+            yield None
+            return
+        try:
+            yield port
+        finally:
+            subprocess.run(
+                [*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+                check=False,
+                stdout=quiet,
+                stderr=quiet,
+            )
+
+
+@pytest.mark.skipif(not shutil.which("psql"), reason="no psql")
+async def test_psql_through_an_inlet_a_relay_and_an_outlet_across_a_secure_channel() -> None:
+    with postgres() as pg_port:
+        if pg_port is None:
+            pytest.skip("could not start a throwaway PostgreSQL")
+        async with (
+            Node(name="green") as green,
+            Node(tcp=None, name="blue") as blue,
+            Node(tcp=None, name="yellow") as yellow,
+        ):
+            g = str(green.addresses[0])
+            await blue.create_relay("blue", g)
+            outlet = Outlet(blue.router, "127.0.0.1", pg_port)
+            channel = await yellow.create_secure_channel(f"{g}/service/forward_to_blue/service/api")
+            inlet = Inlet(yellow.router, parse_route(f"{channel}/service/outlet"))
+            _, port = await inlet.listen()
+            psql = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "meshkey", "-d", "postgres"]
+            sql = (
+                "CREATE TABLE animals (name text); "
+                "INSERT INTO animals VALUES ('heron'), ('otter'); "
+                "SELECT name FROM animals ORDER BY name;"
+            )
+            code, out, err = await run(*psql, "-X", "-q", "-A", "-t", "-c", sql)
+            assert code == 0, err
+            assert out.decode().split() == ["heron", "otter"]
+            assert outlet.describe()["sessions_total"] >= 1
+            await inlet.close()
+            await outlet.close()
