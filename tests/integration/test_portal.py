@@ -409,3 +409,20 @@ async def test_a_thousand_concurrent_sessions_on_one_secure_channel() -> None:
         assert echoed == payloads
         assert p.inlet.describe()["sessions_total"] == 1000
         assert p.inlet.describe()["sessions_failed"] == 0
+
+
+async def test_an_idle_inlet_keeps_its_secure_channel_alive() -> None:
+    limits = SessionLimits(keepalive_interval=0.3)
+    async with (
+        tcp_server(echo) as server_port,
+        Node(tcp=None, idle_timeout=1.0) as outlet_node,
+        Node(tcp=None, idle_timeout=1.0) as inlet_node,
+    ):
+        Outlet(outlet_node.router, "127.0.0.1", server_port)
+        channel = await inlet_node.create_secure_channel(single_hop(outlet_node, "udp", "api"))
+        inlet = Inlet(inlet_node.router, parse_route(f"{channel}/service/outlet"), limits=limits)
+        host, port = await inlet.listen()
+        await asyncio.sleep(3.0)  # three idle timeouts of the hop, no client at all
+        assert await asyncio.wait_for(pump_through(host, port, b"still here"), 10) == b"still here"
+        assert inlet.driver.mux.route_answered_at is not None
+        await inlet.close()

@@ -14,6 +14,7 @@ from meshkey.wire.portal import (
     Open,
     OpenRefused,
     Ping,
+    Pong,
     RefuseReason,
     Reset,
     ResetReason,
@@ -148,3 +149,28 @@ def test_idle_sessions_of_one_route_share_their_keepalive_messages() -> None:
     keepalive_messages = pair.path.sent - sent_before
     frames = 2 * 200 * 200 / pair.a.limits.keepalive_interval  # a PING and a PONG each
     assert keepalive_messages <= frames / 10  # many of them per message
+
+
+def test_an_idle_opener_pings_its_route_and_sessions_take_over_while_open() -> None:
+    opener = Multiplexer(Role.OPENER, route_keepalive=20.0, now=0.0)
+    acceptor = Multiplexer(Role.ACCEPTOR)
+    assert opener.next_deadline() == 20.0
+    opener.on_timer(20.0)
+    (packet,) = opener.commands()
+    assert isinstance(packet, SendPacket)
+    assert decode_packet(packet.payload) == [Ping(0, 1)]
+    acceptor.frames_received(decode_packet(packet.payload), 20.0)
+    assert len(acceptor) == 0  # no state for the route's keepalive
+    (answer,) = acceptor.commands()
+    assert isinstance(answer, SendPacket)
+    assert decode_packet(answer.payload) == [Pong(0, 1)]  # not RST
+    opener.frames_received(decode_packet(answer.payload), 20.01)
+    assert opener.route_answered_at == 20.01
+    assert opener.next_deadline() == pytest.approx(40.01)
+    session = opener.open(25.0)
+    opener.commands()
+    deadline = opener.next_deadline()
+    assert deadline is not None and deadline < 40  # the session's own timers now
+    opener.app_reset(session, 26.0, "gone")
+    opener.commands()
+    assert opener.next_deadline() == 46.0  # idle again: the route keepalive resumes

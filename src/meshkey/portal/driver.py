@@ -118,18 +118,26 @@ class MuxDriver:
         on_requested: Callable[[MuxDriver, int], None] | None = None,
         on_idle: Callable[[MuxDriver], None] | None = None,
         rng: random.Random | None = None,
+        route_keepalive: bool = False,
     ) -> None:
         self.router = router
         self.route = route
         self.label = label
-        self.mux = Multiplexer(role, limits=limits, max_sessions=max_sessions, rng=rng)
+        self._loop = asyncio.get_running_loop()
+        self.mux = Multiplexer(
+            role,
+            limits=limits,
+            max_sessions=max_sessions,
+            rng=rng,
+            route_keepalive=limits.keepalive_interval if route_keepalive else None,
+            now=self._loop.time(),
+        )
         self.counters = counters or PortalCounters()
         self.worker = f"_portal.{secrets.token_hex(8)}"
         self._reply_to = (ServiceAddress(self.worker),)
         self._ends: dict[int, AppEnd] = {}
         self._on_requested = on_requested
         self._on_idle = on_idle
-        self._loop = asyncio.get_running_loop()
         self._outgoing: deque[tuple[Route, bytes]] = deque()
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever the outgoing queue is empty
@@ -141,6 +149,7 @@ class MuxDriver:
         self.closed = False
         router.register(self.worker, self.receive, inline=True)
         self._sender = self._loop.create_task(self._send_loop(), name=f"{self.worker}:send")
+        self._rearm()
 
     # -- sessions ---------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ class Inlet:
                 max_sessions=self._max_sessions,
                 counters=self.counters,
                 rng=self._rng,
+                route_keepalive=True,  # an idle inlet keeps its route, and hears if it breaks
             )
         return self._driver
 
@@ -100,6 +101,7 @@ class Inlet:
         self._server = await loop.create_server(self._new_end, host, port, backlog=BACKLOG)
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = str(sockname[0]), int(sockname[1])
+        self.driver.label = f"inlet {self.host}:{self.port}"  # starts the route keepalive
         log.info(
             "portal.inlet_listening",
             address=f"{self.host}:{self.port}",

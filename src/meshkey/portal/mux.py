@@ -39,6 +39,8 @@ from meshkey.wire.portal import (
     Frame,
     Open,
     OpenRefused,
+    Ping,
+    Pong,
     RefuseReason,
     Reset,
     ResetReason,
@@ -49,6 +51,10 @@ from meshkey.wire.portal import (
 #: connections over one channel, while a peer can make it hold no more than this many
 #: windows.
 MAX_SESSIONS = 4096
+#: Never a session: frames of session 0 are about the route itself (an idle opener's
+#: keepalive PING, answered with PONG), so an inlet with no connections keeps its route
+#: (hops, NAT mappings, a secure channel's learned path) alive and learns when it breaks.
+ROUTE_SESSION = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,11 @@ class Multiplexer:
         max_sessions: int = MAX_SESSIONS,
         max_packet: int = MAX_PACKET,
         rng: random.Random | None = None,
+        route_keepalive: float | None = None,
+        now: float = 0.0,
     ) -> None:
+        """``route_keepalive`` (an opener's): while no session is open, PING the route
+        that often (sessions keep it alive themselves while there are any)."""
         self.role = role
         self.limits = limits
         self.max_sessions = max_sessions
@@ -102,6 +112,11 @@ class Multiplexer:
         self._pending_app: list[ToApp] = []
         self._deadlines: dict[int, float] = {}
         self._heap: list[tuple[float, int]] = []
+        self._route_keepalive = route_keepalive
+        self._now = now
+        self._idle_since: float | None = now if route_keepalive else None
+        self._route_nonce = 0
+        self.route_answered_at: float | None = None  # the last PONG on the route
         self.opened = 0  # sessions opened or accepted, ever
         self.refused = 0
         self.unknown_frames = 0
@@ -126,6 +141,7 @@ class Multiplexer:
         """Opener: a new session (its OPEN is queued). PortalLocalError at ``max_sessions``."""
         if self.role is not Role.OPENER:
             raise PortalLocalError("only the opener opens sessions")
+        self._now = now
         if len(self._sessions) >= self.max_sessions:
             raise PortalLocalError(f"{self.max_sessions} portal sessions are open on this route")
         while self._next_id in self._sessions or self._next_id == 0:
@@ -142,31 +158,37 @@ class Multiplexer:
     # -- inputs for one session (the session's own contract applies) ------------------
 
     def app_data(self, session_id: int, data: bytes, now: float) -> None:
+        self._now = now
         self._get(session_id).app_data(data, now)
         self._touch(session_id)
 
     def app_eof(self, session_id: int, now: float) -> None:
+        self._now = now
         self._get(session_id).app_eof(now)
         self._touch(session_id)
 
     def app_reset(self, session_id: int, now: float, reason: str) -> None:
+        self._now = now
         session = self._sessions.get(session_id)
         if session is not None:
             session.app_reset(now, reason)
             self._touch(session_id)
 
     def app_consumed(self, session_id: int, count: int, now: float) -> None:
+        self._now = now
         session = self._sessions.get(session_id)
         if session is not None:
             session.app_consumed(count, now)
             self._touch(session_id)
 
     def accept(self, session_id: int, now: float) -> None:
+        self._now = now
         self._get(session_id).accept(now)
         self.opened += 1
         self._touch(session_id)
 
     def refuse(self, session_id: int, reason: RefuseReason, text: str, now: float) -> None:
+        self._now = now
         self._get(session_id).refuse(reason, text, now)
         self.refused += 1
         self._touch(session_id)
@@ -182,7 +204,16 @@ class Multiplexer:
     def frames_received(self, frames: list[Frame], now: float) -> None:
         """Frames from the peer (one packet's). Then drain and re-read the deadline."""
         answered: set[int] = set()
+        self._now = now
+        if self._idle_since is not None:
+            self._idle_since = now  # the route just carried something
         for frame in frames:
+            if frame.session == ROUTE_SESSION:
+                if isinstance(frame, Ping):
+                    self._frames.append(Pong(ROUTE_SESSION, frame.nonce))
+                elif isinstance(frame, Pong):
+                    self.route_answered_at = now
+                continue  # nothing about the route is ever answered with RST
             session = self._sessions.get(frame.session)
             if session is not None:
                 session.frame_received(frame, now)
@@ -221,16 +252,24 @@ class Multiplexer:
     def route_error(self, text: str, now: float) -> None:
         """A node on the route could not deliver one of our packets (which sessions' frames
         it held is unknown): every session hears of it."""
+        self._now = now
         for session_id, session in self._sessions.items():
             session.route_error(text, now)
             self._touch(session_id)
 
     def shut_down(self, reason: str, now: float) -> None:
+        self._now = now
         for session_id, session in self._sessions.items():
             session.shut_down(reason, now)
             self._touch(session_id)
 
     def on_timer(self, now: float) -> None:
+        self._now = now
+        keepalive = self._route_keepalive
+        if self._idle_since is not None and keepalive and now >= self._idle_since + keepalive:
+            self._route_nonce += 1
+            self._frames.append(Ping(ROUTE_SESSION, self._route_nonce))
+            self._idle_since = now
         while self._heap and self._heap[0][0] <= now:
             deadline, session_id = heapq.heappop(self._heap)
             if self._deadlines.get(session_id) != deadline:
@@ -243,12 +282,15 @@ class Multiplexer:
 
     def next_deadline(self) -> float | None:
         self._refresh()
+        route = None
+        if self._idle_since is not None and self._route_keepalive:
+            route = self._idle_since + self._route_keepalive
         while self._heap:
             deadline, session_id = self._heap[0]
             if self._deadlines.get(session_id) == deadline:
-                return deadline
+                return deadline if route is None else min(deadline, route)
             heapq.heappop(self._heap)
-        return None
+        return route
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -257,6 +299,11 @@ class Multiplexer:
 
     def _refresh(self) -> None:
         """Collects the output of every touched session and re-reads its deadline."""
+        if self._route_keepalive:
+            if self._sessions:
+                self._idle_since = None
+            elif self._idle_since is None:
+                self._idle_since = self._now
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, {}
@@ -277,6 +324,8 @@ class Multiplexer:
             elif self._deadlines.get(session_id) != deadline:
                 self._deadlines[session_id] = deadline
                 heapq.heappush(self._heap, (deadline, session_id))
+        if self._route_keepalive and not self._sessions and self._idle_since is None:
+            self._idle_since = self._now
 
     def commands(self) -> list[MuxCommand]:
         """Commands for local sockets (in each session's order), then packets to send."""

@@ -25,14 +25,22 @@ from typing import Any
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd
-from meshkey.portal.mux import MAX_SESSIONS
+from meshkey.portal.mux import MAX_SESSIONS, ROUTE_SESSION
 from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, SessionLimits
 from meshkey.routing.address import Address, ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.transport.errors import describe_error
 from meshkey.wire.errors import WireError
-from meshkey.wire.portal import Open, OpenRefused, RefuseReason, decode_packet, encode_packet
+from meshkey.wire.portal import (
+    Open,
+    OpenRefused,
+    Ping,
+    Pong,
+    RefuseReason,
+    decode_packet,
+    encode_packet,
+)
 
 log = EventLogger("portal")
 
@@ -119,6 +127,8 @@ class Outlet:
         if driver is None:
             if refusal is None and len(self._remotes) >= MAX_REMOTES:
                 refusal = f"the outlet serves {MAX_REMOTES} inlets already"
+            if refusal is None and self._route_ping(message):
+                return
             if refusal is not None:
                 # Answered from a task of its own: this worker runs inline in the task that
                 # delivered the packet, and must not wait for a hop's queue.
@@ -142,6 +152,22 @@ class Outlet:
             )
             self._remotes[key] = driver
         await driver.receive(message)
+
+    def _route_ping(self, message: Message) -> bool:
+        """An idle inlet's route keepalive (PINGs of session 0 only) is answered without
+        creating any state for it."""
+        try:
+            frames = decode_packet(message.payload)
+        except WireError:
+            return False
+        if not all(isinstance(f, Ping) and f.session == ROUTE_SESSION for f in frames):
+            return False
+        pongs = encode_packet([Pong(ROUTE_SESSION, f.nonce) for f in frames if isinstance(f, Ping)])
+        reply = Message(message.return_route, (ServiceAddress(self.name),), pongs)
+        task = asyncio.get_running_loop().create_task(self.router.route(reply))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+        return True
 
     def _refusal(self, identity: NodeId | None) -> str | None:
         if identity is None and not self.insecure:
