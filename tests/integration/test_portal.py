@@ -267,6 +267,9 @@ async def test_routes_through_other_nodes_need_a_secure_channel() -> None:
             Inlet(node.router, two_hops)
         with pytest.raises(InsecureRouteError):
             await open_portal_stream(node.router, parse_route("/service/nope/service/outlet"))
+        forwarded = parse_route(f"/service/hop{node.addresses[1]}/service/outlet")
+        with pytest.raises(InsecureRouteError, match="secure channel"):
+            Inlet(node.router, forwarded)  # a local worker, but no channel: in the clear
         Inlet(node.router, two_hops, insecure=True)  # said out loud: allowed
 
 
@@ -425,4 +428,13 @@ async def test_an_idle_inlet_keeps_its_secure_channel_alive() -> None:
         await asyncio.sleep(3.0)  # three idle timeouts of the hop, no client at all
         assert await asyncio.wait_for(pump_through(host, port, b"still here"), 10) == b"still here"
         assert inlet.driver.mux.route_answered_at is not None
+        await inlet.close()
+
+
+async def test_an_inlet_and_an_outlet_on_the_same_node() -> None:
+    async with tcp_server(echo) as server_port, Node(tcp=None) as node:
+        Outlet(node.router, "127.0.0.1", server_port, allow=frozenset([node.node_id]))
+        inlet = Inlet(node.router, parse_route("/service/outlet"))  # no hop: end to end
+        host, port = await inlet.listen()
+        assert await asyncio.wait_for(pump_through(host, port, b"local"), 10) == b"local"
         await inlet.close()

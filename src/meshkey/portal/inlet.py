@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 from meshkey.log import EventLogger
 from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd
@@ -25,6 +26,9 @@ from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, Sessi
 from meshkey.routing.address import Route, ServiceAddress, TransportAddress, format_route
 from meshkey.routing.router import Router
 
+if TYPE_CHECKING:
+    from meshkey.channel.manager import SecureChannels
+
 log = EventLogger("portal")
 
 #: Connections the kernel queues before the inlet accepts them (asyncio's default, 100, is
@@ -32,20 +36,37 @@ log = EventLogger("portal")
 BACKLOG = 1024
 
 
+#: A secure channel's address (its encryptor's worker name): 16 random bytes in hex.
+CHANNEL_ADDRESS = re.compile(r"[0-9a-f]{32}")
+
+
 class InsecureRouteError(ValueError):
     """A route to an outlet that crosses other nodes without a secure channel."""
 
 
-def check_end_to_end(route: Route, router: Router | None = None) -> None:
-    """Raises InsecureRouteError unless ``route`` is a secure channel's or a single hop."""
-    if len(route) < 2 or not isinstance(route[-1], ServiceAddress):
+def check_end_to_end(
+    route: Route, router: Router | None = None, channels: SecureChannels | None = None
+) -> None:
+    """Raises InsecureRouteError unless ``route`` reaches its outlet end to end: through a
+    secure channel of this node (``/service/<channel>/...``), over a single hop, or on this
+    node itself. Channels are recognised by ``channels`` when given, else by their address
+    (32 hex digits) and the router having that worker."""
+    if not route or not isinstance(route[-1], ServiceAddress):
         raise InsecureRouteError(f"{format_route(route)} does not end at an outlet service")
     first = route[0]
+    if len(route) == 1:
+        return  # an outlet on this node: nothing in between
     if isinstance(first, ServiceAddress):
         if router is not None and not router.has_worker(first.name):
             raise InsecureRouteError(f"{first} is not a worker on this node")
-        return
-    if isinstance(first, TransportAddress) and len(route) == 2:
+        is_channel = (
+            channels.get(first.name) is not None
+            if channels is not None
+            else CHANNEL_ADDRESS.fullmatch(first.name) is not None
+        )
+        if is_channel:
+            return
+    elif isinstance(first, TransportAddress) and len(route) == 2:
         return
     raise InsecureRouteError(
         f"{format_route(route)} crosses other nodes without a secure channel: create one "

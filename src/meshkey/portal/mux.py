@@ -17,6 +17,10 @@ Frames for a session this end does not have are answered with RST (unknown sessi
 most once per session per input, and never in answer to RST or OPEN_REFUSED, so two ends
 cannot bounce resets forever. An acceptor holds at most ``max_sessions`` sessions per
 remote inlet (a peer cannot make it hold more); further OPENs are refused (TOO_MANY).
+
+An opener made with ``route_keepalive`` PINGs its route (session 0) while it has no session,
+so an inlet nobody uses keeps its hops, NAT mappings and secure channel alive and learns of
+a broken route (a route error) before its next client does.
 """
 
 from __future__ import annotations

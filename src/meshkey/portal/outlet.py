@@ -50,13 +50,17 @@ MAX_REMOTES = 1024
 CONNECT_TIMEOUT = 10.0
 
 
-def end_to_end_identity(message: Message) -> NodeId | None:
+def end_to_end_identity(message: Message, own: NodeId) -> NodeId | None:
     """Who sent ``message``, if that is authenticated end to end: the secure channel's peer,
-    or the hop's peer when it came over a single hop (return route: that hop, the sender)."""
-    if message.local.channel_peer is not None:
-        return message.local.channel_peer
-    if message.local.hop_peer is not None and len(message.return_route) == 2:
-        return message.local.hop_peer
+    the hop's peer when it came over a single hop (return route: that hop, the sender), or
+    this node (``own``) when it was sent here (return route: the sender only)."""
+    local = message.local
+    if local.channel_peer is not None:
+        return local.channel_peer
+    if local.hop_peer is not None and len(message.return_route) == 2:
+        return local.hop_peer
+    if local.hop_peer is None and len(message.return_route) == 1:
+        return own
     return None
 
 
@@ -120,7 +124,7 @@ class Outlet:
     async def _receive(self, message: Message) -> None:
         if message.is_error or not message.return_route or self.closed:
             return
-        identity = end_to_end_identity(message)
+        identity = end_to_end_identity(message, self.router.node_id)
         refusal = self._refusal(identity)
         key = (identity or message.local.hop_peer, message.return_route[-1])
         driver = self._remotes.get(key)

@@ -18,6 +18,9 @@ carry frames of many sessions::
     RST           u8 ResetReason, UTF-8 text
     PING / PONG   u64 nonce
 
+Session 0 is never a session: a PING of session 0 is an idle inlet's keepalive of the route
+itself, answered with a PONG of session 0 (never with RST).
+
 Limits, and why:
 
 * :data:`MAX_CHUNK` (64 KiB) of data per DATA frame. One frame must fit in one message
