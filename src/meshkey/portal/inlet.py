@@ -85,9 +85,12 @@ class Inlet:
         limits: SessionLimits = DEFAULT_LIMITS,
         max_sessions: int = MAX_SESSIONS,
         rng: random.Random | None = None,
+        channels: SecureChannels | None = None,
     ) -> None:
+        """``channels`` (the node's) lets the route check know its secure channels exactly;
+        ``insecure`` allows a route whose middle nodes see the bytes."""
         if not insecure:
-            check_end_to_end(route, router)
+            check_end_to_end(route, router, channels)
         self.router = router
         self.route = route
         self.insecure = insecure

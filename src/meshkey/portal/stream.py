@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkey.portal.driver import MuxDriver
 from meshkey.portal.inlet import check_end_to_end
 from meshkey.portal.session import DEFAULT_LIMITS, Role, SessionLimits
 from meshkey.routing.address import Route, format_route
 from meshkey.routing.router import Router
+
+if TYPE_CHECKING:
+    from meshkey.channel.manager import SecureChannels
 
 STREAM_LIMIT = 256 * 1024  # the StreamReader's buffer limit (it pauses at twice this)
 
@@ -145,6 +148,7 @@ async def open_portal_stream(
     limits: SessionLimits = DEFAULT_LIMITS,
     timeout: float = 30.0,
     rng: random.Random | None = None,
+    channels: SecureChannels | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Opens a portal session to the outlet at ``route`` (end to end, as for an inlet).
 
@@ -152,7 +156,7 @@ async def open_portal_stream(
     allowed), ConnectionError when the route fails, TimeoutError after ``timeout``.
     """
     if not insecure:
-        check_end_to_end(route, router)
+        check_end_to_end(route, router, channels)
     loop = asyncio.get_running_loop()
 
     def retire(driver: MuxDriver) -> None:
