@@ -306,7 +306,7 @@ async def test_a_slow_reader_keeps_every_buffer_bounded() -> None:
                     peaks["inlet_socket"] = max(peaks["inlet_socket"], size_now)
         assert received == size
         window = SessionLimits().receive_window
-        assert 0 < peaks["outlet_send"] <= window + 256 * 1024  # + one socket read
+        assert 0 < peaks["outlet_send"] <= window + 64 * 1024  # + one small socket read
         assert peaks["inlet_held"] <= window
         assert peaks["inlet_socket"] <= window + 64 * 1024
         writer.close()

@@ -14,7 +14,11 @@ an in-process stream (:mod:`meshkey.portal.stream`). Socket ends keep water mark
 transport's write buffer pauses at :data:`WRITE_HIGH_WATER`, and bytes count as consumed
 (opening the session's window) only once they left that buffer, so a slow local reader
 closes the window instead of growing a buffer; reading stops when the session says
-``PauseReading`` (its send buffer is full) and resumes with ``ResumeReading``.
+``PauseReading`` (its send buffer is full) and resumes with ``ResumeReading``. A socket end
+reads into its own buffer (``asyncio.BufferedProtocol``), up to :data:`READ_SIZE` but never
+much more than the session's send buffer has room for: large reads make fewer, larger
+messages (the per-message cost of routing and the hop is what limits throughput), and the
+room limit keeps a session's buffer within ``send_buffer`` + :data:`MIN_READ`.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ log = EventLogger("portal")
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+#: The most one read from a local socket takes (the session cuts it into DATA frames).
+READ_SIZE = 512 * 1024
+MIN_READ = 64 * 1024
 #: Queued packets smaller than this are joined into one message before sending.
 COALESCE_BELOW = 4096
 
@@ -201,6 +208,11 @@ class MuxDriver:
     def app_consumed(self, session: int, count: int) -> None:
         self.mux.app_consumed(session, count, self._loop.time())
         self.pump()
+
+    def send_room(self, session: int) -> int:
+        """Bytes the session takes before its send buffer is full."""
+        core = self.mux.session(session)
+        return core.limits.send_buffer - core.buffered_to_send if core is not None else 0
 
     def buffered_to_send(self, session: int) -> int:
         core = self.mux.session(session)
@@ -392,7 +404,7 @@ class MuxDriver:
             self._sender.cancel()
 
 
-class SocketEnd(asyncio.Protocol):
+class SocketEnd(asyncio.BufferedProtocol):
     """A TCP connection as a session's local end (the inlet's client, the outlet's server)."""
 
     def __init__(self, driver: MuxDriver, on_connected: Callable[[SocketEnd], None]) -> None:
@@ -405,6 +417,8 @@ class SocketEnd(asyncio.Protocol):
         self._write_paused = False
         self._held = False
         self._ended = False  # the session is over: socket events no longer matter
+        # Reads of up to READ_SIZE: fewer, larger messages than the loop's 256 KiB reads.
+        self._read_view = memoryview(bytearray(READ_SIZE))
 
     # asyncio.Protocol
 
@@ -417,9 +431,17 @@ class SocketEnd(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._on_connected(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Never read much past what the session may hold: its send buffer stays bounded by
+        # send_buffer + MIN_READ, not + READ_SIZE.
+        if self.session is None:
+            return self._read_view[:MIN_READ]
+        room = self.driver.send_room(self.session)
+        return self._read_view[: min(READ_SIZE, max(MIN_READ, room))]
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.session is not None and not self._ended:
-            self.driver.app_data(self.session, data)
+            self.driver.app_data(self.session, bytes(self._read_view[:nbytes]))
 
     def eof_received(self) -> bool:
         if self.session is not None and not self._ended:
