@@ -153,6 +153,7 @@ class MuxDriver:
         self._timer_at: float | None = None
         self._pumping = False
         self._again = False
+        self._read_buffer: memoryview | None = None
         self.closed = False
         router.register(self.worker, self.receive, inline=True)
         self._sender = self._loop.create_task(self._send_loop(), name=f"{self.worker}:send")
@@ -208,6 +209,14 @@ class MuxDriver:
     def app_consumed(self, session: int, count: int) -> None:
         self.mux.app_consumed(session, count, self._loop.time())
         self.pump()
+
+    @property
+    def read_buffer(self) -> memoryview:
+        """One read buffer for all of this driver's sockets: a read is copied out of it in
+        the same callback that filled it, so sockets never share it at the same time."""
+        if self._read_buffer is None:
+            self._read_buffer = memoryview(bytearray(READ_SIZE))
+        return self._read_buffer
 
     def send_room(self, session: int) -> int:
         """Bytes the session takes before its send buffer is full."""
@@ -417,8 +426,6 @@ class SocketEnd(asyncio.BufferedProtocol):
         self._write_paused = False
         self._held = False
         self._ended = False  # the session is over: socket events no longer matter
-        # Reads of up to READ_SIZE: fewer, larger messages than the loop's 256 KiB reads.
-        self._read_view = memoryview(bytearray(READ_SIZE))
 
     # asyncio.Protocol
 
@@ -434,14 +441,15 @@ class SocketEnd(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # Never read much past what the session may hold: its send buffer stays bounded by
         # send_buffer + MIN_READ, not + READ_SIZE.
+        view = self.driver.read_buffer
         if self.session is None:
-            return self._read_view[:MIN_READ]
+            return view[:MIN_READ]
         room = self.driver.send_room(self.session)
-        return self._read_view[: min(READ_SIZE, max(MIN_READ, room))]
+        return view[: min(READ_SIZE, max(MIN_READ, room))]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.session is not None and not self._ended:
-            self.driver.app_data(self.session, bytes(self._read_view[:nbytes]))
+            self.driver.app_data(self.session, bytes(self.driver.read_buffer[:nbytes]))
 
     def eof_received(self) -> bool:
         if self.session is not None and not self._ended:
