@@ -58,7 +58,17 @@ class SessionLimits:
     ``send_buffer`` (1 MiB): bytes read from the local socket and not yet acknowledged;
     reading pauses at it and resumes at half. ``min_rto`` is RFC 6298's 1 s: hops are
     reliable, so a resend only helps after a path loss, and a shorter floor would resend
-    what is merely queued. Timers are in seconds.
+    what is merely queued; ``max_rto`` (10 s) keeps a backed-off sender probing often enough
+    to notice a path that came back. ``peer_timeout`` (15 s): how long a session waiting for
+    an answer tolerates silence; longer than the outlet's 10 s TCP connect timeout, so a slow
+    connect is not mistaken for a dead peer, and short enough that a client never hangs.
+    ``keepalive_interval`` (20 s): below the ~25-30 s after which NAT mappings expire and far
+    below the hops' idle timeouts (QUIC 60 s). ``idle_timeout`` (60 s, three keepalives): an
+    acceptor that hears nothing for that long has lost its opener. ``route_grace`` (3 s): a
+    path switch repairs itself well within it, a dead relay does not. ``linger`` (10 s):
+    enough for the peer to resend a FIN whose ACK was lost (a few RTOs). ``open_retries``
+    (4, backed off 0.25 s to 2 s): how often a route error during opening is retried before
+    the client is told the outlet is unreachable (about 4 s in all). Timers are in seconds.
     """
 
     receive_window: int = MAX_WINDOW
