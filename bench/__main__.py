@@ -7,6 +7,7 @@
     python -m bench udp        # bulk over one QUIC hop: batched, unbatched, plain qh3
     python -m bench attacks    # attacks on a daemon while a legitimate client measures
     python -m bench natlab     # relay set-up and round trips through the NAT lab (root)
+    python -m bench portal     # TCP portal throughput and latency vs loopback and ssh -L
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import attacks, channels, cli_latency, natlab, rtt, udp
+from bench import attacks, channels, cli_latency, natlab, portal, rtt, udp
 
 SUITES = {
     "rtt": rtt.main,
@@ -26,6 +27,7 @@ SUITES = {
     "udp": udp.main,
     "attacks": attacks.main,  # issue 8's attacks while a legitimate client measures
     "natlab": natlab.main,  # relays through the NAT lab (root)
+    "portal": portal.main,  # TCP portals vs loopback and ssh -L
 }
 
 

@@ -1,0 +1,435 @@
+"""TCP portal throughput and latency, side by side with plain loopback TCP and ``ssh -L``.
+
+Processes (spawned, so each has its own interpreter and event loop, as daemons would):
+
+* a **sink**: a blocking TCP server that reads to EOF and answers with the byte count, and
+  an **echo** server for round trips;
+* an **outlet node** (``meshkey.Node`` + :class:`~meshkey.portal.Outlet` to the sink/echo);
+* an **inlet node** (``meshkey.Node`` + :class:`~meshkey.portal.Inlet`), whose route is a
+  direct UDP (QUIC) hop, a direct TCP (TLS) hop, or a secure channel over the UDP hop.
+
+This process is the client: it sends N bytes with blocking ``sendall``, half-closes, and
+waits for the sink's count, so the time covers every byte arriving. The same client runs
+against the sink directly (the ceiling) and through ``ssh -L`` to a throwaway ``sshd`` on a
+loopback port (temporary host and user keys). CPU seconds per GB are the inlet's and
+outlet's node processes' user+system time (from /proc) over the bytes moved.
+
+    python -m bench portal [--quick]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import percentile, save, served_in_process
+
+MiB = 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+# -- servers (run in their own processes) -------------------------------------------------
+
+
+def _serve_blocking(kind: str, ports: Any, stop: Any) -> None:
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    ports.put((server.getsockname()[1], os.getpid()))
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buffer = bytearray(CHUNK)
+            if kind == "sink":
+                count = 0
+                while n := conn.recv_into(buffer):
+                    count += n
+                conn.sendall(str(count).encode())
+            else:
+                while n := conn.recv_into(buffer):
+                    conn.sendall(memoryview(buffer)[:n])
+
+    def accept_loop() -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    stop.get()
+
+
+def _outlet_node(sink: int, echo: int, ports: Any, stop: Any) -> None:
+    import asyncio
+
+    import uvloop
+
+    from meshkey.log import configure_logging
+    from meshkey.node.core import Node
+    from meshkey.portal import Outlet
+
+    configure_logging("warning")  # failed sessions say why, on stderr
+
+    async def main() -> None:
+        async with Node() as node:
+            sink_outlet = Outlet(node.router, "127.0.0.1", sink, name="sink")
+            echo_outlet = Outlet(node.router, "127.0.0.1", echo, name="echo_outlet")
+            ports.put(([str(a) for a in node.addresses], os.getpid()))
+            await asyncio.get_running_loop().run_in_executor(None, stop.get)
+            await sink_outlet.close()
+            await echo_outlet.close()
+
+    uvloop.run(main())
+
+
+def _inlet_node(route_to_node: str, mode: str, ports: Any, stop: Any) -> None:
+    import asyncio
+
+    import uvloop
+
+    from meshkey.log import configure_logging
+    from meshkey.node.core import Node
+    from meshkey.portal import Inlet
+
+    configure_logging("warning")
+    from meshkey.routing.address import parse_route
+
+    async def main() -> None:
+        async with Node(tcp=None) as node:
+            base = route_to_node
+            if mode == "secure":
+                base = await node.create_secure_channel(f"{route_to_node}/service/api")
+            inlets = [
+                Inlet(node.router, parse_route(f"{base}/service/{service}"))
+                for service in ("sink", "echo_outlet")
+            ]
+            addresses = [await inlet.listen() for inlet in inlets]
+            ports.put(([port for _, port in addresses], os.getpid()))
+            await asyncio.get_running_loop().run_in_executor(None, stop.get)
+            for inlet in inlets:
+                await inlet.close()
+
+    uvloop.run(main())
+
+
+@contextlib.contextmanager
+def spawned(target: Callable[..., None], *args: Any) -> Iterator[tuple[Any, int]]:
+    """Like bench.common.served_in_process, but yields (what it put, its pid)."""
+    context = multiprocessing.get_context("spawn")
+    ports, stop = context.Queue(), context.Queue()
+    process = context.Process(target=target, args=(*args, ports, stop), daemon=True)
+    process.start()
+    try:
+        value, pid = ports.get(timeout=60)
+        yield value, pid
+    finally:
+        stop.put(True)
+        process.join(5)
+        if process.is_alive():
+            process.terminate()
+            process.join()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+def transfer(port: int, total: int) -> float:
+    """MB/s of sending ``total`` bytes to the sink behind ``port`` until it counted them."""
+    payload = memoryview(bytes(CHUNK))
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        started = time.perf_counter()
+        for _ in range(total // CHUNK):
+            sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while data := sock.recv(64):
+            reply += data
+        elapsed = time.perf_counter() - started
+    assert int(reply) == total, (reply, total)
+    return total / elapsed / 1e6
+
+
+def parallel_transfer(port: int, total: int, streams: int) -> float:
+    """Aggregate MB/s of ``streams`` concurrent transfers sharing ``total`` bytes."""
+    import threading
+
+    share = max(CHUNK, total // streams // CHUNK * CHUNK)
+    started = time.perf_counter()
+    threads = [threading.Thread(target=transfer, args=(port, share)) for _ in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return share * streams / (time.perf_counter() - started) / 1e6
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def idle_sessions_rss(port: int, pids: list[int], count: int) -> dict[str, float]:
+    """KiB of RSS each node process gains per idle session (one echoed byte, then quiet)."""
+    before = [rss_kib(pid) for pid in pids]
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"!")
+            sockets.append(sock)
+        for sock in sockets:
+            assert sock.recv(1) == b"!"
+        time.sleep(1.0)
+        after = [rss_kib(pid) for pid in pids]
+    finally:
+        for sock in sockets:
+            sock.close()
+    return {
+        "sessions": count,
+        "inlet_KiB_per_session": round((after[0] - before[0]) / count, 1),
+        "outlet_KiB_per_session": round((after[1] - before[1]) / count, 1),
+        "inlet_RSS_MiB": round(after[0] / 1024, 1),
+        "outlet_RSS_MiB": round(after[1] / 1024, 1),
+    }
+
+
+def round_trips(port: int, count: int) -> dict[str, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = b"x" * 64
+        samples = []
+        for i in range(count + 20):
+            started = time.perf_counter()
+            sock.sendall(message)
+            got = 0
+            while got < 64:
+                got += len(sock.recv(64 - got))
+            if i >= 20:  # after a warm-up
+                samples.append((time.perf_counter() - started) * 1000)
+    return {
+        "p50_ms": round(percentile(samples, 0.5), 3),
+        "p99_ms": round(percentile(samples, 0.99), 3),
+    }
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    key: Path  # the user's private key (its public half is authorized)
+    user: str
+
+
+@contextlib.contextmanager
+def throwaway_sshd() -> Iterator[Sshd | None]:
+    """An sshd on a free loopback port with temporary host and user keys; None if impossible."""
+    sshd, keygen = "/usr/sbin/sshd", shutil.which("ssh-keygen")
+    if not (os.path.exists(sshd) and keygen and shutil.which("ssh")):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="meshkey-sshd-") as directory:
+        base = Path(directory)
+        for name in ("host", "user"):
+            subprocess.run(
+                [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True
+            )
+        (base / "authorized_keys").write_text((base / "user.pub").read_text())
+        (base / "authorized_keys").chmod(0o600)
+        port = free_port()
+        config = base / "sshd_config"
+        config.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\n"
+            f"AuthorizedKeysFile {base / 'authorized_keys'}\nPidFile {base / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\n"
+        )
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+        daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            daemon.terminate()
+            daemon.wait(5)
+            yield None
+            return
+        try:
+            yield Sshd(port, base / "user", os.environ.get("USER") or "root")
+        finally:
+            daemon.terminate()
+            daemon.wait(5)
+
+
+def ssh_command(sshd: Sshd, port: int, *args: str) -> list[str]:
+    """``ssh`` to ``sshd``'s user at 127.0.0.1:PORT with its key and no host-key prompts."""
+    return [
+        "ssh", "-i", str(sshd.key), "-p", str(port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        *args, f"{sshd.user}@127.0.0.1",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def ssh_tunnel(target_port: int) -> Iterator[int | None]:
+    """``ssh -L`` through a throwaway sshd to 127.0.0.1:TARGET; yields the local port."""
+    with throwaway_sshd() as sshd:
+        if sshd is None:
+            yield None
+            return
+        local_port = free_port()
+        forward = f"127.0.0.1:{local_port}:127.0.0.1:{target_port}"
+        tunnel = subprocess.Popen(
+            ssh_command(sshd, sshd.port, "-N", "-L", forward), stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for_port(local_port)
+            yield local_port
+        except TimeoutError:
+            yield None
+        finally:
+            tunnel.terminate()
+            tunnel.wait(5)
+
+
+# -- the suite ----------------------------------------------------------------------------
+
+
+def _through_portal(
+    results: dict[str, Any], name: str, node_address: str, mode: str, outlet_pid: int,
+    total: int, rtts: int, extras: bool,
+) -> None:  # fmt: skip
+    with spawned(_inlet_node, node_address, mode) as ((sink_port, echo_port), inlet_pid):
+        transfer(sink_port, 8 * MiB)  # warm-up: connections, QUIC windows
+        cpu_before = cpu_seconds(inlet_pid) + cpu_seconds(outlet_pid)
+        rate = transfer(sink_port, total)
+        cpu = cpu_seconds(inlet_pid) + cpu_seconds(outlet_pid) - cpu_before
+        results[name] = {
+            "MB_per_s": round(rate, 1),
+            "node_cpu_s_per_GB": round(cpu / (total / 1e9), 2),
+            "rtt_64B": round_trips(echo_port, rtts),
+        }
+        if extras:  # idle first: RSS grown by bulk buffers is not given back to the OS
+            results[name]["idle"] = idle_sessions_rss(echo_port, [inlet_pid, outlet_pid], 1000)
+            for streams in (8, 64):
+                aggregate = parallel_transfer(sink_port, total, streams)
+                results[name][f"MB_per_s_{streams}_streams"] = round(aggregate, 1)
+
+
+def main(*, quick: bool = False) -> None:
+    total = (128 if quick else 512) * MiB
+    rtts = 300 if quick else 2000
+    results: dict[str, Any] = {"bytes": total}
+    with (
+        spawned(_serve_blocking, "sink") as (sink, _),
+        spawned(_serve_blocking, "echo") as (echo, _),
+    ):
+        results["plain_loopback_tcp"] = {
+            "MB_per_s": round(transfer(sink, total), 1),
+            "rtt_64B": round_trips(echo, rtts),
+        }
+        with ssh_tunnel(sink) as ssh_sink, ssh_tunnel(echo) as ssh_echo:
+            if ssh_sink is None or ssh_echo is None:
+                results["ssh_L"] = {"error": "could not start a throwaway sshd"}
+            else:
+                transfer(ssh_sink, 8 * MiB)
+                results["ssh_L"] = {
+                    "MB_per_s": round(transfer(ssh_sink, total), 1),
+                    "rtt_64B": round_trips(ssh_echo, rtts),
+                }
+        # The hop underneath, alone: 1 MiB messages over one QUIC hop (bench/udp.py's test),
+        # so the portal's figure can be read against what its path carries in this run.
+        import uvloop
+
+        from bench.udp import _meshkey_send, _meshkey_sink
+
+        with served_in_process(_meshkey_sink, True) as address:
+            hop_rate, _ = uvloop.run(_meshkey_send(address, total, True))
+        results["quic_hop_messages"] = {"MB_per_s": round(hop_rate, 1)}
+        with spawned(_outlet_node, sink, echo) as (addresses, outlet_pid):
+            udp = next(a for a in addresses if "/udp/" in a)
+            tcp = next(a for a in addresses if "/tcp/" in a)
+            for name, address, mode in (
+                ("portal_direct_udp", udp, "direct"),
+                ("portal_direct_tcp", tcp, "direct"),
+                ("portal_secure_channel_udp", udp, "secure"),
+            ):
+                extras = name == "portal_direct_udp"
+                _through_portal(results, name, address, mode, outlet_pid, total, rtts, extras)
+    ssh_rate = results["ssh_L"].get("MB_per_s")
+    results["ratios"] = {
+        "udp_vs_target_100MBps": round(results["portal_direct_udp"]["MB_per_s"] / 100, 2),
+        "tcp_vs_ssh_L": round(results["portal_direct_tcp"]["MB_per_s"] / ssh_rate, 2)
+        if ssh_rate
+        else None,
+        "udp_vs_quic_hop": round(
+            results["portal_direct_udp"]["MB_per_s"] / results["quic_hop_messages"]["MB_per_s"], 2
+        ),
+        "udp_vs_loopback": round(
+            results["portal_direct_udp"]["MB_per_s"] / results["plain_loopback_tcp"]["MB_per_s"],
+            3,
+        ),
+    }
+    save("portal", results)
+    print(f"one TCP stream, {total // MiB} MiB, client -> [inlet node] -> [outlet node] -> sink")
+    print(f"  {'quic_hop_messages':<28} {results['quic_hop_messages']['MB_per_s']:8.1f} MB/s")
+    for name in (
+        "plain_loopback_tcp",
+        "ssh_L",
+        "portal_direct_udp",
+        "portal_direct_tcp",
+        "portal_secure_channel_udp",
+    ):
+        entry = results[name]
+        if "error" in entry:
+            print(f"  {name:<28} {entry['error']}")
+            continue
+        cpu = entry.get("node_cpu_s_per_GB")
+        extra = f"  nodes {cpu:5.2f} CPU s/GB" if cpu is not None else ""
+        rtt = entry["rtt_64B"]
+        print(
+            f"  {name:<28} {entry['MB_per_s']:8.1f} MB/s   64 B RTT p50 {rtt['p50_ms']:.3f} ms"
+            f" p99 {rtt['p99_ms']:.3f} ms{extra}"
+        )
+    udp_entry = results["portal_direct_udp"]
+    print(
+        f"  portal_direct_udp, parallel streams: 8 -> {udp_entry['MB_per_s_8_streams']} MB/s,"
+        f" 64 -> {udp_entry['MB_per_s_64_streams']} MB/s (aggregate)"
+    )
+    idle = udp_entry["idle"]
+    print(
+        f"  {idle['sessions']} idle sessions: inlet +{idle['inlet_KiB_per_session']} KiB/session"
+        f" (RSS {idle['inlet_RSS_MiB']} MiB), outlet +{idle['outlet_KiB_per_session']}"
+        f" KiB/session (RSS {idle['outlet_RSS_MiB']} MiB)"
+    )
+    print(f"  ratios: {results['ratios']}")

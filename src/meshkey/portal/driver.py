@@ -1,0 +1,522 @@
+"""Asyncio glue for one :class:`~meshkey.portal.mux.Multiplexer`: a worker, a sender, a timer.
+
+A :class:`MuxDriver` registers an inline worker (``/service/_portal.<hex>``) that decodes
+each portal packet and hands its frames to the multiplexer, so a packet is handled in the
+task that delivered it and never waits: nothing the worker does blocks (writes to local
+sockets are buffered by their transports, bounded by the session windows). What the
+multiplexer wants sent goes on a queue that one sender task drains with ``router.route``,
+so a slow hop makes only this driver's sender wait. One ``call_at`` timer follows the
+multiplexer's deadline, re-armed only when it changes and fired with
+``max(deadline, loop.time())`` (uvloop wakes early).
+
+The local end of each session is an :class:`AppEnd`: a TCP socket (:class:`SocketEnd`) or
+an in-process stream (:mod:`meshkey.portal.stream`). Socket ends keep water marks: the
+transport's write buffer pauses at :data:`WRITE_HIGH_WATER`, and bytes count as consumed
+(opening the session's window) only once they left that buffer, so a slow local reader
+closes the window instead of growing a buffer; reading stops when the session says
+``PauseReading`` (its send buffer is full) and resumes with ``ResumeReading``. A socket end
+reads into its own buffer (``asyncio.BufferedProtocol``), up to :data:`READ_SIZE` but never
+much more than the session's send buffer has room for: large reads make fewer, larger
+messages (the per-message cost of routing and the hop is what limits throughput), and the
+room limit keeps a session's buffer within ``send_buffer`` + :data:`MIN_READ`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from meshkey.log import EventLogger
+from meshkey.portal.mux import (
+    MAX_SESSIONS,
+    Multiplexer,
+    SendPacket,
+    SessionEvent,
+    SessionRequested,
+    ToApp,
+)
+from meshkey.portal.session import (
+    DEFAULT_LIMITS,
+    CloseApp,
+    Closed,
+    Opened,
+    Outcome,
+    PauseReading,
+    PortalLocalError,
+    ResumeReading,
+    Role,
+    SessionLimits,
+    ShutdownAppWrite,
+    WriteToApp,
+)
+from meshkey.routing.address import Route, ServiceAddress, format_route
+from meshkey.routing.message import Message
+from meshkey.routing.router import Router
+from meshkey.wire.errors import WireError
+from meshkey.wire.portal import MAX_PACKET, RefuseReason, decode_packet
+
+log = EventLogger("portal")
+
+#: A local socket's write buffer pauses us above this and resumes us below the low mark.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+#: The most one read from a local socket takes (the session cuts it into DATA frames).
+READ_SIZE = 512 * 1024
+MIN_READ = 64 * 1024
+#: Queued packets smaller than this are joined into one message before sending.
+COALESCE_BELOW = 4096
+
+
+class AppEnd(Protocol):
+    """The local end of one session, as the driver drives it."""
+
+    def deliver(self, data: bytes) -> None:
+        """Bytes from the peer, in order; report consumption through the driver."""
+
+    def end_of_data(self) -> None:
+        """The peer's direction ended (half-close)."""
+
+    def terminate(self, reason: str, abort: bool) -> None:
+        """The session ended: close gracefully, or abort (reset)."""
+
+    def hold_input(self) -> None:
+        """Stop producing bytes for the session (its send buffer is full)."""
+
+    def release_input(self) -> None:
+        """Produce bytes again."""
+
+    def opened(self) -> None:
+        """The session is open (the far end accepted it)."""
+
+
+@dataclass
+class PortalCounters:
+    sessions_total: int = 0
+    sessions_failed: int = 0
+    bytes_out: int = 0  # from local sockets into sessions
+    bytes_in: int = 0  # from sessions into local sockets
+    bad_packets: int = 0
+    last_error: str | None = None
+
+
+class MuxDriver:
+    """One multiplexer on the router. ``route`` is where packets go (an opener's fixed
+    route; an acceptor follows the return route of the latest packet)."""
+
+    def __init__(
+        self,
+        router: Router,
+        role: Role,
+        *,
+        route: Route = (),
+        label: str,
+        limits: SessionLimits = DEFAULT_LIMITS,
+        max_sessions: int = MAX_SESSIONS,
+        counters: PortalCounters | None = None,
+        on_requested: Callable[[MuxDriver, int], None] | None = None,
+        on_idle: Callable[[MuxDriver], None] | None = None,
+        rng: random.Random | None = None,
+        route_keepalive: bool = False,
+    ) -> None:
+        self.router = router
+        self.route = route
+        self.label = label
+        self._loop = asyncio.get_running_loop()
+        self.mux = Multiplexer(
+            role,
+            limits=limits,
+            max_sessions=max_sessions,
+            rng=rng,
+            route_keepalive=limits.keepalive_interval if route_keepalive else None,
+            now=self._loop.time(),
+        )
+        self.counters = counters or PortalCounters()
+        self.worker = f"_portal.{secrets.token_hex(8)}"
+        self._reply_to = (ServiceAddress(self.worker),)
+        self._ends: dict[int, AppEnd] = {}
+        self._on_requested = on_requested
+        self._on_idle = on_idle
+        self._outgoing: deque[tuple[Route, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()  # set whenever the outgoing queue is empty
+        self._drained.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self._again = False
+        self._read_buffer: memoryview | None = None
+        self.closed = False
+        router.register(self.worker, self.receive, inline=True)
+        self._sender = self._loop.create_task(self._send_loop(), name=f"{self.worker}:send")
+        self._rearm()
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def open_session(self, end: AppEnd) -> int:
+        """Opener: a new session for ``end``; PortalLocalError when the route is full."""
+        session = self.mux.open(self._loop.time())
+        self._ends[session] = end
+        self.counters.sessions_total += 1
+        self.pump()
+        return session
+
+    def attach(self, session: int, end: AppEnd) -> None:
+        """Acceptor: the local end of a requested session (before accept())."""
+        self._ends[session] = end
+
+    def accept(self, session: int) -> None:
+        self.mux.accept(session, self._loop.time())
+        self.counters.sessions_total += 1
+        self.pump()
+
+    def refuse(self, session: int, reason: RefuseReason, text: str) -> None:
+        self._ends.pop(session, None)
+        with contextlib.suppress(PortalLocalError):  # the opener gave up meanwhile
+            self.mux.refuse(session, reason, text, self._loop.time())
+        self.counters.last_error = text
+        self.pump()
+
+    def has_session(self, session: int) -> bool:
+        core = self.mux.session(session)
+        return core is not None and not core.terminal
+
+    def app_data(self, session: int, data: bytes) -> None:
+        self.counters.bytes_out += len(data)
+        try:
+            self.mux.app_data(session, data, self._loop.time())
+        except PortalLocalError:
+            return  # the session ended while the socket still had bytes in flight
+        self.pump()
+
+    def app_eof(self, session: int) -> None:
+        with contextlib.suppress(PortalLocalError):
+            self.mux.app_eof(session, self._loop.time())
+        self.pump()
+
+    def app_reset(self, session: int, reason: str) -> None:
+        self.mux.app_reset(session, self._loop.time(), reason)
+        self.pump()
+
+    def app_consumed(self, session: int, count: int) -> None:
+        self.mux.app_consumed(session, count, self._loop.time())
+        self.pump()
+
+    @property
+    def read_buffer(self) -> memoryview:
+        """One read buffer for all of this driver's sockets: a read is copied out of it in
+        the same callback that filled it, so sockets never share it at the same time."""
+        if self._read_buffer is None:
+            self._read_buffer = memoryview(bytearray(READ_SIZE))
+        return self._read_buffer
+
+    def send_room(self, session: int) -> int:
+        """Bytes the session takes before its send buffer is full."""
+        core = self.mux.session(session)
+        return core.limits.send_buffer - core.buffered_to_send if core is not None else 0
+
+    def buffered_to_send(self, session: int) -> int:
+        core = self.mux.session(session)
+        return core.buffered_to_send if core is not None else 0
+
+    # -- the worker -------------------------------------------------------------------
+
+    async def receive(self, message: Message) -> None:
+        """Inline worker: a packet from the peer, or a route error for one we sent."""
+        now = self._loop.time()
+        if message.is_error:
+            _, text = message.error()
+            self.counters.last_error = f"route error: {text}"
+            log.info("portal.route_error", portal=self.label, reason=text)
+            self.mux.route_error(text, now)
+            self.pump()
+            return
+        try:
+            frames = decode_packet(message.payload)
+        except WireError as exc:
+            self.counters.bad_packets += 1
+            log.warning("portal.bad_packet", portal=self.label, reason=str(exc))
+            return
+        self.handle_frames(frames, message.return_route)
+
+    def handle_frames(self, frames: list[Any], return_route: Route | None = None) -> None:
+        if return_route is not None and self.mux.role is Role.ACCEPTOR:
+            self.route = return_route  # authenticated: follow the path it came by
+        self.mux.frames_received(frames, self._loop.time())
+        self.pump()
+
+    # -- output -----------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Drains the multiplexer (re-entrant calls from app ends just ask for one more round)."""
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._again = False
+                for command in self.mux.commands():
+                    if isinstance(command, SendPacket):
+                        self._outgoing.append((self.route, command.payload))
+                        self._wake.set()
+                        self._drained.clear()
+                    else:
+                        self._apply(command)
+                for event in self.mux.events():
+                    self._event(event)
+                if not self._again:
+                    break
+        finally:
+            self._pumping = False
+        self._rearm()
+        if not len(self.mux) and not self._outgoing and self._on_idle is not None:
+            self._on_idle(self)
+
+    def _apply(self, command: ToApp) -> None:
+        end = self._ends.get(command.session)
+        if end is None:
+            return
+        action = command.command
+        if isinstance(action, WriteToApp):
+            self.counters.bytes_in += len(action.data)
+            end.deliver(action.data)
+        elif isinstance(action, ShutdownAppWrite):
+            end.end_of_data()
+        elif isinstance(action, PauseReading):
+            end.hold_input()
+        elif isinstance(action, ResumeReading):
+            end.release_input()
+        elif isinstance(action, CloseApp):
+            del self._ends[command.session]
+            end.terminate(action.reason, action.abort)
+
+    def _event(self, event: SessionEvent | SessionRequested) -> None:
+        if isinstance(event, SessionRequested):
+            if self._on_requested is not None:
+                self._on_requested(self, event.session)
+            return
+        if isinstance(event.event, Opened):
+            end = self._ends.get(event.session)
+            if end is not None:
+                end.opened()
+            log.debug("portal.session_opened", portal=self.label, session=event.session)
+        elif isinstance(event.event, Closed):
+            self._ends.pop(event.session, None)
+            closed = event.event
+            if closed.outcome is Outcome.CLOSED:
+                log.debug("portal.session_closed", portal=self.label, session=event.session)
+            elif closed.outcome is Outcome.SHUT_DOWN or (
+                closed.outcome is Outcome.RESET_BY_PEER and "(shutting_down)" in closed.reason
+            ):
+                # An inlet or outlet going away on purpose is not a failure to shout about.
+                log.info("portal.session_ended", portal=self.label, reason=closed.reason)
+            else:
+                self.counters.sessions_failed += 1
+                self.counters.last_error = f"{closed.outcome.value}: {closed.reason}"
+                log.warning(
+                    "portal.session_failed",
+                    portal=self.label,
+                    session=event.session,
+                    outcome=closed.outcome.value,
+                    reason=closed.reason,
+                )
+
+    def _rearm(self) -> None:
+        deadline = self.mux.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and not self.closed:
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        deadline = self._timer_at or 0.0
+        self._timer = None
+        self._timer_at = None
+        self.mux.on_timer(max(deadline, self._loop.time()))
+        self.pump()
+
+    async def _send_loop(self) -> None:
+        while not self.closed or self._outgoing:
+            while not self._outgoing:
+                self._drained.set()
+                self._wake.clear()
+                await self._wake.wait()
+            route, payload = self._outgoing.popleft()
+            if not route:
+                continue
+            if len(payload) < COALESCE_BELOW:
+                payload = self._coalesce(route, payload)
+            try:
+                await self.router.route(Message(route, self._reply_to, payload))
+            except Exception:  # the router answers failures itself; never lose the loop
+                log.exception("portal.send_failed", portal=self.label)
+            if not self._outgoing and not len(self.mux) and self._on_idle is not None:
+                self._on_idle(self)  # may retire us: the loop then ends
+        self._drained.set()
+
+    def _coalesce(self, route: Route, payload: bytes) -> bytes:
+        """Joins the small packets queued behind ``payload`` (ACKs, pings of many sessions)
+        into one message: packets are a version byte and frames, so frames concatenate."""
+        parts: list[bytes | memoryview] = [payload]
+        size = len(payload)
+        while self._outgoing:
+            next_route, following = self._outgoing[0]
+            if len(following) >= COALESCE_BELOW or size + len(following) > MAX_PACKET:
+                break
+            if next_route is not route and next_route != route:
+                break
+            self._outgoing.popleft()
+            parts.append(memoryview(following)[1:])
+            size += len(following) - 1
+        return payload if len(parts) == 1 else b"".join(parts)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def describe_route(self) -> str:
+        return format_route(self.route)
+
+    async def close(self, reason: str, *, flush: float = 0.5) -> None:
+        """Resets every session (the peer hears RST), then stops the worker and sender."""
+        if self.closed:
+            return
+        self.mux.shut_down(reason, self._loop.time())
+        self.pump()
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(flush):
+                await self._drained.wait()
+        self.retire()
+
+    def retire(self) -> None:
+        """Stops at once (nothing left to say): unregisters the worker, ends the sender."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.router.unregister(self.worker)
+        if self._sender is not asyncio.current_task():
+            self._sender.cancel()
+
+
+class SocketEnd(asyncio.BufferedProtocol):
+    """A TCP connection as a session's local end (the inlet's client, the outlet's server)."""
+
+    def __init__(self, driver: MuxDriver, on_connected: Callable[[SocketEnd], None]) -> None:
+        self.driver = driver
+        self.session: int | None = None
+        self.transport: asyncio.Transport | None = None
+        self._on_connected = on_connected
+        self._written = 0
+        self._reported = 0
+        self._write_paused = False
+        self._held = False
+        self._ended = False  # the session is over: socket events no longer matter
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # small writes (a request, a keystroke) go out at once
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._on_connected(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Never read much past what the session may hold: its send buffer stays bounded by
+        # send_buffer + MIN_READ, not + READ_SIZE.
+        view = self.driver.read_buffer
+        if self.session is None:
+            return view[:MIN_READ]
+        room = self.driver.send_room(self.session)
+        return view[: min(READ_SIZE, max(MIN_READ, room))]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.session is not None and not self._ended:
+            self.driver.app_data(self.session, bytes(self.driver.read_buffer[:nbytes]))
+
+    def eof_received(self) -> bool:
+        if self.session is not None and not self._ended:
+            self.driver.app_eof(self.session)
+        return True  # keep the write side open: half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None and not self._ended:
+            self._ended = True
+            reason = f"local connection lost: {exc}" if exc else "local connection closed"
+            self.driver.app_reset(self.session, reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._report()
+
+    # AppEnd
+
+    def deliver(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        self.transport.write(data)
+        self._written += len(data)
+        if not self._write_paused:
+            self._report()
+
+    def _report(self) -> None:
+        if self.transport is None or self.session is None or self._ended:
+            return
+        consumed = self._written - self.transport.get_write_buffer_size()
+        if consumed > self._reported:
+            delta, self._reported = consumed - self._reported, consumed
+            self.driver.app_consumed(self.session, delta)
+
+    def end_of_data(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.write_eof()
+
+    def terminate(self, reason: str, abort: bool) -> None:
+        self._ended = True
+        if self.transport is None:
+            return
+        if abort:
+            # A reset, not a FIN: with linger 0 the kernel answers with RST, so the local
+            # peer sees "connection reset" rather than a clean (and misleading) end.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def hold_input(self) -> None:
+        self._held = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def release_input(self) -> None:
+        self._held = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def opened(self) -> None:
+        pass
