@@ -201,6 +201,9 @@ class SecureChannels:
             raise KeyError(name)
         self.router.unregister(name)
 
+    def is_listener(self, name: str) -> bool:
+        return name in self._listeners
+
     def listeners(self) -> list[Listener]:
         return [self._listeners[n] for n in sorted(self._listeners)]
 

@@ -8,11 +8,12 @@ import click
 
 from meshkey.cli.common import (
     across_nodes,
+    at_option,
     call,
-    node_name,
-    parse_duration,
     pick_node,
     read_route,
+    resolve_identities,
+    timeout_option,
 )
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
@@ -30,7 +31,12 @@ def secure_channel() -> None:
 
 
 @secure_channel.command("create")
-@click.option("--from", "from_node", required=True, metavar="NODE", help="The initiating node.")
+@click.option(
+    "--from",
+    "from_node",
+    metavar="NODE",
+    help="The initiating node (name or /node/NAME) [default: the only node].",
+)
 @click.option(
     "--to",
     "to",
@@ -41,36 +47,40 @@ def secure_channel() -> None:
 @click.option(
     "--authorized",
     multiple=True,
-    metavar="NODEID",
-    help="Accept only these identities at the far end (repeatable).",
+    metavar="IDENTITY",
+    help="Accept only these identities at the far end: NodeIds or names of local nodes or "
+    "identities (repeatable).",
 )
-@click.option(
-    "--timeout", default="10s", show_default=True, help="How long the handshake may take."
-)
+@timeout_option("10s", "How long the handshake may take")
 @output_option
 @click.pass_context
 def channel_create(
     ctx: click.Context,
-    from_node: str,
+    from_node: str | None,
     to: str,
     authorized: tuple[str, ...],
-    timeout: str,
+    timeout: float,
     output: str,
 ) -> None:
     """Open a secure channel from NODE to the listener at ROUTE and print its address.
 
     Send to ADDRESS/service/X (with --from NODE) to reach service X on the far node: the
-    message is encrypted end to end, and nodes on the route see only ciphertext.
+    message is encrypted end to end, and nodes on the route see only ciphertext. The channel
+    keeps itself alive and reconnects (same address) when its peer restarts.
     """
-    seconds = parse_duration(timeout)
+    node = pick_node(ctx, from_node, "--from")
     result = call(
         ctx,
-        node_name(from_node),
+        node,
         "channel.create",
-        {"route": read_route(to), "authorized": list(authorized), "timeout": seconds},
-        timeout=seconds + 5,
+        {
+            "route": read_route(to),
+            "authorized": resolve_identities(ctx, authorized),
+            "timeout": timeout,
+        },
+        timeout=timeout + 5,
     )
-    emit(output, result, result["address"])
+    emit(output, {**result, "node": node}, result["address"])
 
 
 def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
@@ -78,7 +88,9 @@ def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
 
 
 @secure_channel.command("list")
-@click.option("--at", "at", metavar="NODE", help="Only this node's channels [default: all].")
+@click.option(
+    "--at", "at", metavar="NODE", help="Only this node's channels [default: every running node]."
+)
 @output_option
 @click.pass_context
 def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
@@ -99,7 +111,7 @@ def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
 
 @secure_channel.command("show")
 @click.argument("address")
-@click.option("--at", "at", metavar="NODE", help="The node that holds the channel.")
+@click.option("--at", "at", metavar="NODE", help="The node that holds the channel [default: any].")
 @output_option
 @click.pass_context
 def channel_show(ctx: click.Context, address: str, at: str | None, output: str) -> None:
@@ -113,7 +125,7 @@ def channel_show(ctx: click.Context, address: str, at: str | None, output: str) 
 
 @secure_channel.command("delete")
 @click.argument("address")
-@click.option("--at", "at", metavar="NODE", help="The node that holds the channel.")
+@click.option("--at", "at", metavar="NODE", help="The node that holds the channel [default: any].")
 @click.pass_context
 def channel_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Close and delete the secure channel at ADDRESS (the peer is told)."""
@@ -132,12 +144,13 @@ def secure_channel_listener() -> None:
 
 @secure_channel_listener.command("create")
 @click.argument("address")
-@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@at_option
 @click.option(
     "--authorized",
     multiple=True,
-    metavar="NODEID",
-    help="Accept channels only from these identities (repeatable).",
+    metavar="IDENTITY",
+    help="Accept channels only from these identities: NodeIds or local node or identity names "
+    "(repeatable).",
 )
 @output_option
 @click.pass_context
@@ -146,12 +159,13 @@ def listener_create(
 ) -> None:
     """Create a secure channel listener at ADDRESS (e.g. /service/private, or private)."""
     node = pick_node(ctx, at, "--at")
-    result = call(ctx, node, "listener.create", {"name": address, "authorized": list(authorized)})
+    args = {"name": address, "authorized": resolve_identities(ctx, authorized)}
+    result = call(ctx, node, "listener.create", args)
     emit(output, {**result, "node": node}, result["address"])
 
 
 @secure_channel_listener.command("list")
-@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@at_option
 @output_option
 @click.pass_context
 def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
@@ -170,7 +184,7 @@ def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
 
 @secure_channel_listener.command("delete")
 @click.argument("address")
-@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@at_option
 @click.pass_context
 def listener_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Delete the secure channel listener at ADDRESS."""

@@ -202,6 +202,16 @@ class Duration(_ParamType):
 DURATION = Duration()
 
 
+def at_option(function: F) -> F:
+    """``--at NODE``: the local node a command manages [default: the only node]."""
+    return click.option(
+        "--at",
+        "at",
+        metavar="NODE",
+        help="The local node (name or /node/NAME) [default: the only node].",
+    )(function)
+
+
 def timeout_option(default: str, what: str) -> Callable[[F], F]:
     return click.option(
         "--timeout",

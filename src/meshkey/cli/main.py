@@ -16,6 +16,7 @@ from meshkey.cli.message_commands import message
 from meshkey.cli.node_commands import node
 from meshkey.cli.policy_commands import policy
 from meshkey.cli.relay_commands import relay
+from meshkey.cli.tcp_commands import tcp_connection, tcp_listener
 from meshkey.node.state import Home
 
 
@@ -62,5 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="meshkey")
 
 
-for group in (identity, node, message, relay, secure_channel, secure_channel_listener, policy):
+for group in (
+    identity,
+    node,
+    message,
+    relay,
+    secure_channel,
+    secure_channel_listener,
+    policy,
+    tcp_listener,
+    tcp_connection,
+):
     cli.add_command(group)

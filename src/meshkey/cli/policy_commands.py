@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from meshkey.cli.common import call, pick_node
-from meshkey.cli.output import emit, emit_table, output_option
+from meshkey.cli.common import at_option, call, pick_node, resolve_identities
+from meshkey.cli.errors import CliError, ExitCode
+from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
 @click.group()
 def policy() -> None:
     """Policies: a service with a policy only accepts messages that come through a secure
-    channel from an allowed identity (the resource `relay` controls who may create relays,
-    by their authenticated hop identity)."""
+    channel from an allowed identity.
+
+    \b
+    Two resources are not services:
+      relay    who may create relays on this node (checked against the relay's owner)
+      forward  who may use this node as a hop to other nodes (open to all until set)
+    """
+
+
+def _warn(result: dict[str, Any]) -> None:
+    if result.get("warning"):
+        click.echo(f"warning: {result['warning']}", err=True)
 
 
 @policy.command("create")
-@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@at_option
 @click.option("--resource", required=True, metavar="SERVICE", help="e.g. uppercase, relay.")
 @click.option(
     "--allow",
     required=True,
     multiple=True,
-    metavar="NODEID",
-    help="An identity that may use it (repeatable).",
+    metavar="IDENTITY",
+    help="A NodeId, or the name of a local node or identity, that may use it (repeatable).",
 )
 @output_option
 @click.pass_context
@@ -32,16 +45,22 @@ def policy_create(
 ) -> None:
     """Create (or replace) the policy for SERVICE on NODE."""
     node = pick_node(ctx, at, "--at")
-    result = call(ctx, node, "policy.create", {"resource": resource, "allow": list(allow)})
+    args = {"resource": resource, "allow": resolve_identities(ctx, allow)}
+    result = call(ctx, node, "policy.create", args)
+    _warn(result)
     emit(
         output,
-        result,
+        {**result, "node": node},
         f"Policy for {result['resource']} on {node}: allow " + ", ".join(result["allow"]),
     )
 
 
+def _policies(ctx: click.Context, node: str) -> list[dict[str, Any]]:
+    return [{**p, "node": node} for p in call(ctx, node, "policy.list")]
+
+
 @policy.command("list")
-@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@at_option
 @output_option
 @click.pass_context
 def policy_list(ctx: click.Context, at: str | None, output: str) -> None:
@@ -49,14 +68,37 @@ def policy_list(ctx: click.Context, at: str | None, output: str) -> None:
     node = pick_node(ctx, at, "--at")
     emit_table(
         output,
-        call(ctx, node, "policy.list"),
+        _policies(ctx, node),
         [("RESOURCE", "resource"), ("ALLOW", lambda p: ", ".join(p["allow"]))],
         "No policies: every service is open to whoever can reach it.",
     )
 
 
+@policy.command("show")
+@at_option
+@click.option("--resource", required=True, metavar="SERVICE")
+@output_option
+@click.pass_context
+def policy_show(ctx: click.Context, at: str | None, resource: str, output: str) -> None:
+    """Show the policy for SERVICE on NODE."""
+    node = pick_node(ctx, at, "--at")
+    wanted = resource.removeprefix("/service/")
+    found = [p for p in _policies(ctx, node) if p["resource"] == wanted]
+    if not found:
+        raise CliError(f"node {node!r} has no policy for {wanted!r}", ExitCode.NOT_FOUND)
+    [shown] = found
+    _warn(shown)
+    emit(
+        output,
+        shown,
+        lambda: fields(
+            [("node", node), ("resource", shown["resource"]), ("allow", shown["allow"])]
+        ),
+    )
+
+
 @policy.command("delete")
-@click.option("--at", "at", metavar="NODE", help="The node [default: the only node].")
+@at_option
 @click.option("--resource", required=True, metavar="SERVICE")
 @click.pass_context
 def policy_delete(ctx: click.Context, at: str | None, resource: str) -> None:

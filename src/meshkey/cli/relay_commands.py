@@ -49,19 +49,31 @@ def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output:
     emit(output, {**result, "node": node}, result["address"])
 
 
-def _relays_of(ctx: click.Context, to: str | None) -> list[dict[str, Any]]:
-    return across_nodes(ctx, to, "--to", "relay.list", "relays")
+def _relays_of(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
+    return across_nodes(ctx, at, "--at", "relay.list", "relays")
+
+
+def relay_node_option(function: Any) -> Any:
+    """``--at NODE`` (as everywhere), also spelled ``--to NODE`` (as in relay create)."""
+    return click.option(
+        "--at",
+        "--to",
+        "at",
+        metavar="NODE",
+        help="The node that created the relay (also --to) [default: every running node].",
+    )(function)
 
 
 @relay.command("list")
-@click.option("--to", "to", metavar="NODE", help="Only relays of this node [default: all].")
+@relay_node_option
 @output_option
 @click.pass_context
-def relay_list(ctx: click.Context, to: str | None, output: str) -> None:
-    """List relays that running nodes created, with their status."""
+def relay_list(ctx: click.Context, at: str | None, output: str) -> None:
+    """List relays that running nodes created, with their status (active only while the
+    relay node holds the registration)."""
     emit_table(
         output,
-        _relays_of(ctx, to),
+        _relays_of(ctx, at),
         [
             ("NODE", "node"),
             ("NAME", "name"),
@@ -75,12 +87,12 @@ def relay_list(ctx: click.Context, to: str | None, output: str) -> None:
 
 @relay.command("show")
 @click.argument("name")
-@click.option("--to", "to", metavar="NODE", help="The node that created it.")
+@relay_node_option
 @output_option
 @click.pass_context
-def relay_show(ctx: click.Context, name: str, to: str | None, output: str) -> None:
+def relay_show(ctx: click.Context, name: str, at: str | None, output: str) -> None:
     """Show relay NAME: where it is, its status and its last error."""
-    node = pick_node(ctx, to, "--to", hint=name)
+    node = pick_node(ctx, at, "--at", hint=name)
     found = [r for r in _relays_of(ctx, node) if r["name"] == name]
     if not found:
         raise CliError(f"node {node!r} has no relay named {name!r}", ExitCode.NOT_FOUND)
@@ -90,10 +102,10 @@ def relay_show(ctx: click.Context, name: str, to: str | None, output: str) -> No
 
 @relay.command("delete")
 @click.argument("name")
-@click.option("--to", "to", metavar="NODE", help="The node that created it.")
+@relay_node_option
 @click.pass_context
-def relay_delete(ctx: click.Context, name: str, to: str | None) -> None:
+def relay_delete(ctx: click.Context, name: str, at: str | None) -> None:
     """Delete relay NAME: unregister it from its host and stop keeping it alive."""
-    node = pick_node(ctx, to, "--to", hint=name)
+    node = pick_node(ctx, at, "--at", hint=name)
     call(ctx, node, "relay.delete", {"name": name}, timeout=20)
     click.echo(f"Relay {name} deleted")

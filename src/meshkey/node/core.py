@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -15,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
-from meshkey.channel.policy import RELAY_RESOURCE, Policies, Policy
+from meshkey.channel.policy import RELAY_RESOURCE, SPECIAL_RESOURCES, Policies, Policy
 from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -23,7 +24,7 @@ from meshkey.log import EventLogger
 from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, NodeStateError, parse_listen, resolve_route
+from meshkey.node.state import Home, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
@@ -47,6 +48,9 @@ log = EventLogger("node")
 ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 
 __all__ = ["Node", "RemoteError"]
+
+
+_RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def _node_ids(values: Iterable[NodeId | str]) -> frozenset[NodeId]:
@@ -265,10 +269,7 @@ class Node:
         return await reflexive.whoami(target, timeout=timeout)
 
     def _resolve_for_relay(self, route: str) -> Route:
-        try:
-            return self.resolve(route)
-        except NodeStateError as exc:
-            raise RemoteError(ErrorCode.UNREACHABLE, str(exc)) from exc
+        return self.resolve(route)
 
     async def send(self, route: str | Route, payload: bytes, *, timeout: float = 10.0) -> bytes:
         """Sends ``payload`` along ``route`` and returns the reply's payload.
@@ -360,20 +361,43 @@ class Node:
 
     def set_policy(self, resource: str, allow: Iterable[NodeId | str]) -> Policy:
         """Only ``allow`` (NodeIds, or their text) may use ``resource`` from now on;
-        InvalidNodeIdError (a ValueError) for anything that is not a NodeId."""
+        InvalidNodeIdError (a ValueError) for anything that is not a NodeId, ValueError for a
+        resource that cannot have a policy. :meth:`policy_warning` says whether it applies
+        to anything yet."""
+        if not _RESOURCE.fullmatch(resource) or resource.startswith("_"):
+            raise ValueError(
+                f"invalid resource {resource!r}: a service name (letters, digits, '_', '.', "
+                f"'-'), or one of {', '.join(sorted(SPECIAL_RESOURCES))}"
+            )
+        if self.channels.is_listener(resource):
+            raise ValueError(
+                f"{resource!r} is a secure channel listener: a policy on it would refuse every "
+                "channel (handshakes do not come through a channel); choose who may open "
+                "channels with `meshkey secure-channel-listener create ... --authorized ID`"
+            )
         policy = Policy(resource, _node_ids(allow))
         if not policy.allow:
             raise ValueError("a policy needs at least one allowed identity")
         self.policies.set(policy)
         if self._store:
             self._store.save_policy(policy)
+        log.info("policy.set", resource=resource, allow=",".join(sorted(map(str, policy.allow))))
         return policy
+
+    def policy_warning(self, resource: str) -> str | None:
+        """Why a policy on ``resource`` protects nothing yet, if it does not."""
+        if resource in SPECIAL_RESOURCES or self.router.has_worker(resource):
+            return None
+        return (
+            f"there is no service {resource!r} on this node (yet): the policy applies once there is"
+        )
 
     def delete_policy(self, resource: str) -> None:
         if not self.policies.delete(resource):
             raise KeyError(resource)
         if self._store:
             self._store.delete_policy(resource)
+        log.info("policy.deleted", resource=resource)
 
     def info(self) -> dict[str, Any]:
         return {

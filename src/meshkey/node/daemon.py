@@ -46,6 +46,7 @@ class Daemon:
         self.name = name
         self.dir: NodeDir = home.node(name)
         self.node: Node | None = None
+        self.store: NodeStore | None = None
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
@@ -75,8 +76,9 @@ class Daemon:
             udp_batching=os.environ.get("MESHKEY_UDP_BATCHING", "1") != "0",
             home=self.home,
             name=self.name,
-            store=NodeStore(self.dir),
+            store=(store := NodeStore(self.dir)),
         )
+        self.store = store
         await self.node.start()
         capture = os.environ.get("MESHKEY_CAPTURE")
         if capture:
@@ -87,6 +89,11 @@ class Daemon:
                 for protocol in ("udp", "tcp")
             }
             self.dir.set_config({"node_id": str(identity.node_id), **bound})
+            for extra in store.tcp_listeners():
+                try:
+                    await self.node.tcp.listen(*parse_listen(extra))
+                except OSError as exc:
+                    log.warning("listen.failed", transport="tcp", address=extra, reason=str(exc))
             self.dir.pid_path.write_text(f"{os.getpid()}\n")
             control = ControlServer(self._handlers())
             await control.start(self.dir.socket_path)
@@ -140,6 +147,10 @@ class Daemon:
             "listener.create": self._listener_create,
             "listener.list": self._listener_list,
             "listener.delete": self._listener_delete,
+            "tcp_listener.create": self._tcp_listener_create,
+            "tcp_listener.list": self._tcp_listener_list,
+            "tcp_listener.delete": self._tcp_listener_delete,
+            "tcp_connection.list": self._tcp_connection_list,
             "policy.create": self._policy_create,
             "policy.list": self._policy_list,
             "policy.delete": self._policy_delete,
@@ -240,6 +251,56 @@ class Daemon:
             ) from None
         return {"deleted": f"/service/{name}"}
 
+    async def _tcp_listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        text = _text(args, "address")
+        with _control_errors():
+            host, port = parse_listen(text)
+            for address in self._node.tcp.listen_addresses:
+                if (address.host, address.port) == (host, port):
+                    raise ControlError("conflict", f"this node already listens on TCP {text}")
+            try:
+                address = await self._node.tcp.listen(host, port)
+            except OSError as exc:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise ControlError("conflict", f"cannot listen on TCP {text}: {reason}") from exc
+        assert self.store is not None
+        await asyncio.to_thread(self.store.save_tcp_listener, f"{address.host}:{address.port}")
+        return self._describe_tcp_listener(address, primary=False)
+
+    def _describe_tcp_listener(self, address: TransportAddress, *, primary: bool) -> dict[str, Any]:
+        return {
+            "address": f"{address.host}:{address.port}",
+            "route": str(address),
+            "primary": primary,
+        }
+
+    async def _tcp_listener_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        tcp = self._node.tcp
+        return [
+            self._describe_tcp_listener(address, primary=address == tcp.address)
+            for address in tcp.listen_addresses
+        ]
+
+    async def _tcp_listener_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        text = _text(args, "address")
+        with _control_errors():
+            host, port = parse_listen(text)
+        tcp = self._node.tcp
+        for address in tcp.listen_addresses:
+            if (address.host, address.port) == (host, port):
+                if address == tcp.address:
+                    raise ControlError(
+                        "conflict", "the node's own TCP listener cannot be deleted (see --tcp)"
+                    )
+                await tcp.stop_listening(address)
+                assert self.store is not None
+                await asyncio.to_thread(self.store.delete_tcp_listener, text)
+                return {"deleted": text}
+        raise ControlError("not_found", f"this node has no TCP listener on {text}")
+
+    async def _tcp_connection_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._node.tcp.connections()
+
     async def _policy_create(self, args: dict[str, Any]) -> dict[str, Any]:
         resource = _text(args, "resource").removeprefix("/service/")
         allow = _node_ids(args.get("allow"))
@@ -247,10 +308,18 @@ class Daemon:
             if not allow:
                 raise ValueError("a policy needs at least one --allow NODEID")
             policy = self._node.set_policy(resource, allow)
-        return {"resource": policy.resource, **policy.document()}
+        warning = self._node.policy_warning(resource)
+        return {"resource": policy.resource, **policy.document(), "warning": warning}
 
     async def _policy_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{"resource": p.resource, **p.document()} for p in self._node.policies.list()]
+        return [
+            {
+                "resource": p.resource,
+                **p.document(),
+                "warning": self._node.policy_warning(p.resource),
+            }
+            for p in self._node.policies.list()
+        ]
 
     async def _policy_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         resource = _text(args, "resource").removeprefix("/service/")

@@ -50,6 +50,7 @@ MIGRATIONS = [
     CREATE TABLE policies (resource TEXT PRIMARY KEY, document TEXT NOT NULL);
     CREATE TABLE listeners (name TEXT PRIMARY KEY, authorized TEXT);
     """,
+    "CREATE TABLE tcp_listeners (address TEXT PRIMARY KEY)",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).

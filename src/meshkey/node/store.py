@@ -89,6 +89,19 @@ class NodeStore:
                 (name, document),
             )
 
+    # more TCP listeners (the node's own --tcp one is in its configuration)
+    def tcp_listeners(self) -> list[str]:
+        with self._node.database() as db:
+            return [a for (a,) in db.execute("SELECT address FROM tcp_listeners ORDER BY address")]
+
+    def save_tcp_listener(self, address: str) -> None:
+        with self._node.database() as db:
+            db.execute("INSERT OR REPLACE INTO tcp_listeners(address) VALUES (?)", (address,))
+
+    def delete_tcp_listener(self, address: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM tcp_listeners WHERE address = ?", (address,))
+
     def delete_listener(self, name: str) -> None:
         with self._node.database() as db:
             db.execute("DELETE FROM listeners WHERE name = ?", (name,))

@@ -2,8 +2,9 @@
 
 Each relay has a supervisor task: register, then wait for the connection that carries the
 registration to close, then register again with exponential backoff (0.5 s doubling to 30 s,
-jittered, so a dead relay node costs nothing). A registration refused for a reason that will
-not fix itself (name taken, not allowed) stops it, with the reason in its status.
+jittered, so a dead relay node costs nothing: :class:`meshkey.retry.RetrySchedule`). A
+registration refused for a reason that will not fix itself (name taken, not allowed) stops
+it, with the reason in its status.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
-import random
+import enum
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkey.errors import MeshkeyError
 from meshkey.identity.keys import Identity
 from meshkey.log import EventLogger
 from meshkey.relay.registry import REGISTRY_SERVICE
+from meshkey.retry import RetrySchedule
 from meshkey.routing.address import Route, ServiceAddress, TransportAddress
 from meshkey.routing.errors import RemoteError, RoutingError
 from meshkey.routing.message import Message
@@ -46,11 +49,18 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 
 
+class RelayStatus(enum.StrEnum):
+    REGISTERING = "registering"  # the first registration is on its way
+    ACTIVE = "active"  # the relay node holds the registration (over a live connection)
+    RETRYING = "retrying"  # the connection to the relay node is gone: registering again
+    FAILED = "failed"  # refused for good (name taken, not allowed): not retried
+
+
 @dataclass
 class Relay:
     name: str
     at: str
-    status: str = "registering"  # registering | active | retrying | failed
+    status: RelayStatus = RelayStatus.REGISTERING
     address: str | None = None
     error: str | None = None
     registered_at: str | None = None
@@ -110,7 +120,7 @@ class RelayClient:
         if first is not None:
             try:
                 await first
-            except RemoteError:
+            except MeshkeyError:
                 await self._remove(relay)
                 raise
         return relay
@@ -119,7 +129,7 @@ class RelayClient:
         relay = self._relays.get(name)
         if relay is None:
             raise KeyError(name)
-        if relay.status == "active":
+        if relay.status is RelayStatus.ACTIVE:
             with contextlib.suppress(RemoteError, RoutingError, ValueError, LookupError):
                 await self._request(relay, "delete", self._route(relay))
         await self._remove(relay)
@@ -226,28 +236,28 @@ class RelayClient:
         return response
 
     async def _supervise(self, relay: Relay, first: asyncio.Future[None] | None) -> None:
-        delay = RETRY_FIRST
+        retry = RetrySchedule(RETRY_FIRST, RETRY_MAX)
         while True:
             try:
                 route = self._route(relay)
                 relay.address = await self._request(relay, "create", route)
-            except (RemoteError, RoutingError, LookupError, ValueError, WireError) as exc:
+            except MeshkeyError as exc:
                 text = exc.text if isinstance(exc, RoutingError) else str(exc)
                 relay.error = text
                 if first is not None and not first.done():
-                    code = exc.code if isinstance(exc, RoutingError) else ErrorCode.UNREACHABLE
-                    first.set_exception(RemoteError(code, text))
+                    first.set_exception(exc)  # the caller sees the failure as it is
                     return
                 if isinstance(exc, RoutingError) and exc.code == ErrorCode.REFUSED:
-                    relay.status = "failed"
+                    relay.status = RelayStatus.FAILED
                     log.warning("relay.refused", name=relay.name, reason=text)
                     return
-                relay.status = "retrying"
+                relay.status = RelayStatus.RETRYING
+                delay = retry.next_delay() or RETRY_MAX
                 log.info("relay.retrying", name=relay.name, reason=text, delay=f"{delay:.1f}")
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, RETRY_MAX)
+                await asyncio.sleep(delay)
                 continue
-            relay.status, relay.error, delay = "active", None, RETRY_FIRST
+            retry.reset()
+            relay.status, relay.error = RelayStatus.ACTIVE, None
             relay.registered_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
             log.info("relay.active", name=relay.name, at=relay.at, address=relay.address)
             if first is not None and not first.done():
@@ -255,6 +265,7 @@ class RelayClient:
             first_hop = route[0]
             assert isinstance(first_hop, TransportAddress)
             reason = await self._watch(first_hop)
-            relay.status, relay.error = "retrying", f"connection to the relay node lost: {reason}"
+            relay.status = RelayStatus.RETRYING
+            relay.error = f"connection to the relay node lost: {reason}"
             log.info("relay.connection_lost", name=relay.name, reason=reason)
-            await asyncio.sleep(RETRY_FIRST * random.uniform(0.8, 1.2))
+            await asyncio.sleep(retry.next_delay() or RETRY_FIRST)

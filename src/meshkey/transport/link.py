@@ -315,7 +315,9 @@ class HopLink:
         self._stranger_done()
         self.transport.router.register(self.name, self._send_from_router, inline=True)
         self._registered = True
-        log.info(
+        # Debug: every one-shot CLI send opens and closes a hop with a throwaway identity, and
+        # those pairs would drown the log; refusals stay warnings.
+        log.debug(
             "hop.authenticated",
             transport=self.transport.protocol,
             peer=peer,
@@ -542,7 +544,7 @@ class HopLink:
             if task is not current:
                 task.cancel()
         if self.core.peer is not None:
-            log.info(
+            log.debug(
                 "hop.closed", transport=self.transport.protocol, peer=self.core.peer, reason=reason
             )
             self.transport.emit(
