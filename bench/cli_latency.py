@@ -40,7 +40,10 @@ def main(*, quick: bool = False) -> None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         commands = {
             "python -c pass (floor)": [sys.executable, "-c", "pass"],
+            "meshkey --version": [*cli, "--version"],
+            "meshkey --help": [*cli, "--help"],
             "meshkey node list": [*cli, "node", "list"],
+            "meshkey secure-channel list": [*cli, "secure-channel", "list"],
             "meshkey message send --from green (daemon sends)": [
                 *cli,
                 "message",
@@ -51,13 +54,21 @@ def main(*, quick: bool = False) -> None:
                 "--to",
                 "/node/blue/service/uppercase",
             ],
-            "meshkey message send (short-lived node in the CLI)": [
+            "meshkey message send --to /node/blue/... (blue sends)": [
                 *cli,
                 "message",
                 "send",
                 "hi",
                 "--to",
                 "/node/blue/service/uppercase",
+            ],
+            "meshkey message send --to /ip4/... (short-lived node)": [
+                *cli,
+                "message",
+                "send",
+                "hi",
+                "--to",
+                f"{home.resolve_node('blue', 'tcp')}/service/uppercase",
             ],
         }
         result = {name: summary(_time(cmd, env, runs)) for name, cmd in commands.items()}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from meshkey.channel.liveness import (
     BecameReachable,
     BecameUnreachable,
@@ -127,3 +129,22 @@ def test_a_responder_never_pings_and_expires_when_its_initiator_goes_quiet() -> 
     assert live.next_deadline() is None
     live.on_timer(500)
     assert live.events() == []  # expires once
+
+
+def test_a_send_on_a_busy_channel_is_checked_a_little_later() -> None:
+    """The peer answered 50 ms ago, then died: the next send must still be noticed."""
+    live = core()
+    live.heard(10.0)
+    live.sent(10.05)
+    assert live.commands() == []  # no ping yet: the reply will probably come
+    assert live.next_deadline() == 10.25
+    live.on_timer(10.25)
+    assert live.commands() == [SendPing()]
+    assert live.next_deadline() == 13.25
+    live.on_timer(13.25)
+    assert [type(e) for e in live.events()] == [BecameUnreachable]
+    quiet = core()
+    quiet.heard(10.0)
+    quiet.sent(10.05)
+    quiet.heard(10.06)  # the reply came: nothing to do
+    assert quiet.next_deadline() == pytest.approx(30.06)  # only the keepalive

@@ -92,6 +92,7 @@ class ChannelLiveness:
     rtt: float | None = None
     last_heard: float = field(init=False)
     _answer_by: float | None = field(default=None, init=False)
+    _awaiting: float | None = field(default=None, init=False)  # ping if nothing by then
     _next_ping: float | None = field(default=None, init=False)  # while unreachable
     _missed: int = field(default=0, init=False)
     _ping_sent_at: float | None = field(default=None, init=False)
@@ -123,6 +124,8 @@ class ChannelLiveness:
         deadlines = []
         if self._answer_by is not None:
             deadlines.append(self._answer_by)
+        if self._awaiting is not None:
+            deadlines.append(self._awaiting)
         if self.health is Health.UNREACHABLE:
             if self._next_ping is not None:
                 deadlines.append(self._next_ping)
@@ -141,7 +144,7 @@ class ChannelLiveness:
             sample = max(0.0, now - self._ping_sent_at)
             self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
             self._ping_sent_at = None
-        self._answer_by = None
+        self._answer_by = self._awaiting = None
         self._missed = 0
         self._retry.reset()
         if self.health is Health.UNREACHABLE:
@@ -149,10 +152,15 @@ class ChannelLiveness:
             self._events.append(BecameReachable())
 
     def sent(self, now: float) -> None:
-        """A message went to the peer: after a silence, ask it to answer."""
-        if self._answer_by is None and now - self.last_heard >= self.config.probe_quiet:
+        """A message went to the peer: something must come back. After a silence a PING goes
+        along at once; on a busy channel only if nothing came back a little later."""
+        if self._answer_by is not None or self._awaiting is not None:
+            return
+        if now - self.last_heard >= self.config.probe_quiet:
             self._ping(now)
             self._answer_by = now + self._answer_timeout()
+        else:
+            self._awaiting = now + max(self.config.probe_quiet, 4 * (self.rtt or 0.0))
 
     def route_error(self, now: float, reason: str) -> None:
         """A node on the route could not deliver to the peer (unauthenticated: it makes
@@ -185,6 +193,12 @@ class ChannelLiveness:
             quiet = now - self.last_heard
             self._events.append(Expired(f"the initiator was not heard from for {quiet:.0f}s"))
             self._expired = True
+            return
+        if self._awaiting is not None and now >= self._awaiting:
+            self._awaiting = None  # a send on a busy channel got nothing back: ask now
+            if self._answer_by is None:
+                self._ping(now)
+                self._answer_by = now + self._answer_timeout()
             return
         if self._answer_by is not None and now >= self._answer_by:
             self._answer_by = None

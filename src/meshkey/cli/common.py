@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import sys
 from collections.abc import Callable
@@ -13,8 +12,9 @@ import click
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.errors import MeshkeyError
 from meshkey.node.control_client import ControlClient, ControlError
-from meshkey.node.state import Home, NodeDir
-from meshkey.routing.address import expand_placeholders, parse_route
+
+if TYPE_CHECKING:
+    from meshkey.node.state import Home, NodeDir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,6 +139,8 @@ def across_nodes(
     names = [n for n in home.node_names() if home.node(n).is_running()]
     # All at once, each with a short timeout: one node that does not answer (stopped with
     # SIGSTOP, overloaded) is named on stderr, and the others are listed all the same.
+    import concurrent.futures
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
         futures = {name: pool.submit(call, ctx, name, op, None, 2.0) for name in names}
     items: list[dict[str, Any]] = []
@@ -263,6 +265,8 @@ def _valid_name(name: str) -> bool:
 
 def read_route(text: str) -> str:
     """Expands ``-`` segments from stdin, then checks the route parses."""
+    from meshkey.routing.address import expand_placeholders, parse_route
+
     expanded = expand_placeholders(text, sys.stdin.readline)
     parse_route(expanded)
     return expanded

@@ -6,13 +6,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from meshkey.cli.common import get_home
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
-from meshkey.identity.store import IdentityInfo
+
+if TYPE_CHECKING:
+    from meshkey.identity.store import IdentityInfo
 
 DEFAULT_IDENTITY = "default"
 

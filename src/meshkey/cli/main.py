@@ -1,27 +1,61 @@
-"""``meshkey``: the command line. Each command group lives in its own module."""
+"""``meshkey``: the command line. Each command group lives in its own module, imported only
+when it is used: ``meshkey --version`` and ``meshkey --help`` load none of them."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from meshkey import __version__
-from meshkey.cli.channel_commands import secure_channel, secure_channel_listener
 from meshkey.cli.common import MeshkeyGroup
 from meshkey.cli.errors import EXIT_CODES_HELP
-from meshkey.cli.identity_commands import identity
-from meshkey.cli.message_commands import message
-from meshkey.cli.node_commands import node
-from meshkey.cli.policy_commands import policy
-from meshkey.cli.relay_commands import relay
-from meshkey.cli.tcp_commands import tcp_connection, tcp_listener
-from meshkey.node.state import Home
+
+#: command -> (module, attribute, the one-line help shown by `meshkey --help`)
+COMMANDS = {
+    "demo": ("meshkey.cli.demo_command", "demo", "Run a demo network of real node daemons."),
+    "identity": ("meshkey.cli.identity_commands", "identity", "Ed25519 identities."),
+    "node": ("meshkey.cli.node_commands", "node", "Node daemons."),
+    "message": ("meshkey.cli.message_commands", "message", "Send messages along routes."),
+    "relay": ("meshkey.cli.relay_commands", "relay", "Relays (Ockam's forwarders)."),
+    "secure-channel": (
+        "meshkey.cli.channel_commands",
+        "secure_channel",
+        "End-to-end encrypted channels between identities.",
+    ),
+    "secure-channel-listener": (
+        "meshkey.cli.channel_commands",
+        "secure_channel_listener",
+        "Where secure channels are opened to.",
+    ),
+    "policy": ("meshkey.cli.policy_commands", "policy", "Who may use which service."),
+    "tcp-listener": ("meshkey.cli.tcp_commands", "tcp_listener", "More TCP listeners."),
+    "tcp-connection": ("meshkey.cli.tcp_commands", "tcp_connection", "Live TCP hops."),
+}
+
+
+class LazyGroup(MeshkeyGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module, attribute, _ = entry
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(
-    cls=MeshkeyGroup,
+    cls=LazyGroup,
     invoke_without_command=True,
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -44,34 +78,12 @@ def cli(ctx: click.Context, home: Path | None) -> None:
       meshkey node create green
       meshkey message send hello --to /node/green/node/blue/service/uppercase
     """
+    from meshkey.node.state import Home
+
     ctx.obj = Home(home)
     if ctx.invoked_subcommand is None:  # `meshkey` alone: the help, and success
         click.echo(ctx.get_help())
 
 
-@cli.command()
-@click.option("--keep", is_flag=True, help="Leave the demo nodes running afterwards.")
-@click.pass_context
-def demo(ctx: click.Context, keep: bool) -> None:
-    """Run a demo network of real node daemons and send messages across it."""
-    from meshkey.cli.demo import run_demo
-
-    run_demo(keep=keep)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="meshkey")
-
-
-for group in (
-    identity,
-    node,
-    message,
-    relay,
-    secure_channel,
-    secure_channel_listener,
-    policy,
-    tcp_listener,
-    tcp_connection,
-):
-    cli.add_command(group)

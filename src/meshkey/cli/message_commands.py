@@ -17,6 +17,7 @@ from meshkey.routing.address import (
     Route,
     TransportAddress,
     check_destination,
+    format_route,
     parse_route,
 )
 from meshkey.routing.errors import RemoteError
@@ -96,8 +97,8 @@ def _show(reply: bytes, hex_mode: bool, output: str, route: str, elapsed: float)
     "--from",
     "from_node",
     metavar="NODE",
-    help="Send from this node (name or /node/NAME) [default: a short-lived node in "
-    "this process, with a fresh identity].",
+    help="Send from this node (name or /node/NAME) [default: the local node the route starts "
+    "at, if it runs; else a short-lived node in this process, with a fresh identity].",
 )
 @click.option(
     "--file",
@@ -139,18 +140,37 @@ def message_send(
     payload = _payload(text, path, hex_mode)
     home = get_home(ctx)
     started = time.perf_counter()
-    if from_node:
+    sender, onward = _sender(home, from_node, route)
+    if sender is not None:
         result = call(
             ctx,
-            node_name(from_node),
+            sender,
             "message.send",
-            {"route": route, "payload": payload, "timeout": timeout},
+            {"route": onward, "payload": payload, "timeout": timeout},
             timeout=timeout + 5,
         )
         reply: bytes = result["payload"]
     else:
         reply = _send_embedded(home, route, payload, timeout)
     _show(reply, hex_mode, output, route, time.perf_counter() - started)
+
+
+def _sender(home: Home, from_node: str | None, route: str) -> tuple[str | None, str]:
+    """Which daemon sends, and the route it is given.
+
+    ``--from NODE``: that node, the whole route. Without it, a route that starts at a local
+    node that runs (``/node/blue/...``) is handed to that node with the rest of the route
+    (the CLI user owns the node: it acts for them, and the command stays quick); any other
+    route is sent by a short-lived node in this process (None)."""
+    if from_node:
+        return node_name(from_node), route
+    parsed = parse_route(route)
+    first = parsed[0]
+    if isinstance(first, NodeNameAddress) and len(parsed) > 1:
+        node = home.node(first.name)
+        if node.exists() and node.is_running():
+            return first.name, format_route(parsed[1:])
+    return None, route
 
 
 def _send_embedded(home: Home, route: str, payload: bytes, timeout: float) -> bytes:

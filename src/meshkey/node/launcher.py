@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshkey.identity.errors import IdentityExists
+from meshkey.identity.errors import IdentityError, IdentityExists
 from meshkey.node.control_client import ControlClient, ControlError
 from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
 
@@ -45,8 +45,14 @@ def create_node(
                 f"{identity}`)",
                 "not_found",
             )
-        with contextlib.suppress(IdentityExists):  # a racing `node create` made it first
+        try:
             store.create(identity_name)
+        except IdentityExists:  # a racing `node create` made it first: wait for it to finish
+            for _ in range(50):
+                with contextlib.suppress(IdentityError):
+                    store.info(identity_name)
+                    break
+                time.sleep(0.02)
     info = store.info(identity_name)
     node.create(
         {

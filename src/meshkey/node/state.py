@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import socket
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +24,12 @@ from typing import TYPE_CHECKING
 from meshkey.errors import MeshkeyError
 from meshkey.identity.names import check_name
 from meshkey.identity.node_id import NodeId
-from meshkey.routing.address import (
-    NodeNameAddress,
-    Route,
-    RouteError,
-    TransportAddress,
-    parse_address,
-    parse_route,
-)
-from meshkey.routing.errors import RemoteError
-from meshkey.wire.message import ErrorCode
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: the CLI's quick commands need none of them
+    import sqlite3
+
     from meshkey.identity.store import IdentityStore
+    from meshkey.routing.address import Route, TransportAddress
 
 # Each entry brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -102,6 +93,8 @@ class Home:
 
     def resolve_node(self, name: str, protocol: str = "udp") -> TransportAddress:
         """``/node/NAME`` -> the running node's UDP (or TCP) address, pinned to its NodeId."""
+        from meshkey.routing.address import TransportAddress, parse_address
+
         node = self.node(name)
         if not node.exists():
             raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
@@ -167,10 +160,14 @@ class NodeDir:
             raise
 
     def delete(self) -> None:
+        import shutil
+
         shutil.rmtree(self.path)
 
     @contextlib.contextmanager
     def database(self) -> Iterator[sqlite3.Connection]:
+        import sqlite3
+
         connection = sqlite3.connect(self.db_path, timeout=5)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -247,6 +244,10 @@ class NodeDir:
 
 def resolve_route(route: str | Route, home: Home | None) -> Route:
     """Parses route text and replaces each ``/node/NAME`` with that node's pinned address."""
+    from meshkey.routing.address import NodeNameAddress, parse_route
+    from meshkey.routing.errors import RemoteError
+    from meshkey.wire.message import ErrorCode
+
     parsed = parse_route(route) if isinstance(route, str) else route
     if home is None:
         for address in parsed:
@@ -260,6 +261,8 @@ def resolve_route(route: str | Route, home: Home | None) -> Route:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) for a listener; port 0 lets the OS choose."""
+    from meshkey.routing.address import RouteError
+
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
