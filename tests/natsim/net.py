@@ -25,7 +25,8 @@ A NAT box keeps a conntrack table of flows, keyed by protocol and both ends:
   flow to that remote clash and move to another port (NATLAB.md); a packet matching such an
   entry refreshes it and is dropped.
 - every entry expires ``timeout`` seconds after its last packet (30 s: the lab's sysctl).
-- UDP_BLOCKED drops every UDP packet in both directions (TCP passes, NATed).
+- UDP_BLOCKED drops every UDP packet in both directions (TCP passes, NATed); ``block(ip)``
+  drops everything to and from one remote (an iptables rule a test adds and removes).
 """
 
 from __future__ import annotations
@@ -257,7 +258,15 @@ class NatBox(Attachment):
         self._by_internal: dict[tuple[str, Address, Address], Flow] = {}
         self._by_public: dict[tuple[str, int, Address], Flow] = {}
         self.clashes = 0
+        self.blocked: set[str] = set()  # remote IPs an iptables DROP rule cuts off
         net.attach(self)
+
+    def block(self, remote_ip: str) -> None:
+        """``iptables -I FORWARD -s/-d remote_ip -j DROP``: no packet to or from it passes."""
+        self.blocked.add(remote_ip)
+
+    def unblock(self, remote_ip: str) -> None:
+        self.blocked.discard(remote_ip)
 
     # -- the conntrack table ----------------------------------------------------------
 
@@ -307,7 +316,9 @@ class NatBox(Attachment):
         if packet.ttl - 1 <= 0:
             self.net.drop("ttl expired at the NAT")
             return
-        if self.kind is NatKind.UDP_BLOCKED and packet.proto == "udp":
+        if (self.kind is NatKind.UDP_BLOCKED and packet.proto == "udp") or (
+            packet.dst[0] in self.blocked
+        ):
             self.net.drop("udp blocked")
             return
         key = (packet.proto, packet.src, packet.dst)
@@ -324,7 +335,9 @@ class NatBox(Attachment):
         self.net.wan_send(self, translated)
 
     def wan_receive(self, packet: Packet) -> None:
-        if self.kind is NatKind.UDP_BLOCKED and packet.proto == "udp":
+        if (self.kind is NatKind.UDP_BLOCKED and packet.proto == "udp") or (
+            packet.src[0] in self.blocked
+        ):
             self.net.drop("udp blocked")
             return
         key = (packet.proto, packet.dst[1], packet.src)

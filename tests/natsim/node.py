@@ -98,6 +98,7 @@ class Relay:
         self.up = True
         self.carried = 0  # messages the relay forwarded (signalling and relay-path traffic)
         self.carried_bytes = 0
+        self.carried_data = 0  # application messages (the channel's DATA) among them
         self._nodes: dict[NodeId, SimNode] = {}
 
     def join(self, node: SimNode) -> None:
@@ -110,6 +111,7 @@ class Relay:
             return
         self.carried += 1
         self.carried_bytes += len(payload)
+        self.carried_data += payload[:1] == b"D"
         self.net.call_later(self.one_way, lambda: target.on_channel(sender, payload))
 
 

@@ -27,7 +27,10 @@ public addresses: they open its own NAT's mapping but die before the peer's NAT,
 first real probe of the peer, whenever it comes, matches a mapping instead of creating an
 unreplied inbound conntrack entry that would make our NAT move our flow to another port
 (NATLAB.md, "the conntrack clash"). Probe rounds follow ``opener_lead`` later, on the
-config's schedule, one probe per (socket, peer candidate).
+config's schedule, one probe per (socket, peer candidate). When either side is public there
+is no SYNC and no opener: a public side filters nothing and answers whatever address a probe
+came from, so a clash on the other side does no harm, and each side starts as soon as it
+knows the other's candidates (saving RTT/2 and the lead).
 
 Probes and ACKs carry the punch id, the sender's role, a counter and a MAC keyed by a secret
 derived from both sides' key shares (:mod:`meshkey.nat.token`): a probe that fails the MAC,
@@ -338,6 +341,7 @@ class PunchSession:
         self._opener_times: list[float] = []
         self._birthday_sockets: tuple[int, ...] = ()
         self._won_socket: int | None = None
+        self._synchronised = config.synchronise
 
     # -- construction ---------------------------------------------------------------
 
@@ -575,19 +579,28 @@ class PunchSession:
             else (theirs.key_share, self._share)
         )
         self._key = PunchKey.derive(self.punch_id, initiator_share, responder_share, self._binding)
+        # Synchronising guards against the conntrack clash of two filtering NATs; a public
+        # side filters nothing (it answers whatever address a probe came from), so against one
+        # the RTT/2 wait would only cost time.
+        self._synchronised = self.config.synchronise and self._synchronised_kind()
         if self.role is PunchRole.RESPONDER:
             self._signal(self._mine)
-            if self.config.synchronise:
+            if self._synchronised:
                 self._signal_deadline = now + self.config.signalling_timeout
             else:
                 self._start_probing(now)
             return
-        if self.config.synchronise:
+        if self._synchronised:
             self._signal(Sync(self.punch_id))
             self.state = PunchState.WAITING
             self._start_at = now + (self.signalling_rtt or 0.0) / 2
         else:
             self._start_probing(now)
+
+    def _synchronised_kind(self) -> bool:
+        """Both sides filter (no public side): the pair that needs sync and openers."""
+        assert self._theirs is not None
+        return NatClass.PUBLIC not in (self._mine.nat_class, self._theirs.nat_class)
 
     def _on_peer_result(self, now: float) -> None:
         """The peer found a pair. If a probe of it reached us, that pair works both ways."""
@@ -615,7 +628,9 @@ class PunchSession:
         remote = list(dict.fromkeys(theirs.local + theirs.reflexive))[:MAX_TARGETS]
         self._targets = [_Target(MAIN_SOCKET, address) for address in remote]
         self._round_base = now
-        if self.config.low_ttl is not None and theirs.nat_class is not NatClass.PUBLIC:
+        # Openers protect our NAT from a clash with the peer's early probes; with a public side
+        # on either end a clash does no harm (see _on_connect), so they would only cost time.
+        if self.config.low_ttl is not None and self._synchronised_kind():
             for address in theirs.reflexive:
                 self._probe(MAIN_SOCKET, address, now, ttl=self.config.low_ttl)
             if theirs.reflexive:

@@ -100,6 +100,13 @@ class StartPunch:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelPunch:
+    """Cancel the punch running with ``peer`` (``Puncher.cancel``): direct was turned off."""
+
+    peer: NodeId
+
+
+@dataclass(frozen=True, slots=True)
 class ClosePath:
     """Close the hop (and the birthday socket, if ``path.local_socket``) of a failed path."""
 
@@ -107,7 +114,7 @@ class ClosePath:
     path: PathKey
 
 
-PathCommand = SendPing | StartPunch | ClosePath
+PathCommand = SendPing | StartPunch | CancelPunch | ClosePath
 
 
 # -- events --------------------------------------------------------------------------------
@@ -280,11 +287,14 @@ class PathManager:
         if no_direct:
             state.upgrade_at = None
             state.punch_status = "direct paths are turned off (--no-direct)"
+            if state.punching_since is not None:
+                state.punching_since = None
+                self._commands.append(CancelPunch(peer))
         else:
             state.tried = False
             state.punch_status = "not tried yet"
         self._reselect(state, now, reason=SwitchReason.NO_DIRECT)
-        self._plan_upgrade(state, now)
+        self._service(state, now)
 
     # -- traffic --------------------------------------------------------------------
 
@@ -478,10 +488,11 @@ class PathManager:
                 candidates.append(path.next_probe_at)
             return min(candidates)
         if path.waiting_since is not None:
-            due = path.waiting_since + config.dead_after
-            if path.next_probe_at is not None:
-                due = min(due, path.next_probe_at)
-            return due
+            first_ping = path.waiting_since + config.suspect_after
+            ping_at = path.next_probe_at
+            if ping_at is None or ping_at < first_ping:
+                ping_at = first_ping
+            return min(path.waiting_since + config.dead_after, ping_at)
         interval = self._keepalive_interval(path)
         if interval is None:
             return None
