@@ -37,7 +37,9 @@ from meshkey.nat.punch import (
 from meshkey.nat.puncher import Puncher
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.paths.manager import (
+    CancelPunch,
     ClosePath,
+    CloseSocket,
     PathConfig,
     PathEvent,
     PathManager,
@@ -251,7 +253,8 @@ class SimNode:
         kind, body = payload[:1], payload[1:]
         key = PathKey(PathKind.RELAY, RELAY_ROUTE)
         if kind == b"P":
-            self.puncher.on_signal(sender, body, now)
+            allowed = self.paths.direct_allowed(sender)
+            self.puncher.on_signal(sender, body, now, direct_allowed=allowed)
         elif kind == b"I":
             self._channel_send(sender, b"O" + body)
             self.paths.on_received(sender, key, len(payload), now)
@@ -463,6 +466,13 @@ class SimNode:
                     self._hop_send(hop, PING, token, command.path.remote)  # type: ignore[arg-type]
         elif isinstance(command, StartPunch):
             self.puncher.start(command.peer, now)
+        elif isinstance(command, CancelPunch):
+            self.puncher.cancel(command.peer, now)
+        elif isinstance(command, CloseSocket):
+            sock = self.sockets.pop(command.socket, None)
+            if sock is not None:
+                sock.close()
+                self.birthday_closed += 1
         elif isinstance(command, ClosePath):
             hop = self._hop_for(command.peer, command.path)
             if hop is not None:

@@ -15,6 +15,7 @@ from meshkey.nat.strategy import Strategy
 from meshkey.paths.manager import (
     CancelPunch,
     ClosePath,
+    CloseSocket,
     PathConfig,
     PathFailed,
     PathManager,
@@ -341,6 +342,43 @@ def test_strangers_and_full_tables_are_bounded() -> None:
     assert len(paths.paths(PEER)) == 3
     paths.remove_path(PEER, OTHER, "closed", 3.0)  # a failed path makes room
     assert paths.add_path(PEER, PathKey(PathKind.DIRECT, ("192.0.2.1", 1)), 3.0)
+
+
+def test_the_winning_probes_rtt_seeds_the_path_and_a_hop_that_never_comes_frees_its_socket() -> (
+    None
+):
+    paths = manager()
+    paths.add_path(PEER, RELAY, 0.0, validated=True)
+    paths.on_punch_event(succeeded(), 0.2)
+    paths.add_path(PEER, DIRECT, 0.3, validated=True)
+    assert paths.report(PEER).rtt == pytest.approx(0.04)  # type: ignore[union-attr]
+    lonely = manager()
+    lonely.add_path(PEER, RELAY, 0.0, validated=True)
+    birthday = PunchSucceeded(
+        PEER,
+        b"p" * 16,
+        Strategy.BIRTHDAY,
+        17,
+        ("203.0.113.2", 41000),
+        False,
+        "udp",
+        None,
+        1.0,
+        PunchStats(),
+    )
+    lonely.on_punch_event(birthday, 1.0)
+    drain(lonely)
+    while (deadline := lonely.next_deadline()) is not None and deadline <= 16.0:
+        lonely.on_timer(deadline)
+        commands, _ = drain(lonely)
+        pong_all(lonely, commands, deadline)
+        if CloseSocket(17) in commands:
+            break
+    assert deadline == pytest.approx(16.0)  # hop_timeout after the punch
+    assert lonely.report(PEER).punch == "punched, but no hop came up over the address"  # type: ignore[union-attr]
+    assert lonely.direct_allowed(PEER)
+    lonely.set_no_direct(PEER, True, 17.0)
+    assert not lonely.direct_allowed(PEER)
 
 
 def test_config_refuses_nonsense() -> None:

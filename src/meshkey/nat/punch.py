@@ -263,7 +263,8 @@ class _Sent:
 
 
 class PunchSession:
-    """One punch with one peer. Create it with :meth:`initiate` or :meth:`respond`.
+    """One punch with one peer: an initiator (then :meth:`start`) or a responder to a CONNECT
+    (then :meth:`accept`).
 
     After each call, drain :meth:`commands` and :meth:`events` and re-read
     :meth:`next_deadline`; call :meth:`on_timer` at that time (or later).
@@ -343,57 +344,22 @@ class PunchSession:
         self._won_socket: int | None = None
         self._synchronised = config.synchronise
 
-    # -- construction ---------------------------------------------------------------
+    # -- the first input ----------------------------------------------------------
 
-    @classmethod
-    def initiate(
-        cls,
-        *,
-        local_id: NodeId,
-        peer: NodeId,
-        me: LocalInfo,
-        now: float,
-        rng: random.Random | None = None,
-        **kwargs: object,
-    ) -> PunchSession:
-        """Starts a punch: the CONNECT goes out at once (drain :meth:`commands`)."""
-        rng = rng or random.Random()
-        session = cls(
-            role=PunchRole.INITIATOR,
-            local_id=local_id,
-            peer=peer,
-            me=me,
-            punch_id=rng.randbytes(PUNCH_ID_SIZE),
-            now=now,
-            rng=rng,
-            **kwargs,  # type: ignore[arg-type]
-        )
-        session._signal(session._mine)
-        return session
+    def start(self) -> None:
+        """Initiator: sends the CONNECT (drain :meth:`commands`)."""
+        if self.role is not PunchRole.INITIATOR or self._theirs is not None:
+            raise RuntimeError("only a new initiator session starts")
+        self._signal(self._mine)
 
-    @classmethod
-    def respond(
-        cls,
-        *,
-        local_id: NodeId,
-        peer: NodeId,
-        me: LocalInfo,
-        connect: Connect,
-        now: float,
-        **kwargs: object,
-    ) -> PunchSession:
-        """Answers a peer's CONNECT: a CONNECT reply, or an ABORT saying why not."""
-        session = cls(
-            role=PunchRole.RESPONDER,
-            local_id=local_id,
-            peer=peer,
-            me=me,
-            punch_id=connect.punch_id,
-            now=now,
-            **kwargs,  # type: ignore[arg-type]
-        )
-        session._on_connect(connect, now)
-        return session
+    def accept(self, connect: Connect, now: float) -> None:
+        """Responder: answers the peer's CONNECT with a CONNECT reply, or an ABORT saying why
+        not."""
+        if self.role is not PunchRole.RESPONDER or self._theirs is not None:
+            raise RuntimeError("only a new responder session accepts a CONNECT")
+        if connect.punch_id != self.punch_id or connect.reply:
+            raise ValueError("not the CONNECT this session was made for")
+        self._on_connect(connect, now)
 
     # -- output ---------------------------------------------------------------------
 

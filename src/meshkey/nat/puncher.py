@@ -44,7 +44,14 @@ from meshkey.nat.punch import (
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.retry import RetrySchedule
 from meshkey.wire.errors import WireError
-from meshkey.wire.punch import AbortReason, Connect, NatClass, PunchMessage, decode_punch_message
+from meshkey.wire.punch import (
+    PUNCH_ID_SIZE,
+    AbortReason,
+    Connect,
+    NatClass,
+    PunchMessage,
+    decode_punch_message,
+)
 from meshkey.wire.udp import Address, PunchProbe, PunchRole, decode_punch_packet
 
 MAX_SESSIONS = 1024  # punches running at once; more are refused (a peer cannot fill memory)
@@ -77,36 +84,58 @@ class Puncher:
         """A new classification or new addresses; used by punches that start from now on."""
         self.local = local
 
-    def start(self, peer: NodeId, now: float, *, direct_allowed: bool = True) -> bytes:
-        """Starts a punch with ``peer`` (replacing a running one); returns its punch id."""
+    def start(
+        self, peer: NodeId, now: float, *, direct_allowed: bool = True, binding: bytes = b""
+    ) -> bytes:
+        """Starts a punch with ``peer`` (replacing a running one); returns its punch id.
+
+        ``binding``: channel-binding bytes both ends can compute (e.g. the secure channel's
+        handshake hash), mixed into the probe key; the glue passes the same on both sides."""
         self._end(peer, AbortReason.SUPERSEDED, now)
-        session = PunchSession.initiate(
+        session = PunchSession(
+            role=PunchRole.INITIATOR,
             local_id=self.node_id,
             peer=peer,
             me=self.local,
+            punch_id=self._rng.randbytes(PUNCH_ID_SIZE),
             now=now,
-            rng=self._rng,
             config=self.config,
+            rng=self._rng,
             gate=self.gate,
             sockets=self._allocate,
             direct_allowed=direct_allowed,
+            binding=binding,
         )
+        session.start()
         self._add(session)
         return session.punch_id
 
     def on_signal(
-        self, peer: NodeId, data: bytes, now: float, *, direct_allowed: bool = True
+        self,
+        peer: NodeId,
+        data: bytes,
+        now: float,
+        *,
+        direct_allowed: bool = True,
+        binding: bytes = b"",
     ) -> None:
-        """A punch message from ``peer`` arrived over the secure channel with it."""
+        """A punch message from ``peer`` arrived over the secure channel with it.
+        ``direct_allowed`` False (``--no-direct`` for that peer) refuses its punches."""
         try:
             message = decode_punch_message(data)
         except WireError:
             self.dropped += 1
             return
-        self.on_message(peer, message, now, direct_allowed=direct_allowed)
+        self.on_message(peer, message, now, direct_allowed=direct_allowed, binding=binding)
 
     def on_message(
-        self, peer: NodeId, message: PunchMessage, now: float, *, direct_allowed: bool = True
+        self,
+        peer: NodeId,
+        message: PunchMessage,
+        now: float,
+        *,
+        direct_allowed: bool = True,
+        binding: bytes = b"",
     ) -> None:
         current = self._by_peer.get(peer)
         if isinstance(message, Connect) and not message.reply:
@@ -119,18 +148,21 @@ class Puncher:
             if len(self._by_id) >= MAX_SESSIONS:
                 self.dropped += 1
                 return
-            responder = PunchSession.respond(
+            responder = PunchSession(
+                role=PunchRole.RESPONDER,
                 local_id=self.node_id,
                 peer=peer,
                 me=self.local,
-                connect=message,
+                punch_id=message.punch_id,
                 now=now,
-                rng=self._rng,
                 config=self.config,
+                rng=self._rng,
                 gate=self.gate,
                 sockets=self._allocate,
                 direct_allowed=direct_allowed,
+                binding=binding,
             )
+            responder.accept(message, now)
             self._add(responder)
             return
         session = self._by_id.get(message.punch_id)

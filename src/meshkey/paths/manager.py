@@ -42,7 +42,13 @@ import random
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
-from meshkey.nat.punch import PunchEvent, PunchFailed, PunchStarted, PunchSucceeded
+from meshkey.nat.punch import (
+    MAIN_SOCKET,
+    PunchEvent,
+    PunchFailed,
+    PunchStarted,
+    PunchSucceeded,
+)
 from meshkey.nat.puncher import UpgradeRetry
 from meshkey.paths.path import (
     Path,
@@ -114,7 +120,14 @@ class ClosePath:
     path: PathKey
 
 
-PathCommand = SendPing | StartPunch | CancelPunch | ClosePath
+@dataclass(frozen=True, slots=True)
+class CloseSocket:
+    """Close birthday socket ``socket``: a punch won on it, but no hop came up over it."""
+
+    socket: int
+
+
+PathCommand = SendPing | StartPunch | CancelPunch | ClosePath | CloseSocket
 
 
 # -- events --------------------------------------------------------------------------------
@@ -192,6 +205,7 @@ class _Peer:
     punching_since: float | None = None
     awaiting_hop_until: float | None = None
     punch_status: str = "not tried yet"
+    punched: PunchSucceeded | None = None  # the last success, until its hop is added
     tried: bool = False  # an upgrade was asked for since the peer was added (or re-allowed)
 
 
@@ -258,10 +272,14 @@ class PathManager:
             return False
         path = Path(key, now, credit=self.config.probe_credit)
         state.paths[key] = path
-        if rtt is not None:
-            path.rtt_sample(rtt)
+        punched = state.punched
         if key.kind.is_direct:
             state.awaiting_hop_until = None
+            if punched is not None and punched.remote == key.remote:
+                rtt = rtt if rtt is not None else punched.rtt  # the winning probe's
+            state.punched = None
+        if rtt is not None:
+            path.rtt_sample(rtt)
         if validated:
             self._validate(state, path, now)
         else:
@@ -361,6 +379,7 @@ class PathManager:
             state.punching_since = None
             state.upgrade.after_success()
             state.awaiting_hop_until = now + self.config.hop_timeout
+            state.punched = event
             state.punch_status = (
                 f"punched ({event.strategy.value}) in {event.elapsed * 1000:.0f} ms"
             )
@@ -381,8 +400,14 @@ class PathManager:
         state.awaiting_hop_until = None
         state.punch_status = f"punched, but the hop failed: {reason}"
         state.upgrade_at = state.upgrade.after_failure(now, retryable=True)
+        self._release_punched(state)
 
     # -- choice and reports ---------------------------------------------------------
+
+    def direct_allowed(self, peer: NodeId) -> bool:
+        """False under ``--no-direct``: pass it to ``Puncher.on_signal`` for this peer."""
+        state = self._peers.get(peer)
+        return not (state.no_direct if state else self.no_direct_default)
 
     def current_path(self, peer: NodeId) -> PathKey | None:
         state = self._peers.get(peer)
@@ -546,6 +571,7 @@ class PathManager:
             state.awaiting_hop_until = None
             state.punch_status = "punched, but no hop came up over the address"
             state.upgrade_at = state.upgrade.after_failure(now, retryable=True)
+            self._release_punched(state)
         self._plan_upgrade(state, now)
         if state.upgrade_at is not None and now >= state.upgrade_at and self._wants_upgrade(state):
             state.upgrade_at = None
@@ -553,6 +579,11 @@ class PathManager:
             state.tried = True
             state.punch_status = "punch requested"
             self._commands.append(StartPunch(state.peer))
+
+    def _release_punched(self, state: _Peer) -> None:
+        punched, state.punched = state.punched, None
+        if punched is not None and punched.socket != MAIN_SOCKET:
+            self._commands.append(CloseSocket(punched.socket))
 
     def _ping(self, state: _Peer, path: Path, now: float) -> None:
         if path.send_allowance(self.config.amplification_factor) < self.config.ping_size:
