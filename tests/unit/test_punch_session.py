@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshkey.identity.node_id import NodeId
 from meshkey.nat.punch import (
@@ -347,3 +349,27 @@ def test_a_session_refuses_a_bad_punch_id_and_configs_refuse_nonsense() -> None:
             punch_id=b"short",
             now=0.0,
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=120)), max_size=20))
+def test_no_bytes_from_a_peer_or_the_network_make_the_puncher_raise(
+    inputs: list[tuple[bool, bytes]],
+) -> None:
+    wiring = Wiring(EIM_A, EIM_B, drop=lambda side, command: True)
+    wiring.start("a")
+    wiring.run(0.2)  # a punch is running: its id is known, its key derived
+    legit = probes(wiring, "a")[0].command.data  # type: ignore[union-attr]
+    for as_signal, data in inputs:
+        if as_signal:
+            wiring.b.on_signal(wiring.a_id, data, wiring.net.now)
+        else:
+            mutated = legit[:2] + data[:62].ljust(62, b"\x00") if data else data
+            wiring.b.on_control_packet(0, ("198.51.100.1", 9), mutated, wiring.net.now)
+        wiring.pump("b")
+    acks = [
+        x
+        for x in wiring.commands("b", SendDatagram)
+        if isinstance(x.command, SendDatagram) and x.command.destination == ("198.51.100.1", 9)
+    ]
+    assert acks == []  # nothing forged was answered
