@@ -11,6 +11,7 @@ import pytest
 
 from meshkey.nat.birthday import BirthdayGate, hit_probability, spray_ports
 from meshkey.nat.punch import (
+    MAX_SPRAY_BURST,
     CloseBirthdaySockets,
     DialHop,
     OpenBirthdaySockets,
@@ -151,3 +152,16 @@ def test_spray_ports_and_odds() -> None:
     assert hit_probability(256, 1024) == pytest.approx(0.983, abs=0.001)
     assert hit_probability(256, 2048) > 0.999
     assert hit_probability(0, 10) == 0.0
+
+
+def test_a_late_timer_does_not_turn_the_spray_into_a_flood() -> None:
+    wiring = Wiring(EIM_A, EDM_B, drop=lambda side, command: True)
+    wiring.start("a")
+    wiring.run(0.2)  # a sprays now
+    before = len(sent(wiring, "a"))
+    late = wiring.net.now + 0.5
+    wiring.a.on_timer(late)  # 250 probes overdue
+    burst = [c for c in wiring.a.commands() if isinstance(c, SendDatagram)]
+    assert len(burst) == MAX_SPRAY_BURST
+    assert wiring.a.next_deadline() == pytest.approx(late + MESHKEY.spray_interval)
+    assert len(sent(wiring, "a")) == before

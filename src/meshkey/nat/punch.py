@@ -47,7 +47,8 @@ Birthday (exactly one side endpoint-dependent; one at a time per node, see
 from each toward the peer's public address — never full probes, which would leave unreplied
 entries in the peer's NAT and make it move the sprayer's flow on exactly the port that
 matched; the other side (*sprayer*) probes distinct random ports of the opener's public IP,
-one every ``spray_interval``, at most ``birthday_max_probes``. A probe that lands on an opened
+one every ``spray_interval`` (never more than :data:`MAX_SPRAY_BURST` back to back, however
+late the timer fires), at most ``birthday_max_probes``. A probe that lands on an opened
 mapping reaches a birthday socket, which answers and probes back (hot). Every extra socket
 but the winner is closed (:class:`CloseBirthdaySockets`) as soon as the punch ends, won or
 lost.
@@ -103,6 +104,7 @@ MAIN_SOCKET = 0  # the node's one UDP socket; birthday sockets get other ids
 MAX_TARGETS = 16
 MAX_HOT = 16
 MAX_ANSWERED = 8192
+MAX_SPRAY_BURST = 4  # random-port probes sent back to back when the timer fired late
 BIRTHDAY_OPENER_TTL = 5  # the birthday openers must not reach the peer's NAT (see above)
 
 SocketAllocator = Callable[[int], tuple[int, ...]]
@@ -306,7 +308,6 @@ class PunchSession:
         self._allocate = sockets or _counting_allocator()
         self._direct_allowed = direct_allowed
         self._binding = binding
-        self._me = me
         self._share = self._rng.randbytes(KEY_SHARE_SIZE)
         self._mine = Connect(
             punch_id,
@@ -341,7 +342,6 @@ class PunchSession:
         self._spray_next: float | None = None
         self._opener_times: list[float] = []
         self._birthday_sockets: tuple[int, ...] = ()
-        self._won_socket: int | None = None
         self._synchronised = config.synchronise
 
     # -- the first input ----------------------------------------------------------
@@ -645,6 +645,7 @@ class PunchSession:
             for target in self._targets:
                 if target.opener_only:
                     self._probe(target.socket, target.destination, now, ttl=ttl)
+        burst = 0
         while (
             self.state is PunchState.PROBING
             and self._spray_next is not None
@@ -653,9 +654,13 @@ class PunchSession:
             if self._spray_index >= len(self._spray):
                 self._spray_next = None
                 break
+            if burst == MAX_SPRAY_BURST:  # a late timer must not turn into a flood
+                self._spray_next = now + self.config.spray_interval
+                break
             self._probe(MAIN_SOCKET, self._spray[self._spray_index], now)
             self.stats.sprayed += 1
             self._spray_index += 1
+            burst += 1
             self._spray_next += self.config.spray_interval
         for pair, last in list(self._hot.items()):
             if self.state is PunchState.PROBING and last + self.config.triggered_interval <= now:
@@ -681,7 +686,6 @@ class PunchSession:
     def _win(self, socket: int, remote: Address, rtt: float | None, now: float) -> None:
         assert self.plan is not None
         self.state = PunchState.WON
-        self._won_socket = socket
         self._linger_until = now + self.config.linger
         self._signal(Result(self.punch_id, remote))
         dial = self.is_dialer
