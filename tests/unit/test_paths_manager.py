@@ -384,3 +384,19 @@ def test_the_winning_probes_rtt_seeds_the_path_and_a_hop_that_never_comes_frees_
 def test_config_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="dead_after"):
         PathConfig(dead_after=30.0, keepalive_interval=20.0)
+
+
+def test_a_silent_relay_is_pinged_but_only_the_glue_removes_it() -> None:
+    paths = manager()
+    paths.add_path(PEER, RELAY, 0.0, validated=True)
+    paths.on_punch_event(failed(AbortReason.UDP_BLOCKED, retryable=False), 0.1)
+    drain(paths)
+    for second in range(1, 120):
+        paths.on_sent(PEER, RELAY, 100, float(second))  # never answered
+        paths.on_timer(float(second))
+        _, events = drain(paths)
+        assert not any(isinstance(e, PathFailed) for e in events)
+    assert paths.current_path(PEER) == RELAY
+    paths.remove_path(PEER, RELAY, "the relay closed the channel", 120.0)
+    _, events = drain(paths)
+    assert PathSwitched(PEER, RELAY, None, SwitchReason.REMOVED, 120.0) in events

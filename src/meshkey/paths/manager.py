@@ -17,7 +17,9 @@ the manager pings, again every ``suspect_ping_interval``, and if nothing at all 
 ``dead_after`` (2 s) after that first unanswered send, the path is FAILED and traffic falls
 back (the relay). A path that is idle gets a ping every ``keepalive_interval`` (20 s, below
 the 25-30 s after which home routers and Linux conntrack forget a UDP mapping); a ping is a
-send, so an idle path that died is found dead 2 s after its keepalive.
+send, so an idle path that died is found dead 2 s after its keepalive. Relay paths are pinged
+(for their RTT, and to keep their NAT mappings) but never declared dead here: the relay is the
+last resort, and only the glue knows when its hop or channel is gone (:meth:`remove_path`).
 
 Upgrades. While a peer is reached only through a relay (and ``no_direct`` is off for it), the
 manager asks for a punch (:class:`StartPunch`) at once and then on
@@ -512,7 +514,7 @@ class PathManager:
             if path.next_probe_at is not None:
                 candidates.append(path.next_probe_at)
             return min(candidates)
-        if path.waiting_since is not None:
+        if path.waiting_since is not None and path.key.kind.is_direct:
             first_ping = path.waiting_since + config.suspect_after
             ping_at = path.next_probe_at
             if ping_at is None or ping_at < first_ping:
@@ -545,7 +547,7 @@ class PathManager:
                     self._ping(state, path, now)
                     path.next_probe_at = now + config.probe_interval
             elif path.state is PathState.VALIDATED:
-                if path.waiting_since is not None:
+                if path.waiting_since is not None and path.key.kind.is_direct:
                     if now >= path.waiting_since + config.dead_after:
                         silent = now - path.waiting_since
                         self._fail(state, path, f"no answer for {silent:.1f} s", now, close=True)
