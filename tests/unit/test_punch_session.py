@@ -106,6 +106,7 @@ def test_both_sides_start_together_after_rtt_over_two_and_the_first_ack_wins() -
     assert won_a == pytest.approx(0.19) and won_b == pytest.approx(0.19)
     assert success_a.remote == B_PUBLIC and success_b.remote == A_PUBLIC  # type: ignore[attr-defined]
     assert success_a.rtt == pytest.approx(0.04)  # type: ignore[attr-defined]
+    assert success_a.seen_as == A_PUBLIC  # type: ignore[attr-defined]  # what b saw: consistent
     # Exactly one side dials: the lower NodeId (a), over the winning pair.
     dials = wiring.commands("a", DialHop) + wiring.commands("b", DialHop)
     assert [(x.side, x.command) for x in dials] == [("a", DialHop(wiring.b_id, 0, B_PUBLIC, "udp"))]
@@ -202,6 +203,7 @@ def test_after_winning_a_side_keeps_answering_then_forgets() -> None:
     ((won_a, success_a),) = events(wiring, "a", PunchSucceeded)
     assert won_a == pytest.approx(won_b + wiring.signal_delay)
     assert success_a.rtt is None  # type: ignore[attr-defined]
+    assert success_a.seen_as == A_PUBLIC  # type: ignore[attr-defined]  # from b's RESULT
     assert wiring.commands("a", DialHop)  # a is the lower NodeId: it dials
     session = wiring.b.session(wiring.a_id)
     assert session is not None  # lingering

@@ -209,6 +209,10 @@ class PunchSucceeded:
     rtt: float | None  # of the winning probe
     elapsed: float  # since the punch was asked for
     stats: PunchStats
+    #: Where the peer saw this side's winning probe come from (its ACK says, or its RESULT):
+    #: for the main socket of an endpoint-independent NAT, the classified public address.
+    #: Anything else is a contradiction worth a re-classification (``RecheckPolicy``).
+    seen_as: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,8 +438,8 @@ class PunchSession:
                 and self._key is not None
             ):
                 self._start_probing(now)
-            case Result(remote=_):
-                self._on_peer_result(now)
+            case Result(remote=remote):
+                self._on_peer_result(remote, now)
             case _:
                 pass  # a duplicate or out-of-turn message: the channel is reliable, ignore it
 
@@ -480,7 +484,7 @@ class PunchSession:
             self.stats.ignored += 1
             return
         if self.live:
-            self._win(socket, source, now - sent.at, now)
+            self._win(socket, source, now - sent.at, now, seen_as=ack.observed)
 
     def on_socket_error(self, socket: int, now: float) -> None:
         """A birthday socket could not be opened or broke: stop using it."""
@@ -568,12 +572,12 @@ class PunchSession:
         assert self._theirs is not None
         return NatClass.PUBLIC not in (self._mine.nat_class, self._theirs.nat_class)
 
-    def _on_peer_result(self, now: float) -> None:
+    def _on_peer_result(self, seen_as: Address, now: float) -> None:
         """The peer found a pair. If a probe of it reached us, that pair works both ways."""
         if not self.live or self._key is None or not self._hot:
             return
         socket, source = max(self._hot.items(), key=lambda item: item[1])[0]
-        self._win(socket, source, None, now)
+        self._win(socket, source, None, now, seen_as=seen_as)
 
     # -- probing --------------------------------------------------------------------
 
@@ -683,7 +687,15 @@ class PunchSession:
 
     # -- endings --------------------------------------------------------------------
 
-    def _win(self, socket: int, remote: Address, rtt: float | None, now: float) -> None:
+    def _win(
+        self,
+        socket: int,
+        remote: Address,
+        rtt: float | None,
+        now: float,
+        *,
+        seen_as: Address | None = None,
+    ) -> None:
         assert self.plan is not None
         self.state = PunchState.WON
         self._linger_until = now + self.config.linger
@@ -703,6 +715,7 @@ class PunchSession:
             rtt,
             now - self.created_at,
             self.stats.copy(),
+            seen_as,
         )
         self._events.append(self.success)
 
