@@ -9,8 +9,30 @@ a kind below 0x40::
 WHOAMI_REQUEST   16-byte transaction id, zero padding to :data:`WHOAMI_REQUEST_SIZE` bytes
 WHOAMI_RESPONSE  16-byte transaction id | u8 family (4 or 6) | address (4 or 16) | u16 port
 
-A request is padded so that a response is never larger than the request that caused it: the
-socket cannot be used to amplify traffic towards a spoofed source.
+PUNCH_PROBE      16-byte punch id | u8 sender role | u32 counter | 16-byte MAC
+                 | zero padding to :data:`PUNCH_PROBE_SIZE` bytes
+PUNCH_ACK        16-byte punch id | u8 sender role | u32 counter of the probe answered
+                 | u8 family | address | u16 port (where that probe came from) | 16-byte MAC
+
+A request is padded so that its answer is never larger than the request that caused it: the
+socket cannot be used to amplify traffic towards a spoofed source. A WHOAMI response is at
+most 38 bytes against a 64-byte request; a PUNCH_ACK at most 58 bytes against a 64-byte probe.
+Both sizes are exact: a parser refuses any other length, so nobody can make a node answer a
+short probe.
+
+Punch packets are bound to the secure channel that signalled the punch: the MAC is
+HMAC-SHA256 (truncated to 16 bytes) over :func:`punch_mac_input` — every byte before the MAC,
+so the punch id, the sender's role, the counter and, in an ACK, the address the answered probe
+came from — keyed by a secret only the two channel ends hold (:mod:`meshkey.nat.token`
+derives it and computes the MAC; this module only lays out the bytes). The role stops a
+probe from being reflected back at its sender as if the peer had sent it; the counter is a
+nonce, and an ACK names the counter it answers, so an ACK counts only for a probe that was
+really sent. The ACK echoes the probe's source address (as STUN's XOR-MAPPED-ADDRESS does),
+which tells an endpoint-dependent side which public port its NAT gave that flow.
+
+There is no KEEPALIVE packet: once a punch has picked an address pair, a QUIC hop runs over it
+from the same socket, and the hop's own PINGs travel on exactly that 5-tuple, which is all a
+NAT's mapping timer looks at (:mod:`meshkey.paths` schedules them below the NAT timeout).
 """
 
 from __future__ import annotations
@@ -20,18 +42,37 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
-from meshkey.wire.reader import Reader, u16
+from meshkey.wire.reader import Reader, u16, u32
 
 CONTROL_VERSION = 1
 QUIC_BIT = 0x40
 MAX_CONTROL_SIZE = 1200
 TXID_SIZE = 16
 WHOAMI_REQUEST_SIZE = 64
+PUNCH_ID_SIZE = 16
+PUNCH_MAC_SIZE = 16
+PUNCH_PROBE_SIZE = 64
+MAX_COUNTER = 2**32 - 1
+
+Address = tuple[str, int]
 
 
 class ControlKind(enum.IntEnum):
     WHOAMI_REQUEST = 0x01
     WHOAMI_RESPONSE = 0x02
+    PUNCH_PROBE = 0x03
+    PUNCH_ACK = 0x04
+
+
+class PunchRole(enum.IntEnum):
+    """Which end of the punch sent the packet: the side that asked for it, or the other."""
+
+    INITIATOR = 0
+    RESPONDER = 1
+
+    @property
+    def other(self) -> PunchRole:
+        return PunchRole.RESPONDER if self is PunchRole.INITIATOR else PunchRole.INITIATOR
 
 
 def is_control_packet(data: bytes) -> bool:
@@ -50,24 +91,91 @@ class WhoamiResponse:
     port: int
 
 
-ControlPacket = WhoamiRequest | WhoamiResponse
+@dataclass(frozen=True, slots=True)
+class PunchProbe:
+    punch_id: bytes
+    role: PunchRole
+    counter: int
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PunchAck:
+    punch_id: bytes
+    role: PunchRole
+    counter: int
+    observed: Address  # where the answered probe came from, as the answering side saw it
+    mac: bytes
+
+
+ControlPacket = WhoamiRequest | WhoamiResponse | PunchProbe | PunchAck
+
+
+def _address_bytes(address: Address) -> bytes:
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except ValueError as exc:
+        raise ValueError(f"not an IP address: {address[0]!r}") from exc
+    if not 0 <= address[1] <= 0xFFFF:
+        raise ValueError(f"port {address[1]} out of range")
+    return bytes([ip.version]) + ip.packed + u16(address[1])
+
+
+def _read_address(reader: Reader) -> Address:
+    family = reader.u8()
+    if family == 4:
+        host = str(ipaddress.IPv4Address(reader.take(4)))
+    elif family == 6:
+        host = str(ipaddress.IPv6Address(reader.take(16)))
+    else:
+        raise MalformedError(f"unknown address family {family}")
+    return host, reader.u16()
+
+
+def _check_punch_fields(punch_id: bytes, counter: int) -> None:
+    if len(punch_id) != PUNCH_ID_SIZE:
+        raise ValueError(f"a punch id is {PUNCH_ID_SIZE} bytes")
+    if not 0 <= counter <= MAX_COUNTER:
+        raise ValueError(f"punch counter {counter} out of range")
+
+
+def punch_mac_input(packet: PunchProbe | PunchAck) -> bytes:
+    """The bytes a punch packet's MAC covers: everything the packet carries before it."""
+    _check_punch_fields(packet.punch_id, packet.counter)
+    if isinstance(packet, PunchProbe):
+        head = bytes([ControlKind.PUNCH_PROBE, CONTROL_VERSION])
+        return head + packet.punch_id + bytes([packet.role]) + u32(packet.counter)
+    head = bytes([ControlKind.PUNCH_ACK, CONTROL_VERSION])
+    return (
+        head
+        + packet.punch_id
+        + bytes([packet.role])
+        + u32(packet.counter)
+        + _address_bytes(packet.observed)
+    )
 
 
 def encode_control_packet(packet: ControlPacket) -> bytes:
     if isinstance(packet, WhoamiRequest):
         body = bytes([ControlKind.WHOAMI_REQUEST, CONTROL_VERSION]) + packet.txid
         return body.ljust(WHOAMI_REQUEST_SIZE, b"\x00")
-    ip = ipaddress.ip_address(packet.host)
-    return (
-        bytes([ControlKind.WHOAMI_RESPONSE, CONTROL_VERSION])
-        + packet.txid
-        + bytes([ip.version])
-        + ip.packed
-        + u16(packet.port)
-    )
+    if isinstance(packet, WhoamiResponse):
+        return (
+            bytes([ControlKind.WHOAMI_RESPONSE, CONTROL_VERSION])
+            + packet.txid
+            + _address_bytes((packet.host, packet.port))
+        )
+    if len(packet.mac) != PUNCH_MAC_SIZE:
+        raise ValueError(f"a punch MAC is {PUNCH_MAC_SIZE} bytes")
+    signed = punch_mac_input(packet) + packet.mac
+    if isinstance(packet, PunchProbe):
+        return signed.ljust(PUNCH_PROBE_SIZE, b"\x00")
+    return signed
 
 
-def decode_control_packet(data: bytes) -> ControlPacket:
+def _control_header(
+    data: bytes, kinds: frozenset[ControlKind], what: str
+) -> tuple[ControlKind, Reader]:
     if len(data) > MAX_CONTROL_SIZE:
         raise OversizeError(f"control packet of {len(data)} bytes")
     reader = Reader(data, "control packet")
@@ -76,21 +184,54 @@ def decode_control_packet(data: bytes) -> ControlPacket:
         kind = ControlKind(raw_kind)
     except ValueError:
         raise MalformedError(f"unknown control packet kind 0x{raw_kind:02x}") from None
+    if kind not in kinds:
+        raise MalformedError(f"control packet kind {kind.name} is not a {what} packet")
     version = reader.u8()
     if version != CONTROL_VERSION:
         raise UnsupportedVersionError(f"control packet version {version}")
+    return kind, reader
+
+
+_WHOAMI_KINDS = frozenset({ControlKind.WHOAMI_REQUEST, ControlKind.WHOAMI_RESPONSE})
+_PUNCH_KINDS = frozenset({ControlKind.PUNCH_PROBE, ControlKind.PUNCH_ACK})
+
+
+def decode_control_packet(data: bytes) -> WhoamiRequest | WhoamiResponse:
+    """A WHOAMI request or response (the reflexive-address service's packets)."""
+    kind, reader = _control_header(data, _WHOAMI_KINDS, "whoami")
     txid = reader.take(TXID_SIZE)
     if kind == ControlKind.WHOAMI_REQUEST:
         if len(data) != WHOAMI_REQUEST_SIZE:
             raise MalformedError(f"whoami request of {len(data)} bytes, not {WHOAMI_REQUEST_SIZE}")
         return WhoamiRequest(txid)
-    family = reader.u8()
-    if family == 4:
-        host = str(ipaddress.IPv4Address(reader.take(4)))
-    elif family == 6:
-        host = str(ipaddress.IPv6Address(reader.take(16)))
-    else:
-        raise MalformedError(f"unknown address family {family}")
-    port = reader.u16()
+    host, port = _read_address(reader)
     reader.end()
     return WhoamiResponse(txid, host, port)
+
+
+def decode_punch_packet(data: bytes) -> PunchProbe | PunchAck:
+    """A PUNCH_PROBE or PUNCH_ACK; its MAC is not checked here (the punch key does that)."""
+    kind, reader = _control_header(data, _PUNCH_KINDS, "punch")
+    return _decode_punch(kind, data, reader)
+
+
+def _decode_punch(kind: ControlKind, data: bytes, reader: Reader) -> PunchProbe | PunchAck:
+    if kind == ControlKind.PUNCH_PROBE and len(data) != PUNCH_PROBE_SIZE:
+        # Exact: a shorter probe would make the ACK an amplifier.
+        raise MalformedError(f"punch probe of {len(data)} bytes, not {PUNCH_PROBE_SIZE}")
+    punch_id = reader.take(PUNCH_ID_SIZE)
+    raw_role = reader.u8()
+    try:
+        role = PunchRole(raw_role)
+    except ValueError:
+        raise MalformedError(f"unknown punch role {raw_role}") from None
+    counter = reader.u32()
+    if kind == ControlKind.PUNCH_PROBE:
+        mac = reader.take(PUNCH_MAC_SIZE)
+        if any(reader.rest()):
+            raise MalformedError("punch probe padding is not zero")
+        return PunchProbe(punch_id, role, counter, mac)
+    observed = _read_address(reader)
+    mac = reader.take(PUNCH_MAC_SIZE)
+    reader.end()
+    return PunchAck(punch_id, role, counter, observed, mac)
