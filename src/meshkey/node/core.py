@@ -179,6 +179,7 @@ class Node:
             router,
             claims=store.relay_claims() if store else {},
             admit=lambda owner: self.policies.admit(RELAY_RESOURCE, owner),
+            address_of=self._udp.remote_of,
             **self._claim_persistence(store),
         )
         self._relays = RelayClient(self.identity, router, self._resolve_for_relay, self._watch)
@@ -188,9 +189,19 @@ class Node:
             await self._tcp.listen(*self._tcp_listen)
         for relay, at in store.relays() if store else []:
             await self._relays.create(relay, at, wait=False)
+        if self._udp.address is not None:
+            self.announce_restart()
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
+
+    def announce_restart(self) -> None:
+        """Owners of relays hosted here hold connections this process no longer has: tell
+        them (from the node's UDP port, once it listens), so they register again within a
+        second instead of at their next keepalive."""
+        if self._store is not None:
+            for address in self._store.relay_owner_addresses():
+                self.udp.send_restarted(address)
 
     @staticmethod
     def _claim_persistence(store: NodeStore | None) -> dict[str, Any]:
@@ -204,7 +215,10 @@ class Node:
         async def on_release(name: str) -> None:
             await asyncio.to_thread(store.release_relay, name)
 
-        return {"on_claim": on_claim, "on_release": on_release}
+        async def on_address(name: str, address: tuple[str, int]) -> None:
+            await asyncio.to_thread(store.save_relay_owner_address, name, address)
+
+        return {"on_claim": on_claim, "on_release": on_release, "on_address": on_address}
 
     async def stop(self) -> None:
         if not self._started:

@@ -89,6 +89,7 @@ class Daemon:
                 for protocol in ("udp", "tcp")
             }
             self.dir.set_config({"node_id": str(identity.node_id), **bound})
+            self.node.announce_restart()
             for extra in store.tcp_listeners():
                 try:
                     await self.node.tcp.listen(*parse_listen(extra))

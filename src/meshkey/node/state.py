@@ -42,6 +42,8 @@ MIGRATIONS = [
     CREATE TABLE listeners (name TEXT PRIMARY KEY, authorized TEXT);
     """,
     "CREATE TABLE tcp_listeners (address TEXT PRIMARY KEY)",
+    # Where the owners of relays hosted here were last seen (UDP), to nudge them at restart.
+    "CREATE TABLE relay_owner_addresses (name TEXT PRIMARY KEY, address TEXT NOT NULL)",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).

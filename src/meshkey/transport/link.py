@@ -342,7 +342,9 @@ class HopLink:
         if not data:
             return False
         events = self.core.receive_data(data, self._loop.time())
-        self._flush()
+        if not (events and isinstance(events[-1], HopFailed)):
+            self._flush()  # answers (AUTH_OK, PONG) go out before the messages are handled
+        # (after a failure the CLOSE waits for close(): what is logged is logged first)
         self._rearm()
         return await self._handle(events)
 

@@ -45,8 +45,16 @@ from meshkey.routing.address import TransportAddress
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
 from meshkey.transport.tls import SERVER_NAME
+from meshkey.wire.errors import WireError
 from meshkey.wire.hop import CloseCode
-from meshkey.wire.udp import QUIC_BIT
+from meshkey.wire.udp import (
+    QUIC_BIT,
+    ControlKind,
+    Restarted,
+    Stale,
+    decode_nudge_packet,
+    encode_control_packet,
+)
 
 log = EventLogger("transport.udp")
 
@@ -76,6 +84,9 @@ RETRY_TOKEN_LIFETIME = 10.0
 #: beyond, Initials are answered with a Retry (cheap, stateless), and beyond that dropped.
 NEW_CONNECTIONS_PER_SECOND = 200.0
 RETRIES_PER_SECOND = 2000.0
+#: STALE answers to packets for connections this node does not have (after a restart, the
+#: peers' next packets): enough to tell every peer quickly, never a flood.
+STALE_PER_SECOND = 200.0
 #: Stream bytes received from one peer and not yet consumed by the node; beyond this its
 #: datagrams are dropped unread (QUIC resends them and its congestion control slows the
 #: sender), so one peer sending as fast as it can cannot starve the others or fill memory.
@@ -301,9 +312,13 @@ class QuicTransport(LinkTransport):
         self._retry_key = os.urandom(32)
         self._new_connections = TokenBucket(NEW_CONNECTIONS_PER_SECOND, NEW_CONNECTIONS_PER_SECOND)
         self._retries = TokenBucket(RETRIES_PER_SECOND, RETRIES_PER_SECOND)
+        self._stale = TokenBucket(STALE_PER_SECOND, STALE_PER_SECOND)
         self._dirty: set[QuicLink] = set()
         self._flush_scheduled = False
-        self._control: dict[int, ControlHandler] = {}
+        self._control: dict[int, ControlHandler] = {
+            ControlKind.STALE: self._on_nudge,
+            ControlKind.RESTARTED: self._on_nudge,
+        }
 
     # -- configuration ----------------------------------------------------------------
 
@@ -406,7 +421,10 @@ class QuicTransport(LinkTransport):
             return
         link = self._link_for(data)
         if link is None:
-            self._accept(data, source, now)
+            if data[0] & 0x80:
+                self._accept(data, source, now)
+            else:
+                self._answer_stale(data, source, now)
         elif link.inbox_full:
             self.endpoint.stats["inbox_dropped"] += 1
         else:
@@ -478,6 +496,47 @@ class QuicTransport(LinkTransport):
         link.add_cid(quic.host_cid)
         link.unsent = answer  # goes out with this batch's other datagrams
         link._after_input()
+
+    # -- nudges: a peer learns at once that a connection it holds is gone here ------------
+
+    def _answer_stale(self, data: bytes, source: Address, now: float) -> None:
+        if len(data) >= 1 + CID_LENGTH + 16 and self._stale.allow(now):
+            cid = data[1 : 1 + CID_LENGTH]
+            self.endpoint.send_one(encode_control_packet(Stale(cid)), source)
+
+    def remote_of(self, worker: str) -> Address | None:
+        """The UDP address of the peer of the link that is worker ``worker``, if any."""
+        for link in self.links:
+            if link.name == worker and not link.closed:
+                return link.remote
+        return None
+
+    def send_restarted(self, address: Address) -> None:
+        """Tells the node at ``address`` that this node restarted (see wire.udp)."""
+        self._ensure_socket()
+        packet = encode_control_packet(Restarted(self.identity.node_id.raw))
+        self.endpoint.send_one(packet, address)
+
+    def _on_nudge(self, data: bytes, source: Address) -> None:
+        try:
+            nudge = decode_nudge_packet(data)
+        except WireError:
+            return
+        if isinstance(nudge, Stale):
+            link = self.by_cid.get(nudge.connection_id)
+            suspects = [link] if link is not None and link.remote == source else []
+        else:
+            suspects = [
+                each
+                for each in self.links
+                if isinstance(each, QuicLink)
+                and each.remote == source
+                and each.core.peer is not None
+                and each.core.peer.raw == nudge.node_id
+            ]
+        for each in suspects:
+            log.debug("udp.nudged", remote=f"{source[0]}:{source[1]}", kind=type(nudge).__name__)
+            each.suspect()
 
     # -- address validation (QUIC Retry) --------------------------------------------------
 
