@@ -80,7 +80,9 @@ def test_the_forwarder_session_and_the_relay_sees_only_ciphertext(
     )
     assert (session.returncode, session.stdout) == (0, "HELLO\n"), session.stderr
     yellow = {c["transport"] for c in cli.json("node", "show", "yellow")["connections"]}
-    assert yellow == {hops}
+    # Yellow reached green over the route's transport; the channel may then have found a
+    # direct (punched, UDP) hop to blue, which is no business of green's.
+    assert hops in yellow and yellow <= {hops, "udp"}
 
     through_green = captured(capture)
     assert len(through_green) >= 6  # handshake both ways, the message and its reply

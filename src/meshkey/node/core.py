@@ -26,10 +26,12 @@ from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
+from meshkey.paths.service import PathService
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
 from meshkey.routing.address import (
     Route,
+    RouteError,
     ServiceAddress,
     TransportAddress,
     check_destination,
@@ -51,6 +53,17 @@ __all__ = ["Node", "RemoteError"]
 
 
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _udp_endpoint(text: str, home: Home | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``/ip4/A/udp/P`` (or ``/node/NAME``, with a home) -> (host, port)."""
+    if text.startswith("/"):
+        route = resolve_route(text, home)
+        address = route[0] if len(route) == 1 else None
+        if not isinstance(address, TransportAddress) or address.protocol != "udp":
+            raise RouteError(f"{text}: an observer is one UDP address, e.g. /ip4/A/udp/P")
+        return address.endpoint
+    return parse_listen(text)
 
 
 def _node_ids(values: Iterable[NodeId | str]) -> frozenset[NodeId]:
@@ -90,8 +103,15 @@ class Node:
         idle_timeout: float = 300.0,
         keepalive_interval: float = 20.0,
         store: NodeStore | None = None,
+        observers: Iterable[str] = (),
+        direct: bool = True,
     ) -> None:
+        """``observers``: UDP addresses (``HOST:PORT`` or ``/ip4/A/udp/P``) of public nodes
+        that may tell this node how its NAT maps its socket (besides the relay nodes it uses).
+        ``direct=False``: traffic to peers stays on the relays (no hole punching)."""
         self.identity = identity or Identity.generate()
+        self._observers = [_udp_endpoint(text) for text in observers]
+        self._direct = direct
         self.name = name
         self.events = EventBus()
         self._tcp_listen = parse_listen(tcp) if tcp else None
@@ -108,6 +128,7 @@ class Node:
         self._channels: SecureChannels | None = None
         self._relays: RelayClient | None = None
         self._registry: RelayRegistry | None = None
+        self._paths: PathService | None = None
         self.policies = Policies()
         self._started = False
 
@@ -183,6 +204,16 @@ class Node:
             **self._claim_persistence(store),
         )
         self._relays = RelayClient(self.identity, router, self._resolve_for_relay, self._watch)
+        self._paths = PathService(
+            router,
+            self._udp,
+            self._tcp,
+            self._channels,
+            self._reflexive,
+            observers=self._observers,
+            no_direct=not self._direct,
+        )
+        self.events.subscribe(self._paths.on_transport_event)
         if self._udp_listen is not None:
             await self._udp.listen(*self._udp_listen)
         if self._tcp_listen is not None:
@@ -191,6 +222,7 @@ class Node:
             await self._relays.create(relay, at, wait=False)
         if self._udp.address is not None:
             self.announce_restart()
+            self._paths.wake()
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
@@ -224,6 +256,8 @@ class Node:
         if not self._started:
             return
         self._started = False
+        if self._paths is not None:
+            await self._paths.close()
         await self.relays.close()
         await self.channels.close_all()
         await self.udp.close()
@@ -351,12 +385,13 @@ class Node:
         *,
         authorized: Iterable[NodeId | str] | None = None,
         timeout: float = 10.0,
+        no_direct: bool = False,
     ) -> str:
         """Opens a secure channel to the listener at the end of ``route``; returns its local
         address (``/service/<hex>``): send to ``THAT/service/X`` to reach X on the far node."""
         allowed = _node_ids(authorized) if authorized else None
         channel = await self.channels.create(
-            self.resolve(route), authorized=allowed, timeout=timeout
+            self.resolve(route), authorized=allowed, timeout=timeout, no_direct=no_direct
         )
         return f"/service/{channel.address}"
 
@@ -413,6 +448,44 @@ class Node:
             self._store.delete_policy(resource)
         log.info("policy.deleted", resource=resource)
 
+    @property
+    def path_service(self) -> PathService:
+        paths: PathService = self._require(self._paths)
+        return paths
+
+    def nat_info(self) -> dict[str, Any]:
+        """The NAT class of the node's UDP socket and what each observer saw."""
+        service = self.path_service
+        found = service.classification
+        observers = [f"{host}:{port}" for host, port in service.known_observers()]
+        if found is None:
+            return {"class": "unknown", "reason": "not classified yet", "observers": observers}
+        return {
+            "class": found.nat_class.value,
+            "reason": found.reason,
+            "confidence": round(found.confidence, 2),
+            "classified_at": service.classified_at,
+            "observations": [
+                {
+                    "observer": f"{o.observer[0]}:{o.observer[1]}",
+                    "saw": f"{o.reflexive[0]}:{o.reflexive[1]}" if o.reflexive else None,
+                }
+                for o in found.observations
+            ],
+            "public": "{}:{}".format(*found.public_address) if found.public_address else None,
+            "observers": observers,
+            "direct": self._direct,
+        }
+
+    async def classify_nat(
+        self, via: Iterable[str] = (), *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Runs a NAT classification now (asking ``via`` and the known observers)."""
+        extra = [_udp_endpoint(text, self._home) for text in via]
+        observers = list(dict.fromkeys(extra + self.path_service.known_observers()))
+        await asyncio.wait_for(self.path_service.classify(observers), timeout)
+        return self.nat_info()
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -425,6 +498,7 @@ class Node:
             ],
             "connections": self.udp.connections() + self.tcp.connections(),
             "udp_stats": dict(self.udp.endpoint.stats),
+            "nat": self.nat_info(),
             "unauthenticated": {
                 "udp": sum(self.udp.unauthenticated.values()),
                 "tcp": sum(self.tcp.unauthenticated.values()),

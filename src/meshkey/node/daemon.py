@@ -215,10 +215,10 @@ class Daemon:
             )
         channel = self._node.channels.get(address)
         assert channel is not None
-        return channel.describe()
+        return self._node.channels.describe(channel)
 
     async def _channel_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [c.describe() for c in self._node.channels.channels()]
+        return [self._node.channels.describe(c) for c in self._node.channels.channels()]
 
     async def _channel_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         address = _text(args, "address")
