@@ -31,7 +31,12 @@ from typing import Any
 from meshkey.channel.manager import SecureChannels
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.nat.classify import Classification, ClassificationRound, RecheckPolicy
+from meshkey.nat.classify import (
+    Classification,
+    ClassificationRound,
+    RecheckPolicy,
+    classify,
+)
 from meshkey.nat.punch import (
     CloseBirthdaySockets,
     DialHop,
@@ -133,6 +138,7 @@ class PathService:
         self._round: ClassificationRound | None = None
         self._round_waiters: list[asyncio.Future[Classification]] = []
         self._peers: dict[NodeId, _PeerState] = {}
+        self._deferred_punches: set[NodeId] = set()
         self._links: dict[tuple[NodeId, PathKey], HopLink] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -188,7 +194,7 @@ class PathService:
 
     def _start_round(self, observers: list[Address] | None = None) -> None:
         local = [self.udp.address.endpoint] if self.udp.address is not None else []
-        tcp_works = any(link.core.is_open for link in self.tcp.links) or None
+        tcp_works = self._tcp_works()
         round_ = ClassificationRound(
             observers if observers is not None else self.known_observers(),
             local,
@@ -205,7 +211,24 @@ class PathService:
             self._round.on_response(source, response, self.now())
             self.wake()
 
+    def _tcp_works(self) -> bool | None:
+        return any(link.core.is_open for link in self.tcp.links) or None
+
     def _classified(self, classification: Classification) -> None:
+        if (
+            classification.nat_class is NatClass.UNKNOWN
+            and classification.observations
+            and not any(o.reflexive for o in classification.observations)
+            and self._tcp_works()
+        ):
+            # No UDP answer at all, and TCP hops came up while the round ran: UDP is blocked
+            # (the round began before there was any evidence of TCP).
+            classification = classify(
+                classification.observations,
+                [self.udp.address.endpoint] if self.udp.address is not None else [],
+                tcp_works=True,
+                at=classification.at,
+            )
         self.classification = classification
         self.classified_at = self._wall(classification.at)
         self.recheck.on_classified(classification, self.now())
@@ -216,6 +239,7 @@ class PathService:
             confidence=f"{classification.confidence:.2f}",
         )
         self._update_local()
+        self._start_deferred_punches()
         for waiter in self._round_waiters:
             if not waiter.done():
                 waiter.set_result(classification)
@@ -385,6 +409,8 @@ class PathService:
 
     def _hop_up(self, event: HopAuthenticated) -> None:
         peer = event.node_id
+        if event.direction == "outbound":
+            self._maybe_reclassify(event)
         state = self._peers.get(peer)
         if state is None or state.relay_key is None:
             return  # not a peer we reach through a relay: nothing to steer
@@ -402,6 +428,20 @@ class PathService:
         self.paths.add_path(peer, key, self.now(), validated=True)
         log.info("paths.direct_hop", peer=peer, path=key.describe())
         self.wake()
+
+    def _maybe_reclassify(self, event: HopAuthenticated) -> None:
+        """A new observer (a QUIC hop to a new IP), or the first TCP hop after a round that
+        got no UDP answer (the evidence that tells UDP-blocked from offline): ask again."""
+        found = self.classification
+        if found is not None and found.nat_class is not NatClass.UNKNOWN:
+            return
+        new_ip = event.transport == "udp" and event.remote[0] not in {
+            address[0] for address in self.observers
+        }
+        no_answers = found is not None and not any(o.reflexive for o in found.observations)
+        if new_ip or (event.transport == "tcp" and no_answers):
+            self.recheck.on_network_change(self.now())
+            self.wake()
 
     def _find_link(self, event: HopAuthenticated) -> HopLink | None:
         transport = self.udp if event.transport == "udp" else self.tcp
@@ -531,11 +571,12 @@ class PathService:
                 if link is not None:
                     link.ping(command.token)
         elif isinstance(command, StartPunch):
-            state = self._peers.setdefault(command.peer, _PeerState())
-            state.punch_started = now
-            self.puncher.start(
-                command.peer, now, direct_allowed=self.paths.direct_allowed(command.peer)
-            )
+            if self._classifying():
+                # The punch strategy depends on both sides' NAT classes: wait for ours (a
+                # round is running), rather than punch as "unknown" and retry in 40 s.
+                self._deferred_punches.add(command.peer)
+                return
+            self._start_punch(command.peer, now)
         elif isinstance(command, CancelPunch):
             self.puncher.cancel(command.peer, now)
         elif isinstance(command, CloseSocket):
@@ -546,6 +587,23 @@ class PathService:
                 link.spawn(link.close(_normal(), "the path failed"), "close")
             if command.path.local_socket:
                 self.udp.close_socket(command.path.local_socket)
+
+    def _classifying(self) -> bool:
+        found = self.classification
+        running = self._round is not None and self._round.result is None
+        due = self.recheck.next_deadline()
+        soon = due is not None and due <= self.now() + 1.0 and bool(self.known_observers())
+        return (found is None or found.nat_class is NatClass.UNKNOWN) and (running or soon)
+
+    def _start_punch(self, peer: NodeId, now: float) -> None:
+        state = self._peers.setdefault(peer, _PeerState())
+        state.punch_started = now
+        self.puncher.start(peer, now, direct_allowed=self.paths.direct_allowed(peer))
+
+    def _start_deferred_punches(self) -> None:
+        waiting, self._deferred_punches = self._deferred_punches, set()
+        for peer in waiting:
+            self._start_punch(peer, self.now())
 
     def _arm(self) -> None:
         deadlines = [
