@@ -251,6 +251,7 @@ class DhtEngine:
         self._commands: list[EngineCommand | PersistSequence] = []
         self._events: list[EngineEvent] = []
         self._pending: dict[bytes, _Pending] = {}
+        self._timed: set[bytes] = set()  # pending txids with a deadline of their own
         self._lookups: dict[int, tuple[Lookup, Purpose]] = {}
         self._lookup_txids: dict[tuple[int, NodeId], bytes] = {}
         self._next_lookup = 1
@@ -279,7 +280,7 @@ class DhtEngine:
         candidates = [self.publisher.next_deadline(), self.records.next_deadline()]
         if self.phase == Phase.READY:
             candidates.append(self.table.next_deadline())
-        candidates.extend(p.deadline for p in self._pending.values())
+        candidates.extend(self._pending[t].deadline for t in self._timed)
         candidates.extend(lookup.next_deadline() for lookup, _ in self._lookups.values())
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
@@ -380,6 +381,8 @@ class DhtEngine:
         entry = self.table.claim_mode(peer, mode)
         if entry is None or mode != Mode.SERVER or entry.reachable_at is not None:
             return
+        if peer not in self.table:
+            return  # waiting in a replacement cache: checked if it ever gets a place
         last = self._verified.get(peer)
         if last is not None and now - last < VERIFY_INTERVAL:
             return
@@ -416,6 +419,7 @@ class DhtEngine:
             self.on_failure(txid, now)
             return
         del self._pending[txid]
+        self._timed.discard(txid)
         self.table.claim_mode(peer, answer.mode)
         self.table.record_success(peer, now)
         if pending.lookup is not None:
@@ -443,6 +447,7 @@ class DhtEngine:
 
     def on_failure(self, txid: bytes, now: float) -> None:
         pending = self._pending.pop(txid, None)
+        self._timed.discard(txid)
         if pending is None:
             return
         if pending.lookup is not None:
@@ -463,8 +468,9 @@ class DhtEngine:
             self._seed_settled(txid, now)
 
     def on_timer(self, now: float) -> None:
-        for txid, pending in list(self._pending.items()):
-            if pending.deadline is not None and pending.deadline <= now:
+        for txid in list(self._timed):
+            pending = self._pending.get(txid)
+            if pending is not None and pending.deadline is not None and pending.deadline <= now:
                 self.on_failure(txid, now)
         for lookup_id in list(self._lookups):
             entry = self._lookups.get(lookup_id)
@@ -707,6 +713,8 @@ class DhtEngine:
     ) -> bytes:
         timeout = self.rtt.timeout(peer) * PING_TIMEOUT_FACTOR
         self._pending[request.txid] = _Pending(peer, now, now + timeout if deadline else None)
+        if deadline:
+            self._timed.add(request.txid)
         self._commands.append(SendRequest(request.txid, peer, address, request))
         return request.txid
 

@@ -183,6 +183,7 @@ class Lookup:
         self._events: list[LookupEvent] = []
         self._in_flight = 0
         self._outstanding = 0
+        self._waiting: set[_Candidate] = set()  # IN_FLIGHT or SLOW
         self._messages = 0
         self._rounds = 0
         self._asked: set[NodeId] = set()
@@ -211,7 +212,7 @@ class Lookup:
 
     def next_deadline(self) -> float | None:
         deadline: float | None = None
-        for candidate in self._candidates.values():
+        for candidate in self._waiting:
             if candidate.state == _State.IN_FLIGHT:
                 when = candidate.soft_deadline
             elif candidate.state == _State.SLOW:
@@ -236,6 +237,7 @@ class Lookup:
         else:
             self._in_flight -= 1
         self._outstanding -= 1
+        self._waiting.discard(candidate)
         candidate.state = _State.ANSWERED
         rtt = now - candidate.sent_at
         self._rtt.sample(peer, rtt)
@@ -271,7 +273,7 @@ class Lookup:
         self.on_failure(peer, now)
 
     def on_timer(self, now: float) -> None:
-        for candidate in list(self._candidates.values()):
+        for candidate in list(self._waiting):
             if candidate.state == _State.IN_FLIGHT and candidate.soft_deadline <= now:
                 candidate.state = _State.SLOW
                 self._in_flight -= 1
@@ -286,6 +288,7 @@ class Lookup:
         if candidate.state == _State.IN_FLIGHT:
             self._in_flight -= 1
         self._outstanding -= 1
+        self._waiting.discard(candidate)
         if self.done is None and candidate.tried < len(candidate.addresses):
             candidate.state = _State.NEW  # another address is known for this NodeId
         else:
@@ -367,6 +370,7 @@ class Lookup:
         candidate.hard_deadline = now + soft * HARD_FACTOR
         self._in_flight += 1
         self._outstanding += 1
+        self._waiting.add(candidate)
         self._messages += 1
         self._asked.add(candidate.node_id)
         self._rounds = max(self._rounds, candidate.round)

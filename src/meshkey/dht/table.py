@@ -16,7 +16,8 @@ is the observation. Nothing that a peer says can insert a third party.
 **Bucket full.** A new peer for a full bucket goes to the bucket's replacement cache
 (:data:`REPLACEMENTS` newest, bounded so a flood of new ids costs nothing) and the table
 returns a :class:`BucketFull` verdict naming up to :data:`PING_BATCH` of the bucket's
-least recently seen entries. The glue pings them and reports who answered with
+least recently seen entries (those not seen in the last :data:`RECENT` seconds: an entry
+that just answered is alive, and pinging it again would only cost traffic). The glue pings them and reports who answered with
 :meth:`RoutingTable.settle`: those that did not answer are evicted and their places filled
 from the replacement cache (newest first); those that answered stay, refreshed. Kademlia
 keeps long-lived nodes because a node that has been up for an hour is likely to stay up
@@ -47,6 +48,7 @@ Buckets closer than our closest neighbour are empty for good reason and are not 
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -59,6 +61,8 @@ K = 20
 BUCKETS = 256
 REPLACEMENTS = 8
 PING_BATCH = 3
+#: An entry seen this recently is taken to be alive: a full bucket does not ping it.
+RECENT = 60.0
 REFRESH_INTERVAL = 3600.0
 REFRESH_JITTER = 0.1
 STALE_AFTER = 2
@@ -214,20 +218,41 @@ class RoutingTable:
     ) -> list[Entry]:
         """Up to ``count`` (k) entries closest to ``target``. Clients and peers that failed
         :data:`STALE_AFTER` times in a row are left out unless ``servers_only`` is False
-        (clients are never handed to other nodes: they cannot be reached at their address)."""
+        (clients are never handed to other nodes: they cannot be reached at their address).
+
+        Buckets are visited in distance order without sorting them all: with ``b`` the
+        bucket of ``target`` itself, every entry of bucket ``b`` is closer to the target than
+        any entry of the buckets below ``b``, which are all closer than bucket ``b + 1``,
+        then ``b + 2``... (XOR distances: the highest differing bit decides)."""
         wanted = self.k if count is None else count
         goal = target if isinstance(target, int) else key_of(target)
-        pool = [
-            e
-            for b in self._buckets.values()
-            for e in b.entries.values()
-            if e.node_id != exclude
-            and (not servers_only or (e.mode == Mode.SERVER and e.failures < STALE_AFTER))
-        ]
-        if len(pool) > wanted:
+        top = bucket_index(self.own_key, goal)
+        groups: list[list[int]] = [[top]] if top >= 0 else []
+        lower = [i for i in self._buckets if i < top]
+        if lower:
+            groups.append(lower)
+        groups.extend([i] for i in range(max(top, -1) + 1, BUCKETS) if i in self._buckets)
+        found: list[Entry] = []
+        for group in groups:
+            pool = [
+                e
+                for i in group
+                if i in self._buckets
+                for e in self._buckets[i].entries.values()
+                if e.node_id != exclude
+                and (
+                    not servers_only
+                    or (
+                        (e.reachable_at is not None and e.claimed != Mode.CLIENT)
+                        and e.failures < STALE_AFTER
+                    )
+                )
+            ]
             pool.sort(key=lambda e: e.key ^ goal)
-            return pool[:wanted]
-        return sorted(pool, key=lambda e: e.key ^ goal)
+            found.extend(pool[: wanted - len(found)])
+            if len(found) >= wanted:
+                break
+        return found
 
     # -- the one way in -------------------------------------------------------------
 
@@ -274,7 +299,13 @@ class RoutingTable:
             bucket.replacements.popitem(last=False)
         if bucket.pinging and now - bucket.ping_started < PING_ROUND_TIMEOUT:
             return Cached(index, node_id)
-        oldest = tuple(list(bucket.entries)[:PING_BATCH])
+        oldest = tuple(
+            itertools.islice(
+                (n for n, e in bucket.entries.items() if now - e.last_seen >= RECENT), PING_BATCH
+            )
+        )
+        if not oldest:
+            return Cached(index, node_id)  # every entry was seen moments ago: alive
         bucket.pinging, bucket.ping_started = oldest, now
         return BucketFull(index, node_id, oldest)
 

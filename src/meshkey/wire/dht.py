@@ -384,7 +384,8 @@ def decode_rpc(data: bytes) -> Rpc:
         return DialBackResult(txid, mode, ok, helper, _text(body, "s"))
     raw_code = body.get("e")
     # An unknown code (a newer peer's) is still an error, with its reason.
-    code = DhtErrorCode(raw_code) if raw_code in _ERROR_CODES else DhtErrorCode.INTERNAL
+    known = isinstance(raw_code, int) and raw_code in _ERROR_CODES
+    code = DhtErrorCode(raw_code) if known else DhtErrorCode.INTERNAL
     return DhtError(txid, mode, code, _text(body, "s"))
 
 
