@@ -165,7 +165,7 @@ class SimNet:
             for node in group:
                 node.engine.join([c for c in contacts if c[0] != node.node_id], self.now)
                 self._service(node)
-            self.run_until(lambda g=group: all(n.engine.phase == Phase.READY for n in g), 600)
+            self.run_until(lambda: all(n.engine.phase == Phase.READY for n in group), 600)  # noqa: B023
             if on_progress:
                 on_progress(first + start + len(group))
 

@@ -17,9 +17,10 @@ is the observation. Nothing that a peer says can insert a third party.
 (:data:`REPLACEMENTS` newest, bounded so a flood of new ids costs nothing) and the table
 returns a :class:`BucketFull` verdict naming up to :data:`PING_BATCH` of the bucket's
 least recently seen entries (those not seen in the last :data:`RECENT` seconds: an entry
-that just answered is alive, and pinging it again would only cost traffic). The glue pings them and reports who answered with
-:meth:`RoutingTable.settle`: those that did not answer are evicted and their places filled
-from the replacement cache (newest first); those that answered stay, refreshed. Kademlia
+that just answered is alive, and pinging it again would only cost traffic). The glue pings
+them and reports who answered with :meth:`RoutingTable.settle`: those that did not answer
+are evicted and their places filled from the replacement cache (newest first); those that
+answered stay, refreshed. Kademlia
 keeps long-lived nodes because a node that has been up for an hour is likely to stay up
 (Polykey issue 359 lost exactly that). While a bucket's ping round is out, further
 newcomers only join the cache. :meth:`RoutingTable.force` (a manual ``peer add --force``)

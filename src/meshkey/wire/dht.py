@@ -384,8 +384,9 @@ def decode_rpc(data: bytes) -> Rpc:
         return DialBackResult(txid, mode, ok, helper, _text(body, "s"))
     raw_code = body.get("e")
     # An unknown code (a newer peer's) is still an error, with its reason.
-    known = isinstance(raw_code, int) and raw_code in _ERROR_CODES
-    code = DhtErrorCode(raw_code) if known else DhtErrorCode.INTERNAL
+    code = DhtErrorCode.INTERNAL
+    if isinstance(raw_code, int) and raw_code in _ERROR_CODES:
+        code = DhtErrorCode(raw_code)
     return DhtError(txid, mode, code, _text(body, "s"))
 
 
