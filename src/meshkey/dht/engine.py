@@ -142,6 +142,7 @@ class SendRequest:
     peer: NodeId
     address: Endpoint
     request: Request
+    fresh: bool = False  # dial a new hop to ``address``; do not reuse a hop to ``peer``
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +392,9 @@ class DhtEngine:
         while len(self._verified) > 4096:
             self._verified.popitem(last=False)
         # A new outbound hop to where it was seen: if that authenticates, it is reachable.
-        txid = self._send(peer, address, Ping(self._txid(), self.mode), now, deadline=True)
+        txid = self._send(
+            peer, address, Ping(self._txid(), self.mode), now, deadline=True, fresh=True
+        )
         self._pending[txid].verify = True
 
     def _contacts_for(self, target: NodeId, requester: NodeId) -> tuple[WireContact, ...]:
@@ -709,13 +712,20 @@ class DhtEngine:
         return self.rng.randbytes(NONCE_SIZE)
 
     def _send(
-        self, peer: NodeId, address: Endpoint, request: Request, now: float, *, deadline: bool
+        self,
+        peer: NodeId,
+        address: Endpoint,
+        request: Request,
+        now: float,
+        *,
+        deadline: bool,
+        fresh: bool = False,
     ) -> bytes:
         timeout = self.rtt.timeout(peer) * PING_TIMEOUT_FACTOR
         self._pending[request.txid] = _Pending(peer, now, now + timeout if deadline else None)
         if deadline:
             self._timed.add(request.txid)
-        self._commands.append(SendRequest(request.txid, peer, address, request))
+        self._commands.append(SendRequest(request.txid, peer, address, request, fresh))
         return request.txid
 
 

@@ -371,6 +371,8 @@ def decode_rpc(data: bytes) -> Rpc:
         if not isinstance(record, bytes) or len(record) > MAX_PEER_RECORD:
             raise MalformedError(f"a STORE carries a record of at most {MAX_PEER_RECORD} bytes")
         return Store(txid, mode, record)
+    if kind == RpcKind.STORED:
+        return Stored(txid, mode)
     if kind == RpcKind.DIAL_BACK:
         targets = _contacts(body.get("c", []))
         if len(targets) > 1:
