@@ -25,6 +25,15 @@ from meshkey.wire.message import ErrorCode
 pytestmark = pytest.mark.integration
 
 
+def text_address(node: Node) -> str:
+    host, port = endpoint(node)
+    return f"{host}:{port}"
+
+
+def wall_now(service: DhtService) -> float:
+    return asyncio.get_running_loop().time() + service.wall_offset
+
+
 def endpoint(node: Node) -> tuple[str, int]:
     address = node.udp.address
     assert address is not None
@@ -214,14 +223,15 @@ async def test_manual_add_authenticates_and_force_evicts(tmp_path) -> None:
         graph_b = await start_graph(b)
         try:
             peers = PeerGraph(graph_a)
-            added = await peers.add(b.node_id, "%s:%d" % endpoint(b))
+            added = await peers.add(b.node_id, text_address(b))
             assert added["added"]
-            assert graph_a.engine.table.get(b.node_id).learned.value == "manual"
+            entry = graph_a.engine.table.get(b.node_id)
+            assert entry is not None and entry.learned.value == "manual"
             ping = await peers.ping(b.node_id)
             assert ping["success"] and ping["path"]["peer"] == str(b.node_id)
             assert any(c["peer"] == str(b.node_id) for c in peers.connections())
             with pytest.raises(RemoteError):
-                await peers.add(Identity.generate().node_id, "%s:%d" % endpoint(b))
+                await peers.add(Identity.generate().node_id, text_address(b))
             assert peers.remove(b.node_id)
             assert b.node_id not in graph_a.engine.table
         finally:
