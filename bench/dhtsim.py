@@ -5,8 +5,10 @@ runs; only the network and the clock are fake. One event queue (a heap ordered b
 by insertion) drives everything, so a run with the same seed is the same run.
 
 - **Links.** Each node has an access latency drawn once from ``latency``; the one-way delay
-  between two nodes is the sum of theirs (so some pairs are near, some far). ``loss`` drops
-  a request or an answer with that probability.
+  between two nodes is the sum of theirs (so some pairs are near, some far). ``loss`` loses
+  a datagram with that probability; hops are QUIC, so a lost request or answer is sent
+  again after a probe timeout (3 one-way delays here), each try lost again with the same
+  probability: loss makes exchanges slower, as on the real transport, not silent.
 - **Hops and authentication.** A request goes to an address and is pinned to a NodeId, as
   the daemon's ``/ip4/H/udp/P/id/NODEID`` hops are. "Authenticated" means what it means on a
   real hop: the node at that address really holds that NodeId. Then both sides see the hop
@@ -298,6 +300,14 @@ class SimNet:
     def _delay(self, a: SimNode, b: SimNode) -> float:
         return a.latency + b.latency
 
+    def _transit(self, delay: float) -> float:
+        """One reliable (QUIC) transmission: each loss costs a probe timeout more."""
+        total = delay
+        while self.loss and self.rng.random() < self.loss:
+            self.dropped += 1
+            total += 3 * delay
+        return total
+
     def _send(self, source: SimNode, command: SendRequest) -> None:
         if not source.alive:
             return
@@ -311,10 +321,7 @@ class SimNet:
                 self.auth_failures += 1
                 self.at(self.now + 2 * delay, self._failed, source, command.txid)
             return  # a NAT drops an unsolicited dial: silence
-        if self.loss and self.rng.random() < self.loss:
-            self.dropped += 1
-            return
-        self.at(self.now + delay, self._arrive, source, target, command)
+        self.at(self.now + self._transit(delay), self._arrive, source, target, command)
 
     def _failed(self, source: SimNode, txid: bytes) -> None:
         if source.alive:
@@ -334,12 +341,8 @@ class SimNet:
         if target.poisoner:
             answer = self._forge(target, command, answer)
         self.delivered += 1
-        if self.loss and self.rng.random() < self.loss:
-            self.dropped += 1
-            return
-        self.at(
-            self.now + self._delay(source, target), self._answered, source, target, command, answer
-        )
+        back = self.now + self._transit(self._delay(source, target))
+        self.at(back, self._answered, source, target, command, answer)
 
     def _answered(
         self, source: SimNode, target: SimNode, command: SendRequest, answer: Answer

@@ -14,19 +14,23 @@ neither FAILED nor SLOW.
 - **A slow peer does not stall it.** A request's soft timeout comes from the peer's
   measured round trip (:class:`~meshkey.dht.rtt.RttEstimator`); past it the peer is SLOW:
   it leaves the window and its slot, and the lookup moves on to the next candidate. Its
-  answer is still used if it comes before the hard timeout (4 x soft); after that it is
-  FAILED and reported (:class:`PeerUnresponsive`), so the table can learn.
+  answer is still used if it comes before the hard timeout (4 x soft, at least 2 s: QUIC
+  may be retransmitting underneath); after that it is FAILED and reported
+  (:class:`PeerUnresponsive`), so the table can learn.
 - **Candidates only.** Contacts named in answers are candidates: a request to one goes over
   a hop pinned to its NodeId, so a forged contact fails authentication there (the glue
   reports :meth:`Lookup.on_failure`) and never answers. A candidate learned with several
   addresses (from several answers) is tried at the next address when one fails, so a
   poisoner who names a real NodeId at a wrong address costs one message, not the node.
 - **The end.** FIND_NODE ends when every candidate of the window has ANSWERED (the k
-  closest known nodes all answered), or when nothing is left to ask. A peer search
-  (``stop_at_target``) ends as soon as the target itself answered. FIND_VALUE ends at the
-  first record that ``verify`` accepts (signature, expiry and owner checked by the caller's
-  verifier; a bad record is counted and ignored). The lookup then emits one
-  :class:`LookupDone` and stays alive only until its outstanding requests are settled.
+  closest known nodes all answered), or when nothing is left to ask — except that a SLOW
+  candidate closer than every answer (most often: the target itself, behind a lossy or
+  busy link) is waited for, up to 4 x its soft timeout and at least 1 s (its *patience*).
+  A peer search (``stop_at_target``) ends as soon as the target itself answered.
+  FIND_VALUE ends at the first record that ``verify`` accepts (signature, expiry and
+  owner checked by the caller's verifier; a bad record is counted and ignored). The
+  lookup then emits one :class:`LookupDone` and stays alive only until its outstanding
+  requests are settled.
 
 Bounds: at most :data:`MAX_CANDIDATES` candidates are kept (the farthest NEW ones are
 dropped), at most :data:`~meshkey.wire.dht.MAX_CONTACTS` contacts are read per answer.
@@ -51,6 +55,8 @@ from meshkey.wire.dht import MAX_ADDRESSES, MAX_CONTACTS, Endpoint, Mode
 K = 20
 ALPHA = 3
 HARD_FACTOR = 4.0
+HARD_MINIMUM = 2.0
+PATIENCE_MINIMUM = 1.0
 MAX_CANDIDATES = 8 * K
 
 
@@ -144,6 +150,7 @@ class _Candidate:
     tried: int = 0  # addresses tried so far
     sent_at: float = 0.0
     soft_deadline: float = 0.0
+    patience_deadline: float = 0.0
     hard_deadline: float = 0.0
     sort_key: tuple[int, bytes] = field(default=(0, b""))
 
@@ -184,6 +191,7 @@ class Lookup:
         self._in_flight = 0
         self._outstanding = 0
         self._waiting: set[_Candidate] = set()  # IN_FLIGHT or SLOW
+        self._now = now
         self._messages = 0
         self._rounds = 0
         self._asked: set[NodeId] = set()
@@ -217,6 +225,8 @@ class Lookup:
                 when = candidate.soft_deadline
             elif candidate.state == _State.SLOW:
                 when = candidate.hard_deadline
+                if self.done is None and candidate.patience_deadline > self._now:
+                    when = candidate.patience_deadline
             else:
                 continue
             if deadline is None or when < deadline:
@@ -229,6 +239,7 @@ class Lookup:
         self, peer: NodeId, contacts: Iterable[Contact], now: float, record: bytes | None = None
     ) -> None:
         """``peer`` answered over a hop authenticated as ``peer``."""
+        self._now = max(self._now, now)
         candidate = self._candidates.get(peer)
         if candidate is None or candidate.state not in (_State.IN_FLIGHT, _State.SLOW):
             return
@@ -262,6 +273,7 @@ class Lookup:
     def on_failure(self, peer: NodeId, now: float) -> None:
         """The request to ``peer`` failed at once: its hop was refused (wrong NodeId) or its
         address was unreachable, or it answered with an error."""
+        self._now = max(self._now, now)
         candidate = self._candidates.get(peer)
         if candidate is None or candidate.state not in (_State.IN_FLIGHT, _State.SLOW):
             return
@@ -273,6 +285,7 @@ class Lookup:
         self.on_failure(peer, now)
 
     def on_timer(self, now: float) -> None:
+        self._now = max(self._now, now)
         for candidate in list(self._waiting):
             if candidate.state == _State.IN_FLIGHT and candidate.soft_deadline <= now:
                 candidate.state = _State.SLOW
@@ -356,9 +369,22 @@ class Lookup:
             return
         if not window and self._outstanding:
             return  # only slow requests remain: their answers may still bring candidates
+        if self._slow_beats_answered(window):
+            return  # the best candidate of all is slow: worth its hard timeout
         target = self._candidates.get(self.target)
         found = target is not None and target.state == _State.ANSWERED
         self._finish(now, found=found and self.kind == LookupKind.FIND_NODE)
+
+    def _slow_beats_answered(self, window: list[_Candidate]) -> bool:
+        slow = [
+            c.distance
+            for c in self._waiting
+            if c.state == _State.SLOW and c.patience_deadline > self._now
+        ]
+        if not slow:
+            return False
+        answered = [c.distance for c in window if c.state == _State.ANSWERED]
+        return not answered or min(slow) < min(answered)
 
     def _send(self, candidate: _Candidate, now: float) -> None:
         address = candidate.addresses[candidate.tried]
@@ -367,7 +393,8 @@ class Lookup:
         candidate.sent_at = now
         soft = self._rtt.timeout(candidate.node_id)
         candidate.soft_deadline = now + soft
-        candidate.hard_deadline = now + soft * HARD_FACTOR
+        candidate.patience_deadline = now + max(soft * HARD_FACTOR, PATIENCE_MINIMUM)
+        candidate.hard_deadline = now + max(soft * HARD_FACTOR, HARD_MINIMUM)
         self._in_flight += 1
         self._outstanding += 1
         self._waiting.add(candidate)
