@@ -22,6 +22,7 @@ SUITES = {
     "cli": cli_latency.main,
     "channels": channels.main,
     "udp": udp.main,
+    "dht": __import__("bench.dht").dht.main,  # node graph vs kademlia 2.2.3, simulated
 }
 
 

@@ -325,7 +325,7 @@ class SimNet:
 
     def _failed(self, source: SimNode, txid: bytes) -> None:
         if source.alive:
-            source.engine.on_failure(txid, self.now)
+            source.engine.on_failure(txid, self.now, refused=True)
             self._service(source)
 
     def _arrive(self, source: SimNode, target: SimNode, command: SendRequest) -> None:
@@ -438,16 +438,23 @@ class LookupReport:
         }
 
 
+def true_closest(net: SimNet, target: NodeId, pool: list[SimNode]) -> NodeId:
+    goal = int.from_bytes(target.raw, "big")
+    return min(pool, key=lambda n: int.from_bytes(n.node_id.raw, "big") ^ goal).node_id
+
+
 def run_lookups(
     net: SimNet,
     count: int,
     *,
     stop_at_target: bool = False,
+    random_keys: bool = False,
     sources: list[SimNode] | None = None,
     targets: list[SimNode] | None = None,
 ) -> LookupReport:
-    """``count`` lookups from random live nodes for random live nodes' ids; success = the
-    target itself answered (it is the closest node to its own id)."""
+    """``count`` lookups from random live nodes. For random live nodes' ids, success = the
+    target itself answered; with ``random_keys`` (ids nobody has), success = the first
+    result is the live node truly closest to the key (the reference's measure)."""
     pool = sources or [n for n in net.living() if n.reachable]
     wanted = targets or [n for n in net.living() if n.reachable]
     results = []
@@ -455,10 +462,16 @@ def run_lookups(
     started = time.perf_counter()
     for _ in range(count):
         source = net.rng.choice(pool)
-        target = net.rng.choice([n for n in wanted if n is not source] or wanted)
-        result = net.lookup(source, target.node_id, stop_at_target=stop_at_target)
+        if random_keys:
+            key = NodeId(net.rng.randbytes(32))
+            result = net.lookup(source, key, stop_at_target=stop_at_target)
+            closest = true_closest(net, key, [n for n in wanted if n is not source])
+            found += bool(result.closest) and result.closest[0].node_id == closest
+        else:
+            target = net.rng.choice([n for n in wanted if n is not source] or wanted)
+            result = net.lookup(source, target.node_id, stop_at_target=stop_at_target)
+            found += result.found
         results.append(result)
-        found += result.found
     wall = time.perf_counter() - started
     return LookupReport(
         count,

@@ -14,7 +14,7 @@ Inputs (each takes ``now``, monotonic seconds; records are judged at ``now + wal
     on_authenticated(node_id, address, direction, now)  the transport's HopAuthenticated
     on_request(peer, address, request, now) -> answer   a request that came over a hop
     on_answer(txid, peer, answer, now)                  the answer to one of our requests
-    on_failure(txid, now)                               our request failed (hop refused...)
+    on_failure(txid, now, refused=)                     our request failed (hop refused...)
     on_timer(now)                                       at next_deadline()
     start_lookup / join / publish / add_manual / set_mode
 
@@ -254,7 +254,8 @@ class DhtEngine:
         self._pending: dict[bytes, _Pending] = {}
         self._timed: set[bytes] = set()  # pending txids with a deadline of their own
         self._lookups: dict[int, tuple[Lookup, Purpose]] = {}
-        self._lookup_txids: dict[tuple[int, NodeId], bytes] = {}
+        self._lookup_txids: dict[tuple[int, NodeId], bytes] = {}  # the latest attempt
+        self._txids_of_lookup: dict[int, set[bytes]] = {}
         self._next_lookup = 1
         self._ping_rounds: dict[int, _PingRound] = {}
         self._seeds_waiting: set[bytes] = set()
@@ -426,7 +427,7 @@ class DhtEngine:
         self.table.claim_mode(peer, answer.mode)
         self.table.record_success(peer, now)
         if pending.lookup is not None:
-            self._lookup_txids.pop((pending.lookup, peer), None)
+            self._forget_lookup_txid(pending.lookup, peer, txid)
             entry = self._lookups.get(pending.lookup)
             if entry is not None:
                 lookup = entry[0]
@@ -448,16 +449,23 @@ class DhtEngine:
         if txid in self._seeds_waiting:
             self._seed_settled(txid, now)
 
-    def on_failure(self, txid: bytes, now: float) -> None:
+    def on_failure(self, txid: bytes, now: float, *, refused: bool = False) -> None:
+        """Our request failed. ``refused``: its hop authenticated another NodeId than the
+        one it was pinned to (the address does not belong to that peer)."""
         pending = self._pending.pop(txid, None)
         self._timed.discard(txid)
         if pending is None:
             return
         if pending.lookup is not None:
-            self._lookup_txids.pop((pending.lookup, pending.peer), None)
+            self._forget_lookup_txid(pending.lookup, pending.peer, txid)
+            if self._lookup_txids.get((pending.lookup, pending.peer)) not in (None, txid):
+                return  # an abandoned attempt failed; a newer one is out
             entry = self._lookups.get(pending.lookup)
             if entry is not None:
-                entry[0].on_failure(pending.peer, now)
+                if refused:
+                    entry[0].on_refused(pending.peer, now)
+                else:
+                    entry[0].on_failure(pending.peer, now)
                 self._after_lookup(pending.lookup)
             return
         self._manual.pop(pending.peer, None)
@@ -529,6 +537,13 @@ class DhtEngine:
         self._after_lookup(lookup_id)
         return lookup_id
 
+    def _forget_lookup_txid(self, lookup_id: int, peer: NodeId, txid: bytes) -> None:
+        if self._lookup_txids.get((lookup_id, peer)) == txid:
+            del self._lookup_txids[(lookup_id, peer)]
+        txids = self._txids_of_lookup.get(lookup_id)
+        if txids is not None:
+            txids.discard(txid)
+
     def _verify_record(self, data: bytes, owner: NodeId, now: float) -> object:
         return record_or_none(data, owner, now + self.wall_offset)
 
@@ -543,6 +558,7 @@ class DhtEngine:
             txid = request.txid
             self._pending[txid] = _Pending(command.peer, 0.0, None, lookup=lookup_id)
             self._lookup_txids[(lookup_id, command.peer)] = txid
+            self._txids_of_lookup.setdefault(lookup_id, set()).add(txid)
             self._commands.append(SendRequest(txid, command.peer, command.address, request))
         for event in lookup.events():
             if isinstance(event, PeerUnresponsive):
@@ -558,7 +574,9 @@ class DhtEngine:
         if lookup.finished:
             self._lookups.pop(lookup_id, None)
             for key in [key for key in self._lookup_txids if key[0] == lookup_id]:
-                self._pending.pop(self._lookup_txids.pop(key), None)
+                del self._lookup_txids[key]
+            for txid in self._txids_of_lookup.pop(lookup_id, ()):
+                self._pending.pop(txid, None)
 
     # -- bucket-full ping rounds -------------------------------------------------------
 

@@ -19,9 +19,14 @@ neither FAILED nor SLOW.
   (:class:`PeerUnresponsive`), so the table can learn.
 - **Candidates only.** Contacts named in answers are candidates: a request to one goes over
   a hop pinned to its NodeId, so a forged contact fails authentication there (the glue
-  reports :meth:`Lookup.on_failure`) and never answers. A candidate learned with several
-  addresses (from several answers) is tried at the next address when one fails, so a
-  poisoner who names a real NodeId at a wrong address costs one message, not the node.
+  reports :meth:`Lookup.on_refused`) and never answers. A refused hop is proof that whoever
+  named that address lied: they become *suspects*, the addresses only they named are
+  dropped from the candidates not yet asked, and their later answers add nothing — so a
+  poisoner who floods an answer with made-up NodeIds next to the target costs one failed
+  hop, not twenty, and cannot crowd the real nodes out of the candidate list. A candidate
+  learned with several addresses (from several answers) is tried at the next address when
+  one fails or passes its soft timeout, so a poisoner who names a real NodeId at a wrong
+  address costs one message, not the node.
 - **The end.** FIND_NODE ends when every candidate of the window has ANSWERED (the k
   closest known nodes all answered), or when nothing is left to ask — except that a SLOW
   candidate closer than every answer (most often: the target itself, behind a lossy or
@@ -99,6 +104,8 @@ class LookupStats:
     slow: int
     late_answers: int
     bad_records: int
+    suspects: int  # answerers caught naming a wrong NodeId for an address
+    distrusted: int  # candidates dropped because only suspects named them
     duration: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -153,6 +160,8 @@ class _Candidate:
     patience_deadline: float = 0.0
     hard_deadline: float = 0.0
     sort_key: tuple[int, bytes] = field(default=(0, b""))
+    #: who named each address (empty: this node's own table); see Lookup.on_refused
+    named_by: dict[Endpoint, set[NodeId]] = field(default_factory=dict)
 
 
 class Lookup:
@@ -198,9 +207,11 @@ class Lookup:
         self._slow = 0
         self._late = 0
         self._bad_records = 0
+        self._suspects: set[NodeId] = set()
+        self._distrusted = 0
         self.done: LookupDone | None = None
         for contact in start:
-            self._add(contact, 1)
+            self._add(contact, 1, None)
         self._pump(now)
 
     # -- output -----------------------------------------------------------------------
@@ -241,13 +252,18 @@ class Lookup:
         """``peer`` answered over a hop authenticated as ``peer``."""
         self._now = max(self._now, now)
         candidate = self._candidates.get(peer)
-        if candidate is None or candidate.state not in (_State.IN_FLIGHT, _State.SLOW):
+        if candidate is None:
             return
-        if candidate.state == _State.SLOW:
+        if candidate.state == _State.NEW and candidate.tried:
+            self._late += 1  # an abandoned attempt answered after all
+        elif candidate.state == _State.SLOW:
             self._late += 1
-        else:
+            self._outstanding -= 1
+        elif candidate.state == _State.IN_FLIGHT:
             self._in_flight -= 1
-        self._outstanding -= 1
+            self._outstanding -= 1
+        else:
+            return
         self._waiting.discard(candidate)
         candidate.state = _State.ANSWERED
         rtt = now - candidate.sent_at
@@ -262,9 +278,10 @@ class Lookup:
                 return
             self._bad_records += 1
         next_round = candidate.round + 1
-        for contact in list(contacts)[:MAX_CONTACTS]:
-            if contact.mode == Mode.SERVER:
-                self._add(contact, next_round)
+        if peer not in self._suspects:
+            for contact in list(contacts)[:MAX_CONTACTS]:
+                if contact.mode == Mode.SERVER:
+                    self._add(contact, next_round, peer)
         if self.stop_at_target and peer == self.target:
             self._finish(now, found=True)
             return
@@ -280,6 +297,49 @@ class Lookup:
         self._settle_failed(candidate, now)
         self._pump(now)
 
+    def on_refused(self, peer: NodeId, now: float) -> None:
+        """The hop to ``peer`` at the address tried authenticated *another* NodeId: whoever
+        named that address lied (or is badly out of date). Those peers become suspects: the
+        addresses only they named are dropped from every candidate not yet asked, and their
+        later answers add nothing. Then it is a failure like any other."""
+        self._now = max(self._now, now)
+        candidate = self._candidates.get(peer)
+        if candidate is None or candidate.state not in (_State.IN_FLIGHT, _State.SLOW):
+            return
+        tried = candidate.addresses[candidate.tried - 1]
+        liars = candidate.named_by.get(tried, set())
+        if liars:
+            self._suspects |= liars
+            self._distrust(candidate)
+        # The address was wrong, not the peer: no PeerUnresponsive against it.
+        self._settle_failed(candidate, now, blame=False)
+        self._pump(now)
+
+    def _distrust(self, exempt: _Candidate) -> None:
+        for candidate in list(self._candidates.values()):
+            if candidate.state != _State.NEW or candidate is exempt:
+                continue
+            kept = [
+                a
+                for i, a in enumerate(candidate.addresses)
+                if i < candidate.tried
+                or not candidate.named_by.get(a)
+                or candidate.named_by[a] - self._suspects
+            ]
+            if len(kept) == len(candidate.addresses):
+                continue
+            if not kept[candidate.tried :]:
+                self._drop(candidate)
+            else:
+                candidate.addresses = kept
+
+    def _drop(self, candidate: _Candidate) -> None:
+        position = bisect.bisect_left(self._order, candidate.sort_key)
+        del self._order[position]
+        del self._by_sort[candidate.sort_key]
+        del self._candidates[candidate.node_id]
+        self._distrusted += 1
+
     def on_timeout(self, peer: NodeId, now: float) -> None:
         """The glue gave up on the request to ``peer`` (same as a hard timeout)."""
         self.on_failure(peer, now)
@@ -288,16 +348,23 @@ class Lookup:
         self._now = max(self._now, now)
         for candidate in list(self._waiting):
             if candidate.state == _State.IN_FLIGHT and candidate.soft_deadline <= now:
-                candidate.state = _State.SLOW
                 self._in_flight -= 1
                 self._slow += 1
+                if self.done is None and candidate.tried < len(candidate.addresses):
+                    # Another address is known: try it now rather than wait on this one
+                    # (a late answer over the old one still counts).
+                    candidate.state = _State.NEW
+                    self._outstanding -= 1
+                    self._waiting.discard(candidate)
+                    continue
+                candidate.state = _State.SLOW
             if candidate.state == _State.SLOW and candidate.hard_deadline <= now:
                 self._settle_failed(candidate, now)
         self._pump(now)
 
     # -- internals --------------------------------------------------------------------
 
-    def _settle_failed(self, candidate: _Candidate, now: float) -> None:
+    def _settle_failed(self, candidate: _Candidate, now: float, *, blame: bool = True) -> None:
         if candidate.state == _State.IN_FLIGHT:
             self._in_flight -= 1
         self._outstanding -= 1
@@ -306,16 +373,30 @@ class Lookup:
             candidate.state = _State.NEW  # another address is known for this NodeId
         else:
             candidate.state = _State.FAILED
-            self._events.append(PeerUnresponsive(candidate.node_id))
+            if blame:
+                self._events.append(PeerUnresponsive(candidate.node_id))
 
-    def _add(self, contact: Contact, round_number: int) -> None:
+    def _add(self, contact: Contact, round_number: int, source: NodeId | None) -> None:
         if contact.node_id == self.own or not contact.addresses:
             return
         candidate = self._candidates.get(contact.node_id)
         if candidate is not None:
             for address in contact.addresses:
-                if address not in candidate.addresses and len(candidate.addresses) < MAX_ADDRESSES:
+                if address in candidate.addresses:
+                    if source is not None and candidate.named_by.get(address):
+                        candidate.named_by[address].add(source)
+                    elif source is None:
+                        candidate.named_by[address] = set()  # our own table: trusted
+                elif len(candidate.addresses) < MAX_ADDRESSES:
                     candidate.addresses.append(address)
+                    candidate.named_by[address] = {source} if source else set()
+                    if self.done is None and candidate.state == _State.FAILED:
+                        candidate.state = _State.NEW  # failed at the addresses tried so far
+                    elif self.done is None and candidate.state == _State.SLOW:
+                        # Silent where it was asked; another answer says where it is.
+                        candidate.state = _State.NEW
+                        self._outstanding -= 1
+                        self._waiting.discard(candidate)
             return
         distance = key_of(contact.node_id) ^ self._goal
         sort_key = (distance, contact.node_id.raw)
@@ -328,6 +409,8 @@ class Lookup:
             round_number,
             sort_key=sort_key,
         )
+        for address in candidate.addresses:
+            candidate.named_by[address] = {source} if source else set()
         self._candidates[contact.node_id] = candidate
         self._by_sort[sort_key] = candidate
         bisect.insort(self._order, sort_key)
@@ -387,6 +470,12 @@ class Lookup:
         return not answered or min(slow) < min(answered)
 
     def _send(self, candidate: _Candidate, now: float) -> None:
+        # Of the addresses not tried yet, the one most answerers agree on goes first (our
+        # own table's counts most): a lone poisoner's address is the last resort.
+        untried = candidate.addresses[candidate.tried :]
+        if len(untried) > 1:
+            untried.sort(key=lambda a: -(len(candidate.named_by.get(a) or ()) or 1000))
+            candidate.addresses[candidate.tried :] = untried
         address = candidate.addresses[candidate.tried]
         candidate.tried += 1
         candidate.state = _State.IN_FLIGHT
@@ -420,6 +509,8 @@ class Lookup:
             slow=self._slow,
             late_answers=self._late,
             bad_records=self._bad_records,
+            suspects=len(self._suspects),
+            distrusted=self._distrusted,
             duration=now - self.started,
         )
         self.done = LookupDone(self.target, self.kind, closest, found, record, stats)

@@ -338,7 +338,8 @@ class DhtService:
             )
         except RemoteError as exc:
             log.debug("dht.request_failed", peer=command.peer.short(), reason=exc.text)
-            self.engine.on_failure(command.txid, self._loop.time())
+            refused = exc.code == ErrorCode.AUTH_FAILED
+            self.engine.on_failure(command.txid, self._loop.time(), refused=refused)
         else:
             self.engine.on_answer(command.txid, command.peer, answer, self._loop.time())
         self._pump()
