@@ -28,6 +28,10 @@ FIND_NODE requests sent. meshkey's peer search (``stop_at_target``, what ``peer 
 does) stops as soon as the target answered; its ``k-closest`` lookup runs Kademlia's full
 termination, like the reference's crawl.
 
+Last, ``peer find`` wall time on real nodes: 30 embedded nodes in this process, real QUIC
+hops on loopback, joined through 2 seeds; finds of random nodes (p50/p95), of NodeIds that
+do not exist, and of the living after a third of the nodes stopped.
+
     python -m bench dht [--quick]
 """
 
@@ -269,6 +273,83 @@ class KademliaNet:
         return count
 
 
+# -- real nodes on loopback -------------------------------------------------------------------
+
+
+async def loopback_network(count: int, seeds: int = 2) -> tuple[list[Any], list[Any]]:
+    """``count`` embedded nodes (real QUIC hops on loopback) with their node graphs; the
+    first ``seeds`` are the seeds, every other node joins through them."""
+    from meshkey.dht.service import DhtService
+    from meshkey.node.core import Node
+    from meshkey.wire.dht import Mode
+
+    nodes, graphs = [], []
+    for index in range(count):
+        node = await Node(tcp=None).start()
+        graph = DhtService(
+            node.router, node.identity, node.udp, mode=Mode.SERVER, rng=random.Random(index)
+        )
+        node.events.subscribe(graph.on_transport_event)
+        await graph.start()
+        nodes.append(node)
+        graphs.append(graph)
+    contacts = []
+    for seed in nodes[:seeds]:
+        address = seed.udp.address
+        assert address is not None
+        contacts.append((seed.node_id, (address.host, address.port)))
+    await graphs[1].join(contacts[:1], timeout=20)
+    for start in range(seeds, count, 10):
+        await asyncio.gather(*(g.join(contacts, timeout=30) for g in graphs[start : start + 10]))
+    return nodes, graphs
+
+
+async def _loopback(count: int, finds: int) -> dict[str, Any]:
+    from bench.common import summary
+    from meshkey.identity.keys import Identity
+
+    rng = random.Random(count)
+    started = time.perf_counter()
+    nodes, graphs = await loopback_network(count)
+    out: dict[str, Any] = {"nodes": count, "join_seconds": round(time.perf_counter() - started, 2)}
+
+    async def find_all(alive: list[int], label: str) -> None:
+        times, found, messages = [], 0, 0
+        for _ in range(finds):
+            source, target = rng.sample(alive, 2)
+            began = time.perf_counter()
+            result = await graphs[source].find(nodes[target].node_id, timeout=30)
+            times.append((time.perf_counter() - began) * 1000)
+            found += result.found
+            messages += result.stats.messages
+        out[label] = {
+            "success": round(found / finds, 4),
+            "messages_per_find": round(messages / finds, 2),
+            **summary(times),
+            "p95_ms": round(sorted(times)[int(0.95 * (len(times) - 1))], 3),
+        }
+
+    everyone = list(range(count))
+    await find_all(everyone, "peer_find")
+    times = []
+    for _ in range(max(5, finds // 10)):
+        began = time.perf_counter()
+        missing = await graphs[rng.choice(everyone)].find(Identity.generate().node_id)
+        assert not missing.found
+        times.append((time.perf_counter() - began) * 1000)
+    out["peer_find_not_found"] = summary(times)
+    victims = rng.sample(everyone[2:], count // 3)
+    for index in victims:
+        await graphs[index].close()
+        await nodes[index].stop()
+    await find_all([i for i in everyone if i not in victims], "peer_find_third_killed")
+    for index in everyone:
+        if index not in victims:
+            await graphs[index].close()
+            await nodes[index].stop()
+    return out
+
+
 # -- the runs -------------------------------------------------------------------------------
 
 
@@ -372,7 +453,12 @@ def main(*, quick: bool = False) -> None:
             gc.collect()
     finally:
         gc.enable()
+    print("dht loopback (embedded nodes, real QUIC hops)", flush=True)
+    result["loopback"] = asyncio.run(_loopback(15 if quick else 30, 30 if quick else 200))
+    print(f"  {result['loopback']}")
     for name, data in result.items():
+        if name == "loopback":
+            continue
         print(f"\n== {name}")
         for label, figures in data["meshkey"].items():
             print(f"  meshkey  {label:34} {figures}")

@@ -237,3 +237,38 @@ def test_candidates_are_bounded() -> None:
         peer = asked[0].peer if asked else start[0]
         lookup.on_reply(peer, [contact(p, serial) for p in peers(20)], float(serial))
     assert len(lookup._candidates) <= 8 * 20
+
+
+def test_an_answerer_caught_lying_is_distrusted() -> None:
+    honest, liar = peers(2)
+    lookup = Lookup(
+        OWN, TARGET, [contact(honest), contact(liar, 2)], 0.0, rtt=RttEstimator(), alpha=2
+    )
+    lookup.commands()
+    near = NodeId(bytes(a ^ 1 if i == 31 else a for i, a in enumerate(TARGET.raw)))
+    made_up = [
+        NodeId(bytes(a ^ (i + 2) if j == 31 else a for j, a in enumerate(TARGET.raw)))
+        for i in range(5)
+    ]
+    lookup.on_reply(liar, [contact(n, 100 + i) for i, n in enumerate(made_up)], 0.01)
+    asked = lookup.commands()
+    assert asked and all(c.peer in made_up for c in asked)
+    lookup.on_refused(asked[0].peer, 0.02)  # another NodeId answered at that address
+    # Everything only the liar named is dropped; its later answers add nothing.
+    assert all(
+        m not in lookup._candidates
+        or m == asked[0].peer
+        or lookup._candidates[m].state.name != "NEW"
+        for m in made_up
+    )
+    assert not [e for e in lookup.events() if isinstance(e, PeerUnresponsive)]
+    lookup.on_reply(honest, [contact(near, 7)], 0.03)
+    assert near in {c.peer for c in lookup.commands()}
+    lookup.on_reply(near, [], 0.04)
+    while lookup.done is None:
+        for command in lookup.commands():
+            lookup.on_failure(command.peer, 0.05)
+        if lookup.done is None:
+            lookup.on_timer(lookup.next_deadline() or 1.0)
+    assert lookup.done.stats.suspects == 1
+    assert lookup.done.closest[0].node_id == near
