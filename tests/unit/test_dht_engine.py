@@ -7,6 +7,7 @@ import random
 from meshkey.dht.engine import (
     MAX_REFRESHES,
     DhtEngine,
+    DialBackJob,
     Joined,
     LookupFinished,
     Phase,
@@ -21,6 +22,7 @@ from meshkey.identity.node_id import NodeId
 from meshkey.wire.dht import (
     DhtError,
     DhtErrorCode,
+    DialBack,
     FindNode,
     FindValue,
     Mode,
@@ -215,3 +217,25 @@ def test_publishing_stores_the_record_at_the_closest_servers() -> None:
         holders[0], ("127.0.0.1", 4000), FindValue(b"v" * 8, Mode.SERVER, core.own.raw), 2.0
     )
     assert isinstance(own_value, Value) and own_value.record == core.publisher.current.raw  # type: ignore[union-attr]
+
+
+def test_dial_backs_are_rare_and_helper_dials_only_for_known_nodes() -> None:
+    core = engine()
+    helper = Identity.generate().node_id
+    core.on_authenticated(helper, ("127.0.0.1", 50), "outbound", 0.0)
+    asker = Identity.generate().node_id
+    core.on_authenticated(asker, ("127.0.0.1", 60), "inbound", 0.0)
+    jobs = [
+        core.on_request(asker, ("127.0.0.1", 60), DialBack(b"d" * 8, Mode.SERVER, b"n" * 16), 1.0)
+        for _ in range(5)
+    ]
+    done = [j for j in jobs if isinstance(j, DialBackJob)]
+    assert len(done) == 3 and all(isinstance(j, DhtError) for j in jobs[3:])
+    assert done[0].helper is not None and done[0].helper.node_id == helper
+    assert done[0].address == ("127.0.0.1", 60)
+    stranger = Identity.generate().node_id
+    victim = WireContact(bytes(32), Mode.CLIENT, (("127.0.0.1", 9),))
+    favour = core.on_request(
+        stranger, ("127.0.0.1", 70), DialBack(b"e" * 8, Mode.SERVER, b"n" * 16, victim), 1.0
+    )
+    assert isinstance(favour, DhtError) and favour.code == DhtErrorCode.UNAVAILABLE

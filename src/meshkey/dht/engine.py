@@ -35,7 +35,9 @@ restarted node re-joins from the graph it restored).
 NOT_SERVER); everyone answers PING (liveness is what a full bucket asks about). FIND_NODE
 hands out servers only, never the requester itself. Every request counts against the
 requester's token bucket (:data:`REQUEST_RATE`), a STORE also against a slower one
-(:data:`STORE_RATE`): RATE_LIMITED past them.
+(:data:`STORE_RATE`), a DIAL_BACK against a slower still (:data:`DIAL_BACK_RATE`; one
+naming a third node as the target is only done for nodes in our graph): RATE_LIMITED past
+them.
 
 **Modes.** A peer's claimed mode comes with each of its RPCs. A peer that claims to be a
 server, but that this node has only seen inbound, is pinged once over a new outbound hop
@@ -108,6 +110,10 @@ REQUEST_RATE = 50.0  # requests a second per peer, with a burst of REQUEST_BURST
 REQUEST_BURST = 200.0
 STORE_RATE = 0.5
 STORE_BURST = 10.0
+#: A dial-back makes this node open a QUIC connection (and, as a helper, to an address the
+#: asker names): rare and slow, or a node could be used to spray handshakes at a victim.
+DIAL_BACK_RATE = 0.1
+DIAL_BACK_BURST = 3.0
 MAX_REFRESHES = 4
 MAX_LOOKUPS = 64
 VERIFY_INTERVAL = 300.0
@@ -248,6 +254,7 @@ class DhtEngine:
         self.publisher = Publisher(identity, sequence=sequence, rng=self.rng)
         self.requests = RateLimiter(REQUEST_RATE, REQUEST_BURST)
         self.stores = RateLimiter(STORE_RATE, STORE_BURST)
+        self.dial_backs = RateLimiter(DIAL_BACK_RATE, DIAL_BACK_BURST)
         self.phase = Phase.IDLE
         self._commands: list[EngineCommand | PersistSequence] = []
         self._events: list[EngineEvent] = []
@@ -367,6 +374,11 @@ class DhtEngine:
                 return DhtError(txid, mode, exc.code, exc.reason)
             return Stored(txid, mode)
         assert isinstance(request, DialBack)
+        if not self.dial_backs.allow(peer, now):
+            return DhtError(txid, mode, DhtErrorCode.RATE_LIMITED, "too many dial-backs")
+        if request.target is not None and self.table.get(peer) is None:
+            # Dialling for someone else is a favour to nodes in our graph only.
+            return DhtError(txid, mode, DhtErrorCode.UNAVAILABLE, "unknown asker")
         helper = None
         if request.target is None:
             choices = [

@@ -49,7 +49,13 @@ from meshkey.dht.engine import (
     SendRequest,
 )
 from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
-from meshkey.dht.records import PeerRecord, PersistSequence, RecordContent, record_or_none
+from meshkey.dht.records import (
+    PeerRecord,
+    PersistSequence,
+    RecordContent,
+    RecordError,
+    verify_record,
+)
 from meshkey.dht.store import GraphStore, MemoryGraphStore, StoredPeer
 from meshkey.dht.table import Entry, Learned
 from meshkey.identity.keys import Identity
@@ -185,10 +191,12 @@ class DhtService:
             self.engine.table.restore(self._entry_from_store(peer, now))
         self._written_peers = {p.node_id: p for p in self._stored_entries()}
         for raw in self.store.load_records():
-            record = record_or_none_any(raw, now + self.wall_offset)
-            if record is not None:
-                self.engine.records.restore(record)
-                self._written_records[record.node_id] = record.sequence
+            try:  # checked again: it may have expired while the node was down
+                record = verify_record(raw, now + self.wall_offset)
+            except RecordError:
+                continue
+            self.engine.records.restore(record)
+            self._written_records[record.node_id] = record.sequence
         self.router.register(DHT_SERVICE, self._handle, hop_identity=True)
         self._started = True
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
@@ -637,14 +645,4 @@ class DhtService:
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
 
 
-def record_or_none_any(data: bytes, now: float) -> PeerRecord | None:
-    """A stored record, checked again (it may have expired while the node was down)."""
-    from meshkey.dht.records import RecordError, verify_record
-
-    try:
-        return verify_record(data, now)
-    except RecordError:
-        return None
-
-
-__all__ = ["DHT_SERVICE", "DhtService", "FindResult", "record_or_none"]
+__all__ = ["DHT_SERVICE", "DhtService", "FindResult"]
