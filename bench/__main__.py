@@ -5,6 +5,8 @@
     python -m bench cli        # wall time of CLI commands vs the bare interpreter
     python -m bench channels   # secure-channel handshakes/s vs TLS; RTT direct vs via relay
     python -m bench udp        # bulk over one QUIC hop: batched, unbatched, plain qh3
+    python -m bench attacks    # attacks on a daemon while a legitimate client measures
+    python -m bench natlab     # relay set-up and round trips through the NAT lab (root)
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -15,13 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import channels, cli_latency, rtt, udp
+from bench import attacks, channels, cli_latency, natlab, rtt, udp
 
 SUITES = {
     "rtt": rtt.main,
     "cli": cli_latency.main,
     "channels": channels.main,
     "udp": udp.main,
+    "attacks": attacks.main,  # issue 8's attacks while a legitimate client measures
+    "natlab": natlab.main,  # relays through the NAT lab (root)
     "dht": __import__("bench.dht").dht.main,  # node graph vs kademlia 2.2.3, simulated
 }
 

@@ -6,8 +6,15 @@ Imports nothing else from meshkey, so every layer may use it.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import time
+from pathlib import Path
 from typing import Any
+
+#: Warnings of one kind (event name) logged per window before the rest are only counted: a
+#: peer that sends garbage as fast as it can must not make the log grow faster than its attack.
+WARNINGS_PER_WINDOW = 20
+WARNING_WINDOW = 10.0
 
 # A library prints nothing unless the program embedding it configures logging.
 logging.getLogger("meshkey").addHandler(logging.NullHandler())
@@ -20,8 +27,39 @@ def _format_value(value: Any) -> str:
     return text
 
 
+class _RateLimit:
+    """Per event name: at most WARNINGS_PER_WINDOW lines per window, then one summary."""
+
+    __slots__ = ("counts", "suppressed", "window_start")
+
+    def __init__(self) -> None:
+        self.window_start = 0.0
+        self.counts: dict[str, int] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def admit(self, event: str, now: float) -> list[tuple[str, int]] | None:
+        """None to drop this line; else the (event, count) summaries to log before it."""
+        summaries: list[tuple[str, int]] = []
+        if now - self.window_start >= WARNING_WINDOW:
+            summaries = sorted(self.suppressed.items())
+            self.window_start, self.counts, self.suppressed = now, {}, {}
+        seen = self.counts.get(event, 0) + 1
+        self.counts[event] = seen
+        if seen > WARNINGS_PER_WINDOW:
+            self.suppressed[event] = self.suppressed.get(event, 0) + 1
+            return None
+        return summaries
+
+
+_RATE_LIMIT = _RateLimit()
+
+
 class EventLogger:
-    """``log.info("peer.authenticated", node=..., address=...)`` -> one logfmt line."""
+    """``log.info("peer.authenticated", node=..., address=...)`` -> one logfmt line.
+
+    Warnings and errors are rate-limited per event name (see :data:`WARNINGS_PER_WINDOW`);
+    what was dropped is counted in a ``log.suppressed`` line.
+    """
 
     __slots__ = ("_logger",)
 
@@ -29,9 +67,16 @@ class EventLogger:
         self._logger = logging.getLogger(f"meshkey.{name}")
 
     def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
-        if self._logger.isEnabledFor(level):
-            text = " ".join(f"{key}={_format_value(value)}" for key, value in fields.items())
-            self._logger.log(level, f"event={event} {text}".rstrip())
+        if not self._logger.isEnabledFor(level):
+            return
+        if level >= logging.WARNING:
+            summaries = _RATE_LIMIT.admit(event, time.monotonic())
+            if summaries is None:
+                return
+            for name, count in summaries:
+                self._logger.warning(f"event=log.suppressed kind={name} count={count}")
+        text = " ".join(f"{key}={_format_value(value)}" for key, value in fields.items())
+        self._logger.log(level, f"event={event} {text}".rstrip())
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -62,8 +107,20 @@ class _LogfmtFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str = "info", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream)
+#: A daemon's log file is rotated at this size, keeping this many old ones (node.log.1...).
+LOG_FILE_SIZE = 10 * 1024 * 1024
+LOG_FILES_KEPT = 3
+
+
+def configure_logging(level: str = "info", stream: Any = None, file: Path | None = None) -> None:
+    """Logs to ``file`` (rotated by size) if given, else to ``stream`` (default stderr)."""
+    handler: logging.Handler
+    if file is not None:
+        handler = logging.handlers.RotatingFileHandler(
+            file, maxBytes=LOG_FILE_SIZE, backupCount=LOG_FILES_KEPT, encoding="utf-8"
+        )
+    else:
+        handler = logging.StreamHandler(stream)
     handler.setFormatter(_LogfmtFormatter())
     root = logging.getLogger("meshkey")
     root.handlers[:] = [handler]

@@ -77,7 +77,10 @@ class Cli:
         return address
 
     def log(self, node: str) -> str:
-        return (self.home / "nodes" / node / "node.log").read_text()
+        """The daemon's log and whatever it wrote to stdout/stderr (tracebacks would go there)."""
+        directory = self.home / "nodes" / node
+        parts = [directory / "node.log", directory / "daemon.out"]
+        return "".join(p.read_text(errors="replace") for p in parts if p.exists())
 
 
 def stop_all(home: Path) -> None:

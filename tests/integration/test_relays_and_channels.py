@@ -312,12 +312,15 @@ def test_a_channel_whose_peer_leaves_says_so_and_can_be_re_established(cli: Cli)
     channel = cli.ok(*create).strip()
     assert cli.ok(*send(channel)) == "x\n"
 
-    # A node that dies says nothing: the link notices (ICMP, then no answer), the channel
-    # reports its lost route, and a new channel works once the node is back.
+    # A node that dies says nothing: the channel's next send is followed by a sealed ping,
+    # and when no answer comes the send fails (exit 5, not the full timeout, 6) saying why.
     os.kill(cli.json("node", "show", "blue")["pid"], signal.SIGKILL)
-    cli.wait_for(
-        lambda: "lost its route" in cli.run(*send(channel)).stderr, "the channel to notice"
-    )
+    failed = cli.fails(ExitCode.UNREACHABLE, *send(channel)[:-1], "10s")
+    assert "did not answer" in failed or "cannot connect" in failed
+    shown = cli.json("secure-channel", "show", channel)
+    assert shown["state"] == "unreachable" and shown["error"]
+    # Once the node is back, the same channel re-handshakes (it lost its session) and works.
     cli.ok("node", "start", "blue")
-    fresh = cli.ok(*create).strip()
-    assert cli.ok(*send(fresh)) == "x\n"
+    cli.wait_for(lambda: cli.run(*send(channel)).stdout == "x\n", "the channel to reconnect")
+    shown = cli.json("secure-channel", "show", channel)
+    assert (shown["state"], shown["reconnects"], shown["error"]) == ("open", 1, None)

@@ -113,3 +113,21 @@ def test_low_order_ephemeral_is_rejected() -> None:
     responder.read_message(b"\x00" * 32)  # the all-zero point
     with pytest.raises(NoiseError, match="Diffie-Hellman"):
         responder.write_message()
+
+
+def test_a_failed_read_is_terminal() -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from meshkey.channel.noise import NoiseError, NoiseXX
+
+    initiator = NoiseXX(True, X25519PrivateKey.generate())
+    responder = NoiseXX(False, X25519PrivateKey.generate())
+    responder.read_message(initiator.write_message())
+    reply = responder.write_message()
+    with pytest.raises(NoiseError, match="failed authentication"):
+        initiator.read_message(reply[:-1] + bytes([reply[-1] ^ 1]))
+    # The hash already absorbed the bad bytes: it must not look retryable.
+    with pytest.raises(NoiseError, match="already failed"):
+        initiator.read_message(reply)
+    with pytest.raises(NoiseError, match="already failed"):
+        initiator.write_message()

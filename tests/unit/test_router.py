@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from meshkey.identity import Identity
 from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress, parse_route
@@ -97,4 +98,51 @@ async def test_a_crashing_worker_answers_internal_error_and_keeps_serving() -> N
         await asyncio.sleep(0)
     assert got[0].error()[0] == ErrorCode.INTERNAL
     assert got[1].payload == b"ok"
+    await router.close()
+
+
+async def test_an_error_is_never_answered_so_replies_cannot_bounce() -> None:
+    """A reply to a request whose sender is gone comes back as an error to the service; the
+    service must not answer it (it used to, and the two bounced forever)."""
+    router = Router(Identity.generate().node_id)
+    routed: list[Message] = []
+
+    async def echo(message: Message) -> None:
+        await router.reply(message, message.payload)
+
+    router.register("echo", echo)
+    original_route = router.route
+
+    async def counting_route(message: Message) -> None:
+        routed.append(message)
+        await original_route(message)
+
+    router.route = counting_route  # type: ignore[method-assign]
+    # The requester's reply slot no longer exists: the reply fails, the error goes to echo.
+    await router.route(Message((ServiceAddress("echo"),), (ServiceAddress("gone"),), b"hi"))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    kinds = [(m.kind, m.onward[:1]) for m in routed]
+    assert kinds == [
+        (MessageKind.DATA, (ServiceAddress("echo"),)),  # the request
+        (MessageKind.DATA, (ServiceAddress("gone"),)),  # echo's reply
+        (MessageKind.ERROR, (ServiceAddress("echo"),)),  # "no service 'gone'", to echo
+    ]
+    await router.close()
+
+
+async def test_workers_that_feed_each_other_still_let_the_loop_run() -> None:
+    router = Router(Identity.generate().node_id)
+
+    def bouncer(to: str) -> Callable[[Message], Awaitable[None]]:
+        async def handle(message: Message) -> None:
+            await router.route(Message((ServiceAddress(to),), (), message.payload))
+
+        return handle
+
+    router.register("ping", bouncer("pong"))
+    router.register("pong", bouncer("ping"))
+    await router.route(Message((ServiceAddress("ping"),), (), b"ball"))
+    # Before the fix the two mailboxes never suspended, and this sleep never returned.
+    await asyncio.wait_for(asyncio.sleep(0.01), 2)
     await router.close()

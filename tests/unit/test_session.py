@@ -12,6 +12,7 @@ from meshkey.channel.session import (
     REKEY_INTERVAL,
     REPLAY_WINDOW,
     ChannelError,
+    ChannelUseError,
     ReplayedMessage,
     SecureSession,
     State,
@@ -152,7 +153,7 @@ def test_close_is_authenticated_and_final() -> None:
     assert bob.state is State.CLOSED
     with pytest.raises(ChannelError, match="closed"):
         bob.receive(b"\x01\x05")
-    with pytest.raises(ChannelError, match="cannot send"):
+    with pytest.raises(ChannelUseError, match="cannot send"):  # local misuse, not the peer
         alice.seal(b"after close")
 
 
@@ -165,8 +166,31 @@ def test_out_of_order_handshake_and_data_before_open_are_errors() -> None:
         SecureSession(False, StaticKey(BOB)).receive(
             encode_channel(Sealed(ChannelKind.DATA, 0, b"x" * 20))
         )
-    with pytest.raises(ChannelError, match="cannot send"):
+    with pytest.raises(ChannelUseError, match="cannot send"):
         alice.seal(b"early")
+
+
+def test_a_failed_handshake_is_terminal_and_says_why() -> None:
+    alice = SecureSession(True, StaticKey(ALICE))
+    bob = SecureSession(False, StaticKey(BOB))
+    reply = bob.receive(alice.start()).reply
+    assert reply is not None
+    tampered = reply[:-1] + bytes([reply[-1] ^ 1])
+    with pytest.raises(ChannelError, match="failed authentication"):
+        alice.receive(tampered)
+    assert alice.state is State.CLOSED
+    # The genuine reply cannot revive it: the failure is remembered and repeated.
+    with pytest.raises(ChannelError, match=r"the handshake failed: .*failed authentication"):
+        alice.receive(reply)
+
+
+def test_sealed_ping_is_answered_with_a_sealed_pong() -> None:
+    alice, bob = open_pair()
+    answer = bob.receive(alice.ping())
+    assert answer.reply is not None and answer.plaintext is None
+    assert alice.receive(answer.reply).pong
+    with pytest.raises(ReplayedMessage):  # replay protection covers liveness too
+        alice.receive(answer.reply)
 
 
 @given(st.binary(max_size=300))

@@ -218,18 +218,30 @@ def test_oversize_structured_messages_say_so() -> None:
 
 
 def test_relay_messages_round_trip_and_reject_bad_input() -> None:
-    request = RelayRequest("create", "blue", b"t" * 16)
-    assert decode_relay_request(encode_relay_request(request)) == request
+    challenge = RelayRequest("challenge", "blue", b"t" * 16)
+    assert decode_relay_request(encode_relay_request(challenge)) == challenge
+    signed = RelayRequest(
+        "create", "blue", b"t" * 16, owner=b"o" * 32, challenge=b"c" * 32, signature=b"s" * 64
+    )
+    assert decode_relay_request(encode_relay_request(signed)) == signed
     ok = RelayResponse(b"t" * 16, True, address="/service/forward_to_blue")
     assert decode_relay_response(encode_relay_response(ok)) == ok
+    issued = RelayResponse(b"t" * 16, True, challenge=b"c" * 32, host=b"h" * 32)
+    assert decode_relay_response(encode_relay_response(issued)) == issued
     refused = RelayResponse(b"t" * 16, False, code="conflict", error="taken")
     assert decode_relay_response(encode_relay_response(refused)) == refused
     with pytest.raises(MalformedError, match="token"):
-        decode_relay_request(encode_relay_request(RelayRequest("create", "blue", b"short")))
+        decode_relay_request(encode_relay_request(RelayRequest("challenge", "blue", b"short")))
     with pytest.raises(MalformedError, match="invalid relay name"):
-        decode_relay_request(encode_relay_request(RelayRequest("create", "a/b", b"t" * 16)))
+        decode_relay_request(encode_relay_request(RelayRequest("challenge", "a/b", b"t" * 16)))
     with pytest.raises(MalformedError, match="op"):
         decode_relay_request(encode_relay_request(RelayRequest("steal", "blue", b"t" * 16)))
+    # A create or delete without a full proof of its owner is malformed, not "anonymous".
+    unsigned = RelayRequest("create", "blue", b"t" * 16, owner=b"o" * 32, challenge=b"c" * 32)
+    with pytest.raises(MalformedError, match="'sig' must be 64 bytes"):
+        decode_relay_request(encode_relay_request(unsigned))
+    with pytest.raises(UnsupportedVersionError):
+        decode_relay_request(msgpack.packb({"v": 1, "op": "create", "name": "b", "token": b"t"}))
 
 
 @given(st.binary(max_size=200))

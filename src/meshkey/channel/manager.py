@@ -8,29 +8,55 @@ A channel is two workers on each end:
   and routes the inner message on this node, with the encryptor first on its return route
   (so replies go back through the channel) and the peer's NodeId as ``channel_peer``.
 
-The route to the peer is learned from the handshake and then follows the return route of
-each *authentic* message, so a channel survives a path that changes underneath it as long as
-the peer speaks first. Errors from nodes on the route cannot be authenticated: they are
-recorded and reported, and make later sends fail fast, but they never close the channel.
+Routes: the initiator keeps the route it was created with (it starts with something this
+node can dial again, or a relay) and swaps only its last address, the listener, for the
+peer's decryptor; the responder follows the return route of each *authentic* message, so it
+always answers the way the initiator last came. Errors from nodes on the route cannot be
+authenticated: they make the channel UNREACHABLE (sends fail at once, saying why) until the
+peer is heard again, and never close it.
+
+Liveness (:mod:`meshkey.channel.liveness`): sealed PING/PONG keep the route and its NAT
+mappings alive, tell a dead or restarted peer within seconds of a send, and let the
+initiator re-handshake transparently (same address) when the far node lost the session.
+
+Limits, so that no peer can make this node hold much: half-open handshakes are bounded per
+source (the authenticated hop they came over), per listener and in all, live only
+:data:`HANDSHAKE_TIMEOUT` and hold no workers of their own but an inline decryptor; an
+identity holds at most :data:`MAX_CHANNELS_PER_PEER` channels; a responder whose initiator
+stopped its keepalives closes; closed channels are listed for :data:`CLOSED_KEPT_FOR`, then
+forgotten. A refused handshake is answered, so the initiator hears why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
 import secrets
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshkey.channel.session import ChannelError, ReplayedMessage, SecureSession, State, StaticKey
+from meshkey.channel.liveness import (
+    BecameReachable,
+    BecameUnreachable,
+    ChannelLiveness,
+    Expired,
+    Health,
+    LivenessConfig,
+    Rehandshake,
+    SendPing,
+)
+from meshkey.channel.session import ChannelError, ReplayedMessage, SecureSession, StaticKey
+from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.routing.address import Route, ServiceAddress, format_route
 from meshkey.routing.errors import RemoteError
-from meshkey.routing.message import LocalInfo, Message
+from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router
-from meshkey.wire.channel import Refuse, encode_channel
+from meshkey.wire.channel import ChannelKind, Refuse, encode_channel
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
 
@@ -38,7 +64,24 @@ log = EventLogger("channel")
 
 DEFAULT_LISTENER = "api"
 MAX_HALF_OPEN = 1024
+MAX_HALF_OPEN_PER_LISTENER = 256
+#: Per authenticated hop (or this node itself): a flood over one connection cannot crowd
+#: out handshakes that arrive over others.
+MAX_HALF_OPEN_PER_SOURCE = 32
+HANDSHAKE_TIMEOUT = 10.0
+MAX_CHANNELS_PER_PEER = 256
+CLOSED_KEPT_FOR = 600.0
 MAX_CLOSED_KEPT = 256
+#: Messages sent since the peer was last heard whose senders are told if it never answers.
+MAX_IN_FLIGHT = 64
+
+
+class ChannelState(enum.StrEnum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    UNREACHABLE = "unreachable"  # the peer does not answer or the route is broken
+    RECONNECTING = "reconnecting"  # the initiator is making a new session
+    CLOSED = "closed"
 
 
 @dataclass
@@ -53,47 +96,91 @@ class Listener:
         }
 
 
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 @dataclass
 class Channel:
     address: str  # the encryptor's worker name
     decryptor: str
     session: SecureSession
     initiator: bool
+    liveness: ChannelLiveness
     listener: str | None = None
-    route: Route = ()
-    closed: bool = False
-    error: str | None = None  # why it closed, or the last error a node on its route reported
-    created_at: str = field(
-        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    )
+    listener_route: Route = ()  # initiator: the route it was created with
+    route: Route = ()  # where sealed messages go now
+    source: str = "local"  # responder: the hop a handshake came over (for the limits)
+    peer: NodeId | None = None  # fixed by the first handshake; re-handshakes must match
+    closed_reason: str | None = None
+    route_error: str | None = None  # the last error a node on the route reported
+    reconnecting: bool = False
+    reconnects: int = 0
+    created_at: str = field(default_factory=_utc_now)
+    opened_at: str | None = None
+    closed_at: float | None = None  # loop time, for expiry of the listing
+    in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    task: asyncio.Task[None] | None = None  # the latest timer or reconnect work
     opened: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
     @property
-    def state(self) -> str:
-        return self.session.state.value
+    def state(self) -> ChannelState:
+        if self.closed_reason is not None:
+            return ChannelState.CLOSED
+        if self.reconnecting:
+            return ChannelState.RECONNECTING
+        if self.session.state is SessionState.HANDSHAKING:
+            return ChannelState.HANDSHAKING
+        if self.liveness.health is Health.UNREACHABLE:
+            return ChannelState.UNREACHABLE
+        return ChannelState.OPEN
+
+    @property
+    def error(self) -> str | None:
+        """Why it is closed, or why it is unreachable, or the last route error."""
+        if self.closed_reason is not None:
+            return self.closed_reason
+        if self.liveness.health is Health.UNREACHABLE:
+            return self.liveness.reason
+        return self.route_error
 
     def describe(self) -> dict[str, Any]:
+        rtt = self.liveness.rtt
         return {
             "address": f"/service/{self.address}",
             "role": "initiator" if self.initiator else "responder",
-            "peer": str(self.session.peer) if self.session.peer else None,
-            "state": self.state,
+            "peer": str(self.peer) if self.peer else None,
+            "state": self.state.value,
             "route": format_route(self.route),
             "listener": f"/service/{self.listener}" if self.listener else None,
             "error": self.error,
+            "rtt_ms": round(rtt * 1000, 2) if rtt is not None else None,
+            "reconnects": self.reconnects,
             "created_at": self.created_at,
+            "opened_at": self.opened_at,
         }
 
 
 class SecureChannels:
-    def __init__(self, identity: Identity, router: Router) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        router: Router,
+        *,
+        liveness: LivenessConfig | None = None,
+    ) -> None:
         self.identity = identity
         self.router = router
         self.static = StaticKey(identity)
+        self.liveness_config = liveness or LivenessConfig()
+        self._loop = asyncio.get_running_loop()
         self._listeners: dict[str, Listener] = {}
         self._channels: dict[str, Channel] = {}
+        self._half_open: Counter[tuple[str, str]] = Counter()  # (listener, source) -> count
 
     # -- listeners --------------------------------------------------------------------
 
@@ -123,21 +210,24 @@ class SecureChannels:
         return self._channels.get(address.removeprefix("/service/"))
 
     def channels(self) -> list[Channel]:
+        self._expire_closed()
         return list(self._channels.values())
 
     async def create(
         self, route: Route, *, authorized: frozenset[NodeId] | None = None, timeout: float = 10.0
     ) -> Channel:
         """Opens a channel to the listener at the end of ``route``; RemoteError if it fails."""
-        channel = self._new_channel(SecureSession(True, self.static, authorized=authorized))
-        channel.route = route
-        await self.router.route(
-            Message(route, (ServiceAddress(channel.decryptor),), channel.session.start())
+        channel = self._new_channel(
+            SecureSession(True, self.static, authorized=authorized), initiator=True
         )
+        channel.listener_route = channel.route = route
+        self._register_workers(channel)
+        await self._send(channel, channel.session.start(), route)
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), timeout)
         except TimeoutError:
             await self._close(channel, "handshake timed out", notify=False)
+            self._forget(channel)
             raise RemoteError(
                 ErrorCode.TIMEOUT,
                 f"no secure channel handshake answer from {format_route(route)} within "
@@ -146,9 +236,7 @@ class SecureChannels:
         except RemoteError:
             self._forget(channel)
             raise
-        log.info(
-            "channel.opened", address=channel.address, peer=channel.session.peer, role="initiator"
-        )
+        log.info("channel.opened", address=channel.address, peer=channel.peer, role="initiator")
         return channel
 
     async def delete(self, address: str) -> None:
@@ -161,17 +249,28 @@ class SecureChannels:
     async def close_all(self) -> None:
         for channel in list(self._channels.values()):
             await self._close(channel, "node shutting down", notify=True)
+            self._cancel_timer(channel)
 
-    # -- internals --------------------------------------------------------------------
+    # -- internals: bookkeeping ---------------------------------------------------------
 
-    def _new_channel(self, session: SecureSession, listener: str | None = None) -> Channel:
+    def _new_channel(
+        self, session: SecureSession, *, initiator: bool, listener: str | None = None
+    ) -> Channel:
         channel = Channel(
             address=secrets.token_hex(16),
             decryptor=f"_sc.{secrets.token_hex(8)}",
             session=session,
-            initiator=session.initiator,
+            initiator=initiator,
             listener=listener,
+            liveness=ChannelLiveness(initiator, self._loop.time(), self.liveness_config),
         )
+        self._channels[channel.address] = channel
+        self._expire_closed()
+        return channel
+
+    def _register_workers(self, channel: Channel, *, handshake_only: bool = False) -> None:
+        """A half-open responder gets only an inline decryptor (cheap: no task, no queue);
+        an open channel gets its encryptor and a mailbox decryptor, both per peer."""
 
         async def encrypt(message: Message) -> None:
             await self._encrypt(channel, message)
@@ -179,28 +278,150 @@ class SecureChannels:
         async def decrypt(message: Message) -> None:
             await self._decrypt(channel, message)
 
-        self.router.register(channel.address, encrypt)
-        self.router.register(channel.decryptor, decrypt)
-        self._channels[channel.address] = channel
-        self._trim_closed()
-        return channel
+        if handshake_only:
+            self.router.register(channel.decryptor, decrypt, inline=True)
+            return
+        self.router.unregister(channel.decryptor)
+        self.router.register(channel.address, encrypt, per_peer=True)
+        self.router.register(channel.decryptor, decrypt, per_peer=True)
 
-    def _trim_closed(self) -> None:
-        closed = [c for c in self._channels.values() if c.session.state is State.CLOSED]
-        for channel in closed[: max(0, len(closed) - MAX_CLOSED_KEPT)]:
+    def _expire_closed(self) -> None:
+        now = self._loop.time()
+        closed = [c for c in self._channels.values() if c.closed_at is not None]
+        stale = [c for c in closed if now - (c.closed_at or now) > CLOSED_KEPT_FOR]
+        stale += closed[: max(0, len(closed) - MAX_CLOSED_KEPT)]
+        for channel in stale:
             self._forget(channel)
 
     def _forget(self, channel: Channel) -> None:
+        self._cancel_timer(channel)
+        self._release_half_open(channel)
         self._channels.pop(channel.address, None)
         self.router.unregister(channel.address)
         self.router.unregister(channel.decryptor)
 
+    def _release_half_open(self, channel: Channel) -> None:
+        if not channel.initiator and channel.listener is not None and channel.source:
+            key = (channel.listener, channel.source)
+            if self._half_open[key] > 0:
+                self._half_open[key] -= 1
+                if not self._half_open[key]:
+                    del self._half_open[key]
+            channel.source = ""  # counted once
+
+    def _admit_handshake(self, listener: Listener, source: str) -> str | None:
+        total = sum(self._half_open.values())
+        on_listener = sum(n for (name, _), n in self._half_open.items() if name == listener.name)
+        if self._half_open[(listener.name, source)] >= MAX_HALF_OPEN_PER_SOURCE:
+            return f"too many secure channel handshakes in progress from {source}"
+        if on_listener >= MAX_HALF_OPEN_PER_LISTENER or total >= MAX_HALF_OPEN:
+            return f"too many secure channel handshakes in progress on /service/{listener.name}"
+        return None
+
+    # -- internals: timers and liveness -------------------------------------------------
+
+    def _rearm(self, channel: Channel) -> None:
+        if channel.closed_reason is not None:
+            self._cancel_timer(channel)
+            return
+        deadline = channel.liveness.next_deadline()
+        if channel.session.state is SessionState.HANDSHAKING and not channel.reconnecting:
+            expiry = channel.liveness.now + HANDSHAKE_TIMEOUT
+            deadline = expiry if deadline is None else min(deadline, expiry)
+        if deadline == channel.timer_at:
+            return
+        self._cancel_timer(channel)
+        channel.timer_at = deadline
+        if deadline is not None:
+            channel.timer = self._loop.call_at(deadline, self._on_timer, channel)
+
+    def _cancel_timer(self, channel: Channel) -> None:
+        if channel.timer is not None:
+            channel.timer.cancel()
+        channel.timer, channel.timer_at = None, None
+
+    def _on_timer(self, channel: Channel) -> None:
+        deadline, channel.timer, channel.timer_at = channel.timer_at, None, None
+        if deadline is None or channel.closed_reason is not None:
+            return
+        now = max(deadline, self._loop.time())
+        handshaking = channel.session.state is SessionState.HANDSHAKING
+        expired = now >= channel.liveness.now + HANDSHAKE_TIMEOUT
+        if handshaking and not channel.initiator and expired:
+            log.info("channel.handshake_expired", address=channel.address)
+            self._forget(channel)
+            return
+        channel.liveness.on_timer(now)
+        channel.task = self._loop.create_task(
+            self._after_liveness(channel), name=f"channel:{channel.address}"
+        )
+
+    async def _after_liveness(self, channel: Channel) -> None:
+        """Carries out what the liveness core asked for, then re-arms the timer."""
+        liveness = channel.liveness
+        for command in liveness.commands():
+            if isinstance(command, SendPing) and channel.session.state is SessionState.OPEN:
+                await self._send(channel, channel.session.ping())
+            elif isinstance(command, Rehandshake):
+                # Its own task: the answers it waits for come through this channel's
+                # decryptor, which may be the very worker running this.
+                channel.task = self._loop.create_task(
+                    self._rehandshake(channel, command.reason),
+                    name=f"channel:{channel.address}:reconnect",
+                )
+        for event in liveness.events():
+            if isinstance(event, BecameUnreachable):
+                log.warning("channel.unreachable", address=channel.address, reason=event.reason)
+                await self._answer_in_flight(channel, event.reason)
+            elif isinstance(event, BecameReachable):
+                log.info("channel.reachable", address=channel.address, peer=channel.peer)
+            elif isinstance(event, Expired):
+                await self._close(channel, event.reason, notify=False)
+        self._rearm(channel)
+
+    async def _answer_in_flight(self, channel: Channel, reason: str) -> None:
+        """Whoever sent a message the peer never acknowledged hears so now, not at its own
+        timeout."""
+        while channel.in_flight:
+            text = f"secure channel {channel.address}: {reason}"
+            await self.router.route(
+                error_message(channel.in_flight.popleft(), ErrorCode.UNREACHABLE, text)
+            )
+
+    async def _rehandshake(self, channel: Channel, reason: str) -> None:
+        """A new session over the original route, pinned to the same peer identity."""
+        if channel.peer is None or not channel.listener_route:
+            return
+        log.info("channel.reconnecting", address=channel.address, reason=reason)
+        channel.reconnecting = True
+        channel.session = SecureSession(True, self.static, authorized=frozenset({channel.peer}))
+        channel.route = channel.listener_route
+        channel.opened = self._loop.create_future()
+        await self._send(channel, channel.session.start(), channel.listener_route)
+        try:
+            await asyncio.wait_for(asyncio.shield(channel.opened), HANDSHAKE_TIMEOUT)
+        except (TimeoutError, RemoteError) as exc:
+            channel.reconnecting = False
+            text = exc.text if isinstance(exc, RemoteError) else "no handshake answer in time"
+            channel.liveness.rehandshake_done(self._loop.time(), False, text)
+            log.info("channel.reconnect_failed", address=channel.address, reason=text)
+        else:
+            channel.reconnecting = False
+            channel.reconnects += 1
+            channel.liveness.rehandshake_done(self._loop.time(), True)
+            log.info("channel.reconnected", address=channel.address, peer=channel.peer)
+        await self._after_liveness(channel)
+
+    # -- internals: the handshake and the traffic ---------------------------------------
+
     async def _accept(self, listener: Listener, message: Message) -> None:
         if message.is_error:
             return
-        half_open = sum(1 for c in self._channels.values() if c.session.state is State.HANDSHAKING)
-        if half_open >= MAX_HALF_OPEN:
-            log.warning("channel.too_many_handshakes", listener=listener.name)
+        source = str(message.local.hop_peer) if message.local.hop_peer else "local"
+        refusal = self._admit_handshake(listener, source)
+        if refusal is not None:
+            log.warning("channel.handshake_refused", listener=listener.name, reason=refusal)
+            await self.router.fail(message, ErrorCode.BUSY, refusal)
             return
         session = SecureSession(False, self.static, authorized=listener.authorized)
         try:
@@ -213,36 +434,43 @@ class SecureChannels:
                 f"/service/{listener.name} is a secure channel listener: {exc.reason}",
             )
             return
-        channel = self._new_channel(session, listener.name)
+        channel = self._new_channel(session, initiator=False, listener=listener.name)
+        channel.source = source
+        self._half_open[(listener.name, source)] += 1
         channel.route = message.return_route
+        self._register_workers(channel, handshake_only=True)
         assert received.reply is not None
         await self._send(channel, received.reply)
-        # A handshake that is never finished must not hold its workers forever.
-        asyncio.get_running_loop().call_later(30.0, self._expire, channel)
+        self._rearm(channel)
 
-    def _expire(self, channel: Channel) -> None:
-        if channel.session.state is State.HANDSHAKING and channel.address in self._channels:
-            log.info("channel.handshake_expired", address=channel.address)
-            self._forget(channel)
-
-    async def _send(self, channel: Channel, payload: bytes) -> None:
+    async def _send(self, channel: Channel, payload: bytes, route: Route | None = None) -> None:
         await self.router.route(
-            Message(channel.route, (ServiceAddress(channel.decryptor),), payload)
+            Message(
+                route if route is not None else channel.route,
+                (ServiceAddress(channel.decryptor),),
+                payload,
+            )
         )
 
     async def _encrypt(self, channel: Channel, message: Message) -> None:
-        if channel.session.state is not State.OPEN:
-            reason = channel.error or channel.state
-            await self.router.fail(
-                message, ErrorCode.UNREACHABLE, f"secure channel {channel.address} is {reason}"
-            )
-            return
-        lost = self._route_lost(channel)
-        if lost is not None:
+        state = channel.state
+        if state is not ChannelState.OPEN:
+            reason = channel.error or state.value
             await self.router.fail(
                 message,
                 ErrorCode.UNREACHABLE,
-                f"secure channel {channel.address} lost its route ({lost}); create a new one",
+                f"secure channel {channel.address} is {state.value}: {reason}"
+                if reason != state.value
+                else f"secure channel {channel.address} is {state.value}",
+            )
+            return
+        first = channel.route[0] if channel.route else None
+        if isinstance(first, ServiceAddress) and not self.router.has_worker(first.name):
+            await self.router.fail(
+                message,
+                ErrorCode.UNREACHABLE,
+                f"secure channel {channel.address}: the connection its peer last used has "
+                "closed; it reconnects when the peer sends again",
             )
             return
         inner = Message(message.onward[1:], message.return_route, message.payload, message.kind)
@@ -251,35 +479,20 @@ class SecureChannels:
         except (WireError, ValueError) as exc:
             await self.router.fail(message, ErrorCode.MALFORMED, str(exc))
             return
+        if message.return_route:
+            channel.in_flight.append(message.return_route)
         await self._send(channel, sealed)
-
-    def _route_lost(self, channel: Channel) -> str | None:
-        """Why the channel's route is known to be broken, or None.
-
-        Either its first hop is a connection of this node that has closed, or a node on the
-        route reported an error and the peer has not spoken since.
-        """
-        first = channel.route[0] if channel.route else None
-        if (
-            isinstance(first, ServiceAddress)
-            and first.name.startswith("_")
-            and not self.router.has_worker(first.name)
-        ):
-            return "its first connection has closed"
-        if channel.error and channel.error.startswith("route error"):
-            return channel.error
-        return None
+        channel.liveness.sent(self._loop.time())
+        await self._after_liveness(channel)
 
     async def _decrypt(self, channel: Channel, message: Message) -> None:
+        now = self._loop.time()
         if message.is_error:
-            # A node on the route could not deliver our message: unauthenticated, so it is
-            # reported but does not close the channel.
-            code, text = message.error()
-            channel.error = f"route error: {text}"
-            log.warning("channel.route_error", address=channel.address, reason=text)
-            if channel.session.state is State.HANDSHAKING:
-                self._fail_handshake(channel, RemoteError(code, text))
+            await self._route_error(channel, message, now)
             return
+        reconnecting = channel.reconnecting and channel.session.state is SessionState.HANDSHAKING
+        if reconnecting and message.payload[1:2] not in _HANDSHAKE_KINDS:
+            return  # late traffic of the old session: its keys are gone
         try:
             received = channel.session.receive(message.payload)
         except ReplayedMessage as exc:
@@ -291,34 +504,83 @@ class SecureChannels:
                 await self.router.route(
                     Message(message.return_route, (), encode_channel(Refuse(exc.reason)))
                 )
-            await self._close(channel, exc.reason, notify=False)
             self._fail_handshake(channel, RemoteError(ErrorCode.REFUSED, exc.reason))
+            if not channel.reconnecting:
+                await self._close(channel, exc.reason, notify=False)
             return
-        channel.route = message.return_route  # authentic: follow the path it came by
-        if channel.error and channel.error.startswith("route error"):
-            channel.error = None
+        # Authentic from here on.
+        if channel.initiator:
+            if channel.session.state is SessionState.HANDSHAKING and message.return_route:
+                # HELLO_REPLY: the peer's decryptor ends its return route.
+                channel.route = (*channel.listener_route[:-1], message.return_route[-1])
+        else:
+            channel.route = message.return_route  # follow the way the initiator came
+        channel.route_error = None
+        channel.in_flight.clear()
+        channel.liveness.heard(now, pong=received.pong)
         if received.reply is not None:
             await self._send(channel, received.reply)
         if received.opened:
-            if not channel.initiator:
-                log.info(
-                    "channel.opened",
-                    address=channel.address,
-                    peer=channel.session.peer,
-                    role="responder",
-                )
-            if not channel.opened.done():
-                channel.opened.set_result(None)
+            await self._opened(channel)
         if received.closed is not None:
             await self._close(channel, f"closed by the peer: {received.closed}", notify=False)
         if received.plaintext is not None:
             await self._deliver(channel, received.plaintext)
+        await self._after_liveness(channel)
+
+    async def _opened(self, channel: Channel) -> None:
+        peer = channel.session.peer
+        assert peer is not None
+        if channel.peer is None:
+            channel.peer = peer
+            channel.opened_at = _utc_now()
+        if not channel.initiator:
+            self._release_half_open(channel)
+            held = sum(
+                1
+                for other in self._channels.values()
+                if other.peer == peer and other.closed_reason is None and other is not channel
+            )
+            if held >= MAX_CHANNELS_PER_PEER:
+                reason = f"{peer.short()} already has {held} secure channels here"
+                log.warning("channel.too_many", peer=peer, held=held)
+                goodbye = channel.session.close(reason)
+                if goodbye is not None:
+                    await self._send(channel, goodbye)
+                await self._close(channel, reason, notify=False)
+                return
+            self._register_workers(channel)
+            log.info("channel.opened", address=channel.address, peer=peer, role="responder")
+        if not channel.opened.done():
+            channel.opened.set_result(None)
+
+    async def _route_error(self, channel: Channel, message: Message, now: float) -> None:
+        """A node on the route could not deliver our message (unauthenticated: reported,
+        and it makes sends fail fast, but it never closes the channel)."""
+        code, text = message.error()
+        channel.route_error = f"route error: {text}"
+        log.warning("channel.route_error", address=channel.address, reason=text)
+        if channel.session.state is SessionState.HANDSHAKING:
+            self._fail_handshake(channel, RemoteError(code, text))
+            return
+        peer_decryptor = channel.route[-1] if channel.route else None
+        if (
+            code == ErrorCode.NO_SUCH_SERVICE
+            and isinstance(peer_decryptor, ServiceAddress)
+            and peer_decryptor.name in text
+        ):
+            channel.liveness.session_unknown(
+                now, "the peer no longer knows this channel (it restarted or deleted it)"
+            )
+        else:
+            channel.liveness.route_error(now, text)
+        await self._after_liveness(channel)
 
     @staticmethod
     def _fail_handshake(channel: Channel, error: RemoteError) -> None:
         if channel.opened.done():
             return
-        if channel.initiator:  # someone awaits it in create()
+        if channel.initiator:  # someone awaits it in create() or _rehandshake()
             channel.opened.set_exception(error)
         else:
             channel.opened.cancel()
@@ -335,12 +597,28 @@ class SecureChannels:
         )
 
     async def _close(self, channel: Channel, reason: str, *, notify: bool) -> None:
-        if channel.closed:
+        if channel.closed_reason is not None:
             return
-        channel.closed = True
+        channel.closed_reason = reason
+        channel.closed_at = self._loop.time()
         goodbye = channel.session.close(reason)
-        channel.error = reason
         log.info("channel.closed", address=channel.address, reason=reason)
+        self._cancel_timer(channel)
+        self._release_half_open(channel)
         self.router.unregister(channel.decryptor)
+        self._fail_handshake(channel, RemoteError(ErrorCode.UNREACHABLE, reason))
+        await self._answer_in_flight(channel, f"closed: {reason}")
         if notify and goodbye is not None and channel.route:
             await self.router.route(Message(channel.route, (), goodbye))
+
+
+_HANDSHAKE_KINDS = frozenset(
+    bytes([kind])
+    for kind in (
+        ChannelKind.HELLO,
+        ChannelKind.HELLO_REPLY,
+        ChannelKind.FINISH,
+        ChannelKind.CONFIRM,
+        ChannelKind.REFUSE,
+    )
+)

@@ -135,6 +135,7 @@ class NoiseXX:
         self._state = _SymmetricState(name, cipher)
         self._state.mix_hash(prologue)
         self._step = 0  # messages processed so far
+        self.failed: str | None = None  # once a message failed, the handshake is over
 
     @property
     def complete(self) -> bool:
@@ -153,6 +154,8 @@ class NoiseXX:
         return (self._step % 2 == 0) == self.initiator
 
     def write_message(self, payload: bytes = b"") -> bytes:
+        if self.failed is not None:
+            raise NoiseError(f"the handshake already failed ({self.failed})")
         if self.complete or not self._writes():
             raise NoiseError("not this side's turn to write")
         state = self._state
@@ -172,8 +175,20 @@ class NoiseXX:
         return out
 
     def read_message(self, message: bytes) -> bytes:
+        """The payload of the peer's next handshake message. A NoiseError is terminal: the
+        hash and keys have absorbed part of the bad message, so every later call fails too,
+        saying why (the handshake must start over)."""
+        if self.failed is not None:
+            raise NoiseError(f"the handshake already failed ({self.failed})")
         if self.complete or self._writes():
             raise NoiseError("not this side's turn to read")
+        try:
+            return self._read(message)
+        except NoiseError as exc:
+            self.failed = str(exc)
+            raise
+
+    def _read(self, message: bytes) -> bytes:
         state = self._state
         data = memoryview(message)
         if self._step == 0:  # -> e

@@ -3,9 +3,15 @@
 A service without a policy is open to everyone who can reach it. A service with one admits a
 message only when the identity it arrived with (the authenticated peer at the far end of the
 secure channel it came through) is allowed. A message that did not come through a secure
-channel has no such identity and is refused. The one exception is the ``relay`` resource
-(who may create relays), which also counts the authenticated previous hop, since relays are
-created over a hop.
+channel has no such identity and is refused. Two resources are not services:
+
+* ``relay`` decides who may create relays here; it is checked against the relay's owner,
+  which the registration proves by signature (:mod:`meshkey.relay.registry`);
+* ``forward`` decides who may use this node as a hop to other nodes (checked against the
+  channel peer, else the authenticated previous hop, of every message this node passes on
+  to another node; :data:`meshkey.routing.router.FORWARD_RESOURCE`).
+
+Both are open to every authenticated node until a policy names who may.
 
 Rules are kept as ``{"allow": [...]}`` documents so attribute-based rules (Ockam's ABAC) can
 join ``allow`` later without changing how policies are stored or listed.
@@ -18,6 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkey.identity.node_id import NodeId
+from meshkey.routing.router import FORWARD_RESOURCE
+
+RELAY_RESOURCE = "relay"
+#: Resources that are not services but are policed the same way.
+SPECIAL_RESOURCES = frozenset({RELAY_RESOURCE, FORWARD_RESOURCE})
 
 
 @dataclass(frozen=True)

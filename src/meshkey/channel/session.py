@@ -61,6 +61,11 @@ class ReplayedMessage(Exception):
     """A duplicate or too-old message: dropped, the channel goes on."""
 
 
+class ChannelUseError(RuntimeError):
+    """Local misuse (sealing on a channel that is not open): a bug or a race in the caller,
+    not something the peer did, so it is not a :class:`ChannelError`."""
+
+
 class StaticKey:
     """A node's X25519 static key and its identity's attestation of it (per process)."""
 
@@ -160,6 +165,7 @@ class Received:
     opened: bool = False  # the channel just became usable
     plaintext: bytes | None = None  # a DATA message's contents
     closed: str | None = None  # the peer closed the channel, with this reason
+    pong: bool = False  # an answer to our PING
 
 
 class SecureSession:
@@ -173,6 +179,7 @@ class SecureSession:
     ) -> None:
         self.initiator = initiator
         self.state = State.HANDSHAKING
+        self.failure: str | None = None
         self.peer: NodeId | None = None
         self._static = static
         self._authorized = authorized
@@ -187,10 +194,15 @@ class SecureSession:
             raise ChannelError("only the initiator starts")
         return encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
 
-    def seal(self, plaintext: bytes) -> bytes:
+    def seal(self, plaintext: bytes, kind: ChannelKind = ChannelKind.DATA) -> bytes:
+        """A sealed DATA (or PING) payload; ChannelUseError unless the channel is open."""
         if self.state is not State.OPEN or self._sender is None:
-            raise ChannelError(f"cannot send on a channel that is {self.state.value}")
-        return encode_channel(self._sender.seal(ChannelKind.DATA, plaintext))
+            raise ChannelUseError(f"cannot send on a channel that is {self.state.value}")
+        return encode_channel(self._sender.seal(kind, plaintext))
+
+    def ping(self) -> bytes:
+        """A sealed PING: the peer answers with a sealed PONG, proving it holds the session."""
+        return self.seal(b"", ChannelKind.PING)
 
     def close(self, reason: str) -> bytes | None:
         """Closes this end; returns a sealed CLOSE for the peer when the channel was open."""
@@ -201,8 +213,20 @@ class SecureSession:
         return None
 
     def receive(self, data: bytes) -> Received:
+        """What ``data`` (a channel payload from the peer) produced. ChannelError means the
+        channel cannot go on: during the handshake it is then CLOSED (a failed handshake is
+        terminal, and says why); ReplayedMessage only drops the message."""
         if self.state is State.CLOSED:
-            raise ChannelError("the channel is closed")
+            raise ChannelError(self.failure or "the channel is closed")
+        try:
+            return self._receive(data)
+        except ChannelError as exc:
+            if self.state is State.HANDSHAKING:
+                self.state = State.CLOSED
+                self.failure = f"the handshake failed: {exc.reason}"
+            raise
+
+    def _receive(self, data: bytes) -> Received:
         try:
             payload = decode_channel(data)
         except WireError as exc:
@@ -284,4 +308,9 @@ class SecureSession:
         if sealed.kind == ChannelKind.CLOSE:
             self.state = State.CLOSED
             return Received(closed=plaintext.decode("utf-8", errors="replace") or "closed")
+        if sealed.kind == ChannelKind.PING:
+            assert self._sender is not None
+            return Received(reply=encode_channel(self._sender.seal(ChannelKind.PONG, b"")))
+        if sealed.kind == ChannelKind.PONG:
+            return Received(pong=True)
         return Received(plaintext=plaintext)

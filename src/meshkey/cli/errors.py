@@ -26,6 +26,7 @@ _BY_CODE = {
     "no_such_service": ExitCode.NOT_FOUND,
     "conflict": ExitCode.CONFLICT,
     "unreachable": ExitCode.UNREACHABLE,
+    "busy": ExitCode.UNREACHABLE,
     "timeout": ExitCode.TIMEOUT,
     "refused": ExitCode.REFUSED,
     "auth_failed": ExitCode.REFUSED,

@@ -188,12 +188,16 @@ def node_show(ctx: click.Context, name: str, output: str) -> None:
     if summary["status"] == "running":
         try:
             live = ControlClient(home.node(name).socket_path).call("status")
-            summary.update(
-                addresses=live["addresses"],
-                services=live["services"],
-                connections=live["connections"],
-                started_at=live["started_at"],
-            )
+            for key in (
+                "addresses",
+                "services",
+                "connections",
+                "started_at",
+                "udp_stats",
+                "unauthenticated",
+            ):
+                if key in live:
+                    summary[key] = live[key]
         except ControlError as exc:
             summary["status"] = f"not answering ({exc.message})"
 

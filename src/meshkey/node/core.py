@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
-from meshkey.channel.policy import Policies, Policy
+from meshkey.channel.policy import RELAY_RESOURCE, Policies, Policy
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
@@ -131,7 +131,7 @@ class Node:
 
     async def start(self) -> Node:
         store = self._store
-        router = self._router = Router(self.node_id)
+        router = self._router = Router(self.node_id, label=self.name)
         settings: dict[str, Any] = {
             "on_event": self.events.publish,
             "idle_timeout": self._idle_timeout,
@@ -152,10 +152,10 @@ class Node:
         self._registry = RelayRegistry(
             router,
             claims=store.relay_claims() if store else {},
-            on_claim=store.claim_relay if store else lambda name, owner: None,
-            on_release=store.release_relay if store else lambda name: None,
+            admit=lambda owner: self.policies.admit(RELAY_RESOURCE, owner),
+            **self._claim_persistence(store),
         )
-        self._relays = RelayClient(router, self._resolve_for_relay, self._watch)
+        self._relays = RelayClient(self.identity, router, self._resolve_for_relay, self._watch)
         if self._udp_listen is not None:
             await self._udp.listen(*self._udp_listen)
         if self._tcp_listen is not None:
@@ -165,6 +165,20 @@ class Node:
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
+
+    @staticmethod
+    def _claim_persistence(store: NodeStore | None) -> dict[str, Any]:
+        """Claims are written in a thread: an fsync per claim must not stall the loop."""
+        if store is None:
+            return {}
+
+        async def on_claim(name: str, owner: NodeId) -> None:
+            await asyncio.to_thread(store.claim_relay, name, owner)
+
+        async def on_release(name: str) -> None:
+            await asyncio.to_thread(store.release_relay, name)
+
+        return {"on_claim": on_claim, "on_release": on_release}
 
     async def stop(self) -> None:
         if not self._started:
@@ -199,6 +213,8 @@ class Node:
         router = self.router
 
         async def handle(message: Message) -> None:
+            if message.is_error:  # an error about one of our replies: never answered
+                return
             result = function(message.payload)
             if inspect.isawaitable(result):
                 result = await result
@@ -347,4 +363,9 @@ class Node:
                 if not n.startswith("_") and not self.channels.get(n)
             ],
             "connections": self.udp.connections() + self.tcp.connections(),
+            "udp_stats": dict(self.udp.endpoint.stats),
+            "unauthenticated": {
+                "udp": sum(self.udp.unauthenticated.values()),
+                "tcp": sum(self.tcp.unauthenticated.values()),
+            },
         }

@@ -328,12 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True)
     parser.add_argument("--name", required=True)
     args = parser.parse_args(argv)
-    return run(Home(args.home), args.name)
+    home = Home(args.home)
+    return run(home, args.name, log_file=home.node(args.name).log_path)
 
 
-def run(home: Home, name: str) -> int:
-    """Runs a daemon in this process until it is stopped; returns the exit status."""
-    configure_logging(os.environ.get("MESHKEY_LOG", "info"), sys.stderr)
+def run(home: Home, name: str, *, log_file: Path | None = None) -> int:
+    """Runs a daemon in this process until it is stopped; returns the exit status.
+
+    It logs to ``log_file`` (rotated by size) when given (a background daemon), else to
+    stderr (``--foreground``); what escapes logging goes to stderr either way."""
+    configure_logging(os.environ.get("MESHKEY_LOG", "info"), sys.stderr, file=log_file)
     try:
         import uvloop
 

@@ -66,7 +66,7 @@ def start_node(home: Home, name: str, timeout: float = START_TIMEOUT) -> dict[st
         raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
     if node.is_running():
         raise NodeStateError(f"node {name!r} is already running", "conflict")
-    with open(node.log_path, "ab") as log_file:
+    with open(node.output_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "meshkey.node.daemon", "--home", str(home.path), "--name", name],
             stdin=subprocess.DEVNULL,
@@ -171,7 +171,7 @@ def _is_our_daemon(pid: int, node: NodeDir) -> bool:
 
 def _last_error(node: NodeDir) -> str:
     try:
-        lines = node.log_path.read_text(errors="replace").splitlines()[-30:]
+        lines = node.output_path.read_text(errors="replace").splitlines()[-30:]
     except OSError:
         return "see its log"
     for line in reversed(lines):

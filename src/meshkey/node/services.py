@@ -15,6 +15,8 @@ def uppercase(payload: bytes) -> bytes:
 
 
 def install_builtin_services(router: Router) -> None:
+    # Errors (about replies that could not be delivered) are never answered: router.reply
+    # drops them, so these services need no check of their own.
     async def echo(message: Message) -> None:
         await router.reply(message, message.payload)
 

@@ -3,7 +3,8 @@
 $MESHKEY_HOME (default ~/.meshkey), mode 0700
   identities/<name>.pem|.json
   nodes/<name>/state.db      SQLite (WAL): configuration and, later, relays, policies...
-  nodes/<name>/node.log      the daemon's structured log
+  nodes/<name>/node.log      the daemon's structured log (rotated: node.log.1 .. .3)
+  nodes/<name>/daemon.out    the daemon's stdout/stderr (start-up errors)
   nodes/<name>/daemon.lock   held (flock) by the running daemon: the truth of "running"
   nodes/<name>/daemon.pid
   nodes/<name>/control.sock  the control API (Unix socket, mode 0600)
@@ -126,6 +127,11 @@ class NodeDir:
         return self.path / "node.log"
 
     @property
+    def output_path(self) -> Path:
+        """The daemon's stdout and stderr: start-up errors and anything logging missed."""
+        return self.path / "daemon.out"
+
+    @property
     def lock_path(self) -> Path:
         return self.path / "daemon.lock"
 
@@ -154,21 +160,40 @@ class NodeDir:
         connection = sqlite3.connect(self.db_path, timeout=5)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise NodeStateError(
-                    f"node {self.name!r} was written by a newer meshkey (schema {version})"
-                )
-            for migration in MIGRATIONS[version:]:
-                connection.executescript(migration)
-            if version < SCHEMA_VERSION:
-                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._migrate(connection)
             with connection:
                 yield connection
         except sqlite3.DatabaseError as exc:
             raise NodeStateError(f"node {self.name!r}: state database is unusable: {exc}") from exc
         finally:
             connection.close()
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Brings the schema up to date, once: the CLI and the daemon may open the database at
+        the same moment, so the version is read and moved inside one write transaction."""
+        previous = connection.isolation_level
+        connection.isolation_level = None  # explicit BEGIN/COMMIT below
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for migration in MIGRATIONS[version:]:
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            if version < SCHEMA_VERSION:
+                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        else:
+            if version > SCHEMA_VERSION:
+                raise NodeStateError(
+                    f"node {self.name!r} was written by a newer meshkey (schema {version})"
+                )
+        finally:
+            connection.isolation_level = previous
 
     def config(self) -> dict[str, str]:
         if not self.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import random
 import secrets
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkey.identity.keys import Identity
 from meshkey.log import EventLogger
 from meshkey.relay.registry import REGISTRY_SERVICE
 from meshkey.routing.address import Route, ServiceAddress, TransportAddress
@@ -28,9 +30,11 @@ from meshkey.wire.message import ErrorCode
 from meshkey.wire.relay import (
     TOKEN_SIZE,
     RelayRequest,
+    RelayResponse,
     check_relay_name,
     decode_relay_response,
     encode_relay_request,
+    registration_payload,
 )
 
 log = EventLogger("relay.client")
@@ -66,8 +70,15 @@ class Relay:
 
 class RelayClient:
     def __init__(
-        self, router: Router, resolve: Resolve, watch: Watch, *, timeout: float = 10.0
+        self,
+        identity: Identity,
+        router: Router,
+        resolve: Resolve,
+        watch: Watch,
+        *,
+        timeout: float = 10.0,
     ) -> None:
+        self._identity = identity
         self.router = router
         self._resolve = resolve
         self._watch = watch
@@ -163,6 +174,25 @@ class RelayClient:
         return route
 
     async def _request(self, relay: Relay, op: str, route: Route) -> str:
+        """Creates or deletes ``relay`` on the node at ``route``: asks that node for a
+        challenge, then sends the operation signed by this node's identity (the relay node
+        accepts the owner only from a valid signature, never from whoever forwarded it)."""
+        issued = await self._exchange(relay, route, RelayRequest("challenge", relay.name, b""))
+        owner = self._identity.node_id.raw
+        payload = registration_payload(issued.host, owner, op, relay.name, issued.challenge)
+        request = RelayRequest(
+            op,
+            relay.name,
+            b"",
+            owner=owner,
+            challenge=issued.challenge,
+            signature=self._identity.sign(payload),
+        )
+        return (await self._exchange(relay, route, request)).address
+
+    async def _exchange(self, relay: Relay, route: Route, request: RelayRequest) -> RelayResponse:
+        """Sends ``request`` (with a fresh token) and returns the relay node's success answer;
+        RemoteError for anything else."""
         token = secrets.token_bytes(TOKEN_SIZE)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         relay.pending[token] = future
@@ -171,7 +201,7 @@ class RelayClient:
                 Message(
                     (*route, ServiceAddress(REGISTRY_SERVICE)),
                     (ServiceAddress(self._endpoint(relay.name)),),
-                    encode_relay_request(RelayRequest(op, relay.name, token)),
+                    encode_relay_request(dataclasses.replace(request, token=token)),
                 )
             )
             try:
@@ -193,7 +223,7 @@ class RelayClient:
                 else ErrorCode.INTERNAL
             )
             raise RemoteError(code, response.error)
-        return response.address
+        return response
 
     async def _supervise(self, relay: Relay, first: asyncio.Future[None] | None) -> None:
         delay = RETRY_FIRST

@@ -5,16 +5,30 @@ registration came by (which starts with the connection *that* node opened, so it
 the node is behind a NAT). The forwarder does not touch the return route, so replies go back
 the way the request came, not through the relay's owner again.
 
+Ownership is proven end to end (:mod:`meshkey.wire.relay`): the owner first asks for a
+challenge, then signs the registration (this node's NodeId, the operation, the name, the
+challenge) with its identity. Challenges are stateless (a MAC under a per-process secret, with
+an expiry) and accepted once, so a flood of challenge requests costs no memory, and a signed
+registration can be neither replayed nor taken to another relay node. Whoever forwarded the
+request is irrelevant: a node on the route cannot register a name for anyone but itself.
+
 A name belongs to the NodeId that first registered it (persisted by the caller through
-``on_claim``), so no one else can take it over, not even while its owner is offline.
+``on_claim``), so no one else can take it over, not even while its owner is offline. An owner
+holds at most :data:`MAX_RELAYS_PER_OWNER` names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import hmac
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshkey.identity.keys import verify_signature
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.routing.address import Route, ServiceAddress, format_route
@@ -23,15 +37,25 @@ from meshkey.routing.router import Router
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
 from meshkey.wire.relay import (
+    CHALLENGE_SIZE,
+    RelayRequest,
     RelayResponse,
     decode_relay_request,
     encode_relay_response,
+    registration_payload,
 )
 
 log = EventLogger("relay.registry")
 
 REGISTRY_SERVICE = "relay"
 PREFIX = "forward_to_"
+#: How long a challenge may be used: a few round trips, even over slow paths.
+CHALLENGE_LIFETIME = 30.0
+#: Names one identity may hold on this node; more is almost certainly abuse (each is a
+#: worker and a database row).
+MAX_RELAYS_PER_OWNER = 16
+
+Admit = Callable[[NodeId], str | None]
 
 
 @dataclass
@@ -56,23 +80,71 @@ def _online(router: Router, route: Route) -> bool:
     return isinstance(first, ServiceAddress) and router.has_worker(first.name)
 
 
+async def _nothing(*_args: Any) -> None:
+    return None
+
+
+class Challenges:
+    """Stateless, single-use challenges: ``expiry | random | MAC(secret, expiry | random)``.
+
+    Only challenges that were *used* are remembered (until they expire), and a use requires a
+    valid signature, so what this holds is bounded by honest registrations.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._secret = os.urandom(32)
+        self._clock = clock
+        self._used: dict[bytes, float] = {}
+
+    def issue(self) -> bytes:
+        expiry = self._clock() + CHALLENGE_LIFETIME
+        body = struct.pack("!d", expiry) + os.urandom(8)
+        return body + self._mac(body)
+
+    def check(self, challenge: bytes, *, consume: bool) -> str | None:
+        """None when ``challenge`` is valid and unused, else why not; ``consume`` marks it used
+        (only once the request it came with has proven its signature)."""
+        if len(challenge) != CHALLENGE_SIZE:
+            return "malformed challenge"
+        body, mac = challenge[:16], challenge[16:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return "challenge was not issued by this node (it may have restarted)"
+        now = self._clock()
+        (expiry,) = struct.unpack("!d", body[:8])
+        if expiry < now:
+            return "challenge expired"
+        self._used = {c: e for c, e in self._used.items() if e >= now}
+        if challenge in self._used:
+            return "challenge already used"
+        if consume:
+            self._used[challenge] = expiry
+        return None
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+
+
 class RelayRegistry:
     def __init__(
         self,
         router: Router,
         *,
         claims: dict[str, NodeId] | None = None,
-        on_claim: Callable[[str, NodeId], None] = lambda name, owner: None,
-        on_release: Callable[[str], None] = lambda name: None,
+        on_claim: Callable[[str, NodeId], Awaitable[None]] = _nothing,
+        on_release: Callable[[str], Awaitable[None]] = _nothing,
+        admit: Admit = lambda owner: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.router = router
         self._on_claim = on_claim
         self._on_release = on_release
+        self._admit = admit
+        self._challenges = Challenges(clock)
         self._forwarders: dict[str, Forwarder] = {}
         for name, owner in (claims or {}).items():
             self._install(Forwarder(name, owner))
-        # hop_identity: a node creating a relay is identified by its authenticated hop.
-        router.register(REGISTRY_SERVICE, self._handle, hop_identity=True)
+        # Admission is decided here, on the proven owner, not by the router on the hop.
+        router.register(REGISTRY_SERVICE, self._handle, admit=False)
 
     def forwarders(self) -> list[Forwarder]:
         return [self._forwarders[n] for n in sorted(self._forwarders)]
@@ -114,38 +186,79 @@ class RelayRegistry:
         except WireError as exc:
             log.warning("relay.bad_request", reason=str(exc))
             return
-        owner = message.local.channel_peer or message.local.hop_peer or self.router.node_id
-        existing = self._forwarders.get(request.name)
 
         async def answer(response: RelayResponse) -> None:
             await self.router.reply(message, encode_relay_response(response))
 
-        if existing is not None and existing.owner != owner:
-            log.warning("relay.name_taken", name=request.name, by=owner, owner=existing.owner)
+        async def refuse(code: str, error: str) -> None:
+            await answer(RelayResponse(request.token, False, code=code, error=error))
+
+        if request.op == "challenge":
             await answer(
                 RelayResponse(
                     request.token,
-                    False,
-                    code="conflict",
-                    error=f"relay name {request.name!r} belongs to another node "
-                    f"({existing.owner.short()})",
+                    True,
+                    challenge=self._challenges.issue(),
+                    host=self.router.node_id.raw,
                 )
+            )
+            return
+        owner = self._verify(request)
+        if isinstance(owner, str):
+            log.warning("relay.unproven_registration", name=request.name, reason=owner)
+            code = "stale" if owner.startswith("challenge") else "refused"
+            await refuse(code, owner)
+            return
+        refusal = self._admit(owner)
+        if refusal is not None:
+            log.warning("relay.refused", name=request.name, owner=owner, reason=refusal)
+            await refuse("refused", refusal)
+            return
+        existing = self._forwarders.get(request.name)
+        if existing is not None and existing.owner != owner:
+            log.warning("relay.name_taken", name=request.name, by=owner, owner=existing.owner)
+            await refuse(
+                "conflict",
+                f"relay name {request.name!r} belongs to another node ({existing.owner.short()})",
             )
             return
         if request.op == "delete":
             if existing is not None:
                 self._forwarders.pop(request.name)
                 self.router.unregister(f"{PREFIX}{request.name}")
-                self._on_release(request.name)
+                await self._on_release(request.name)
                 log.info("relay.deleted", name=request.name, owner=owner)
             await answer(RelayResponse(request.token, True, address=""))
             return
         if existing is None:
+            held = sum(1 for f in self._forwarders.values() if f.owner == owner)
+            if held >= MAX_RELAYS_PER_OWNER:
+                await refuse(
+                    "refused",
+                    f"node {owner.short()} already holds {held} relays here "
+                    f"(limit {MAX_RELAYS_PER_OWNER})",
+                )
+                return
             existing = Forwarder(request.name, owner)
             self._install(existing)
-            self._on_claim(request.name, owner)
+            await self._on_claim(request.name, owner)
         existing.route = message.return_route
         log.info(
             "relay.registered", name=request.name, owner=owner, route=format_route(existing.route)
         )
         await answer(RelayResponse(request.token, True, address=f"/service/{PREFIX}{request.name}"))
+
+    def _verify(self, request: RelayRequest) -> NodeId | str:
+        """The proven owner of a signed request, or why it is not proven."""
+        # The MAC first (cheap, and rejects what this node never issued), then the signature,
+        # and only then is the challenge spent: a forgery cannot burn an honest one.
+        problem = self._challenges.check(request.challenge, consume=False)
+        if problem is not None:
+            return problem
+        owner = NodeId(request.owner)
+        payload = registration_payload(
+            self.router.node_id.raw, owner.raw, request.op, request.name, request.challenge
+        )
+        if not verify_signature(owner, payload, request.signature):
+            return f"the registration's signature does not verify for {owner.short()}"
+        return self._challenges.check(request.challenge, consume=True) or owner

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,16 +19,21 @@ from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress
 from meshkey.routing.errors import RoutingError
+from meshkey.routing.mailbox import FairMailbox
 from meshkey.routing.message import Message, error_message
 from meshkey.wire.message import ErrorCode, MessageKind
 
 log = EventLogger("routing")
 
 Handler = Callable[[Message], Awaitable[None]]
+#: The policy resource that decides who may use this node as a hop to other nodes.
+FORWARD_RESOURCE = "forward"
 #: (worker name, authenticated identity or None) -> None to admit, or why it is refused.
 Admission = Callable[[str, NodeId | None], str | None]
 
 __all__ = [
+    "FORWARD_RESOURCE",
+    "sends_must_not_block",
     "Admission",
     "Deliver",
     "Fail",
@@ -37,6 +43,18 @@ __all__ = [
     "RoutingError",
     "next_hop",
 ]
+
+
+#: True in the task of a worker that serves many peers: it must never wait for one of them.
+_MUST_NOT_BLOCK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "meshkey_sends_must_not_block", default=False
+)
+
+
+def sends_must_not_block() -> bool:
+    """Whether the current sender is a shared worker, which a transport must refuse (BUSY)
+    rather than make wait for a peer that does not read."""
+    return _MUST_NOT_BLOCK.get()
 
 
 class Transport(Protocol):
@@ -81,25 +99,36 @@ def next_hop(message: Message) -> Deliver | Forward | Fail:
 
 
 class _Worker:
-    __slots__ = ("handler", "hop_identity", "inline", "name", "queue", "task")
+    __slots__ = ("admit", "handler", "inline", "name", "per_peer", "queue", "task")
 
     def __init__(
-        self, name: str, handler: Handler, inline: bool, hop_identity: bool, mailbox_size: int
+        self,
+        name: str,
+        handler: Handler,
+        inline: bool,
+        admit: bool,
+        per_peer: bool,
+        mailbox_size: int,
     ) -> None:
         self.name = name
         self.handler = handler
         self.inline = inline
-        self.hop_identity = hop_identity
-        self.queue: asyncio.Queue[Message] | None = None
+        self.admit = admit
+        self.per_peer = per_peer
+        self.queue: FairMailbox[Message] | None = None
         self.task: asyncio.Task[None] | None = None
         if not inline:
-            self.queue = asyncio.Queue(mailbox_size)
+            # A worker for one peer keeps plain order; a shared one is fair between senders.
+            per_sender = mailbox_size if per_peer else max(1, mailbox_size // 4)
+            self.queue = FairMailbox(per_sender, mailbox_size)
 
 
 class Router:
-    def __init__(self, node_id: NodeId, *, mailbox_size: int = 256) -> None:
+    def __init__(
+        self, node_id: NodeId, *, mailbox_size: int = 256, label: str | None = None
+    ) -> None:
         self.node_id = node_id
-        self._label = node_id.short()
+        self._label = label or node_id.short()
         self._workers: dict[str, _Worker] = {}
         self._transports: dict[str, Transport] = {}
         self._mailbox_size = mailbox_size
@@ -111,18 +140,30 @@ class Router:
     # -- registration -----------------------------------------------------------------
 
     def register(
-        self, name: str, handler: Handler, *, inline: bool = False, hop_identity: bool = False
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        inline: bool = False,
+        admit: bool = True,
+        per_peer: bool = False,
     ) -> ServiceAddress:
         """Registers a worker at ``/service/NAME``.
 
         A mailbox worker (the default) handles its messages one at a time, in order, in its
         own task. An ``inline`` handler runs in the sender's task and must not block.
         Admission sees the identity at the far end of the secure channel a message came
-        through; with ``hop_identity`` the authenticated previous hop counts too.
+        through; a worker registered with ``admit=False`` decides on its own (the relay
+        registry, whose requests prove their owner by signature).
+
+        A mailbox worker serves many peers unless ``per_peer``: its sends are then never
+        allowed to wait for one peer that does not read (the transport refuses them with
+        BUSY), so one slow reader cannot stop the service for everyone. A per-peer worker
+        (one end of a secure channel, a portal session) waits instead: backpressure.
         """
         if name in self._workers:
             raise ValueError(f"a worker is already registered at /service/{name}")
-        worker = _Worker(name, handler, inline, hop_identity, self._mailbox_size)
+        worker = _Worker(name, handler, inline, admit, per_peer, self._mailbox_size)
         if worker.queue is not None:
             worker.task = asyncio.get_running_loop().create_task(
                 self._run_worker(worker), name=f"worker:{name}"
@@ -174,10 +215,22 @@ class Router:
                 log.warning("message.refused", service=worker.name, reason=refusal)
                 await self.fail(message, ErrorCode.REFUSED, f"node {self._label}: {refusal}")
             elif worker.queue is not None:
-                await worker.queue.put(message)
+                sender = message.local.channel_peer or message.local.hop_peer
+                if message.is_error:
+                    # Errors never wait: the worker may be the one whose send caused this
+                    # error, in its own task, and waiting on its own full mailbox would be
+                    # a deadlock. An error that finds no room is dropped (none is answered).
+                    if not worker.queue.try_put(sender, message):
+                        log.debug("error.dropped", service=worker.name, reason="mailbox full")
+                else:
+                    await worker.queue.put(sender, message)
             else:
                 await self._call(worker, message)
         elif isinstance(decision, Forward):
+            refusal = self._admit_forward(message)
+            if refusal is not None:
+                await self.fail(message, ErrorCode.REFUSED, f"node {self._label}: {refusal}")
+                return
             transport = self._transports.get(decision.address.protocol)
             if transport is None:
                 await self.fail(
@@ -193,13 +246,25 @@ class Router:
         else:
             await self.fail(message, decision.code, f"node {self._label}: {decision.text}")
 
-    def _admit(self, worker: _Worker, message: Message) -> str | None:
-        if self.admission is None:
+    def _admit_forward(self, message: Message) -> str | None:
+        """Whether this node may pass ``message`` on to another node for whoever sent it.
+
+        Messages this node originates are always sent; for anyone else, forwarding is the
+        policy resource :data:`FORWARD_RESOURCE` (open unless a policy names who may).
+        """
+        identity = message.local.channel_peer or message.local.hop_peer
+        if identity is None or self.admission is None:
             return None
-        identity = message.local.channel_peer
-        if identity is None and worker.hop_identity:
-            identity = message.local.hop_peer
-        return self.admission(worker.name, identity)
+        refusal = self.admission(FORWARD_RESOURCE, identity)
+        if refusal is not None:
+            log.warning("forward.refused", peer=identity, reason=refusal)
+            return f"does not forward messages for {identity.short()}"
+        return None
+
+    def _admit(self, worker: _Worker, message: Message) -> str | None:
+        if self.admission is None or not worker.admit:
+            return None
+        return self.admission(worker.name, message.local.channel_peer)
 
     async def fail(self, message: Message, code: ErrorCode, text: str) -> None:
         """Answers an undeliverable message with an error along its return route."""
@@ -209,7 +274,14 @@ class Router:
         await self.route(error_message(message.return_route, code, text))
 
     async def reply(self, message: Message, payload: bytes) -> None:
-        """Sends ``payload`` back along ``message``'s return route, from its worker."""
+        """Sends ``payload`` back along ``message``'s return route, from its worker.
+
+        An error is never answered: a service that replied to one would answer the error its
+        own undeliverable reply caused, and the two would bounce forever.
+        """
+        if message.is_error:
+            log.debug("reply.to_error_dropped", service=str(message.onward[:1]))
+            return
         sender = message.onward[:1]
         await self.route(Message(message.return_route, sender, payload))
 
@@ -226,6 +298,10 @@ class Router:
 
     async def _run_worker(self, worker: _Worker) -> None:
         assert worker.queue is not None
+        _MUST_NOT_BLOCK.set(not worker.per_peer)  # this task's own context
         while True:
             message = await worker.queue.get()
             await self._call(worker, message)
+            # A queue that is neither full nor empty never suspends its getters or putters:
+            # without this, two workers feeding each other would never let the loop run.
+            await asyncio.sleep(0)

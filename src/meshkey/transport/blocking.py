@@ -19,7 +19,14 @@ from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import TransportAddress
 from meshkey.routing.errors import RoutingError
 from meshkey.transport.errors import describe_error
-from meshkey.transport.hop import HopConnection, HopError, MessageReceived, PeerClosed, Role
+from meshkey.transport.hop import (
+    HopConnection,
+    HopError,
+    HopFailed,
+    MessageReceived,
+    PeerClosed,
+    Role,
+)
 from meshkey.transport.tls import SERVER_NAME, client_context
 from meshkey.wire.hop import CloseCode
 from meshkey.wire.message import ErrorCode
@@ -124,5 +131,11 @@ class BlockingHop:
             elif isinstance(event, PeerClosed):
                 raise RoutingError(
                     ErrorCode.UNREACHABLE, f"{self.address} closed the hop: {event.reason}"
+                )
+            elif isinstance(event, HopFailed):
+                self._flush()  # our CLOSE, saying why
+                raise RoutingError(
+                    ErrorCode.UNREACHABLE if self.core.peer else ErrorCode.AUTH_FAILED,
+                    f"hop to {self.address} failed: {event.reason}",
                 )
         self._flush()

@@ -1,14 +1,36 @@
-"""The hop protocol core, sans-IO: framing, two-step hop authentication, keepalive.
+"""The hop protocol core, sans-IO: framing, two-step hop authentication, and liveness.
 
 It takes the bytes the encrypted transport (TLS or a QUIC stream) delivered and returns
-events; bytes to write are collected in :meth:`HopConnection.data_to_send`. It never touches a
-socket or a clock, so every path through it is tested without either.
+events; bytes to write are collected in :meth:`HopConnection.chunks_to_send`. It never touches
+a socket, and it reads no clock: every input that depends on time takes ``now``, and
+:meth:`HopConnection.next_deadline` says when to call :meth:`HopConnection.on_timer`.
 
 Authentication (DESIGN.md decision 4): the client first learns the server's NodeId from the
 key in its TLS certificate (:meth:`certificate_verified`), which must match the NodeId the route
 named, if any, and the one in SERVER_HELLO. It then signs a proof bound to the transport, the
 server's NodeId and the server's fresh nonce. The hop is open when the server has verified the
-proof and said AUTH_OK; only then does either side report :class:`PeerAuthenticated`.
+proof and said AUTH_OK; only then does either side report :class:`PeerAuthenticated`. Until
+then only frames of at most :data:`MAX_AUTH_FRAME` bytes are accepted (a stranger cannot make
+the node buffer a 2 MiB frame), and the whole authentication must finish within
+``Liveness.auth_timeout``.
+
+A peer's protocol violation never raises out of :meth:`receive_data`: everything decoded
+before it is returned, followed by :class:`HopFailed` (and the CLOSE frame is queued), as
+aioquic turns a violation into an event after the output it already produced.
+
+Liveness, once open (:class:`Liveness` holds the periods):
+
+* idle: without keepalive, a hop on which nothing was sent or received for ``idle_timeout``
+  reports :class:`HopIdle` (the glue closes it, unless it still has queued messages);
+* keepalive: with it, a PING goes out whenever nothing was received for
+  ``keepalive_interval`` (keeping NAT mappings and the peer's idle timer fresh), and a hop
+  that heard nothing for ``dead_after`` is :class:`PeerUnresponsive`;
+* unanswered traffic: a message sent after ``probe_quiet`` of silence from the peer is
+  followed by a PING, and the peer must say something within ``answer_timeout`` (at least
+  4 x the smoothed ping RTT): a far end that died is noticed within seconds of the next
+  send, not at the next idle timeout;
+* suspicion: an ICMP error (:meth:`suspect`) asks the same question with ``suspect_grace``;
+  ICMP can be forged, so it never closes a hop that still answers.
 """
 
 from __future__ import annotations
@@ -21,8 +43,9 @@ from dataclasses import dataclass
 from meshkey.identity.keys import Identity, verify_signature
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.errors import WireError
-from meshkey.wire.frames import FrameDecoder, encode_frame, frame_header
+from meshkey.wire.frames import MAX_FRAME, FrameDecoder, encode_frame, frame_header
 from meshkey.wire.hop import (
+    MAX_CLOSE_REASON,
     NONCE_SIZE,
     AuthOk,
     ClientProof,
@@ -40,6 +63,11 @@ from meshkey.wire.hop import (
 )
 
 _MESSAGE = bytes([HopFrameType.MESSAGE])
+#: The largest frame authentication needs (a CLOSE with its longest reason), rounded up.
+MAX_AUTH_FRAME = 512
+assert MAX_AUTH_FRAME > 2 + MAX_CLOSE_REASON
+#: Pings whose send time is remembered for RTT measurement.
+_MAX_PINGS_TIMED = 8
 
 
 class HopError(Exception):
@@ -63,6 +91,19 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Liveness:
+    """How a hop decides it is idle or its peer is gone; see the module docstring."""
+
+    auth_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    keepalive_interval: float = 20.0
+    dead_after: float = 60.0
+    probe_quiet: float = 1.0
+    answer_timeout: float = 2.0
+    suspect_grace: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class PeerAuthenticated:
     node_id: NodeId
 
@@ -83,7 +124,35 @@ class PeerClosed:
     reason: str
 
 
-HopEvent = PeerAuthenticated | MessageReceived | PongReceived | PeerClosed
+@dataclass(frozen=True, slots=True)
+class HopFailed:
+    """The peer broke the protocol or authentication; the hop is closed (CLOSE queued)."""
+
+    code: CloseCode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HopIdle:
+    """Nothing was sent or received for the idle timeout (and no keepalive is wanted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnresponsive:
+    """The peer stopped answering: the hop should be closed; ``reason`` says how it showed."""
+
+    reason: str
+
+
+HopEvent = (
+    PeerAuthenticated
+    | MessageReceived
+    | PongReceived
+    | PeerClosed
+    | HopFailed
+    | HopIdle
+    | PeerUnresponsive
+)
 
 
 class HopConnection:
@@ -95,18 +164,30 @@ class HopConnection:
         *,
         expected_peer: NodeId | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        liveness: Liveness = Liveness(),
+        now: float = 0.0,
     ) -> None:
         self.role = role
         self.state = State.AUTHENTICATING
         self.peer: NodeId | None = None
+        self.liveness = liveness
+        self.keepalive = False
+        self.rtt: float | None = None  # smoothed ping round trip, once measured
         self._identity = identity
         self._transport = transport
         self._expected = expected_peer
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(MAX_AUTH_FRAME)
         self._outgoing: list[bytes] = []
         self._nonce = b""
         self._certificate_peer: NodeId | None = None
         self._proof_sent = False
+        self._auth_deadline = now + liveness.auth_timeout
+        self.last_received = now
+        self._last_activity = now
+        self._answer_by: float | None = None  # the peer must say something before this
+        self._answer_why = ""
+        self._pings_sent = 0
+        self._ping_times: dict[int, float] = {}
         if role is Role.SERVER:
             self._nonce = random_bytes(NONCE_SIZE)
             self._queue(ServerHello(identity.node_id.raw, self._nonce))
@@ -126,7 +207,9 @@ class HopConnection:
     # -- inputs -----------------------------------------------------------------------
 
     def certificate_verified(self, node_id: NodeId) -> None:
-        """Client: the NodeId whose key the server's certificate holds (proven by TLS)."""
+        """Client: the NodeId whose key the server's certificate holds (proven by TLS).
+
+        Raises HopError (CLOSE queued) when it is not the NodeId the route expected."""
         if self._expected is not None and node_id != self._expected:
             self._fail(
                 CloseCode.AUTH_FAILED,
@@ -134,39 +217,100 @@ class HopConnection:
             )
         self._certificate_peer = node_id
 
-    def receive_data(self, data: bytes) -> list[HopEvent]:
+    def receive_data(self, data: bytes, now: float | None = None) -> list[HopEvent]:
+        """Events for ``data``; a violation ends the list with HopFailed. Then drain
+        :meth:`chunks_to_send` and re-read :meth:`next_deadline`."""
         if self.state is State.CLOSED:
             return []
+        if now is not None:
+            self.last_received = self._last_activity = now
+            self._answer_by = None
+        events: list[HopEvent] = []
         try:
             bodies = self._decoder.feed(data)
+            for body in bodies:
+                if body[:1] == _MESSAGE and self.state is State.OPEN:  # the hot path: no copy
+                    events.append(MessageReceived(memoryview(body)[1:]))
+                    continue
+                event = self._handle(decode_hop_frame(body), now)
+                if event is not None:
+                    events.append(event)
+                if self._is_closed():  # a CLOSE frame: what follows it is not read
+                    break
         except WireError as exc:
-            self._fail(CloseCode.PROTOCOL_ERROR, str(exc))
-        events: list[HopEvent] = []
-        for body in bodies:
-            if body[:1] == _MESSAGE and self.state is State.OPEN:  # the hot path: no copy
-                events.append(MessageReceived(memoryview(body)[1:]))
-                continue
-            try:
-                frame = decode_hop_frame(body)
-            except WireError as exc:
-                self._fail(CloseCode.PROTOCOL_ERROR, str(exc))
-            event = self._handle(frame)
-            if event is not None:
-                events.append(event)
-            if not self._accepting():
-                break
+            events.append(self._failed(CloseCode.PROTOCOL_ERROR, str(exc)))
+        except HopError as exc:
+            events.append(HopFailed(exc.code, exc.reason))
         return events
 
-    def send_message(self, *parts: bytes) -> None:
-        """Queues a MESSAGE frame whose body is the concatenation of ``parts`` (not copied)."""
+    def send_message(self, *parts: bytes, now: float | None = None) -> None:
+        """Queues a MESSAGE frame whose body is the concatenation of ``parts`` (not copied).
+
+        Raises RuntimeError (local misuse) unless the hop is open."""
         if self.state is not State.OPEN:
             raise RuntimeError(f"cannot send on a hop that is {self.state.value}")
         self._outgoing.append(frame_header(sum(map(len, parts)) + 1) + _MESSAGE)
         self._outgoing.extend(part for part in parts if part)
+        if now is not None:
+            self._last_activity = now
+            if self._answer_by is None and now - self.last_received >= self.liveness.probe_quiet:
+                self._expect_answer(now, self._answer_timeout(), "no answer to traffic")
 
-    def ping(self, token: int) -> None:
+    def ping(self, now: float | None = None) -> None:
         if self.state is State.OPEN:
+            self._pings_sent += 1
+            token = self._pings_sent
+            if now is not None:
+                self._ping_times[token] = now
+                while len(self._ping_times) > _MAX_PINGS_TIMED:
+                    del self._ping_times[min(self._ping_times)]
             self._queue(Ping(token))
+
+    def suspect(self, now: float) -> None:
+        """An ICMP error came back for this peer: ask it to prove it is still there."""
+        if self.state is State.OPEN:
+            self._expect_answer(now, self.liveness.suspect_grace, "the peer is gone (ICMP)")
+
+    def on_timer(self, now: float) -> list[HopEvent]:
+        """Events due at ``now``; then drain :meth:`chunks_to_send`, re-read the deadline."""
+        if self.state is State.AUTHENTICATING:
+            if now >= self._auth_deadline:
+                return [self._failed(CloseCode.AUTH_FAILED, "authentication timed out")]
+            return []
+        if self.state is not State.OPEN:
+            return []
+        live = self.liveness
+        # Deadlines are compared as the sums next_deadline() returns (not as differences),
+        # so a timer fired exactly at its deadline always finds it due.
+        if self._answer_by is not None and now >= self._answer_by:
+            quiet = now - self.last_received
+            return [PeerUnresponsive(f"{self._answer_why} for {quiet:.1f}s")]
+        if self.keepalive:
+            if now >= self.last_received + live.dead_after:
+                quiet = now - self.last_received
+                return [PeerUnresponsive(f"no answer to keepalives for {quiet:.0f}s")]
+            if now >= self._next_ping():
+                self.ping(now)
+        elif now >= self._last_activity + live.idle_timeout:
+            return [HopIdle()]
+        return []
+
+    def note_activity(self, now: float) -> None:
+        """Counts as traffic for the idle timer (the glue still had messages to send)."""
+        self._last_activity = now
+
+    def next_deadline(self) -> float | None:
+        if self.state is State.AUTHENTICATING:
+            return self._auth_deadline
+        if self.state is not State.OPEN:
+            return None
+        live = self.liveness
+        deadlines = [] if self._answer_by is None else [self._answer_by]
+        if self.keepalive:
+            deadlines += [self._next_ping(), self.last_received + live.dead_after]
+        else:
+            deadlines.append(self._last_activity + live.idle_timeout)
+        return min(deadlines)
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
         if self.state is not State.CLOSED:
@@ -175,17 +319,41 @@ class HopConnection:
 
     # -- internals --------------------------------------------------------------------
 
-    def _accepting(self) -> bool:
-        return self.state is not State.CLOSED
+    def _is_closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def _answer_timeout(self) -> float:
+        measured = 4 * self.rtt if self.rtt is not None else 0.0
+        return max(self.liveness.answer_timeout, measured)
+
+    def _expect_answer(self, now: float, within: float, why: str) -> None:
+        deadline = now + within
+        if self._answer_by is None or deadline < self._answer_by:
+            self._answer_by, self._answer_why = deadline, why
+        self.ping(now)
+
+    def _next_ping(self) -> float:
+        """Keepalive: when nothing was received for an interval, and at most one ping per
+        interval (a third of dead_after, if shorter, so a dead peer gets three chances)."""
+        live = self.liveness
+        last_ping = max(self._ping_times.values(), default=float("-inf"))
+        return max(
+            self.last_received + live.keepalive_interval,
+            last_ping + min(live.keepalive_interval, live.dead_after / 3),
+        )
 
     def _queue(self, frame: HopFrame) -> None:
         self._outgoing.append(encode_frame(encode_hop_frame(frame)))
+
+    def _failed(self, code: CloseCode, reason: str) -> HopFailed:
+        self.close(code, reason)
+        return HopFailed(code, reason)
 
     def _fail(self, code: CloseCode, reason: str) -> None:
         self.close(code, reason)
         raise HopError(code, reason)
 
-    def _handle(self, frame: HopFrame) -> HopEvent | None:
+    def _handle(self, frame: HopFrame, now: float | None) -> HopEvent | None:
         if isinstance(frame, Close):
             self.state = State.CLOSED
             return PeerClosed(frame.code, frame.reason)
@@ -197,6 +365,10 @@ class HopConnection:
             self._queue(Pong(frame.token))
             return None
         if isinstance(frame, Pong):
+            sent = self._ping_times.pop(frame.token, None)
+            if sent is not None and now is not None:
+                sample = max(0.0, now - sent)
+                self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
             return PongReceived(frame.token)
         self._fail(CloseCode.PROTOCOL_ERROR, f"unexpected {type(frame).__name__} on an open hop")
         return None  # pragma: no cover - _fail raises
@@ -238,4 +410,5 @@ class HopConnection:
     def _open(self, peer: NodeId) -> PeerAuthenticated:
         self.peer = peer
         self.state = State.OPEN
+        self._decoder.max_frame = MAX_FRAME  # authenticated: full-size messages from now on
         return PeerAuthenticated(peer)

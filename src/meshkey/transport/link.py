@@ -1,10 +1,19 @@
 """Hop links: what every transport does once it has an encrypted byte pipe to a peer.
 
-A :class:`HopLink` drives the sans-IO hop protocol (authentication, frames, pings) over a
+A :class:`HopLink` drives the sans-IO hop protocol (authentication, frames, liveness) over a
 pipe its subclass provides (a TLS stream for TCP, a QUIC stream for UDP), registers itself
 as a worker so replies return over the link a request came in on, batches outgoing messages,
-closes when idle or keeps alive with pings, and answers every message it could not send.
-A :class:`LinkTransport` keeps the links: one outbound link per peer address, reused.
+keeps one timer for the core's next deadline, and answers every message it could not send.
+A :class:`LinkTransport` keeps the links: one outbound link per peer address, reused, and
+bounds what strangers can make it hold (unauthenticated inbound links, in total and per
+source address).
+
+Backpressure: a link's queue is bounded in bytes (:data:`QUEUE_HIGH_WATER`). A sender that
+forwards for one peer (a link's read loop, a channel) waits when it is full, which in turn
+stops reading from whoever feeds it. A shared service must not wait for one peer that does
+not read (everyone else would wait too): the router marks such senders
+(:func:`meshkey.routing.router.sends_must_not_block`) and their message is refused at once
+with BUSY instead.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,17 +29,24 @@ from meshkey.identity.errors import IdentityError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RoutingError
 from meshkey.routing.message import LocalInfo, Message
-from meshkey.routing.router import Router
+from meshkey.routing.router import Router, sends_must_not_block
 from meshkey.transport.errors import describe_error
 from meshkey.transport.events import HopAuthenticated, HopClosed, HopRefused, TransportEvent
 from meshkey.transport.hop import (
     HopConnection,
     HopError,
+    HopEvent,
+    HopFailed,
+    HopIdle,
+    Liveness,
     MessageReceived,
+    PeerAuthenticated,
     PeerClosed,
+    PeerUnresponsive,
     Role,
 )
 from meshkey.wire.errors import WireError
@@ -38,7 +55,21 @@ from meshkey.wire.message import MAX_ROUTE_LENGTH, ErrorCode
 
 log = EventLogger("transport")
 
-QUEUE_SIZE = 256
+#: Bytes of messages a link holds for its peer before senders wait (or, for shared
+#: services, are refused): a few full-size messages, enough to keep any pipe busy.
+QUEUE_HIGH_WATER = 4 * 1024 * 1024
+#: Inbound links that have not authenticated yet, in all and from one source address. Each
+#: costs a TLS or QUIC handshake; beyond this a stranger's new connection is closed at once.
+MAX_UNAUTHENTICATED = 256
+MAX_UNAUTHENTICATED_PER_SOURCE = 8
+#: An inbound peer has this long to finish TLS/QUIC and hop authentication.
+INBOUND_AUTH_TIMEOUT = 5.0
+#: Events handled before a link's task lets others run.
+EVENTS_PER_TURN = 64
+#: Malformed messages an authenticated peer may send (a bug now and then is forgiven; a
+#: stream of them closes the hop).
+MALFORMED_PER_SECOND = 10.0
+MALFORMED_BURST = 100.0
 
 EventCallback = Callable[[TransportEvent], None]
 
@@ -72,18 +103,49 @@ class LinkTransport:
         self._outbound: dict[tuple[str, int, NodeId | None], HopLink] = {}
         self.links: set[HopLink] = set()
         self.address: TransportAddress | None = None
+        self.unauthenticated: Counter[str] = Counter()  # inbound, by source host
+
+    def liveness(self, direction: str) -> Liveness:
+        return Liveness(
+            auth_timeout=min(self.handshake_timeout, INBOUND_AUTH_TIMEOUT)
+            if direction == "inbound"
+            else self.handshake_timeout,
+            idle_timeout=self.idle_timeout,
+            keepalive_interval=self.keepalive_interval,
+            dead_after=3 * self.keepalive_interval,
+        )
+
+    def admits_stranger(self, host: str) -> bool:
+        """Whether one more unauthenticated inbound link from ``host`` may be accepted."""
+        total = sum(self.unauthenticated.values())
+        if total >= MAX_UNAUTHENTICATED or self.unauthenticated[host] >= (
+            MAX_UNAUTHENTICATED_PER_SOURCE
+        ):
+            log.warning(
+                "hop.too_many_strangers",
+                transport=self.protocol,
+                source=host,
+                total=total,
+                limit="rate",
+            )
+            return False
+        return True
 
     def _new_outbound(self, address: TransportAddress) -> HopLink:
         raise NotImplementedError
 
-    async def send(self, address: TransportAddress, message: Message) -> None:
+    def outbound(self, address: TransportAddress) -> HopLink:
+        """The link to ``address``: an open or opening one, else a new one (dialling)."""
         key = (address.host, address.port, address.node_id)
         link = self._outbound.get(key)
         if link is None or link.closed:
             link = self._new_outbound(address)
             self._outbound[key] = link
             link.start_outbound()
-        await link.enqueue(message)
+        return link
+
+    async def send(self, address: TransportAddress, message: Message) -> None:
+        await self.outbound(address).enqueue(message)
 
     def watch(self, address: TransportAddress) -> asyncio.Future[str]:
         """Keeps the link to ``address`` alive (pings instead of idle close) and returns a
@@ -93,7 +155,7 @@ class LinkTransport:
         if link is None or link.closed:
             future.set_result("not connected")
         else:
-            link.keepalive = True
+            link.set_keepalive(True)
             link.watchers.append(future)
         return future
 
@@ -133,22 +195,33 @@ class HopLink:
         self.remote = remote
         self.target = target
         self.name = f"_{transport.protocol}.{secrets.token_hex(8)}"
+        self._loop = asyncio.get_running_loop()
+        self.created = self._loop.time()
         self.core = HopConnection(
             Role.CLIENT if direction == "outbound" else Role.SERVER,
             transport.identity,
             transport.hop_tag,
             expected_peer=expected,
+            liveness=transport.liveness(direction),
+            now=self.created,
         )
         self.closed = False
-        self.keepalive = False
         self.watchers: list[asyncio.Future[str]] = []
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: deque[Message] = deque()
+        self._queued_bytes = 0
+        self._queued = asyncio.Event()  # the write loop has work
+        self._room = asyncio.Event()  # senders waiting on a full queue may go on
+        self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop = asyncio.get_running_loop()
-        self._last_activity = self._loop.time()
-        self.last_received = self._last_activity
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self._registered = False
+        self._malformed = TokenBucket(MALFORMED_PER_SECOND, MALFORMED_BURST)
+        self._counted_stranger = direction == "inbound"
+        if self._counted_stranger:
+            transport.unauthenticated[remote[0]] += 1
         transport.links.add(self)
+        self._rearm()
 
     # -- the pipe (subclasses) --------------------------------------------------------
 
@@ -175,6 +248,10 @@ class HopLink:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    @property
+    def last_received(self) -> float:
+        return self.core.last_received
+
     def describe(self) -> dict[str, Any]:
         return {
             "transport": self.transport.protocol,
@@ -183,7 +260,14 @@ class HopLink:
             "peer": str(self.core.peer) if self.core.peer else None,
             "state": self.core.state.value,
             "address": f"/service/{self.name}",
+            "age": round(self._loop.time() - self.created, 1),
+            "rtt_ms": round(self.core.rtt * 1000, 2) if self.core.rtt is not None else None,
+            "keepalive": self.core.keepalive,
         }
+
+    def set_keepalive(self, on: bool) -> None:
+        self.core.keepalive = on
+        self._rearm()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], what: str) -> None:
         self._tasks.append(self._loop.create_task(coroutine, name=f"{self.name}:{what}"))
@@ -196,7 +280,10 @@ class HopLink:
             peer = await self._connect()
         except LinkError as exc:
             await self.close(
-                CloseCode.NORMAL, f"cannot connect to {self.target}: {exc}", ErrorCode.UNREACHABLE
+                CloseCode.NORMAL,
+                f"cannot connect to {self.target}: {exc}",
+                ErrorCode.UNREACHABLE,
+                public=f"cannot connect to {self.target}",
             )
             return
         try:
@@ -210,27 +297,13 @@ class HopLink:
         """Authenticates the hop, then reads until the link ends."""
         try:
             self._flush()
-            async with asyncio.timeout(self.transport.handshake_timeout):
-                while not self.core.is_open:
-                    if not await self._read_once():
-                        await self.close(
-                            CloseCode.NORMAL,
-                            "peer closed during authentication",
-                            ErrorCode.UNREACHABLE,
-                        )
-                        return
-            self._opened()
             while await self._read_once():
                 pass
-            await self.close(CloseCode.NORMAL, "peer closed the connection")
-        except HopError as exc:
-            if self.core.peer is None:
-                await self._refuse(exc.reason)
-            else:
-                log.warning("hop.protocol_error", peer=self.core.peer, reason=exc.reason)
-                await self.close(exc.code, exc.reason)
-        except TimeoutError:
-            await self._refuse("authentication timed out")
+            if not self.closed:
+                during = "" if self.core.is_open else " during authentication"
+                await self.close(
+                    CloseCode.NORMAL, f"peer closed the connection{during}", ErrorCode.UNREACHABLE
+                )
         except (LinkError, OSError, asyncio.IncompleteReadError) as exc:
             await self.close(
                 CloseCode.NORMAL, f"connection lost: {describe_error(exc)}", ErrorCode.UNREACHABLE
@@ -239,6 +312,7 @@ class HopLink:
     def _opened(self) -> None:
         peer = self.core.peer
         assert peer is not None
+        self._stranger_done()
         self.transport.router.register(self.name, self._send_from_router, inline=True)
         self._registered = True
         log.info(
@@ -252,28 +326,90 @@ class HopLink:
             HopAuthenticated(peer, self.transport.protocol, self.remote, self.direction)
         )
         self.spawn(self._write_loop(), "write")
-        self.spawn(self._idle_watch(), "idle")
+
+    def _stranger_done(self) -> None:
+        if self._counted_stranger:
+            self._counted_stranger = False
+            counts = self.transport.unauthenticated
+            counts[self.remote[0]] -= 1
+            if counts[self.remote[0]] <= 0:
+                del counts[self.remote[0]]
 
     async def _read_once(self) -> bool:
         data = await self._read()
         if not data:
             return False
-        self._last_activity = self.last_received = self._loop.time()
-        events = self.core.receive_data(data)
+        events = self.core.receive_data(data, self._loop.time())
         self._flush()
-        for event in events:
+        self._rearm()
+        return await self._handle(events)
+
+    async def _handle(self, events: list[HopEvent]) -> bool:
+        """Acts on the core's events; False once the link is closed.
+
+        It yields every :data:`EVENTS_PER_TURN` events and after each batch: a read that
+        found data buffered does not suspend, and one busy peer must not starve the rest."""
+        for index, event in enumerate(events, 1):
+            if index % EVENTS_PER_TURN == 0:
+                await asyncio.sleep(0)
             if isinstance(event, MessageReceived):
                 await self._deliver(event.body)
+            elif isinstance(event, PeerAuthenticated):
+                self._opened()
             elif isinstance(event, PeerClosed):
                 await self.close(CloseCode.NORMAL, f"peer closed: {event.reason or event.code}")
+            elif isinstance(event, HopFailed):
+                if self.core.peer is None:
+                    await self._refuse(event.reason)
+                else:
+                    log.warning("hop.protocol_error", peer=self.core.peer, reason=event.reason)
+                    await self.close(event.code, event.reason)
+            elif isinstance(event, PeerUnresponsive):
+                await self.close(CloseCode.NORMAL, event.reason)
+            elif isinstance(event, HopIdle):
+                if self._queue:
+                    self.core.note_activity(self._loop.time())
+                else:
+                    await self.close(CloseCode.IDLE, "idle")
+            if self.closed:
                 return False
+        await asyncio.sleep(0)
         return True
+
+    def _rearm(self) -> None:
+        """One timer per link, moved only when the core's deadline changes."""
+        deadline = None if self.closed else self.core.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        deadline, self._timer, self._timer_at = self._timer_at, None, None
+        if self.closed or deadline is None:
+            return
+        # uvloop may wake a little early: the core must see at least its own deadline.
+        events = self.core.on_timer(max(deadline, self._loop.time()))
+        with contextlib.suppress(LinkError, OSError):
+            self._flush()
+        self._rearm()
+        if events:
+            self.spawn(self._handle_quietly(events), "timer")
+
+    async def _handle_quietly(self, events: list[HopEvent]) -> None:
+        await self._handle(events)
 
     async def _deliver(self, body: bytes | memoryview) -> None:
         try:
             message = Message.from_wire(body, LocalInfo(hop_peer=self.core.peer))
         except WireError as exc:
             log.warning("message.malformed", peer=self.core.peer, reason=str(exc))
+            if not self._malformed.allow(self._loop.time()):
+                await self.close(CloseCode.PROTOCOL_ERROR, "too many malformed messages")
             return
         if len(message.return_route) >= MAX_ROUTE_LENGTH:
             log.warning("message.route_too_long", peer=self.core.peer)
@@ -283,29 +419,55 @@ class HopLink:
     async def _send_from_router(self, message: Message) -> None:
         await self.enqueue(message.step())
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
     async def enqueue(self, message: Message) -> None:
+        """Queues ``message`` for the peer; waits while the queue is full (RoutingError BUSY
+        at once instead when the sender must not block), UNREACHABLE once closed."""
+        while not self.closed and self._queued_bytes >= QUEUE_HIGH_WATER:
+            if sends_must_not_block():
+                raise RoutingError(
+                    ErrorCode.BUSY,
+                    f"the connection to {self.remote[0]}:{self.remote[1]} is full "
+                    "(its peer is not reading)",
+                )
+            self._room.clear()
+            await self._room.wait()
         if self.closed:
             raise RoutingError(
                 ErrorCode.UNREACHABLE, f"connection to {self.remote[0]}:{self.remote[1]} is closed"
             )
-        await self.queue.put(message)
+        self._queue.append(message)
+        self._queued_bytes += len(message.payload)
+        self._queued.set()
+
+    def _pop(self) -> Message:
+        message = self._queue.popleft()
+        self._queued_bytes -= len(message.payload)
+        if self._queued_bytes < QUEUE_HIGH_WATER:
+            self._room.set()
+        return message
 
     async def _write_loop(self) -> None:
         try:
             while True:
-                message = await self.queue.get()
-                self._send(message)
-                while not self.queue.empty():  # batch whatever else is waiting
-                    self._send(self.queue.get_nowait())
+                if not self._queue:
+                    self._queued.clear()
+                    await self._queued.wait()
+                now = self._loop.time()
+                while self._queue:  # batch whatever is waiting
+                    self._send(self._pop(), now)
                 self._flush()
-                self._last_activity = self._loop.time()
+                self._rearm()
                 await self._drain()
         except (LinkError, OSError) as exc:
             await self.close(CloseCode.NORMAL, f"connection lost: {describe_error(exc)}")
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message, now: float | None = None) -> None:
         try:
-            self.core.send_message(*message.to_wire_parts())
+            self.core.send_message(*message.to_wire_parts(), now=now)
         except (WireError, ValueError) as exc:
             log.warning("message.unsendable", reason=str(exc))
 
@@ -314,25 +476,14 @@ class HopLink:
         if chunks:
             self._write(chunks)
 
-    async def _idle_watch(self) -> None:
-        idle = self.transport.idle_timeout
-        interval = self.transport.keepalive_interval
-        pings = 0
-        while True:
-            await asyncio.sleep(min(idle / 4, interval / 2))
-            quiet = self._loop.time() - self._last_activity
-            if self.keepalive:
-                # Pings keep NAT mappings and the peer's idle timer fresh; silence means dead.
-                if quiet > 3 * interval:
-                    await self.close(CloseCode.NORMAL, f"no answer to keepalives for {quiet:.0f}s")
-                    return
-                if quiet > interval:
-                    pings += 1
-                    self.core.ping(pings)
-                    self._flush()
-            elif quiet > idle and self.queue.empty():
-                await self.close(CloseCode.IDLE, "idle")
-                return
+    def suspect(self) -> None:
+        """An ICMP error says the peer may be gone: the core asks it to prove otherwise."""
+        if self.closed:
+            return
+        self.core.suspect(self._loop.time())
+        with contextlib.suppress(LinkError, OSError):
+            self._flush()
+        self._rearm()
 
     async def _refuse(self, reason: str) -> None:
         log.warning(
@@ -345,25 +496,38 @@ class HopLink:
         self.transport.emit(
             HopRefused(self.transport.protocol, self.remote, self.direction, reason)
         )
-        await self.close(CloseCode.AUTH_FAILED, reason, ErrorCode.AUTH_FAILED)
+        await self.close(
+            CloseCode.AUTH_FAILED, reason, ErrorCode.AUTH_FAILED, public="hop authentication failed"
+        )
 
     async def close(
-        self, code: CloseCode, reason: str, error: ErrorCode = ErrorCode.UNREACHABLE
+        self,
+        code: CloseCode,
+        reason: str,
+        error: ErrorCode = ErrorCode.UNREACHABLE,
+        *,
+        public: str | None = None,
     ) -> None:
+        """Closes the link. Queued messages are answered with ``error``: those this node sent
+        itself hear ``reason``; others hear ``public`` (default ``reason``), so that a stranger
+        using this node as a hop learns one thing about every failed dial, not a port scan."""
         if self.closed:
             return
         self.closed = True
+        self._stranger_done()
+        self._rearm()
         self.transport.forget(self)
         if self._registered:
             self.transport.router.unregister(self.name)
         if code == CloseCode.SHUTTING_DOWN and self.core.is_open:
             # A graceful shutdown sends what is already queued (a channel's CLOSE, say).
-            while not self.queue.empty():
-                self._send(self.queue.get_nowait())
+            while self._queue:
+                self._send(self._pop())
         self.core.close(code, reason)
         with contextlib.suppress(LinkError, OSError):
             self._flush()
         self._close_pipe()
+        self._room.set()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -381,7 +545,9 @@ class HopLink:
             if not watcher.done():
                 watcher.set_result(reason)
         # Whatever was waiting to go out is answered, so no sender waits for nothing.
-        while not self.queue.empty():
-            await self.transport.router.fail(self.queue.get_nowait(), error, reason)
+        while self._queue:
+            message = self._pop()
+            local = message.local.hop_peer is None and message.local.channel_peer is None
+            await self.transport.router.fail(message, error, reason if local else public or reason)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._wait_closed(), 1)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import ssl
+from typing import Any
 
 from meshkey.identity.certificate import node_id_from_certificate
 from meshkey.identity.node_id import NodeId
@@ -19,6 +21,7 @@ from meshkey.routing.address import TransportAddress
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
 from meshkey.transport.tls import SERVER_NAME, client_context, server_context
+from meshkey.wire.hop import CloseCode
 
 log = EventLogger("transport.tcp")
 
@@ -29,46 +32,98 @@ class TcpTransport(LinkTransport):
     protocol = "tcp"
     hop_tag = "tcp"
 
-    _server: asyncio.Server | None = None
     _server_ssl: ssl.SSLContext | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listeners: dict[TransportAddress, tuple[socket.socket, asyncio.Task[None]]] = {}
 
     @functools.cached_property
     def client_ssl(self) -> ssl.SSLContext:
         return client_context()
 
+    @property
+    def listen_addresses(self) -> list[TransportAddress]:
+        return list(self._listeners)
+
     async def listen(self, host: str, port: int) -> TransportAddress:
+        """Listens on ``host:port`` (more than one listener is fine); the first is the
+        transport's address."""
         if self._server_ssl is None:
             self._server_ssl = server_context(self.identity)
-        self._server = await asyncio.start_server(
-            self._accept,
-            host,
-            port,
-            ssl=self._server_ssl,
-            ssl_handshake_timeout=self.handshake_timeout,
-            reuse_address=True,
-        )
-        bound_host, bound_port = self._server.sockets[0].getsockname()[:2]
-        self.address = TransportAddress.from_socket(
-            "tcp", bound_host, bound_port, self.identity.node_id
-        )
-        log.info("listening", address=self.address)
-        return self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        bound_host, bound_port = sock.getsockname()[:2]
+        address = TransportAddress.from_socket("tcp", bound_host, bound_port, self.identity.node_id)
+        task = asyncio.get_running_loop().create_task(self._accept_loop(sock), name="tcp:listen")
+        self._listeners[address] = (sock, task)
+        if self.address is None:
+            self.address = address
+        log.info("listening", address=address)
+        return address
+
+    async def stop_listening(self, address: TransportAddress) -> None:
+        sock, task = self._listeners.pop(address)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
+        if self.address == address:
+            self.address = next(iter(self._listeners), None)
 
     def _new_outbound(self, address: TransportAddress) -> HopLink:
         return TcpLink(self, "outbound", address.endpoint, address.node_id, address)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for address in list(self._listeners):
+            await self.stop_listening(address)
         await self.close_links()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername") or ("?", 0)
-        link = TcpLink(self, "inbound", (str(peername[0]), int(peername[1])))
-        link.attach(reader, writer)
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accepts plain sockets and starts TLS on each only after the stranger limits: a
+        flood of half-done handshakes cannot hold more than the limits allow. (TLS over an
+        accepted socket, not start_tls on a stream: a stream reads at once, and a ClientHello
+        read before start_tls stalls the handshake, as seen with uvloop.)"""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peername = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("tcp.accept_failed", reason=describe_error(exc))
+                await asyncio.sleep(0.1)
+                continue
+            remote = (str(peername[0]), int(peername[1]))
+            if not self.admits_stranger(remote[0]):
+                sock.close()
+                continue
+            link = TcpLink(self, "inbound", remote)
+            link.spawn(self._secure(link, sock), "accept")
+
+    async def _secure(self, link: TcpLink, sock: socket.socket) -> None:
+        assert self._server_ssl is not None
+        reader = asyncio.StreamReader(limit=_READ_SIZE)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=self._server_ssl,
+                ssl_handshake_timeout=link.core.liveness.auth_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            sock.close()
+            await link.close(CloseCode.NORMAL, f"TLS failed: {describe_error(exc)}")
+            return
+        link.attach(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
         await link.run()
 
 
@@ -121,7 +176,13 @@ class TcpLink(HopLink):
             raise LinkError(describe_error(exc)) from exc
 
     def _close_pipe(self) -> None:
-        if self._writer is not None:
+        if self._writer is None:
+            return
+        if self.core.peer is None:
+            # Never authenticated: drop it at once. A graceful TLS shutdown would keep its
+            # buffers (256 KiB and more each) until the stranger answers, or for 30 s.
+            self._writer.transport.abort()
+        else:
             self._writer.close()
 
     async def _wait_closed(self) -> None:

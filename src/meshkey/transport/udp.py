@@ -18,6 +18,10 @@ import asyncio
 import contextlib
 import errno
 import functools
+import hashlib
+import hmac
+import ipaddress
+import os
 import select
 import socket
 import ssl
@@ -25,15 +29,18 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from qh3._hazmat import pull_quic_header
 from qh3.quic import events as quic_events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import QuicPacketType, encode_quic_retry
 from qh3.tls import SignatureAlgorithm
 
 from meshkey.identity.certificate import certificate_pem, node_id_from_certificate
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import TransportAddress
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
@@ -60,7 +67,19 @@ READS_PER_WAKEUP = 128
 SOCKET_BUFFER = 4 * 1024 * 1024
 SEND_HIGH_WATER = 2 * 1024 * 1024  # stream bytes queued in QUIC before writers wait
 MAX_CONNECTIONS = 4096
-SUSPECT_GRACE = 1.0  # after an ICMP error, how long a live peer has to prove it is there
+#: Half-open inbound connections beyond which new ones must first prove their address with a
+#: QUIC Retry round trip: a spoofed flood then costs one small Retry packet each, no state.
+RETRY_THRESHOLD = 64
+RETRY_TOKEN_LIFETIME = 10.0
+#: A new QUIC connection costs ~0.75 ms of CPU before it is known to be garbage (qh3 sets up
+#: TLS to try the Initial): at most this many per second get that far without a Retry token;
+#: beyond, Initials are answered with a Retry (cheap, stateless), and beyond that dropped.
+NEW_CONNECTIONS_PER_SECOND = 200.0
+RETRIES_PER_SECOND = 2000.0
+#: Stream bytes received from one peer and not yet consumed by the node; beyond this its
+#: datagrams are dropped unread (QUIC resends them and its congestion control slows the
+#: sender), so one peer sending as fast as it can cannot starve the others or fill memory.
+INBOX_HIGH_WATER = 8 * 1024 * 1024
 
 Address = tuple[str, int]
 DatagramHandler = Callable[[bytes, int, Address], None]
@@ -92,6 +111,11 @@ class UdpEndpoint:
             "syscalls_in": 0,
             "syscalls_out": 0,
             "send_dropped": 0,
+            "inbox_dropped": 0,
+            "retries_sent": 0,
+            "strangers_refused": 0,
+            "junk_initials": 0,
+            "initials_dropped": 0,
         }
 
     def bind(self, host: str, port: int) -> Address:
@@ -274,6 +298,9 @@ class QuicTransport(LinkTransport):
             self._on_datagrams, self._flush, self._on_unreachable, batching=batching
         )
         self.by_cid: dict[bytes, QuicLink] = {}
+        self._retry_key = os.urandom(32)
+        self._new_connections = TokenBucket(NEW_CONNECTIONS_PER_SECOND, NEW_CONNECTIONS_PER_SECOND)
+        self._retries = TokenBucket(RETRIES_PER_SECOND, RETRIES_PER_SECOND)
         self._dirty: set[QuicLink] = set()
         self._flush_scheduled = False
         self._control: dict[int, ControlHandler] = {}
@@ -359,7 +386,9 @@ class QuicTransport(LinkTransport):
             end = start + segment
             while link is not None and end < len(buffer) and self._link_at(buffer, end) is link:
                 end += segment
-            if link is not None and end - start > segment:
+            if link is not None and link.inbox_full:
+                self.endpoint.stats["inbox_dropped"] += (end - start) // segment
+            elif link is not None and end - start > segment:
                 link.receive_gro(buffer[start:end], segment, source, now)
             else:
                 self._on_datagram(buffer[start : start + segment], source, now)
@@ -377,8 +406,10 @@ class QuicTransport(LinkTransport):
             return
         link = self._link_for(data)
         if link is None:
-            link = self._accept(data, source)
-        if link is not None:
+            self._accept(data, source, now)
+        elif link.inbox_full:
+            self.endpoint.stats["inbox_dropped"] += 1
+        else:
             link.receive(data, source, now)
 
     def _link_at(self, buffer: bytes, offset: int) -> QuicLink | None:
@@ -398,22 +429,90 @@ class QuicTransport(LinkTransport):
             return None if dcid is None else self.by_cid.get(dcid)
         return self.by_cid.get(data[1 : 1 + CID_LENGTH])
 
-    def _accept(self, data: bytes, source: Address) -> QuicLink | None:
+    def _accept(self, data: bytes, source: Address, now: float) -> None:
+        """Opens an inbound connection for a client's first Initial, if it deserves one."""
         # Only a full-size QUIC v1 Initial may open a connection (RFC 9000, 14.1).
         if len(data) < 1200 or data[0] & 0xB0 != 0x80 or data[1:5] != b"\x00\x00\x00\x01":
-            return None
+            return
         if self.endpoint.sock is None or len(self.links) >= MAX_CONNECTIONS:
-            return None
-        original_cid = _long_header_dcid(data)
-        assert original_cid is not None  # a 1200-byte long-header packet has one
+            return
+        try:
+            header = pull_quic_header(data, 0, CID_LENGTH)
+        except ValueError:
+            return
+        packet_type, destination_cid, source_cid, token = header[1], header[3], header[4], header[5]
+        if packet_type != QuicPacketType.INITIAL:
+            return
+        retry_source: bytes | None = None
+        original_cid = destination_cid
+        if token:
+            validated = self._validate_retry_token(token, source)
+            if validated is None:
+                return  # forged, expired or from another address: no state, no answer
+            original_cid, retry_source = validated
+        elif sum(self.unauthenticated.values()) >= RETRY_THRESHOLD or not (
+            self._new_connections.allow(now)
+        ):
+            if self._retries.allow(now):
+                self._send_retry(source, destination_cid, source_cid)
+            else:
+                self.endpoint.stats["initials_dropped"] += 1
+            return
+        if not self.admits_stranger(source[0]):
+            self.endpoint.stats["strangers_refused"] += 1
+            return
         quic = QuicConnection(
             configuration=self.server_configuration,
             original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_source,
         )
+        quic.receive_datagram(data, source, now)
+        answer = quic.datagrams_to_send(now)
+        if not answer:
+            # It did not decrypt (its keys come from its own connection ID, so only garbage
+            # fails): keep nothing, so junk costs one decryption and no state.
+            self.endpoint.stats["junk_initials"] += 1
+            return
         link = QuicLink(self, "inbound", source, quic=quic)
-        link.add_cid(original_cid)
+        link.add_cid(destination_cid)
         link.add_cid(quic.host_cid)
-        return link
+        link.unsent = answer  # goes out with this batch's other datagrams
+        link._after_input()
+
+    # -- address validation (QUIC Retry) --------------------------------------------------
+
+    def _retry_mac(self, source: Address, body: bytes) -> bytes:
+        address = ipaddress.ip_address(source[0]).packed + struct.pack("!H", source[1])
+        return hmac.new(self._retry_key, address + body, hashlib.sha256).digest()[:16]
+
+    def _send_retry(self, source: Address, original_cid: bytes, client_cid: bytes) -> None:
+        """A stateless Retry: the token proves, when it comes back, that the client receives
+        at its source address (``expiry | odcid | our new cid | MAC``, keyed per process)."""
+        retry_cid = os.urandom(CID_LENGTH)
+        expiry = asyncio.get_running_loop().time() + RETRY_TOKEN_LIFETIME
+        body = struct.pack("!dB", expiry, len(original_cid)) + original_cid + retry_cid
+        token = body + self._retry_mac(source, body)
+        packet = encode_quic_retry(
+            version=1,
+            source_cid=retry_cid,
+            destination_cid=client_cid,
+            original_destination_cid=original_cid,
+            retry_token=token,
+        )
+        self.endpoint.stats["retries_sent"] += 1
+        self.endpoint.send_one(packet, source)
+
+    def _validate_retry_token(self, token: bytes, source: Address) -> tuple[bytes, bytes] | None:
+        """(original destination cid, retry source cid) of a valid token, else None."""
+        if len(token) < 9 + CID_LENGTH + 16:
+            return None
+        body, mac = token[:-16], token[-16:]
+        if not hmac.compare_digest(mac, self._retry_mac(source, body)):
+            return None
+        expiry, length = struct.unpack("!dB", body[:9])
+        if expiry < asyncio.get_running_loop().time() or len(body) != 9 + length + CID_LENGTH:
+            return None
+        return body[9 : 9 + length], body[9 + length :]
 
     def _on_unreachable(self, destination: Address, original: bytes) -> None:
         """An ICMP error came back for ``original``, a datagram we sent to ``destination``."""
@@ -443,13 +542,24 @@ class QuicLink(HopLink):
         self.quic = quic
         self.stream_id: int | None = None
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._inbox_bytes = 0
         self._established: asyncio.Future[NodeId] = self._loop.create_future()
+        # Nobody awaits an inbound link's (or an abandoned dial's) future: mark it retrieved.
+        self._established.add_done_callback(
+            lambda future: None if future.cancelled() else future.exception()
+        )
         self._writable = asyncio.Event()
         self._writable.set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._quic_timer: asyncio.TimerHandle | None = None
+        self._quic_timer_at: float | None = None
         self._cids: set[bytes] = set()
         self._terminated = False
-        self._suspect = False
+        #: Datagrams already taken from the QUIC connection and not yet sent.
+        self.unsent: list[tuple[bytes, Address]] = []
+
+    @property
+    def inbox_full(self) -> bool:
+        return self._inbox_bytes >= INBOX_HIGH_WATER
 
     def add_cid(self, cid: bytes) -> None:
         self.transport.by_cid[cid] = self
@@ -499,21 +609,8 @@ class QuicLink(HopLink):
                 self._established.set_exception(
                     LinkError("connection refused (nothing listens on that UDP port)")
                 )
-        elif self.core.is_open and not self.closed and not self._suspect:
-            self._suspect = True
-            since = self._loop.time()
-            self.core.ping(0)
-            with contextlib.suppress(LinkError):
-                self._flush()
-            self._loop.call_later(SUSPECT_GRACE, self._check_suspect, since)
-
-    def _check_suspect(self, since: float) -> None:
-        self._suspect = False
-        if not self.closed and self.last_received < since:
-            self.spawn(
-                self.close(CloseCode.NORMAL, "the peer is gone (ICMP unreachable, no answer)"),
-                "close",
-            )
+        elif self.core.is_open:
+            self.suspect()
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
         assert self.quic is not None
@@ -537,6 +634,7 @@ class QuicLink(HopLink):
                     self.stream_id = event.stream_id  # the server opened it
                 if event.stream_id == self.stream_id:
                     if event.data:
+                        self._inbox_bytes += len(event.data)
                         self._inbox.put_nowait(event.data)
                     if event.end_stream:
                         self._inbox.put_nowait(b"")
@@ -590,6 +688,8 @@ class QuicLink(HopLink):
         loop = self._loop
         now = loop.time()
         datagrams = quic.datagrams_to_send(now)
+        if self.unsent:
+            datagrams, self.unsent = self.unsent + datagrams, []
         if datagrams:
             address = datagrams[0][1]
             if all(d[1] == address for d in datagrams):
@@ -597,12 +697,14 @@ class QuicLink(HopLink):
             else:
                 for data, each in datagrams:
                     self.transport.endpoint.send_one(data, each)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = quic.get_timer()
-        if deadline is not None and not self._terminated:
-            self._timer = loop.call_at(deadline, self._on_timer)
+        deadline = None if self._terminated else quic.get_timer()
+        if deadline != self._quic_timer_at:  # re-armed only when the deadline moved
+            if self._quic_timer is not None:
+                self._quic_timer.cancel()
+            self._quic_timer_at = deadline
+            self._quic_timer = (
+                None if deadline is None else loop.call_at(deadline, self._on_quic_timer)
+            )
         if (
             self.stream_id is not None
             and not self._writable.is_set()
@@ -610,11 +712,12 @@ class QuicLink(HopLink):
         ):
             self._writable.set()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.quic is None:
+    def _on_quic_timer(self) -> None:
+        deadline, self._quic_timer, self._quic_timer_at = self._quic_timer_at, None, None
+        if self.quic is None or deadline is None:
             return
-        self.quic.handle_timer(self._loop.time())
+        # uvloop wakes early, and qh3 ignores an early handle_timer: give it its deadline.
+        self.quic.handle_timer(max(deadline, self._loop.time()))
         self._process_events()
         self.transmit()
 
@@ -645,7 +748,9 @@ class QuicLink(HopLink):
             raise LinkError("the QUIC connection closed")
 
     async def _read(self) -> bytes:
-        return await self._inbox.get()
+        data = await self._inbox.get()
+        self._inbox_bytes -= len(data)
+        return data
 
     def _close_pipe(self) -> None:
         if self.quic is not None and not self._terminated:
@@ -654,8 +759,9 @@ class QuicLink(HopLink):
                 self.quic.close(reason_phrase="closed")
                 self.transmit()
         self._terminated = True
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._quic_timer is not None:
+            self._quic_timer.cancel()
+            self._quic_timer, self._quic_timer_at = None, None
         self._writable.set()
         self._drop_cids()
 

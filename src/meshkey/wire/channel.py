@@ -2,8 +2,10 @@
 
     u8 version | u8 kind | body
 
-kinds: HELLO, HELLO_REPLY, FINISH carry Noise XX handshake messages; CONFIRM, DATA and CLOSE
-carry ``u64 nonce | AEAD ciphertext``; REFUSE carries a plaintext reason (it can be forged by
+kinds: HELLO, HELLO_REPLY, FINISH carry Noise XX handshake messages; CONFIRM, DATA, CLOSE,
+PING and PONG carry ``u64 nonce | AEAD ciphertext`` (PING/PONG: the channel's own liveness,
+authentic and replay-protected like data, so no node on the route can fake an answer);
+REFUSE carries a plaintext reason (it can be forged by
 anyone on the route, who could as well drop the handshake: it only makes failures readable).
 
 Inside Noise messages 2 and 3, each side sends its identity proof::
@@ -32,9 +34,13 @@ class ChannelKind(enum.IntEnum):
     DATA = 5
     CLOSE = 6
     REFUSE = 7
+    PING = 8
+    PONG = 9
 
 
-_SEALED = frozenset({ChannelKind.CONFIRM, ChannelKind.DATA, ChannelKind.CLOSE})
+_SEALED = frozenset(
+    {ChannelKind.CONFIRM, ChannelKind.DATA, ChannelKind.CLOSE, ChannelKind.PING, ChannelKind.PONG}
+)
 _HANDSHAKE = frozenset({ChannelKind.HELLO, ChannelKind.HELLO_REPLY, ChannelKind.FINISH})
 
 

@@ -37,13 +37,15 @@ class FrameDecoder:
     once, and many small frames in one chunk cost no more than their own size.
     """
 
-    __slots__ = ("_chunks", "_max_frame", "_offset", "_size")
+    __slots__ = ("_chunks", "_offset", "_size", "max_frame")
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._chunks: deque[bytes] = deque()
         self._offset = 0  # into self._chunks[0]
         self._size = 0  # bytes buffered, from the offset on
-        self._max_frame = max_frame
+        #: Frames announcing more are refused (raised while the decoder is in use, e.g. once
+        #: a hop is authenticated).
+        self.max_frame = max_frame
 
     def feed(self, data: bytes) -> list[bytes]:
         if data:
@@ -52,9 +54,9 @@ class FrameDecoder:
         frames: list[bytes] = []
         while self._size >= _HEADER:
             length = int.from_bytes(self._read(_HEADER, consume=False), "big")
-            if length > self._max_frame:
+            if length > self.max_frame:
                 raise OversizeError(
-                    f"frame announces {length} bytes, over the {self._max_frame}-byte limit"
+                    f"frame announces {length} bytes, over the {self.max_frame}-byte limit"
                 )
             if self._size < _HEADER + length:
                 break

@@ -49,6 +49,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 8
     UNSUPPORTED = 9
     TOO_LARGE = 10
+    BUSY = 11  # the next hop is not reading: the message was refused rather than queued
 
 
 class WireAddress(NamedTuple):

@@ -1,10 +1,20 @@
 """Relay registration: a node asks another's ``relay`` service for ``forward_to_NAME``.
 
-msgpack maps::
+msgpack maps, version 2::
 
-    request  {"v": 1, "op": "create" | "delete", "name": str, "token": bytes(16)}
-    response {"v": 1, "token": bytes, "ok": true, "address": "/service/forward_to_NAME"}
-             {"v": 1, "token": bytes, "ok": false, "code": "conflict", "error": "..."}
+    request  {"v": 2, "op": "challenge", "name": str, "token": bytes(16)}
+             {"v": 2, "op": "create" | "delete", "name": str, "token": bytes(16),
+              "owner": bytes(32), "challenge": bytes(32), "sig": bytes(64)}
+    response {"v": 2, "token": bytes, "ok": true, "address": "/service/forward_to_NAME"}
+             {"v": 2, "token": bytes, "ok": true, "challenge": bytes(32), "host": bytes(32)}
+             {"v": 2, "token": bytes, "ok": false, "code": "conflict", "error": "..."}
+
+The owner of a relay is proven end to end, never inferred from whoever forwarded the request
+(version 1 took the last hop's identity, so any node could register a name *through* its owner,
+a confused deputy). A registration is signed by the owner's Ed25519 identity over
+:func:`registration_payload`, which binds the relay node's NodeId, the operation, the name and
+a fresh challenge that the relay node issued and accepts once: it can be neither replayed nor
+taken to another relay node.
 """
 
 from __future__ import annotations
@@ -16,10 +26,16 @@ from typing import Any
 from meshkey.wire.errors import MalformedError
 from meshkey.wire.maps import decode_map, encode_map
 
-RELAY_VERSION = 1
+RELAY_VERSION = 2
 MAX_RELAY_MESSAGE = 4096
 TOKEN_SIZE = 16
+CHALLENGE_SIZE = 32
+NODE_ID_SIZE = 32
+SIGNATURE_SIZE = 64
 RELAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,52}")  # forward_to_ + name <= 64
+OPERATIONS = ("challenge", "create", "delete")
+
+_REGISTRATION_CONTEXT = b"meshkey/relay-registration/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +43,9 @@ class RelayRequest:
     op: str
     name: str
     token: bytes
+    owner: bytes = b""  # the registering identity's NodeId (create, delete)
+    challenge: bytes = b""  # issued by the relay node (create, delete)
+    signature: bytes = b""  # owner's signature over registration_payload(...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +55,8 @@ class RelayResponse:
     address: str = ""
     code: str = ""
     error: str = ""
+    challenge: bytes = b""
+    host: bytes = b""  # the relay node's NodeId, with a challenge
 
 
 def check_relay_name(name: str) -> str:
@@ -47,14 +68,36 @@ def check_relay_name(name: str) -> str:
     return name
 
 
+def registration_payload(host: bytes, owner: bytes, op: str, name: str, challenge: bytes) -> bytes:
+    """The bytes an owner signs to create or delete relay ``name`` on relay node ``host``."""
+    return (
+        _REGISTRATION_CONTEXT
+        + host
+        + owner
+        + op.encode("ascii")
+        + b"\x00"
+        + name.encode("ascii")
+        + b"\x00"
+        + challenge
+    )
+
+
 def encode_relay_request(request: RelayRequest) -> bytes:
-    body = {"op": request.op, "name": request.name, "token": request.token}
+    body: dict[str, Any] = {"op": request.op, "name": request.name, "token": request.token}
+    if request.op != "challenge":
+        body["owner"], body["challenge"], body["sig"] = (
+            request.owner,
+            request.challenge,
+            request.signature,
+        )
     return encode_map(body, RELAY_VERSION, MAX_RELAY_MESSAGE, "relay request")
 
 
 def encode_relay_response(response: RelayResponse) -> bytes:
     body: dict[str, Any] = {"token": response.token, "ok": response.ok}
-    if response.ok:
+    if response.ok and response.challenge:
+        body["challenge"], body["host"] = response.challenge, response.host
+    elif response.ok:
         body["address"] = response.address
     else:
         body["code"], body["error"] = response.code, response.error
@@ -69,21 +112,44 @@ def _unpack(data: bytes) -> dict[str, Any]:
     return body
 
 
+def _sized(body: dict[str, Any], key: str, size: int) -> bytes:
+    value = body.get(key)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise MalformedError(f"relay message: {key!r} must be {size} bytes")
+    return value
+
+
 def decode_relay_request(data: bytes) -> RelayRequest:
     body = _unpack(data)
     op, name = body.get("op"), body.get("name")
-    if op not in ("create", "delete") or not isinstance(name, str):
-        raise MalformedError("relay request needs op create|delete and a name")
+    if op not in OPERATIONS or not isinstance(name, str):
+        raise MalformedError("relay request needs op challenge|create|delete and a name")
     try:
         check_relay_name(name)
     except ValueError as exc:
         raise MalformedError(str(exc)) from exc
-    return RelayRequest(op, name, body["token"])
+    if op == "challenge":
+        return RelayRequest(op, name, body["token"])
+    return RelayRequest(
+        op,
+        name,
+        body["token"],
+        owner=_sized(body, "owner", NODE_ID_SIZE),
+        challenge=_sized(body, "challenge", CHALLENGE_SIZE),
+        signature=_sized(body, "sig", SIGNATURE_SIZE),
+    )
 
 
 def decode_relay_response(data: bytes) -> RelayResponse:
     body = _unpack(data)
     ok = body.get("ok")
+    if ok is True and "challenge" in body:
+        return RelayResponse(
+            body["token"],
+            True,
+            challenge=_sized(body, "challenge", CHALLENGE_SIZE),
+            host=_sized(body, "host", NODE_ID_SIZE),
+        )
     if ok is True and isinstance(body.get("address"), str):
         return RelayResponse(body["token"], True, address=body["address"])
     if ok is False and isinstance(body.get("code"), str) and isinstance(body.get("error"), str):
