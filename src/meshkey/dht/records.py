@@ -22,8 +22,8 @@ still moves forward) whenever the content changes and again at
 The caller persists :attr:`Publisher.sequence` (a :class:`PersistSequence` command comes
 before every :class:`PublishRecord`) and gives it back after a restart.
 
-:class:`RateLimiter` is a per-peer token bucket (sans-IO, clock injected), bounded in the
-number of peers it remembers.
+:class:`RateLimiter` keeps a :class:`meshkey.ratelimit.TokenBucket` per peer (sans-IO, clock
+injected), bounded in the number of peers it remembers.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from meshkey.dht.table import key_of
 from meshkey.identity.keys import Identity, verify_signature
 from meshkey.identity.node_id import NodeId
+from meshkey.ratelimit import TokenBucket
 from meshkey.wire.dht import (
     MAX_PEER_RECORD,
     DhtErrorCode,
@@ -223,27 +224,6 @@ class RecordStore:
 # -- rate limits ----------------------------------------------------------------------
 
 
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; sans-IO."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        elapsed = max(0.0, now - self.stamp)
-        self.stamp = max(self.stamp, now)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return True
-        return False
-
-
 class RateLimiter:
     """A token bucket per peer; remembers at most ``capacity`` peers (least recent go)."""
 
@@ -256,11 +236,11 @@ class RateLimiter:
     def allow(self, peer: NodeId, now: float) -> bool:
         bucket = self._buckets.pop(peer, None)
         if bucket is None:
-            bucket = TokenBucket(self.rate, self.burst, now)
+            bucket = TokenBucket(self.rate, self.burst)
         self._buckets[peer] = bucket
         while len(self._buckets) > self.capacity:
             self._buckets.popitem(last=False)
-        return bucket.take(now)
+        return bucket.allow(now)
 
 
 # -- publishing this node's own record ------------------------------------------------

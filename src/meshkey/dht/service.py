@@ -197,7 +197,9 @@ class DhtService:
                 continue
             self.engine.records.restore(record)
             self._written_records[record.node_id] = record.sequence
-        self.router.register(DHT_SERVICE, self._handle, hop_identity=True)
+        # admit=False: the DHT decides on the authenticated hop peer itself; a policy on a
+        # service admits only secure-channel peers, and DHT RPCs travel over hops.
+        self.router.register(DHT_SERVICE, self._handle, admit=False)
         self._started = True
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
         self._pump()
