@@ -523,7 +523,10 @@ class DhtService:
             addresses.extend(a for a in entry.addresses if a not in addresses)
         if record is not None:
             addresses.extend(a for a in record.direct if a not in addresses)
-        found = bool(addresses) or record is not None
+        # Found: it answered this lookup, or its signed record was found. A graph entry alone
+        # (perhaps of a node long gone) only adds addresses to try.
+        answered = any(contact.node_id == node_id for contact in done.closest)
+        found = answered or record is not None
         return FindResult(node_id, found, tuple(addresses), record, done.stats, entry is not None)
 
     async def publish(
