@@ -272,3 +272,21 @@ def test_an_answerer_caught_lying_is_distrusted() -> None:
             lookup.on_timer(lookup.next_deadline() or 1.0)
     assert lookup.done.stats.suspects == 1
     assert lookup.done.closest[0].node_id == near
+
+
+def test_a_round_without_progress_asks_the_rest_of_the_window_at_once() -> None:
+    start = peers(10)
+    lookup = Lookup(OWN, TARGET, [contact(p) for p in start], 0.0, rtt=RttEstimator())
+    first = lookup.commands()
+    lookup.on_reply(first[0].peer, [], 0.01)
+    lookup.on_reply(first[1].peer, [], 0.01)
+    assert len(lookup.commands()) == 2  # still alpha in flight
+    lookup.on_reply(first[2].peer, [], 0.01)  # a whole round brought nothing closer
+    assert len(lookup.commands()) == 10 - 3 - 2  # every other candidate at once
+    # A peer search keeps alpha: it means to stop at the target.
+    search = Lookup(
+        OWN, TARGET, [contact(p) for p in start], 0.0, rtt=RttEstimator(), stop_at_target=True
+    )
+    for command in search.commands():
+        search.on_reply(command.peer, [], 0.01)
+    assert len(search.commands()) == ALPHA

@@ -11,6 +11,11 @@ neither FAILED nor SLOW.
 - **alpha in flight, not in lockstep.** Whenever fewer than :data:`ALPHA` requests are
   IN_FLIGHT, the closest NEW candidate of the window is asked at once: an answer or a
   timeout frees a slot immediately, the lookup never waits for a whole round.
+- **The tail in parallel.** Once alpha answers in a row bring no node closer than the
+  closest known (a round without progress: the search has converged), the rest of the
+  window is asked at once, up to k in flight: Kademlia's own rule ("resend the FIND_NODE to
+  all of the k closest not yet queried"). A peer search (``stop_at_target``) keeps alpha:
+  it hopes to stop at the target before the rest of the window is worth asking.
 - **A slow peer does not stall it.** A request's soft timeout comes from the peer's
   measured round trip (:class:`~meshkey.dht.rtt.RttEstimator`); past it the peer is SLOW:
   it leaves the window and its slot, and the lookup moves on to the next candidate. Its
@@ -209,6 +214,8 @@ class Lookup:
         self._bad_records = 0
         self._suspects: set[NodeId] = set()
         self._distrusted = 0
+        self._tail = False
+        self._no_progress = 0
         self.done: LookupDone | None = None
         for contact in start:
             self._add(contact, 1, None)
@@ -278,10 +285,17 @@ class Lookup:
                 return
             self._bad_records += 1
         next_round = candidate.round + 1
+        closest_before = self._order[0][0] if self._order else None
         if peer not in self._suspects:
             for contact in list(contacts)[:MAX_CONTACTS]:
                 if contact.mode == Mode.SERVER:
                     self._add(contact, next_round, peer)
+        if closest_before is not None and self._order and self._order[0][0] >= closest_before:
+            self._no_progress += 1
+        else:
+            self._no_progress = 0
+        if self._no_progress >= self.alpha and not self.stop_at_target:
+            self._tail = True  # a round brought nothing closer: ask the rest of the window
         if self.stop_at_target and peer == self.target:
             self._finish(now, found=True)
             return
@@ -443,8 +457,9 @@ class Lookup:
         if self.done is not None:
             return
         window = self._window()
+        parallel = self.k if self._tail else self.alpha
         for candidate in window:
-            if self._in_flight >= self.alpha:
+            if self._in_flight >= parallel:
                 break
             if candidate.state == _State.NEW:
                 self._send(candidate, now)
