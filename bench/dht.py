@@ -368,11 +368,16 @@ def _meshkey(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
         _timed(f"meshkey build {n} ({build})", lambda: net.build(n))
     else:
         _timed(f"meshkey build {n} ({build})", lambda: net.build_converged(n))
-    out["peer_search"] = run_lookups(net, lookups, stop_at_target=True).as_dict()
-    out["k_closest"] = run_lookups(net, lookups, random_keys=True).as_dict()
+
+    def measure(label: str, **options: Any) -> None:
+        report = _timed(f"meshkey {label}", lambda: run_lookups(net, lookups, **options))
+        out[label] = report.as_dict()
+
+    measure("peer_search", stop_at_target=True)
+    measure("k_closest", random_keys=True)
     net.kill(0.3)
-    out["peer_search_30pct_killed"] = run_lookups(net, lookups, stop_at_target=True).as_dict()
-    out["k_closest_30pct_killed"] = run_lookups(net, lookups, random_keys=True).as_dict()
+    measure("peer_search_30pct_killed", stop_at_target=True)
+    measure("k_closest_30pct_killed", random_keys=True)
     out["forged_entries"] = forged_entries(net)
     poisoned = SimNet(seed=seed + 1, latency=LATENCY)
     if build == "join":
@@ -396,9 +401,9 @@ def _reference(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
         _timed(f"kademlia build {n} ({build})", lambda: net.build_join(n))
     else:
         _timed(f"kademlia build {n} ({build})", lambda: net.build_converged(n))
-    out["crawl"] = net.lookups(lookups)
+    out["crawl"] = _timed("kademlia crawl", lambda: net.lookups(lookups))
     net.kill(0.3)
-    out["crawl_30pct_killed"] = net.lookups(lookups)
+    out["crawl_30pct_killed"] = _timed("kademlia crawl killed", lambda: net.lookups(lookups))
     poisoned = KademliaNet(seed + 1)
     if build == "join":
         poisoned.build_join(n, poisoners=0.1)
@@ -422,7 +427,7 @@ def main(*, quick: bool = False) -> None:
         else [
             (1000, "join", 300),
             (1000, "converged", 300),
-            (10000, "converged", 300),
+            (10000, "converged", 200),
         ]
     )
     result: dict[str, Any] = {}
