@@ -106,7 +106,7 @@ def test_a_full_bucket_pings_the_oldest_and_settles_with_the_answers() -> None:
         core.on_authenticated(node_id, ("127.0.0.1", 1000 + serial), "outbound", float(serial))
     core.commands()
     now = RECENT + 100
-    verdict = core.on_authenticated(ids[K], ("127.0.0.1", 3000), "inbound", now)
+    verdict = core.on_authenticated(ids[K], ("127.0.0.1", 3000), "outbound", now)
     assert isinstance(verdict, BucketFull)
     pings = sends(core)
     assert [c.peer for c in pings] == list(ids[:3])

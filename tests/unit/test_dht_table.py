@@ -225,3 +225,20 @@ def test_remove_and_restore(direction: str) -> None:
     entry = verdict.entry
     assert table.remove(peer) and peer not in table and not table.remove(peer)
     assert table.restore(entry) and table.get(peer) is entry
+
+
+def test_strangers_seen_inbound_never_start_a_ping_round_and_rounds_are_a_minute_apart() -> None:
+    table = RoutingTable(OWN)
+    fill(table, 80, K, 0.0)
+    later = RECENT * 3
+    inbound = table.observe_authenticated(in_bucket(80, 900), address(90), "inbound", later)
+    assert isinstance(inbound, Cached)  # a request from a stranger pings nobody
+    first = table.observe_authenticated(in_bucket(80, 901), address(91), "outbound", later)
+    assert isinstance(first, BucketFull)
+    table.settle(first, first.to_ping, later + 1)
+    again = table.observe_authenticated(in_bucket(80, 902), address(92), "outbound", later + 2)
+    assert isinstance(again, Cached)  # one round a minute per bucket
+    after = table.observe_authenticated(
+        in_bucket(80, 903), address(93), "outbound", later + RECENT + 1
+    )
+    assert isinstance(after, BucketFull)

@@ -15,16 +15,18 @@ is the observation. Nothing that a peer says can insert a third party.
 
 **Bucket full.** A new peer for a full bucket goes to the bucket's replacement cache
 (:data:`REPLACEMENTS` newest, bounded so a flood of new ids costs nothing) and the table
-returns a :class:`BucketFull` verdict naming up to :data:`PING_BATCH` of the bucket's
-least recently seen entries (those not seen in the last :data:`RECENT` seconds: an entry
-that just answered is alive, and pinging it again would only cost traffic). The glue pings
+returns a :class:`BucketFull` verdict naming up to :data:`PING_BATCH` of the bucket's least
+recently seen entries (those not seen in the last :data:`RECENT` seconds: an entry that just
+answered is alive, and pinging it again would only cost traffic) — when the newcomer was
+reached by this node itself (an outbound hop) and the bucket had no round in the last
+:data:`RECENT` seconds; otherwise it only waits in the cache, so strangers who send requests
+cannot make a node ping its graph (which would make those nodes ping theirs). The glue pings
 them and reports who answered with :meth:`RoutingTable.settle`: those that did not answer
 are evicted and their places filled from the replacement cache (newest first); those that
-answered stay, refreshed. Kademlia
-keeps long-lived nodes because a node that has been up for an hour is likely to stay up
-(Polykey issue 359 lost exactly that). While a bucket's ping round is out, further
-newcomers only join the cache. :meth:`RoutingTable.force` (a manual ``peer add --force``)
-evicts the oldest at once.
+answered stay, refreshed. Kademlia keeps long-lived nodes because a node that has been up
+for an hour is likely to stay up (Polykey issue 359 lost exactly that). While a bucket's
+ping round is out, further newcomers only join the cache. :meth:`RoutingTable.force` (a
+manual ``peer add --force``) evicts the oldest at once.
 
 **Modes.** An entry is a *server* (reachable at its address, answers DHT queries, handed out
 in FIND_NODE answers) only when this node reached it itself (an outbound hop authenticated
@@ -122,6 +124,7 @@ class _Bucket:
     refresh_at: float = 0.0
     pinging: tuple[NodeId, ...] = ()
     ping_started: float = 0.0
+    last_round: float = float("-inf")
 
 
 # -- verdicts ---------------------------------------------------------------------------
@@ -300,6 +303,11 @@ class RoutingTable:
             bucket.replacements.popitem(last=False)
         if bucket.pinging and now - bucket.ping_started < PING_ROUND_TIMEOUT:
             return Cached(index, node_id)
+        if not outbound or now - bucket.last_round < RECENT:
+            # Only a newcomer this node reached itself is worth pinging old entries for,
+            # and at most one round a minute per bucket: a peer that merely sent us a
+            # request must not make us ping three others (and them, in turn, theirs).
+            return Cached(index, node_id)
         oldest = tuple(
             itertools.islice(
                 (n for n, e in bucket.entries.items() if now - e.last_seen >= RECENT), PING_BATCH
@@ -307,7 +315,7 @@ class RoutingTable:
         )
         if not oldest:
             return Cached(index, node_id)  # every entry was seen moments ago: alive
-        bucket.pinging, bucket.ping_started = oldest, now
+        bucket.pinging, bucket.ping_started, bucket.last_round = oldest, now, now
         return BucketFull(index, node_id, oldest)
 
     def settle(self, verdict: BucketFull, answered: Iterable[NodeId], now: float) -> list[Entry]:
