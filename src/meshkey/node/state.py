@@ -42,6 +42,12 @@ MIGRATIONS = [
     CREATE TABLE listeners (name TEXT PRIMARY KEY, authorized TEXT);
     """,
     "CREATE TABLE tcp_listeners (address TEXT PRIMARY KEY)",
+    """
+    CREATE TABLE tcp_outlets (alias TEXT PRIMARY KEY, name TEXT NOT NULL, target TEXT NOT NULL,
+                              allow TEXT, insecure INTEGER NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE tcp_inlets (alias TEXT PRIMARY KEY, listen TEXT NOT NULL, route TEXT NOT NULL,
+                             authorized TEXT, insecure INTEGER NOT NULL, created_at TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).

@@ -402,6 +402,20 @@ class MuxDriver:
                 await self._drained.wait()
         self.retire()
 
+    def retire_when_idle(self, then: Callable[[MuxDriver], None] | None = None) -> None:
+        """Stops once its last session is gone (at once if there is none): an inlet whose
+        route changed lets the sessions on the old one finish there. ``then(driver)`` runs
+        after it retired."""
+
+        def idle(driver: MuxDriver) -> None:
+            driver.retire()
+            if then is not None:
+                then(driver)
+
+        self._on_idle = idle
+        if not len(self.mux) and not self._outgoing:
+            idle(self)
+
     def retire(self) -> None:
         """Stops at once (nothing left to say): unregisters the worker, ends the sender."""
         self.closed = True
