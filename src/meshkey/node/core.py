@@ -606,9 +606,18 @@ class Node:
                 log.warning("portal.restore_failed", alias=record["alias"], reason=str(exc))
                 continue
             if entry.listening:  # opens its channels now, not at the first client
-                task = asyncio.get_running_loop().create_task(entry.inlet.prepare())
+                task = asyncio.get_running_loop().create_task(self._prepare_inlet(entry))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+
+    async def _prepare_inlet(self, entry: InletEntry) -> None:
+        """A restored inlet's route, resolved once the node listens (a daemon binds its
+        sockets after start(); hops dialled before would fail for nothing)."""
+        for _ in range(100):
+            if self.addresses:
+                break
+            await asyncio.sleep(0.05)
+        await entry.inlet.prepare()
 
     async def _stop_portals(self) -> None:
         for task in list(self._portal_tasks or ()):

@@ -105,8 +105,8 @@ def check_end_to_end(
     raise InsecureRouteError(
         f"{format_route(route)} crosses other nodes without a secure channel, so they would "
         f"see the bytes: add one to the outlet's node, e.g. {suggestion} (or use a channel's "
-        "address, /service/<channel>/service/outlet), or pass insecure to send them in the "
-        "clear"
+        "address, /service/<channel>/service/outlet), or, to send them in the clear, "
+        "--insecure (insecure=True)"
     )
 
 
@@ -146,7 +146,8 @@ class Inlet:
         self._retry = RetrySchedule(RESOLVE_RETRY_FIRST, RESOLVE_RETRY_MAX, rng=self._rng)
         self._retry_at = 0.0
         self._resolve_error: str | None = None
-        self._pending: set[_PendingEnd] = set()
+        self._pending: set[SocketEnd] = set()  # clients waiting for the route
+        self._attaching: set[asyncio.Task[None]] = set()
         self.host = ""
         self.port = 0
 
@@ -207,11 +208,11 @@ class Inlet:
 
     # -- connections --------------------------------------------------------------------
 
-    def _new_end(self) -> asyncio.BaseProtocol:
+    def _new_end(self) -> SocketEnd:
         route = self._usable_route()
         if route is not None:
             return SocketEnd(self._driver_for(route), self._connected)
-        return _PendingEnd(self)
+        return SocketEnd(None, self._connected_early, self._pending.discard)
 
     def _connected(self, end: SocketEnd) -> None:
         assert end.transport is not None
@@ -221,6 +222,15 @@ class Inlet:
             log.warning("portal.inlet_full", address=f"{self.host}:{self.port}", reason=str(exc))
             self.counters.last_error = str(exc)
             end.transport.abort()
+
+    def _connected_early(self, end: SocketEnd) -> None:
+        """A client while the route needs resolving: not read until a session takes it."""
+        assert end.transport is not None
+        end.transport.pause_reading()
+        self._pending.add(end)
+        task = asyncio.get_running_loop().create_task(self._attach(end))
+        self._attaching.add(task)
+        task.add_done_callback(self._attaching.discard)
 
     def _usable_route(self) -> Route | None:
         """The route new sessions may take at once, without resolving it again."""
@@ -293,10 +303,10 @@ class Inlet:
         self._driver_for(route)
         return route
 
-    async def _attach(self, pending: _PendingEnd) -> None:
-        """A client that connected while the route needed resolving: resolve, then hand its
-        socket to a session (or reset it, saying why in the log and the counters)."""
-        transport = pending.transport
+    async def _attach(self, end: SocketEnd) -> None:
+        """Resolves the route for a client that connected meanwhile, then hands its socket
+        to a session (or resets it, saying why in the log and the counters)."""
+        transport = end.transport
         assert transport is not None
         try:
             route = await self._current_route()
@@ -304,17 +314,16 @@ class Inlet:
             self.counters.sessions_total += 1
             self.counters.sessions_failed += 1
             self._failures_seen = self.counters.sessions_failed
+            self._pending.discard(end)
             _reset(transport)
             return
-        finally:
-            self._pending.discard(pending)
-        if transport.is_closing():
-            return
-        end = SocketEnd(self._driver_for(route), self._connected)
-        transport.set_protocol(end)
-        end.connection_made(transport)
-        if end.session is not None and not transport.is_closing():
-            transport.resume_reading()
+        if end not in self._pending:
+            return  # the client left meanwhile (or the inlet closed)
+        self._pending.discard(end)
+        end.driver = self._driver_for(route)
+        self._connected(end)
+        if end.session is not None:
+            end.start()
 
     def describe(self) -> dict[str, Any]:
         drivers = [d for d in (self._driver, *self._draining) if d is not None]
@@ -339,37 +348,18 @@ class Inlet:
             self._server = None
         if self._resolving is not None:
             self._resolving.cancel()
+        for task in list(self._attaching):
+            task.cancel()
         for pending in list(self._pending):
             if pending.transport is not None:
                 _reset(pending.transport)
+        self._pending.clear()
         drivers = [d for d in (self._driver, *self._draining) if d is not None]
         self._driver = None
         self._draining.clear()
         for driver in drivers:
             with contextlib.suppress(Exception):
                 await driver.close(reason)
-
-
-class _PendingEnd(asyncio.Protocol):
-    """A client's connection while the inlet resolves its route: not read until a session
-    takes it (then its transport moves to a :class:`SocketEnd`)."""
-
-    def __init__(self, inlet: Inlet) -> None:
-        self.inlet = inlet
-        self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()
-        self.inlet._pending.add(self)
-        self.task = asyncio.get_running_loop().create_task(self.inlet._attach(self))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inlet._pending.discard(self)
-        if self.task is not None:
-            self.task.cancel()
 
 
 def _reset(transport: asyncio.Transport) -> None:
