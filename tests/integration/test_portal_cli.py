@@ -200,6 +200,13 @@ def test_records_have_one_schema_and_the_cli_spellings_work(readme: Readme) -> N
             ExitCode.USAGE, "tcp-inlet", "create", "--at", "yellow", "--to", "/node/blue/secure/"
         )
         cli.fails(ExitCode.NOT_FOUND, "tcp-inlet", "show", "nope")
+        # A route that does not answer yet is no error: the inlet listens, and says why.
+        late = cli.run(
+            "tcp-inlet", "create", "--at", "yellow", "--to", "/node/green/secure/nope/service/x"
+        )
+        assert late.returncode == 0 and late.stdout.startswith("127.0.0.1:"), late.stderr
+        assert late.stderr.startswith("warning: ") and "nope" in late.stderr
+        cli.ok("tcp-inlet", "delete", late.stdout.strip(), "--at", "yellow")
         cli.fails(ExitCode.NOT_FOUND, "tcp-outlet", "delete", "nope", "--at", "blue")
         assert "deleted" in cli.ok("tcp-inlet", "delete", "echo")
         assert "deleted" in cli.ok("tcp-outlet", "delete", "echo2")
@@ -409,11 +416,13 @@ def test_the_relay_killed_mid_transfer_gives_a_clear_error_and_the_inlet_lives_o
             sender.join(5)
         shown = cli.json("tcp-inlet", "show", str(port))
         assert shown["status"] == "listening"
-        assert shown["sessions_failed"] >= 1 and shown["last_error"]
+        assert shown["sessions_failed"] >= 1
+        # e.g. "route error: secure channel … is unreachable: cannot connect to /ip4/…: …"
+        assert "route" in shown["last_error"] or "timeout" in shown["last_error"]
         # While green is down the inlet still listens, and a client is turned away promptly.
         assert closed_without_reply(port, timeout=30)
         reason = cli.json("tcp-inlet", "show", str(port))["last_error"]
-        assert "green" in reason or "route" in reason or "unreachable" in reason, reason
+        assert "green" in reason or "unreachable" in reason, reason  # "node 'green' is not…"
         # Blue notices (its relay keepalive), green comes back, the same inlet works again.
         cli.wait_for(lambda: relay_status(cli) != "active", "blue to notice green died", 90)
         cli.ok("node", "start", "green")

@@ -204,3 +204,17 @@ async def test_portals_come_back_from_the_store_after_a_restart(tmp_path: Path) 
             writer.close()
             await again.delete_tcp_outlet("mine")
         assert store.tcp_outlets() == []
+
+
+async def test_an_inlet_reuses_an_existing_channel_and_outlives_its_deletion() -> None:
+    async with readme_session() as s, echo_server() as port:
+        await s.blue.create_tcp_outlet(str(port))
+        mine = await s.yellow.create_secure_channel(f"{s.to_blue}/service/api")
+        inlet = await s.yellow.create_tcp_inlet(route=f"{s.to_blue}/secure/api/service/outlet")
+        assert inlet.describe()["route"] == f"{mine}/service/outlet"  # the same channel
+        await s.yellow.channels.delete(mine)
+        reader, writer = await asyncio.open_connection(inlet.host, inlet.port)
+        writer.write(b"a new channel")
+        assert await asyncio.wait_for(reader.readexactly(13), 10) == b"a new channel"
+        writer.close()
+        assert inlet.describe()["route"] != f"{mine}/service/outlet"

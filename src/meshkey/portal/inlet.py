@@ -244,6 +244,8 @@ class Inlet:
             channel = self._channels.get(first.name)
             if channel is not None and channel.state.value != "open":
                 return None
+            if channel is None and CHANNEL_ADDRESS.fullmatch(first.name):
+                return None  # a channel that was deleted
         return driver.route
 
     def _driver_for(self, route: Route) -> MuxDriver:
