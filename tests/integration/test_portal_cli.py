@@ -54,17 +54,29 @@ class Readme:
     capture: Path  # green's
 
 
-@pytest.fixture
-def readme(cli: Cli, tmp_path: Path) -> Readme:
-    """The README's session: blue, green (capturing), yellow; blue's relay on green."""
+def readme_session(cli: Cli, tmp_path: Path, *options: str) -> Readme:
+    """The README's session: blue, green (capturing), yellow; blue's relay on green.
+    ``options`` go to every ``node create`` (``--no-direct``: traffic stays on the relay)."""
     capture = tmp_path / "green.capture"
-    cli.ok("node", "create", "blue")
-    cli.ok("node", "create", "green", env={"MESHKEY_CAPTURE": str(capture)})
-    cli.ok("node", "create", "yellow")
+    cli.ok("node", "create", "blue", *options)
+    cli.ok("node", "create", "green", *options, env={"MESHKEY_CAPTURE": str(capture)})
+    cli.ok("node", "create", "yellow", *options)
     assert cli.ok("relay", "create", "blue", "--at", "/node/green", "--to", "/node/blue") == (
         "/service/forward_to_blue\n"
     )
     return Readme(cli, capture)
+
+
+@pytest.fixture
+def readme(cli: Cli, tmp_path: Path) -> Readme:
+    """The README's session as written (channels may move to a direct path)."""
+    return readme_session(cli, tmp_path)
+
+
+@pytest.fixture
+def relayed(cli: Cli, tmp_path: Path) -> Readme:
+    """The README's session with every node ``--no-direct``: all traffic crosses green."""
+    return readme_session(cli, tmp_path, "--no-direct")
 
 
 def inlet(cli: Cli, *args: str) -> tuple[str, int]:
@@ -104,8 +116,13 @@ def run(*command: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes
 
 
 @pytest.mark.skipif(not shutil.which("psql"), reason="no psql client")
-def test_psql_through_the_readme_session_and_green_sees_no_sql(readme: Readme) -> None:
-    cli = readme.cli
+@pytest.mark.parametrize("options", [(), ("--no-direct",)], ids=["as-written", "no-direct"])
+def test_psql_through_the_readme_session_and_green_sees_no_sql(
+    cli: Cli, tmp_path: Path, options: tuple[str, ...]
+) -> None:
+    """As written, the channel may move to a direct path under the portal (it must keep
+    working); with --no-direct every byte crosses green, and green's capture shows it."""
+    readme = readme_session(cli, tmp_path, *options)
     with postgres() as (pg_port, why):
         if pg_port is None:
             pytest.skip(f"cannot run a throwaway PostgreSQL here: {why}")
@@ -132,6 +149,9 @@ def test_psql_through_the_readme_session_and_green_sees_no_sql(readme: Readme) -
     for secret in (b"animals", b"heron", b"otter", b"CREATE TABLE", b"SELECT"):
         assert not any(secret in m for m in messages), secret
     shown = cli.json("tcp-inlet", "show", f"127.0.0.1:{port}")
+    if options:  # every byte each way went through green, sealed
+        carried = shown["bytes_to_outlet"] + shown["bytes_from_outlet"]
+        assert sum(len(m) for m in messages) > carried
     assert shown["sessions_total"] == 2 and shown["sessions_failed"] == 0
     assert shown["bytes_to_outlet"] > len(sql) and shown["bytes_from_outlet"] > 0
     assert shown["route"].startswith("/service/") and shown["to"] == SECURE_OUTLET
@@ -385,9 +405,11 @@ def relay_status(cli: Cli) -> str:
 
 
 def test_the_relay_killed_mid_transfer_gives_a_clear_error_and_the_inlet_lives_on(
-    readme: Readme,
+    relayed: Readme,
 ) -> None:
-    cli = readme.cli
+    """--no-direct: the channel stays on the relay (otherwise it may have moved to a direct
+    path, and green's death would not touch the portal at all)."""
+    cli = relayed.cli
     with echo_server() as echo:
         cli.ok("tcp-outlet", "create", "--at", "blue", "--to", str(echo))
         _, port = inlet(cli, "--at", "yellow", "--to", SECURE_OUTLET)

@@ -115,10 +115,14 @@ class Wan:
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         with self._lock:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self._socket.settimeout(10)
-                self._socket.connect(str(self.control))
-                self._file = self._socket.makefile("rwb")
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(10)
+                try:
+                    sock.connect(str(self.control))
+                except OSError:
+                    sock.close()  # not connected: the next request tries again
+                    raise
+                self._socket, self._file = sock, sock.makefile("rwb")
             self._file.write(json.dumps({"op": op, **fields}).encode() + b"\n")
             self._file.flush()
             line = self._file.readline()
@@ -418,7 +422,12 @@ class Host(Namespace):
         return self.router.wan_address if self.router is not None else self.address
 
     def meshkey(
-        self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """The real CLI inside this host, with the host's MESHKEY_HOME."""
         return self.run(
@@ -429,22 +438,29 @@ class Host(Namespace):
             check=check,
             timeout=timeout,
             input=input,
-            env={"MESHKEY_HOME": str(self.home)},
+            env={"MESHKEY_HOME": str(self.home), **(env or {})},
         )
 
     def meshkey_json(self, *args: str, timeout: float = 60) -> Any:
         return json.loads(self.meshkey(*args, "--output", "json", timeout=timeout).stdout)
 
     def create_node(
-        self, name: str, *, udp_port: int | None = None, tcp_port: int | None = None
+        self,
+        name: str,
+        *,
+        udp_port: int | None = None,
+        tcp_port: int | None = None,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> MeshkeyNode:
-        """``meshkey node create NAME --udp ADDR:PORT --tcp ADDR:PORT`` on this host."""
+        """``meshkey node create NAME --udp ADDR:PORT --tcp ADDR:PORT [ARGS]`` on this host
+        (``env``: for the daemon, e.g. MESHKEY_CAPTURE)."""
         if udp_port is None:
             udp_port = self.next_port
         if tcp_port is None:
             tcp_port = udp_port + 1
         self.next_port = max(self.next_port, udp_port, tcp_port) + 1
-        status = self.meshkey_json(
+        command = [
             "node",
             "create",
             name,
@@ -452,7 +468,11 @@ class Host(Namespace):
             f"{self.address}:{udp_port}",
             "--tcp",
             f"{self.address}:{tcp_port}",
-        )
+            *args,
+            "--output",
+            "json",
+        ]
+        status = json.loads(self.meshkey(*command, env=env).stdout)
         node = MeshkeyNode(self, name, status["node_id"], udp_port, tcp_port)
         self.nodes[name] = node
         return node
@@ -617,7 +637,14 @@ class Lab:
                 raise LabError(f"the WAN switch did not start: {log_text.strip()}")
             time.sleep(0.01)
         self.wan = Wan(control)
-        self.wan.request("ping")
+        while True:  # the socket file exists from bind(); it answers once it listens
+            try:
+                self.wan.request("ping")
+                return
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         """Ends every process in the lab's namespaces, deletes them, stops the switch."""

@@ -12,12 +12,13 @@ from meshkey.node.store import NodeStore
 def test_a_node_written_before_portals_migrates_and_keeps_its_state(tmp_path: Path) -> None:
     node = Home(tmp_path).node("blue")
     node.path.mkdir(parents=True)
-    with sqlite3.connect(node.db_path) as db:  # schema 3, as the previous release left it
-        for migration in MIGRATIONS[:3]:
+    before = next(i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE tcp_outlets" in m)
+    with sqlite3.connect(node.db_path) as db:  # the schema a release before portals left
+        for migration in MIGRATIONS[:before]:
             db.executescript(migration)
         db.execute("INSERT INTO config(key, value) VALUES ('identity', 'blue')")
         db.execute("INSERT INTO tcp_listeners(address) VALUES ('127.0.0.1:4000')")
-        db.execute("PRAGMA user_version=3")
+        db.execute(f"PRAGMA user_version={before}")
     store = NodeStore(node)
     assert store.tcp_inlets() == [] and store.tcp_outlets() == []
     assert store.tcp_listeners() == ["127.0.0.1:4000"]

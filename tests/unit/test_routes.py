@@ -103,7 +103,9 @@ def test_expand_placeholders() -> None:
 
 
 def test_wire_addresses_round_trip() -> None:
-    for address in parse_route(f"/service/echo/ip4/1.2.3.4/tcp/9/id/{NODE_ID}/dns/a.b/udp/7"):
+    text = f"/service/echo/ip4/1.2.3.4/tcp/9/id/{NODE_ID}/dns/a.b/udp/7/peer/{NODE_ID}"
+    assert format_route(parse_route(text)) == text
+    for address in parse_route(text):
         assert address_from_wire(address_to_wire(address)) == address
     with pytest.raises(RouteError):
         address_to_wire(NodeNameAddress("blue"))
@@ -117,7 +119,7 @@ def test_wire_addresses_round_trip() -> None:
         WireAddress(AddressKind.LOCAL, b"a/b"),
         WireAddress(AddressKind.TCP, bytes([4, 1, 2, 3, 4, 0, 0])),
         WireAddress(AddressKind.TCP, bytes([0x64, 3]) + b"a_b" + b"\x00\x01"),
-        WireAddress(AddressKind.PEER, b"\x00" * 32),
+        WireAddress(AddressKind.PEER, b"\x00" * 31),  # a NodeId is 32 bytes
     ],
 )
 def test_wire_addresses_rejected(wire: WireAddress) -> None:

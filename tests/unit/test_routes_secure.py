@@ -69,7 +69,7 @@ def test_format_is_the_inverse_of_parse(text: str) -> None:
         ("/secure/a b/service/x", "listener name 'a b'"),
         ("/secure/" + "x" * 65, "listener name"),
         ("/secure/-api", "listener name '-api'"),
-        ("/bogus/x", "expected service, node, secure, ip4, ip6 or dns"),
+        ("/bogus/x", "expected service, node, peer, secure, ip4, ip6 or dns"),
     ],
 )
 def test_rejects_malformed_secure_hops_with_a_reason(text: str, message: str) -> None:

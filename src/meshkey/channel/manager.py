@@ -35,7 +35,7 @@ import enum
 import secrets
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from meshkey.channel.liveness import (
     BecameReachable,
@@ -47,6 +47,7 @@ from meshkey.channel.liveness import (
     Rehandshake,
     SendPing,
 )
+from meshkey.channel.order import InOrder
 from meshkey.channel.session import ChannelError, ReplayedMessage, SecureSession, StaticKey
 from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
@@ -74,6 +75,26 @@ CLOSED_KEPT_FOR = 600.0
 MAX_CLOSED_KEPT = 256
 #: Messages sent since the peer was last heard whose senders are told if it never answers.
 MAX_IN_FLIGHT = 64
+#: Sealed messages kept to resend on a new path when the one they went on may have died with
+#: them in flight (the peer drops what it already has: the replay window), and for how long.
+MAX_RECENT = 128
+RESEND_WINDOW = 3.0
+
+
+class PathHooks(Protocol):
+    """What the node's path manager tells secure channels (channel/ cannot import paths/)."""
+
+    def direct_route(self, peer: NodeId) -> Route | None:
+        """A route prefix that reaches ``peer`` directly now (a hop to it), or None."""
+
+    def is_direct_link(self, worker: str, peer: NodeId) -> bool:
+        """Whether local worker ``worker`` is a hop to ``peer`` itself (not a relay)."""
+
+    def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
+        """A channel with ``peer`` is open (the relay path exists: look for a direct one)."""
+
+    def path_info(self, peer: NodeId) -> dict[str, Any] | None:
+        """What ``secure-channel show`` says about the path to ``peer``."""
 
 
 class ChannelState(enum.StrEnum):
@@ -120,6 +141,11 @@ class Channel:
     opened_at: str | None = None
     closed_at: float | None = None  # loop time, for expiry of the listing
     in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
+    relay_route: Route = ()  # responder: the latest return route that did not come direct
+    no_direct: bool = False  # keep this channel's traffic off direct paths
+    recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    order: InOrder[bytes] = field(default_factory=InOrder)
+    order_timer: asyncio.TimerHandle | None = None
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
     task: asyncio.Task[None] | None = None  # the latest timer or reconnect work
@@ -162,6 +188,7 @@ class Channel:
             "reconnects": self.reconnects,
             "created_at": self.created_at,
             "opened_at": self.opened_at,
+            "no_direct": self.no_direct,
         }
 
 
@@ -181,6 +208,7 @@ class SecureChannels:
         self._listeners: dict[str, Listener] = {}
         self._channels: dict[str, Channel] = {}
         self._half_open: Counter[tuple[str, str]] = Counter()  # (listener, source) -> count
+        self.paths: PathHooks | None = None  # set by the node when it manages paths
 
     # -- listeners --------------------------------------------------------------------
 
@@ -212,6 +240,34 @@ class SecureChannels:
     def get(self, address: str) -> Channel | None:
         return self._channels.get(address.removeprefix("/service/"))
 
+    def describe(self, channel: Channel) -> dict[str, Any]:
+        """The channel as ``secure-channel show`` prints it, with the path it uses now."""
+        described = channel.describe()
+        info = self.paths.path_info(channel.peer) if self.paths and channel.peer else None
+        if info is not None and channel.no_direct:
+            info = {
+                **info,
+                "now": f"{info.get('relay', 'the route it was opened over')} "
+                "(this channel: --no-direct)",
+            }
+        described["path"] = info
+        described["route"] = format_route(self._current_route(channel))
+        return described
+
+    def path_switched(self, peer: NodeId) -> None:
+        """The path to ``peer`` changed: what was sent in the last few seconds goes again on
+        the new one (the old may have died with it in flight; the peer drops duplicates)."""
+        now = self._loop.time()
+        for channel in self._channels.values():
+            if channel.peer == peer and channel.state is ChannelState.OPEN:
+                resend = [sealed for at, sealed in channel.recent if now - at <= RESEND_WINDOW]
+                if resend:
+                    self._loop.create_task(self._resend(channel, resend))
+
+    async def _resend(self, channel: Channel, sealed: list[bytes]) -> None:
+        for payload in sealed:
+            await self._send(channel, payload, self._current_route(channel))
+
     def channels(self) -> list[Channel]:
         self._expire_closed()
         return list(self._channels.values())
@@ -232,12 +288,19 @@ class SecureChannels:
         return None
 
     async def create(
-        self, route: Route, *, authorized: frozenset[NodeId] | None = None, timeout: float = 10.0
+        self,
+        route: Route,
+        *,
+        authorized: frozenset[NodeId] | None = None,
+        timeout: float = 10.0,
+        no_direct: bool = False,
     ) -> Channel:
-        """Opens a channel to the listener at the end of ``route``; RemoteError if it fails."""
+        """Opens a channel to the listener at the end of ``route``; RemoteError if it fails.
+        With ``no_direct`` its traffic stays on the route it was opened over."""
         channel = self._new_channel(
             SecureSession(True, self.static, authorized=authorized), initiator=True
         )
+        channel.no_direct = no_direct
         channel.listener_route = channel.route = route
         self._register_workers(channel)
         await self._send(channel, channel.session.start(), route)
@@ -379,7 +442,7 @@ class SecureChannels:
         liveness = channel.liveness
         for command in liveness.commands():
             if isinstance(command, SendPing) and channel.session.state is SessionState.OPEN:
-                await self._send(channel, channel.session.ping())
+                await self._send(channel, channel.session.ping(), self._current_route(channel))
             elif isinstance(command, Rehandshake):
                 # Its own task: the answers it waits for come through this channel's
                 # decryptor, which may be the very worker running this.
@@ -412,6 +475,9 @@ class SecureChannels:
             return
         log.info("channel.reconnecting", address=channel.address, reason=reason)
         channel.reconnecting = True
+        for plaintext in channel.order.reset():  # the old session's last held messages
+            await self._deliver(channel, plaintext)
+        channel.recent.clear()
         channel.session = SecureSession(True, self.static, authorized=frozenset({channel.peer}))
         channel.route = channel.listener_route
         channel.opened = self._loop.create_future()
@@ -461,6 +527,28 @@ class SecureChannels:
         await self._send(channel, received.reply)
         self._rearm(channel)
 
+    def _current_route(self, channel: Channel) -> Route:
+        """Where sealed traffic goes now: straight to the peer when the path manager has a
+        direct hop to it, else the channel's own route (for a responder whose last route
+        came over a direct hop that closed, the last one that came through the relay)."""
+        if channel.session.state is not SessionState.OPEN or not channel.route:
+            return channel.route
+        decryptor = channel.route[-1]
+        peer = channel.peer
+        if self.paths is not None and peer is not None and not channel.no_direct:
+            direct = self.paths.direct_route(peer)
+            if direct is not None:
+                return (*direct, decryptor)
+        first = channel.route[0]
+        gone = isinstance(first, ServiceAddress) and not self.router.has_worker(first.name)
+        if gone and not channel.initiator and channel.relay_route:
+            return channel.relay_route
+        return channel.route
+
+    async def _send_sealed(self, channel: Channel, sealed: bytes) -> None:
+        channel.recent.append((self._loop.time(), sealed))
+        await self._send(channel, sealed, self._current_route(channel))
+
     async def _send(self, channel: Channel, payload: bytes, route: Route | None = None) -> None:
         await self.router.route(
             Message(
@@ -482,7 +570,8 @@ class SecureChannels:
                 else f"secure channel {channel.address} is {state.value}",
             )
             return
-        first = channel.route[0] if channel.route else None
+        current = self._current_route(channel)
+        first = current[0] if current else None
         if isinstance(first, ServiceAddress) and not self.router.has_worker(first.name):
             await self.router.fail(
                 message,
@@ -499,7 +588,7 @@ class SecureChannels:
             return
         if message.return_route:
             channel.in_flight.append(message.return_route)
-        await self._send(channel, sealed)
+        await self._send_sealed(channel, sealed)
         channel.liveness.sent(self._loop.time())
         await self._after_liveness(channel)
 
@@ -533,18 +622,50 @@ class SecureChannels:
                 channel.route = (*channel.listener_route[:-1], message.return_route[-1])
         else:
             channel.route = message.return_route  # follow the way the initiator came
+            first = message.return_route[0] if message.return_route else None
+            direct = (
+                isinstance(first, ServiceAddress)
+                and self.paths is not None
+                and channel.peer is not None
+                and self.paths.is_direct_link(first.name, channel.peer)
+            )
+            if not direct:
+                channel.relay_route = message.return_route
         channel.route_error = None
         channel.in_flight.clear()
         channel.liveness.heard(now, pong=received.pong)
         if received.reply is not None:
-            await self._send(channel, received.reply)
+            await self._send(channel, received.reply, self._current_route(channel))
         if received.opened:
             await self._opened(channel)
         if received.closed is not None:
             await self._close(channel, f"closed by the peer: {received.closed}", notify=False)
-        if received.plaintext is not None:
-            await self._deliver(channel, received.plaintext)
+        if received.nonce is not None:
+            for plaintext in channel.order.accept(received.nonce, received.plaintext, now):
+                await self._deliver(channel, plaintext)
+            self._arm_order(channel)
         await self._after_liveness(channel)
+
+    def _arm_order(self, channel: Channel) -> None:
+        """A message waits for one sent before it (a path switch): deliver at the latest
+        when the hold runs out."""
+        deadline = channel.order.next_deadline()
+        if channel.order_timer is not None:
+            channel.order_timer.cancel()
+            channel.order_timer = None
+        if deadline is not None:
+            channel.order_timer = self._loop.call_at(deadline, self._order_due, channel)
+
+    def _order_due(self, channel: Channel) -> None:
+        channel.order_timer = None
+        ready = channel.order.on_timer(max(self._loop.time(), channel.order.next_deadline() or 0))
+        if ready:
+            self._loop.create_task(self._deliver_all(channel, ready))
+        self._arm_order(channel)
+
+    async def _deliver_all(self, channel: Channel, plaintexts: list[bytes]) -> None:
+        for plaintext in plaintexts:
+            await self._deliver(channel, plaintext)
 
     async def _opened(self, channel: Channel) -> None:
         peer = channel.session.peer
@@ -569,6 +690,8 @@ class SecureChannels:
                 return
             self._register_workers(channel)
             log.info("channel.opened", address=channel.address, peer=peer, role="responder")
+        if self.paths is not None:
+            self.paths.channel_opened(peer, channel.address, channel.no_direct)
         if not channel.opened.done():
             channel.opened.set_result(None)
 
@@ -626,8 +749,10 @@ class SecureChannels:
         self.router.unregister(channel.decryptor)
         self._fail_handshake(channel, RemoteError(ErrorCode.UNREACHABLE, reason))
         await self._answer_in_flight(channel, f"closed: {reason}")
+        if channel.order_timer is not None:
+            channel.order_timer.cancel()
         if notify and goodbye is not None and channel.route:
-            await self.router.route(Message(channel.route, (), goodbye))
+            await self.router.route(Message(self._current_route(channel), (), goodbye))
 
 
 _HANDSHAKE_KINDS = frozenset(

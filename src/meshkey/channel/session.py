@@ -166,6 +166,7 @@ class Received:
     plaintext: bytes | None = None  # a DATA message's contents
     closed: str | None = None  # the peer closed the channel, with this reason
     pong: bool = False  # an answer to our PING
+    nonce: int | None = None  # the sealed message's nonce (its place in the peer's order)
 
 
 class SecureSession:
@@ -298,19 +299,22 @@ class SecureSession:
         if self._receiver is None:
             raise ChannelError(f"{sealed.kind.name} before the handshake finished")
         plaintext = self._receiver.open(sealed)
+        nonce = sealed.nonce
         if sealed.kind == ChannelKind.CONFIRM:
             if not (self.initiator and self.state is State.HANDSHAKING):
                 raise ChannelError("unexpected CONFIRM")
             self.state = State.OPEN
-            return Received(opened=True)
+            return Received(opened=True, nonce=nonce)
         if self.state is not State.OPEN:
             raise ChannelError(f"{sealed.kind.name} before the channel was confirmed")
         if sealed.kind == ChannelKind.CLOSE:
             self.state = State.CLOSED
-            return Received(closed=plaintext.decode("utf-8", errors="replace") or "closed")
+            reason = plaintext.decode("utf-8", errors="replace") or "closed"
+            return Received(closed=reason, nonce=nonce)
         if sealed.kind == ChannelKind.PING:
             assert self._sender is not None
-            return Received(reply=encode_channel(self._sender.seal(ChannelKind.PONG, b"")))
+            pong = encode_channel(self._sender.seal(ChannelKind.PONG, b""))
+            return Received(reply=pong, nonce=nonce)
         if sealed.kind == ChannelKind.PONG:
-            return Received(pong=True)
-        return Received(plaintext=plaintext)
+            return Received(pong=True, nonce=nonce)
+        return Received(plaintext=plaintext, nonce=nonce)

@@ -52,6 +52,11 @@ def secure_channel() -> None:
     "identities (repeatable).",
 )
 @timeout_option("10s", "How long the handshake may take")
+@click.option(
+    "--no-direct",
+    is_flag=True,
+    help="Keep this channel's traffic on the route it is opened over (no direct path).",
+)
 @output_option
 @click.pass_context
 def channel_create(
@@ -60,6 +65,7 @@ def channel_create(
     to: str,
     authorized: tuple[str, ...],
     timeout: float,
+    no_direct: bool,
     output: str,
 ) -> None:
     """Open a secure channel from NODE to the listener at ROUTE and print its address.
@@ -77,10 +83,16 @@ def channel_create(
             "route": read_route(to),
             "authorized": resolve_identities(ctx, authorized),
             "timeout": timeout,
+            "no_direct": no_direct,
         },
         timeout=timeout + 5,
     )
     emit(output, {**result, "node": node}, result["address"])
+
+
+def _path_cell(channel: dict[str, Any]) -> str:
+    path = channel.get("path") or {}
+    return "direct" if path.get("direct") else "relay" if path else "-"
 
 
 def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
@@ -103,6 +115,7 @@ def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
             ("ADDRESS", "address"),
             ("ROLE", "role"),
             ("STATE", "state"),
+            ("PATH", _path_cell),
             ("PEER", "peer"),
         ],
         "No secure channels.",
@@ -115,12 +128,27 @@ def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
 @output_option
 @click.pass_context
 def channel_show(ctx: click.Context, address: str, at: str | None, output: str) -> None:
-    """Show the secure channel at ADDRESS: peer identity, state, route, last error."""
+    """Show the secure channel at ADDRESS: peer identity, state, the path it uses now (relay or
+    direct, its RTT, when and why it last switched), route, last error."""
     wanted = "/service/" + address.removeprefix("/service/")
     found = [c for c in _channels(ctx, at) if c["address"] == wanted]
     if not found:
         raise CliError(f"no secure channel at {wanted}", ExitCode.NOT_FOUND)
-    emit(output, found[0], lambda: fields([(k, v) for k, v in found[0].items()]))
+    channel = found[0]
+
+    def text() -> str:
+        rows = [(k.replace("_", " "), v) for k, v in channel.items() if k != "path"]
+        path = channel.get("path")
+        if path:
+            rtt = f", rtt {path['rtt_ms']} ms" if path.get("rtt_ms") is not None else ""
+            rows.append(("path", f"{path['now']}{rtt}"))
+            if path.get("switched_at"):
+                rows.append(("switched", f"{path['switched_at']} ({path['switch_reason']})"))
+            if not path.get("direct"):
+                rows.append(("upgrade", path.get("upgrade")))
+        return fields(rows)
+
+    emit(output, channel, text)
 
 
 @secure_channel.command("delete")

@@ -48,6 +48,19 @@ def node() -> None:
     help="Use this identity [default: one named after the node, created if missing].",
 )
 @click.option(
+    "--observer",
+    "observers",
+    multiple=True,
+    metavar="ADDRESS",
+    help="A public node that tells this node how its NAT maps its socket (/ip4/A/udp/P or "
+    "HOST:PORT; repeatable). Relay nodes in use count too; two with different IPs classify.",
+)
+@click.option(
+    "--no-direct",
+    is_flag=True,
+    help="Never punch direct paths: traffic to peers stays on relays.",
+)
+@click.option(
     "--configuration",
     "configuration",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -69,6 +82,8 @@ def node_create(
     udp: str | None,
     tcp: str | None,
     identity_name: str | None,
+    observers: tuple[str, ...],
+    no_direct: bool,
     configuration: Path | None,
     variables: tuple[str, ...],
     foreground: bool,
@@ -106,7 +121,15 @@ def node_create(
         _apply(ctx, name, config)
         _print_node(output, "started", launcher.node_summary(home, name, live=True))
         return
-    launcher.create_node(home, name, udp=udp, tcp=tcp, identity=identity_name)
+    launcher.create_node(
+        home,
+        name,
+        udp=udp,
+        tcp=tcp,
+        identity=identity_name,
+        observers=[_observer(text) for text in observers],
+        direct=not no_direct,
+    )
     if foreground:
         _run_foreground(home, name)
         return
@@ -118,6 +141,20 @@ def node_create(
         raise
     _apply(ctx, name, config)
     _print_node(output, "created", launcher.node_summary(home, name, live=True))
+
+
+def _observer(text: str) -> str:
+    """An observer as the node stores it (checked now, so a typo fails here, not later)."""
+    from meshkey.node.state import parse_listen
+    from meshkey.routing.address import TransportAddress, parse_address
+
+    if text.startswith("/"):
+        address = parse_address(text)
+        if not isinstance(address, TransportAddress) or address.protocol != "udp":
+            raise CliError(f"--observer {text}: one UDP address, e.g. /ip4/A/udp/P", ExitCode.USAGE)
+        return f"{address.host}:{address.port}"
+    host, port = parse_listen(text)
+    return f"{host}:{port}"
 
 
 def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -310,6 +347,9 @@ def node_show(ctx: click.Context, name: str | None, output: str) -> None:
             rows.append(("control", summary["control"]))
         if summary.get("error"):
             rows.append(("error", summary["error"]))
+        nat = summary.get("nat")
+        if nat:
+            rows.append(("nat", _nat_line(nat)))
         rows += [
             ("pid", summary["pid"]),
             ("addresses", summary["addresses"]),
@@ -320,6 +360,52 @@ def node_show(ctx: click.Context, name: str | None, output: str) -> None:
         return fields(rows)
 
     emit(output, summary, text)
+
+
+def _nat_line(nat: dict[str, Any]) -> str:
+    text = str(nat.get("class", "unknown"))
+    if nat.get("public"):
+        text += f", seen as {nat['public']}"
+    if nat.get("reason"):
+        text += f" ({nat['reason']})"
+    if nat.get("direct") is False:
+        text += "; direct paths off"
+    return text
+
+
+@node.command("nat")
+@click.argument("name", required=False)
+@click.option(
+    "--via",
+    "via",
+    multiple=True,
+    metavar="ADDRESS",
+    help="Ask this observer too: /node/NAME, /ip4/A/udp/P or HOST:PORT (repeatable).",
+)
+@timeout_option("10s", "How long the classification may take")
+@output_option
+@click.pass_context
+def node_nat(
+    ctx: click.Context, name: str | None, via: tuple[str, ...], timeout: float, output: str
+) -> None:
+    """Classify NAME's NAT now: ask the observers (relay nodes in use, --observer ones given
+    at creation, and --via) which address they see its UDP socket as, and print what each
+    saw and what that makes the NAT: public, endpoint-independent, endpoint-dependent, UDP
+    blocked or unknown."""
+    node = pick_node(ctx, name, "NAME")
+    result = call(
+        ctx, node, "nat.classify", {"via": list(via), "timeout": timeout}, timeout=timeout + 5
+    )
+
+    def text() -> str:
+        rows: list[tuple[str, Any]] = [("nat", _nat_line(result))]
+        rows += [
+            (f"observer {o['observer']}", f"saw {o['saw']}" if o["saw"] else "no answer")
+            for o in result.get("observations", [])
+        ]
+        return fields(rows)
+
+    emit(output, {**result, "node": node}, text)
 
 
 _LEVELS = ("debug", "info", "warning", "error")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 
 from meshkey.log import EventLogger
+from meshkey.retry import RetrySchedule
 from meshkey.routing.address import TransportAddress
 from meshkey.routing.errors import RemoteError
 from meshkey.transport.udp import QuicTransport
@@ -32,13 +34,22 @@ RETRANSMIT_INTERVAL = 0.25
 
 
 class ReflexiveAddressService:
-    def __init__(self, udp: QuicTransport) -> None:
+    """Answers WHOAMI requests and asks them (:meth:`whoami`). A response that answers none of
+    this service's own requests goes to ``on_unmatched`` (the NAT classification asks its own,
+    with its own transaction ids)."""
+
+    def __init__(
+        self,
+        udp: QuicTransport,
+        on_unmatched: Callable[[WhoamiResponse, tuple[str, int]], None] | None = None,
+    ) -> None:
         self.udp = udp
+        self.on_unmatched = on_unmatched
         self._pending: dict[bytes, asyncio.Future[WhoamiResponse]] = {}
         for kind in (ControlKind.WHOAMI_REQUEST, ControlKind.WHOAMI_RESPONSE):
             udp.register_control(kind, self._on_packet)
 
-    def _on_packet(self, data: bytes, source: tuple[str, int]) -> None:
+    def _on_packet(self, data: bytes, source: tuple[str, int], socket_id: int = 0) -> None:
         try:
             packet = decode_control_packet(data)
         except WireError as exc:
@@ -49,8 +60,11 @@ class ReflexiveAddressService:
             self.udp.send_control(encode_control_packet(answer), source)
             return
         future = self._pending.get(packet.txid)
-        if future is not None and not future.done():
-            future.set_result(packet)
+        if future is not None:
+            if not future.done():
+                future.set_result(packet)
+        elif self.on_unmatched is not None:
+            self.on_unmatched(packet, source)
 
     async def whoami(self, target: TransportAddress, *, timeout: float = 3.0) -> TransportAddress:
         """This node's UDP socket as ``target`` sees it; RemoteError(TIMEOUT) if no answer."""
@@ -64,6 +78,7 @@ class ReflexiveAddressService:
         self._pending[txid] = future
         packet = encode_control_packet(WhoamiRequest(txid))
         deadline = loop.time() + timeout
+        retransmit = RetrySchedule(RETRANSMIT_INTERVAL, RETRANSMIT_INTERVAL, jitter=0)
         try:
             while True:
                 self.udp.send_control(packet, (str(destination[0]), int(destination[1])))
@@ -73,10 +88,9 @@ class ReflexiveAddressService:
                         ErrorCode.TIMEOUT,
                         f"no reflexive-address answer from {target} within {timeout:g}s",
                     )
+                wait = min(retransmit.next_delay() or RETRANSMIT_INTERVAL, remaining)
                 try:
-                    response = await asyncio.wait_for(
-                        asyncio.shield(future), min(RETRANSMIT_INTERVAL, remaining)
-                    )
+                    response = await asyncio.wait_for(asyncio.shield(future), wait)
                     break
                 except TimeoutError:
                     continue

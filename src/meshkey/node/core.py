@@ -26,6 +26,7 @@ from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
+from meshkey.paths.service import PathService
 from meshkey.portal import DEFAULT_OUTLET, check_end_to_end
 from meshkey.portal import open_portal_stream as _open_portal_stream
 from meshkey.portal.portals import InletEntry, OutletEntry, Portals, check_authorizable
@@ -58,6 +59,17 @@ __all__ = ["Node", "RemoteError"]
 
 
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _udp_endpoint(text: str, home: Home | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``/ip4/A/udp/P`` (or ``/node/NAME``, with a home) -> (host, port)."""
+    if text.startswith("/"):
+        route = resolve_route(text, home)
+        address = route[0] if len(route) == 1 else None
+        if not isinstance(address, TransportAddress) or address.protocol != "udp":
+            raise RouteError(f"{text}: an observer is one UDP address, e.g. /ip4/A/udp/P")
+        return address.endpoint
+    return parse_listen(text)
 
 
 def _node_ids(values: Iterable[NodeId | str]) -> frozenset[NodeId]:
@@ -97,8 +109,15 @@ class Node:
         idle_timeout: float = 300.0,
         keepalive_interval: float = 20.0,
         store: NodeStore | None = None,
+        observers: Iterable[str] = (),
+        direct: bool = True,
     ) -> None:
+        """``observers``: UDP addresses (``HOST:PORT`` or ``/ip4/A/udp/P``) of public nodes
+        that may tell this node how its NAT maps its socket (besides the relay nodes it uses).
+        ``direct=False``: traffic to peers stays on the relays (no hole punching)."""
         self.identity = identity or Identity.generate()
+        self._observers = [_udp_endpoint(text) for text in observers]
+        self._direct = direct
         self.name = name
         self.events = EventBus()
         self._tcp_listen = parse_listen(tcp) if tcp else None
@@ -115,6 +134,7 @@ class Node:
         self._channels: SecureChannels | None = None
         self._relays: RelayClient | None = None
         self._registry: RelayRegistry | None = None
+        self._paths: PathService | None = None
         self.policies = Policies()
         self._started = False
 
@@ -186,19 +206,41 @@ class Node:
             router,
             claims=store.relay_claims() if store else {},
             admit=lambda owner: self.policies.admit(RELAY_RESOURCE, owner),
+            address_of=self._udp.remote_of,
             **self._claim_persistence(store),
         )
         self._relays = RelayClient(self.identity, router, self._resolve_for_relay, self._watch)
+        self._paths = PathService(
+            router,
+            self._udp,
+            self._tcp,
+            self._channels,
+            self._reflexive,
+            observers=self._observers,
+            no_direct=not self._direct,
+        )
+        self.events.subscribe(self._paths.on_transport_event)
         if self._udp_listen is not None:
             await self._udp.listen(*self._udp_listen)
         if self._tcp_listen is not None:
             await self._tcp.listen(*self._tcp_listen)
         for relay, at in store.relays() if store else []:
             await self._relays.create(relay, at, wait=False)
+        if self._udp.address is not None:
+            self.announce_restart()
+            self._paths.wake()
         await self._start_portals(store)
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
+
+    def announce_restart(self) -> None:
+        """Owners of relays hosted here hold connections this process no longer has: tell
+        them (from the node's UDP port, once it listens), so they register again within a
+        second instead of at their next keepalive."""
+        if self._store is not None:
+            for address in self._store.relay_owner_addresses():
+                self.udp.send_restarted(address)
 
     @staticmethod
     def _claim_persistence(store: NodeStore | None) -> dict[str, Any]:
@@ -212,13 +254,18 @@ class Node:
         async def on_release(name: str) -> None:
             await asyncio.to_thread(store.release_relay, name)
 
-        return {"on_claim": on_claim, "on_release": on_release}
+        async def on_address(name: str, address: tuple[str, int]) -> None:
+            await asyncio.to_thread(store.save_relay_owner_address, name, address)
+
+        return {"on_claim": on_claim, "on_release": on_release, "on_address": on_address}
 
     async def stop(self) -> None:
         if not self._started:
             return
         self._started = False
         await self._stop_portals()
+        if self._paths is not None:
+            await self._paths.close()
         await self.relays.close()
         await self.channels.close_all()
         await self.udp.close()
@@ -352,12 +399,16 @@ class Node:
         *,
         authorized: Iterable[NodeId | str] | None = None,
         timeout: float = 10.0,
+        no_direct: bool = False,
     ) -> str:
         """Opens a secure channel to the listener at the end of ``route``; returns its local
         address (``/service/<hex>``): send to ``THAT/service/X`` to reach X on the far node."""
         allowed = _node_ids(authorized) if authorized else None
         channel = await self.channels.create(
-            await self.resolve_secure(route, timeout=timeout), authorized=allowed, timeout=timeout
+            await self.resolve_secure(route, timeout=timeout),
+            authorized=allowed,
+            timeout=timeout,
+            no_direct=no_direct,
         )
         return f"/service/{channel.address}"
 
@@ -414,6 +465,44 @@ class Node:
             self._store.delete_policy(resource)
         log.info("policy.deleted", resource=resource)
 
+    @property
+    def path_service(self) -> PathService:
+        paths: PathService = self._require(self._paths)
+        return paths
+
+    def nat_info(self) -> dict[str, Any]:
+        """The NAT class of the node's UDP socket and what each observer saw."""
+        service = self.path_service
+        found = service.classification
+        observers = [f"{host}:{port}" for host, port in service.known_observers()]
+        if found is None:
+            return {"class": "unknown", "reason": "not classified yet", "observers": observers}
+        return {
+            "class": found.nat_class.value,
+            "reason": found.reason,
+            "confidence": round(found.confidence, 2),
+            "classified_at": service.classified_at,
+            "observations": [
+                {
+                    "observer": f"{o.observer[0]}:{o.observer[1]}",
+                    "saw": f"{o.reflexive[0]}:{o.reflexive[1]}" if o.reflexive else None,
+                }
+                for o in found.observations
+            ],
+            "public": "{}:{}".format(*found.public_address) if found.public_address else None,
+            "observers": observers,
+            "direct": self._direct,
+        }
+
+    async def classify_nat(
+        self, via: Iterable[str] = (), *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Runs a NAT classification now (asking ``via`` and the known observers)."""
+        extra = [_udp_endpoint(text, self._home) for text in via]
+        observers = list(dict.fromkeys(extra + self.path_service.known_observers()))
+        await asyncio.wait_for(self.path_service.classify(observers), timeout)
+        return self.nat_info()
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -426,6 +515,7 @@ class Node:
             ],
             "connections": self.udp.connections() + self.tcp.connections(),
             "udp_stats": dict(self.udp.endpoint.stats),
+            "nat": self.nat_info(),
             "unauthenticated": {
                 "udp": sum(self.udp.unauthenticated.values()),
                 "tcp": sum(self.tcp.unauthenticated.values()),

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import json
 import os
 import re
 import signal
@@ -77,6 +78,8 @@ class Daemon:
             home=self.home,
             name=self.name,
             store=(store := NodeStore(self.dir)),
+            observers=json.loads(config.get("observers") or "[]"),
+            direct=config.get("direct", "on") != "off",
         )
         self.store = store
         await self.node.start()
@@ -89,6 +92,8 @@ class Daemon:
                 for protocol in ("udp", "tcp")
             }
             self.dir.set_config({"node_id": str(identity.node_id), **bound})
+            self.node.announce_restart()
+            self.node.path_service.wake()  # listening now: classify the NAT
             for extra in store.tcp_listeners():
                 try:
                     await self.node.tcp.listen(*parse_listen(extra))
@@ -141,6 +146,7 @@ class Daemon:
             "relay.create": self._relay_create,
             "relay.list": self._relay_list,
             "relay.delete": self._relay_delete,
+            "nat.classify": self._nat_classify,
             "channel.create": self._channel_create,
             "channel.list": self._channel_list,
             "channel.delete": self._channel_delete,
@@ -211,19 +217,30 @@ class Daemon:
             raise ControlError("not_found", f"this node has no relay named {name!r}") from None
         return {"deleted": name}
 
+    async def _nat_classify(self, args: dict[str, Any]) -> dict[str, Any]:
+        via = args.get("via") or []
+        if not isinstance(via, list) or not all(isinstance(v, str) for v in via):
+            raise ControlError("invalid", "via must be a list of UDP addresses")
+        with _control_errors():
+            try:
+                return await self._node.classify_nat(via, timeout=_timeout(args))
+            except TimeoutError:
+                raise ControlError("timeout", "the NAT classification did not finish") from None
+
     async def _channel_create(self, args: dict[str, Any]) -> dict[str, Any]:
         with _control_errors():
             address = await self._node.create_secure_channel(
                 _text(args, "route"),
                 authorized=_node_ids(args.get("authorized")),
                 timeout=_timeout(args),
+                no_direct=bool(args.get("no_direct")),
             )
         channel = self._node.channels.get(address)
         assert channel is not None
-        return channel.describe()
+        return self._node.channels.describe(channel)
 
     async def _channel_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [c.describe() for c in self._node.channels.channels()]
+        return [self._node.channels.describe(c) for c in self._node.channels.channels()]
 
     async def _channel_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         address = _text(args, "address")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,14 @@ STOP_TIMEOUT = 10.0
 
 
 def create_node(
-    home: Home, name: str, *, tcp: str | None, identity: str | None, udp: str | None = None
+    home: Home,
+    name: str,
+    *,
+    tcp: str | None,
+    identity: str | None,
+    udp: str | None = None,
+    observers: list[str] | None = None,
+    direct: bool = True,
 ) -> NodeDir:
     """Writes a new node's configuration (creating its identity if it has none yet)."""
     home.ensure()
@@ -61,6 +69,8 @@ def create_node(
             "node_id": info.node_id,
             "tcp": listen,
             "udp": listen_udp,
+            "observers": json.dumps(observers or []),
+            "direct": "on" if direct else "off",
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )

@@ -55,6 +55,24 @@ class NodeStore:
     def release_relay(self, name: str) -> None:
         with self._node.database() as db:
             db.execute("DELETE FROM relay_claims WHERE name = ?", (name,))
+            db.execute("DELETE FROM relay_owner_addresses WHERE name = ?", (name,))
+
+    def relay_owner_addresses(self) -> list[tuple[str, int]]:
+        with self._node.database() as db:
+            rows = db.execute("SELECT address FROM relay_owner_addresses").fetchall()
+        addresses = []
+        for (text,) in rows:
+            host, _, port = str(text).rpartition(":")
+            if host and port.isdigit():
+                addresses.append((host.strip("[]"), int(port)))
+        return addresses
+
+    def save_relay_owner_address(self, name: str, address: tuple[str, int]) -> None:
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO relay_owner_addresses(name, address) VALUES (?, ?)",
+                (name, f"{address[0]}:{address[1]}"),
+            )
 
     # policies
     def policies(self) -> list[Policy]:

@@ -209,6 +209,10 @@ class _Peer:
     punch_status: str = "not tried yet"
     punched: PunchSucceeded | None = None  # the last success, until its hop is added
     tried: bool = False  # an upgrade was asked for since the peer was added (or re-allowed)
+    #: Whether this side starts punches (the side that opened the relayed channel does, as
+    #: in DCUtR); the other only answers them, so the two never send unsolicited signals
+    #: through a route that did not ask for them.
+    initiates: bool = True
 
 
 class PathManager:
@@ -231,7 +235,16 @@ class PathManager:
 
     # -- peers and paths ------------------------------------------------------------
 
-    def add_peer(self, peer: NodeId, now: float, *, no_direct: bool | None = None) -> None:
+    def add_peer(
+        self,
+        peer: NodeId,
+        now: float,
+        *,
+        no_direct: bool | None = None,
+        initiates: bool | None = None,
+    ) -> None:
+        """Starts keeping paths for ``peer``. ``initiates``: whether this side starts the
+        punches with it (default yes; a channel's responder answers them instead)."""
         if peer not in self._peers:
             self._peers[peer] = _Peer(
                 peer,
@@ -239,8 +252,12 @@ class PathManager:
                 UpgradeRetry(
                     self.config.upgrade_first, self.config.reprobe_interval, rng=self._rng
                 ),
+                initiates=True if initiates is None else initiates,
             )
-        elif no_direct is not None:
+            return
+        if initiates:
+            self._peers[peer].initiates = True
+        if no_direct is not None:
             self.set_no_direct(peer, no_direct, now)
 
     def remove_peer(self, peer: NodeId) -> None:
@@ -649,6 +666,7 @@ class PathManager:
     def _wants_upgrade(self, state: _Peer) -> bool:
         return (
             not state.no_direct
+            and state.initiates
             and state.punching_since is None
             and state.awaiting_hop_until is None
             and not self._has_direct(state)

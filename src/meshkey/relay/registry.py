@@ -134,8 +134,12 @@ class RelayRegistry:
         on_release: Callable[[str], Awaitable[None]] = _nothing,
         admit: Admit = lambda owner: None,
         clock: Callable[[], float] = time.monotonic,
+        address_of: Callable[[str], tuple[str, int] | None] = lambda worker: None,
+        on_address: Callable[[str, tuple[str, int]], Awaitable[None]] = _nothing,
     ) -> None:
         self.router = router
+        self._address_of = address_of
+        self._on_address = on_address
         self._on_claim = on_claim
         self._on_release = on_release
         self._admit = admit
@@ -243,6 +247,10 @@ class RelayRegistry:
             self._install(existing)
             await self._on_claim(request.name, owner)
         existing.route = message.return_route
+        first = existing.route[0] if existing.route else None
+        address = self._address_of(first.name) if isinstance(first, ServiceAddress) else None
+        if address is not None:  # where to nudge the owner if this node restarts
+            await self._on_address(request.name, address)
         log.info(
             "relay.registered", name=request.name, owner=owner, route=format_route(existing.route)
         )

@@ -107,6 +107,18 @@ class TransportAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """``/peer/NODEID``: a virtual hop that the node holding the message resolves to the best
+    path to that peer at that moment (direct, punched, or through the peer's relay), so that a
+    secure channel or a portal names the peer, never the path (DESIGN.md decision 12)."""
+
+    node_id: NodeId
+
+    def __str__(self) -> str:
+        return f"/peer/{self.node_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class SecureAddress:
     """``/secure/LISTENER`` (Ockam's): open, or reuse, a secure channel to the listener
     LISTENER (``/service/LISTENER``) on the node the route has reached so far, and carry the
@@ -120,7 +132,7 @@ class SecureAddress:
         return f"/secure/{self.listener}"
 
 
-Address = ServiceAddress | NodeNameAddress | TransportAddress | SecureAddress
+Address = ServiceAddress | NodeNameAddress | TransportAddress | PeerAddress | SecureAddress
 Route = tuple[Address, ...]
 
 
@@ -205,13 +217,19 @@ def _parse_address(segments: list[str], position: int, text: str) -> tuple[Addre
         return SecureAddress(name), position + 2
     if kind in ("ip4", "ip6", "dns"):
         return _parse_transport(segments, position, text)
+    if kind == "peer":
+        id_text = _take(segments, position + 1, "/peer needs a NodeId", text)
+        try:
+            return PeerAddress(NodeId.parse(id_text)), position + 2
+        except InvalidNodeIdError as exc:
+            raise RouteError(f"invalid route {text!r}: {exc}") from exc
     if kind == "id":
         raise RouteError(f"invalid route {text!r}: /id must follow a transport address")
     if kind == "":
         raise RouteError(f"invalid route {text!r}: empty segment ('//')")
     raise RouteError(
         f"invalid route {text!r}: unknown address type {kind!r} "
-        "(expected service, node, secure, ip4, ip6 or dns)"
+        "(expected service, node, peer, secure, ip4, ip6 or dns)"
     )
 
 
@@ -281,6 +299,8 @@ def expand_placeholders(text: str, next_line: Callable[[], str]) -> str:
 def address_to_wire(address: Address) -> WireAddress:
     if isinstance(address, ServiceAddress):
         return WireAddress(AddressKind.LOCAL, address.name.encode())
+    if isinstance(address, PeerAddress):
+        return WireAddress(AddressKind.PEER, address.node_id.raw)
     if isinstance(address, TransportAddress):
         endpoint = WireEndpoint(
             address.host_kind,
@@ -309,6 +329,10 @@ def address_from_wire(wire: WireAddress) -> Address:
         if not _SERVICE_NAME.fullmatch(name):
             raise MalformedError(f"invalid local address {name!r}")
         return ServiceAddress(name)
+    if kind == AddressKind.PEER:
+        if len(value) != 32:
+            raise MalformedError("a peer address is a 32-byte NodeId")
+        return PeerAddress(NodeId(value))
     if kind in _KIND_PROTOCOL:
         endpoint = decode_endpoint(value)
         if endpoint.port == 0:

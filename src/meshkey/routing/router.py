@@ -12,12 +12,18 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress
+from meshkey.routing.address import (
+    NodeNameAddress,
+    PeerAddress,
+    Route,
+    ServiceAddress,
+    TransportAddress,
+)
 from meshkey.routing.errors import RoutingError
 from meshkey.routing.mailbox import FairMailbox
 from meshkey.routing.message import Message, error_message
@@ -87,7 +93,14 @@ class Fail:
     text: str
 
 
-def next_hop(message: Message) -> Deliver | Forward | Fail:
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """A ``/peer/NODEID`` hop: the node's peer resolver names the path."""
+
+    node_id: NodeId
+
+
+def next_hop(message: Message) -> Deliver | Forward | Fail | Resolve:
     if not message.onward:
         return Fail(ErrorCode.MALFORMED, "message has an empty onward route")
     first = message.onward[0]
@@ -95,6 +108,8 @@ def next_hop(message: Message) -> Deliver | Forward | Fail:
         return Deliver(first.name)
     if isinstance(first, TransportAddress):
         return Forward(first, message.step())
+    if isinstance(first, PeerAddress):
+        return Resolve(first.node_id)
     assert isinstance(first, NodeNameAddress)
     return Fail(ErrorCode.UNSUPPORTED, f"{first} was not resolved before sending")
 
@@ -137,6 +152,9 @@ class Router:
         self.admission: Admission | None = None
         #: Sees every message this node routes (a debugging capture; see node.daemon).
         self.capture: Callable[[Message], None] | None = None
+        #: ``/peer/NODEID`` -> the route prefix to that peer now, or None (no path known). The
+        #: node injects the path manager's choice here (routing never imports it).
+        self.peer_resolver: Callable[[NodeId], Route | None] = lambda node_id: None
 
     # -- registration -----------------------------------------------------------------
 
@@ -244,6 +262,16 @@ class Router:
                 await transport.send(decision.address, decision.message)
             except RoutingError as exc:
                 await self.fail(message, exc.code, exc.text)
+        elif isinstance(decision, Resolve):
+            prefix = self.peer_resolver(decision.node_id)
+            if prefix is None or any(isinstance(a, PeerAddress) for a in prefix):
+                await self.fail(
+                    message,
+                    ErrorCode.UNREACHABLE,
+                    f"node {self._label} knows no path to {decision.node_id.short()}",
+                )
+                return
+            await self.route(replace(message, onward=(*prefix, *message.onward[1:])))
         else:
             await self.fail(message, decision.code, f"node {self._label}: {decision.text}")
 

@@ -256,10 +256,13 @@ class HopConnection:
             if self._answer_by is None and now - self.last_received >= self.liveness.probe_quiet:
                 self._expect_answer(now, self._answer_timeout(), "no answer to traffic")
 
-    def ping(self, now: float | None = None) -> None:
+    def ping(self, now: float | None = None, token: int | None = None) -> None:
+        """Queues a PING (its PONG comes back as PongReceived(token)); ``token`` defaults to
+        the next of this hop's own."""
         if self.state is State.OPEN:
             self._pings_sent += 1
-            token = self._pings_sent
+            if token is None:
+                token = self._pings_sent
             if now is not None:
                 self._ping_times[token] = now
                 while len(self._ping_times) > _MAX_PINGS_TIMED:

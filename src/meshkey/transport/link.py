@@ -23,7 +23,7 @@ import contextlib
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.keys import Identity
@@ -47,6 +47,7 @@ from meshkey.transport.hop import (
     PeerAuthenticated,
     PeerClosed,
     PeerUnresponsive,
+    PongReceived,
     Role,
 )
 from meshkey.wire.errors import WireError
@@ -72,6 +73,16 @@ MALFORMED_PER_SECOND = 10.0
 MALFORMED_BURST = 100.0
 
 EventCallback = Callable[[TransportEvent], None]
+
+
+class LinkMonitor(Protocol):
+    """Watches one link's traffic (the path manager's evidence for a direct path)."""
+
+    def received(self, size: int) -> None: ...
+
+    def sent(self, size: int) -> None: ...
+
+    def pong(self, token: int) -> None: ...
 
 
 class LinkError(Exception):
@@ -216,6 +227,9 @@ class HopLink:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._registered = False
+        #: Set once the hop is authenticated or closed, whichever comes first.
+        self.settled = asyncio.Event()
+        self.monitor: LinkMonitor | None = None
         self._malformed = TokenBucket(MALFORMED_PER_SECOND, MALFORMED_BURST)
         self._counted_stranger = direction == "inbound"
         if self._counted_stranger:
@@ -315,6 +329,7 @@ class HopLink:
         self._stranger_done()
         self.transport.router.register(self.name, self._send_from_router, inline=True)
         self._registered = True
+        self.settled.set()
         # Debug: every one-shot CLI send opens and closes a hop with a throwaway identity, and
         # those pairs would drown the log; refusals stay warnings.
         log.debug(
@@ -342,7 +357,14 @@ class HopLink:
         if not data:
             return False
         events = self.core.receive_data(data, self._loop.time())
-        self._flush()
+        if self.monitor is not None:
+            self.monitor.received(len(data))
+            for event in events:
+                if isinstance(event, PongReceived):
+                    self.monitor.pong(event.token)
+        if not (events and isinstance(events[-1], HopFailed)):
+            self._flush()  # answers (AUTH_OK, PONG) go out before the messages are handled
+        # (after a failure the CLOSE waits for close(): what is logged is logged first)
         self._rearm()
         return await self._handle(events)
 
@@ -465,6 +487,8 @@ class HopLink:
                     problem = self._send(message, now)
                     if problem is not None:
                         unsendable.append((message, problem))
+                    elif self.monitor is not None:
+                        self.monitor.sent(len(message.payload))
                 self._flush()
                 for message, problem in unsendable:  # its sender hears at once, not by timeout
                     await self.transport.router.fail(message, ErrorCode.TOO_LARGE, problem)
@@ -486,6 +510,15 @@ class HopLink:
         chunks = self.core.chunks_to_send()
         if chunks:
             self._write(chunks)
+
+    def ping(self, token: int) -> None:
+        """Sends a hop PING with ``token`` (its PONG reaches the monitor)."""
+        if self.closed:
+            return
+        self.core.ping(self._loop.time(), token)
+        with contextlib.suppress(LinkError, OSError):
+            self._flush()
+        self._rearm()
 
     def suspect(self) -> None:
         """An ICMP error says the peer may be gone: the core asks it to prove otherwise."""
@@ -525,6 +558,7 @@ class HopLink:
         if self.closed:
             return
         self.closed = True
+        self.settled.set()
         self._stranger_done()
         self._rearm()
         self.transport.forget(self)

@@ -1,28 +1,27 @@
 """UDP transport: one socket per node, QUIC (qh3, driven sans-IO) for hops, meshkey control
 packets beside it on the same port (DESIGN.md decisions 3 and 4).
 
-The socket layer batches: it receives with UDP_GRO (one ``recvmsg`` returns up to 64 KiB of
-same-sized datagrams from one sender) and sends runs of same-sized datagrams to one address
-with UDP_SEGMENT (one ``sendmsg`` per run). Where the kernel refuses either, it falls back to
-one datagram per system call, once and for good.
-
-Every datagram is routed by its first byte: below 0x40 to the control-packet handlers (the
-reflexive-address service lives in :mod:`meshkey.nat`), otherwise to the QUIC connection
-that owns its destination connection ID. Each QUIC connection carries one hop link on one
+The socket (:mod:`meshkey.transport.udp_socket`) batches with GRO and GSO. Every datagram is
+routed by its first byte: below 0x40 to the control-packet handlers (the reflexive-address
+service and the puncher live in :mod:`meshkey.nat`), otherwise to the QUIC connection that
+owns its destination connection ID. Each QUIC connection carries one hop link on one
 bidirectional stream, opened by the server (which speaks first in the hop protocol).
+
+Socket 0 is the node's one socket. A birthday punch (DESIGN.md decision 11) opens extra ones
+for a few seconds (:meth:`QuicTransport.open_socket`): their datagrams go through the same
+demultiplexing, each tagged with its socket id, and a QUIC connection lives on the socket it
+was dialled from or accepted on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import hashlib
 import hmac
 import ipaddress
 import os
-import select
 import socket
 import ssl
 import struct
@@ -45,26 +44,23 @@ from meshkey.routing.address import TransportAddress
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
 from meshkey.transport.tls import SERVER_NAME
+from meshkey.transport.udp_socket import Address, UdpEndpoint
+from meshkey.wire.errors import WireError
 from meshkey.wire.hop import CloseCode
-from meshkey.wire.udp import QUIC_BIT
+from meshkey.wire.udp import (
+    QUIC_BIT,
+    ControlKind,
+    Restarted,
+    Stale,
+    decode_nudge_packet,
+    encode_control_packet,
+)
 
 log = EventLogger("transport.udp")
 
 ALPN = "meshkey/1"
 CID_LENGTH = 8
-SOL_UDP = getattr(socket, "SOL_UDP", 17)
-UDP_SEGMENT = 103  # linux/udp.h
-UDP_GRO = 104
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h; not exported by Python
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
-_UNREACHABLE_ERRORS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
-# What a kernel or device without UDP segmentation offload answers to a GSO send.
-_GSO_UNSUPPORTED = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT}
-MAX_GSO_SEGMENTS = 64
-MAX_GSO_BYTES = 65000
-RECEIVE_BUFFER = 65535
-READS_PER_WAKEUP = 128
-SOCKET_BUFFER = 4 * 1024 * 1024
+MAIN_SOCKET = 0
 SEND_HIGH_WATER = 2 * 1024 * 1024  # stream bytes queued in QUIC before writers wait
 MAX_CONNECTIONS = 4096
 #: Half-open inbound connections beyond which new ones must first prove their address with a
@@ -76,216 +72,16 @@ RETRY_TOKEN_LIFETIME = 10.0
 #: beyond, Initials are answered with a Retry (cheap, stateless), and beyond that dropped.
 NEW_CONNECTIONS_PER_SECOND = 200.0
 RETRIES_PER_SECOND = 2000.0
+#: STALE answers to packets for connections this node does not have (after a restart, the
+#: peers' next packets): enough to tell every peer quickly, never a flood.
+STALE_PER_SECOND = 200.0
 #: Stream bytes received from one peer and not yet consumed by the node; beyond this its
 #: datagrams are dropped unread (QUIC resends them and its congestion control slows the
 #: sender), so one peer sending as fast as it can cannot starve the others or fill memory.
 INBOX_HIGH_WATER = 8 * 1024 * 1024
 
-Address = tuple[str, int]
-DatagramHandler = Callable[[bytes, int, Address], None]
-ControlHandler = Callable[[bytes, Address], None]
-
-
-class UdpEndpoint:
-    """The one UDP socket: batched receive (GRO) and send (GSO), with clean fallbacks."""
-
-    def __init__(
-        self,
-        on_datagrams: DatagramHandler,
-        on_batch_end: Callable[[], None],
-        on_unreachable: Callable[[Address, bytes], None],
-        *,
-        batching: bool,
-    ) -> None:
-        self._on_datagrams = on_datagrams
-        self._on_batch_end = on_batch_end
-        self._on_unreachable = on_unreachable
-        self.gro = batching
-        self.gso = batching
-        self.dual_stack = False
-        self.sock: socket.socket | None = None
-        self._epoll: select.epoll | None = None
-        self.stats = {
-            "datagrams_in": 0,
-            "datagrams_out": 0,
-            "syscalls_in": 0,
-            "syscalls_out": 0,
-            "send_dropped": 0,
-            "inbox_dropped": 0,
-            "retries_sent": 0,
-            "strangers_refused": 0,
-            "junk_initials": 0,
-            "initials_dropped": 0,
-        }
-
-    def bind(self, host: str, port: int) -> Address:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            if host == "::":  # one socket for both families: IPv4 peers appear as ::ffff:a.b.c.d
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                self.dual_stack = True
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        # ICMP errors (port unreachable...) on the error queue: a dial to a port nothing
-        # listens on fails at once, as TCP's does, instead of waiting out the handshake.
-        with contextlib.suppress(OSError):
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-            if family == socket.AF_INET or self.dual_stack:  # v4 errors need the v4 option
-                sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
-        if self.gro:
-            try:
-                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-            except OSError:
-                self.gro = False
-                log.info("udp.gro_unavailable")
-        self.sock = sock
-        # The loop watches an epoll set holding the socket, not the socket itself: ICMP errors
-        # put the socket in POLLERR, and libuv (uvloop) stops any poll handle that reports it,
-        # which would silently end reception. The epoll fd is readable whenever the socket has
-        # data or errors pending, and never in error itself.
-        if hasattr(select, "epoll"):
-            self._epoll = select.epoll()
-            self._epoll.register(sock.fileno(), select.EPOLLIN)
-            asyncio.get_running_loop().add_reader(self._epoll.fileno(), self._readable)
-        else:  # pragma: no cover - not Linux
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
-        bound = sock.getsockname()
-        return str(bound[0]), int(bound[1])
-
-    @property
-    def family(self) -> int:
-        return self.sock.family if self.sock is not None else socket.AF_INET
-
-    def close(self) -> None:
-        if self.sock is not None:
-            watched = self._epoll.fileno() if self._epoll is not None else self.sock.fileno()
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(watched)
-            if self._epoll is not None:
-                self._epoll.close()
-                self._epoll = None
-            self.sock.close()
-            self.sock = None
-
-    def _readable(self) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        cmsg_space = socket.CMSG_SPACE(4)
-        try:
-            for _ in range(READS_PER_WAKEUP):
-                try:
-                    if self.gro:
-                        data, ancillary, _flags, source = sock.recvmsg(RECEIVE_BUFFER, cmsg_space)
-                    else:
-                        data, source = sock.recvfrom(RECEIVE_BUFFER)
-                        ancillary = []
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno in _UNREACHABLE_ERRORS:
-                        self._read_errors(sock)
-                    else:
-                        log.debug("udp.receive_error", reason=describe_error(exc))
-                    continue
-                self.stats["syscalls_in"] += 1
-                segment = len(data)
-                for level, kind, value in ancillary:
-                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
-                        segment = struct.unpack("=i", value[:4])[0] or segment
-                if not data:
-                    continue
-                self.stats["datagrams_in"] += -(-len(data) // segment)
-                self._on_datagrams(data, segment, self._from_socket(source))
-            self._read_errors(sock)  # always: a pending error keeps the socket readable
-        finally:
-            self._on_batch_end()
-
-    def _read_errors(self, sock: socket.socket) -> None:
-        """Reports each ICMP error waiting on the socket's error queue, with its destination."""
-        for _ in range(READS_PER_WAKEUP):
-            try:
-                original, _ancillary, _flags, destination = sock.recvmsg(
-                    2048, 512, socket.MSG_ERRQUEUE
-                )
-            except OSError:
-                return
-            if destination:
-                self._on_unreachable(self._from_socket(destination), original)
-
-    def _from_socket(self, address: Any) -> Address:
-        host = str(address[0])
-        if self.dual_stack and host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return host, int(address[1])
-
-    def _to_socket(self, address: Address) -> Address:
-        if self.dual_stack and ":" not in address[0]:
-            return f"::ffff:{address[0]}", address[1]
-        return address
-
-    def send(self, datagrams: list[bytes], address: Address) -> None:
-        """Sends datagrams to one address: runs of equal size in one GSO system call."""
-        index = 0
-        while index < len(datagrams):
-            size = len(datagrams[index])
-            end = index + 1
-            if self.gso:
-                limit = min(MAX_GSO_SEGMENTS, max(1, MAX_GSO_BYTES // size))
-                while end < len(datagrams) and end - index < limit and len(datagrams[end]) == size:
-                    end += 1
-                if end < len(datagrams) and end - index < limit and len(datagrams[end]) < size:
-                    end += 1  # GSO allows one shorter datagram at the end of a run
-            run = datagrams[index:end]
-            self._send_run(run, size, address)
-            index = end
-
-    def _send_run(
-        self, run: list[bytes], segment: int, address: Address, *, retry: bool = True
-    ) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        target = self._to_socket(address)
-        try:
-            if len(run) > 1:
-                ancillary = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
-                sock.sendmsg([b"".join(run)], ancillary, 0, target)
-            else:
-                sock.sendto(run[0], target)
-            self.stats["syscalls_out"] += 1
-            self.stats["datagrams_out"] += len(run)
-        except (BlockingIOError, InterruptedError):
-            self.stats["send_dropped"] += len(run)  # QUIC's loss recovery resends
-        except OSError as exc:
-            if exc.errno in _UNREACHABLE_ERRORS and retry:
-                # An ICMP error for an earlier datagram, reported by this send, which therefore
-                # did not go out: collect the errors, then send it again.
-                self._read_errors(sock)
-                self._send_run(run, segment, address, retry=False)
-            elif len(run) > 1 and exc.errno in _GSO_UNSUPPORTED:
-                # The kernel or device cannot segment: never try again, resend singly.
-                self.gso = False
-                log.info("udp.gso_unavailable", reason=describe_error(exc))
-                for datagram in run:
-                    self._send_run([datagram], len(datagram), address)
-            elif exc.errno == errno.ENOBUFS:
-                self.stats["send_dropped"] += len(run)
-            else:
-                log.debug(
-                    "udp.send_error", to=f"{address[0]}:{address[1]}", reason=describe_error(exc)
-                )
-
-    def send_one(self, datagram: bytes, address: Address) -> None:
-        self._send_run([datagram], len(datagram), address)
+#: (datagram, where it came from, the id of the socket it arrived on)
+ControlHandler = Callable[[bytes, Address, int], None]
 
 
 class QuicTransport(LinkTransport):
@@ -294,16 +90,20 @@ class QuicTransport(LinkTransport):
 
     def __init__(self, *args: Any, batching: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.endpoint = UdpEndpoint(
-            self._on_datagrams, self._flush, self._on_unreachable, batching=batching
-        )
+        self._batching = batching
+        self.endpoint = self._new_endpoint(MAIN_SOCKET)
+        self.sockets: dict[int, UdpEndpoint] = {MAIN_SOCKET: self.endpoint}
         self.by_cid: dict[bytes, QuicLink] = {}
         self._retry_key = os.urandom(32)
         self._new_connections = TokenBucket(NEW_CONNECTIONS_PER_SECOND, NEW_CONNECTIONS_PER_SECOND)
         self._retries = TokenBucket(RETRIES_PER_SECOND, RETRIES_PER_SECOND)
+        self._stale = TokenBucket(STALE_PER_SECOND, STALE_PER_SECOND)
         self._dirty: set[QuicLink] = set()
         self._flush_scheduled = False
-        self._control: dict[int, ControlHandler] = {}
+        self._control: dict[int, ControlHandler] = {
+            ControlKind.STALE: self._on_nudge,
+            ControlKind.RESTARTED: self._on_nudge,
+        }
 
     # -- configuration ----------------------------------------------------------------
 
@@ -355,28 +155,100 @@ class QuicTransport(LinkTransport):
             self.endpoint.bind("0.0.0.0", 0)
 
     def register_control(self, kind: int, handler: ControlHandler) -> None:
-        """Handles meshkey control packets of ``kind`` (first byte, below 0x40)."""
+        """Handles meshkey control packets of ``kind`` (first byte, below 0x40), from any of
+        the node's sockets (the handler is told which)."""
         self._control[kind] = handler
 
-    def send_control(self, packet: bytes, address: Address) -> None:
+    def send_control(
+        self,
+        packet: bytes,
+        address: Address,
+        *,
+        socket_id: int = MAIN_SOCKET,
+        ttl: int | None = None,
+    ) -> None:
+        """Sends a control packet from socket ``socket_id`` (with IP TTL ``ttl`` if given:
+        a low TTL opens this side's NAT mapping without reaching the peer's NAT)."""
+        if socket_id == MAIN_SOCKET:
+            self._ensure_socket()
+        endpoint = self.sockets.get(socket_id)
+        if endpoint is not None:
+            endpoint.send_one(packet, address, ttl=ttl)
+
+    # -- extra sockets (a birthday punch) -------------------------------------------------
+
+    def _new_endpoint(self, socket_id: int) -> UdpEndpoint:
+        def received(buffer: bytes, segment: int, source: Address) -> None:
+            self._on_datagrams(buffer, segment, source, socket_id)
+
+        return UdpEndpoint(received, self._flush, self._on_unreachable, batching=self._batching)
+
+    def open_socket(self, socket_id: int) -> Address:
+        """Opens extra socket ``socket_id`` on the main socket's address (another port);
+        OSError if it cannot be bound."""
+        if socket_id in self.sockets:
+            raise ValueError(f"socket {socket_id} is already open")
         self._ensure_socket()
-        self.endpoint.send_one(packet, address)
+        host = self.endpoint.local_host()
+        endpoint = self._new_endpoint(socket_id)
+        bound = endpoint.bind(host, 0)
+        self.sockets[socket_id] = endpoint
+        return bound
+
+    def close_socket(self, socket_id: int) -> None:
+        """Closes extra socket ``socket_id`` and every link that lives on it."""
+        endpoint = self.sockets.pop(socket_id, None) if socket_id != MAIN_SOCKET else None
+        if endpoint is None:
+            return
+        for link in list(self.links):
+            if isinstance(link, QuicLink) and link.endpoint is endpoint:
+                link.spawn(link.close(CloseCode.NORMAL, "its punch socket closed"), "close")
+        endpoint.close()
+
+    def socket_of(self, link: HopLink) -> int:
+        """The id of the socket ``link`` lives on (0 for the main one and for TCP)."""
+        if isinstance(link, QuicLink):
+            for socket_id, endpoint in self.sockets.items():
+                if link.endpoint is endpoint:
+                    return socket_id
+        return MAIN_SOCKET
+
+    def dial(self, address: TransportAddress, socket_id: int = MAIN_SOCKET) -> HopLink:
+        """A new QUIC hop to ``address`` (pinned to its NodeId) from socket ``socket_id``: the
+        one a punch found a way through. It replaces any link kept for that address."""
+        endpoint = self.sockets.get(socket_id)
+        if endpoint is None:
+            raise ValueError(f"socket {socket_id} is not open")
+        self._ensure_socket()
+        link = QuicLink(
+            self, "outbound", address.endpoint, address.node_id, address, endpoint=endpoint
+        )
+        self._outbound[(address.host, address.port, address.node_id)] = link
+        link.start_outbound()
+        return link
 
     def _new_outbound(self, address: TransportAddress) -> HopLink:
         self._ensure_socket()
-        return QuicLink(self, "outbound", address.endpoint, address.node_id, address)
+        return QuicLink(
+            self, "outbound", address.endpoint, address.node_id, address, endpoint=self.endpoint
+        )
 
     async def close(self) -> None:
         await self.close_links()
         self._flush()
+        for socket_id in list(self.sockets):
+            if socket_id != MAIN_SOCKET:
+                self.close_socket(socket_id)
         self.endpoint.close()
 
     # -- demultiplexing ---------------------------------------------------------------
 
-    def _on_datagrams(self, buffer: bytes, segment: int, source: Address) -> None:
+    def _on_datagrams(
+        self, buffer: bytes, segment: int, source: Address, socket_id: int = MAIN_SOCKET
+    ) -> None:
         now = asyncio.get_running_loop().time()
         if segment >= len(buffer):
-            self._on_datagram(buffer, source, now)
+            self._on_datagram(buffer, source, now, socket_id)
             return
         # A GRO buffer holds datagrams of one sender; they may still belong to several
         # connections, or be control packets: hand each run of one connection over at once.
@@ -391,22 +263,27 @@ class QuicTransport(LinkTransport):
             elif link is not None and end - start > segment:
                 link.receive_gro(buffer[start:end], segment, source, now)
             else:
-                self._on_datagram(buffer[start : start + segment], source, now)
+                self._on_datagram(buffer[start : start + segment], source, now, socket_id)
                 end = start + segment
             start = end
 
-    def _on_datagram(self, data: bytes, source: Address, now: float) -> None:
+    def _on_datagram(
+        self, data: bytes, source: Address, now: float, socket_id: int = MAIN_SOCKET
+    ) -> None:
         if not data[0] & QUIC_BIT:
             handler = self._control.get(data[0])
             if handler is not None:
                 try:
-                    handler(data, source)
+                    handler(data, source, socket_id)
                 except Exception:
                     log.exception("control.handler_failed", kind=data[0])
             return
         link = self._link_for(data)
         if link is None:
-            self._accept(data, source, now)
+            if data[0] & 0x80:
+                self._accept(data, source, now, socket_id)
+            elif socket_id == MAIN_SOCKET:
+                self._answer_stale(data, source, now)
         elif link.inbox_full:
             self.endpoint.stats["inbox_dropped"] += 1
         else:
@@ -429,12 +306,15 @@ class QuicTransport(LinkTransport):
             return None if dcid is None else self.by_cid.get(dcid)
         return self.by_cid.get(data[1 : 1 + CID_LENGTH])
 
-    def _accept(self, data: bytes, source: Address, now: float) -> None:
+    def _accept(
+        self, data: bytes, source: Address, now: float, socket_id: int = MAIN_SOCKET
+    ) -> None:
         """Opens an inbound connection for a client's first Initial, if it deserves one."""
         # Only a full-size QUIC v1 Initial may open a connection (RFC 9000, 14.1).
         if len(data) < 1200 or data[0] & 0xB0 != 0x80 or data[1:5] != b"\x00\x00\x00\x01":
             return
-        if self.endpoint.sock is None or len(self.links) >= MAX_CONNECTIONS:
+        endpoint = self.sockets.get(socket_id)
+        if endpoint is None or endpoint.sock is None or len(self.links) >= MAX_CONNECTIONS:
             return
         try:
             header = pull_quic_header(data, 0, CID_LENGTH)
@@ -473,11 +353,52 @@ class QuicTransport(LinkTransport):
             # fails): keep nothing, so junk costs one decryption and no state.
             self.endpoint.stats["junk_initials"] += 1
             return
-        link = QuicLink(self, "inbound", source, quic=quic)
+        link = QuicLink(self, "inbound", source, quic=quic, endpoint=endpoint)
         link.add_cid(destination_cid)
         link.add_cid(quic.host_cid)
         link.unsent = answer  # goes out with this batch's other datagrams
         link._after_input()
+
+    # -- nudges: a peer learns at once that a connection it holds is gone here ------------
+
+    def _answer_stale(self, data: bytes, source: Address, now: float) -> None:
+        if len(data) >= 1 + CID_LENGTH + 16 and self._stale.allow(now):
+            cid = data[1 : 1 + CID_LENGTH]
+            self.endpoint.send_one(encode_control_packet(Stale(cid)), source)
+
+    def remote_of(self, worker: str) -> Address | None:
+        """The UDP address of the peer of the link that is worker ``worker``, if any."""
+        for link in self.links:
+            if link.name == worker and not link.closed:
+                return link.remote
+        return None
+
+    def send_restarted(self, address: Address) -> None:
+        """Tells the node at ``address`` that this node restarted (see wire.udp)."""
+        self._ensure_socket()
+        packet = encode_control_packet(Restarted(self.identity.node_id.raw))
+        self.endpoint.send_one(packet, address)
+
+    def _on_nudge(self, data: bytes, source: Address, socket_id: int) -> None:
+        try:
+            nudge = decode_nudge_packet(data)
+        except WireError:
+            return
+        if isinstance(nudge, Stale):
+            link = self.by_cid.get(nudge.connection_id)
+            suspects = [link] if link is not None and link.remote == source else []
+        else:
+            suspects = [
+                each
+                for each in self.links
+                if isinstance(each, QuicLink)
+                and each.remote == source
+                and each.core.peer is not None
+                and each.core.peer.raw == nudge.node_id
+            ]
+        for each in suspects:
+            log.debug("udp.nudged", remote=f"{source[0]}:{source[1]}", kind=type(nudge).__name__)
+            each.suspect()
 
     # -- address validation (QUIC Retry) --------------------------------------------------
 
@@ -537,8 +458,15 @@ class QuicTransport(LinkTransport):
 class QuicLink(HopLink):
     transport: QuicTransport
 
-    def __init__(self, *args: Any, quic: QuicConnection | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        quic: QuicConnection | None = None,
+        endpoint: UdpEndpoint,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.endpoint = endpoint  # the socket it lives on
         self.quic = quic
         self.stream_id: int | None = None
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
@@ -577,7 +505,7 @@ class QuicLink(HopLink):
         loop = self._loop
         host, port = self.remote
         try:
-            family = 0 if self.transport.endpoint.dual_stack else self.transport.endpoint.family
+            family = 0 if self.endpoint.dual_stack else self.endpoint.family
             infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
         except OSError as exc:
             raise LinkError(describe_error(exc)) from exc
@@ -693,10 +621,10 @@ class QuicLink(HopLink):
         if datagrams:
             address = datagrams[0][1]
             if all(d[1] == address for d in datagrams):
-                self.transport.endpoint.send([d[0] for d in datagrams], address)
+                self.endpoint.send([d[0] for d in datagrams], address)
             else:
                 for data, each in datagrams:
-                    self.transport.endpoint.send_one(data, each)
+                    self.endpoint.send_one(data, each)
         deadline = None if self._terminated else quic.get_timer()
         if deadline != self._quic_timer_at:  # re-armed only when the deadline moved
             if self._quic_timer is not None:

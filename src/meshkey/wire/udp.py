@@ -30,6 +30,16 @@ nonce, and an ACK names the counter it answers, so an ACK counts only for a prob
 really sent. The ACK echoes the probe's source address (as STUN's XOR-MAPPED-ADDRESS does),
 which tells an endpoint-dependent side which public port its NAT gave that flow.
 
+Two nudges tell a peer that a connection it holds is gone here, so it checks at once
+instead of at its next keepalive (they are unauthenticated, so they only ever make the
+receiver *ask* its QUIC peer, with a hop PING, whether it is there):
+
+STALE            8-byte connection ID: a QUIC packet came for this connection ID, and no
+                 connection has it (this node restarted, or dropped the connection). The
+                 answer to a short-header packet of at least 1 + 8 + 16 bytes: never larger.
+RESTARTED        32-byte NodeId: sent once at start-up to the addresses of the nodes that
+                 held relays here, from the same port: "whatever you held with me is gone".
+
 There is no KEEPALIVE packet: once a punch has picked an address pair, a QUIC hop runs over it
 from the same socket, and the hop's own PINGs travel on exactly that 5-tuple, which is all a
 NAT's mapping timer looks at (:mod:`meshkey.paths` schedules them below the NAT timeout).
@@ -62,6 +72,8 @@ class ControlKind(enum.IntEnum):
     WHOAMI_RESPONSE = 0x02
     PUNCH_PROBE = 0x03
     PUNCH_ACK = 0x04
+    STALE = 0x05
+    RESTARTED = 0x06
 
 
 class PunchRole(enum.IntEnum):
@@ -108,7 +120,20 @@ class PunchAck:
     mac: bytes
 
 
-ControlPacket = WhoamiRequest | WhoamiResponse | PunchProbe | PunchAck
+@dataclass(frozen=True, slots=True)
+class Stale:
+    connection_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted:
+    node_id: bytes
+
+
+STALE_CID_SIZE = 8
+NUDGE_NODE_ID_SIZE = 32
+
+ControlPacket = WhoamiRequest | WhoamiResponse | PunchProbe | PunchAck | Stale | Restarted
 
 
 def _address_bytes(address: Address) -> bytes:
@@ -165,6 +190,14 @@ def encode_control_packet(packet: ControlPacket) -> bytes:
             + packet.txid
             + _address_bytes((packet.host, packet.port))
         )
+    if isinstance(packet, Stale):
+        if len(packet.connection_id) != STALE_CID_SIZE:
+            raise ValueError(f"a STALE names an {STALE_CID_SIZE}-byte connection ID")
+        return bytes([ControlKind.STALE, CONTROL_VERSION]) + packet.connection_id
+    if isinstance(packet, Restarted):
+        if len(packet.node_id) != NUDGE_NODE_ID_SIZE:
+            raise ValueError("a RESTARTED carries a 32-byte NodeId")
+        return bytes([ControlKind.RESTARTED, CONTROL_VERSION]) + packet.node_id
     if len(packet.mac) != PUNCH_MAC_SIZE:
         raise ValueError(f"a punch MAC is {PUNCH_MAC_SIZE} bytes")
     signed = punch_mac_input(packet) + packet.mac
@@ -207,6 +240,20 @@ def decode_control_packet(data: bytes) -> WhoamiRequest | WhoamiResponse:
     host, port = _read_address(reader)
     reader.end()
     return WhoamiResponse(txid, host, port)
+
+
+_NUDGE_KINDS = frozenset({ControlKind.STALE, ControlKind.RESTARTED})
+
+
+def decode_nudge_packet(data: bytes) -> Stale | Restarted:
+    """A STALE or RESTARTED nudge (exact sizes)."""
+    kind, reader = _control_header(data, _NUDGE_KINDS, "nudge")
+    if kind == ControlKind.STALE:
+        nudge: Stale | Restarted = Stale(reader.take(STALE_CID_SIZE))
+    else:
+        nudge = Restarted(reader.take(NUDGE_NODE_ID_SIZE))
+    reader.end()
+    return nudge
 
 
 def decode_punch_packet(data: bytes) -> PunchProbe | PunchAck:
