@@ -8,6 +8,7 @@
     python -m bench attacks    # attacks on a daemon while a legitimate client measures
     python -m bench natlab     # relay set-up and round trips through the NAT lab (root)
     python -m bench portal     # TCP portal throughput and latency vs loopback and ssh -L
+    python -m bench dht        # node graph lookups vs kademlia 2.2.3 on one simulated network
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import attacks, channels, cli_latency, natlab, portal, rtt, udp
+from bench import attacks, channels, cli_latency, dht, natlab, portal, rtt, udp
 
 SUITES = {
     "rtt": rtt.main,
@@ -28,6 +29,7 @@ SUITES = {
     "attacks": attacks.main,  # issue 8's attacks while a legitimate client measures
     "natlab": natlab.main,  # relays through the NAT lab (root)
     "portal": portal.main,  # TCP portals vs loopback and ssh -L
+    "dht": dht.main,  # node graph vs kademlia 2.2.3, simulated
 }
 
 

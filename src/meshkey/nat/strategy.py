@@ -122,6 +122,8 @@ OCKAM = PunchConfig(
     birthday=False,
 )
 REFERENCE_CONFIGS = (POLYKEY, OCKAM)
+#: By name, for the benchmark's ``MESHKEY_PUNCH_STRATEGY`` knob.
+STRATEGIES = {config.name: config for config in (MESHKEY, *REFERENCE_CONFIGS)}
 
 
 class Strategy(enum.Enum):

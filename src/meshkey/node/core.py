@@ -22,6 +22,7 @@ from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.nat.reflexive import ReflexiveAddressService
+from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, parse_listen, resolve_route
@@ -111,6 +112,7 @@ class Node:
         store: NodeStore | None = None,
         observers: Iterable[str] = (),
         direct: bool = True,
+        punch: PunchConfig = MESHKEY,
     ) -> None:
         """``observers``: UDP addresses (``HOST:PORT`` or ``/ip4/A/udp/P``) of public nodes
         that may tell this node how its NAT maps its socket (besides the relay nodes it uses).
@@ -118,6 +120,7 @@ class Node:
         self.identity = identity or Identity.generate()
         self._observers = [_udp_endpoint(text) for text in observers]
         self._direct = direct
+        self._punch = punch
         self.name = name
         self.events = EventBus()
         self._tcp_listen = parse_listen(tcp) if tcp else None
@@ -218,6 +221,7 @@ class Node:
             self._reflexive,
             observers=self._observers,
             no_direct=not self._direct,
+            punch=self._punch,
         )
         self.events.subscribe(self._paths.on_transport_event)
         if self._udp_listen is not None:

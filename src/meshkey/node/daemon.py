@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger, configure_logging
+from meshkey.nat.strategy import STRATEGIES, PunchConfig
 from meshkey.node.control import ControlServer
 from meshkey.node.control_client import ControlError
 from meshkey.node.core import Node
@@ -80,6 +81,7 @@ class Daemon:
             store=(store := NodeStore(self.dir)),
             observers=json.loads(config.get("observers") or "[]"),
             direct=config.get("direct", "on") != "off",
+            punch=_punch_strategy(),
         )
         self.store = store
         await self.node.start()
@@ -450,6 +452,16 @@ def _control_errors() -> Iterator[None]:
         raise ControlError(exc.code.name.lower(), exc.text) from exc
     except ValueError as exc:
         raise ControlError("conflict" if "already" in str(exc) else "invalid", str(exc)) from exc
+
+
+def _punch_strategy() -> PunchConfig:
+    """The punch schedule: meshkey's, or a reference system's for ``bench/punch.py``."""
+    name = os.environ.get("MESHKEY_PUNCH_STRATEGY", "meshkey")
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        known = ", ".join(sorted(STRATEGIES))
+        raise DaemonError(f"MESHKEY_PUNCH_STRATEGY={name!r}: expected one of {known}") from None
 
 
 def _capture_to(path: Path) -> Any:

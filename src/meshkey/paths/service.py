@@ -49,6 +49,7 @@ from meshkey.nat.punch import (
 )
 from meshkey.nat.puncher import Puncher
 from meshkey.nat.reflexive import ReflexiveAddressService
+from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.paths.manager import (
     CancelPunch,
     ClosePath,
@@ -125,12 +126,13 @@ class PathService:
     observers: list[Address] = field(default_factory=list)
     no_direct: bool = False
     config: PathConfig | None = None
+    punch: PunchConfig = MESHKEY
     rng: random.Random = field(default_factory=random.SystemRandom)
 
     def __post_init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         node_id = self.router.node_id
-        self.puncher = Puncher(node_id, rng=self.rng)
+        self.puncher = Puncher(node_id, config=self.punch, rng=self.rng)
         self.paths = PathManager(self.config, rng=self.rng, no_direct=self.no_direct)
         self.recheck = RecheckPolicy(rng=self.rng)
         self.classification: Classification | None = None

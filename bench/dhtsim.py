@@ -1,0 +1,485 @@
+"""An in-process, deterministic DHT network: the daemon's sans-IO engine on a fake network.
+
+Every simulated node is a :class:`meshkey.dht.engine.DhtEngine`, the very object the daemon
+runs; only the network and the clock are fake. One event queue (a heap ordered by time, then
+by insertion) drives everything, so a run with the same seed is the same run.
+
+- **Links.** Each node has an access latency drawn once from ``latency``; the one-way delay
+  between two nodes is the sum of theirs (so some pairs are near, some far). ``loss`` loses
+  a datagram with that probability; hops are QUIC, so a lost request or answer is sent
+  again after a probe timeout (3 one-way delays here), each try lost again with the same
+  probability: loss makes exchanges slower, as on the real transport, not silent.
+- **Hops and authentication.** A request goes to an address and is pinned to a NodeId, as
+  the daemon's ``/ip4/H/udp/P/id/NODEID`` hops are. "Authenticated" means what it means on a
+  real hop: the node at that address really holds that NodeId. Then both sides see the hop
+  authenticate (``on_authenticated``: inbound for the receiver with the sender's address,
+  outbound for the sender). A node at the address with another NodeId fails the handshake:
+  the sender hears ``on_failure`` after one round trip, and neither side inserts anything.
+  A dead node (``kill``) or an empty address answers nothing, without warning.
+- **Poisoners** answer FIND_NODE and FIND_VALUE with forged contacts: made-up NodeIds next to
+  the target at real nodes' addresses, and the real NodeIds closest to the target at wrong
+  addresses (other nodes' or nobody's), and FIND_VALUE with forged and stale records.
+- **Clients** (``reachable=False``) sit behind a NAT: a new hop *to* them never
+  authenticates; they only talk over hops they open.
+
+:func:`forged_entries` counts the table entries, over all live nodes, whose NodeId does not
+live at the address recorded: the target is 0.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from meshkey.dht.engine import (
+    DhtEngine,
+    DialBackJob,
+    LookupFinished,
+    Phase,
+    Published,
+    Purpose,
+    SendRequest,
+)
+from meshkey.dht.lookup import LookupDone, LookupKind
+from meshkey.dht.records import RecordContent, sign_record
+from meshkey.identity.keys import Identity
+from meshkey.identity.node_id import NodeId
+from meshkey.wire.dht import (
+    Answer,
+    DialBackResult,
+    Endpoint,
+    FindNode,
+    FindValue,
+    Mode,
+    Nodes,
+    Value,
+    WireContact,
+)
+
+START = 1000.0
+WALL_OFFSET = 1.7e9  # simulated wall clock = monotonic + this (records carry unix expiries)
+
+
+def identity_from_seed(rng: random.Random) -> Identity:
+    return Identity(Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)))
+
+
+@dataclass(eq=False)
+class SimNode:
+    index: int
+    identity: Identity
+    address: Endpoint
+    engine: DhtEngine
+    latency: float
+    alive: bool = True
+    poisoner: bool = False
+    reachable: bool = True
+    timer_at: float | None = None
+    timer_version: int = 0
+    results: dict[int, LookupDone] = field(default_factory=dict)
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.identity.node_id
+
+
+class SimNet:
+    def __init__(
+        self,
+        seed: int = 1,
+        *,
+        latency: tuple[float, float] = (0.005, 0.05),
+        loss: float = 0.0,
+        k: int = 20,
+        alpha: int = 3,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.loss = loss
+        self.k = k
+        self.alpha = alpha
+        self.now = START
+        self.nodes: list[SimNode] = []
+        self.by_address: dict[Endpoint, SimNode] = {}
+        self.by_id: dict[NodeId, SimNode] = {}
+        self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._sequence = itertools.count()
+        self.delivered = 0
+        self.dropped = 0
+        self.auth_failures = 0
+        self.published: dict[NodeId, int] = {}
+
+    # -- building -----------------------------------------------------------------------
+
+    def add_node(self, *, poisoner: bool = False, reachable: bool = True) -> SimNode:
+        index = len(self.nodes)
+        identity = identity_from_seed(self.rng)
+        address = (f"127.{1 + (index >> 16) % 250}.{(index >> 8) & 255}.{index & 255}", 4000)
+        engine = DhtEngine(
+            identity,
+            self.now,
+            rng=random.Random(self.rng.getrandbits(64)),
+            k=self.k,
+            alpha=self.alpha,
+            mode=Mode.SERVER if reachable else Mode.CLIENT,
+            wall_offset=WALL_OFFSET,
+        )
+        node = SimNode(index, identity, address, engine, self.rng.uniform(*self.latency))
+        node.poisoner = poisoner
+        node.reachable = reachable
+        self.nodes.append(node)
+        self.by_address[address] = node
+        self.by_id[node.node_id] = node
+        return node
+
+    def build(
+        self,
+        count: int,
+        *,
+        seeds: int = 2,
+        poisoners: float = 0.0,
+        clients: float = 0.0,
+        batch: int = 25,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Adds ``count`` nodes that join through the protocol: each pings ``seeds`` seed
+        nodes, looks up its own id and refreshes its far buckets; ``batch`` join at once."""
+        first = len(self.nodes)
+        for _ in range(count):
+            roll = self.rng.random()
+            self.add_node(
+                poisoner=len(self.nodes) >= seeds and roll < poisoners,
+                reachable=len(self.nodes) < seeds or self.rng.random() >= clients,
+            )
+        seed_nodes = self.nodes[:seeds]
+        contacts = [(s.node_id, s.address) for s in seed_nodes]
+        joining = self.nodes[first:]
+        for start in range(0, len(joining), batch):
+            group = joining[start : start + batch]
+            for node in group:
+                node.engine.join([c for c in contacts if c[0] != node.node_id], self.now)
+                self._service(node)
+            self.run_until(lambda: all(n.engine.phase == Phase.READY for n in group), 600)  # noqa: B023
+            if on_progress:
+                on_progress(first + start + len(group))
+
+    def build_converged(
+        self, count: int, *, poisoners: float = 0.0, clients: float = 0.0, first_bucket: int = 200
+    ) -> None:
+        """Adds ``count`` nodes whose tables look like a network that has run for a while:
+        for every bucket, up to k random nodes of its range, observed over outbound hops
+        (the same ``on_authenticated`` the protocol uses; no request is sent). Far faster
+        than :meth:`build` at 10,000 nodes, and what a long-lived network converges to."""
+        for _ in range(count):
+            roll = self.rng.random()
+            self.add_node(poisoner=roll < poisoners, reachable=self.rng.random() >= clients)
+        servers = sorted(
+            (int.from_bytes(n.node_id.raw, "big"), n.index) for n in self.nodes if n.reachable
+        )
+        keys = [key for key, _ in servers]
+        for node in self.nodes:
+            own = int.from_bytes(node.node_id.raw, "big")
+            for bucket in range(255, first_bucket - 1, -1):
+                low = ((own >> (bucket + 1)) << (bucket + 1)) | (
+                    (((own >> bucket) & 1) ^ 1) << bucket
+                )
+                start = bisect.bisect_left(keys, low)
+                end = bisect.bisect_left(keys, low + (1 << bucket))
+                if end - start > self.k:
+                    chosen = self.rng.sample(range(start, end), self.k)
+                else:
+                    chosen = list(range(start, end))
+                for position in chosen:
+                    other = self.nodes[servers[position][1]]
+                    node.engine.on_authenticated(other.node_id, other.address, "outbound", self.now)
+            node.engine.phase = Phase.READY
+            node.engine.commands()
+            node.engine.events()
+            self._service(node)
+
+    def kill(self, fraction: float, *, keep: Iterable[SimNode] = ()) -> list[SimNode]:
+        """Kills ``fraction`` of the live nodes at once, without warning."""
+        kept = set(keep)
+        living = [n for n in self.nodes if n.alive and n not in kept]
+        victims = self.rng.sample(living, int(len(self.nodes) * fraction))
+        for node in victims:
+            node.alive = False
+        return victims
+
+    def living(self) -> list[SimNode]:
+        return [n for n in self.nodes if n.alive]
+
+    # -- running ------------------------------------------------------------------------
+
+    def at(self, when: float, function: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._queue, (when, next(self._sequence), function, args))
+
+    def step(self) -> bool:
+        if not self._queue:
+            return False
+        when, _, function, args = heapq.heappop(self._queue)
+        self.now = max(self.now, when)
+        function(*args)
+        return True
+
+    def run_until(self, predicate: Callable[[], bool], limit: float) -> bool:
+        deadline = self.now + limit
+        while not predicate():
+            if not self._queue or self._queue[0][0] > deadline:
+                self.now = max(self.now, min(deadline, self._queue[0][0] if self._queue else 0))
+                return predicate()
+            self.step()
+        return True
+
+    def run_for(self, seconds: float) -> None:
+        deadline = self.now + seconds
+        while self._queue and self._queue[0][0] <= deadline:
+            self.step()
+        self.now = deadline
+
+    def lookup(
+        self,
+        source: SimNode,
+        target: NodeId,
+        *,
+        kind: LookupKind = LookupKind.FIND_NODE,
+        stop_at_target: bool = False,
+        limit: float = 120.0,
+    ) -> LookupDone:
+        """Runs one lookup from ``source`` to the end and returns its result."""
+        lookup_id = source.engine.start_lookup(
+            target, self.now, kind=kind, stop_at_target=stop_at_target
+        )
+        self._service(source)
+        self.run_until(lambda: lookup_id in source.results, limit)
+        return source.results.pop(lookup_id)
+
+    def publish(self, node: SimNode, limit: float = 120.0) -> None:
+        node.engine.publish(RecordContent(direct=(node.address,)), self.now)
+        self._service(node)
+        sequence = node.engine.publisher.sequence
+        self.run_until(lambda: self.published.get(node.node_id) == sequence, limit)
+
+    # -- the network --------------------------------------------------------------------
+
+    def _service(self, node: SimNode) -> None:
+        """Drains a node's commands and events and re-arms its timer (pattern 1)."""
+        engine = node.engine
+        for command in engine.commands():
+            if isinstance(command, SendRequest):
+                self._send(node, command)
+            elif isinstance(command, DialBackJob):
+                self._dial_back(node, command)
+        for event in engine.events():
+            if isinstance(event, LookupFinished) and event.purpose == Purpose.USER:
+                node.results[event.lookup_id] = event.result
+            elif isinstance(event, Published):
+                self.published[node.node_id] = event.sequence
+        deadline = engine.next_deadline()
+        if deadline != node.timer_at:
+            node.timer_at = deadline
+            node.timer_version += 1
+            if deadline is not None:
+                self.at(max(deadline, self.now), self._fire, node, node.timer_version)
+
+    def _fire(self, node: SimNode, version: int) -> None:
+        if version != node.timer_version or not node.alive:
+            return
+        node.timer_at = None
+        node.engine.on_timer(self.now)
+        self._service(node)
+
+    def _delay(self, a: SimNode, b: SimNode) -> float:
+        return a.latency + b.latency
+
+    def _transit(self, delay: float) -> float:
+        """One reliable (QUIC) transmission: each loss costs a probe timeout more."""
+        total = delay
+        while self.loss and self.rng.random() < self.loss:
+            self.dropped += 1
+            total += 3 * delay
+        return total
+
+    def _send(self, source: SimNode, command: SendRequest) -> None:
+        if not source.alive:
+            return
+        target = self.by_address.get(command.address)
+        if target is None or not target.alive:
+            self.dropped += 1
+            return  # silence: nobody there (any more)
+        delay = self._delay(source, target)
+        if target.node_id != command.peer or not target.reachable:
+            if target.node_id != command.peer:
+                self.auth_failures += 1
+                self.at(self.now + 2 * delay, self._failed, source, command.txid)
+            return  # a NAT drops an unsolicited dial: silence
+        self.at(self.now + self._transit(delay), self._arrive, source, target, command)
+
+    def _failed(self, source: SimNode, txid: bytes) -> None:
+        if source.alive:
+            source.engine.on_failure(txid, self.now, refused=True)
+            self._service(source)
+
+    def _arrive(self, source: SimNode, target: SimNode, command: SendRequest) -> None:
+        if not target.alive:
+            return
+        engine = target.engine
+        engine.on_authenticated(source.node_id, source.address, "inbound", self.now)
+        answer = engine.on_request(source.node_id, source.address, command.request, self.now)
+        self._service(target)
+        if isinstance(answer, DialBackJob):
+            self._dial_back(target, answer)
+            return
+        if target.poisoner:
+            answer = self._forge(target, command, answer)
+        self.delivered += 1
+        back = self.now + self._transit(self._delay(source, target))
+        self.at(back, self._answered, source, target, command, answer)
+
+    def _answered(
+        self, source: SimNode, target: SimNode, command: SendRequest, answer: Answer
+    ) -> None:
+        if not source.alive:
+            return
+        engine = source.engine
+        engine.on_authenticated(target.node_id, command.address, "outbound", self.now)
+        engine.on_answer(command.txid, target.node_id, answer, self.now)
+        self._service(source)
+
+    def _dial_back(self, dialer: SimNode, job: DialBackJob) -> None:
+        requester = self.by_id.get(job.peer)
+        ok = requester is not None and requester.alive and requester.reachable
+        if requester is None:
+            return
+        result = DialBackResult(job.request.txid, dialer.engine.mode, ok, job.helper is not None)
+        delay = self._delay(dialer, requester)
+        fake = SendRequest(job.request.txid, dialer.node_id, dialer.address, job.request)
+        self.at(self.now + 2 * delay, self._answered, requester, dialer, fake, result)
+
+    # -- poison -------------------------------------------------------------------------
+
+    def _forge(self, poisoner: SimNode, command: SendRequest, answer: Answer) -> Answer:
+        request = command.request
+        if not isinstance(request, FindNode | FindValue):
+            return answer
+        target = request.target if isinstance(request, FindNode) else request.key
+        goal = int.from_bytes(target, "big")
+        forged: list[WireContact] = []
+        for _ in range(self.k // 2):  # made-up NodeIds right next to the target, real addresses
+            made_up = (goal ^ self.rng.getrandbits(40)).to_bytes(32, "big")
+            victim = self.rng.choice(self.nodes)
+            forged.append(WireContact(made_up, Mode.SERVER, (victim.address,)))
+        real = poisoner.engine.table.closest(NodeId(target), self.k // 2)
+        for entry in real:  # real NodeIds at wrong addresses: someone else's, or nobody's
+            wrong = (
+                self.rng.choice(self.nodes).address
+                if self.rng.random() < 0.5
+                else (
+                    "127.254.0.1",
+                    self.rng.randrange(1024, 65535),
+                )
+            )
+            forged.append(WireContact(entry.node_id.raw, Mode.SERVER, (wrong,)))
+        contacts = tuple(forged[: self.k])
+        if isinstance(request, FindNode):
+            return Nodes(request.txid, Mode.SERVER, contacts)
+        owner = NodeId(request.key)
+        stale = sign_record(poisoner.identity, 1, self.now + WALL_OFFSET + 3600, direct=())
+        if self.rng.random() < 0.5:
+            return Value(request.txid, Mode.SERVER, stale.raw, contacts)  # signed by the wrong key
+        owner_node = self.by_id.get(owner)
+        if owner_node is not None:
+            expired = sign_record(owner_node.identity, 10**15, self.now + WALL_OFFSET - 10)
+            return Value(request.txid, Mode.SERVER, expired.raw, contacts)
+        return Value(request.txid, Mode.SERVER, None, contacts)
+
+
+def forged_entries(net: SimNet) -> int:
+    """Table entries (over all live nodes) whose NodeId does not live at the recorded address."""
+    count = 0
+    for node in net.nodes:
+        if not node.alive:
+            continue
+        for entry in node.engine.table.entries():
+            real = net.by_id.get(entry.node_id)
+            if real is None or any(a != real.address for a in entry.addresses):
+                count += 1
+    return count
+
+
+@dataclass
+class LookupReport:
+    lookups: int
+    success: float
+    rounds: float
+    messages: float
+    sim_seconds: float
+    wall_ms: float
+    failed: float
+    results: list[LookupDone] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "lookups": self.lookups,
+            "success": round(self.success, 4),
+            "rounds_per_lookup": round(self.rounds, 2),
+            "messages_per_lookup": round(self.messages, 2),
+            "sim_seconds_per_lookup": round(self.sim_seconds, 4),
+            "wall_ms_per_lookup": round(self.wall_ms, 3),
+            "failed_requests_per_lookup": round(self.failed, 2),
+        }
+
+
+def true_closest(net: SimNet, target: NodeId, pool: list[SimNode]) -> NodeId:
+    goal = int.from_bytes(target.raw, "big")
+    return min(pool, key=lambda n: int.from_bytes(n.node_id.raw, "big") ^ goal).node_id
+
+
+def run_lookups(
+    net: SimNet,
+    count: int,
+    *,
+    stop_at_target: bool = False,
+    random_keys: bool = False,
+    sources: list[SimNode] | None = None,
+    targets: list[SimNode] | None = None,
+) -> LookupReport:
+    """``count`` lookups from random live nodes. For random live nodes' ids, success = the
+    target itself answered; with ``random_keys`` (ids nobody has), success = the first
+    result is the live node truly closest to the key (the reference's measure)."""
+    pool = sources or [n for n in net.living() if n.reachable]
+    wanted = targets or [n for n in net.living() if n.reachable]
+    results = []
+    found = 0
+    started = time.perf_counter()
+    for _ in range(count):
+        source = net.rng.choice(pool)
+        if random_keys:
+            key = NodeId(net.rng.randbytes(32))
+            result = net.lookup(source, key, stop_at_target=stop_at_target)
+            closest = true_closest(net, key, [n for n in wanted if n is not source])
+            found += bool(result.closest) and result.closest[0].node_id == closest
+        else:
+            target = net.rng.choice([n for n in wanted if n is not source] or wanted)
+            result = net.lookup(source, target.node_id, stop_at_target=stop_at_target)
+            found += result.found
+        results.append(result)
+    wall = time.perf_counter() - started
+    return LookupReport(
+        count,
+        found / count,
+        sum(r.stats.rounds for r in results) / count,
+        sum(r.stats.messages for r in results) / count,
+        sum(r.stats.duration for r in results) / count,
+        wall * 1000 / count,
+        sum(r.stats.failed for r in results) / count,
+        results,
+    )

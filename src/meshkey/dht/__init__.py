@@ -1,0 +1,15 @@
+"""The node graph: Kademlia over 256-bit NodeIds with authenticated-only additions.
+
+Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
+
+- :mod:`meshkey.dht.table`   k-buckets, XOR metric, replacement caches, refresh deadlines
+- :mod:`meshkey.dht.lookup`  the iterative lookup (alpha in flight, RTT-derived timeouts)
+- :mod:`meshkey.dht.records` signed peer records, the holder's store, rate limits, publisher
+- :mod:`meshkey.dht.rtt`     per-peer round-trip estimates
+- :mod:`meshkey.dht.engine`  one node's cores together: RPC answers, ping rounds, join,
+  refresh, publishing — what the daemon and the simulator (``bench/dhtsim.py``) both run
+
+Glue: :mod:`meshkey.dht.service` (asyncio, ``/service/dht``, timers, persistence),
+:mod:`meshkey.dht.store` (the SQLite schema and store), :mod:`meshkey.dht.peers` (the Python
+API behind ``node.peers`` and the ``peer`` commands). Wire formats: :mod:`meshkey.wire.dht`.
+"""

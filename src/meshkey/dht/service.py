@@ -1,0 +1,653 @@
+"""The node graph's asyncio glue: the engine on real hops, a timer, and persistence.
+
+:class:`DhtService` owns one :class:`~meshkey.dht.engine.DhtEngine` and does its I/O:
+
+- **In.** The node subscribes :meth:`DhtService.on_transport_event` to its event bus; each
+  ``HopAuthenticated`` over UDP becomes ``engine.on_authenticated`` with the address the hop
+  was observed at (with one UDP socket, the address a peer's packets come from is where it
+  can be reached, if its NAT lets us). That is the only way into the table. Requests arrive
+  at the worker ``/service/dht`` over authenticated hops (``message.local.hop_peer``); the
+  address is the remote address of the UDP hop they came over. RPCs over other transports
+  are answered UNSUPPORTED: a TCP address is no DHT contact.
+- **Out.** Each :class:`~meshkey.dht.engine.SendRequest` goes to
+  ``/ip4/H/udp/P/id/NODEID/service/dht``: the hop is pinned to the NodeId, so a contact that
+  lies about its NodeId fails the hop's authentication and never answers (nor enters the
+  table). A live hop to that NodeId is reused instead (it proved the same NodeId), unless
+  the command asks for a fresh dial (reachability checks). Each request has its own reply
+  address, so an error coming back (unreachable, authentication failed) names the request.
+- **Time.** One ``call_at`` for the engine's next deadline, re-armed only when it changes,
+  fired with ``max(deadline, loop.time())`` (uvloop wakes early) — STYLE pattern 1.
+- **Reachability.** :meth:`DhtService.check_reachability` sends DIAL_BACK to up to two
+  servers with fresh nonces; the one asked has a third node dial back when it can (from an
+  address this node never sent to, which is what a NAT's filter would stop), else dials
+  itself. The node is a server when a ping carrying one of its nonces arrived over an
+  inbound hop (helpers' answers, when there are any, decide).
+- **Persistence.** At start the table, the records held and the sequence number come back
+  from the :class:`~meshkey.dht.store.GraphStore`; changes are written every
+  :data:`FLUSH_INTERVAL` seconds, only the rows that changed (last-seen times rounded to a
+  minute, so a busy peer is not a write per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from meshkey.dht.engine import (
+    DhtEngine,
+    DialBackJob,
+    Joined,
+    LookupFinished,
+    Published,
+    Purpose,
+    SendRequest,
+)
+from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
+from meshkey.dht.records import (
+    PeerRecord,
+    PersistSequence,
+    RecordContent,
+    RecordError,
+    verify_record,
+)
+from meshkey.dht.store import GraphStore, MemoryGraphStore, StoredPeer
+from meshkey.dht.table import Entry, Learned
+from meshkey.identity.keys import Identity
+from meshkey.identity.node_id import NodeId
+from meshkey.log import EventLogger
+from meshkey.routing.address import ServiceAddress, TransportAddress
+from meshkey.routing.errors import RemoteError, RoutingError
+from meshkey.routing.message import Message
+from meshkey.routing.router import Router
+from meshkey.transport.events import HopAuthenticated
+from meshkey.transport.link import HopLink
+from meshkey.transport.udp import QuicTransport
+from meshkey.wire.dht import (
+    Answer,
+    DhtError,
+    DhtErrorCode,
+    DialBack,
+    DialBackResult,
+    Endpoint,
+    Mode,
+    Ping,
+    Pong,
+    Request,
+    WireContact,
+    decode_rpc,
+    encode_rpc,
+    is_request,
+)
+from meshkey.wire.errors import WireError
+from meshkey.wire.message import HOST_IP4, HOST_IP6, ErrorCode
+
+log = EventLogger("dht")
+
+DHT_SERVICE = "dht"
+REQUEST_TIMEOUT = 10.0  # backstop: the engine's own timeouts (from RTT) come first
+DIAL_BACK_TIMEOUT = 5.0
+FLUSH_INTERVAL = 5.0
+MAX_NONCES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class FindResult:
+    node_id: NodeId
+    found: bool
+    addresses: tuple[Endpoint, ...]
+    record: PeerRecord | None
+    stats: LookupStats
+    in_graph: bool
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node_id": str(self.node_id),
+            "found": self.found,
+            "addresses": [f"{h}:{p}" for h, p in self.addresses],
+            "record": self.record.describe() if self.record else None,
+            "in_graph": self.in_graph,
+            "lookup": self.stats.as_dict(),
+        }
+
+
+@dataclass(slots=True)
+class _Waiter:
+    future: asyncio.Future[Any]
+    kind: str = "lookup"
+
+
+def _transport_address(peer: NodeId, address: Endpoint) -> TransportAddress:
+    host, port = address
+    kind = HOST_IP6 if ":" in host else HOST_IP4
+    return TransportAddress("udp", kind, host, port, peer)
+
+
+class DhtService:
+    """The node graph of one node. ``mode`` None finds out (DIAL_BACK) after joining."""
+
+    def __init__(
+        self,
+        router: Router,
+        identity: Identity,
+        udp: QuicTransport,
+        *,
+        store: GraphStore | None = None,
+        mode: Mode | None = None,
+        rng: random.Random | None = None,
+        k: int = 20,
+        alpha: int = 3,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.router = router
+        self.identity = identity
+        self.udp = udp
+        self.store = store or MemoryGraphStore()
+        self.fixed_mode = mode
+        self.request_timeout = request_timeout
+        self._loop = asyncio.get_running_loop()
+        self.wall_offset = time.time() - self._loop.time()
+        self.engine = DhtEngine(
+            identity,
+            self._loop.time(),
+            rng=rng or random.Random(),
+            k=k,
+            alpha=alpha,
+            mode=mode or Mode.CLIENT,
+            wall_offset=self.wall_offset,
+            sequence=self.store.load_sequence(),
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
+        self._joined: asyncio.Future[int] | None = None
+        self._published: dict[int, asyncio.Future[Published]] = {}
+        self._nonces_seen: OrderedDict[bytes, str] = OrderedDict()
+        self._written_peers: dict[NodeId, StoredPeer] = {}
+        self._written_records: dict[NodeId, int] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.identity.node_id
+
+    @property
+    def mode(self) -> Mode:
+        return self.engine.mode
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> DhtService:
+        now = self._loop.time()
+        for peer in self.store.load_peers():
+            self.engine.table.restore(self._entry_from_store(peer, now))
+        self._written_peers = {p.node_id: p for p in self._stored_entries()}
+        for raw in self.store.load_records():
+            try:  # checked again: it may have expired while the node was down
+                record = verify_record(raw, now + self.wall_offset)
+            except RecordError:
+                continue
+            self.engine.records.restore(record)
+            self._written_records[record.node_id] = record.sequence
+        # admit=False: the DHT decides on the authenticated hop peer itself; a policy on a
+        # service admits only secure-channel peers, and DHT RPCs travel over hops.
+        self.router.register(DHT_SERVICE, self._handle, admit=False)
+        self._started = True
+        self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
+        self._pump()
+        log.info("dht.started", node_id=self.node_id.short(), peers=len(self.engine.table))
+        return self
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        if self._started:
+            self.router.unregister(DHT_SERVICE)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            self.flush()
+        futures: list[asyncio.Future[Any]] = [*self._lookups.values(), *self._published.values()]
+        for future in futures:
+            if not future.done():
+                future.cancel()
+
+    # -- the way in -------------------------------------------------------------------
+
+    def on_transport_event(self, event: object) -> None:
+        """Subscribe this to the node's event bus: authenticated UDP hops enter the graph."""
+        if self._closed or not isinstance(event, HopAuthenticated) or event.transport != "udp":
+            return
+        self.engine.on_authenticated(
+            event.node_id, event.remote, event.direction, self._loop.time()
+        )
+        self._pump()
+
+    async def _handle(self, message: Message) -> None:
+        peer = message.local.hop_peer
+        if peer is None or message.is_error:
+            return  # local senders have no NodeId to answer; errors are never answered
+        try:
+            rpc = decode_rpc(message.payload)
+        except WireError as exc:
+            answer: Answer = DhtError(b"\0" * 8, self.mode, DhtErrorCode.MALFORMED, str(exc))
+            await self._reply(message, answer)
+            return
+        if not is_request(rpc):
+            return  # answers come to the per-request reply addresses, not here
+        link = self._link_of(message)
+        if link is None:
+            await self._reply(
+                message,
+                DhtError(rpc.txid, self.mode, DhtErrorCode.UNSUPPORTED, "DHT RPCs run over UDP"),
+            )
+            return
+        if isinstance(rpc, Ping) and rpc.nonce is not None:
+            self._nonces_seen[rpc.nonce] = link.direction
+            while len(self._nonces_seen) > MAX_NONCES:
+                self._nonces_seen.popitem(last=False)
+        result = self.engine.on_request(peer, link.remote, rpc, self._loop.time())  # type: ignore[arg-type]
+        self._pump()
+        if isinstance(result, DialBackJob):
+            # Dialling takes seconds: never hold the worker's mailbox for it.
+            self._spawn(self._answer_dial_back(message, result))
+        else:
+            await self._reply(message, result)
+
+    async def _answer_dial_back(self, message: Message, job: DialBackJob) -> None:
+        await self._reply(message, await self._dial_back(job))
+
+    async def _reply(self, message: Message, answer: Answer) -> None:
+        with contextlib.suppress(RoutingError, WireError, ValueError):
+            await self.router.reply(message, encode_rpc(answer))
+
+    def _link_of(self, message: Message) -> HopLink | None:
+        first = message.return_route[0] if message.return_route else None
+        if not isinstance(first, ServiceAddress):
+            return None
+        for link in self.udp.links:
+            if link.name == first.name and not link.closed:
+                return link
+        return None
+
+    def _live_link(self, peer: NodeId) -> HopLink | None:
+        for link in self.udp.links:
+            if link.core.peer == peer and link.core.is_open and not link.closed:
+                return link
+        return None
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def request(
+        self,
+        peer: NodeId,
+        address: Endpoint | None,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        fresh: bool = False,
+    ) -> Answer:
+        """Sends one DHT request to ``peer`` and returns its answer. Over a live hop to
+        ``peer`` if there is one (and not ``fresh``), else over a new hop to ``address``
+        pinned to ``peer``. RemoteError when it cannot be delivered or answered."""
+        slot = f"_dht.{request.txid.hex()}"
+        future: asyncio.Future[Message] = self._loop.create_future()
+
+        async def receive(reply: Message) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        link = None if fresh else self._live_link(peer)
+        if link is not None:
+            onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
+        elif address is not None:
+            onward = (_transport_address(peer, address), ServiceAddress(DHT_SERVICE))
+        else:
+            raise RemoteError(ErrorCode.UNREACHABLE, f"no address for {peer.short()}")
+        self.router.register(slot, receive, inline=True)
+        try:
+            await self.router.route(Message(onward, (ServiceAddress(slot),), encode_rpc(request)))
+            reply = await asyncio.wait_for(future, timeout or self.request_timeout)
+        except TimeoutError:
+            raise RemoteError(ErrorCode.TIMEOUT, f"no DHT answer from {peer.short()}") from None
+        finally:
+            self.router.unregister(slot)
+        if reply.is_error:
+            code, text = reply.error()
+            raise RemoteError(code, text)
+        if reply.local.hop_peer != peer:
+            raise RemoteError(ErrorCode.AUTH_FAILED, "the answer came from another node")
+        try:
+            answer = decode_rpc(reply.payload)
+        except WireError as exc:
+            raise RemoteError(ErrorCode.MALFORMED, f"bad DHT answer: {exc}") from exc
+        if is_request(answer) or answer.txid != request.txid:
+            raise RemoteError(ErrorCode.MALFORMED, "the DHT answer does not match the request")
+        return answer  # type: ignore[return-value]
+
+    async def _execute(self, command: SendRequest) -> None:
+        try:
+            answer = await self.request(
+                command.peer, command.address, command.request, fresh=command.fresh
+            )
+        except RemoteError as exc:
+            log.debug("dht.request_failed", peer=command.peer.short(), reason=exc.text)
+            refused = exc.code == ErrorCode.AUTH_FAILED
+            self.engine.on_failure(command.txid, self._loop.time(), refused=refused)
+        else:
+            self.engine.on_answer(command.txid, command.peer, answer, self._loop.time())
+        self._pump()
+
+    # -- dial-back ----------------------------------------------------------------------
+
+    async def _dial_back(self, job: DialBackJob) -> DialBackResult:
+        request = job.request
+        mode = self.mode
+        if request.target is not None:  # we are the helper: dial the node named
+            target = request.target
+            ok = await self._ping_fresh(NodeId(target.node_id), target.addresses, request.nonce)
+            return DialBackResult(request.txid, mode, ok, True)
+        if job.helper is not None:
+            ask = DialBack(
+                self.engine.rng.randbytes(8),
+                mode,
+                request.nonce,
+                WireContact(job.peer.raw, Mode.CLIENT, (job.address,)),
+            )
+            try:
+                answer = await self.request(
+                    job.helper.node_id, job.helper.addresses[0], ask, timeout=DIAL_BACK_TIMEOUT
+                )
+            except RemoteError:
+                answer = None
+            if isinstance(answer, DialBackResult):
+                return DialBackResult(request.txid, mode, answer.ok, True, answer.reason)
+        ok = await self._ping_fresh(job.peer, (job.address,), request.nonce)
+        return DialBackResult(request.txid, mode, ok, False)
+
+    async def _ping_fresh(self, peer: NodeId, addresses: Iterable[Endpoint], nonce: bytes) -> bool:
+        for address in list(addresses)[:1]:
+            ping = Ping(self.engine.rng.randbytes(8), self.mode, nonce)
+            try:
+                answer = await self.request(
+                    peer, address, ping, timeout=DIAL_BACK_TIMEOUT, fresh=True
+                )
+            except RemoteError:
+                return False
+            return isinstance(answer, Pong)
+        return False
+
+    async def check_reachability(self, *, asks: int = 2) -> Mode:
+        """Asks up to ``asks`` servers to dial this node back; sets and returns the mode."""
+        servers = self.engine.table.closest(self.node_id, asks)
+        if not servers:
+            return self.mode
+        results: list[tuple[bytes, DialBackResult]] = []
+        for entry in servers:
+            nonce = self.engine.nonce()
+            request = DialBack(self.engine.rng.randbytes(8), self.mode, nonce)
+            try:
+                answer = await self.request(
+                    entry.node_id, entry.address, request, timeout=3 * DIAL_BACK_TIMEOUT
+                )
+            except RemoteError:
+                continue
+            if isinstance(answer, DialBackResult):
+                results.append((nonce, answer))
+        helped = [r for r in results if r[1].helper] or results
+        reachable = any(
+            result.ok and self._nonces_seen.get(nonce) == "inbound" for nonce, result in helped
+        )
+        if helped:
+            self.engine.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
+            log.info("dht.mode", mode=self.mode.name.lower(), answers=len(helped))
+        return self.mode
+
+    # -- the engine's output --------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _pump(self) -> None:
+        """Drains the engine's commands and events, then re-arms the timer (pattern 1)."""
+        if self._closed:
+            return
+        engine = self.engine
+        for command in engine.commands():
+            if isinstance(command, SendRequest):
+                self._spawn(self._execute(command))
+            elif isinstance(command, PersistSequence):
+                self.store.save_sequence(command.sequence)
+        for event in engine.events():
+            if isinstance(event, LookupFinished):
+                future = self._lookups.pop(event.lookup_id, None)
+                if future is not None and not future.done():
+                    future.set_result(event.result)
+                if event.purpose == Purpose.USER:
+                    log.debug("dht.lookup", target=event.result.target.short())
+            elif isinstance(event, Joined):
+                if self._joined is not None and not self._joined.done():
+                    self._joined.set_result(event.neighbours)
+            elif isinstance(event, Published):
+                future_published = self._published.pop(event.sequence, None)
+                if future_published is not None and not future_published.done():
+                    future_published.set_result(event)
+        deadline = engine.next_deadline()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = deadline
+            if deadline is not None:
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        deadline = self.engine.next_deadline()
+        now = self._loop.time()
+        self.engine.on_timer(max(deadline or now, now))
+        self._pump()
+
+    # -- operations ---------------------------------------------------------------------
+
+    async def join(
+        self, seeds: Iterable[tuple[NodeId, Endpoint]] = (), *, timeout: float = 30.0
+    ) -> int:
+        """Joins through ``seeds`` (or re-joins from the graph); returns the graph's size.
+        With no fixed mode, asks for a dial-back afterwards."""
+        self._joined = self._loop.create_future()
+        self.engine.join(list(seeds), self._loop.time())
+        self._pump()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._joined), timeout)
+        except TimeoutError:
+            log.warning("dht.join_slow", peers=len(self.engine.table))
+        if self.fixed_mode is None:
+            await self.check_reachability()
+        return len(self.engine.table)
+
+    async def lookup(
+        self,
+        target: NodeId,
+        *,
+        kind: LookupKind = LookupKind.FIND_NODE,
+        stop_at_target: bool = False,
+        timeout: float = 30.0,
+    ) -> LookupDone:
+        future: asyncio.Future[LookupDone] = self._loop.create_future()
+        lookup_id = self.engine.start_lookup(
+            target, self._loop.time(), kind=kind, stop_at_target=stop_at_target
+        )
+        self._lookups[lookup_id] = future
+        self._pump()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._lookups.pop(lookup_id, None)
+            raise RemoteError(
+                ErrorCode.TIMEOUT, f"the lookup of {target.short()} timed out"
+            ) from None
+
+    async def find(self, node_id: NodeId, *, timeout: float = 30.0) -> FindResult:
+        """Where ``node_id`` is: a FIND_VALUE lookup for its record that stops as soon as the
+        node itself answers or a valid record is found."""
+        done = await self.lookup(
+            node_id, kind=LookupKind.FIND_VALUE, stop_at_target=True, timeout=timeout
+        )
+        entry = self.engine.table.get(node_id)
+        record = done.record if isinstance(done.record, PeerRecord) else None
+        addresses: list[Endpoint] = []
+        for contact in done.closest:
+            if contact.node_id == node_id:
+                addresses.extend(contact.addresses)
+        if entry is not None:
+            addresses.extend(a for a in entry.addresses if a not in addresses)
+        if record is not None:
+            addresses.extend(a for a in record.direct if a not in addresses)
+        # Found: it answered this lookup, or its signed record was found. A graph entry alone
+        # (perhaps of a node long gone) only adds addresses to try.
+        answered = any(contact.node_id == node_id for contact in done.closest)
+        found = answered or record is not None
+        return FindResult(node_id, found, tuple(addresses), record, done.stats, entry is not None)
+
+    async def publish(
+        self, content: RecordContent | None = None, *, timeout: float = 30.0
+    ) -> Published:
+        """Publishes this node's signed record (by default: its UDP address) at the k
+        closest servers; it is republished before it expires."""
+        if content is None:
+            address = self.udp.address
+            direct = ((address.host, address.port),) if address is not None else ()
+            content = RecordContent(direct=direct)
+        future: asyncio.Future[Published] = self._loop.create_future()
+        self.engine.publish(content, self._loop.time())
+        self._published[self.engine.publisher.sequence] = future
+        self._pump()
+        return await asyncio.wait_for(future, timeout)
+
+    async def ping(self, node_id: NodeId, address: Endpoint | None = None) -> float:
+        """An authenticated round trip to ``node_id``; seconds. RemoteError if none."""
+        if address is None:
+            entry = self.engine.table.get(node_id)
+            address = entry.address if entry is not None else None
+        started = self._loop.time()
+        answer = await self.request(node_id, address, Ping(self.engine.rng.randbytes(8), self.mode))
+        if not isinstance(answer, Pong):
+            raise RemoteError(ErrorCode.REFUSED, f"{node_id.short()} answered {answer}")
+        rtt = self._loop.time() - started
+        self.engine.rtt.sample(node_id, rtt)
+        return rtt
+
+    async def add(
+        self, node_id: NodeId, address: Endpoint, *, force: bool = False, ping: bool = True
+    ) -> Entry | None:
+        """``peer add``: contacts the peer, which enters the graph once it proved its NodeId
+        (evicting the bucket's oldest if ``force``). Without ``ping`` it is only a hint for
+        lookups until some hop to it authenticates."""
+        if not ping:
+            self.engine.add_hint(node_id, address)
+            return None
+        self.engine.add_manual(node_id, address, self._loop.time(), force=force)
+        self._pump()
+        # The ping's hop authenticates (inserting the peer) before its answer arrives.
+        await self.ping(node_id, address)
+        return self.engine.table.get(node_id)
+
+    def remove(self, node_id: NodeId) -> bool:
+        removed = self.engine.remove(node_id)
+        self._pump()
+        return removed
+
+    def peers(self) -> list[dict[str, Any]]:
+        now = self._loop.time()
+        return [self._describe(e, now) for e in self.engine.table.entries()]
+
+    def _describe(self, entry: Entry, now: float) -> dict[str, Any]:
+        return {
+            "node_id": str(entry.node_id),
+            "addresses": [f"{h}:{p}" for h, p in entry.addresses],
+            "bucket": self.engine.table.bucket_of(entry.node_id),
+            "last_seen": round(entry.last_seen + self.wall_offset, 3),
+            "last_seen_ago": round(now - entry.last_seen, 3),
+            "mode": entry.mode.name.lower(),
+            "learned": entry.learned.value,
+        }
+
+    # -- persistence --------------------------------------------------------------------
+
+    def _stored_entries(self) -> list[StoredPeer]:
+        return [
+            StoredPeer(
+                e.node_id,
+                tuple(e.addresses),
+                e.reachable_at,
+                None if e.claimed is None else int(e.claimed),
+                e.learned.value,
+                round(e.first_seen + self.wall_offset),
+                round((e.last_seen + self.wall_offset) / 60) * 60,
+            )
+            for e in self.engine.table.entries()
+        ]
+
+    def _entry_from_store(self, peer: StoredPeer, now: float) -> Entry:
+        entry = Entry(
+            peer.node_id,
+            int.from_bytes(peer.node_id.raw, "big"),
+            list(peer.addresses),
+            Learned(peer.learned) if peer.learned in Learned._value2member_map_ else Learned.LOOKUP,
+            min(now, peer.first_seen - self.wall_offset),
+            min(now, peer.last_seen - self.wall_offset),
+            reachable_at=peer.reachable_at,
+            claimed=None if peer.claimed is None else Mode(peer.claimed),
+        )
+        return entry
+
+    def flush(self) -> None:
+        """Writes what changed in the graph and the records held since the last flush."""
+        current = {p.node_id: p for p in self._stored_entries()}
+        changed = [p for n, p in current.items() if self._written_peers.get(n) != p]
+        removed = [n for n in self._written_peers if n not in current]
+        if changed or removed:
+            self.store.save_peers(changed, removed)
+        self._written_peers = current
+        held = {r.node_id: r for r in self.engine.records.records()}
+        new = [
+            (n, r.raw, r.expiry)
+            for n, r in held.items()
+            if self._written_records.get(n) != r.sequence
+        ]
+        gone = [n for n in self._written_records if n not in held]
+        if new or gone:
+            self.store.save_records(new, gone)
+        self._written_records = {n: r.sequence for n, r in held.items()}
+
+    def _flush_tick(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        except Exception:
+            log.exception("dht.flush_failed")
+        self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
+
+
+__all__ = ["DHT_SERVICE", "DhtService", "FindResult"]
