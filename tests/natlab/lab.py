@@ -506,9 +506,16 @@ class MeshkeyNode:
     def show(self) -> Any:
         return self.host.meshkey_json("node", "show", self.name)
 
-    def transports(self) -> set[str]:
-        """The transports of this node's live connections (``udp``, ``tcp``)."""
-        return {c["transport"] for c in self.show().get("connections", [])}
+    def transports(self, peer: str | None = None) -> set[str]:
+        """The transports of this node's open connections (``udp``, ``tcp``), to ``peer`` (a
+        NodeId) or to anyone; a connection not open is named ``TRANSPORT:STATE:REMOTE``."""
+        return {
+            c["transport"]
+            if c["state"] == "open"
+            else f"{c['transport']}:{c['state']}:{c['remote']}"
+            for c in self.show().get("connections", [])
+            if peer is None or c["peer"] == peer
+        }
 
     def log(self) -> str:
         return (self.host.home / "nodes" / self.name / "node.log").read_text(errors="replace")
