@@ -272,6 +272,21 @@ class SecureChannels:
         self._expire_closed()
         return list(self._channels.values())
 
+    def find_open(
+        self, listener_route: Route, *, peers: frozenset[NodeId] | None = None
+    ) -> Channel | None:
+        """The newest open initiator channel created with ``listener_route`` (whose peer is
+        one of ``peers``, when given): what a ``/secure/`` route reuses."""
+        for channel in reversed(self._channels.values()):
+            if (
+                channel.initiator
+                and channel.listener_route == listener_route
+                and channel.state is ChannelState.OPEN
+                and (peers is None or channel.peer in peers)
+            ):
+                return channel
+        return None
+
     async def create(
         self,
         route: Route,

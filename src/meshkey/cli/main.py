@@ -33,6 +33,8 @@ COMMANDS = {
     "policy": ("meshkey.cli.policy_commands", "policy", "Who may use which service."),
     "tcp-listener": ("meshkey.cli.tcp_commands", "tcp_listener", "More TCP listeners."),
     "tcp-connection": ("meshkey.cli.tcp_commands", "tcp_connection", "Live TCP hops."),
+    "tcp-outlet": ("meshkey.cli.portal_commands", "tcp_outlet", "TCP portals: the server side."),
+    "tcp-inlet": ("meshkey.cli.portal_commands", "tcp_inlet", "TCP portals: the client side."),
 }
 
 

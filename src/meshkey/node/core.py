@@ -28,15 +28,21 @@ from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
+from meshkey.portal import DEFAULT_OUTLET, check_end_to_end
+from meshkey.portal import open_portal_stream as _open_portal_stream
+from meshkey.portal.portals import InletEntry, OutletEntry, Portals, check_authorizable
+from meshkey.portal.secure_routes import SecureRoutes
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
 from meshkey.routing.address import (
     Route,
     RouteError,
+    SecureAddress,
     ServiceAddress,
     TransportAddress,
     check_destination,
     format_route,
+    parse_route,
 )
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
@@ -227,6 +233,7 @@ class Node:
         if self._udp.address is not None:
             self.announce_restart()
             self._paths.wake()
+        await self._start_portals(store)
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
@@ -260,6 +267,7 @@ class Node:
         if not self._started:
             return
         self._started = False
+        await self._stop_portals()
         if self._paths is not None:
             await self._paths.close()
         await self.relays.close()
@@ -303,8 +311,13 @@ class Node:
     # -- sending ----------------------------------------------------------------------
 
     def resolve(self, route: str | Route) -> Route:
-        """Parses route text and replaces ``/node/NAME`` with that node's pinned address."""
-        return resolve_route(route, self._home)
+        """Parses route text and replaces ``/node/NAME`` with that node's pinned address
+        (``/secure/`` needs a channel: :meth:`resolve_secure`)."""
+        resolved = resolve_route(route, self._home)
+        for address in resolved:
+            if isinstance(address, SecureAddress):
+                raise RouteError(f"{address} is not supported here (only where traffic starts)")
+        return resolved
 
     def _watch(self, address: TransportAddress) -> asyncio.Future[str]:
         return (self.udp if address.protocol == "udp" else self.tcp).watch(address)
@@ -333,7 +346,8 @@ class Node:
             raise RemoteError(
                 ErrorCode.TOO_LARGE, f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD})"
             )
-        resolved = check_destination(self.resolve(route), route if isinstance(route, str) else None)
+        text = route if isinstance(route, str) else None
+        resolved = check_destination(await self.resolve_secure(route), text)
         shown = route if isinstance(route, str) else format_route(route)
         reply = await self.request(Message(resolved, (), payload), timeout=timeout, describe=shown)
         if reply.is_error:
@@ -395,7 +409,10 @@ class Node:
         address (``/service/<hex>``): send to ``THAT/service/X`` to reach X on the far node."""
         allowed = _node_ids(authorized) if authorized else None
         channel = await self.channels.create(
-            self.resolve(route), authorized=allowed, timeout=timeout, no_direct=no_direct
+            await self.resolve_secure(route, timeout=timeout),
+            authorized=allowed,
+            timeout=timeout,
+            no_direct=no_direct,
         )
         return f"/service/{channel.address}"
 
@@ -508,3 +525,200 @@ class Node:
                 "tcp": sum(self.tcp.unauthenticated.values()),
             },
         }
+
+    # == portals: TCP inlets and outlets, portal streams, /secure/ routes ================
+    # (one region: the node's other parts only call _start_portals, _stop_portals and
+    # resolve_secure)
+
+    _portals: Portals | None = None
+    _secure_routes: SecureRoutes | None = None
+    _portal_tasks: set[asyncio.Task[Any]] | None = None
+
+    @property
+    def portals(self) -> Portals:
+        portals: Portals = self._require(self._portals)
+        return portals
+
+    async def resolve_secure(
+        self,
+        route: str | Route,
+        *,
+        authorized: Iterable[NodeId | str] | None = None,
+        timeout: float = 10.0,
+    ) -> Route:
+        """:meth:`resolve`, and every ``/secure/X`` replaced by a secure channel to the
+        listener X on the node reached so far (an open one is reused), so the rest of the
+        route travels inside it; ``authorized`` applies to the last channel."""
+        routes: SecureRoutes = self._require(self._secure_routes)
+        parsed = parse_route(route) if isinstance(route, str) else route
+        allowed = _node_ids(authorized) if authorized else None
+        return await routes.resolve(parsed, authorized=allowed, timeout=timeout)
+
+    async def create_tcp_outlet(
+        self,
+        to: str,
+        *,
+        name: str = DEFAULT_OUTLET,
+        alias: str | None = None,
+        allow: Iterable[NodeId | str] | None = None,
+        insecure: bool = False,
+    ) -> OutletEntry:
+        """A worker ``/service/NAME`` that opens a TCP connection to ``to`` (``HOST:PORT``,
+        or a port on 127.0.0.1) for each portal session; only ``allow`` may use it (anyone
+        whose identity is authenticated end to end, if not given). ``insecure`` serves
+        sessions that crossed other nodes without a secure channel."""
+        entry = self.portals.create_outlet(
+            to,
+            name=name,
+            alias=alias,
+            allow=_node_ids(allow) if allow else None,
+            insecure=insecure,
+        )
+        if self._store is not None:
+            try:
+                await asyncio.to_thread(self._store.save_tcp_outlet, entry.record())
+            except BaseException:
+                await self.portals.delete_outlet(entry.alias)
+                raise
+        return entry
+
+    def tcp_outlets(self) -> list[OutletEntry]:
+        return self.portals.outlets()
+
+    def tcp_outlet(self, alias: str) -> OutletEntry:
+        """By alias or address; PortalNotFound (a KeyError) if there is none."""
+        return self.portals.outlet(alias)
+
+    async def delete_tcp_outlet(self, alias: str) -> OutletEntry:
+        entry = await self.portals.delete_outlet(alias)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.delete_tcp_outlet, entry.alias)
+        return entry
+
+    async def create_tcp_inlet(
+        self,
+        listen: str = "127.0.0.1:0",
+        *,
+        route: str | Route,
+        authorized: Iterable[NodeId | str] | None = None,
+        alias: str | None = None,
+        insecure: bool = False,
+        timeout: float = 10.0,
+    ) -> InletEntry:
+        """A TCP listener on ``listen``; each connection becomes a portal session to the
+        outlet at ``route``, which must be end to end (a ``/secure/`` channel, a channel's
+        address, or one hop) unless ``insecure``. Its route is resolved (and its secure
+        channels opened) now, for up to ``timeout``: a route that does not answer yet is
+        no error, its reason is the inlet's ``last_error``, and clients that connect later
+        try again."""
+        entry = await self.portals.create_inlet(
+            listen,
+            route,
+            alias=alias,
+            authorized=_node_ids(authorized) if authorized else None,
+            insecure=insecure,
+        )
+        if self._store is not None:
+            try:
+                await asyncio.to_thread(self._store.save_tcp_inlet, entry.record())
+            except BaseException:
+                await self.portals.delete_inlet(entry.alias)
+                raise
+        try:
+            await asyncio.wait_for(asyncio.shield(entry.inlet.prepare()), timeout)
+        except TimeoutError:
+            entry.inlet.counters.last_error = f"the route did not answer within {timeout:g}s"
+        return entry
+
+    def tcp_inlets(self) -> list[InletEntry]:
+        return self.portals.inlets()
+
+    def tcp_inlet(self, alias: str) -> InletEntry:
+        """By alias or listen address; PortalNotFound (a KeyError) if there is none."""
+        return self.portals.inlet(alias)
+
+    async def delete_tcp_inlet(self, alias: str) -> InletEntry:
+        entry = await self.portals.delete_inlet(alias)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.delete_tcp_inlet, entry.alias)
+        return entry
+
+    async def open_portal_stream(
+        self,
+        route: str | Route,
+        *,
+        authorized: Iterable[NodeId | str] | None = None,
+        insecure: bool = False,
+        timeout: float = 30.0,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """One portal session to the outlet at ``route`` as an asyncio stream pair, with no
+        local listener (the route as for an inlet). ConnectionRefusedError when the outlet
+        refuses, ConnectionError when the route fails, TimeoutError after ``timeout``."""
+        given = parse_route(route) if isinstance(route, str) else route
+        allowed = _node_ids(authorized) if authorized else None
+        if not insecure:
+            check_end_to_end(given, None, self.channels)
+        check_authorizable(given, allowed, insecure)
+        resolved = await self.portals.resolve(given, allowed)
+        return await _open_portal_stream(
+            self.router, resolved, insecure=True, timeout=timeout, channels=self.channels
+        )
+
+    async def _start_portals(self, store: NodeStore | None) -> None:
+        """Portals, and those the store kept (inlets listen again where they listened)."""
+        self._secure_routes = SecureRoutes(
+            self.channels, lambda route: resolve_route(route, self._home)
+        )
+        self._portals = portals = Portals(self.router, self.channels, self._secure_routes)
+        self._portal_tasks = tasks = set()
+        if store is None:
+            return
+        for record in store.tcp_outlets():
+            try:
+                portals.create_outlet(
+                    record["to"],
+                    name=record["name"],
+                    alias=record["alias"],
+                    allow=_node_ids(record["allow"]) if record["allow"] else None,
+                    insecure=record["insecure"],
+                    created_at=record["created_at"],
+                )
+            except (ValueError, RouteError) as exc:
+                log.warning("portal.restore_failed", alias=record["alias"], reason=str(exc))
+        for record in store.tcp_inlets():
+            try:
+                entry = await portals.create_inlet(
+                    record["listen"],
+                    record["route"],
+                    alias=record["alias"],
+                    authorized=_node_ids(record["authorized"]) if record["authorized"] else None,
+                    insecure=record["insecure"],
+                    created_at=record["created_at"],
+                    keep_if_taken=True,
+                )
+            except (ValueError, RouteError) as exc:
+                log.warning("portal.restore_failed", alias=record["alias"], reason=str(exc))
+                continue
+            if entry.listening:  # opens its channels now, not at the first client
+                task = asyncio.get_running_loop().create_task(self._prepare_inlet(entry))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    async def _prepare_inlet(self, entry: InletEntry) -> None:
+        """A restored inlet's route, resolved once the node listens (a daemon binds its
+        sockets after start(); hops dialled before would fail for nothing)."""
+        for _ in range(100):
+            if self.addresses:
+                break
+            await asyncio.sleep(0.05)
+        await entry.inlet.prepare()
+
+    async def _stop_portals(self) -> None:
+        for task in list(self._portal_tasks or ()):
+            task.cancel()
+        if self._portals is not None:
+            await self._portals.close()
+        if self._secure_routes is not None:
+            await self._secure_routes.close()
+
+    # == end of portals =================================================================

@@ -162,6 +162,12 @@ class Daemon:
             "policy.create": self._policy_create,
             "policy.list": self._policy_list,
             "policy.delete": self._policy_delete,
+            "tcp_outlet.create": self._tcp_outlet_create,
+            "tcp_outlet.list": self._tcp_outlet_list,
+            "tcp_outlet.delete": self._tcp_outlet_delete,
+            "tcp_inlet.create": self._tcp_inlet_create,
+            "tcp_inlet.list": self._tcp_inlet_list,
+            "tcp_inlet.delete": self._tcp_inlet_delete,
         }
 
     @property
@@ -347,6 +353,62 @@ class Daemon:
         except KeyError:
             raise ControlError("not_found", f"no policy for {resource!r}") from None
         return {"deleted": resource}
+
+    # -- TCP portals ----------------------------------------------------------------------
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _portal_errors() -> Iterator[None]:
+        """Every typed error (portals' too) as a control error of its kind; the rest as
+        everywhere else."""
+        from meshkey.errors import MeshkeyError
+
+        with _control_errors():
+            try:
+                yield
+            except ControlError:
+                raise
+            except MeshkeyError as exc:
+                raise ControlError(exc.kind, str(exc)) from exc
+
+    async def _tcp_outlet_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._portal_errors():
+            entry = await self._node.create_tcp_outlet(
+                _text(args, "to"),
+                name=str(args.get("name") or "outlet"),
+                alias=args.get("alias") or None,
+                allow=_node_ids(args.get("allow")),
+                insecure=bool(args.get("insecure")),
+            )
+        return entry.describe()
+
+    async def _tcp_outlet_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [entry.describe() for entry in self._node.tcp_outlets()]
+
+    async def _tcp_outlet_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._portal_errors():
+            entry = await self._node.delete_tcp_outlet(_text(args, "alias"))
+        return {"deleted": entry.alias}
+
+    async def _tcp_inlet_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._portal_errors():
+            entry = await self._node.create_tcp_inlet(
+                _text(args, "from"),
+                route=_text(args, "to"),
+                authorized=_node_ids(args.get("authorized")),
+                alias=args.get("alias") or None,
+                insecure=bool(args.get("insecure")),
+                timeout=_timeout(args),
+            )
+        return entry.describe()
+
+    async def _tcp_inlet_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [entry.describe() for entry in self._node.tcp_inlets()]
+
+    async def _tcp_inlet_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        with self._portal_errors():
+            entry = await self._node.delete_tcp_inlet(_text(args, "alias"))
+        return {"deleted": entry.alias}
 
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")

@@ -44,6 +44,13 @@ MIGRATIONS = [
     "CREATE TABLE tcp_listeners (address TEXT PRIMARY KEY)",
     # Where the owners of relays hosted here were last seen (UDP), to nudge them at restart.
     "CREATE TABLE relay_owner_addresses (name TEXT PRIMARY KEY, address TEXT NOT NULL)",
+    # TCP portals (inlets and outlets), as meshkey.portal.portals records them.
+    """
+    CREATE TABLE tcp_outlets (alias TEXT PRIMARY KEY, name TEXT NOT NULL, target TEXT NOT NULL,
+                              allow TEXT, insecure INTEGER NOT NULL, created_at TEXT NOT NULL);
+    CREATE TABLE tcp_inlets (alias TEXT PRIMARY KEY, listen TEXT NOT NULL, route TEXT NOT NULL,
+                             authorized TEXT, insecure INTEGER NOT NULL, created_at TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).

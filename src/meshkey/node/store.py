@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from typing import Any
 
 from meshkey.channel.policy import Policy
 from meshkey.identity.node_id import NodeId
@@ -123,3 +124,80 @@ class NodeStore:
     def delete_listener(self, name: str) -> None:
         with self._node.database() as db:
             db.execute("DELETE FROM listeners WHERE name = ?", (name,))
+
+    # TCP outlets and inlets (portals), as Portals' records give them
+    def tcp_outlets(self) -> list[dict[str, Any]]:
+        with self._node.database() as db:
+            rows = db.execute(
+                "SELECT alias, name, target, allow, insecure, created_at FROM tcp_outlets "
+                "ORDER BY alias"
+            ).fetchall()
+        return [
+            {
+                "alias": alias,
+                "name": name,
+                "to": target,
+                "allow": json.loads(allow) if allow else None,
+                "insecure": bool(insecure),
+                "created_at": created_at,
+            }
+            for alias, name, target, allow, insecure, created_at in rows
+        ]
+
+    def save_tcp_outlet(self, record: dict[str, Any]) -> None:
+        allow = record.get("allow")
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tcp_outlets(alias, name, target, allow, insecure, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record["alias"],
+                    record["name"],
+                    record["to"],
+                    json.dumps(sorted(allow)) if allow is not None else None,
+                    int(bool(record.get("insecure"))),
+                    record.get("created_at") or _now(),
+                ),
+            )
+
+    def delete_tcp_outlet(self, alias: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM tcp_outlets WHERE alias = ?", (alias,))
+
+    def tcp_inlets(self) -> list[dict[str, Any]]:
+        with self._node.database() as db:
+            rows = db.execute(
+                "SELECT alias, listen, route, authorized, insecure, created_at FROM tcp_inlets "
+                "ORDER BY alias"
+            ).fetchall()
+        return [
+            {
+                "alias": alias,
+                "listen": listen,
+                "route": route,
+                "authorized": json.loads(authorized) if authorized else None,
+                "insecure": bool(insecure),
+                "created_at": created_at,
+            }
+            for alias, listen, route, authorized, insecure, created_at in rows
+        ]
+
+    def save_tcp_inlet(self, record: dict[str, Any]) -> None:
+        authorized = record.get("authorized")
+        with self._node.database() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tcp_inlets(alias, listen, route, authorized, insecure, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record["alias"],
+                    record["listen"],
+                    record["route"],
+                    json.dumps(sorted(authorized)) if authorized is not None else None,
+                    int(bool(record.get("insecure"))),
+                    record.get("created_at") or _now(),
+                ),
+            )
+
+    def delete_tcp_inlet(self, alias: str) -> None:
+        with self._node.database() as db:
+            db.execute("DELETE FROM tcp_inlets WHERE alias = ?", (alias,))

@@ -74,6 +74,17 @@ READ_SIZE = 512 * 1024
 MIN_READ = 64 * 1024
 #: Queued packets smaller than this are joined into one message before sending.
 COALESCE_BELOW = 4096
+#: What a socket end reads before its session exists (then it stops reading).
+EARLY_READ = 16 * 1024
+_EARLY_BUFFER: list[memoryview] = []
+
+
+def _early_buffer() -> memoryview:
+    """One buffer for every socket end's early read: it is copied out in the callback that
+    filled it."""
+    if not _EARLY_BUFFER:
+        _EARLY_BUFFER.append(memoryview(bytearray(EARLY_READ)))
+    return _EARLY_BUFFER[0]
 
 
 class AppEnd(Protocol):
@@ -402,6 +413,20 @@ class MuxDriver:
                 await self._drained.wait()
         self.retire()
 
+    def retire_when_idle(self, then: Callable[[MuxDriver], None] | None = None) -> None:
+        """Stops once its last session is gone (at once if there is none): an inlet whose
+        route changed lets the sessions on the old one finish there. ``then(driver)`` runs
+        after it retired."""
+
+        def idle(driver: MuxDriver) -> None:
+            driver.retire()
+            if then is not None:
+                then(driver)
+
+        self._on_idle = idle
+        if not len(self.mux) and not self._outgoing:
+            idle(self)
+
     def retire(self) -> None:
         """Stops at once (nothing left to say): unregisters the worker, ends the sender."""
         self.closed = True
@@ -414,18 +439,59 @@ class MuxDriver:
 
 
 class SocketEnd(asyncio.BufferedProtocol):
-    """A TCP connection as a session's local end (the inlet's client, the outlet's server)."""
+    """A TCP connection as a session's local end (the inlet's client, the outlet's server).
 
-    def __init__(self, driver: MuxDriver, on_connected: Callable[[SocketEnd], None]) -> None:
-        self.driver = driver
+    Its session may come after the connection (an outlet connects first; an inlet may have
+    to resolve its route first, with no driver yet). Until then the socket is not read:
+    ``pause_reading`` in ``connection_made`` is not enough (uvloop starts reading after
+    ``connection_made`` whatever it was told), so what arrives early, at most one read of
+    :data:`EARLY_READ` bytes, is kept and reading pauses; the end of the stream or the loss
+    of the connection is remembered too. :meth:`start` hands all of it to the session.
+    """
+
+    def __init__(
+        self,
+        driver: MuxDriver | None,
+        on_connected: Callable[[SocketEnd], None],
+        on_lost_early: Callable[[SocketEnd], None] | None = None,
+    ) -> None:
+        self._driver = driver
         self.session: int | None = None
         self.transport: asyncio.Transport | None = None
         self._on_connected = on_connected
+        self._on_lost_early = on_lost_early
         self._written = 0
         self._reported = 0
         self._write_paused = False
         self._held = False
         self._ended = False  # the session is over: socket events no longer matter
+        self._early = bytearray()  # read before the session existed
+        self._early_eof = False
+        self._early_lost: str | None = None
+
+    @property
+    def driver(self) -> MuxDriver:
+        assert self._driver is not None, "the socket end has no driver yet"
+        return self._driver
+
+    @driver.setter
+    def driver(self, driver: MuxDriver) -> None:
+        self._driver = driver
+
+    def start(self) -> None:
+        """The session is set: hand it what arrived before, then read on."""
+        assert self.session is not None
+        data, self._early = bytes(self._early), bytearray()
+        if data:
+            self.driver.app_data(self.session, data)
+        if self._early_lost is not None:
+            self._ended = True
+            self.driver.app_reset(self.session, self._early_lost)
+            return
+        if self._early_eof:
+            self.driver.app_eof(self.session)
+        if self.transport is not None and not self.transport.is_closing() and not self._held:
+            self.transport.resume_reading()
 
     # asyncio.Protocol
 
@@ -439,27 +505,39 @@ class SocketEnd(asyncio.BufferedProtocol):
         self._on_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.session is None:
+            return _early_buffer()
         # Never read much past what the session may hold: its send buffer stays bounded by
         # send_buffer + MIN_READ, not + READ_SIZE.
         view = self.driver.read_buffer
-        if self.session is None:
-            return view[:MIN_READ]
         room = self.driver.send_room(self.session)
         return view[: min(READ_SIZE, max(MIN_READ, room))]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.session is not None and not self._ended:
-            self.driver.app_data(self.session, bytes(self.driver.read_buffer[:nbytes]))
+        if self._ended:
+            return
+        if self.session is None:
+            self._early += _early_buffer()[:nbytes]
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self.driver.app_data(self.session, bytes(self.driver.read_buffer[:nbytes]))
 
     def eof_received(self) -> bool:
-        if self.session is not None and not self._ended:
+        if self.session is None:
+            self._early_eof = True
+        elif not self._ended:
             self.driver.app_eof(self.session)
         return True  # keep the write side open: half-close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.session is not None and not self._ended:
+        reason = f"local connection lost: {exc}" if exc else "local connection closed"
+        if self.session is None:
+            self._early_lost = reason
+            if self._on_lost_early is not None:
+                self._on_lost_early(self)
+        elif not self._ended:
             self._ended = True
-            reason = f"local connection lost: {exc}" if exc else "local connection closed"
             self.driver.app_reset(self.session, reason)
 
     def pause_writing(self) -> None:

@@ -238,7 +238,7 @@ class Outlet:
         except PortalLocalError:
             end.transport.abort()
             return
-        end.transport.resume_reading()
+        end.start()  # what the server said already (an SSH banner), then read on
 
     def _idle(self, driver: MuxDriver) -> None:
         for key, value in list(self._remotes.items()):

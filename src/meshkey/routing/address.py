@@ -4,6 +4,9 @@ Grammar (segments separated by ``/``)::
 
     /service/NAME            a worker on the node that holds the message
     /node/NAME               a local node by name (the node layer resolves it to its address)
+    /secure/LISTENER         a secure channel to the listener LISTENER on the node reached so
+                             far, carrying the rest of the route (resolved by the node that
+                             originates traffic; never sent on the wire)
     /ip4/A/tcp/P             a TCP hop; also /ip4/A/udp/P, /ip6/A/tcp/P, /dns/HOST/tcp/P
       [/id/NODEID]           ...optionally pinned to the NodeId the peer must prove it has
 
@@ -115,7 +118,21 @@ class PeerAddress:
         return f"/peer/{self.node_id}"
 
 
-Address = ServiceAddress | NodeNameAddress | TransportAddress | PeerAddress
+@dataclass(frozen=True, slots=True)
+class SecureAddress:
+    """``/secure/LISTENER`` (Ockam's): open, or reuse, a secure channel to the listener
+    LISTENER (``/service/LISTENER``) on the node the route has reached so far, and carry the
+    rest of the route inside it. Text routes only: the node that originates traffic replaces
+    it (with everything before it) by the channel's address, so it is never sent on the wire.
+    """
+
+    listener: str
+
+    def __str__(self) -> str:
+        return f"/secure/{self.listener}"
+
+
+Address = ServiceAddress | NodeNameAddress | TransportAddress | PeerAddress | SecureAddress
 Route = tuple[Address, ...]
 
 
@@ -188,6 +205,16 @@ def _parse_address(segments: list[str], position: int, text: str) -> tuple[Addre
         if not _NODE_NAME.fullmatch(name):
             raise RouteError(f"invalid route {text!r}: {name!r} is not a valid node name")
         return NodeNameAddress(name), position + 2
+    if kind == "secure":
+        name = _take(
+            segments, position + 1, "/secure needs a listener name, e.g. /secure/api", text
+        )
+        if not _SERVICE_NAME.fullmatch(name):
+            raise RouteError(
+                f"invalid route {text!r}: secure channel listener name {name!r} must be 1-64 "
+                "letters, digits, '_', '.', '-'"
+            )
+        return SecureAddress(name), position + 2
     if kind in ("ip4", "ip6", "dns"):
         return _parse_transport(segments, position, text)
     if kind == "peer":
@@ -202,7 +229,7 @@ def _parse_address(segments: list[str], position: int, text: str) -> tuple[Addre
         raise RouteError(f"invalid route {text!r}: empty segment ('//')")
     raise RouteError(
         f"invalid route {text!r}: unknown address type {kind!r} "
-        "(expected service, node, peer, ip4, ip6 or dns)"
+        "(expected service, node, peer, secure, ip4, ip6 or dns)"
     )
 
 
@@ -282,6 +309,11 @@ def address_to_wire(address: Address) -> WireAddress:
             address.node_id.raw if address.node_id else None,
         )
         return WireAddress(_PROTOCOLS[address.protocol], encode_endpoint(endpoint))
+    if isinstance(address, SecureAddress):
+        raise RouteError(
+            f"{address} is resolved by the node that sends (it opens the secure channel): "
+            "send through a node (e.g. --from NODE), not along a raw route"
+        )
     raise RouteError(f"{address} must be resolved before it is sent")
 
 
