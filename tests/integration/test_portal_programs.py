@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
-import http.server
 import os
 import shutil
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +18,8 @@ from bench.portal import ssh_command, throwaway_sshd
 from meshkey import Node
 from meshkey.portal import Inlet, Outlet
 from meshkey.routing.address import parse_route
+
+from .programs import http_server
 
 pytestmark = pytest.mark.integration
 
@@ -67,25 +66,6 @@ async def test_ssh_runs_a_remote_command_through_a_portal() -> None:
             code, out, err = await run(*ssh_command(sshd, port), "echo", "through", "meshkey")
             assert code == 0, err
             assert out == b"through meshkey\n"
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def http_server(directory: Path) -> Iterator[int]:
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="no curl")
