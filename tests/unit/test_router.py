@@ -4,7 +4,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from meshkey.identity import Identity
-from meshkey.routing.address import NodeNameAddress, ServiceAddress, TransportAddress, parse_route
+from meshkey.routing.address import (
+    NodeNameAddress,
+    SecureAddress,
+    ServiceAddress,
+    TransportAddress,
+    parse_route,
+)
 from meshkey.routing.message import Message
 from meshkey.routing.router import Deliver, Fail, Forward, Router, RoutingError, next_hop
 from meshkey.wire.message import ErrorCode, MessageKind
@@ -18,6 +24,8 @@ def test_next_hop_decisions() -> None:
     assert next_hop(Message((ServiceAddress("x"),), (), b"")) == Deliver("x")
     assert isinstance(next_hop(Message((), (), b"")), Fail)
     assert isinstance(next_hop(Message((NodeNameAddress("b"),), (), b"")), Fail)
+    unresolved = next_hop(Message((SecureAddress("api"),), (), b""))
+    assert isinstance(unresolved, Fail) and unresolved.code is ErrorCode.UNSUPPORTED
 
 
 class FakeTransport:

@@ -21,6 +21,7 @@ from meshkey.routing.address import (
     NodeNameAddress,
     PeerAddress,
     Route,
+    SecureAddress,
     ServiceAddress,
     TransportAddress,
 )
@@ -110,7 +111,8 @@ def next_hop(message: Message) -> Deliver | Forward | Fail | Resolve:
         return Forward(first, message.step())
     if isinstance(first, PeerAddress):
         return Resolve(first.node_id)
-    assert isinstance(first, NodeNameAddress)
+    # /node/NAME and /secure/LISTENER are resolved by the node that originates the message.
+    assert isinstance(first, NodeNameAddress | SecureAddress)
     return Fail(ErrorCode.UNSUPPORTED, f"{first} was not resolved before sending")
 
 
