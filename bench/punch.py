@@ -46,6 +46,16 @@ Pairs (blue <- yellow, yellow initiates): EIM <- EIM (synchronised punch), EDM <
 public side answers whatever arrives). meshkey's p50/p95 and success are reported as ratios
 to each reference (p50 ratio < 1 and success ratio >= 1 are better).
 
+What the references show between two NATed sides (EIM <- EIM, EDM <- EIM): they fail in
+this lab, and ``conntrack -L`` during a try shows why (NATLAB.md's clash): without
+synchronisation the responder starts probing on CONNECT, before the initiator's first packet
+to it has left; its probe reaches the initiator's router first and is recorded there as an
+unreplied inbound flow (blue:4026 -> router:4066); the initiator's own outbound packet to
+blue then clashes with that entry and MASQUERADE gives it another port (50088), which blue's
+router filters (its mapping expects 4066). Both sides keep refreshing the stale entries for
+the whole budget. meshkey's low-TTL openers and synchronised start exist for exactly this;
+against a public side (no filter, no clash) all three succeed alike.
+
 Still to do: the HyperDHT side-by-side (its holepuncher in the same lab).
 
     python -m bench punch [--quick] [--tries N]
@@ -69,6 +79,7 @@ from meshkey.nat.strategy import STRATEGIES, PunchConfig
 from meshkey.node import launcher
 from meshkey.node.control_client import ControlClient
 from meshkey.node.state import Home
+from meshkey.wire.punch import AbortReason
 
 STRATEGY_NAMES = ("meshkey", "polykey", "ockam")
 #: (blue's kind, yellow's kind): yellow initiates.
@@ -79,6 +90,9 @@ PAIRS = [
     (NatKind.PUBLIC, NatKind.EDM),
 ]
 POLL_SECONDS = 0.02
+#: The path manager's punch status once an attempt ended without a path (``timeout: ...``,
+#: ``birthday-busy: ...``, a refusal...): anything but these means it is still on.
+GAVE_UP = (*(f"{reason.value}:" for reason in AbortReason), "punched, but")
 SLACK_SECONDS = 3.0  # signalling and the hop's handshake, on top of the punch budget
 
 
@@ -163,6 +177,8 @@ def one_try(blue: MeshkeyNode, yellow: MeshkeyNode, to_blue: str, limit: float) 
         path = dict((found[0].get("path") if found else None) or {})
         if path.get("direct"):
             break
+        if str(path.get("upgrade") or "").startswith(GAVE_UP):
+            break  # the first attempt reported its failure; the next is 40 s away
         time.sleep(POLL_SECONDS)
     result = Try(direct=bool(path.get("direct")), create_ms=(created - requested) * 1000)
     result.upgrade, result.path = str(path.get("upgrade") or ""), str(path.get("now") or "")
