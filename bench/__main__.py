@@ -9,6 +9,8 @@
     python -m bench natlab     # relay set-up and round trips through the NAT lab (root)
     python -m bench portal     # TCP portal throughput and latency vs loopback and ssh -L
     python -m bench dht        # node graph lookups vs kademlia 2.2.3 on one simulated network
+    python -m bench punch      # hole punching in the NAT lab vs Polykey's and Ockam's schedules
+                               # (root; --tries N fresh punches per pair, default 50)
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import attacks, channels, cli_latency, dht, natlab, portal, rtt, udp
+from bench import attacks, channels, cli_latency, dht, natlab, portal, punch, rtt, udp
 
 SUITES = {
     "rtt": rtt.main,
@@ -30,6 +32,7 @@ SUITES = {
     "natlab": natlab.main,  # relays through the NAT lab (root)
     "portal": portal.main,  # TCP portals vs loopback and ssh -L
     "dht": dht.main,  # node graph vs kademlia 2.2.3, simulated
+    "punch": punch.main,  # hole punching in the NAT lab vs the reference schedules (root)
 }
 
 
@@ -37,9 +40,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("suites", nargs="*", choices=[[], *SUITES], help="default: all")
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--tries", type=int, help="punch: fresh punches per pair and strategy")
     args = parser.parse_args()
     for name in args.suites or list(SUITES):
-        SUITES[name](quick=args.quick)
+        if name == "punch":
+            punch.main(quick=args.quick, tries=args.tries)
+        else:
+            SUITES[name](quick=args.quick)
     return 0
 
 
