@@ -280,20 +280,14 @@ class KademliaNet:
 async def loopback_network(count: int, seeds: int = 2) -> tuple[list[Any], list[Any]]:
     """``count`` embedded nodes (real QUIC hops on loopback) with their node graphs; the
     first ``seeds`` are the seeds, every other node joins through them."""
-    from meshkey.dht.service import DhtService
     from meshkey.node.core import Node
     from meshkey.wire.dht import Mode
 
     nodes, graphs = [], []
-    for index in range(count):
-        node = await Node(tcp=None).start()
-        graph = DhtService(
-            node.router, node.identity, node.udp, mode=Mode.SERVER, rng=random.Random(index)
-        )
-        node.events.subscribe(graph.on_transport_event)
-        await graph.start()
+    for _ in range(count):
+        node = await Node(tcp=None, dht_mode=Mode.SERVER).start()
         nodes.append(node)
-        graphs.append(graph)
+        graphs.append(node.graph)
     contacts = []
     for seed in nodes[:seeds]:
         address = seed.udp.address

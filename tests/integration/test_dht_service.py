@@ -41,6 +41,8 @@ def endpoint(node: Node) -> tuple[str, int]:
 
 
 async def start_graph(node: Node, *, mode: Mode | None = Mode.SERVER, **options) -> DhtService:
+    """A graph service with these options in place of the node's own (closed first)."""
+    await node.graph.close()
     service = DhtService(
         node.router, node.identity, node.udp, mode=mode, rng=random.Random(7), **options
     )

@@ -5,17 +5,19 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from meshkey.node.state import MIGRATIONS, SCHEMA_VERSION, Home
+from meshkey.node.state import MIGRATIONS, SCHEMA_VERSION, Home, migration_sql
 from meshkey.node.store import NodeStore
 
 
 def test_a_node_written_before_portals_migrates_and_keeps_its_state(tmp_path: Path) -> None:
     node = Home(tmp_path).node("blue")
     node.path.mkdir(parents=True)
-    before = next(i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE tcp_outlets" in m)
+    before = next(
+        i for i, m in enumerate(MIGRATIONS) if "CREATE TABLE tcp_outlets" in migration_sql(m)
+    )
     with sqlite3.connect(node.db_path) as db:  # the schema a release before portals left
         for migration in MIGRATIONS[:before]:
-            db.executescript(migration)
+            db.executescript(migration_sql(migration))
         db.execute("INSERT INTO config(key, value) VALUES ('identity', 'blue')")
         db.execute("INSERT INTO tcp_listeners(address) VALUES ('127.0.0.1:4000')")
         db.execute(f"PRAGMA user_version={before}")

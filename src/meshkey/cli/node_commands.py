@@ -61,6 +61,20 @@ def node() -> None:
     help="Never punch direct paths: traffic to peers stays on relays.",
 )
 @click.option(
+    "--seed",
+    "seeds",
+    multiple=True,
+    metavar="NODEID@HOST:PORT",
+    help="A node to join the node graph through (repeatable; MESHKEY_SEEDS adds more). "
+    "Once joined, a restarted node re-joins from its saved graph without its seeds.",
+)
+@click.option(
+    "--dht-mode",
+    type=click.Choice(["auto", "server", "client"]),
+    help="Whether the node answers DHT queries: auto finds out whether other nodes can "
+    "reach it [default: auto].",
+)
+@click.option(
     "--configuration",
     "configuration",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -84,6 +98,8 @@ def node_create(
     identity_name: str | None,
     observers: tuple[str, ...],
     no_direct: bool,
+    seeds: tuple[str, ...],
+    dht_mode: str | None,
     configuration: Path | None,
     variables: tuple[str, ...],
     foreground: bool,
@@ -108,9 +124,18 @@ def node_create(
     name = node_name(name or config.name or DEFAULT_NODE)
     udp, tcp = udp or config.udp, tcp or config.tcp
     identity_name = identity_name or config.identity
+    seed_list = [_seed(text) for text in seeds]
     existing = home.node(name)
     if existing.exists():
-        _check_same(home, name, udp=udp, tcp=tcp, identity=identity_name)
+        _check_same(
+            home,
+            name,
+            udp=udp,
+            tcp=tcp,
+            identity=identity_name,
+            seeds=json.dumps(seed_list) if seeds else None,
+            dht_mode=dht_mode,
+        )
         if foreground:
             _run_foreground(home, name)
             return
@@ -129,6 +154,8 @@ def node_create(
         identity=identity_name,
         observers=[_observer(text) for text in observers],
         direct=not no_direct,
+        seeds=seed_list,
+        dht_mode=dht_mode or "auto",
     )
     if foreground:
         _run_foreground(home, name)
@@ -155,6 +182,18 @@ def _observer(text: str) -> str:
         return f"{address.host}:{address.port}"
     host, port = parse_listen(text)
     return f"{host}:{port}"
+
+
+def _seed(text: str) -> str:
+    """A seed as the node stores it, checked now (NODEID@HOST:PORT)."""
+    from meshkey.dht.peers import parse_seed
+    from meshkey.routing.address import RouteError
+
+    try:
+        node_id, (host, port) = parse_seed(text)
+    except RouteError as exc:
+        raise CliError(f"--seed: {exc}", ExitCode.USAGE) from exc
+    return f"{node_id}@{host}:{port}"
 
 
 def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -350,6 +389,9 @@ def node_show(ctx: click.Context, name: str | None, output: str) -> None:
         nat = summary.get("nat")
         if nat:
             rows.append(("nat", _nat_line(nat)))
+        graph = summary.get("graph")
+        if graph:
+            rows.append(("graph", f"{graph['mode']}, {graph['peers']} peers"))
         rows += [
             ("pid", summary["pid"]),
             ("addresses", summary["addresses"]),

@@ -11,6 +11,7 @@ import builtins
 from typing import Any
 
 from meshkey.dht.service import DhtService, FindResult
+from meshkey.errors import MeshkeyError
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
@@ -39,6 +40,27 @@ def parse_peer_address(text: str | Endpoint | TransportAddress) -> Endpoint:
     if address.protocol != "udp":
         raise RouteError(f"{text}: the node graph holds UDP addresses")
     return address.host, address.port
+
+
+class PeerNotFoundError(MeshkeyError):
+    """No node of the network has that NodeId (a lookup converged without it)."""
+
+    default_kind = "not_found"
+
+
+def parse_seed(text: str | tuple[NodeId, Endpoint]) -> tuple[NodeId, Endpoint]:
+    """``NODEID@HOST:PORT`` (or ``NODEID@/ip4/H/udp/P``) -> (NodeId, (host, port)):
+    a seed is named by its NodeId, so the hop to it is pinned and a wrong one never joins."""
+    if isinstance(text, tuple):
+        return text
+    node_id, sep, address = text.strip().partition("@")
+    if not sep or not node_id or not address:
+        raise RouteError(f"invalid seed {text!r}: expected NODEID@HOST:PORT")
+    try:
+        peer = NodeId.parse(node_id)
+    except ValueError as exc:
+        raise RouteError(f"invalid seed {text!r}: {exc}") from exc
+    return peer, parse_peer_address(address)
 
 
 def _node_id(value: str | NodeId) -> NodeId:
@@ -73,9 +95,18 @@ class PeerGraph:
     def list(self) -> list[dict[str, Any]]:
         return self.service.peers()
 
-    async def ping(self, node_id: str | NodeId) -> dict[str, Any]:
+    async def ping(self, node_id: str | NodeId, *, timeout: float = 30.0) -> dict[str, Any]:
+        """An authenticated round trip; a peer that is not in the graph is looked up first."""
         peer = _node_id(node_id)
-        rtt = await self.service.ping(peer)
+        address = None
+        if self.service.engine.table.get(peer) is None and self.service._live_link(peer) is None:
+            found = await self.service.find(peer, timeout=timeout)
+            if not found.found or not found.addresses:
+                raise PeerNotFoundError(
+                    f"peer {peer} not found (the lookup asked {found.stats.nodes_asked} nodes)"
+                )
+            address = found.addresses[0]
+        rtt = await self.service.ping(peer, address)
         link = self.service._live_link(peer)
         return {
             "node_id": str(peer),

@@ -7,6 +7,7 @@ async with meshkey.Node() as node:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import re
 import secrets
@@ -17,6 +18,9 @@ from typing import Any
 
 from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
 from meshkey.channel.policy import RELAY_RESOURCE, SPECIAL_RESOURCES, Policies, Policy
+from meshkey.dht.peers import PeerGraph, parse_seed
+from meshkey.dht.records import RecordContent
+from meshkey.dht.service import DhtService
 from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -49,6 +53,8 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
+from meshkey.wire.dht import Endpoint, Mode
+from meshkey.wire.dht import NatClass as RecordNatClass
 from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode
 
@@ -58,6 +64,8 @@ ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 
 __all__ = ["Node", "RemoteError"]
 
+
+RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
 
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -113,12 +121,21 @@ class Node:
         observers: Iterable[str] = (),
         direct: bool = True,
         punch: PunchConfig = MESHKEY,
+        seeds: Iterable[str | tuple[NodeId, Endpoint]] = (),
+        dht_mode: Mode | None = None,
     ) -> None:
         """``observers``: UDP addresses (``HOST:PORT`` or ``/ip4/A/udp/P``) of public nodes
         that may tell this node how its NAT maps its socket (besides the relay nodes it uses).
-        ``direct=False``: traffic to peers stays on the relays (no hole punching)."""
+        ``direct=False``: traffic to peers stays on the relays (no hole punching).
+        ``seeds``: ``NODEID@HOST:PORT`` of the nodes this node joins the node graph through;
+        ``dht_mode`` None finds out whether the node is reachable (a server) by dial-backs."""
         self.identity = identity or Identity.generate()
         self._observers = [_udp_endpoint(text) for text in observers]
+        self._seeds = [parse_seed(seed) for seed in seeds]
+        self._dht_mode = dht_mode
+        self._dht: DhtService | None = None
+        self._peers: PeerGraph | None = None
+        self._join_task: asyncio.Task[None] | None = None
         self._direct = direct
         self._punch = punch
         self.name = name
@@ -181,6 +198,18 @@ class Node:
         return registry
 
     @property
+    def graph(self) -> DhtService:
+        """The node graph's service (``peers`` is its user-facing API)."""
+        graph: DhtService = self._require(self._dht)
+        return graph
+
+    @property
+    def peers(self) -> PeerGraph:
+        """The node graph: ``await node.peers.find(NODEID)``, ``node.peers.list()``..."""
+        peers: PeerGraph = self._require(self._peers)
+        return peers
+
+    @property
     def addresses(self) -> list[TransportAddress]:
         """Where this node listens: UDP first (what ``/node/NAME`` means), then TCP."""
         return [t.address for t in (self._udp, self._tcp) if t is not None and t.address]
@@ -224,6 +253,16 @@ class Node:
             punch=self._punch,
         )
         self.events.subscribe(self._paths.on_transport_event)
+        self._dht = DhtService(
+            router,
+            self.identity,
+            self._udp,
+            store=store.graph_store() if store else None,
+            mode=self._dht_mode,
+        )
+        self.events.subscribe(self._dht.on_transport_event)
+        await self._dht.start()
+        self._peers = PeerGraph(self._dht, [self._udp, self._tcp])
         if self._udp_listen is not None:
             await self._udp.listen(*self._udp_listen)
         if self._tcp_listen is not None:
@@ -233,6 +272,7 @@ class Node:
         if self._udp.address is not None:
             self.announce_restart()
             self._paths.wake()
+            self.join_graph()
         await self._start_portals(store)
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
@@ -263,15 +303,71 @@ class Node:
 
         return {"on_claim": on_claim, "on_release": on_release, "on_address": on_address}
 
+    def join_graph(self) -> None:
+        """Joins the node graph in the background, once the UDP socket listens: through the
+        seeds, or from the graph restored from the state database (seeds may be down then).
+        A node with neither is the first of its network: it answers DHT queries at once
+        (others check that claim before they hand it out)."""
+        if self._join_task is not None or self._dht is None:
+            return
+        self._join_task = asyncio.get_running_loop().create_task(self._join())
+
+    async def _join(self) -> None:
+        graph = self.graph
+        if not self._seeds and len(graph.engine.table) == 0:
+            if self._dht_mode is None:
+                graph.engine.set_mode(Mode.SERVER)
+            log.info("dht.first_node", mode=graph.mode.name.lower())
+            return
+        try:
+            size = await graph.join(self._seeds)
+            log.info("dht.joined", peers=size, mode=graph.mode.name.lower())
+        except (RemoteError, TimeoutError) as exc:
+            log.warning("dht.join_failed", reason=str(exc) or type(exc).__name__)
+        # The record says what the NAT classification and the relays found; both come later
+        # than the join and change: publish again whenever it would say something new (the
+        # engine itself republishes before expiry).
+        published: RecordContent | None = None
+        while True:
+            content = self.record_content()
+            if content != published:
+                try:
+                    await graph.publish(content)
+                    published = content
+                except (RemoteError, TimeoutError) as exc:
+                    log.info("dht.publish_failed", reason=str(exc) or type(exc).__name__)
+            await asyncio.sleep(RECORD_CHECK_INTERVAL)
+
+    def record_content(self) -> RecordContent:
+        """What this node's signed peer record says: where it listens (if it is reachable),
+        what its NAT maps its socket to, its NAT class and its relays' routes."""
+        direct: tuple[Endpoint, ...] = ()
+        address = self.udp.address
+        if address is not None and self.graph.mode is Mode.SERVER:
+            direct = (address.endpoint,)
+        found = self._paths.classification if self._paths is not None else None
+        nat_class = RecordNatClass.UNKNOWN
+        reflexive: tuple[Endpoint, ...] = ()
+        if found is not None:
+            nat_class = RecordNatClass[found.nat_class.name]
+            reflexive = tuple(found.mappings[:2])
+        relays = tuple(r.address for r in self.relays.relays() if r.address)
+        return RecordContent(nat_class, direct, reflexive, relays)
+
     async def stop(self) -> None:
         if not self._started:
             return
         self._started = False
+        if self._join_task is not None:
+            self._join_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._join_task
         await self._stop_portals()
         if self._paths is not None:
             await self._paths.close()
         await self.relays.close()
         await self.channels.close_all()
+        await self.graph.close()
         await self.udp.close()
         await self.tcp.close()
         await self.router.close()
@@ -520,6 +616,11 @@ class Node:
             "connections": self.udp.connections() + self.tcp.connections(),
             "udp_stats": dict(self.udp.endpoint.stats),
             "nat": self.nat_info(),
+            "graph": {
+                "mode": self.graph.mode.name.lower(),
+                "peers": len(self.graph.engine.table),
+                "seeds": [f"{n}@{h}:{p}" for n, (h, p) in self._seeds],
+            },
             "unauthenticated": {
                 "udp": sum(self.udp.unauthenticated.values()),
                 "tcp": sum(self.tcp.unauthenticated.values()),

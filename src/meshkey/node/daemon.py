@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from meshkey.dht.peers import PeerNotFoundError, parse_seed
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger, configure_logging
@@ -34,6 +35,7 @@ from meshkey.node.store import NodeStore
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
+from meshkey.wire.dht import Mode
 
 log = EventLogger("node.daemon")
 
@@ -82,6 +84,8 @@ class Daemon:
             observers=json.loads(config.get("observers") or "[]"),
             direct=config.get("direct", "on") != "off",
             punch=_punch_strategy(),
+            seeds=_seeds(config),
+            dht_mode=_dht_mode(config),
         )
         self.store = store
         await self.node.start()
@@ -96,6 +100,7 @@ class Daemon:
             self.dir.set_config({"node_id": str(identity.node_id), **bound})
             self.node.announce_restart()
             self.node.path_service.wake()  # listening now: classify the NAT
+            self.node.join_graph()  # and join the node graph
             for extra in store.tcp_listeners():
                 try:
                     await self.node.tcp.listen(*parse_listen(extra))
@@ -168,6 +173,12 @@ class Daemon:
             "tcp_inlet.create": self._tcp_inlet_create,
             "tcp_inlet.list": self._tcp_inlet_list,
             "tcp_inlet.delete": self._tcp_inlet_delete,
+            "peer.add": self._peer_add,
+            "peer.find": self._peer_find,
+            "peer.list": self._peer_list,
+            "peer.ping": self._peer_ping,
+            "peer.connections": self._peer_connections,
+            "peer.remove": self._peer_remove,
         }
 
     @property
@@ -410,8 +421,64 @@ class Daemon:
             entry = await self._node.delete_tcp_inlet(_text(args, "alias"))
         return {"deleted": entry.alias}
 
+    # the node graph
+    async def _peer_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        with _control_errors():
+            return await self._node.peers.add(
+                _text(args, "node_id"),
+                _text(args, "address"),
+                force=bool(args.get("force")),
+                ping=not args.get("no_ping"),
+            )
+
+    async def _peer_find(self, args: dict[str, Any]) -> dict[str, Any]:
+        with _control_errors():
+            result = await self._node.peers.find(_text(args, "node_id"), timeout=_timeout(args))
+        return result.describe()
+
+    async def _peer_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        graph = self._node.graph
+        return {
+            "node_id": str(self._node.node_id),
+            "mode": graph.mode.name.lower(),
+            "peers": self._node.peers.list(),
+        }
+
+    async def _peer_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        with _control_errors():
+            return await self._node.peers.ping(_text(args, "node_id"))
+
+    async def _peer_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self._node.peers.connections()
+
+    async def _peer_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        node_id = _text(args, "node_id")
+        with _control_errors():
+            removed = self._node.peers.remove(node_id)
+        if not removed:
+            raise ControlError("not_found", f"{node_id} is not in this node's graph")
+        return {"removed": node_id}
+
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _seeds(config: dict[str, str]) -> list[str]:
+    """The node's seeds (``node create --seed``) and those of ``MESHKEY_SEEDS`` (separated
+    by commas or spaces), checked at start: a bad one is an error, not a silent skip."""
+    seeds = list(json.loads(config.get("seeds") or "[]"))
+    seeds += os.environ.get("MESHKEY_SEEDS", "").replace(",", " ").split()
+    for seed in seeds:
+        try:
+            parse_seed(seed)
+        except RouteError as exc:
+            raise DaemonError(str(exc)) from exc
+    return seeds
+
+
+def _dht_mode(config: dict[str, str]) -> Mode | None:
+    """``auto`` (the default): dial-backs decide whether this node answers DHT queries."""
+    return {"server": Mode.SERVER, "client": Mode.CLIENT}.get(config.get("dht_mode", "auto"))
 
 
 def _text(args: dict[str, Any], key: str) -> str:
@@ -450,6 +517,8 @@ def _control_errors() -> Iterator[None]:
         raise ControlError(exc.code, str(exc)) from exc
     except RemoteError as exc:
         raise ControlError(exc.code.name.lower(), exc.text) from exc
+    except PeerNotFoundError as exc:
+        raise ControlError(exc.kind, str(exc)) from exc
     except ValueError as exc:
         raise ControlError("conflict" if "already" in str(exc) else "invalid", str(exc)) from exc
 

@@ -34,6 +34,8 @@ def create_node(
     udp: str | None = None,
     observers: list[str] | None = None,
     direct: bool = True,
+    seeds: list[str] | None = None,
+    dht_mode: str = "auto",
 ) -> NodeDir:
     """Writes a new node's configuration (creating its identity if it has none yet)."""
     home.ensure()
@@ -71,6 +73,8 @@ def create_node(
             "udp": listen_udp,
             "observers": json.dumps(observers or []),
             "direct": "on" if direct else "off",
+            "seeds": json.dumps(seeds or []),
+            "dht_mode": dht_mode,
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
@@ -156,6 +160,7 @@ LIVE_FIELDS = (
     "unauthenticated",
     "nat",
     "peers",
+    "graph",
 )
 
 

@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,8 +31,18 @@ if TYPE_CHECKING:  # imported where used: the CLI's quick commands need none of 
     from meshkey.identity.store import IdentityStore
     from meshkey.routing.address import Route, TransportAddress
 
+
+def _node_graph_schema() -> str:
+    """The node graph's tables, owned by ``meshkey.dht.store`` (imported only to migrate:
+    the CLI's quick commands need no DHT code)."""
+    from meshkey.dht.store import DDL
+
+    return DDL
+
+
 # Each entry brings the schema from version i to i + 1; never edit one that has shipped.
-MIGRATIONS = [
+# An entry is SQL, or a function returning the SQL of a layer that owns its tables.
+MIGRATIONS: list[str | Callable[[], str]] = [
     "CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """
     CREATE TABLE relays (name TEXT PRIMARY KEY, at TEXT NOT NULL, created_at TEXT NOT NULL);
@@ -51,8 +61,16 @@ MIGRATIONS = [
     CREATE TABLE tcp_inlets (alias TEXT PRIMARY KEY, listen TEXT NOT NULL, route TEXT NOT NULL,
                              authorized TEXT, insecure INTEGER NOT NULL, created_at TEXT NOT NULL);
     """,
+    # The node graph (issue 11): peers, the records held, this node's record sequence.
+    _node_graph_schema,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migration_sql(migration: str | Callable[[], str]) -> str:
+    return migration if isinstance(migration, str) else migration()
+
+
 #: sockaddr_un holds 108 bytes; longer paths are reached through a chdir (see connect_unix).
 _UNIX_PATH_LIMIT = 100
 
@@ -198,7 +216,7 @@ class NodeDir:
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             for migration in MIGRATIONS[version:]:
-                for statement in migration.split(";"):
+                for statement in migration_sql(migration).split(";"):
                     if statement.strip():
                         connection.execute(statement)
             if version < SCHEMA_VERSION:

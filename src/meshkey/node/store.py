@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from meshkey.channel.policy import Policy
+from meshkey.dht.store import SqliteGraphStore, StoredPeer
 from meshkey.identity.node_id import NodeId
 from meshkey.node.state import NodeDir
 
@@ -201,3 +203,42 @@ class NodeStore:
     def delete_tcp_inlet(self, alias: str) -> None:
         with self._node.database() as db:
             db.execute("DELETE FROM tcp_inlets WHERE alias = ?", (alias,))
+
+    # the node graph
+    def graph_store(self) -> NodeGraphStore:
+        return NodeGraphStore(self._node)
+
+
+class NodeGraphStore:
+    """:class:`~meshkey.dht.store.GraphStore` on the node's state database: the tables are
+    the DHT layer's, the connection is opened per call as for everything else here (the
+    daemon's writes are small batches every few seconds)."""
+
+    def __init__(self, node: NodeDir) -> None:
+        self._node = node
+
+    def load_peers(self) -> list[StoredPeer]:
+        with self._node.database() as db:
+            return SqliteGraphStore(db).load_peers()
+
+    def save_peers(self, changed: Iterable[StoredPeer], removed: Iterable[NodeId]) -> None:
+        with self._node.database() as db:
+            SqliteGraphStore(db).save_peers(changed, removed)
+
+    def load_records(self) -> list[bytes]:
+        with self._node.database() as db:
+            return SqliteGraphStore(db).load_records()
+
+    def save_records(
+        self, changed: Iterable[tuple[NodeId, bytes, float]], removed: Iterable[NodeId]
+    ) -> None:
+        with self._node.database() as db:
+            SqliteGraphStore(db).save_records(changed, removed)
+
+    def load_sequence(self) -> int:
+        with self._node.database() as db:
+            return SqliteGraphStore(db).load_sequence()
+
+    def save_sequence(self, sequence: int) -> None:
+        with self._node.database() as db:
+            SqliteGraphStore(db).save_sequence(sequence)

@@ -185,6 +185,7 @@ class HopConnection:
         self.last_received = now
         self._last_activity = now
         self._answer_by: float | None = None  # the peer must say something before this
+        self.suspected = False  # asked by suspect() to prove itself, and silent since
         self._answer_why = ""
         self._pings_sent = 0
         self._ping_times: dict[int, float] = {}
@@ -225,6 +226,7 @@ class HopConnection:
         if now is not None:
             self.last_received = self._last_activity = now
             self._answer_by = None
+            self.suspected = False
         events: list[HopEvent] = []
         try:
             bodies = self._decoder.feed(data)
@@ -269,10 +271,12 @@ class HopConnection:
                     del self._ping_times[min(self._ping_times)]
             self._queue(Ping(token))
 
-    def suspect(self, now: float) -> None:
-        """An ICMP error came back for this peer: ask it to prove it is still there."""
+    def suspect(self, now: float, why: str = "the peer is gone (ICMP)") -> None:
+        """An ICMP error came back for this peer (or another hint that it is gone): ask it
+        to prove it is still there."""
         if self.state is State.OPEN:
-            self._expect_answer(now, self.liveness.suspect_grace, "the peer is gone (ICMP)")
+            self.suspected = True
+            self._expect_answer(now, self.liveness.suspect_grace, why)
 
     def on_timer(self, now: float) -> list[HopEvent]:
         """Events due at ``now``; then drain :meth:`chunks_to_send`, re-read the deadline."""

@@ -146,14 +146,27 @@ class LinkTransport:
         raise NotImplementedError
 
     def outbound(self, address: TransportAddress) -> HopLink:
-        """The link to ``address``: an open or opening one, else a new one (dialling)."""
+        """The link to ``address``: an open or opening one, else a new one (dialling). A
+        link under suspicion (silent since it was asked to prove itself) is not handed out:
+        a new one is dialled beside it, and the old one closes unless it answers."""
         key = (address.host, address.port, address.node_id)
         link = self._outbound.get(key)
-        if link is None or link.closed:
+        if link is None or link.closed or link.core.suspected:
             link = self._new_outbound(address)
             self._outbound[key] = link
             link.start_outbound()
         return link
+
+    def question_older_hops(self, inbound: HopLink) -> None:
+        """A peer dialled in from the address an outbound hop of ours goes to: perhaps it
+        restarted, and that hop talks to a process that is gone (nothing tells a QUIC or TCP
+        client so until its idle timeout). The old hop is asked to prove itself within
+        ``suspect_grace``; one that answers stays, one that does not is closed and the next
+        send to that address dials anew."""
+        for link in list(self._outbound.values()):
+            same = link.core.peer == inbound.core.peer and link.remote == inbound.remote
+            if same and link is not inbound and not link.closed:
+                link.suspect("the peer dialled in anew (restarted?) and this hop is silent")
 
     async def send(self, address: TransportAddress, message: Message) -> None:
         await self.outbound(address).enqueue(message)
@@ -342,6 +355,8 @@ class HopLink:
         self.transport.emit(
             HopAuthenticated(peer, self.transport.protocol, self.remote, self.direction)
         )
+        if self.direction == "inbound":
+            self.transport.question_older_hops(self)
         self.spawn(self._write_loop(), "write")
 
     def _stranger_done(self) -> None:
@@ -520,11 +535,11 @@ class HopLink:
             self._flush()
         self._rearm()
 
-    def suspect(self) -> None:
+    def suspect(self, why: str = "the peer is gone (ICMP)") -> None:
         """An ICMP error says the peer may be gone: the core asks it to prove otherwise."""
         if self.closed:
             return
-        self.core.suspect(self._loop.time())
+        self.core.suspect(self._loop.time(), why)
         with contextlib.suppress(LinkError, OSError):
             self._flush()
         self._rearm()
