@@ -9,6 +9,7 @@
     python -m bench natlab     # relay set-up and round trips through the NAT lab (root)
     python -m bench portal     # TCP portal throughput and latency vs loopback and ssh -L
     python -m bench dht        # node graph lookups vs kademlia 2.2.3 on one simulated network
+    python -m bench dht-daemons  # `peer find` wall time on 30 real daemons on loopback
     python -m bench punch      # hole punching in the NAT lab vs Polykey's and Ockam's schedules
                                # (root; --tries N fresh punches per pair, default 50)
 
@@ -21,7 +22,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import attacks, channels, cli_latency, dht, natlab, portal, punch, rtt, udp
+from bench import (
+    attacks,
+    channels,
+    cli_latency,
+    dht,
+    dht_daemons,
+    natlab,
+    portal,
+    punch,
+    rtt,
+    udp,
+)
 
 SUITES = {
     "rtt": rtt.main,
@@ -32,6 +44,7 @@ SUITES = {
     "natlab": natlab.main,  # relays through the NAT lab (root)
     "portal": portal.main,  # TCP portals vs loopback and ssh -L
     "dht": dht.main,  # node graph vs kademlia 2.2.3, simulated
+    "dht-daemons": dht_daemons.main,  # peer find on 30 real daemons via the CLI
     "punch": punch.main,  # hole punching in the NAT lab vs the reference schedules (root)
 }
 

@@ -33,7 +33,7 @@ def test_identity_commands(cli: Cli) -> None:
 
 def test_node_lifecycle(cli: Cli) -> None:
     created = cli.json("node", "create", "blue")
-    assert created["services"] == ["api", "echo", "hop", "relay", "uppercase"]
+    assert created["services"] == ["api", "dht", "echo", "hop", "relay", "uppercase"]
     udp, tcp = created["addresses"]
     assert udp.startswith("/ip4/127.0.0.1/udp/") and f"/id/{created['node_id']}" in udp
     assert tcp.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in tcp

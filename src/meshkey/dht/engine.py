@@ -16,7 +16,7 @@ Inputs (each takes ``now``, monotonic seconds; records are judged at ``now + wal
     on_answer(txid, peer, answer, now)                  the answer to one of our requests
     on_failure(txid, now, refused=)                     our request failed (hop refused...)
     on_timer(now)                                       at next_deadline()
-    start_lookup / join / publish / add_manual / set_mode
+    start_lookup / join / publish / expect_manual / set_mode
 
 Output: :meth:`commands` (:class:`SendRequest`, :class:`DialBackJob`,
 :class:`~meshkey.dht.records.PersistSequence`) and :meth:`events` (:class:`LookupFinished`,
@@ -321,11 +321,17 @@ class DhtEngine:
             self._start_ping_round(verdict, now)
         return verdict
 
-    def add_manual(self, node_id: NodeId, address: Endpoint, now: float, *, force: bool) -> bytes:
-        """``peer add``: ping ``node_id`` at ``address``; it enters the table when the hop
-        authenticates (evicting the bucket's oldest if ``force``). Returns the ping's txid."""
+    def expect_manual(self, node_id: NodeId, *, force: bool) -> None:
+        """``peer add``: the glue dials ``node_id`` on a fresh hop to the address given; it
+        enters the table when that hop authenticates (evicting the bucket's oldest if
+        ``force``), learned as manual."""
         self._manual[node_id] = force
-        return self._send(node_id, address, Ping(self._txid(), self.mode), now, deadline=True)
+
+    def manual_pending(self, node_id: NodeId) -> bool:
+        return node_id in self._manual
+
+    def forget_manual(self, node_id: NodeId) -> None:
+        self._manual.pop(node_id, None)
 
     def add_hint(self, node_id: NodeId, address: Endpoint) -> None:
         """A contact known without proof (``peer add --no-ping``): used to start lookups,

@@ -566,10 +566,25 @@ class DhtService:
         if not ping:
             self.engine.add_hint(node_id, address)
             return None
-        self.engine.add_manual(node_id, address, self._loop.time(), force=force)
-        self._pump()
-        # The ping's hop authenticates (inserting the peer) before its answer arrives.
-        await self.ping(node_id, address)
+        # A fresh hop to the address given, even with a live hop to the peer elsewhere: what
+        # enters the graph is the address proven. The hop authenticates (inserting the peer)
+        # before the ping's answer arrives.
+        self.engine.expect_manual(node_id, force=force)
+        started = self._loop.time()
+        try:
+            answer = await self.request(
+                node_id, address, Ping(self.engine.rng.randbytes(8), self.mode), fresh=True
+            )
+            if self.engine.manual_pending(node_id):
+                # The hop to that address was up already (one outbound hop per address), so
+                # no new authentication came: its authenticated answer is the same proof.
+                self.engine.on_authenticated(node_id, address, "outbound", self._loop.time())
+        finally:
+            self.engine.forget_manual(node_id)
+            self._pump()
+        if not isinstance(answer, Pong):
+            raise RemoteError(ErrorCode.REFUSED, f"{node_id.short()} answered {answer}")
+        self.engine.rtt.sample(node_id, self._loop.time() - started)
         return self.engine.table.get(node_id)
 
     def remove(self, node_id: NodeId) -> bool:

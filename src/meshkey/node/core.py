@@ -66,6 +66,8 @@ __all__ = ["Node", "RemoteError"]
 
 
 RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
+REACHABILITY_FIRST_RECHECK = 60.0  # after joining, whether others can dial in is asked again
+REACHABILITY_RECHECK = 600.0  # and then every ten minutes (addresses and NATs change)
 
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -328,7 +330,16 @@ class Node:
         # than the join and change: publish again whenever it would say something new (the
         # engine itself republishes before expiry).
         published: RecordContent | None = None
+        loop = asyncio.get_running_loop()
+        recheck_at = loop.time() + REACHABILITY_FIRST_RECHECK
         while True:
+            if self._dht_mode is None and loop.time() >= recheck_at:
+                # Asked again once the graph knows more servers: early answers may come from
+                # the asked node itself (no third node to dial back), which a NAT's filter
+                # lets through; a helper's dial-back is the better test.
+                with contextlib.suppress(RemoteError, TimeoutError):
+                    await graph.check_reachability()
+                recheck_at = loop.time() + REACHABILITY_RECHECK
             content = self.record_content()
             if content != published:
                 try:
