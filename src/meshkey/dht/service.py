@@ -35,7 +35,7 @@ import contextlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,12 +143,15 @@ class DhtService:
         k: int = 20,
         alpha: int = 3,
         request_timeout: float = REQUEST_TIMEOUT,
+        behind_nat: Callable[[], bool | None] | None = None,
     ) -> None:
         self.router = router
         self.identity = identity
         self.udp = udp
         self.store = store or MemoryGraphStore()
         self.fixed_mode = mode
+        # True behind a NAT, False public, None unknown (the node's NAT classification)
+        self.behind_nat = behind_nat
         self.request_timeout = request_timeout
         self._loop = asyncio.get_running_loop()
         self.wall_offset = time.time() - self._loop.time()
@@ -394,7 +397,16 @@ class DhtService:
         return False
 
     async def check_reachability(self, *, asks: int = 2) -> Mode:
-        """Asks up to ``asks`` servers to dial this node back; sets and returns the mode."""
+        """Asks up to ``asks`` servers to dial this node back; sets and returns the mode.
+
+        A node its NAT classification puts behind a NAT is a client without asking: a
+        dial-back reaches it only through a mapping it opened itself (toward the node asked,
+        or a helper it met while joining), which says nothing about strangers reaching it."""
+        behind = self.behind_nat() if self.behind_nat is not None else None
+        if behind:
+            self.engine.set_mode(Mode.CLIENT)
+            log.info("dht.mode", mode="client", reason="behind a NAT (classified)")
+            return self.mode
         servers = self.engine.table.closest(self.node_id, asks)
         if not servers:
             return self.mode
@@ -410,7 +422,16 @@ class DhtService:
                 continue
             if isinstance(answer, DialBackResult):
                 results.append((nonce, answer))
-        helped = [r for r in results if r[1].helper] or results
+        helped = [r for r in results if r[1].helper]
+        if not helped and results:
+            # Only the asked nodes dialled back themselves, from the address this node had
+            # sent to: any NAT lets that in, so it proves reachability only when no NAT
+            # translates this node's address.
+            helped = results if behind is False or await self._untranslated(servers[0]) else []
+            if not helped:
+                self.engine.set_mode(Mode.CLIENT)
+                log.info("dht.mode", mode="client", reason="behind a NAT, no third node")
+                return self.mode
         reachable = any(
             result.ok and self._nonces_seen.get(nonce) == "inbound" for nonce, result in helped
         )
@@ -418,6 +439,19 @@ class DhtService:
             self.engine.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
             log.info("dht.mode", mode=self.mode.name.lower(), answers=len(helped))
         return self.mode
+
+    async def _untranslated(self, server: Entry) -> bool:
+        """Whether ``server`` sees this node at its own socket's address (no NAT between)."""
+        local = self.udp.address
+        if local is None:
+            return False
+        try:
+            answer = await self.request(
+                server.node_id, server.address, Ping(self.engine.rng.randbytes(8), self.mode)
+            )
+        except RemoteError:
+            return False
+        return isinstance(answer, Pong) and answer.observed == (local.host, local.port)
 
     # -- the engine's output --------------------------------------------------------------
 

@@ -250,7 +250,8 @@ class Node:
             self._tcp,
             self._channels,
             self._reflexive,
-            observers=self._observers,
+            # Seeds are public nodes this node talks to anyway: they tell it its mapping too.
+            observers=list(dict.fromkeys([*self._observers, *(a for _, a in self._seeds)])),
             no_direct=not self._direct,
             punch=self._punch,
         )
@@ -261,6 +262,7 @@ class Node:
             self._udp,
             store=store.graph_store() if store else None,
             mode=self._dht_mode,
+            behind_nat=self._behind_nat,
         )
         self.events.subscribe(self._dht.on_transport_event)
         await self._dht.start()
@@ -332,7 +334,10 @@ class Node:
         published: RecordContent | None = None
         loop = asyncio.get_running_loop()
         recheck_at = loop.time() + REACHABILITY_FIRST_RECHECK
+        classified = self._behind_nat()
         while True:
+            if self._behind_nat() != classified:  # classified (again) since: ask again now
+                classified, recheck_at = self._behind_nat(), loop.time()
             if self._dht_mode is None and loop.time() >= recheck_at:
                 # Asked again once the graph knows more servers: early answers may come from
                 # the asked node itself (no third node to dial back), which a NAT's filter
@@ -348,6 +353,13 @@ class Node:
                 except (RemoteError, TimeoutError) as exc:
                     log.info("dht.publish_failed", reason=str(exc) or type(exc).__name__)
             await asyncio.sleep(RECORD_CHECK_INTERVAL)
+
+    def _behind_nat(self) -> bool | None:
+        """What the NAT classification says: None while it does not know."""
+        found = self._paths.classification if self._paths is not None else None
+        if found is None or found.nat_class.name == "UNKNOWN":
+            return None
+        return found.nat_class.name != "PUBLIC"
 
     def record_content(self) -> RecordContent:
         """What this node's signed peer record says: where it listens (if it is reachable),
