@@ -436,9 +436,23 @@ class DhtService:
             result.ok and self._nonces_seen.get(nonce) == "inbound" for nonce, result in helped
         )
         if helped:
+            before = self.mode
             self.engine.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
             log.info("dht.mode", mode=self.mode.name.lower(), answers=len(helped))
+            if before is not Mode.SERVER and self.mode is Mode.SERVER:
+                self._announce_server()
         return self.mode
+
+    def _announce_server(self) -> None:
+        """Peers learn a node's mode from its RPCs: those that met it as a client (say, while
+        it restarted) would not ask it until their next refresh. A ping to the closest
+        entries carries the new claim now (each checks it before handing this node out)."""
+        for entry in self.engine.table.closest(self.node_id, self.engine.table.k):
+            self._spawn(self._quiet_ping(entry.node_id))
+
+    async def _quiet_ping(self, node_id: NodeId) -> None:
+        with contextlib.suppress(RemoteError):
+            await self.ping(node_id)
 
     async def _untranslated(self, server: Entry) -> bool:
         """Whether ``server`` sees this node at its own socket's address (no NAT between)."""
