@@ -75,6 +75,15 @@ def test_peer_commands_answer_with_json_and_their_exit_codes(cli: Cli) -> None:
     assert json.loads(result.stderr)["code"] == "not_found"
     cli.fails(ExitCode.NOT_FOUND, "peer", "ping", nobody, "--at", "blue")
 
+    # /peer/NODEID: where the graph says the node is
+    route = f"/peer/{yellow}/service/uppercase"
+    assert cli.ok("message", "send", "hi", "--from", "blue", "--to", route).strip() == "HI"
+    nowhere = f"/peer/{nobody}/service/echo"
+    message = cli.fails(
+        ExitCode.UNREACHABLE, "message", "send", "hi", "--from", "blue", "--to", nowhere
+    )
+    assert "knows no path" in message
+
     pong = cli.json("peer", "ping", yellow, "--at", "blue")
     assert pong["success"] and pong["rtt_ms"] > 0
     assert pong["path"]["transport"] == "udp" and pong["path"]["remote"] == udp_of(cli, "yellow")

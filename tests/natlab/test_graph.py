@@ -86,3 +86,26 @@ def test_clients_are_never_handed_out_but_found_by_their_records(
     # entered its graph from an answer ("lookup"); a client it holds came over its own hop.
     for peer in graph(public)["peers"]:
         assert peer["mode"] == "server" or peer["learned"] != "lookup", peer
+
+
+def test_a_node_behind_a_nat_is_reached_by_its_node_id_through_its_relay(
+    network: dict[str, MeshkeyNode],
+) -> None:
+    """``/peer/NODEID``: the sender's node finds the NATed node's signed record in the graph
+    and follows the relay route it names (the node is a client: nobody can dial it)."""
+    member, sender = network["eim"], network["edm"]
+    seed = network["seed1"]
+    member.meshkey("relay", "create", member.name, "--at", seed.route(), "--to", member.name)
+    route = f"/peer/{member.node_id}/service/uppercase"
+    deadline = time.monotonic() + 30
+    while True:  # until the record naming the relay is published (checked every 5 s)
+        result = sender.meshkey(
+            "message", "send", "hello", "--from", sender.name, "--to", route, check=False
+        )
+        if result.returncode == 0:
+            break
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(1)
+    assert result.stdout.strip() == "HELLO"
+    found = sender.host.meshkey_json("peer", "find", member.node_id, "--at", sender.name)
+    assert found["record"]["relays"] == [f"{seed.route()}/service/forward_to_{member.name}"]

@@ -122,7 +122,8 @@ class _Waiter:
     kind: str = "lookup"
 
 
-def _transport_address(peer: NodeId, address: Endpoint) -> TransportAddress:
+def pinned_udp(peer: NodeId, address: Endpoint) -> TransportAddress:
+    """``/ip4/H/udp/P/id/NODEID``: a hop to ``address`` that must authenticate ``peer``."""
     host, port = address
     kind = HOST_IP6 if ":" in host else HOST_IP4
     return TransportAddress("udp", kind, host, port, peer)
@@ -320,7 +321,7 @@ class DhtService:
         if link is not None:
             onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
         elif address is not None:
-            onward = (_transport_address(peer, address), ServiceAddress(DHT_SERVICE))
+            onward = (pinned_udp(peer, address), ServiceAddress(DHT_SERVICE))
         else:
             raise RemoteError(ErrorCode.UNREACHABLE, f"no address for {peer.short()}")
         self.router.register(slot, receive, inline=True)
@@ -713,4 +714,4 @@ class DhtService:
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
 
 
-__all__ = ["DHT_SERVICE", "DhtService", "FindResult"]
+__all__ = ["DHT_SERVICE", "DhtService", "FindResult", "pinned_udp"]

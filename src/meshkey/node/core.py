@@ -20,7 +20,7 @@ from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
 from meshkey.channel.policy import RELAY_RESOURCE, SPECIAL_RESOURCES, Policies, Policy
 from meshkey.dht.peers import PeerGraph, parse_seed
 from meshkey.dht.records import RecordContent
-from meshkey.dht.service import DhtService
+from meshkey.dht.service import DhtService, pinned_udp
 from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -29,7 +29,7 @@ from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, parse_listen, resolve_route
+from meshkey.node.state import Home, NodeStateError, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
 from meshkey.portal import DEFAULT_OUTLET, check_end_to_end
@@ -65,6 +65,7 @@ ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 __all__ = ["Node", "RemoteError"]
 
 
+PEER_LOOKUP_TIMEOUT = 10.0  # a /peer/NODEID route waits at most this long for a lookup
 RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
 REACHABILITY_FIRST_RECHECK = 60.0  # after joining, whether others can dial in is asked again
 REACHABILITY_RECHECK = 600.0  # and then every ten minutes (addresses and NATs change)
@@ -267,6 +268,7 @@ class Node:
         self.events.subscribe(self._dht.on_transport_event)
         await self._dht.start()
         self._peers = PeerGraph(self._dht, [self._udp, self._tcp])
+        router.peer_resolver = self._resolve_peer
         if self._udp_listen is not None:
             await self._udp.listen(*self._udp_listen)
         if self._tcp_listen is not None:
@@ -354,6 +356,34 @@ class Node:
                     log.info("dht.publish_failed", reason=str(exc) or type(exc).__name__)
             await asyncio.sleep(RECORD_CHECK_INTERVAL)
 
+    async def _resolve_peer(self, peer: NodeId) -> Route | None:
+        """``/peer/NODEID``: a direct hop or live hop to it if there is one; else where the
+        node graph says it is: its own address if it is reachable (a server, or its record
+        says so), else the first relay route of its signed record."""
+        route = self.path_service.resolve_peer(peer)
+        if route is not None:
+            return route
+        graph = self.graph
+        entry = graph.engine.table.get(peer)
+        if entry is not None and entry.reachable_at is not None:
+            return (pinned_udp(peer, entry.reachable_at),)
+        try:
+            found = await graph.find(peer, timeout=PEER_LOOKUP_TIMEOUT)
+        except RemoteError:
+            return None
+        record = found.record
+        if record is not None and record.direct:
+            return (pinned_udp(peer, record.direct[0]),)
+        answered = graph.engine.table.get(peer)
+        if answered is not None and answered.reachable_at is not None:
+            return (pinned_udp(peer, answered.reachable_at),)
+        for relay in record.relays if record is not None else ():
+            try:
+                return parse_route(relay)
+            except RouteError:
+                continue
+        return None
+
     def _behind_nat(self) -> bool | None:
         """What the NAT classification says: None while it does not know."""
         found = self._paths.classification if self._paths is not None else None
@@ -374,8 +404,21 @@ class Node:
         if found is not None:
             nat_class = RecordNatClass[found.nat_class.name]
             reflexive = tuple(found.mappings[:2])
-        relays = tuple(r.address for r in self.relays.relays() if r.address)
-        return RecordContent(nat_class, direct, reflexive, relays)
+        return RecordContent(nat_class, direct, reflexive, self._relay_routes())
+
+    def _relay_routes(self) -> tuple[str, ...]:
+        """This node's active relays as routes another node can use: the relay node's
+        pinned address, then the relay's ``/service/forward_to_NAME``."""
+        routes = []
+        for relay in self.relays.relays():
+            if not relay.address:
+                continue
+            try:
+                at = self.resolve(relay.at)
+                routes.append(format_route((*at, *parse_route(relay.address))))
+            except (RouteError, NodeStateError):
+                continue
+        return tuple(routes)
 
     async def stop(self) -> None:
         if not self._started:

@@ -147,7 +147,6 @@ class PathService:
         self._wake_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.router.register(PATHS_SERVICE, self._on_signal_message, inline=True, admit=False)
-        self.router.peer_resolver = self.resolve_peer
         self.channels.paths = self
         self.reflexive.on_unmatched = self._on_whoami_response
         for kind in (ControlKind.PUNCH_PROBE, ControlKind.PUNCH_ACK):

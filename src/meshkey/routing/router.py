@@ -101,6 +101,10 @@ class Resolve:
     node_id: NodeId
 
 
+async def _no_peer_resolver(node_id: NodeId) -> Route | None:
+    return None
+
+
 def next_hop(message: Message) -> Deliver | Forward | Fail | Resolve:
     if not message.onward:
         return Fail(ErrorCode.MALFORMED, "message has an empty onward route")
@@ -156,7 +160,7 @@ class Router:
         self.capture: Callable[[Message], None] | None = None
         #: ``/peer/NODEID`` -> the route prefix to that peer now, or None (no path known). The
         #: node injects the path manager's choice here (routing never imports it).
-        self.peer_resolver: Callable[[NodeId], Route | None] = lambda node_id: None
+        self.peer_resolver: Callable[[NodeId], Awaitable[Route | None]] = _no_peer_resolver
 
     # -- registration -----------------------------------------------------------------
 
@@ -265,7 +269,7 @@ class Router:
             except RoutingError as exc:
                 await self.fail(message, exc.code, exc.text)
         elif isinstance(decision, Resolve):
-            prefix = self.peer_resolver(decision.node_id)
+            prefix = await self.peer_resolver(decision.node_id)
             if prefix is None or any(isinstance(a, PeerAddress) for a in prefix):
                 await self.fail(
                     message,
