@@ -215,6 +215,7 @@ def test_a_configuration_file_sets_up_a_node_again_and_again(cli: Cli, tmp_path:
         """
 [node]
 name = "blue"
+seeds = ["${SEED}"]
 
 [[tcp_listeners]]
 address = "127.0.0.1:0"
@@ -232,8 +233,19 @@ resource = "echo"
 allow = ["yellow"]
 """
     )
+    udp = cli.address("green", "udp").split("/")
+    seed = f"SEED={cli.node_id('green')}@{udp[2]}:{udp[4]}"
     for _ in range(2):  # a second run finds everything in place and changes nothing
-        cli.ok("node", "create", "--configuration", str(config), "--variable", "FRIEND=yellow")
+        cli.ok(
+            "node",
+            "create",
+            "--configuration",
+            str(config),
+            "--variable",
+            "FRIEND=yellow",
+            "--variable",
+            seed,
+        )
     listeners = cli.json("secure-channel-listener", "list", "--at", "blue")
     assert {tuple(item["authorized"] or ()) for item in listeners} == {
         (),
@@ -244,10 +256,22 @@ allow = ["yellow"]
         cli.node_id("yellow")
     ]
     assert len(cli.json("tcp-listener", "list", "--at", "blue")) >= 2
+
+    def joined() -> dict[str, str]:
+        peers = cli.json("peer", "list", "--at", "blue")["peers"]
+        return {peer["node_id"]: peer["learned"] for peer in peers}
+
+    cli.wait_for(lambda: cli.node_id("green") in joined(), "blue joined through its seed")
+    assert joined()[cli.node_id("green")] == "seed"
     missing = tmp_path / "missing.yaml"
     missing.write_text("listeners:\n  - address: x\n    authorized: ['${NOPE}']\n")
     assert "${NOPE} is not set" in cli.fails(
         ExitCode.USAGE, "node", "create", "x", "--configuration", str(missing)
+    )
+    bad_mode = tmp_path / "mode.toml"
+    bad_mode.write_text('[node]\ndht_mode = "always"\n')
+    assert "dht_mode is one of" in cli.fails(
+        ExitCode.USAGE, "node", "create", "x", "--configuration", str(bad_mode)
     )
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("relays:\n  - name: x\n    via: y\n")

@@ -124,7 +124,8 @@ def node_create(
     name = node_name(name or config.name or DEFAULT_NODE)
     udp, tcp = udp or config.udp, tcp or config.tcp
     identity_name = identity_name or config.identity
-    seed_list = [_seed(text) for text in seeds]
+    seed_list = [_seed(text) for text in seeds or config.seeds]
+    dht_mode = dht_mode or config.dht_mode
     existing = home.node(name)
     if existing.exists():
         _check_same(
@@ -133,7 +134,7 @@ def node_create(
             udp=udp,
             tcp=tcp,
             identity=identity_name,
-            seeds=json.dumps(seed_list) if seeds else None,
+            seeds=json.dumps(seed_list) if seed_list else None,
             dht_mode=dht_mode,
         )
         if foreground:

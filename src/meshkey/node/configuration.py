@@ -8,6 +8,8 @@ TOML (``.toml``) or YAML (``.yaml``/``.yml``), with the same keys::
     identity = "blue"           # created if missing
     udp = "127.0.0.1:4000"
     tcp = "127.0.0.1:4001"
+    seeds = ["NODEID@203.0.113.10:4000"]    # the node graph's seeds
+    dht_mode = "auto"           # or "server", "client"
 
     [[tcp_listeners]]           # more TCP listeners
     address = "127.0.0.1:4002"
@@ -53,6 +55,8 @@ class NodeConfiguration:
     identity: str | None = None
     udp: str | None = None
     tcp: str | None = None
+    seeds: list[str] = field(default_factory=list)
+    dht_mode: str | None = None
     tcp_listeners: list[str] = field(default_factory=list)
     listeners: list[tuple[str, list[str]]] = field(default_factory=list)
     relays: list[tuple[str, str]] = field(default_factory=list)
@@ -60,7 +64,8 @@ class NodeConfiguration:
 
 
 _SECTIONS = {"node", "tcp_listeners", "listeners", "relays", "policies"}
-_NODE_KEYS = {"name", "identity", "udp", "tcp"}
+_NODE_KEYS = {"name", "identity", "udp", "tcp", "seeds", "dht_mode"}
+_DHT_MODES = ("auto", "server", "client")
 
 
 def load_configuration(path: Path, variables: dict[str, str]) -> NodeConfiguration:
@@ -147,12 +152,17 @@ def _build(document: dict[str, Any], path: Path) -> NodeConfiguration:
     node = document.get("node", {})
     if not isinstance(node, dict) or set(node) - _NODE_KEYS:
         raise ConfigurationError(f"{path}: [node] takes only {', '.join(sorted(_NODE_KEYS))}")
-    given = {key: _text(node[key], f"{path}: node.{key}") for key in _NODE_KEYS if key in node}
+    texts = _NODE_KEYS - {"seeds"}
+    given = {key: _text(node[key], f"{path}: node.{key}") for key in texts if key in node}
+    if given.get("dht_mode", "auto") not in _DHT_MODES:
+        raise ConfigurationError(f"{path}: node.dht_mode is one of {', '.join(_DHT_MODES)}")
     config = NodeConfiguration(
         name=given.get("name"),
         identity=given.get("identity"),
         udp=given.get("udp"),
         tcp=given.get("tcp"),
+        seeds=_texts(node.get("seeds", []), f"{path}: node.seeds"),
+        dht_mode=given.get("dht_mode"),
     )
     for index, entry in enumerate(_entries(document, "tcp_listeners", {"address"}, path)):
         config.tcp_listeners.append(_text(entry.get("address"), f"{path}: tcp_listeners[{index}]"))
