@@ -11,6 +11,8 @@
     python -m bench dht        # node graph lookups vs kademlia 2.2.3 on one simulated network
     python -m bench punch      # hole punching in the NAT lab vs Polykey's and Ockam's schedules
                                # (root; --tries N fresh punches per pair, default 50)
+    python -m bench hyperdht   # HyperDHT 6.34 (npm, bench/hyperdht) punching in the same lab
+                               # (root; node; --tries N per pair, default 20)
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import attacks, channels, cli_latency, dht, natlab, portal, punch, rtt, udp
+from bench import attacks, channels, cli_latency, dht, hyperdht, natlab, portal, punch, rtt, udp
 
 SUITES = {
     "rtt": rtt.main,
@@ -33,6 +35,7 @@ SUITES = {
     "portal": portal.main,  # TCP portals vs loopback and ssh -L
     "dht": dht.main,  # node graph vs kademlia 2.2.3, simulated
     "punch": punch.main,  # hole punching in the NAT lab vs the reference schedules (root)
+    "hyperdht": hyperdht.main,  # HyperDHT's hole punching in the same lab (root, node)
 }
 
 
@@ -45,6 +48,8 @@ def main() -> int:
     for name in args.suites or list(SUITES):
         if name == "punch":
             punch.main(quick=args.quick, tries=args.tries)
+        elif name == "hyperdht":
+            hyperdht.main(quick=args.quick, tries=args.tries)
         else:
             SUITES[name](quick=args.quick)
     return 0

@@ -100,6 +100,9 @@ PAIRS = [
     (NatKind.PUBLIC, NatKind.EIM),
     (NatKind.PUBLIC, NatKind.EDM),
 ]
+#: Measured on request only (``--pairs``): meshkey keeps this pair on the relay (the matrix),
+#: so its figure is the relayed channel's set-up; HyperDHT (bench/hyperdht.py) never connects.
+EXTRA_PAIRS = [(NatKind.UDP_BLOCKED, NatKind.EIM)]
 #: The pairs where low-TTL packets can matter (both sides filter): the TTL control's pairs.
 TTL_PAIRS = [(NatKind.EIM, NatKind.EIM), (NatKind.EDM, NatKind.EIM)]
 POLL_SECONDS = 0.02
@@ -355,7 +358,7 @@ def build(lab: Lab) -> Topology:
         "relay", env={"MESHKEY_CAPTURE": str(capture)}
     )
     observer = lab.add_public_host("observer", "198.51.100.10").create_node("observer")
-    kinds = [kind for kind in NatKind if any(kind in pair for pair in PAIRS)]
+    kinds = [kind for kind in NatKind if any(kind in pair for pair in (*PAIRS, *EXTRA_PAIRS))]
     a = {kind: lab.add_side(f"a-{kind}", kind) for kind in kinds}
     b = {kind: lab.add_side(f"b-{kind}", kind) for kind in kinds}
     return Topology(relay, capture, observer, a, b)
@@ -437,6 +440,7 @@ def main(
     reference_tries: int | None = None,
     control_tries: int | None = None,
     strategies: Sequence[str] | None = None,
+    pairs: Sequence[str] | None = None,
 ) -> None:
     """``tries`` fresh punches per pair for meshkey (default 50), ``reference_tries`` for
     Polykey's and Ockam's schedules (default 10: they fail between NATs by their budget, 15
@@ -457,9 +461,15 @@ def main(
     with Lab(purpose="bench-punch") as lab:
         topology = build(lab)
         for strategy in chosen:
-            pairs = TTL_PAIRS if strategy == TTL_CONTROL else PAIRS
+            chosen_pairs = [
+                pair
+                for pair in (TTL_PAIRS if strategy == TTL_CONTROL else [*PAIRS, *EXTRA_PAIRS])
+                if (pair_label(*pair) in pairs if pairs else pair not in EXTRA_PAIRS)
+            ]
             started = time.monotonic()
-            by_strategy[strategy] = measure_strategy(topology, strategy, counts[strategy], pairs)
+            by_strategy[strategy] = measure_strategy(
+                topology, strategy, counts[strategy], chosen_pairs
+            )
             print(f"  {strategy}: {time.monotonic() - started:.0f} s", flush=True)
         delay = lab.delay_ms
     ratios: dict[str, Any] = {}
@@ -468,7 +478,9 @@ def main(
             if other != "meshkey":
                 ratios[other] = compare(by_strategy["meshkey"], by_strategy[other])
     save(
-        "punch" if set(chosen) == {*STRATEGY_NAMES, TTL_CONTROL} else "punch-" + "-".join(chosen),
+        "punch"
+        if set(chosen) == {*STRATEGY_NAMES, TTL_CONTROL} and not pairs
+        else "punch-" + "-".join(chosen) + ("-some-pairs" if pairs else ""),
         {
             "delay_ms_per_port": delay,
             "tries": {s: counts[s] for s in chosen},
@@ -513,8 +525,15 @@ if __name__ == "__main__":
         "--strategies",
         help=f"comma-separated, of {', '.join((*STRATEGY_NAMES, TTL_CONTROL))} (default: all)",
     )
+    parser.add_argument(
+        "--pairs",
+        help="comma-separated blue<-yellow labels, of "
+        + ", ".join(pair_label(*p) for p in (*PAIRS, *EXTRA_PAIRS))
+        + " (default: the first four)",
+    )
     arguments = parser.parse_args()
     main(
+        pairs=arguments.pairs.split(",") if arguments.pairs else None,
         quick=arguments.quick,
         tries=arguments.tries,
         reference_tries=arguments.reference_tries,
