@@ -8,9 +8,9 @@ behind its own router. Blue registers a relay; yellow opens a secure channel to 
 ``api`` listener through it and, as in the matrix test, nothing else is asked: the channel's
 path manager punches on its own. Both know their NAT class (two observers) before the channel
 is opened. The daemons of one run are started with ``MESHKEY_PUNCH_STRATEGY`` set to the
-strategy measured (``meshkey``, ``polykey``, ``ockam``: ``meshkey.nat.strategy``), the same
-session code with the reference schedules (no classification, no synchronisation, no
-low-TTL openers, no birthday for the references).
+strategy measured (``meshkey``, ``meshkey-nottl``, ``polykey``, ``ockam``:
+``meshkey.nat.strategy``), the same session code with the reference schedules (no
+classification, no synchronisation, no low-TTL openers, no birthday for the references).
 
 Per try:
 
@@ -56,9 +56,33 @@ router filters (its mapping expects 4066). Both sides keep refreshing the stale 
 the whole budget. meshkey's low-TTL openers and synchronised start exist for exactly this;
 against a public side (no filter, no clash) all three succeed alike.
 
-Still to do: the HyperDHT side-by-side (its holepuncher in the same lab).
+Also per try (both read without touching the daemons' code paths):
+
+- *signalling cost*: the relay node runs with ``MESHKEY_CAPTURE``; the secure channel's DATA
+  messages it routed during the try (between ``channel.create`` and ``channel.delete``), as
+  they entered it (routing header + channel payload; a message it forwards is captured twice
+  with the same sealed payload and counted once). The try sends no data of its own, so these
+  are the path service's punch signals and relay-path pings; the channel's handshake, its own
+  PING/PONG and CLOSE would be there without an upgrade and are not counted;
+- *packets per punch*: both sides' ``PunchStats`` (logged with ``punch.succeeded`` /
+  ``punch.failed``): full probes (the birthday spray included), low-TTL openers, and the
+  spray alone.
+
+Tries per strategy: meshkey ``--tries`` (50), the references ``--reference-tries`` (10: they
+fail between NATs by their whole budget, 15 and 10 s a try, and are the same session code),
+``meshkey-nottl`` ``--control-tries`` (20) on EIM <- EIM and EDM <- EIM only: meshkey with no
+low-TTL packet at all (``nat.strategy.MESHKEY_NO_TTL``: no openers before the synchronised
+punch's first round, and the birthday sockets' openers at full TTL), the control for "do the
+low-TTL openers help?". ``--strategies`` and ``--pairs`` pick a subset (results then go to
+``punch-STRATEGIES[-some-pairs].json``); ``--pairs udp-blocked<-eim`` adds the relay-only pair
+(meshkey refuses to punch it and keeps the relayed channel: its figure is the channel's set-up).
+
+HyperDHT 6.34 in the same lab: ``bench/hyperdht.py`` (``python -m bench hyperdht``), which
+reads this benchmark's ``bench/results/punch.json`` for meshkey's ratios to it.
 
     python -m bench punch [--quick] [--tries N]
+    python -m bench.punch [--tries N] [--reference-tries N] [--control-tries N]
+        [--strategies meshkey,...] [--pairs eim<-eim,...]
 """
 
 from __future__ import annotations
