@@ -90,6 +90,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import os
 import re
@@ -184,6 +185,7 @@ class Try:
     probes: int = 0
     openers: int = 0
     sprayed: int = 0
+    stats_found: bool = False  # a side logged its attempt's PunchStats
 
 
 @dataclass
@@ -217,15 +219,17 @@ _STATS = re.compile(
 )
 
 
-def punch_stats(node: MeshkeyNode) -> tuple[int, int, int]:
+def punch_stats(node: MeshkeyNode) -> tuple[int, int, int] | None:
     """(probes, openers, sprayed) of the node's punch attempts, from its log (a fresh node
-    punches once per try, so this is the attempt's)."""
+    punches once per try, so this is the attempt's), or None if it logged none."""
     totals = [0, 0, 0]
+    found_any = False
     with contextlib.suppress(OSError):
         for found in _STATS.finditer(node.log()):
+            found_any = True
             for index in range(3):
                 totals[index] += int(found.group(index + 1))
-    return totals[0], totals[1], totals[2]
+    return (totals[0], totals[1], totals[2]) if found_any else None
 
 
 def relayed(capture: Path, start: int, end: int) -> tuple[int, int]:
@@ -296,10 +300,12 @@ def one_try(
     end = capture.stat().st_size if capture.exists() else 0
     result.relayed_messages, result.relayed_bytes = relayed(capture, mark, end)
     for node in (blue, yellow):
-        probes, openers, sprayed = punch_stats(node)
-        result.probes += probes
-        result.openers += openers
-        result.sprayed += sprayed
+        stats = punch_stats(node)
+        if stats is not None:
+            result.stats_found = True
+            result.probes += stats[0]
+            result.openers += stats[1]
+            result.sprayed += stats[2]
     return result
 
 
@@ -346,13 +352,16 @@ def figures(tries: list[Try]) -> dict[str, Any]:
         "bytes_max": max(relayed_bytes),
         "messages_p50": round(percentile([t.relayed_messages for t in tries], 0.5)),
     }
-    out["packets"] = {
-        "probes_p50": round(percentile([t.probes for t in tries], 0.5)),
-        "probes_max": max(t.probes for t in tries),
-        "openers_p50": round(percentile([t.openers for t in tries], 0.5)),
-        "sprayed_p50": round(percentile([t.sprayed for t in tries], 0.5)),
-        "sprayed_max": max(t.sprayed for t in tries),
-    }
+    counted = [t for t in tries if t.stats_found]
+    if counted:
+        out["packets"] = {
+            "tries": len(counted),  # attempts whose sides logged their PunchStats
+            "probes_p50": round(percentile([t.probes for t in counted], 0.5)),
+            "probes_max": max(t.probes for t in counted),
+            "openers_p50": round(percentile([t.openers for t in counted], 0.5)),
+            "sprayed_p50": round(percentile([t.sprayed for t in counted], 0.5)),
+            "sprayed_max": max(t.sprayed for t in counted),
+        }
     failures = sorted({t.upgrade for t in tries if not t.direct})
     if failures:
         out["failures"] = failures
@@ -430,7 +439,10 @@ def measure_strategy(
                 + f"  probes {last.probes:>4} openers {last.openers:>3}  {last.upgrade}",
                 flush=True,
             )
-        results[label] = figures(samples) | {"budget_s": limit}
+        results[label] = figures(samples) | {
+            "budget_s": limit,
+            "raw": [dataclasses.asdict(t) for t in samples],
+        }
     return results
 
 
@@ -527,8 +539,9 @@ def main(
             p95 = f"{f['p95_ms']:>6.0f} ms" if "p95_ms" in f else "      -  "
             print(
                 f"  {strategy:<15}{label:<16}{p50}{p95}{f['first_attempt']:>7.0%}"
-                f"{f['relay_signalling']['bytes_p50']:>9}{f['packets']['probes_p50']:>8}"
-                f"{f['packets']['openers_p50']:>8}"
+                f"{f['relay_signalling']['bytes_p50']:>9}"
+                f"{f.get('packets', {}).get('probes_p50', '-'):>8}"
+                f"{f.get('packets', {}).get('openers_p50', '-'):>8}"
             )
     for other, pairs_ratios in ratios.items():
         for label, r in pairs_ratios.items():
