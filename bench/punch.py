@@ -77,6 +77,13 @@ low-TTL openers help?". ``--strategies`` and ``--pairs`` pick a subset (results 
 ``punch-STRATEGIES[-some-pairs].json``); ``--pairs udp-blocked<-eim`` adds the relay-only pair
 (meshkey refuses to punch it and keeps the relayed channel: its figure is the channel's set-up).
 
+What the TTL control showed (50 tries each): between two EIM NATs the synchronised start
+alone avoids the clash (meshkey-nottl 50/50, and ~30 ms faster: no ``opener_lead``), so
+there the openers are insurance against a bad RTT estimate; in the birthday punch they are
+what makes it work (full-TTL openers: 2/50 direct, "no probe was answered"; with TTL 5:
+50/50): each opener that reaches the sprayer's NAT leaves an inbound entry that the spray
+probe to that port then clashes with — NATLAB.md's clash, 256 times over.
+
 HyperDHT 6.34 in the same lab: ``bench/hyperdht.py`` (``python -m bench hyperdht``), which
 reads this benchmark's ``bench/results/punch.json`` for meshkey's ratios to it.
 
