@@ -81,8 +81,9 @@ What the TTL control showed (50 tries each): between two EIM NATs the synchronis
 alone avoids the clash (meshkey-nottl 50/50, and ~30 ms faster: no ``opener_lead``), so
 there the openers are insurance against a bad RTT estimate; in the birthday punch they are
 what makes it work (full-TTL openers: 2/50 direct, "no probe was answered"; with TTL 5:
-50/50): each opener that reaches the sprayer's NAT leaves an inbound entry that the spray
-probe to that port then clashes with — NATLAB.md's clash, 256 times over.
+50/50). The likely cause (not yet confirmed with ``conntrack -L``): each opener that
+reaches the sprayer's NAT leaves an inbound entry that the spray probe to that port then
+clashes with — NATLAB.md's clash, 256 times over.
 
 HyperDHT 6.34 in the same lab: ``bench/hyperdht.py`` (``python -m bench hyperdht``), which
 reads this benchmark's ``bench/results/punch.json`` for meshkey's ratios to it.
