@@ -12,6 +12,8 @@
     python -m bench dht-daemons  # `peer find` wall time on 30 real daemons on loopback
     python -m bench punch      # hole punching in the NAT lab vs Polykey's and Ockam's schedules
                                # (root; --tries N fresh punches per pair, default 50)
+    python -m bench hyperdht   # HyperDHT 6.34 (npm, bench/hyperdht) punching in the same lab
+                               # (root; node; --tries N per pair, default 20)
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -28,6 +30,7 @@ from bench import (
     cli_latency,
     dht,
     dht_daemons,
+    hyperdht,
     natlab,
     portal,
     punch,
@@ -46,6 +49,7 @@ SUITES = {
     "dht": dht.main,  # node graph vs kademlia 2.2.3, simulated
     "dht-daemons": dht_daemons.main,  # peer find on 30 real daemons via the CLI
     "punch": punch.main,  # hole punching in the NAT lab vs the reference schedules (root)
+    "hyperdht": hyperdht.main,  # HyperDHT's hole punching in the same lab (root, node)
 }
 
 
@@ -58,6 +62,8 @@ def main() -> int:
     for name in args.suites or list(SUITES):
         if name == "punch":
             punch.main(quick=args.quick, tries=args.tries)
+        elif name == "hyperdht":
+            hyperdht.main(quick=args.quick, tries=args.tries)
         else:
             SUITES[name](quick=args.quick)
     return 0

@@ -20,7 +20,7 @@ from meshkey.nat.punch import (
     PunchSucceeded,
     SendDatagram,
 )
-from meshkey.nat.strategy import MESHKEY, Strategy
+from meshkey.nat.strategy import MESHKEY, MESHKEY_NO_TTL, Strategy
 from meshkey.wire.punch import AbortReason, NatClass
 from meshkey.wire.udp import ControlKind
 from tests.natsim.wiring import Wiring
@@ -165,3 +165,19 @@ def test_a_late_timer_does_not_turn_the_spray_into_a_flood() -> None:
     assert len(burst) == MAX_SPRAY_BURST
     assert wiring.a.next_deadline() == pytest.approx(late + MESHKEY.spray_interval)
     assert len(sent(wiring, "a")) == before
+
+
+def test_without_low_ttl_the_birthday_openers_go_at_full_ttl() -> None:
+    """``meshkey-nottl`` (the benchmark's control): the opener sockets send the same packets,
+    as many, but at the full TTL; the default sends them at TTL 5."""
+    for config, ttl in ((MESHKEY, 5), (MESHKEY_NO_TTL, None)):
+        wiring = Wiring(EIM_A, EDM_B, config=config, drop=lambda side, command: True)
+        wiring.start("a")
+        wiring.run(12.0)
+        sockets = opened(wiring, "b")
+        edm = sent(wiring, "b")
+        assert len(edm) == 2 * len(sockets) == 2 * config.birthday_sockets
+        assert {c.ttl for _, c in edm} == {ttl}
+        ((_, failed),) = [(at, e) for at, e in wiring.events["b"] if isinstance(e, PunchFailed)]
+        counted = failed.stats.probes_sent if ttl is None else failed.stats.openers_sent
+        assert counted == len(edm)

@@ -19,7 +19,15 @@ from meshkey.nat.punch import (
     SendDatagram,
     SendSignal,
 )
-from meshkey.nat.strategy import DEFAULT_SCHEDULE, MESHKEY, OCKAM, POLYKEY, PunchConfig
+from meshkey.nat.strategy import (
+    DEFAULT_SCHEDULE,
+    MESHKEY,
+    MESHKEY_NO_TTL,
+    OCKAM,
+    POLYKEY,
+    STRATEGIES,
+    PunchConfig,
+)
 from meshkey.nat.token import PunchKey
 from meshkey.wire.punch import (
     Abort,
@@ -375,3 +383,22 @@ def test_no_bytes_from_a_peer_or_the_network_make_the_puncher_raise(
         if isinstance(x.command, SendDatagram) and x.command.destination == ("198.51.100.1", 9)
     ]
     assert acks == []  # nothing forged was answered
+
+
+def test_meshkey_nottl_is_meshkey_without_openers() -> None:
+    """The benchmark's control strategy: synchronised like meshkey, but no low-TTL packet, so
+    the first probe round goes out at the synchronised start itself."""
+    wiring = Wiring(EIM_A, EIM_B, config=MESHKEY_NO_TTL)
+    wiring.start("a")
+    wiring.run(1.0)
+    ((start_a, _),) = events(wiring, "a", PunchStarted)
+    assert start_a == pytest.approx(0.12)  # synchronised as meshkey's
+    sent = probes(wiring, "a") + probes(wiring, "b")
+    assert sent and all(x.command.ttl is None for x in sent)  # type: ignore[union-attr]
+    assert min(x.at for x in probes(wiring, "a")) == pytest.approx(0.12)
+    assert len(events(wiring, "a", PunchSucceeded)) == 1
+    assert STRATEGIES["meshkey-nottl"] is MESHKEY_NO_TTL
+    assert (
+        dataclasses.replace(MESHKEY_NO_TTL, name="meshkey", low_ttl=5, birthday_opener_ttl=5)
+        == MESHKEY
+    )

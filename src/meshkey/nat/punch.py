@@ -105,7 +105,6 @@ MAX_TARGETS = 16
 MAX_HOT = 16
 MAX_ANSWERED = 8192
 MAX_SPRAY_BURST = 4  # random-port probes sent back to back when the timer fired late
-BIRTHDAY_OPENER_TTL = 5  # the birthday openers must not reach the peer's NAT (see above)
 
 SocketAllocator = Callable[[int], tuple[int, ...]]
 
@@ -645,7 +644,7 @@ class PunchSession:
             self.state is PunchState.PROBING and self._opener_times and self._opener_times[0] <= now
         ):
             self._opener_times.pop(0)
-            ttl = self.config.low_ttl or BIRTHDAY_OPENER_TTL
+            ttl = self.config.birthday_opener_ttl
             for target in self._targets:
                 if target.opener_only:
                     self._probe(target.socket, target.destination, now, ttl=ttl)

@@ -84,6 +84,9 @@ class PunchConfig:
     spray_interval: float = 0.002
     #: Openers from every birthday socket at these offsets (two, in case one is lost).
     birthday_openers: tuple[float, ...] = (0.0, 0.5)
+    #: TTL of those openers, or None to send them at the full TTL (then they reach the
+    #: sprayer's NAT, as any probe would: the benchmark's control for low-TTL openers).
+    birthday_opener_ttl: int | None = 5
     birthday_give_up: float = 6.0
     #: Nodes space birthday punches at least this far apart (HyperDHT: 20 s).
     birthday_spacing: float = 20.0
@@ -122,8 +125,11 @@ OCKAM = PunchConfig(
     birthday=False,
 )
 REFERENCE_CONFIGS = (POLYKEY, OCKAM)
+#: meshkey without any low-TTL packet (neither the synchronised punch's openers nor the
+#: birthday sockets'): the benchmark's control for "do low-TTL openers help?" (issue 13).
+MESHKEY_NO_TTL = PunchConfig(name="meshkey-nottl", low_ttl=None, birthday_opener_ttl=None)
 #: By name, for the benchmark's ``MESHKEY_PUNCH_STRATEGY`` knob.
-STRATEGIES = {config.name: config for config in (MESHKEY, *REFERENCE_CONFIGS)}
+STRATEGIES = {config.name: config for config in (MESHKEY, MESHKEY_NO_TTL, *REFERENCE_CONFIGS)}
 
 
 class Strategy(enum.Enum):
