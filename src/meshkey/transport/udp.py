@@ -568,6 +568,12 @@ class QuicLink(HopLink):
                         self._inbox.put_nowait(b"")
             elif isinstance(event, quic_events.HandshakeCompleted):
                 self._handshake_completed()
+            elif isinstance(event, quic_events.ProtocolNegotiated):
+                if self.direction == "inbound":
+                    # The server speaks first: its SERVER_HELLO goes out as 0.5-RTT data
+                    # with its handshake flight, so the client's proof can leave with its
+                    # Finished and the hop opens one round trip sooner.
+                    self._start_server_hop()
             elif isinstance(event, quic_events.ConnectionIdIssued):
                 self.add_cid(event.connection_id)
             elif isinstance(event, quic_events.ConnectionIdRetired):
@@ -594,9 +600,15 @@ class QuicLink(HopLink):
                 return
             self._established.set_result(peer)
         else:
-            # The server opens the link's stream: it speaks first in the hop protocol.
-            self.stream_id = self.quic.get_next_available_stream_id()
-            self.spawn(self.run(), "run")
+            self._start_server_hop()
+
+    def _start_server_hop(self) -> None:
+        """The server opens the link's stream: it speaks first in the hop protocol."""
+        assert self.quic is not None
+        if self.stream_id is not None:
+            return
+        self.stream_id = self.quic.get_next_available_stream_id()
+        self.spawn(self.run(), "run")
 
     def _connection_terminated(self, reason: str) -> None:
         self._terminated = True
