@@ -99,7 +99,7 @@ class PeerGraph:
         """An authenticated round trip; a peer that is not in the graph is looked up first."""
         peer = _node_id(node_id)
         address = None
-        if self.service.engine.table.get(peer) is None and self.service._live_link(peer) is None:
+        if self.service.engine.table.get(peer) is None and self.service.live_link(peer) is None:
             found = await self.service.find(peer, timeout=timeout)
             if not found.found or not found.addresses:
                 raise PeerNotFoundError(
@@ -107,7 +107,7 @@ class PeerGraph:
                 )
             address = found.addresses[0]
         rtt = await self.service.ping(peer, address)
-        link = self.service._live_link(peer)
+        link = self.service.live_link(peer)
         return {
             "node_id": str(peer),
             "success": True,

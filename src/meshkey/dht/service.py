@@ -290,7 +290,8 @@ class DhtService:
                 return link
         return None
 
-    def _live_link(self, peer: NodeId) -> HopLink | None:
+    def live_link(self, peer: NodeId) -> HopLink | None:
+        """An open UDP hop to ``peer`` (it proved that NodeId), if there is one."""
         for link in self.udp.links:
             if link.core.peer == peer and link.core.is_open and not link.closed:
                 return link
@@ -317,7 +318,7 @@ class DhtService:
             if not future.done():
                 future.set_result(reply)
 
-        link = None if fresh else self._live_link(peer)
+        link = None if fresh else self.live_link(peer)
         if link is not None:
             onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
         elif address is not None:
