@@ -46,3 +46,14 @@ def test_peers_records_and_sequence_round_trip(tmp_path: Path) -> None:
     assert graph.load_records() == []
     graph.save_sequence(7)
     assert NodeStore(node).graph_store().load_sequence() == 7
+
+
+def test_the_mode_found_out_is_kept(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.ensure()
+    node = home.node("green")
+    node.create({"identity": "green"})
+    graph = NodeStore(node).graph_store()
+    assert graph.load_mode() is None
+    graph.save_mode(1)
+    assert NodeStore(node).graph_store().load_mode() == 1

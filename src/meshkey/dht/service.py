@@ -162,7 +162,7 @@ class DhtService:
             rng=rng or random.Random(),
             k=k,
             alpha=alpha,
-            mode=mode or Mode.CLIENT,
+            mode=mode if mode is not None else self._restored_mode(),
             wall_offset=self.wall_offset,
             sequence=self.store.load_sequence(),
         )
@@ -186,6 +186,20 @@ class DhtService:
     @property
     def mode(self) -> Mode:
         return self.engine.mode
+
+    def set_mode(self, mode: Mode) -> None:
+        """Sets the mode found out; kept, so a restarted server answers from its first
+        second (and is checked again after it re-joined)."""
+        if mode is not self.engine.mode or self.store.load_mode() != int(mode):
+            self.engine.set_mode(mode)
+            if self.fixed_mode is None:
+                self.store.save_mode(int(mode))
+
+    def _restored_mode(self) -> Mode:
+        saved = self.store.load_mode()
+        return (
+            Mode(saved) if saved is not None and saved in Mode._value2member_map_ else Mode.CLIENT
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -406,7 +420,7 @@ class DhtService:
         or a helper it met while joining), which says nothing about strangers reaching it."""
         behind = self.behind_nat() if self.behind_nat is not None else None
         if behind:
-            self.engine.set_mode(Mode.CLIENT)
+            self.set_mode(Mode.CLIENT)
             log.info("dht.mode", mode="client", reason="behind a NAT (classified)")
             return self.mode
         servers = self.engine.table.closest(self.node_id, asks)
@@ -431,7 +445,7 @@ class DhtService:
             # translates this node's address.
             helped = results if behind is False or await self._untranslated(servers[0]) else []
             if not helped:
-                self.engine.set_mode(Mode.CLIENT)
+                self.set_mode(Mode.CLIENT)
                 log.info("dht.mode", mode="client", reason="behind a NAT, no third node")
                 return self.mode
         reachable = any(
@@ -439,7 +453,7 @@ class DhtService:
         )
         if helped:
             before = self.mode
-            self.engine.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
+            self.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
             log.info("dht.mode", mode=self.mode.name.lower(), answers=len(helped))
             if before is not Mode.SERVER and self.mode is Mode.SERVER:
                 self._announce_server()

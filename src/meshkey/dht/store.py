@@ -66,6 +66,10 @@ class GraphStore(Protocol):
 
     def save_sequence(self, sequence: int) -> None: ...
 
+    def load_mode(self) -> int | None: ...
+
+    def save_mode(self, mode: int) -> None: ...
+
 
 class MemoryGraphStore:
     """A store that forgets at exit: for embedded nodes without a state directory, and
@@ -75,6 +79,7 @@ class MemoryGraphStore:
         self.peers: dict[NodeId, StoredPeer] = {}
         self.records: dict[NodeId, bytes] = {}
         self.sequence = 0
+        self.mode: int | None = None
         self.writes = 0
 
     def load_peers(self) -> list[StoredPeer]:
@@ -103,6 +108,12 @@ class MemoryGraphStore:
 
     def save_sequence(self, sequence: int) -> None:
         self.sequence = sequence
+
+    def load_mode(self) -> int | None:
+        return self.mode
+
+    def save_mode(self, mode: int) -> None:
+        self.mode = mode
 
 
 def _endpoint(value: object) -> Endpoint | None:
@@ -197,8 +208,17 @@ class SqliteGraphStore:
             return 0
 
     def save_sequence(self, sequence: int) -> None:
+        self._save_state("sequence", str(sequence))
+
+    def load_mode(self) -> int | None:
+        row = self.connection.execute("SELECT value FROM dht_state WHERE key = 'mode'").fetchone()
+        return int(row[0]) if row and str(row[0]).isdigit() else None
+
+    def save_mode(self, mode: int) -> None:
+        self._save_state("mode", str(mode))
+
+    def _save_state(self, key: str, value: str) -> None:
         with self.connection:
             self.connection.execute(
-                "INSERT OR REPLACE INTO dht_state(key, value) VALUES ('sequence', ?)",
-                (str(sequence),),
+                "INSERT OR REPLACE INTO dht_state(key, value) VALUES (?, ?)", (key, value)
             )

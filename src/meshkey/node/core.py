@@ -322,7 +322,7 @@ class Node:
         graph = self.graph
         if not self._seeds and len(graph.engine.table) == 0:
             if self._dht_mode is None:
-                graph.engine.set_mode(Mode.SERVER)
+                graph.set_mode(Mode.SERVER)
             log.info("dht.first_node", mode=graph.mode.name.lower())
             return
         try:

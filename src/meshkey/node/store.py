@@ -242,3 +242,11 @@ class NodeGraphStore:
     def save_sequence(self, sequence: int) -> None:
         with self._node.database() as db:
             SqliteGraphStore(db).save_sequence(sequence)
+
+    def load_mode(self) -> int | None:
+        with self._node.database() as db:
+            return SqliteGraphStore(db).load_mode()
+
+    def save_mode(self, mode: int) -> None:
+        with self._node.database() as db:
+            SqliteGraphStore(db).save_mode(mode)
