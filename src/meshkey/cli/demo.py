@@ -2,7 +2,8 @@
 
 It uses a private state directory (so it never touches your nodes), starts three daemons
 through the same code paths as ``meshkey node create``, embeds a fourth node in this process
-through the Python API, and sends messages along multi-hop routes.
+through the Python API, and sends messages along multi-hop routes, through a relay and a
+secure channel, and to a node found by its NodeId alone in the node graph.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,13 +25,18 @@ from meshkey.node.state import Home
 def run_demo(*, keep: bool) -> None:
     directory = Path(tempfile.mkdtemp(prefix="meshkey-demo-"))
     home = Home(directory)
-    names = ["blue", "green", "yellow"]
+    names = ["green", "blue", "yellow"]
     click.secho(f"meshkey demo: state in {directory}", bold=True)
     try:
+        seeds: list[str] = []  # green is the others' seed into the node graph
         for name in names:
-            launcher.create_node(home, name, tcp=None, identity=None)
+            launcher.create_node(home, name, tcp=None, identity=None, seeds=seeds)
             status = launcher.start_node(home, name)
-            click.echo(f"  started node {name:<8} {status['addresses'][0]}")
+            udp = status["addresses"][0]
+            click.echo(f"  started node {name:<8} {udp}")
+            if not seeds:
+                parts = udp.split("/")  # /ip4/HOST/udp/PORT/id/NODEID
+                seeds = [f"{status['node_id']}@{parts[2]}:{parts[4]}"]
         asyncio.run(_exchange(home))
         click.echo()
         click.echo("Each hop above was QUIC (TLS 1.3 inside) on each node's one UDP socket;")
@@ -113,3 +120,35 @@ async def _exchange(home: Home) -> None:
             f"  yellow -> {channel['address'][:20]}…/service/uppercase: 'secret' -> "
             f"{result['payload'].decode()!r}  (end to end: green saw only ciphertext)"
         )
+
+        # The node graph: blue and yellow joined it through their seed, green. Yellow finds
+        # blue by its NodeId alone, and reaches it with /peer/NODEID.
+        blue_id = channel["peer"]
+        found = await _find(yellow, blue_id)
+        lookup = found["lookup"]
+        click.echo(f"\n  peer find {blue_id[:12]}… --at yellow")
+        click.echo(
+            f"    -> {', '.join(found['addresses'])} ({lookup['nodes_asked']} nodes asked, "
+            f"{lookup['duration'] * 1000:.1f} ms)"
+        )
+        route = f"/peer/{blue_id}/service/uppercase"
+        result = await asyncio.to_thread(
+            yellow.call, "message.send", {"route": route, "payload": b"by node id"}, 15
+        )
+        click.echo(
+            f"  yellow -> /peer/{blue_id[:12]}…/service/uppercase: 'by node id' -> "
+            f"{result['payload'].decode()!r}"
+        )
+
+
+async def _find(client: ControlClient, node_id: str) -> dict[str, Any]:
+    """``peer find``, retried for a few seconds: the daemons join the graph in the
+    background of their start."""
+    deadline = time.monotonic() + 10
+    while True:
+        found: dict[str, Any] = await asyncio.to_thread(
+            client.call, "peer.find", {"node_id": node_id, "timeout": 5}, 10
+        )
+        if found["found"] or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
