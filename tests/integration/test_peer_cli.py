@@ -148,6 +148,19 @@ def test_a_node_killed_and_restarted_has_its_graph_and_answers_lookups(cli: Cli)
         again = cli.run("peer", "find", blue, "--at", "yellow", "--output", "json")
         if again.returncode == 0 and json.loads(again.stdout)["found"]:
             break
-        assert time.monotonic() < deadline, again.stderr
+        assert time.monotonic() < deadline, (again.stderr, graph(cli, "yellow"), cli.log("blue"))
         time.sleep(0.5)
     assert udp_of(cli, "blue") in json.loads(again.stdout)["addresses"]
+
+
+def test_a_node_started_before_its_seed_joins_once_the_seed_is_up(cli: Cli) -> None:
+    cli.ok("node", "create", "green")
+    seed = seed_of(cli, "green")
+    cli.ok("node", "stop", "green")
+    cli.ok("node", "create", "blue", "--seed", seed)  # the seed is down: the join fails
+    cli.wait_for(lambda: "event=dht.join_retry" in cli.log("blue"), "blue retrying its join")
+    assert graph(cli, "blue") == {}
+    cli.ok("node", "start", "green")  # same port: the seed text still holds
+    green = cli.node_id("green")
+    cli.wait_for(lambda: green in graph(cli, "blue"), "blue joined through green", timeout=30)
+    assert graph(cli, "blue")[green]["learned"] == "seed"

@@ -239,3 +239,14 @@ def test_dial_backs_are_rare_and_helper_dials_only_for_known_nodes() -> None:
         stranger, ("127.0.0.1", 70), DialBack(b"e" * 8, Mode.SERVER, b"n" * 16, victim), 1.0
     )
     assert isinstance(favour, DhtError) and favour.code == DhtErrorCode.UNAVAILABLE
+
+
+def test_a_join_whose_seeds_do_not_answer_ends_at_once_with_an_empty_graph() -> None:
+    core = engine(Mode.CLIENT)
+    seed = Identity.generate().node_id
+    core.join([(seed, ("192.0.2.1", 4000))], 0.0)
+    [ping] = sends(core)
+    core.on_failure(ping.txid, 0.1)  # the seed is down: its hop failed
+    joined = [e for e in core.events() if isinstance(e, Joined)]
+    assert [j.neighbours for j in joined] == [0]  # the glue retries the join later
+    assert phase(core) is Phase.READY and len(core.table) == 0

@@ -658,7 +658,14 @@ class DhtEngine:
 
     def _join_lookup(self, now: float) -> None:
         self.phase = Phase.JOINING
-        self._join_lookups = {self.start_lookup(self.own, now, purpose=Purpose.JOIN)}
+        self._join_lookups = set()
+        self._start_join_lookup(self.own, now)
+
+    def _start_join_lookup(self, target: NodeId, now: float) -> None:
+        # Registered before it starts: a lookup with nobody to ask (no seed answered) ends
+        # inside start_lookup, and the join must see it end.
+        self._join_lookups.add(self._next_lookup)
+        self.start_lookup(target, now, purpose=Purpose.JOIN)
 
     def _lookup_done(self, lookup_id: int, purpose: Purpose, done: LookupDone) -> None:
         now = done.stats.duration + self._lookups[lookup_id][0].started
@@ -674,8 +681,7 @@ class DhtEngine:
                 if floor is not None:
                     for index in range(floor + 1, 256):
                         self.table.touch_bucket(index, now)
-                        target = self.table.random_id_in_bucket(index)
-                        self._join_lookups.add(self.start_lookup(target, now, purpose=Purpose.JOIN))
+                        self._start_join_lookup(self.table.random_id_in_bucket(index), now)
             if self.phase == Phase.REFRESHING and not self._join_lookups:
                 self.phase = Phase.READY
                 self._events.append(Joined(len(self.table)))

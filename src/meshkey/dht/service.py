@@ -305,11 +305,18 @@ class DhtService:
         return None
 
     def live_link(self, peer: NodeId) -> HopLink | None:
-        """An open UDP hop to ``peer`` (it proved that NodeId), if there is one."""
-        for link in self.udp.links:
-            if link.core.peer == peer and link.core.is_open and not link.closed:
-                return link
-        return None
+        """An open UDP hop to ``peer`` (it proved that NodeId), if there is one: the newest
+        that is not under suspicion (a peer that restarted dials in anew, and its old hop
+        talks to a process that is gone until it is found out)."""
+        links = [
+            link
+            for link in self.udp.links
+            if link.core.peer == peer
+            and link.core.is_open
+            and not link.closed
+            and not link.core.suspected
+        ]
+        return max(links, key=lambda link: link.created, default=None)
 
     # -- requests ---------------------------------------------------------------------
 

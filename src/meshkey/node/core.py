@@ -38,6 +38,7 @@ from meshkey.portal.portals import InletEntry, OutletEntry, Portals, check_autho
 from meshkey.portal.secure_routes import SecureRoutes
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
+from meshkey.retry import RetrySchedule
 from meshkey.routing.address import (
     Route,
     RouteError,
@@ -66,6 +67,8 @@ __all__ = ["Node", "RemoteError"]
 
 
 PEER_LOOKUP_TIMEOUT = 10.0  # a /peer/NODEID route waits at most this long for a lookup
+JOIN_RETRY_FIRST = 1.0  # a join nobody answered is tried again after 1 s, 2 s, 4 s...
+JOIN_RETRY_MAX = 60.0
 RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
 REACHABILITY_FIRST_RECHECK = 60.0  # after joining, whether others can dial in is asked again
 REACHABILITY_RECHECK = 600.0  # and then every ten minutes (addresses and NATs change)
@@ -325,11 +328,23 @@ class Node:
                 graph.set_mode(Mode.SERVER)
             log.info("dht.first_node", mode=graph.mode.name.lower())
             return
-        try:
-            size = await graph.join(self._seeds)
-            log.info("dht.joined", peers=size, mode=graph.mode.name.lower())
-        except (RemoteError, TimeoutError) as exc:
-            log.warning("dht.join_failed", reason=str(exc) or type(exc).__name__)
+        # Seeds that are down (or a saved graph of nodes that all left) are tried again, with
+        # backoff: a node started before its seeds joins once they are up.
+        retry = RetrySchedule(JOIN_RETRY_FIRST, JOIN_RETRY_MAX)
+        while True:
+            try:
+                size = await graph.join(self._seeds)
+            except (RemoteError, TimeoutError) as exc:
+                log.warning("dht.join_failed", reason=str(exc) or type(exc).__name__)
+                size = 0
+            if size > 0:
+                log.info("dht.joined", peers=size, mode=graph.mode.name.lower())
+                break
+            delay = retry.next_delay() or JOIN_RETRY_MAX
+            log.info(
+                "dht.join_retry", reason="no seed or saved peer answered", delay=round(delay, 1)
+            )
+            await asyncio.sleep(delay)
         # The record says what the NAT classification and the relays found; both come later
         # than the join and change: publish again whenever it would say something new (the
         # engine itself republishes before expiry).
