@@ -170,6 +170,7 @@ class SimNode:
         self.classification: Classification | None = None
         self.relay: Relay | None = None
         self.peer: NodeId | None = None  # the peer of the channel through the relay
+        self.channel_rtt: float | None = None  # what the channel's handshake measured
         self.hops: dict[bytes, Hop] = {}
         self.timeline = Timeline()
         self.birthday_opened = 0
@@ -240,9 +241,12 @@ class SimNode:
 
     # -- the secure channel through the relay ---------------------------------------
 
-    def connect_via_relay(self, peer: NodeId) -> None:
-        """The channel through the relay is open: it is the peer's first path."""
+    def connect_via_relay(self, peer: NodeId, *, handshake_rtt: float | None = None) -> None:
+        """The channel through the relay is open: it is the peer's first path.
+        ``handshake_rtt``: the round trip its handshake measured (as the daemon's channel
+        does), or None (then a punch this node answers waits for SYNC)."""
         self.peer = peer
+        self.channel_rtt = handshake_rtt
         self.paths.add_path(
             peer, PathKey(PathKind.RELAY, RELAY_ROUTE), self.net.now, validated=True
         )
@@ -254,7 +258,9 @@ class SimNode:
         key = PathKey(PathKind.RELAY, RELAY_ROUTE)
         if kind == b"P":
             allowed = self.paths.direct_allowed(sender)
-            self.puncher.on_signal(sender, body, now, direct_allowed=allowed)
+            self.puncher.on_signal(
+                sender, body, now, direct_allowed=allowed, signalling_rtt=self._relay_rtt(sender)
+            )
         elif kind == b"I":
             self._channel_send(sender, b"O" + body)
             self.paths.on_received(sender, key, len(payload), now)
@@ -264,6 +270,13 @@ class SimNode:
             self.received_data.append(body)
             self.paths.on_received(sender, key, len(payload), now)
         self.pump()
+
+    def _relay_rtt(self, peer: NodeId) -> float | None:
+        """The relay path's RTT from its pings, else the channel's handshake (the glue's rule)."""
+        relay = next((p for p in self.paths.paths(peer) if p.key.kind is PathKind.RELAY), None)
+        if relay is not None and relay.srtt is not None:
+            return relay.srtt
+        return self.channel_rtt
 
     def _channel_send(self, peer: NodeId, payload: bytes) -> None:
         if self.relay is not None:

@@ -93,6 +93,8 @@ def build_pair(
     nat_timeout: float = 30.0,
     observers: int = 4,
     b_config: PunchConfig | None = None,
+    channel_rtt: bool = True,
+    rtt_error: float = 0.0,
 ) -> SimPair:
     net = SimNet(seed, wan_hops=wan_hops)
     lab = build_lab(
@@ -116,8 +118,12 @@ def build_pair(
     b.classify(seen)
     net.run_until(lambda: a.classification is not None and b.classification is not None, limit=5.0)
     requested_at = net.now
-    a.connect_via_relay(b.node_id)
-    b.connect_via_relay(a.node_id)
+    # The channel's handshake went through the relay: both ends know its round trip
+    # (``channel_rtt`` False: neither does, and a punch falls back to the SYNC exchange;
+    # ``rtt_error`` makes the measurement wrong by that much).
+    handshake_rtt = max(0.0, 2 * relay_one_way + rtt_error) if channel_rtt else None
+    a.connect_via_relay(b.node_id, handshake_rtt=handshake_rtt)
+    b.connect_via_relay(a.node_id, handshake_rtt=handshake_rtt)
     return SimPair(net, a, b, relay, requested_at)
 
 

@@ -1,10 +1,12 @@
 """Two :class:`~meshkey.nat.puncher.Puncher` cores wired together on the simulator's clock,
 without NAT boxes: for unit tests of the punch scheduler's timing and bookkeeping.
 
-Every socket has one address (a birthday socket of side b gets ``(b_ip, random port)``, as if
-its NAT mapped it there); a datagram takes ``delay``, a signalling message ``signal_delay``
-one way. Low-TTL packets never arrive (they die on the WAN). ``drop`` decides, per datagram,
-whether the network loses it. Everything the cores emit is logged with its time.
+Every socket has one address (a birthday socket of side b gets ``(b_ip, random port)``, as
+if its NAT mapped it there); a datagram takes ``delay``, a signalling message
+``signal_delay`` one way; the receiving glue knows the signalling round trip (twice
+``signal_delay``, plus ``rtt_error``) unless ``rtt_known`` is False. Low-TTL packets never
+arrive (they die on the WAN). ``drop`` decides, per datagram, whether the network loses it.
+Everything the cores emit is logged with its time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Wiring:
     b_id: NodeId = field(default_factory=lambda: NodeId(b"\x02" * 32))
     drop: Callable[[Side, SendDatagram], bool] = lambda side, command: False
     signals_lost: bool = False
+    rtt_known: bool = True
+    rtt_error: float = 0.0
 
     def __post_init__(self) -> None:
         self.net = SimNet(self.seed)
@@ -125,7 +129,8 @@ class Wiring:
             data = command.data
 
             def deliver_signal() -> None:
-                self.puncher(other).on_signal(sender, data, self.net.now)
+                rtt = 2 * self.signal_delay + self.rtt_error if self.rtt_known else None
+                self.puncher(other).on_signal(sender, data, self.net.now, signalling_rtt=rtt)
                 self.pump(other)
 
             self.net.call_later(self.signal_delay, deliver_signal)

@@ -104,6 +104,36 @@ def test_synchronisation_and_openers_keep_the_conntrack_clash_away(
     assert (result.clashes > 0) is not direct
 
 
+@pytest.mark.parametrize(("a", "b"), [(NatKind.EIM, NatKind.EIM), (NatKind.EIM, NatKind.EDM)])
+def test_the_timed_start_saves_the_sync_and_half_a_relay_round_trip(a: NatKind, b: NatKind) -> None:
+    """With the channel's handshake RTT the responder's reply carries start_in: no SYNC (one
+    relayed message fewer) and the punch starts RTT/2 of the relay path (40 ms) sooner; with
+    no estimate the SYNC exchange runs as before. Both end direct at the first attempt."""
+    for seed in (1, 2, 3):
+        timed = run_pair(a, b, seed=seed)
+        synced = run_pair(a, b, seed=seed, channel_rtt=False)
+        for result in (timed, synced):
+            assert result.direct and result.attempts == 2 and result.clashes == 0
+        assert timed.relay_messages == synced.relay_messages - 1
+        if a is b:  # the birthday's time depends on which sprayed port hits first
+            assert timed.time_to_direct is not None and synced.time_to_direct is not None
+            assert timed.time_to_direct == pytest.approx(synced.time_to_direct - 0.040)
+
+
+@pytest.mark.parametrize("rtt_error", [-0.080, -0.040, 0.040, 0.200])
+def test_a_wrong_handshake_rtt_costs_no_punch(rtt_error: float) -> None:
+    """The responder's estimate is only a hint: too high delays both sides alike (the
+    initiator waits as long), too low starts the responder early, which the openers absorb
+    (-80 ms: an estimate of 0, the responder starts on CONNECT: 40 ms before the initiator)."""
+    for seed in (1, 2, 3):
+        result = run_pair(NatKind.EIM, NatKind.EIM, seed=seed, rtt_error=rtt_error)
+        assert result.direct and result.attempts == 2 and result.clashes == 0
+    if rtt_error < 0:  # and it is the openers that absorb it: without them, a clash
+        bare = dataclasses.replace(MESHKEY, low_ttl=None)
+        result = run_pair(NatKind.EIM, NatKind.EIM, config=bare, rtt_error=rtt_error, limit=10.0)
+        assert not result.direct and result.clashes > 0
+
+
 # -- after the upgrade ------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""The punch scheduler on a fake clock: synchronisation, the probe schedule, token checks, who
-dials, endings, refusals, and the reference schedules."""
+"""The punch scheduler on a fake clock: synchronisation (the timed start, and SYNC where it
+cannot be used), the probe schedule, token checks, who dials, endings, refusals, and the
+reference schedules."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from meshkey.nat.punch import (
     DialHop,
     LocalInfo,
     PunchFailed,
+    PunchSession,
     PunchStarted,
+    PunchState,
     PunchSucceeded,
     SendDatagram,
     SendSignal,
@@ -90,28 +93,35 @@ def key_of(wiring: Wiring) -> PunchKey:
     return PunchKey.derive(mine.punch_id, mine.key_share, theirs.key_share)
 
 
-def test_both_sides_start_together_after_rtt_over_two_and_the_first_ack_wins() -> None:
+def test_a_timed_start_puts_both_sides_on_the_reply_and_the_first_ack_wins() -> None:
     wiring = Wiring(EIM_A, EIM_B)
     wiring.start("a")
     wiring.run(1.0)
-    # CONNECT at 0, reply at 0.08: the RTT is 0.08, SYNC goes out and a waits 0.04.
-    kinds = [(round(at, 3), type(m).__name__) for at, m in signals(wiring, "a")]
-    assert kinds[:2] == [(0.0, "Connect"), (0.08, "Sync")]
+    # CONNECT at 0 (offering the timed start), at b 0.04: b knows the signalling RTT (0.08),
+    # answers "start in 0.04" and starts then, when its reply reaches a. a measured 0.08
+    # too, so it starts on the reply: no SYNC.
+    connect = next(m for _, m in signals(wiring, "a") if isinstance(m, Connect))
+    assert Capability.TIMED_START in connect.capabilities and connect.start_in is None
+    ((replied_at, reply),) = [(at, m) for at, m in signals(wiring, "b") if isinstance(m, Connect)]
+    assert replied_at == pytest.approx(0.04) and reply.reply
+    assert reply.start_in == pytest.approx(0.04)
+    assert not any(isinstance(m, Sync) for _, m in signals(wiring, "a"))
     ((start_a, _),) = events(wiring, "a", PunchStarted)
     ((start_b, _),) = events(wiring, "b", PunchStarted)
-    assert start_a == pytest.approx(0.12)
-    assert start_b == pytest.approx(0.12)
+    assert start_a == pytest.approx(0.08)
+    assert start_b == pytest.approx(0.08)
     # Openers first (low TTL, to the peer's public address only), probes opener_lead later.
     first = wiring.commands("a", SendDatagram)
     assert first[0].command.ttl == 5 and first[0].command.destination == B_PUBLIC  # type: ignore[union-attr]
-    assert first[0].at == pytest.approx(0.12)
+    assert first[0].at == pytest.approx(0.08)
     round_one = [x for x in probes(wiring, "a") if x.command.ttl is None]  # type: ignore[union-attr]
-    assert round_one[0].at == pytest.approx(0.15)
+    assert round_one[0].at == pytest.approx(0.08 + MESHKEY.opener_lead)
     assert {x.command.destination for x in round_one[:2]} == {B_PUBLIC, ("10.2.0.2", 5000)}  # type: ignore[union-attr]
-    # Probes cross (20 ms), ACKs come back (20 ms): both win at 0.19 with a 40 ms RTT.
+    # Probes cross (20 ms), ACKs come back (20 ms): both win one 40 ms RTT later.
     ((won_a, success_a),) = events(wiring, "a", PunchSucceeded)
     ((won_b, success_b),) = events(wiring, "b", PunchSucceeded)
-    assert won_a == pytest.approx(0.19) and won_b == pytest.approx(0.19)
+    won = 0.08 + MESHKEY.opener_lead + 0.04
+    assert won_a == pytest.approx(won) and won_b == pytest.approx(won)
     assert success_a.remote == B_PUBLIC and success_b.remote == A_PUBLIC  # type: ignore[attr-defined]
     assert success_a.rtt == pytest.approx(0.04)  # type: ignore[attr-defined]
     assert success_a.seen_as == A_PUBLIC  # type: ignore[attr-defined]  # what b saw: consistent
@@ -122,6 +132,119 @@ def test_both_sides_start_together_after_rtt_over_two_and_the_first_ack_wins() -
     assert any(isinstance(m, Result) for _, m in signals(wiring, "a"))
 
 
+def test_without_an_rtt_estimate_the_responder_waits_for_sync() -> None:
+    """The fallback (DCUtR): b's glue knows no signalling RTT, so its reply has no start_in;
+    a sends SYNC on the reply (0.08) and waits RTT/2; b starts when SYNC arrives (0.12)."""
+    wiring = Wiring(EIM_A, EIM_B, rtt_known=False)
+    wiring.start("a")
+    wiring.run(1.0)
+    reply = next(m for _, m in signals(wiring, "b") if isinstance(m, Connect))
+    assert reply.start_in is None
+    kinds = [(round(at, 3), type(m).__name__) for at, m in signals(wiring, "a")]
+    assert kinds[:2] == [(0.0, "Connect"), (0.08, "Sync")]
+    ((start_a, _),) = events(wiring, "a", PunchStarted)
+    ((start_b, _),) = events(wiring, "b", PunchStarted)
+    assert start_a == pytest.approx(0.12) and start_b == pytest.approx(0.12)
+    ((won_a, _),) = events(wiring, "a", PunchSucceeded)
+    assert won_a == pytest.approx(0.12 + MESHKEY.opener_lead + 0.04)
+
+
+@pytest.mark.parametrize(
+    ("rtt_error", "start_a", "start_b"),
+    [
+        (0.04, 0.10, 0.10),  # b overestimates: start_in 0.06; a (measured 0.08) waits 0.02
+        (-0.04, 0.08, 0.06),  # b underestimates: it starts 20 ms early, a on the reply
+        (-0.08, 0.08, 0.04),  # b thinks the RTT is 0: start_in 0, it starts on CONNECT
+    ],
+)
+def test_the_initiator_corrects_the_responders_estimate(
+    rtt_error: float, start_a: float, start_b: float
+) -> None:
+    wiring = Wiring(EIM_A, EIM_B, rtt_error=rtt_error)
+    wiring.start("a")
+    wiring.run(1.0)
+    reply = next(m for _, m in signals(wiring, "b") if isinstance(m, Connect))
+    assert reply.start_in == pytest.approx((0.08 + rtt_error) / 2)
+    ((started_a, _),) = events(wiring, "a", PunchStarted)
+    ((started_b, _),) = events(wiring, "b", PunchStarted)
+    assert started_a == pytest.approx(start_a) and started_b == pytest.approx(start_b)
+    assert not any(isinstance(m, Sync) for _, m in signals(wiring, "a"))
+    # Within opener_lead + the direct one-way time of each other: the punch still works.
+    assert len(events(wiring, "a", PunchSucceeded)) == len(events(wiring, "b", PunchSucceeded)) == 1
+
+
+def _responder(**changes: object) -> PunchSession:
+    return PunchSession(
+        role=PunchRole.RESPONDER,
+        local_id=NodeId(b"\x02" * 32),
+        peer=NodeId(b"\x01" * 32),
+        me=EIM_B,
+        punch_id=b"p" * 16,
+        now=0.0,
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def state_of(session: PunchSession) -> PunchState:
+    return session.state  # read afresh (mypy would narrow the attribute across calls)
+
+
+def _connect(capabilities: frozenset[str]) -> Connect:
+    return Connect(
+        b"p" * 16,
+        reply=False,
+        key_share=b"k" * 32,
+        nat_class=NatClass.ENDPOINT_INDEPENDENT,
+        local=EIM_A.local,
+        reflexive=EIM_A.reflexive,
+        capabilities=capabilities,
+    )
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "rtt", "timed"),
+    [
+        (CAPS | {Capability.TIMED_START}, 0.08, True),
+        (CAPS, 0.08, False),  # an initiator without the capability (older): it will send SYNC
+        (CAPS | {Capability.TIMED_START}, None, False),  # no estimate
+        (CAPS | {Capability.TIMED_START}, float("nan"), False),  # no usable estimate
+        (CAPS | {Capability.TIMED_START}, 11.0, False),  # RTT/2 beyond MAX_START_IN
+    ],
+)
+def test_a_responder_times_its_start_only_when_it_can(
+    capabilities: frozenset[str], rtt: float | None, timed: bool
+) -> None:
+    session = _responder()
+    session.accept(_connect(capabilities), 1.0, signalling_rtt=rtt)
+    (reply,) = [decode_punch_message(c.data) for c in session.commands()]  # type: ignore[union-attr]
+    assert isinstance(reply, Connect) and reply.reply
+    if timed:
+        assert reply.start_in == pytest.approx(0.04)
+        assert state_of(session) is PunchState.WAITING
+        assert session.next_deadline() == pytest.approx(1.04)
+        session.on_signal(Sync(b"p" * 16), 1.01)  # a stray SYNC changes nothing
+        assert state_of(session) is PunchState.WAITING
+        session.on_timer(1.04)
+    else:
+        assert reply.start_in is None
+        assert state_of(session) is PunchState.SIGNALLING
+        assert session.next_deadline() == pytest.approx(1.0 + MESHKEY.signalling_timeout)
+        session.on_signal(Sync(b"p" * 16), 1.05)
+    assert state_of(session) is PunchState.PROBING
+    assert [type(e) for e in session.events()] == [PunchStarted]
+
+
+def test_without_synchronisation_nobody_offers_or_uses_a_timed_start() -> None:
+    session = _responder(config=OCKAM)
+    session.accept(_connect(CAPS | {Capability.TIMED_START}), 1.0, signalling_rtt=0.08)
+    (reply,) = [
+        decode_punch_message(c.data) for c in session.commands() if isinstance(c, SendSignal)
+    ]
+    assert isinstance(reply, Connect)
+    assert reply.start_in is None and Capability.TIMED_START not in reply.capabilities
+    assert session.state is PunchState.PROBING  # on CONNECT, as the reference does
+
+
 def test_the_schedule_runs_to_the_end_and_the_punch_gives_up_and_says_so() -> None:
     wiring = Wiring(EIM_A, EIM_B, drop=lambda side, command: True)
     wiring.start("a")
@@ -129,9 +252,10 @@ def test_the_schedule_runs_to_the_end_and_the_punch_gives_up_and_says_so() -> No
     sent = probes(wiring, "a", to=B_PUBLIC)
     full = [x for x in sent if x.command.ttl is None]  # type: ignore[union-attr]
     assert len(full) == len(DEFAULT_SCHEDULE)
-    assert [round(x.at - 0.15, 6) for x in full] == list(DEFAULT_SCHEDULE)
+    first_round = 0.08 + MESHKEY.opener_lead  # the timed start, then the openers' lead
+    assert [round(x.at - first_round, 6) for x in full] == list(DEFAULT_SCHEDULE)
     ((failed_at, failure),) = events(wiring, "a", PunchFailed)
-    assert failed_at == pytest.approx(0.15 + MESHKEY.give_up)
+    assert failed_at == pytest.approx(first_round + MESHKEY.give_up)
     assert failure.reason is AbortReason.TIMEOUT and failure.retryable  # type: ignore[attr-defined]
     assert failure.stats.probes_sent == 2 * len(DEFAULT_SCHEDULE)  # type: ignore[attr-defined]
     assert any(isinstance(m, Abort) for _, m in signals(wiring, "a"))
@@ -392,10 +516,10 @@ def test_meshkey_nottl_is_meshkey_without_openers() -> None:
     wiring.start("a")
     wiring.run(1.0)
     ((start_a, _),) = events(wiring, "a", PunchStarted)
-    assert start_a == pytest.approx(0.12)  # synchronised as meshkey's
+    assert start_a == pytest.approx(0.08)  # synchronised as meshkey's (a timed start)
     sent = probes(wiring, "a") + probes(wiring, "b")
     assert sent and all(x.command.ttl is None for x in sent)  # type: ignore[union-attr]
-    assert min(x.at for x in probes(wiring, "a")) == pytest.approx(0.12)
+    assert min(x.at for x in probes(wiring, "a")) == pytest.approx(0.08)
     assert len(events(wiring, "a", PunchSucceeded)) == 1
     assert STRATEGIES["meshkey-nottl"] is MESHKEY_NO_TTL
     assert (

@@ -1,5 +1,5 @@
 """Punch signalling messages (CONNECT, SYNC, RESULT, ABORT): round trips, limits, typed
-errors."""
+errors, and the optional ``start_in`` of a timed start."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersio
 from meshkey.wire.punch import (
     MAX_CANDIDATES,
     MAX_PUNCH_MESSAGE,
+    MAX_START_IN,
     Abort,
     AbortReason,
     Capability,
@@ -49,6 +50,10 @@ def connect(**changes: Any) -> Connect:
     [
         connect(),
         connect(reply=True, nat_class=NatClass.UDP_BLOCKED, local=(), reflexive=(), tcp=()),
+        connect(reply=True, start_in=0.04),
+        connect(reply=True, start_in=0.0),
+        connect(reply=True, start_in=MAX_START_IN),
+        connect(capabilities=frozenset({Capability.TIMED_START})),
         Sync(PUNCH_ID),
         Result(PUNCH_ID, ("198.51.100.9", 17665)),
         Abort(PUNCH_ID, AbortReason.BOTH_ENDPOINT_DEPENDENT, "both EDM", 60.0),
@@ -79,6 +84,36 @@ def test_unknown_capabilities_are_kept_but_unknown_classes_refused() -> None:
 def _raw(**body: Any) -> bytes:
     packed: bytes = msgpack.packb({"v": 1, "id": PUNCH_ID, **body}, use_bin_type=True)
     return packed
+
+
+def test_start_in_is_optional_and_an_older_reply_means_sync() -> None:
+    """A reply of a peer that predates the timed start has no start_in: None (wait for SYNC);
+    an integer is accepted as seconds."""
+    reply = {"t": "connect", "reply": True, "share": b"k" * 32, "class": "public"}
+    assert decode_punch_message(_raw(**reply)).start_in is None  # type: ignore[union-attr]
+    assert decode_punch_message(_raw(**reply, start_in=1)).start_in == 1.0  # type: ignore[union-attr]
+
+
+def _reply_with(start_in: Any, reply: bool = True) -> bytes:
+    return _raw(t="connect", reply=reply, share=b"k" * 32, start_in=start_in, **{"class": "public"})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _reply_with(-0.001),
+        _reply_with(MAX_START_IN + 0.001),
+        _reply_with(float("nan")),
+        _reply_with(float("inf")),
+        _reply_with(True),
+        _reply_with("0.04"),
+        _reply_with([0.04]),
+        _reply_with(0.04, reply=False),  # only a reply says when its sender starts
+    ],
+)
+def test_a_bad_start_in_is_a_typed_error(data: bytes) -> None:
+    with pytest.raises(MalformedError, match="start_in"):
+        decode_punch_message(data)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +168,10 @@ def test_encoding_refuses_what_the_peer_would() -> None:
         encode_punch_message(connect(key_share=b"short"))
     with pytest.raises(ValueError, match="retry_after"):
         encode_punch_message(Abort(PUNCH_ID, AbortReason.TIMEOUT, retry_after=-1))
+    with pytest.raises(ValueError, match="start_in"):
+        encode_punch_message(connect(start_in=0.04))  # not a reply
+    with pytest.raises(ValueError, match="start_in"):
+        encode_punch_message(connect(reply=True, start_in=MAX_START_IN * 2))
 
 
 @given(st.binary(max_size=3000))
@@ -173,6 +212,7 @@ field_value = st.one_of(
                 "reason",
                 "detail",
                 "retry_after",
+                "start_in",
             ]
         ),
         field_value,

@@ -140,6 +140,11 @@ class Channel:
     created_at: str = field(default_factory=_utc_now)
     opened_at: str | None = None
     closed_at: float | None = None  # loop time, for expiry of the listing
+    #: The round trip of the last handshake over the channel's route (initiator: its first
+    #: message to the answer; responder: its answer to the last message), before any PING:
+    #: the path service times a punch's start with it.
+    handshake_rtt: float | None = None
+    handshake_sent_at: float | None = None  # loop time of the message now awaiting its answer
     in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
     relay_route: Route = ()  # responder: the latest return route that did not come direct
     no_direct: bool = False  # keep this channel's traffic off direct paths
@@ -303,6 +308,7 @@ class SecureChannels:
         channel.no_direct = no_direct
         channel.listener_route = channel.route = route
         self._register_workers(channel)
+        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, channel.session.start(), route)
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), timeout)
@@ -481,6 +487,7 @@ class SecureChannels:
         channel.session = SecureSession(True, self.static, authorized=frozenset({channel.peer}))
         channel.route = channel.listener_route
         channel.opened = self._loop.create_future()
+        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, channel.session.start(), channel.listener_route)
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), HANDSHAKE_TIMEOUT)
@@ -524,6 +531,7 @@ class SecureChannels:
         channel.route = message.return_route
         self._register_workers(channel, handshake_only=True)
         assert received.reply is not None
+        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, received.reply)
         self._rearm(channel)
 
@@ -634,6 +642,9 @@ class SecureChannels:
         channel.route_error = None
         channel.in_flight.clear()
         channel.liveness.heard(now, pong=received.pong)
+        if received.opened and channel.handshake_sent_at is not None:
+            channel.handshake_rtt = max(0.0, now - channel.handshake_sent_at)
+            channel.handshake_sent_at = None
         if received.reply is not None:
             await self._send(channel, received.reply, self._current_route(channel))
         if received.opened:

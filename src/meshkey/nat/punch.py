@@ -7,30 +7,44 @@ with the messages of :mod:`meshkey.wire.punch`, and carried out with PUNCH_PROBE
 packets (:mod:`meshkey.wire.udp`) on the node's one UDP socket, plus the birthday sockets::
 
     initiator                                   responder
-    SIGNALLING  -- CONNECT (candidates) ------>  decide; SIGNALLING (or refuse: ABORT)
-                <-------- CONNECT reply -------
-    decide, RTT measured; SYNC --------------->  PROBING at once
-    WAITING RTT/2, then PROBING
+    SIGNALLING  -- CONNECT (candidates) ------>  decide (or refuse: ABORT)
+                <-- CONNECT reply (start_in) --  WAITING start_in (RTT/2), then PROBING
+    decide, RTT measured;
+    WAITING start_in - RTT/2, then PROBING
                 <====== probes / ACKs ========>
     first valid ACK: WON (RESULT ------------->) first valid ACK: WON
     the lower NodeId emits DialHop over the winning pair; both linger, still answering
     probes, for ``linger`` seconds; then CLOSED.  Any side may end it with ABORT: FAILED.
 
-States: SIGNALLING → WAITING (initiator only, when synchronising) → PROBING → WON → CLOSED,
-or FAILED from any of them. The state and the reason are set before the event goes out.
+States: SIGNALLING → WAITING (when synchronising) → PROBING → WON → CLOSED, or FAILED from
+any of them. The state and the reason are set before the event goes out.
 
 Both sides run :func:`~meshkey.nat.strategy.decide` on the two CONNECTs and get the same
-plan. With ``synchronise`` (libp2p DCUtR), the initiator measures the CONNECT round trip and
-starts RTT/2 after sending SYNC, when the responder receives it: both start together. At the
-start each side sends low-TTL *openers* (a probe with TTL ``low_ttl``) toward the peer's
-public addresses: they open its own NAT's mapping but die before the peer's NAT, so the
-first real probe of the peer, whenever it comes, matches a mapping instead of creating an
-unreplied inbound conntrack entry that would make our NAT move our flow to another port
-(NATLAB.md, "the conntrack clash"). Probe rounds follow ``opener_lead`` later, on the
-config's schedule, one probe per (socket, peer candidate). When either side is public there
-is no SYNC and no opener: a public side filters nothing and answers whatever address a probe
-came from, so a clash on the other side does no harm, and each side starts as soon as it
-knows the other's candidates (saving RTT/2 and the lead).
+plan. With ``synchronise`` both start probing at the same moment, in one of two ways:
+
+* *timed start* (the default): the initiator offers the ``timed-start`` capability, and a
+  responder that knows the round trip of the signalling path (the glue passes its estimate,
+  e.g. the secure channel's handshake or the relay path's pings) answers with a reply that
+  says ``start_in`` = RTT/2 and starts that long after sending it, when the reply arrives.
+  The initiator measures the CONNECT round trip itself and starts on the reply plus
+  ``start_in`` - its own RTT/2 (at once when the estimates agree): the responder's estimate
+  only has to be close, the initiator corrects it. Signalling costs one round trip.
+* *SYNC* (libp2p DCUtR; the fallback when the responder has no estimate, or the initiator
+  does not offer the capability): the initiator measures the CONNECT round trip and starts
+  RTT/2 after sending SYNC, when the responder receives it. One and a half round trips.
+
+A responder's estimate that is too large only delays both sides (the initiator waits as
+long); one too small by 2e starts the responder e early, which the openers absorb up to
+``opener_lead`` plus the direct path's one-way time. At the start each side sends low-TTL
+*openers* (a probe with TTL ``low_ttl``) toward the peer's public addresses: they open its
+own NAT's mapping but die before the peer's NAT, so the first real probe of the peer,
+whenever it comes, matches a mapping instead of creating an unreplied inbound conntrack
+entry that would make our NAT move our flow to another port (NATLAB.md, "the conntrack
+clash"). Probe rounds follow ``opener_lead`` later, on the config's schedule, one probe per
+(socket, peer candidate). When either side is public there is no synchronisation and no
+opener: a public side filters nothing and answers whatever address a probe came from, so a
+clash on the other side does no harm, and each side starts as soon as it knows the other's
+candidates (saving the synchronisation and the lead).
 
 Probes and ACKs carry the punch id, the sender's role, a counter and a MAC keyed by a secret
 derived from both sides' key shares (:mod:`meshkey.nat.token`): a probe that fails the MAC,
@@ -61,6 +75,7 @@ bounded by the schedule and the spray limit.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import random
@@ -81,9 +96,11 @@ from meshkey.nat.strategy import (
 from meshkey.nat.token import PunchKey
 from meshkey.wire.punch import (
     KEY_SHARE_SIZE,
+    MAX_START_IN,
     PUNCH_ID_SIZE,
     Abort,
     AbortReason,
+    Capability,
     Connect,
     NatClass,
     PunchMessage,
@@ -312,6 +329,9 @@ class PunchSession:
         self._direct_allowed = direct_allowed
         self._binding = binding
         self._share = self._rng.randbytes(KEY_SHARE_SIZE)
+        capabilities = frozenset(me.capabilities)
+        if config.synchronise:
+            capabilities |= {Capability.TIMED_START}
         self._mine = Connect(
             punch_id,
             reply=role is PunchRole.RESPONDER,
@@ -320,7 +340,7 @@ class PunchSession:
             local=me.local[:8],
             reflexive=me.reflexive[:8],
             tcp=me.tcp[:8],
-            capabilities=me.capabilities,
+            capabilities=capabilities,
         )
         self._theirs: Connect | None = None
         self._key: PunchKey | None = None
@@ -355,13 +375,17 @@ class PunchSession:
             raise RuntimeError("only a new initiator session starts")
         self._signal(self._mine)
 
-    def accept(self, connect: Connect, now: float) -> None:
+    def accept(self, connect: Connect, now: float, *, signalling_rtt: float | None = None) -> None:
         """Responder: answers the peer's CONNECT with a CONNECT reply, or an ABORT saying why
-        not."""
+        not. ``signalling_rtt``: the glue's estimate of the round trip of the path the
+        signals travel (None: unknown), for a timed start; without one the initiator's SYNC
+        starts the punch."""
         if self.role is not PunchRole.RESPONDER or self._theirs is not None:
             raise RuntimeError("only a new responder session accepts a CONNECT")
         if connect.punch_id != self.punch_id or connect.reply:
             raise ValueError("not the CONNECT this session was made for")
+        if signalling_rtt is not None and math.isfinite(signalling_rtt) and signalling_rtt >= 0:
+            self.signalling_rtt = signalling_rtt
         self._on_connect(connect, now)
 
     # -- output ---------------------------------------------------------------------
@@ -553,18 +577,46 @@ class PunchSession:
         # the RTT/2 wait would only cost time.
         self._synchronised = self.config.synchronise and self._synchronised_kind()
         if self.role is PunchRole.RESPONDER:
-            self._signal(self._mine)
-            if self._synchronised:
-                self._signal_deadline = now + self.config.signalling_timeout
-            else:
+            if not self._synchronised:
+                self._signal(self._mine)
                 self._start_probing(now)
+                return
+            start_in = self._timed_start(theirs)
+            if start_in is None:  # wait for the initiator's SYNC
+                self._signal(self._mine)
+                self._signal_deadline = now + self.config.signalling_timeout
+                return
+            self._signal(dataclasses.replace(self._mine, start_in=start_in))
+            self._wait_until(now + start_in, now)
             return
-        if self._synchronised:
-            self._signal(Sync(self.punch_id))
-            self.state = PunchState.WAITING
-            self._start_at = now + (self.signalling_rtt or 0.0) / 2
-        else:
+        if not self._synchronised:
             self._start_probing(now)
+            return
+        one_way = (self.signalling_rtt or 0.0) / 2
+        if theirs.start_in is not None:
+            # The responder starts start_in after sending its reply, which took one_way to
+            # get here: start then too (at once when its estimate was low: it is already on).
+            self._wait_until(now + max(0.0, theirs.start_in - one_way), now)
+        else:
+            self._signal(Sync(self.punch_id))
+            self._wait_until(now + one_way, now)
+
+    def _timed_start(self, theirs: Connect) -> float | None:
+        """Responder: the ``start_in`` of its reply, or None for the SYNC exchange (the
+        initiator cannot do a timed start, or the signalling RTT is unknown)."""
+        rtt = self.signalling_rtt
+        if Capability.TIMED_START not in theirs.capabilities or rtt is None:
+            return None
+        start_in = rtt / 2
+        return round(start_in, 6) if start_in <= MAX_START_IN else None
+
+    def _wait_until(self, start_at: float, now: float) -> None:
+        if start_at <= now:
+            self._start_probing(now)
+            return
+        self.state = PunchState.WAITING
+        self._signal_deadline = None
+        self._start_at = start_at
 
     def _synchronised_kind(self) -> bool:
         """Both sides filter (no public side): the pair that needs sync and openers."""

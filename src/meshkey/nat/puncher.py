@@ -118,15 +118,26 @@ class Puncher:
         *,
         direct_allowed: bool = True,
         binding: bytes = b"",
+        signalling_rtt: float | None = None,
     ) -> None:
         """A punch message from ``peer`` arrived over the secure channel with it.
-        ``direct_allowed`` False (``--no-direct`` for that peer) refuses its punches."""
+        ``direct_allowed`` False (``--no-direct`` for that peer) refuses its punches.
+        ``signalling_rtt``: the round trip of that channel's path, if the glue knows it (the
+        relay path's pings, else the channel's handshake): a CONNECT is then answered with a
+        timed start instead of waiting for SYNC."""
         try:
             message = decode_punch_message(data)
         except WireError:
             self.dropped += 1
             return
-        self.on_message(peer, message, now, direct_allowed=direct_allowed, binding=binding)
+        self.on_message(
+            peer,
+            message,
+            now,
+            direct_allowed=direct_allowed,
+            binding=binding,
+            signalling_rtt=signalling_rtt,
+        )
 
     def on_message(
         self,
@@ -136,6 +147,7 @@ class Puncher:
         *,
         direct_allowed: bool = True,
         binding: bytes = b"",
+        signalling_rtt: float | None = None,
     ) -> None:
         current = self._by_peer.get(peer)
         if isinstance(message, Connect) and not message.reply:
@@ -162,7 +174,7 @@ class Puncher:
                 direct_allowed=direct_allowed,
                 binding=binding,
             )
-            responder.accept(message, now)
+            responder.accept(message, now, signalling_rtt=signalling_rtt)
             self._add(responder)
             return
         session = self._by_id.get(message.punch_id)

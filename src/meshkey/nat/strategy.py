@@ -65,15 +65,22 @@ class PunchConfig:
     schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     #: Probing ends, unanswered, this long after the start.
     give_up: float = 5.0
-    #: DCUtR: the initiator waits RTT/2 after SYNC, the responder starts on SYNC. Without
-    #: it, the responder starts on CONNECT and the initiator on the reply.
+    #: Both sides start together: by a timed start (the responder's reply says when it
+    #: starts, RTT/2 after sending it; the initiator starts then, on the reply) or, when the
+    #: responder has no RTT estimate, by DCUtR's SYNC (the initiator waits RTT/2 after SYNC,
+    #: the responder starts on SYNC). Without it, the responder starts on CONNECT and the
+    #: initiator on the reply.
     synchronise: bool = True
     #: TTL of the openers sent toward the peer's public address before the first probe
     #: (HyperDHT's trick), or None for none.
     low_ttl: int | None = 5
     #: How long after the openers the first probe round goes: the synchronisation error the
     #: openers can absorb (a peer probe reaching our NAT before our own first packet left
-    #: would clash with it; NATLAB.md).
+    #: would clash with it; NATLAB.md). Together with the direct path's one-way time it is the
+    #: start skew a punch survives: 30 ms + 20 ms here covers even a responder that starts on
+    #: CONNECT (a timed start from an estimate of 0) 40 ms before the initiator — the
+    #: margin a timed start relies on, so it stays at 30 ms (without openers at all the
+    #: lab's EIM pairs succeed too, as the low-TTL control showed, but with no margin).
     opener_lead: float = 0.03
     #: Whether :func:`decide` may refuse (both EDM, UDP blocked) and choose birthday.
     respect_classes: bool = True

@@ -371,7 +371,11 @@ class PathService:
         if isinstance(signal, PunchSignal):
             self.paths.add_peer(peer, now, initiates=False)
             self.puncher.on_signal(
-                peer, signal.data, now, direct_allowed=self.paths.direct_allowed(peer)
+                peer,
+                signal.data,
+                now,
+                direct_allowed=self.paths.direct_allowed(peer),
+                signalling_rtt=self.signalling_rtt(peer, message.local.channel_address),
             )
         elif isinstance(signal, PathPing):
             await self._signal(peer, PathPong(signal.token))
@@ -380,6 +384,23 @@ class PathService:
         elif isinstance(signal, PathPong) and state.relay_key is not None:
             self.paths.on_pong(peer, state.relay_key, signal.token, now)
         self.wake()
+
+    def signalling_rtt(self, peer: NodeId, channel_address: str | None) -> float | None:
+        """The round trip of the relay path the punch signals take, for a timed start: the
+        relay path's pings if it has been pinged, else the channel's handshake (which went
+        the same way: a channel whose path is the relay was opened over it). None when the
+        channel's own route is a direct hop (then there is nothing to punch for) or nothing
+        was measured: the punch falls back to SYNC."""
+        state = self._peers.get(peer)
+        if state is None or state.relay_key is None:
+            return None
+        relay = next((p for p in self.paths.paths(peer) if p.key == state.relay_key), None)
+        if relay is not None and relay.srtt is not None:
+            return relay.srtt
+        channel = self.channels.get(channel_address) if channel_address else None
+        if channel is None or channel.peer != peer:
+            return None
+        return channel.handshake_rtt
 
     async def _signal(self, peer: NodeId, signal: PunchSignal | PathPing | PathPong) -> None:
         state = self._peers.get(peer)

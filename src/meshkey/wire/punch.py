@@ -9,7 +9,7 @@ msgpack maps, one per message, at most :data:`MAX_PUNCH_MESSAGE` bytes::
 
     CONNECT  {"v": 1, "t": "connect", "id": bytes(16), "reply": bool, "share": bytes(32),
               "class": NAT class, "local": [[host, port], ...], "reflexive": [...],
-              "tcp": [...], "caps": [str, ...]}
+              "tcp": [...], "caps": [str, ...], "start_in": float (optional, replies only)}
     SYNC     {"v": 1, "t": "sync", "id": bytes(16)}
     RESULT   {"v": 1, "t": "result", "id": bytes(16), "remote": [host, port]}
     ABORT    {"v": 1, "t": "abort", "id": bytes(16), "reason": reason, "detail": str,
@@ -17,8 +17,14 @@ msgpack maps, one per message, at most :data:`MAX_PUNCH_MESSAGE` bytes::
 
 The initiator sends CONNECT (``reply`` false) and times it; the responder answers with its
 own CONNECT (``reply`` true); the initiator sends SYNC and both start probing together
-(libp2p DCUtR). RESULT says which address of the peer answered first; ABORT ends the punch
-with a reason either side can show a user.
+(libp2p DCUtR). A *timed start* saves the SYNC: an initiator that offers the
+``timed-start`` capability lets a responder that knows the round trip of the signalling path
+put ``start_in`` in its reply — the seconds after sending it at which the responder starts
+probing (its estimate of the reply's one-way time) — and the initiator starts at the same
+moment, on its own measurement of that one-way time; no SYNC is sent. ``start_in`` is optional
+(absent: the SYNC exchange as before; older peers ignore the field and the capability), at
+most :data:`MAX_START_IN`, and only in a reply. RESULT says which address of the peer
+answered first; ABORT ends the punch with a reason either side can show a user.
 
 Addresses are IP literals (never names: a name would make a node resolve what a peer told it)
 with ports 1-65535, at most :data:`MAX_CANDIDATES` per list. Unknown capabilities are ignored
@@ -45,6 +51,9 @@ MAX_CAPABILITIES = 16
 MAX_CAPABILITY = 32
 MAX_DETAIL = 256
 MAX_RETRY_AFTER = 86400.0
+#: A timed start further away than this is not a synchronised punch (a signalling path of
+#: 10 s round trip would time the punch out anyway): refused.
+MAX_START_IN = 5.0
 
 Address = tuple[str, int]
 
@@ -63,6 +72,7 @@ class Capability(enum.StrEnum):
     BIRTHDAY = "birthday"  # can open the extra sockets, or spray random ports
     LOW_TTL = "low-ttl"  # sends a low-TTL opener before its probes
     TCP_DIAL = "tcp-dial"  # can dial a TCP hop (UDP blocked, peer public)
+    TIMED_START = "timed-start"  # an initiator that starts on a reply's ``start_in``, no SYNC
 
 
 class AbortReason(enum.StrEnum):
@@ -89,6 +99,9 @@ class Connect:
     reflexive: tuple[Address, ...] = ()
     tcp: tuple[Address, ...] = ()
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    #: Replies only: the responder starts probing this many seconds after sending the reply
+    #: (a timed start, no SYNC); None: it waits for SYNC.
+    start_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +159,19 @@ def _check_bytes(value: Any, size: int, what: str) -> bytes:
     return value
 
 
+def _check_start_in(value: Any) -> float | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_START_IN
+    ):
+        raise MalformedError(f"connect: start_in out of range (0 to {MAX_START_IN:g} s)")
+    return float(value)
+
+
 def _enum(kind: type[enum.StrEnum], value: Any, what: str) -> Any:
     if not isinstance(value, str):
         raise MalformedError(f"{what} is not a string")
@@ -167,6 +193,10 @@ def encode_punch_message(message: PunchMessage) -> bytes:
             caps = sorted(message.capabilities)
             if len(caps) > MAX_CAPABILITIES or any(len(c) > MAX_CAPABILITY for c in caps):
                 raise ValueError("too many or too long capabilities")
+            if message.start_in is not None and (
+                not message.reply or not 0 <= message.start_in <= MAX_START_IN
+            ):
+                raise ValueError("start_in is for replies, 0 to MAX_START_IN seconds")
             body = {
                 "t": "connect",
                 "reply": message.reply,
@@ -175,6 +205,8 @@ def encode_punch_message(message: PunchMessage) -> bytes:
                 **{name: [list(a) for a in addresses] for name, addresses in lists.items()},
                 "caps": caps,
             }
+            if message.start_in is not None:
+                body["start_in"] = float(message.start_in)
         case Sync():
             body = {"t": "sync"}
         case Result():
@@ -211,6 +243,9 @@ def decode_punch_message(data: bytes) -> PunchMessage:
             or not all(isinstance(c, str) and len(c) <= MAX_CAPABILITY for c in caps)
         ):
             raise MalformedError("connect: capabilities are not a short list of names")
+        start_in = _check_start_in(body.get("start_in"))
+        if start_in is not None and not reply:
+            raise MalformedError("connect: start_in in a CONNECT that is not a reply")
         return Connect(
             punch_id=punch_id,
             reply=reply,
@@ -220,6 +255,7 @@ def decode_punch_message(data: bytes) -> PunchMessage:
             reflexive=_check_addresses(body.get("reflexive", []), "reflexive"),
             tcp=_check_addresses(body.get("tcp", []), "tcp"),
             capabilities=frozenset(caps),
+            start_in=start_in,
         )
     if kind == "sync":
         return Sync(punch_id)
