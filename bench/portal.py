@@ -6,7 +6,9 @@ Processes (spawned, so each has its own interpreter and event loop, as daemons w
   an **echo** server for round trips;
 * an **outlet node** (``meshkey.Node`` + :class:`~meshkey.portal.Outlet` to the sink/echo);
 * an **inlet node** (``meshkey.Node`` + :class:`~meshkey.portal.Inlet`), whose route is a
-  direct UDP (QUIC) hop, a direct TCP (TLS) hop, or a secure channel over the UDP hop.
+  direct UDP (QUIC) hop, a direct TCP (TLS) hop, a secure channel over the UDP hop, or a
+  secure channel through a **relay node** (Ockam's forwarder session; kept on the relay with
+  ``no_direct``, so every byte crosses three nodes: CPU per GB counts the relay's too).
 
 This process is the client: it sends N bytes with blocking ``sendall``, half-closes, and
 waits for the sink's count, so the time covers every byte arriving. The same client runs
@@ -69,7 +71,26 @@ def _serve_blocking(kind: str, ports: Any, stop: Any) -> None:
     stop.get()
 
 
-def _outlet_node(sink: int, echo: int, ports: Any, stop: Any) -> None:
+def _relay_node(ports: Any, stop: Any) -> None:
+    """A node that only relays: the outlet node registers ``forward_to_outlet`` on it."""
+    import asyncio
+
+    import uvloop
+
+    from meshkey.log import configure_logging
+    from meshkey.node.core import Node
+
+    configure_logging("warning")
+
+    async def main() -> None:
+        async with Node(tcp=None) as node:
+            ports.put(([str(a) for a in node.addresses], os.getpid()))
+            await asyncio.get_running_loop().run_in_executor(None, stop.get)
+
+    uvloop.run(main())
+
+
+def _outlet_node(sink: int, echo: int, relay: str, ports: Any, stop: Any) -> None:
     import asyncio
 
     import uvloop
@@ -84,6 +105,7 @@ def _outlet_node(sink: int, echo: int, ports: Any, stop: Any) -> None:
         async with Node() as node:
             sink_outlet = Outlet(node.router, "127.0.0.1", sink, name="sink")
             echo_outlet = Outlet(node.router, "127.0.0.1", echo, name="echo_outlet")
+            await node.create_relay("outlet", relay)  # for the relayed row
             ports.put(([str(a) for a in node.addresses], os.getpid()))
             await asyncio.get_running_loop().run_in_executor(None, stop.get)
             await sink_outlet.close()
@@ -109,6 +131,10 @@ def _inlet_node(route_to_node: str, mode: str, ports: Any, stop: Any) -> None:
             base = route_to_node
             if mode == "secure":
                 base = await node.create_secure_channel(f"{route_to_node}/service/api")
+            elif mode == "relayed":  # Ockam's session: a channel through the relay, kept there
+                base = await node.create_secure_channel(
+                    f"{route_to_node}/service/api", no_direct=True
+                )
             inlets = [
                 Inlet(node.router, parse_route(f"{base}/service/{service}"))
                 for service in ("sink", "echo_outlet")
@@ -326,21 +352,22 @@ def ssh_tunnel(target_port: int) -> Iterator[int | None]:
 
 
 def _through_portal(
-    results: dict[str, Any], name: str, node_address: str, mode: str, outlet_pid: int,
+    results: dict[str, Any], name: str, node_address: str, mode: str, node_pids: list[int],
     total: int, rtts: int, extras: bool,
 ) -> None:  # fmt: skip
     with spawned(_inlet_node, node_address, mode) as ((sink_port, echo_port), inlet_pid):
         transfer(sink_port, 8 * MiB)  # warm-up: connections, QUIC windows
-        cpu_before = cpu_seconds(inlet_pid) + cpu_seconds(outlet_pid)
+        pids = [inlet_pid, *node_pids]
+        cpu_before = sum(cpu_seconds(pid) for pid in pids)
         rate = transfer(sink_port, total)
-        cpu = cpu_seconds(inlet_pid) + cpu_seconds(outlet_pid) - cpu_before
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
         results[name] = {
             "MB_per_s": round(rate, 1),
             "node_cpu_s_per_GB": round(cpu / (total / 1e9), 2),
             "rtt_64B": round_trips(echo_port, rtts),
         }
         if extras:  # idle first: RSS grown by bulk buffers is not given back to the OS
-            results[name]["idle"] = idle_sessions_rss(echo_port, [inlet_pid, outlet_pid], 1000)
+            results[name]["idle"] = idle_sessions_rss(echo_port, pids, 1000)
             for streams in (8, 64):
                 aggregate = parallel_transfer(sink_port, total, streams)
                 results[name][f"MB_per_s_{streams}_streams"] = round(aggregate, 1)
@@ -376,16 +403,21 @@ def main(*, quick: bool = False) -> None:
         with served_in_process(_meshkey_sink, True) as address:
             hop_rate, _ = uvloop.run(_meshkey_send(address, total, True))
         results["quic_hop_messages"] = {"MB_per_s": round(hop_rate, 1)}
-        with spawned(_outlet_node, sink, echo) as (addresses, outlet_pid):
+        with (
+            spawned(_relay_node) as (relay_addresses, relay_pid),
+            spawned(_outlet_node, sink, echo, relay_addresses[0]) as (addresses, outlet_pid),
+        ):
             udp = next(a for a in addresses if "/udp/" in a)
             tcp = next(a for a in addresses if "/tcp/" in a)
-            for name, address, mode in (
-                ("portal_direct_udp", udp, "direct"),
-                ("portal_direct_tcp", tcp, "direct"),
-                ("portal_secure_channel_udp", udp, "secure"),
+            relayed = f"{relay_addresses[0]}/service/forward_to_outlet"
+            for name, address, mode, pids in (
+                ("portal_direct_udp", udp, "direct", [outlet_pid]),
+                ("portal_direct_tcp", tcp, "direct", [outlet_pid]),
+                ("portal_secure_channel_udp", udp, "secure", [outlet_pid]),
+                ("portal_secure_channel_relayed", relayed, "relayed", [outlet_pid, relay_pid]),
             ):
                 extras = name == "portal_direct_udp"
-                _through_portal(results, name, address, mode, outlet_pid, total, rtts, extras)
+                _through_portal(results, name, address, mode, pids, total, rtts, extras)
     ssh_rate = results["ssh_L"].get("MB_per_s")
     results["ratios"] = {
         "udp_vs_target_100MBps": round(results["portal_direct_udp"]["MB_per_s"] / 100, 2),
@@ -409,6 +441,7 @@ def main(*, quick: bool = False) -> None:
         "portal_direct_udp",
         "portal_direct_tcp",
         "portal_secure_channel_udp",
+        "portal_secure_channel_relayed",
     ):
         entry = results[name]
         if "error" in entry:
