@@ -523,7 +523,9 @@ class PathService:
             if public is not None and event.seen_as and event.seen_as != public:
                 self.recheck.on_contradiction(now)
         elif isinstance(event, PunchFailed):
-            log.info("punch.failed", peer=event.peer, reason=str(event.reason))
+            log.info(
+                "punch.failed", peer=event.peer, reason=str(event.reason), stats=str(event.stats)
+            )
         self.paths.on_punch_event(event, now)  # type: ignore[arg-type]
 
     def _switched(self, event: PathSwitched) -> None:
