@@ -85,7 +85,7 @@ from meshkey.wire.dht import (
     is_request,
 )
 from meshkey.wire.errors import WireError
-from meshkey.wire.message import HOST_IP4, HOST_IP6, ErrorCode
+from meshkey.wire.message import ErrorCode
 
 log = EventLogger("dht")
 
@@ -122,13 +122,6 @@ class _Waiter:
     kind: str = "lookup"
 
 
-def pinned_udp(peer: NodeId, address: Endpoint) -> TransportAddress:
-    """``/ip4/H/udp/P/id/NODEID``: a hop to ``address`` that must authenticate ``peer``."""
-    host, port = address
-    kind = HOST_IP6 if ":" in host else HOST_IP4
-    return TransportAddress("udp", kind, host, port, peer)
-
-
 class DhtService:
     """The node graph of one node. ``mode`` None finds out (DIAL_BACK) after joining."""
 
@@ -151,6 +144,7 @@ class DhtService:
         self.udp = udp
         self.store = store or MemoryGraphStore()
         self.fixed_mode = mode
+        self._saved_mode = self.store.load_mode()  # what set_mode last wrote
         # True behind a NAT, False public, None unknown (the node's NAT classification)
         self.behind_nat = behind_nat
         self.request_timeout = request_timeout
@@ -190,13 +184,13 @@ class DhtService:
     def set_mode(self, mode: Mode) -> None:
         """Sets the mode found out; kept, so a restarted server answers from its first
         second (and is checked again after it re-joined)."""
-        if mode is not self.engine.mode or self.store.load_mode() != int(mode):
-            self.engine.set_mode(mode)
-            if self.fixed_mode is None:
-                self.store.save_mode(int(mode))
+        self.engine.set_mode(mode)
+        if self.fixed_mode is None and self._saved_mode != int(mode):
+            self.store.save_mode(int(mode))
+            self._saved_mode = int(mode)
 
     def _restored_mode(self) -> Mode:
-        saved = self.store.load_mode()
+        saved = self._saved_mode
         return (
             Mode(saved) if saved is not None and saved in Mode._value2member_map_ else Mode.CLIENT
         )
@@ -343,7 +337,9 @@ class DhtService:
         if link is not None:
             onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
         elif address is not None:
-            onward = (pinned_udp(peer, address), ServiceAddress(DHT_SERVICE))
+            # Pinned to the NodeId: a contact that lies about it fails the hop's authentication.
+            hop = TransportAddress.from_socket("udp", *address, peer)
+            onward = (hop, ServiceAddress(DHT_SERVICE))
         else:
             raise RemoteError(ErrorCode.UNREACHABLE, f"no address for {peer.short()}")
         self.router.register(slot, receive, inline=True)
@@ -736,4 +732,4 @@ class DhtService:
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
 
 
-__all__ = ["DHT_SERVICE", "DhtService", "FindResult", "pinned_udp"]
+__all__ = ["DHT_SERVICE", "DhtService", "FindResult"]

@@ -20,7 +20,7 @@ from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
 from meshkey.channel.policy import RELAY_RESOURCE, SPECIAL_RESOURCES, Policies, Policy
 from meshkey.dht.peers import PeerGraph, parse_seed
 from meshkey.dht.records import RecordContent
-from meshkey.dht.service import DhtService, pinned_udp
+from meshkey.dht.service import DhtService
 from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -58,6 +58,7 @@ from meshkey.wire.dht import Endpoint, Mode
 from meshkey.wire.dht import NatClass as RecordNatClass
 from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode
+from meshkey.wire.punch import NatClass
 
 log = EventLogger("node")
 
@@ -353,8 +354,8 @@ class Node:
         recheck_at = loop.time() + REACHABILITY_FIRST_RECHECK
         classified = self._behind_nat()
         while True:
-            if self._behind_nat() != classified:  # classified (again) since: ask again now
-                classified, recheck_at = self._behind_nat(), loop.time()
+            if (now_classified := self._behind_nat()) != classified:  # reclassified: ask now
+                classified, recheck_at = now_classified, loop.time()
             if self._dht_mode is None and loop.time() >= recheck_at:
                 # Asked again once the graph knows more servers: early answers may come from
                 # the asked node itself (no third node to dial back), which a NAT's filter
@@ -375,23 +376,19 @@ class Node:
         """``/peer/NODEID``: a direct hop or live hop to it if there is one; else where the
         node graph says it is: its own address if it is reachable (a server, or its record
         says so), else the first relay route of its signed record."""
-        route = self.path_service.resolve_peer(peer)
+        route = self.path_service.resolve_peer(peer) or self._reached_at(peer)
         if route is not None:
             return route
-        graph = self.graph
-        entry = graph.engine.table.get(peer)
-        if entry is not None and entry.reachable_at is not None:
-            return (pinned_udp(peer, entry.reachable_at),)
         try:
-            found = await graph.find(peer, timeout=PEER_LOOKUP_TIMEOUT)
+            found = await self.graph.find(peer, timeout=PEER_LOOKUP_TIMEOUT)
         except RemoteError:
             return None
         record = found.record
         if record is not None and record.direct:
-            return (pinned_udp(peer, record.direct[0]),)
-        answered = graph.engine.table.get(peer)
-        if answered is not None and answered.reachable_at is not None:
-            return (pinned_udp(peer, answered.reachable_at),)
+            return (TransportAddress.from_socket("udp", *record.direct[0], peer),)
+        route = self._reached_at(peer)  # the lookup may have met it
+        if route is not None:
+            return route
         for relay in record.relays if record is not None else ():
             try:
                 return parse_route(relay)
@@ -399,12 +396,19 @@ class Node:
                 continue
         return None
 
+    def _reached_at(self, peer: NodeId) -> Route | None:
+        """A hop to where this node's graph has reached ``peer`` by dialling it, if it has."""
+        entry = self.graph.engine.table.get(peer)
+        if entry is None or entry.reachable_at is None:
+            return None
+        return (TransportAddress.from_socket("udp", *entry.reachable_at, peer),)
+
     def _behind_nat(self) -> bool | None:
         """What the NAT classification says: None while it does not know."""
         found = self._paths.classification if self._paths is not None else None
-        if found is None or found.nat_class.name == "UNKNOWN":
+        if found is None or found.nat_class is NatClass.UNKNOWN:
             return None
-        return found.nat_class.name != "PUBLIC"
+        return found.nat_class is not NatClass.PUBLIC
 
     def record_content(self) -> RecordContent:
         """What this node's signed peer record says: where it listens (if it is reachable),

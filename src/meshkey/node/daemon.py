@@ -35,7 +35,7 @@ from meshkey.node.store import NodeStore
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
-from meshkey.wire.dht import Mode
+from meshkey.wire.dht import Endpoint, Mode
 
 log = EventLogger("node.daemon")
 
@@ -463,17 +463,15 @@ class Daemon:
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
-def _seeds(config: dict[str, str]) -> list[str]:
+def _seeds(config: dict[str, str]) -> list[tuple[NodeId, Endpoint]]:
     """The node's seeds (``node create --seed``) and those of ``MESHKEY_SEEDS`` (separated
-    by commas or spaces), checked at start: a bad one is an error, not a silent skip."""
+    by commas or spaces), parsed at start: a bad one is an error, not a silent skip."""
     seeds = list(json.loads(config.get("seeds") or "[]"))
     seeds += os.environ.get("MESHKEY_SEEDS", "").replace(",", " ").split()
-    for seed in seeds:
-        try:
-            parse_seed(seed)
-        except RouteError as exc:
-            raise DaemonError(str(exc)) from exc
-    return seeds
+    try:
+        return [parse_seed(seed) for seed in seeds]
+    except RouteError as exc:
+        raise DaemonError(str(exc)) from exc
 
 
 def _dht_mode(config: dict[str, str]) -> Mode | None:
