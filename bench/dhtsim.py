@@ -55,7 +55,6 @@ from meshkey.identity.node_id import NodeId
 from meshkey.wire.dht import (
     Answer,
     DialBackResult,
-    Endpoint,
     FindNode,
     FindValue,
     Mode,
@@ -63,6 +62,7 @@ from meshkey.wire.dht import (
     Value,
     WireContact,
 )
+from meshkey.wire.net import Endpoint
 
 START = 1000.0
 WALL_OFFSET = 1.7e9  # simulated wall clock = monotonic + this (records carry unix expiries)

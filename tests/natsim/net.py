@@ -39,7 +39,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Address = tuple[str, int]
+from meshkey.wire.net import Endpoint
+
 Receiver = Callable[["Packet"], None]
 
 DEFAULT_TTL = 64
@@ -54,8 +55,8 @@ class NatKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    src: Address
-    dst: Address
+    src: Endpoint
+    dst: Endpoint
     data: bytes
     ttl: int = DEFAULT_TTL
     proto: str = "udp"
@@ -152,10 +153,10 @@ class SimSocket:
         self.sent = 0
 
     @property
-    def address(self) -> Address:
+    def address(self) -> Endpoint:
         return (self.host.ip, self.port)
 
-    def sendto(self, data: bytes, destination: Address, ttl: int | None = None) -> None:
+    def sendto(self, data: bytes, destination: Endpoint, ttl: int | None = None) -> None:
         if self.closed:
             raise OSError("socket closed")
         self.sent += 1
@@ -226,9 +227,9 @@ class Host(Attachment):
 @dataclass(slots=True)
 class Flow:
     proto: str
-    internal: Address | None  # None: an unreplied inbound entry (nobody inside asked)
+    internal: Endpoint | None  # None: an unreplied inbound entry (nobody inside asked)
     public_port: int
-    remote: Address
+    remote: Endpoint
     expires: float
     replied: bool = False
 
@@ -255,8 +256,8 @@ class NatBox(Attachment):
         self.loss = loss
         self.timeout = timeout
         self.hosts: dict[str, Host] = {}
-        self._by_internal: dict[tuple[str, Address, Address], Flow] = {}
-        self._by_public: dict[tuple[str, int, Address], Flow] = {}
+        self._by_internal: dict[tuple[str, Endpoint, Endpoint], Flow] = {}
+        self._by_public: dict[tuple[str, int, Endpoint], Flow] = {}
         self.clashes = 0
         self.blocked: set[str] = set()  # remote IPs an iptables DROP rule cuts off
         net.attach(self)
@@ -274,13 +275,13 @@ class NatBox(Attachment):
         self._expire()
         return list(self._by_public.values())
 
-    def flush(self, remote: Address | None = None) -> None:
+    def flush(self, remote: Endpoint | None = None) -> None:
         """``conntrack -D``: forget every flow (or those towards ``remote``)."""
         for key, flow in list(self._by_public.items()):
             if remote is None or flow.remote == remote:
                 self._remove(key, flow)
 
-    def _remove(self, key: tuple[str, int, Address], flow: Flow) -> None:
+    def _remove(self, key: tuple[str, int, Endpoint], flow: Flow) -> None:
         self._by_public.pop(key, None)
         if flow.internal is not None:
             self._by_internal.pop((flow.proto, flow.internal, flow.remote), None)
@@ -297,7 +298,7 @@ class NatBox(Attachment):
             return None
         return flow
 
-    def _public_port(self, proto: str, source_port: int, remote: Address) -> int:
+    def _public_port(self, proto: str, source_port: int, remote: Endpoint) -> int:
         def free(port: int) -> bool:
             return self._live(self._by_public.get((proto, port, remote))) is None
 

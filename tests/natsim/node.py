@@ -21,7 +21,10 @@ import struct
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
-from meshkey.nat.classify import Classification, ClassificationRound, NatClass
+from meshkey.nat.classify import (
+    Classification,
+    ClassificationRound,
+)
 from meshkey.nat.punch import (
     MAIN_SOCKET,
     CloseBirthdaySockets,
@@ -49,6 +52,7 @@ from meshkey.paths.manager import (
 )
 from meshkey.paths.path import PathKey, PathKind
 from meshkey.wire.errors import WireError
+from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.punch import Capability
 from meshkey.wire.udp import (
     QUIC_BIT,
@@ -58,7 +62,12 @@ from meshkey.wire.udp import (
     decode_control_packet,
     encode_control_packet,
 )
-from tests.natsim.net import Address, Host, Packet, SimNet, SimSocket
+from tests.natsim.net import (
+    Host,
+    Packet,
+    SimNet,
+    SimSocket,
+)
 
 MAIN_PORT = 5000
 TCP_PORT = 6000
@@ -78,7 +87,7 @@ class Observer:
         self.socket.receiver = self._receive
 
     @property
-    def address(self) -> Address:
+    def address(self) -> Endpoint:
         return self.socket.address
 
     def _receive(self, packet: Packet) -> None:
@@ -123,7 +132,7 @@ class Hop:
 
     cid: bytes
     socket_id: int
-    remote: Address
+    remote: Endpoint
     dialer: bool
     peer: NodeId | None
     transport: str = "udp"
@@ -189,7 +198,7 @@ class SimNode:
         return sock
 
     @property
-    def local_address(self) -> Address:
+    def local_address(self) -> Endpoint:
         return self.main.address
 
     def _on_datagram(self, socket_id: int, packet: Packet) -> None:
@@ -212,7 +221,7 @@ class SimNode:
 
     # -- classification -------------------------------------------------------------
 
-    def classify(self, observers: list[Address], *, tcp_works: bool = True) -> None:
+    def classify(self, observers: list[Endpoint], *, tcp_works: bool = True) -> None:
         self._round = ClassificationRound(
             observers, [self.local_address], tcp_works=tcp_works, rng=self.rng
         )
@@ -319,7 +328,7 @@ class SimNode:
             return self.sockets.get(hop.socket_id) if hop.socket_id >= 0 else self.tcp_listener
         return self.sockets.get(hop.socket_id)
 
-    def _hop_send(self, hop: Hop, kind: int, body: bytes, to: Address | None = None) -> None:
+    def _hop_send(self, hop: Hop, kind: int, body: bytes, to: Endpoint | None = None) -> None:
         sock = self._hop_socket(hop)
         if sock is None or sock.closed:
             return
@@ -370,7 +379,7 @@ class SimNode:
         self._hop_send(hop, INIT_ACK, self.node_id.raw)
         self.net.call_later(HOP_RETRANSMIT, lambda: self._send_init_ack(hop))
 
-    def _path_key(self, hop: Hop, source: Address) -> PathKey:
+    def _path_key(self, hop: Hop, source: Endpoint) -> PathKey:
         socket_id = hop.socket_id if hop.transport == "udp" else MAIN_SOCKET
         return PathKey(PathKind.PUNCHED, source, socket_id, hop.transport)
 

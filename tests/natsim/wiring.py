@@ -29,7 +29,8 @@ from meshkey.nat.punch import (
 )
 from meshkey.nat.puncher import Puncher
 from meshkey.nat.strategy import MESHKEY, PunchConfig
-from tests.natsim.net import Address, SimNet
+from meshkey.wire.net import Endpoint
+from tests.natsim.net import SimNet
 
 Side = str  # "a" or "b"
 
@@ -65,7 +66,7 @@ class Wiring:
         )
         self.log: list[Logged] = []
         self.events: dict[Side, list[tuple[float, PunchEvent]]] = {"a": [], "b": []}
-        self.addresses: dict[tuple[Side, int], Address] = {
+        self.addresses: dict[tuple[Side, int], Endpoint] = {
             ("a", MAIN_SOCKET): _main(self.a_info),
             ("b", MAIN_SOCKET): _main(self.b_info),
         }
@@ -176,5 +177,5 @@ class Wiring:
         self.net.call_later(self.delay, deliver)
 
 
-def _main(info: LocalInfo) -> Address:
+def _main(info: LocalInfo) -> Endpoint:
     return (info.reflexive or info.local)[0]

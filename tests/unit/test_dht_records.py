@@ -23,7 +23,8 @@ from meshkey.dht.records import (
 )
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
-from meshkey.wire.dht import DhtErrorCode, NatClass
+from meshkey.wire.dht import DhtErrorCode
+from meshkey.wire.net import NatClass
 
 NOW = 1_700_000_000.0
 OWNER = Identity.generate()

@@ -21,7 +21,6 @@ from meshkey.wire.dht import (
     FindNode,
     FindValue,
     Mode,
-    NatClass,
     Nodes,
     Ping,
     Pong,
@@ -39,6 +38,7 @@ from meshkey.wire.dht import (
     signed_bytes,
 )
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError, WireError
+from meshkey.wire.net import NatClass
 
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)

@@ -53,5 +53,5 @@ def test_every_layer_exists_only_once_and_imports_only_lower_layers() -> None:
 
 
 def test_shared_modules_import_no_layer() -> None:
-    for shared in ("log.py", "retry.py", "ratelimit.py", "errors.py"):
+    for shared in ("log.py", "retry.py", "ratelimit.py", "errors.py", "timing.py"):
         assert imported_meshkey_packages(SOURCE / shared) == set(), shared

@@ -21,7 +21,8 @@ from meshkey.nat.punch import (
     SendDatagram,
 )
 from meshkey.nat.strategy import MESHKEY, MESHKEY_NO_TTL, Strategy
-from meshkey.wire.punch import AbortReason, NatClass
+from meshkey.wire.net import NatClass
+from meshkey.wire.punch import AbortReason
 from meshkey.wire.udp import ControlKind
 from tests.natsim.wiring import Wiring
 from tests.unit.test_punch_session import EIM_A, EIM_B

@@ -32,12 +32,12 @@ from meshkey.nat.strategy import (
     PunchConfig,
 )
 from meshkey.nat.token import PunchKey
+from meshkey.wire.net import NatClass
 from meshkey.wire.punch import (
     Abort,
     AbortReason,
     Capability,
     Connect,
-    NatClass,
     Result,
     Sync,
     decode_punch_message,

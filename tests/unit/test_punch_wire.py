@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError, WireError
+from meshkey.wire.net import NatClass
 from meshkey.wire.punch import (
     MAX_CANDIDATES,
     MAX_PUNCH_MESSAGE,
@@ -20,7 +21,6 @@ from meshkey.wire.punch import (
     AbortReason,
     Capability,
     Connect,
-    NatClass,
     Result,
     Sync,
     decode_punch_message,

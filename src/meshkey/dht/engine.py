@@ -92,7 +92,6 @@ from meshkey.wire.dht import (
     DhtError,
     DhtErrorCode,
     DialBack,
-    Endpoint,
     FindNode,
     FindValue,
     Mode,
@@ -105,6 +104,7 @@ from meshkey.wire.dht import (
     Value,
     WireContact,
 )
+from meshkey.wire.net import Endpoint
 
 REQUEST_RATE = 50.0  # requests a second per peer, with a burst of REQUEST_BURST
 REQUEST_BURST = 200.0

@@ -60,7 +60,12 @@ from typing import Any
 from meshkey.dht.rtt import RttEstimator
 from meshkey.dht.table import key_of
 from meshkey.identity.node_id import NodeId
-from meshkey.wire.dht import MAX_ADDRESSES, MAX_CONTACTS, Endpoint, Mode
+from meshkey.wire.dht import (
+    MAX_ADDRESSES,
+    MAX_CONTACTS,
+    Mode,
+)
+from meshkey.wire.net import Endpoint
 
 K = 20
 ALPHA = 3

@@ -16,8 +16,8 @@ from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
 from meshkey.transport.link import LinkTransport
-from meshkey.wire.dht import Endpoint
 from meshkey.wire.message import ErrorCode
+from meshkey.wire.net import Endpoint
 
 
 def parse_peer_address(text: str | Endpoint | TransportAddress) -> Endpoint:

@@ -40,14 +40,13 @@ from meshkey.ratelimit import TokenBucket
 from meshkey.wire.dht import (
     MAX_PEER_RECORD,
     DhtErrorCode,
-    Endpoint,
-    NatClass,
     WirePeerRecord,
     decode_peer_record,
     encode_peer_record,
     signed_bytes,
 )
 from meshkey.wire.errors import WireError
+from meshkey.wire.net import Endpoint, NatClass
 
 RECORD_LIFETIME = 3600.0
 MAX_LIFETIME = 24 * 3600.0

@@ -74,7 +74,6 @@ from meshkey.wire.dht import (
     DhtErrorCode,
     DialBack,
     DialBackResult,
-    Endpoint,
     Mode,
     Ping,
     Pong,
@@ -86,6 +85,7 @@ from meshkey.wire.dht import (
 )
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
+from meshkey.wire.net import Endpoint
 
 log = EventLogger("dht")
 

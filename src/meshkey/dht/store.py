@@ -19,7 +19,7 @@ from typing import Protocol
 
 from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.node_id import NodeId
-from meshkey.wire.dht import Endpoint
+from meshkey.wire.net import Endpoint
 
 DDL = """
 CREATE TABLE dht_peers (

@@ -58,7 +58,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
-from meshkey.wire.dht import MAX_ADDRESSES, Endpoint, Mode
+from meshkey.wire.dht import (
+    MAX_ADDRESSES,
+    Mode,
+)
+from meshkey.wire.net import Endpoint
 
 K = 20
 BUCKETS = 256

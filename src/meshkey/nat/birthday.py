@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 
-from meshkey.wire.udp import Address
+from meshkey.wire.net import Endpoint
 
 PORT_RANGE = (1024, 65535)  # MASQUERADE --random-fully picks from here for ports >= 1024
 
@@ -54,7 +54,7 @@ def spray_ports(rng: random.Random, count: int) -> list[int]:
     return rng.sample(range(low, high + 1), min(count, high - low + 1))
 
 
-def spray_targets(rng: random.Random, host: str, count: int) -> list[Address]:
+def spray_targets(rng: random.Random, host: str, count: int) -> list[Endpoint]:
     return [(host, port) for port in spray_ports(rng, count)]
 
 

@@ -52,10 +52,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from meshkey.retry import RetrySchedule
-from meshkey.wire.punch import NatClass
+from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.udp import (
     TXID_SIZE,
-    Address,
     WhoamiRequest,
     WhoamiResponse,
     encode_control_packet,
@@ -81,8 +80,8 @@ MAX_OBSERVERS = 16  # a round asks at most this many: bounds its state and its t
 class Observation:
     """What one observer said about the socket; ``reflexive`` is None if it never answered."""
 
-    observer: Address
-    reflexive: Address | None
+    observer: Endpoint
+    reflexive: Endpoint | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +91,11 @@ class Classification:
     reason: str
     at: float
     observations: tuple[Observation, ...] = ()
-    mappings: tuple[Address, ...] = ()  # distinct reflexive addresses, most often seen first
+    mappings: tuple[Endpoint, ...] = ()  # distinct reflexive addresses, most often seen first
     port_preserved: bool | None = None  # the mapping kept the local port (MASQUERADE does)
 
     @property
-    def public_address(self) -> Address | None:
+    def public_address(self) -> Endpoint | None:
         """The address peers can punch to: the one mapping of a public or EIM socket."""
         if self.nat_class in (NatClass.PUBLIC, NatClass.ENDPOINT_INDEPENDENT) and self.mappings:
             return self.mappings[0]
@@ -120,7 +119,7 @@ def _confidence(support: int, count: int) -> float:
 
 def classify(
     observations: Iterable[Observation],
-    local: Iterable[Address],
+    local: Iterable[Endpoint],
     *,
     tcp_works: bool | None,
     at: float,
@@ -128,7 +127,7 @@ def classify(
     """The NAT class of a socket bound at ``local`` from what the observers saw."""
     seen = tuple(observations)
     locals_ = set(local)
-    asked: dict[str, Address | None] = {}
+    asked: dict[str, Endpoint | None] = {}
     for observation in seen:  # per observer IP, the first answer counts
         if asked.get(observation.observer[0]) is None:
             asked[observation.observer[0]] = observation.reflexive
@@ -210,7 +209,7 @@ def classify(
 class SendWhoami:
     """Send ``packet`` (a WHOAMI request) from the one socket to ``observer``."""
 
-    observer: Address
+    observer: Endpoint
     packet: bytes
 
 
@@ -221,10 +220,10 @@ class Classified:
 
 @dataclass
 class _Asked:
-    observer: Address
+    observer: Endpoint
     txid: bytes
     packet: bytes
-    reflexive: Address | None = None
+    reflexive: Endpoint | None = None
 
 
 @dataclass
@@ -235,8 +234,8 @@ class ClassificationRound:
     :meth:`commands` and :meth:`events` and re-read :meth:`next_deadline`.
     """
 
-    observers: Sequence[Address]
-    local: Sequence[Address]
+    observers: Sequence[Endpoint]
+    local: Sequence[Endpoint]
     tcp_works: bool | None = None
     timeout: float = 3.0
     rng: random.Random = field(default_factory=random.Random, repr=False)
@@ -272,7 +271,7 @@ class ClassificationRound:
         delay = self.retransmit.next_delay() or self.timeout
         self._deadline = min(now + delay, self._ends_at)
 
-    def on_response(self, source: Address, response: WhoamiResponse, now: float) -> None:
+    def on_response(self, source: Endpoint, response: WhoamiResponse, now: float) -> None:
         """A WHOAMI response arrived on the socket from ``source``; unmatched ones are ignored."""
         asked = self._asked.get(response.txid)
         if self.result is not None or asked is None or asked.observer != source:

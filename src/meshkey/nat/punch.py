@@ -94,6 +94,7 @@ from meshkey.nat.strategy import (
     decide,
 )
 from meshkey.nat.token import PunchKey
+from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.punch import (
     KEY_SHARE_SIZE,
     MAX_START_IN,
@@ -102,7 +103,6 @@ from meshkey.wire.punch import (
     AbortReason,
     Capability,
     Connect,
-    NatClass,
     PunchMessage,
     Result,
     Sync,
@@ -110,7 +110,6 @@ from meshkey.wire.punch import (
 )
 from meshkey.wire.udp import (
     MAX_COUNTER,
-    Address,
     PunchAck,
     PunchProbe,
     PunchRole,
@@ -134,9 +133,9 @@ class LocalInfo:
     """This node's side of a punch: what goes into its CONNECT."""
 
     nat_class: NatClass
-    local: tuple[Address, ...] = ()
-    reflexive: tuple[Address, ...] = ()
-    tcp: tuple[Address, ...] = ()
+    local: tuple[Endpoint, ...] = ()
+    reflexive: tuple[Endpoint, ...] = ()
+    tcp: tuple[Endpoint, ...] = ()
     capabilities: frozenset[str] = frozenset()
 
 
@@ -156,7 +155,7 @@ class SendDatagram:
     """Send ``data`` from socket ``socket`` to ``destination``; ``ttl`` None: the default."""
 
     socket: int
-    destination: Address
+    destination: Endpoint
     data: bytes
     ttl: int | None = None
 
@@ -181,7 +180,7 @@ class DialHop:
 
     peer: NodeId
     socket: int
-    remote: Address
+    remote: Endpoint
     transport: str  # "udp" (QUIC on that socket) or "tcp"
 
 
@@ -219,7 +218,7 @@ class PunchSucceeded:
     punch_id: bytes
     strategy: Strategy
     socket: int
-    remote: Address | None  # None: a TCP dial this side only waits for
+    remote: Endpoint | None  # None: a TCP dial this side only waits for
     dial: bool  # this side emitted the DialHop
     transport: str
     rtt: float | None  # of the winning probe
@@ -228,7 +227,7 @@ class PunchSucceeded:
     #: Where the peer saw this side's winning probe come from (its ACK says, or its RESULT):
     #: for the main socket of an endpoint-independent NAT, the classified public address.
     #: Anything else is a contradiction worth a re-classification (``RecheckPolicy``).
-    seen_as: Address | None = None
+    seen_as: Endpoint | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,14 +272,14 @@ _RETRYABLE = frozenset(
 @dataclass(slots=True)
 class _Target:
     socket: int
-    destination: Address
+    destination: Endpoint
     opener_only: bool = False  # birthday sockets: low-TTL openers, never full probes
 
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
     socket: int
-    destination: Address
+    destination: Endpoint
     at: float
 
 
@@ -359,8 +358,8 @@ class PunchSession:
         self._sent: dict[int, _Sent] = {}
         self._counter = 0
         self._answered: set[int] = set()
-        self._hot: dict[tuple[int, Address], float] = {}  # pair -> last probe sent to it
-        self._spray: list[Address] = []
+        self._hot: dict[tuple[int, Endpoint], float] = {}  # pair -> last probe sent to it
+        self._spray: list[Endpoint] = []
         self._spray_index = 0
         self._spray_next: float | None = None
         self._opener_times: list[float] = []
@@ -466,7 +465,7 @@ class PunchSession:
             case _:
                 pass  # a duplicate or out-of-turn message: the channel is reliable, ignore it
 
-    def on_probe(self, source: Address, probe: PunchProbe, now: float, *, socket: int = 0) -> None:
+    def on_probe(self, source: Endpoint, probe: PunchProbe, now: float, *, socket: int = 0) -> None:
         """A PUNCH_PROBE for this punch arrived on ``socket`` from ``source``."""
         key = self._key
         if (
@@ -492,7 +491,7 @@ class PunchSession:
                 self._probe(socket, source, now)
                 self._hot[pair] = now
 
-    def on_ack(self, source: Address, ack: PunchAck, now: float, *, socket: int = 0) -> None:
+    def on_ack(self, source: Endpoint, ack: PunchAck, now: float, *, socket: int = 0) -> None:
         """A PUNCH_ACK for this punch arrived on ``socket`` from ``source``."""
         key = self._key
         sent = self._sent.get(ack.counter)
@@ -623,7 +622,7 @@ class PunchSession:
         assert self._theirs is not None
         return NatClass.PUBLIC not in (self._mine.nat_class, self._theirs.nat_class)
 
-    def _on_peer_result(self, seen_as: Address, now: float) -> None:
+    def _on_peer_result(self, seen_as: Endpoint, now: float) -> None:
         """The peer found a pair. If a probe of it reached us, that pair works both ways."""
         if not self.live or self._key is None or not self._hot:
             return
@@ -722,7 +721,9 @@ class PunchSession:
                 self._probe(pair[0], pair[1], now)
                 self._hot[pair] = now
 
-    def _probe(self, socket: int, destination: Address, now: float, ttl: int | None = None) -> None:
+    def _probe(
+        self, socket: int, destination: Endpoint, now: float, ttl: int | None = None
+    ) -> None:
         assert self._key is not None
         if self._counter > MAX_COUNTER:
             return
@@ -741,11 +742,11 @@ class PunchSession:
     def _win(
         self,
         socket: int,
-        remote: Address,
+        remote: Endpoint,
         rtt: float | None,
         now: float,
         *,
-        seen_as: Address | None = None,
+        seen_as: Endpoint | None = None,
     ) -> None:
         assert self.plan is not None
         self.state = PunchState.WON

@@ -44,15 +44,19 @@ from meshkey.nat.punch import (
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.retry import RetrySchedule
 from meshkey.wire.errors import WireError
+from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.punch import (
     PUNCH_ID_SIZE,
     AbortReason,
     Connect,
-    NatClass,
     PunchMessage,
     decode_punch_message,
 )
-from meshkey.wire.udp import Address, PunchProbe, PunchRole, decode_punch_packet
+from meshkey.wire.udp import (
+    PunchProbe,
+    PunchRole,
+    decode_punch_packet,
+)
 
 MAX_SESSIONS = 1024  # punches running at once; more are refused (a peer cannot fill memory)
 
@@ -184,7 +188,7 @@ class Puncher:
         session.on_signal(message, now)
         self._collect(session)
 
-    def on_control_packet(self, socket: int, source: Address, data: bytes, now: float) -> None:
+    def on_control_packet(self, socket: int, source: Endpoint, data: bytes, now: float) -> None:
         """A PUNCH_PROBE or PUNCH_ACK arrived on ``socket`` (0: the main one) from ``source``."""
         try:
             packet = decode_punch_packet(data)

@@ -45,7 +45,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from meshkey.wire.punch import AbortReason, Capability, Connect, NatClass
+from meshkey.wire.net import NatClass
+from meshkey.wire.punch import AbortReason, Capability, Connect
 
 
 def _span(start: float, stop: float, step: float) -> tuple[float, ...]:

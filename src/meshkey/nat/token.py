@@ -22,11 +22,11 @@ import hmac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from meshkey.wire.net import Endpoint
 from meshkey.wire.punch import KEY_SHARE_SIZE
 from meshkey.wire.udp import (
     PUNCH_ID_SIZE,
     PUNCH_MAC_SIZE,
-    Address,
     PunchAck,
     PunchProbe,
     PunchRole,
@@ -69,7 +69,7 @@ class PunchKey:
         unsigned = PunchProbe(self.punch_id, role, counter, _NO_MAC)
         return PunchProbe(self.punch_id, role, counter, self._mac(unsigned))
 
-    def ack(self, role: PunchRole, counter: int, observed: Address) -> PunchAck:
+    def ack(self, role: PunchRole, counter: int, observed: Endpoint) -> PunchAck:
         unsigned = PunchAck(self.punch_id, role, counter, observed, _NO_MAC)
         return PunchAck(self.punch_id, role, counter, observed, self._mac(unsigned))
 

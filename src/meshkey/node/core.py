@@ -54,11 +54,10 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
-from meshkey.wire.dht import Endpoint, Mode
-from meshkey.wire.dht import NatClass as RecordNatClass
+from meshkey.wire.dht import Mode
 from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode
-from meshkey.wire.punch import NatClass
+from meshkey.wire.net import Endpoint, NatClass
 
 log = EventLogger("node")
 
@@ -418,10 +417,10 @@ class Node:
         if address is not None and self.graph.mode is Mode.SERVER:
             direct = (address.endpoint,)
         found = self._paths.classification if self._paths is not None else None
-        nat_class = RecordNatClass.UNKNOWN
+        nat_class = NatClass.UNKNOWN
         reflexive: tuple[Endpoint, ...] = ()
         if found is not None:
-            nat_class = RecordNatClass[found.nat_class.name]
+            nat_class = found.nat_class
             reflexive = tuple(found.mappings[:2])
         return RecordContent(nat_class, direct, reflexive, self._relay_routes())
 

@@ -35,7 +35,8 @@ from meshkey.node.store import NodeStore
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
-from meshkey.wire.dht import Endpoint, Mode
+from meshkey.wire.dht import Mode
+from meshkey.wire.net import Endpoint
 
 log = EventLogger("node.daemon")
 

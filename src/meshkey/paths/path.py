@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from meshkey.wire.udp import Address
+from meshkey.wire.net import Endpoint
 
 MAX_OUTSTANDING = 8  # probe tokens remembered per path; the oldest is forgotten first
 
@@ -51,7 +51,7 @@ class PathKey:
     local socket it leaves from (0: the main one) and the transport."""
 
     kind: PathKind
-    remote: Address | str
+    remote: Endpoint | str
     local_socket: int = 0
     transport: str = "udp"
 

@@ -69,6 +69,7 @@ from meshkey.transport.link import HopLink
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
 from meshkey.wire.errors import WireError
+from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.paths import (
     PathPing,
     PathPong,
@@ -76,8 +77,11 @@ from meshkey.wire.paths import (
     decode_path_signal,
     encode_path_signal,
 )
-from meshkey.wire.punch import Capability, NatClass
-from meshkey.wire.udp import Address, ControlKind, WhoamiResponse
+from meshkey.wire.punch import Capability
+from meshkey.wire.udp import (
+    ControlKind,
+    WhoamiResponse,
+)
 
 log = EventLogger("paths")
 
@@ -123,7 +127,7 @@ class PathService:
     tcp: TcpTransport
     channels: SecureChannels
     reflexive: ReflexiveAddressService
-    observers: list[Address] = field(default_factory=list)
+    observers: list[Endpoint] = field(default_factory=list)
     no_direct: bool = False
     config: PathConfig | None = None
     punch: PunchConfig = MESHKEY
@@ -173,9 +177,9 @@ class PathService:
 
     # -- classification -----------------------------------------------------------------
 
-    def known_observers(self) -> list[Address]:
+    def known_observers(self) -> list[Endpoint]:
         """Configured observers, then the remotes of outbound QUIC hops, one per IP."""
-        seen: dict[str, Address] = {}
+        seen: dict[str, Endpoint] = {}
         candidates = list(self.observers) + [
             link.remote
             for link in self.udp.links
@@ -185,7 +189,7 @@ class PathService:
             seen.setdefault(address[0], address)
         return list(seen.values())
 
-    def classify(self, observers: list[Address] | None = None) -> asyncio.Future[Classification]:
+    def classify(self, observers: list[Endpoint] | None = None) -> asyncio.Future[Classification]:
         """Starts a classification round (now); the future resolves with its result."""
         future: asyncio.Future[Classification] = self._loop.create_future()
         self._round_waiters.append(future)
@@ -193,7 +197,7 @@ class PathService:
             self._start_round(observers)
         return future
 
-    def _start_round(self, observers: list[Address] | None = None) -> None:
+    def _start_round(self, observers: list[Endpoint] | None = None) -> None:
         local = [self.udp.address.endpoint] if self.udp.address is not None else []
         tcp_works = self._tcp_works()
         round_ = ClassificationRound(
@@ -207,7 +211,7 @@ class PathService:
         self.recheck.on_round_started(self.now())
         self.wake()
 
-    def _on_whoami_response(self, response: WhoamiResponse, source: Address) -> None:
+    def _on_whoami_response(self, response: WhoamiResponse, source: Endpoint) -> None:
         if self._round is not None:
             self._round.on_response(source, response, self.now())
             self.wake()
@@ -252,7 +256,7 @@ class PathService:
         found = self.classification
         nat_class = found.nat_class if found is not None else NatClass.UNKNOWN
         local = (self.udp.address.endpoint,) if self.udp.address is not None else ()
-        tcp: tuple[Address, ...] = ()
+        tcp: tuple[Endpoint, ...] = ()
         if nat_class is NatClass.PUBLIC and self.tcp.address is not None:
             tcp = (self.tcp.address.endpoint,)
         self.puncher.update_local(
@@ -413,7 +417,7 @@ class PathService:
 
     # -- packets and hops ------------------------------------------------------------------
 
-    def _on_punch_packet(self, data: bytes, source: Address, socket_id: int) -> None:
+    def _on_punch_packet(self, data: bytes, source: Endpoint, socket_id: int) -> None:
         self.puncher.on_control_packet(socket_id, source, data, self.now())
         self.wake()
 

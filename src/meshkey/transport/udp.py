@@ -44,9 +44,10 @@ from meshkey.routing.address import TransportAddress
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
 from meshkey.transport.tls import SERVER_NAME
-from meshkey.transport.udp_socket import Address, UdpEndpoint
+from meshkey.transport.udp_socket import UdpEndpoint
 from meshkey.wire.errors import WireError
 from meshkey.wire.hop import CloseCode
+from meshkey.wire.net import Endpoint
 from meshkey.wire.udp import (
     QUIC_BIT,
     ControlKind,
@@ -81,7 +82,7 @@ STALE_PER_SECOND = 200.0
 INBOX_HIGH_WATER = 8 * 1024 * 1024
 
 #: (datagram, where it came from, the id of the socket it arrived on)
-ControlHandler = Callable[[bytes, Address, int], None]
+ControlHandler = Callable[[bytes, Endpoint, int], None]
 
 
 class QuicTransport(LinkTransport):
@@ -162,7 +163,7 @@ class QuicTransport(LinkTransport):
     def send_control(
         self,
         packet: bytes,
-        address: Address,
+        address: Endpoint,
         *,
         socket_id: int = MAIN_SOCKET,
         ttl: int | None = None,
@@ -178,12 +179,12 @@ class QuicTransport(LinkTransport):
     # -- extra sockets (a birthday punch) -------------------------------------------------
 
     def _new_endpoint(self, socket_id: int) -> UdpEndpoint:
-        def received(buffer: bytes, segment: int, source: Address) -> None:
+        def received(buffer: bytes, segment: int, source: Endpoint) -> None:
             self._on_datagrams(buffer, segment, source, socket_id)
 
         return UdpEndpoint(received, self._flush, self._on_unreachable, batching=self._batching)
 
-    def open_socket(self, socket_id: int) -> Address:
+    def open_socket(self, socket_id: int) -> Endpoint:
         """Opens extra socket ``socket_id`` on the main socket's address (another port);
         OSError if it cannot be bound."""
         if socket_id in self.sockets:
@@ -244,7 +245,7 @@ class QuicTransport(LinkTransport):
     # -- demultiplexing ---------------------------------------------------------------
 
     def _on_datagrams(
-        self, buffer: bytes, segment: int, source: Address, socket_id: int = MAIN_SOCKET
+        self, buffer: bytes, segment: int, source: Endpoint, socket_id: int = MAIN_SOCKET
     ) -> None:
         now = asyncio.get_running_loop().time()
         if segment >= len(buffer):
@@ -268,7 +269,7 @@ class QuicTransport(LinkTransport):
             start = end
 
     def _on_datagram(
-        self, data: bytes, source: Address, now: float, socket_id: int = MAIN_SOCKET
+        self, data: bytes, source: Endpoint, now: float, socket_id: int = MAIN_SOCKET
     ) -> None:
         if not data[0] & QUIC_BIT:
             handler = self._control.get(data[0])
@@ -307,7 +308,7 @@ class QuicTransport(LinkTransport):
         return self.by_cid.get(data[1 : 1 + CID_LENGTH])
 
     def _accept(
-        self, data: bytes, source: Address, now: float, socket_id: int = MAIN_SOCKET
+        self, data: bytes, source: Endpoint, now: float, socket_id: int = MAIN_SOCKET
     ) -> None:
         """Opens an inbound connection for a client's first Initial, if it deserves one."""
         # Only a full-size QUIC v1 Initial may open a connection (RFC 9000, 14.1).
@@ -361,25 +362,25 @@ class QuicTransport(LinkTransport):
 
     # -- nudges: a peer learns at once that a connection it holds is gone here ------------
 
-    def _answer_stale(self, data: bytes, source: Address, now: float) -> None:
+    def _answer_stale(self, data: bytes, source: Endpoint, now: float) -> None:
         if len(data) >= 1 + CID_LENGTH + 16 and self._stale.allow(now):
             cid = data[1 : 1 + CID_LENGTH]
             self.endpoint.send_one(encode_control_packet(Stale(cid)), source)
 
-    def remote_of(self, worker: str) -> Address | None:
+    def remote_of(self, worker: str) -> Endpoint | None:
         """The UDP address of the peer of the link that is worker ``worker``, if any."""
         for link in self.links:
             if link.name == worker and not link.closed:
                 return link.remote
         return None
 
-    def send_restarted(self, address: Address) -> None:
+    def send_restarted(self, address: Endpoint) -> None:
         """Tells the node at ``address`` that this node restarted (see wire.udp)."""
         self._ensure_socket()
         packet = encode_control_packet(Restarted(self.identity.node_id.raw))
         self.endpoint.send_one(packet, address)
 
-    def _on_nudge(self, data: bytes, source: Address, socket_id: int) -> None:
+    def _on_nudge(self, data: bytes, source: Endpoint, socket_id: int) -> None:
         try:
             nudge = decode_nudge_packet(data)
         except WireError:
@@ -402,11 +403,11 @@ class QuicTransport(LinkTransport):
 
     # -- address validation (QUIC Retry) --------------------------------------------------
 
-    def _retry_mac(self, source: Address, body: bytes) -> bytes:
+    def _retry_mac(self, source: Endpoint, body: bytes) -> bytes:
         address = ipaddress.ip_address(source[0]).packed + struct.pack("!H", source[1])
         return hmac.new(self._retry_key, address + body, hashlib.sha256).digest()[:16]
 
-    def _send_retry(self, source: Address, original_cid: bytes, client_cid: bytes) -> None:
+    def _send_retry(self, source: Endpoint, original_cid: bytes, client_cid: bytes) -> None:
         """A stateless Retry: the token proves, when it comes back, that the client receives
         at its source address (``expiry | odcid | our new cid | MAC``, keyed per process)."""
         retry_cid = os.urandom(CID_LENGTH)
@@ -423,7 +424,7 @@ class QuicTransport(LinkTransport):
         self.endpoint.stats["retries_sent"] += 1
         self.endpoint.send_one(packet, source)
 
-    def _validate_retry_token(self, token: bytes, source: Address) -> tuple[bytes, bytes] | None:
+    def _validate_retry_token(self, token: bytes, source: Endpoint) -> tuple[bytes, bytes] | None:
         """(original destination cid, retry source cid) of a valid token, else None."""
         if len(token) < 9 + CID_LENGTH + 16:
             return None
@@ -435,7 +436,7 @@ class QuicTransport(LinkTransport):
             return None
         return body[9 : 9 + length], body[9 + length :]
 
-    def _on_unreachable(self, destination: Address, original: bytes) -> None:
+    def _on_unreachable(self, destination: Endpoint, original: bytes) -> None:
         """An ICMP error came back for ``original``, a datagram we sent to ``destination``."""
         for link in list(self.links):
             if isinstance(link, QuicLink) and link.remote == destination:
@@ -483,7 +484,7 @@ class QuicLink(HopLink):
         self._cids: set[bytes] = set()
         self._terminated = False
         #: Datagrams already taken from the QUIC connection and not yet sent.
-        self.unsent: list[tuple[bytes, Address]] = []
+        self.unsent: list[tuple[bytes, Endpoint]] = []
 
     @property
     def inbox_full(self) -> bool:
@@ -540,12 +541,12 @@ class QuicLink(HopLink):
         elif self.core.is_open:
             self.suspect()
 
-    def receive(self, data: bytes, source: Address, now: float) -> None:
+    def receive(self, data: bytes, source: Endpoint, now: float) -> None:
         assert self.quic is not None
         self.quic.receive_datagram(data, source, now)
         self._after_input()
 
-    def receive_gro(self, buffer: bytes, segment: int, source: Address, now: float) -> None:
+    def receive_gro(self, buffer: bytes, segment: int, source: Endpoint, now: float) -> None:
         assert self.quic is not None
         self.quic.receive_gro_buffer(buffer, segment, source, now)
         self._after_input()

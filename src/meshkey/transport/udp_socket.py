@@ -21,6 +21,7 @@ from typing import Any
 
 from meshkey.log import EventLogger
 from meshkey.transport.errors import describe_error
+from meshkey.wire.net import Endpoint
 
 log = EventLogger("transport.udp")
 
@@ -38,8 +39,7 @@ RECEIVE_BUFFER = 65535
 READS_PER_WAKEUP = 128
 SOCKET_BUFFER = 4 * 1024 * 1024
 
-Address = tuple[str, int]
-DatagramHandler = Callable[[bytes, int, Address], None]
+DatagramHandler = Callable[[bytes, int, Endpoint], None]
 
 
 class UdpEndpoint:
@@ -49,7 +49,7 @@ class UdpEndpoint:
         self,
         on_datagrams: DatagramHandler,
         on_batch_end: Callable[[], None],
-        on_unreachable: Callable[[Address, bytes], None],
+        on_unreachable: Callable[[Endpoint, bytes], None],
         *,
         batching: bool,
     ) -> None:
@@ -74,7 +74,7 @@ class UdpEndpoint:
             "initials_dropped": 0,
         }
 
-    def bind(self, host: str, port: int) -> Address:
+    def bind(self, host: str, port: int) -> Endpoint:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -177,18 +177,18 @@ class UdpEndpoint:
             if destination:
                 self._on_unreachable(self._from_socket(destination), original)
 
-    def _from_socket(self, address: Any) -> Address:
+    def _from_socket(self, address: Any) -> Endpoint:
         host = str(address[0])
         if self.dual_stack and host.startswith("::ffff:") and "." in host:
             host = host[7:]
         return host, int(address[1])
 
-    def _to_socket(self, address: Address) -> Address:
+    def _to_socket(self, address: Endpoint) -> Endpoint:
         if self.dual_stack and ":" not in address[0]:
             return f"::ffff:{address[0]}", address[1]
         return address
 
-    def send(self, datagrams: list[bytes], address: Address) -> None:
+    def send(self, datagrams: list[bytes], address: Endpoint) -> None:
         """Sends datagrams to one address: runs of equal size in one GSO system call."""
         index = 0
         while index < len(datagrams):
@@ -205,7 +205,7 @@ class UdpEndpoint:
             index = end
 
     def _send_run(
-        self, run: list[bytes], segment: int, address: Address, *, retry: bool = True
+        self, run: list[bytes], segment: int, address: Endpoint, *, retry: bool = True
     ) -> None:
         sock = self.sock
         if sock is None:
@@ -240,7 +240,7 @@ class UdpEndpoint:
                     "udp.send_error", to=f"{address[0]}:{address[1]}", reason=describe_error(exc)
                 )
 
-    def send_one(self, datagram: bytes, address: Address, *, ttl: int | None = None) -> None:
+    def send_one(self, datagram: bytes, address: Endpoint, *, ttl: int | None = None) -> None:
         """Sends one datagram; with ``ttl``, with that IP TTL (hop limit) for this one."""
         if ttl is None or self.sock is None:
             self._send_run([datagram], len(datagram), address)

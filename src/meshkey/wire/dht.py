@@ -50,6 +50,7 @@ from typing import Any
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
 from meshkey.wire.maps import decode_map, encode_map
+from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.reader import Reader, u16, u64
 
 DHT_VERSION = 1
@@ -69,20 +70,21 @@ MAX_REASON = 200
 #: else (a hop proof, an attestation) can never pass for a record.
 RECORD_DOMAIN = b"meshkey peer record v1\x00"
 
-Endpoint = tuple[str, int]
-
 
 class Mode(enum.IntEnum):
     CLIENT = 0  # behind a NAT: reachable only over its own connections or its relay
     SERVER = 1  # reachable at its address; answers DHT queries
 
 
-class NatClass(enum.IntEnum):
-    UNKNOWN = 0
-    PUBLIC = 1
-    ENDPOINT_INDEPENDENT = 2
-    ENDPOINT_DEPENDENT = 3
-    UDP_BLOCKED = 4
+#: The peer record's one-byte codes for :class:`~meshkey.wire.net.NatClass`.
+NAT_CLASS_CODES: dict[NatClass, int] = {
+    NatClass.UNKNOWN: 0,
+    NatClass.PUBLIC: 1,
+    NatClass.ENDPOINT_INDEPENDENT: 2,
+    NatClass.ENDPOINT_DEPENDENT: 3,
+    NatClass.UDP_BLOCKED: 4,
+}
+_NAT_CLASS_BY_CODE = {code: nat for nat, code in NAT_CLASS_CODES.items()}
 
 
 class RpcKind(enum.IntEnum):
@@ -421,7 +423,7 @@ def record_body(record: WirePeerRecord) -> bytes:
     if not 0 <= record.sequence < 2**64 or not 0 <= record.expiry < 2**64:
         raise ValueError("sequence and expiry are unsigned 64-bit integers")
     parts = [bytes([RECORD_VERSION]), record.node_id, u64(record.sequence), u64(record.expiry)]
-    parts.append(bytes([int(record.nat_class)]))
+    parts.append(bytes([NAT_CLASS_CODES[record.nat_class]]))
     for endpoints in (record.direct, record.reflexive):
         if len(endpoints) > MAX_ADDRESSES:
             raise ValueError(f"a record lists at most {MAX_ADDRESSES} addresses of each kind")
@@ -476,10 +478,9 @@ def decode_peer_record(data: bytes) -> WirePeerRecord:
     node_id = reader.take(NODE_ID_SIZE)
     sequence, expiry = reader.u64(), reader.u64()
     raw_class = reader.u8()
-    try:
-        nat_class = NatClass(raw_class)
-    except ValueError:
-        raise MalformedError(f"unknown NAT class {raw_class}") from None
+    nat_class = _NAT_CLASS_BY_CODE.get(raw_class)
+    if nat_class is None:
+        raise MalformedError(f"unknown NAT class {raw_class}")
     direct = _read_record_endpoints(reader)
     reflexive = _read_record_endpoints(reader)
     count = reader.u8()

@@ -41,6 +41,7 @@ from typing import Any
 
 from meshkey.wire.errors import MalformedError
 from meshkey.wire.maps import decode_map, encode_map
+from meshkey.wire.net import Endpoint, NatClass
 
 PUNCH_VERSION = 1
 MAX_PUNCH_MESSAGE = 2048
@@ -54,18 +55,6 @@ MAX_RETRY_AFTER = 86400.0
 #: A timed start further away than this is not a synchronised punch (a signalling path of
 #: 10 s round trip would time the punch out anyway): refused.
 MAX_START_IN = 5.0
-
-Address = tuple[str, int]
-
-
-class NatClass(enum.StrEnum):
-    """How a node's NAT maps its one UDP socket (DESIGN.md decision 10)."""
-
-    PUBLIC = "public"  # no NAT: the reflexive address is a local address
-    ENDPOINT_INDEPENDENT = "endpoint-independent"  # one public port for every destination
-    ENDPOINT_DEPENDENT = "endpoint-dependent"  # a new public port per destination
-    UDP_BLOCKED = "udp-blocked"  # no UDP answer, while TCP works
-    UNKNOWN = "unknown"  # too few observers answered to tell
 
 
 class Capability(enum.StrEnum):
@@ -95,9 +84,9 @@ class Connect:
     reply: bool
     key_share: bytes
     nat_class: NatClass
-    local: tuple[Address, ...] = ()
-    reflexive: tuple[Address, ...] = ()
-    tcp: tuple[Address, ...] = ()
+    local: tuple[Endpoint, ...] = ()
+    reflexive: tuple[Endpoint, ...] = ()
+    tcp: tuple[Endpoint, ...] = ()
     capabilities: frozenset[str] = field(default_factory=frozenset)
     #: Replies only: the responder starts probing this many seconds after sending the reply
     #: (a timed start, no SYNC); None: it waits for SYNC.
@@ -112,7 +101,7 @@ class Sync:
 @dataclass(frozen=True, slots=True)
 class Result:
     punch_id: bytes
-    remote: Address  # the peer's address that answered first, as the sender saw it
+    remote: Endpoint  # the peer's address that answered first, as the sender saw it
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +115,7 @@ class Abort:
 PunchMessage = Connect | Sync | Result | Abort
 
 
-def _check_address(address: Any, what: str) -> Address:
+def _check_address(address: Any, what: str) -> Endpoint:
     if (
         not isinstance(address, list | tuple)
         or len(address) != 2
@@ -145,7 +134,7 @@ def _check_address(address: Any, what: str) -> Address:
     return str(ip), port
 
 
-def _check_addresses(value: Any, what: str) -> tuple[Address, ...]:
+def _check_addresses(value: Any, what: str) -> tuple[Endpoint, ...]:
     if not isinstance(value, list | tuple):
         raise MalformedError(f"{what} is not a list")
     if len(value) > MAX_CANDIDATES:

@@ -52,6 +52,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
+from meshkey.wire.net import Endpoint
 from meshkey.wire.reader import Reader, u16, u32
 
 CONTROL_VERSION = 1
@@ -63,8 +64,6 @@ PUNCH_ID_SIZE = 16
 PUNCH_MAC_SIZE = 16
 PUNCH_PROBE_SIZE = 64
 MAX_COUNTER = 2**32 - 1
-
-Address = tuple[str, int]
 
 
 class ControlKind(enum.IntEnum):
@@ -116,7 +115,7 @@ class PunchAck:
     punch_id: bytes
     role: PunchRole
     counter: int
-    observed: Address  # where the answered probe came from, as the answering side saw it
+    observed: Endpoint  # where the answered probe came from, as the answering side saw it
     mac: bytes
 
 
@@ -136,7 +135,7 @@ NUDGE_NODE_ID_SIZE = 32
 ControlPacket = WhoamiRequest | WhoamiResponse | PunchProbe | PunchAck | Stale | Restarted
 
 
-def _address_bytes(address: Address) -> bytes:
+def _address_bytes(address: Endpoint) -> bytes:
     try:
         ip = ipaddress.ip_address(address[0])
     except ValueError as exc:
@@ -146,7 +145,7 @@ def _address_bytes(address: Address) -> bytes:
     return bytes([ip.version]) + ip.packed + u16(address[1])
 
 
-def _read_address(reader: Reader) -> Address:
+def _read_address(reader: Reader) -> Endpoint:
     family = reader.u8()
     if family == 4:
         host = str(ipaddress.IPv4Address(reader.take(4)))
