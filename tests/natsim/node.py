@@ -1,6 +1,8 @@
-"""A meshkey node in the simulator: the real sans-IO cores (classification, the puncher, the
-path manager) driven by a small glue — the same mapping of commands to socket operations and
-of events to inputs that the daemon's asyncio glue must do — over simulated sockets.
+"""A meshkey node in the simulator: the daemon's own sans-IO core for paths
+(:class:`~meshkey.paths.engine.PathEngine`: classification, the puncher, the path manager and
+the decisions between them) driven by a small glue — the same mapping of commands to socket
+operations and of events to inputs that :class:`~meshkey.paths.service.PathService` does —
+over simulated sockets.
 
 What is *not* real here: the QUIC hop is a 1.5-RTT toy handshake (INIT, INIT_ACK, FINISH
 with the NodeIds in clear) carrying PING/PONG/DATA, and the secure channel through the relay
@@ -12,48 +14,49 @@ Sim hop packets (first byte >= 0x40, like QUIC's): ``kind | 8-byte connection id
     0xC1 INIT_ACK  acceptor NodeId
     0xC2 FINISH    dialer NodeId
     0x41 PING / 0x42 PONG  u64 token;  0x43 DATA  payload
+
+Channel messages through the relay: ``S`` + a path signal (:mod:`meshkey.wire.paths`), or
+``D`` + application data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
-from meshkey.nat.classify import (
-    Classification,
-    ClassificationRound,
-)
+from meshkey.nat.classify import Classification, SendWhoami
 from meshkey.nat.punch import (
     MAIN_SOCKET,
     CloseBirthdaySockets,
     DialHop,
-    LocalInfo,
     OpenBirthdaySockets,
     PunchEvent,
     PunchFailed,
     PunchSucceeded,
     SendDatagram,
-    SendSignal,
 )
 from meshkey.nat.puncher import Puncher
 from meshkey.nat.strategy import MESHKEY, PunchConfig
+from meshkey.paths.engine import (
+    CloseHop,
+    NatClassified,
+    PathEngine,
+    PingHop,
+    SendPathSignal,
+)
 from meshkey.paths.manager import (
-    CancelPunch,
-    ClosePath,
     CloseSocket,
     PathConfig,
     PathEvent,
     PathManager,
     PathSwitched,
-    SendPing,
-    StartPunch,
 )
 from meshkey.paths.path import PathKey, PathKind
 from meshkey.wire.errors import WireError
-from meshkey.wire.net import Endpoint, NatClass
-from meshkey.wire.punch import Capability
+from meshkey.wire.net import Endpoint
 from meshkey.wire.udp import (
     QUIC_BIT,
     ControlKind,
@@ -174,21 +177,30 @@ class SimNode:
         if tcp_listener:
             self.tcp_listener = host.open_socket(TCP_PORT, proto="tcp")
             self.tcp_listener.receiver = lambda packet: self._on_hop_packet(-1, packet)
-        self.puncher = Puncher(self.node_id, config=config, rng=self.rng)
-        self.paths = PathManager(path_config, rng=self.rng)
-        self.classification: Classification | None = None
+        self.engine = PathEngine(self.node_id, config=path_config, punch=config, rng=self.rng)
+        self.engine.set_listening(self.main.address, (host.ip, TCP_PORT) if tcp_listener else None)
         self.relay: Relay | None = None
         self.peer: NodeId | None = None  # the peer of the channel through the relay
-        self.channel_rtt: float | None = None  # what the channel's handshake measured
         self.hops: dict[bytes, Hop] = {}
         self.timeline = Timeline()
         self.birthday_opened = 0
         self.birthday_closed = 0
         self.received_data: list[bytes] = []
-        self._round: ClassificationRound | None = None
         self._timer_at: float | None = None
         self._timer_generation = 0
         self._tcp_sockets = 0
+
+    @property
+    def puncher(self) -> Puncher:
+        return self.engine.puncher
+
+    @property
+    def paths(self) -> PathManager:
+        return self.engine.paths
+
+    @property
+    def classification(self) -> Classification | None:
+        return self.engine.classification
 
     # -- sockets --------------------------------------------------------------------
 
@@ -208,45 +220,22 @@ class SimNode:
         now = self.net.now
         if data[0] & QUIC_BIT:
             self._on_hop_packet(socket_id, packet)
-        elif data[0] == ControlKind.WHOAMI_RESPONSE and self._round is not None:
+        elif data[0] == ControlKind.WHOAMI_RESPONSE:
             try:
                 response = decode_control_packet(data)
             except WireError:
                 return
             if isinstance(response, WhoamiResponse):
-                self._round.on_response(packet.src, response, now)
+                self.engine.on_whoami_response(packet.src, response, now)
         elif data[0] in (ControlKind.PUNCH_PROBE, ControlKind.PUNCH_ACK):
-            self.puncher.on_control_packet(socket_id, packet.src, data, now)
+            self.engine.on_control_packet(socket_id, packet.src, data, now)
         self.pump()
 
     # -- classification -------------------------------------------------------------
 
     def classify(self, observers: list[Endpoint], *, tcp_works: bool = True) -> None:
-        self._round = ClassificationRound(
-            observers, [self.local_address], tcp_works=tcp_works, rng=self.rng
-        )
-        self._round.start(self.net.now)
+        self.engine.classify(self.net.now, observers, tcp_works=tcp_works)
         self.pump()
-
-    def _on_classified(self, classification: Classification) -> None:
-        self.classification = classification
-        reflexive = classification.mappings[:1]
-        tcp = (
-            ((self.host.ip, TCP_PORT),)
-            if self.tcp_listener is not None and classification.nat_class is NatClass.PUBLIC
-            else ()
-        )
-        self.puncher.update_local(
-            LocalInfo(
-                classification.nat_class,
-                local=(self.local_address,),
-                reflexive=tuple(reflexive),
-                tcp=tcp,
-                capabilities=frozenset(
-                    {Capability.BIRTHDAY, Capability.LOW_TTL, Capability.TCP_DIAL}
-                ),
-            )
-        )
 
     # -- the secure channel through the relay ---------------------------------------
 
@@ -255,37 +244,27 @@ class SimNode:
         ``handshake_rtt``: the round trip its handshake measured (as the daemon's channel
         does), or None (then a punch this node answers waits for SYNC)."""
         self.peer = peer
-        self.channel_rtt = handshake_rtt
-        self.paths.add_path(
-            peer, PathKey(PathKind.RELAY, RELAY_ROUTE), self.net.now, validated=True
+        self.engine.channel_opened(
+            peer,
+            "relayed-channel",
+            self.net.now,
+            initiator=True,
+            relay=RELAY_ROUTE,
+            handshake_rtt=handshake_rtt,
         )
         self.pump()
 
     def on_channel(self, sender: NodeId, payload: bytes) -> None:
         now = self.net.now
         kind, body = payload[:1], payload[1:]
-        key = PathKey(PathKind.RELAY, RELAY_ROUTE)
-        if kind == b"P":
-            allowed = self.paths.direct_allowed(sender)
-            self.puncher.on_signal(
-                sender, body, now, direct_allowed=allowed, signalling_rtt=self._relay_rtt(sender)
-            )
-        elif kind == b"I":
-            self._channel_send(sender, b"O" + body)
-            self.paths.on_received(sender, key, len(payload), now)
-        elif kind == b"O":
-            self.paths.on_pong(sender, key, int.from_bytes(body, "big"), now)
+        if kind == b"S":
+            with contextlib.suppress(WireError):  # the daemon logs it and goes on
+                self.engine.on_signal(sender, "relayed-channel", body, now)
         elif kind == b"D":
             self.received_data.append(body)
+            key = PathKey(PathKind.RELAY, RELAY_ROUTE)
             self.paths.on_received(sender, key, len(payload), now)
         self.pump()
-
-    def _relay_rtt(self, peer: NodeId) -> float | None:
-        """The relay path's RTT from its pings, else the channel's handshake (the glue's rule)."""
-        relay = next((p for p in self.paths.paths(peer) if p.key.kind is PathKind.RELAY), None)
-        if relay is not None and relay.srtt is not None:
-            return relay.srtt
-        return self.channel_rtt
 
     def _channel_send(self, peer: NodeId, payload: bytes) -> None:
         if self.relay is not None:
@@ -300,28 +279,18 @@ class SimNode:
             return None
         if key.kind is PathKind.RELAY:
             self._channel_send(peer, b"D" + payload)
+            self.paths.on_sent(peer, key, len(payload), self.net.now)
         else:
-            hop = self._hop_for(peer, key)
+            link = self.engine.hop_link(peer)
+            hop = self.hops.get(bytes.fromhex(link)) if link is not None else None
             if hop is None:
                 return None
             self._hop_send(hop, DATA, payload, key.remote)  # type: ignore[arg-type]
-        self.paths.on_sent(peer, key, len(payload), self.net.now)
+            self.engine.on_hop_traffic(link, sent=len(payload), now=self.net.now)  # type: ignore[arg-type]
         self.pump()
         return key
 
     # -- the toy hop ----------------------------------------------------------------
-
-    def _hop_for(self, peer: NodeId, key: PathKey) -> Hop | None:
-        for hop in self.hops.values():
-            if (
-                hop.peer == peer
-                and hop.up
-                and not hop.closed
-                and hop.transport == key.transport
-                and (hop.transport == "tcp" or hop.socket_id == key.local_socket)
-            ):
-                return hop
-        return None
 
     def _hop_socket(self, hop: Hop) -> SimSocket | None:
         if hop.transport == "tcp":
@@ -363,7 +332,7 @@ class SimNode:
         if self.net.now - hop.started_at > HOP_TIMEOUT:
             hop.closed = True
             assert hop.peer is not None
-            self.paths.on_dial_failed(hop.peer, "no handshake answer", self.net.now)
+            self.engine.on_dial_failed(hop.peer, "no handshake answer", self.net.now)
             self.pump()
             return
         self._hop_send(hop, INIT, self.node_id.raw)
@@ -379,9 +348,18 @@ class SimNode:
         self._hop_send(hop, INIT_ACK, self.node_id.raw)
         self.net.call_later(HOP_RETRANSMIT, lambda: self._send_init_ack(hop))
 
-    def _path_key(self, hop: Hop, source: Endpoint) -> PathKey:
-        socket_id = hop.socket_id if hop.transport == "udp" else MAIN_SOCKET
-        return PathKey(PathKind.PUNCHED, source, socket_id, hop.transport)
+    def _hop_up(self, hop: Hop, source: Endpoint) -> None:
+        assert hop.peer is not None
+        hop.up = True
+        self.engine.on_hop_up(
+            hop.cid.hex(),
+            hop.peer,
+            transport=hop.transport,
+            remote=source,
+            outbound=hop.dialer,
+            socket=hop.socket_id if hop.transport == "udp" else MAIN_SOCKET,
+            now=self.net.now,
+        )
 
     def _on_hop_packet(self, socket_id: int, packet: Packet) -> None:
         data, now = packet.data, self.net.now
@@ -402,63 +380,46 @@ class SimNode:
             return
         if hop is None or hop.closed or hop.peer is None:
             return
-        key = self._path_key(hop, packet.src)
+        link = cid.hex()
         if kind == INIT_ACK and hop.dialer and hop.up:
             self._hop_send(hop, FINISH, self.node_id.raw)  # our FINISH was lost
         elif kind == INIT_ACK and hop.dialer:
             if NodeId(body[:32]) != hop.peer:  # pinned to the expected NodeId
                 hop.closed = True
                 return
-            hop.up = True
             self._hop_send(hop, FINISH, self.node_id.raw)
-            self.paths.add_path(hop.peer, key, now, validated=True)
+            self._hop_up(hop, packet.src)
         elif kind == FINISH and not hop.dialer and not hop.up:
-            hop.up = True
-            self.paths.add_path(hop.peer, key, now, validated=True)
+            self._hop_up(hop, packet.src)
         elif hop.up and kind == PING:
             self._hop_send(hop, PONG, body, packet.src)
-            self.paths.on_received(hop.peer, key, len(data), now)
+            self.engine.on_hop_traffic(link, received=len(data), now=now)
         elif hop.up and kind == PONG:
             (token,) = struct.unpack("!Q", body[:8])
-            self.paths.on_pong(hop.peer, key, token, now)
+            self.engine.on_hop_pong(link, token, now)
         elif hop.up and kind == DATA:
             self.received_data.append(body)
-            self.paths.on_received(hop.peer, key, len(data), now)
+            self.engine.on_hop_traffic(link, received=len(data), now=now)
         self.pump()
 
     # -- the glue: commands to operations, events to inputs --------------------------
 
     def pump(self) -> None:
-        now = self.net.now
         for _ in range(1000):
-            busy = False
-            if self._round is not None:
-                for whoami in self._round.commands():
-                    busy = True
-                    self.main.sendto(whoami.packet, whoami.observer)
-                for classified in self._round.events():
-                    busy = True
-                    self._on_classified(classified.classification)
-            for command in self.puncher.commands():
-                busy = True
-                self._punch_command(command)
-            for event in self.puncher.events():
-                busy = True
-                self.timeline.punches.append(event)
-                self.paths.on_punch_event(event, now)
-            for path_command in self.paths.commands():
-                busy = True
-                self._path_command(path_command)
-            for path_event in self.paths.events():
-                busy = True
-                self._path_event(path_event)
-            if not busy:
+            commands, events = self.engine.commands(), self.engine.events()
+            if not commands and not events:
                 break
+            for command in commands:
+                self._execute(command)
+            for event in events:
+                self._report(event)
         self._arm()
 
-    def _punch_command(self, command: object) -> None:
-        if isinstance(command, SendSignal):
-            self._channel_send(command.peer, b"P" + command.data)
+    def _execute(self, command: object) -> None:
+        if isinstance(command, SendWhoami):
+            self.main.sendto(command.packet, command.observer)
+        elif isinstance(command, SendPathSignal):
+            self._channel_send(command.peer, b"S" + command.payload)
         elif isinstance(command, SendDatagram):
             sock = self.sockets.get(command.socket)
             if sock is not None and not sock.closed:
@@ -467,45 +428,34 @@ class SimNode:
             for socket_id in command.sockets:
                 self._adopt(socket_id, self.host.open_socket())
                 self.birthday_opened += 1
-        elif isinstance(command, CloseBirthdaySockets):
-            for socket_id in command.sockets:
+        elif isinstance(command, CloseBirthdaySockets | CloseSocket):
+            ids = (
+                command.sockets if isinstance(command, CloseBirthdaySockets) else (command.socket,)
+            )
+            for socket_id in ids:
                 sock = self.sockets.pop(socket_id, None)
                 if sock is not None:
                     sock.close()
                     self.birthday_closed += 1
         elif isinstance(command, DialHop):
             self._dial(command)
-
-    def _path_command(self, command: object) -> None:
-        now = self.net.now
-        if isinstance(command, SendPing):
-            token = struct.pack("!Q", command.token)
-            if command.path.kind is PathKind.RELAY:
-                self._channel_send(command.peer, b"I" + token)
-            else:
-                hop = self._hop_for(command.peer, command.path)
-                if hop is not None:
-                    self._hop_send(hop, PING, token, command.path.remote)  # type: ignore[arg-type]
-        elif isinstance(command, StartPunch):
-            self.puncher.start(command.peer, now)
-        elif isinstance(command, CancelPunch):
-            self.puncher.cancel(command.peer, now)
-        elif isinstance(command, CloseSocket):
-            sock = self.sockets.pop(command.socket, None)
-            if sock is not None:
-                sock.close()
-                self.birthday_closed += 1
-        elif isinstance(command, ClosePath):
-            hop = self._hop_for(command.peer, command.path)
+        elif isinstance(command, PingHop):
+            hop = self.hops.get(bytes.fromhex(command.link))
+            if hop is not None and hop.up and not hop.closed:
+                key_remote = hop.remote
+                self._hop_send(hop, PING, struct.pack("!Q", command.token), key_remote)
+        elif isinstance(command, CloseHop):
+            hop = self.hops.get(bytes.fromhex(command.link))
             if hop is not None:
                 hop.closed = True
-            socket_id = command.path.local_socket
-            if socket_id != MAIN_SOCKET and socket_id in self.sockets:
-                self.sockets.pop(socket_id).close()
-                self.birthday_closed += 1
 
-    def _path_event(self, event: PathEvent) -> None:
-        self.timeline.path_events.append(event)
+    def _report(self, event: object) -> None:
+        if isinstance(event, PunchEvent):
+            self.timeline.punches.append(event)
+        elif isinstance(event, NatClassified):
+            return
+        if isinstance(event, PathEvent):
+            self.timeline.path_events.append(event)
         if isinstance(event, PathSwitched):
             self.timeline.switches.append(event)
             if event.new is not None and event.new.kind.is_direct:
@@ -514,19 +464,10 @@ class SimNode:
             elif event.new is not None:
                 self.timeline.relay_at = self.timeline.relay_at or event.at
 
-    # -- one timer for every core -----------------------------------------------------
+    # -- one timer for the engine ------------------------------------------------------
 
     def _arm(self) -> None:
-        deadlines = [
-            d
-            for d in (
-                self._round.next_deadline() if self._round else None,
-                self.puncher.next_deadline(),
-                self.paths.next_deadline(),
-            )
-            if d is not None
-        ]
-        deadline = min(deadlines, default=None)
+        deadline = self.engine.next_deadline()
         if deadline == self._timer_at:
             return
         self._timer_at = deadline
@@ -539,11 +480,7 @@ class SimNode:
         if generation != self._timer_generation:
             return
         self._timer_at = None
-        now = self.net.now
-        if self._round is not None:
-            self._round.on_timer(now)
-        self.puncher.on_timer(now)
-        self.paths.on_timer(now)
+        self.engine.on_timer(max(self.net.now, self.engine.next_deadline() or 0.0))
         self.pump()
 
     # -- summaries ------------------------------------------------------------------

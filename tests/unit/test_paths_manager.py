@@ -21,7 +21,7 @@ from meshkey.paths.manager import (
     PathManager,
     PathSwitched,
     PathValidated,
-    SendPing,
+    SendPathPing,
     StartPunch,
 )
 from meshkey.paths.path import Path, PathKey, PathKind, PathState, SwitchReason, choose
@@ -44,7 +44,7 @@ def drain(paths: PathManager) -> tuple[list[object], list[object]]:
 
 def pong_all(paths: PathManager, commands: list[object], now: float) -> None:
     for command in commands:
-        if isinstance(command, SendPing):
+        if isinstance(command, SendPathPing):
             paths.on_pong(command.peer, command.path, command.token, now)
 
 
@@ -101,13 +101,13 @@ def test_a_probing_path_needs_a_pong_with_one_of_our_tokens() -> None:
     paths.add_path(PEER, RELAY, 0.0, validated=True)
     paths.add_path(PEER, OTHER, 0.0)
     commands, _ = drain(paths)
-    pings = [c for c in commands if isinstance(c, SendPing) and c.path == OTHER]
+    pings = [c for c in commands if isinstance(c, SendPathPing) and c.path == OTHER]
     assert len(pings) == 1
     paths.on_pong(PEER, OTHER, pings[0].token ^ 1, 0.05)  # not ours
     assert paths.current_path(PEER) == RELAY
     paths.on_timer(0.25)  # probes repeat every 250 ms
     commands, _ = drain(paths)
-    again = [c for c in commands if isinstance(c, SendPing) and c.path == OTHER]
+    again = [c for c in commands if isinstance(c, SendPathPing) and c.path == OTHER]
     assert len(again) == 1
     paths.on_pong(PEER, OTHER, again[0].token, 0.3)
     _, events = drain(paths)
@@ -167,7 +167,9 @@ def test_unanswered_traffic_kills_a_direct_path_within_two_seconds_and_falls_bac
     while (deadline := paths.next_deadline()) is not None and deadline <= 12.0:
         paths.on_timer(deadline)
         commands, events = drain(paths)
-        ping_times += [deadline for c in commands if isinstance(c, SendPing) and c.path == DIRECT]
+        ping_times += [
+            deadline for c in commands if isinstance(c, SendPathPing) and c.path == DIRECT
+        ]
         if any(isinstance(e, PathSwitched) for e in events):
             break
     assert ping_times == pytest.approx([10.5, 11.0, 11.5])
@@ -200,7 +202,7 @@ def test_idle_paths_get_keepalives_below_the_nat_timeout() -> None:
     assert paths.next_deadline() == pytest.approx(16.0)
     paths.on_timer(16.0)
     commands, _ = drain(paths)
-    assert [c.path for c in commands if isinstance(c, SendPing)] == [DIRECT]
+    assert [c.path for c in commands if isinstance(c, SendPathPing)] == [DIRECT]
     pong_all(paths, commands, 16.04)
     assert paths.next_deadline() == pytest.approx(31.04)  # 15 s after the pong
     assert paths.current_path(PEER) == DIRECT
@@ -211,7 +213,7 @@ def test_idle_paths_get_keepalives_below_the_nat_timeout() -> None:
     assert relay_too.next_deadline() == pytest.approx(20.0)
     relay_too.on_timer(20.0)
     commands, _ = drain(relay_too)
-    assert [c.path for c in commands if isinstance(c, SendPing)] == [RELAY]
+    assert [c.path for c in commands if isinstance(c, SendPathPing)] == [RELAY]
 
 
 def test_an_idle_path_that_died_is_found_two_seconds_after_its_keepalive() -> None:
@@ -222,7 +224,7 @@ def test_an_idle_path_that_died_is_found_two_seconds_after_its_keepalive() -> No
         paths.on_timer(deadline)
         commands, events = drain(paths)
         for command in commands:  # the relay answers, the direct path does not
-            if isinstance(command, SendPing) and command.path == RELAY:
+            if isinstance(command, SendPathPing) and command.path == RELAY:
                 paths.on_pong(PEER, RELAY, command.token, deadline + 0.08)
         if any(isinstance(e, PathFailed) for e in events):
             break
@@ -307,7 +309,7 @@ def test_nat_rebinding_moves_to_the_new_address_after_validating_it() -> None:
     on_direct(paths)
     paths.on_received(PEER, REBOUND, 1200, 5.0)  # the peer's packets now come from :7002
     commands, _ = drain(paths)
-    (ping,) = [c for c in commands if isinstance(c, SendPing) and c.path == REBOUND]
+    (ping,) = [c for c in commands if isinstance(c, SendPathPing) and c.path == REBOUND]
     assert paths.current_path(PEER) == DIRECT  # not before it answered
     paths.on_pong(PEER, REBOUND, ping.token, 5.04)
     commands, events = drain(paths)
@@ -321,12 +323,12 @@ def test_an_unproven_address_gets_at_most_three_times_what_came_from_it() -> Non
     on_direct(paths)
     paths.on_received(PEER, REBOUND, 10, 5.0)  # a tiny (perhaps forged) packet
     commands, _ = drain(paths)
-    assert not any(isinstance(c, SendPing) and c.path == REBOUND for c in commands)
+    assert not any(isinstance(c, SendPathPing) and c.path == REBOUND for c in commands)
     assert paths.may_send(PEER, REBOUND, 30) and not paths.may_send(PEER, REBOUND, 31)
     paths.on_received(PEER, REBOUND, 20, 5.1)
     paths.on_timer(5.25)
     commands, _ = drain(paths)
-    assert any(isinstance(c, SendPing) and c.path == REBOUND for c in commands)  # 90 >= 64
+    assert any(isinstance(c, SendPathPing) and c.path == REBOUND for c in commands)  # 90 >= 64
     assert not paths.may_send(PEER, REBOUND, 27)
     assert paths.may_send(PEER, DIRECT, 10**9)  # a validated path is not limited
 

@@ -11,19 +11,24 @@ from meshkey.timing import DeadlineTimer, RttEstimate
 
 def test_rtt_estimate_follows_rfc_6298() -> None:
     estimate = RttEstimate()
-    assert estimate.srtt is None
+    assert _state(estimate) == (None, 0.0, 0)
     assert estimate.timeout(default=1.0, minimum=0.1, maximum=3.0) == 1.0
     estimate.add(0.1)
-    assert (estimate.srtt, estimate.rttvar, estimate.samples) == (0.1, 0.05, 1)
+    assert _state(estimate) == (0.1, 0.05, 1)
     estimate.add(0.2)
-    assert estimate.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2)
-    assert estimate.rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.1)
+    srtt, rttvar, _ = _state(estimate)
+    assert srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2)
+    assert rttvar == pytest.approx(0.75 * 0.05 + 0.25 * 0.1)
     assert estimate.timeout(default=1.0, minimum=0.0, maximum=3.0) == pytest.approx(
-        estimate.srtt + 4 * estimate.rttvar
+        (srtt or 0.0) + 4 * rttvar
     )
     assert estimate.timeout(default=1.0, minimum=0.0, maximum=0.05) == 0.05
     estimate.add(-1.0)  # a clock that went backwards is a zero sample, never negative
-    assert estimate.srtt is not None and estimate.srtt > 0
+    assert (_state(estimate)[0] or 0.0) > 0
+
+
+def _state(estimate: RttEstimate) -> tuple[float | None, float, int]:
+    return estimate.srtt, estimate.rttvar, estimate.samples
 
 
 async def test_deadline_timer_fires_once_never_early_and_rearms_only_on_change() -> None:

@@ -92,7 +92,7 @@ class PathConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class SendPing:
+class SendPathPing:
     """Ping ``peer`` over ``path`` with ``token`` and report the pong with :meth:`on_pong`."""
 
     peer: NodeId
@@ -129,7 +129,7 @@ class CloseSocket:
     socket: int
 
 
-PathCommand = SendPing | StartPunch | CancelPunch | ClosePath | CloseSocket
+PathCommand = SendPathPing | StartPunch | CancelPunch | ClosePath | CloseSocket
 
 
 # -- events --------------------------------------------------------------------------------
@@ -610,7 +610,7 @@ class PathManager:
         token = self._rng.getrandbits(64)
         path.remember_token(token, now)
         path.record_sent(self.config.ping_size, now)
-        self._commands.append(SendPing(state.peer, path.key, token))
+        self._commands.append(SendPathPing(state.peer, path.key, token))
 
     def _validate(self, state: _Peer, path: Path, now: float) -> None:
         path.state = PathState.VALIDATED

@@ -1,0 +1,597 @@
+"""A node's paths as one sans-IO core: NAT classification, hole punching and path choice
+(DESIGN.md decisions 10-12), and the decisions that join them.
+
+Theory of operation
+-------------------
+:class:`PathEngine` composes four cores and owns what used to be decided in the asyncio glue:
+
+- the :class:`~meshkey.nat.classify.ClassificationRound` (one at a time) and its
+  :class:`~meshkey.nat.classify.RecheckPolicy`: which observers to ask (the configured ones,
+  then the remotes of this node's open outbound QUIC hops, one per IP), when to ask again (a
+  new observer IP while the class is unknown; the first TCP hop after a round with no UDP
+  answer, which tells "UDP blocked" from "offline"; a punch that saw this socket somewhere
+  the classification does not predict);
+- the :class:`~meshkey.nat.puncher.Puncher`, told what to offer peers (its candidates follow
+  the classification and the sockets' addresses);
+- the :class:`~meshkey.paths.manager.PathManager`, told about relayed channels (their first
+  path), authenticated hops to the peers of those channels (direct or punched paths: a hop
+  that comes up while, or shortly after, a punch with that peer ran is the punched path),
+  the traffic and pongs on each, and the punches' outcomes;
+- the punch signals and the relay path's pings, which travel inside the peer's secure
+  channel as :mod:`meshkey.wire.paths` messages; a punch waits for this node's own class
+  when a classification round is running or due within a second (the strategy depends on
+  both classes), rather than punch as "unknown" and retry in 40 s.
+
+Inputs return nothing; drain :meth:`PathEngine.commands` (what the glue must do: datagrams,
+sockets, hop dials, pings, signals) and :meth:`PathEngine.events` (what happened:
+classifications, path switches, punch outcomes), then re-read :meth:`next_deadline`.
+
+Hops are named by the glue's link name (a string, unique per hop), so the engine never holds
+a connection; the glue keeps the one map from names to links.
+
+Bounds: state is kept only for peers a channel was opened with (and released when the last
+one closes); hops only while they are paths of such a peer; the path manager and the puncher
+bound the rest (paths per peer, punches at once, probe tokens).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from meshkey.identity.node_id import NodeId
+from meshkey.nat.classify import (
+    Classification,
+    ClassificationRound,
+    Classified,
+    RecheckPolicy,
+    SendWhoami,
+    classify,
+)
+from meshkey.nat.punch import (
+    CloseBirthdaySockets,
+    DialHop,
+    LocalInfo,
+    OpenBirthdaySockets,
+    PunchEvent,
+    PunchSucceeded,
+    SendDatagram,
+    SendSignal,
+)
+from meshkey.nat.puncher import Puncher
+from meshkey.nat.strategy import MESHKEY, PunchConfig
+from meshkey.paths.manager import (
+    CancelPunch,
+    ClosePath,
+    CloseSocket,
+    PathConfig,
+    PathEvent,
+    PathManager,
+    SendPathPing,
+    StartPunch,
+)
+from meshkey.paths.path import PathKey, PathKind
+from meshkey.wire.errors import WireError
+from meshkey.wire.net import Endpoint, NatClass
+from meshkey.wire.paths import (
+    PathPing,
+    PathPong,
+    PathSignal,
+    PunchSignal,
+    decode_path_signal,
+    encode_path_signal,
+)
+from meshkey.wire.punch import Capability
+from meshkey.wire.udp import WhoamiResponse
+
+#: A punch's hop may be accepted this long after the punch started (an inbound hop from the
+#: peer then is the punched path, not a stranger's).
+PUNCH_HOP_WINDOW = 30.0
+#: A punch waits for this node's own classification when a round is due this soon.
+CLASSIFY_SOON = 1.0
+CAPABILITIES = frozenset({Capability.BIRTHDAY, Capability.LOW_TTL, Capability.TCP_DIAL})
+
+
+# -- commands (besides the cores' own: SendWhoami, SendDatagram, Open/CloseBirthdaySockets,
+# DialHop, CloseSocket, which pass through unchanged) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendPathSignal:
+    """Send ``payload`` (an encoded :mod:`meshkey.wire.paths` message) to ``peer``'s
+    ``/service/_paths`` through the secure channel ``channel``."""
+
+    peer: NodeId
+    channel: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PingHop:
+    """Send a hop PING with ``token`` on link ``link``; report the PONG with
+    :meth:`PathEngine.on_hop_pong`."""
+
+    link: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseHop:
+    """Close link ``link``: its path failed."""
+
+    link: str
+    reason: str
+
+
+EngineCommand = (
+    SendWhoami
+    | SendDatagram
+    | OpenBirthdaySockets
+    | CloseBirthdaySockets
+    | DialHop
+    | CloseSocket
+    | SendPathSignal
+    | PingHop
+    | CloseHop
+)
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NatClassified:
+    classification: Classification
+
+
+@dataclass(frozen=True, slots=True)
+class DirectHopAdded:
+    peer: NodeId
+    path: PathKey
+
+
+EngineEvent = NatClassified | PathEvent | PunchEvent | DirectHopAdded
+
+
+# -- what the engine keeps -----------------------------------------------------------------
+
+
+@dataclass
+class _Peer:
+    channels: set[str] = field(default_factory=set)
+    channel: str | None = None  # the channel signals go through (the newest)
+    channel_rtt: float | None = None  # that channel's handshake round trip
+    relay_key: PathKey | None = None
+    punch_started: float | None = None
+
+
+@dataclass(slots=True)
+class _Hop:
+    peer: NodeId
+    transport: str  # "udp" or "tcp"
+    remote: Endpoint
+    outbound: bool
+    key: PathKey | None  # the path it is, if it is a path of a relayed peer
+
+
+class PathEngine:
+    """All of a node's paths. Inputs return nothing; drain :meth:`commands` and
+    :meth:`events` after each, and re-read :meth:`next_deadline`."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        *,
+        observers: list[Endpoint] | None = None,
+        no_direct: bool = False,
+        config: PathConfig | None = None,
+        punch: PunchConfig = MESHKEY,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.rng = rng or random.Random()
+        self.observers = list(observers or ())
+        self.no_direct = no_direct
+        self.puncher = Puncher(node_id, config=punch, rng=self.rng)
+        self.paths = PathManager(config, rng=self.rng, no_direct=no_direct)
+        self.recheck = RecheckPolicy(rng=self.rng)
+        self.classification: Classification | None = None
+        self.udp_local: Endpoint | None = None
+        self.tcp_local: Endpoint | None = None
+        self._round: ClassificationRound | None = None
+        self._peers: dict[NodeId, _Peer] = {}
+        self._hops: dict[str, _Hop] = {}
+        self._deferred_punches: set[NodeId] = set()
+        self._commands: list[EngineCommand] = []
+        self._events: list[EngineEvent] = []
+
+    # -- the node's sockets and observers ---------------------------------------------
+
+    def set_listening(self, udp: Endpoint | None, tcp: Endpoint | None) -> None:
+        """Where the node's sockets listen (what a punch offers as local candidates)."""
+        self.udp_local, self.tcp_local = udp, tcp
+        self._update_local()
+
+    def known_observers(self) -> list[Endpoint]:
+        """Configured observers, then the remotes of open outbound QUIC hops, one per IP."""
+        seen: dict[str, Endpoint] = {}
+        hop_remotes = [h.remote for h in self._hops.values() if h.outbound and h.transport == "udp"]
+        for address in [*self.observers, *hop_remotes]:
+            seen.setdefault(address[0], address)
+        return list(seen.values())
+
+    @property
+    def classifying(self) -> bool:
+        return self._round is not None and self._round.result is None
+
+    def classify(
+        self, now: float, observers: list[Endpoint] | None = None, *, tcp_works: bool | None = None
+    ) -> None:
+        """Starts a classification round now, unless one runs (its result answers both).
+        ``tcp_works``: what is known of TCP (default: whether a TCP hop is up)."""
+        if self.classifying:
+            return
+        self._round = ClassificationRound(
+            observers if observers is not None else self.known_observers(),
+            [self.udp_local] if self.udp_local is not None else [],
+            tcp_works=self._tcp_works() if tcp_works is None else tcp_works,
+            rng=self.rng,
+        )
+        self._round.start(now)
+        self.recheck.on_round_started(now)
+        self._drain_round()
+
+    def on_whoami_response(self, source: Endpoint, response: WhoamiResponse, now: float) -> None:
+        if self._round is not None:
+            self._round.on_response(source, response, now)
+            self._drain_round()
+
+    # -- hops ---------------------------------------------------------------------------
+
+    def on_hop_up(
+        self,
+        link: str,
+        peer: NodeId,
+        *,
+        transport: str,
+        remote: Endpoint,
+        outbound: bool,
+        socket: int,
+        now: float,
+    ) -> None:
+        """A hop authenticated ``peer``: an observer, evidence that TCP works, and, if this
+        node reaches ``peer`` through a relay, a direct (or punched) path to it."""
+        if outbound:
+            self._maybe_reclassify(transport, remote, now)
+        key: PathKey | None = None
+        state = self._peers.get(peer)
+        if state is not None and state.relay_key is not None:
+            punched = self.puncher.session(peer) is not None or (
+                state.punch_started is not None and now - state.punch_started < PUNCH_HOP_WINDOW
+            )
+            kind = PathKind.PUNCHED if punched else PathKind.DIRECT
+            key = PathKey(kind, remote, socket, transport)
+        self._hops[link] = _Hop(peer, transport, remote, outbound, key)
+        if key is not None:
+            self.paths.add_path(peer, key, now, validated=True)
+            self._events.append(DirectHopAdded(peer, key))
+        self._drain_cores(now)
+
+    def on_hop_closed(self, link: str, reason: str, now: float) -> None:
+        hop = self._hops.pop(link, None)
+        if hop is not None and hop.key is not None:
+            self.paths.remove_path(hop.peer, hop.key, reason, now)
+            self._drain_cores(now)
+
+    def on_hop_traffic(self, link: str, *, sent: int = 0, received: int = 0, now: float) -> None:
+        hop = self._hops.get(link)
+        if hop is None or hop.key is None:
+            return
+        if received:
+            self.paths.on_received(hop.peer, hop.key, received, now)
+        if sent:
+            self.paths.on_sent(hop.peer, hop.key, sent, now)
+        self._drain_cores(now)
+
+    def on_hop_pong(self, link: str, token: int, now: float) -> None:
+        hop = self._hops.get(link)
+        if hop is not None and hop.key is not None:
+            self.paths.on_pong(hop.peer, hop.key, token, now)
+            self._drain_cores(now)
+
+    def on_dial_failed(self, peer: NodeId, reason: str, now: float) -> None:
+        self.paths.on_dial_failed(peer, reason, now)
+        self._drain_cores(now)
+
+    def hop_link(self, peer: NodeId) -> str | None:
+        """The link of ``peer``'s current path, when that path is a direct hop."""
+        key = self.paths.current_path(peer)
+        if key is None or not key.kind.is_direct:
+            return None
+        for name, hop in self._hops.items():
+            if hop.peer == peer and hop.key == key:
+                return name
+        return None
+
+    # -- punch packets ------------------------------------------------------------------
+
+    def on_control_packet(self, socket: int, source: Endpoint, data: bytes, now: float) -> None:
+        self.puncher.on_control_packet(socket, source, data, now)
+        self._drain_cores(now)
+
+    def on_socket_error(self, socket: int, now: float) -> None:
+        self.puncher.on_socket_error(socket, now)
+        self._drain_cores(now)
+
+    # -- channels and their signals -------------------------------------------------------
+
+    def channel_opened(
+        self,
+        peer: NodeId,
+        channel: str,
+        now: float,
+        *,
+        initiator: bool,
+        relay: str | None,
+        no_direct: bool = False,
+        handshake_rtt: float | None = None,
+    ) -> None:
+        """A secure channel to ``peer`` opened. ``relay``: how its route is described when it
+        goes through other nodes, None when the channel itself is a direct hop (then there is
+        nothing to look for)."""
+        state = self._peers.setdefault(peer, _Peer())
+        state.channels.add(channel)
+        state.channel = channel
+        state.channel_rtt = handshake_rtt
+        self.paths.add_peer(
+            peer, now, no_direct=True if no_direct or self.no_direct else None, initiates=initiator
+        )
+        if relay is not None and state.relay_key is None:
+            state.relay_key = PathKey(PathKind.RELAY, relay)
+            self.paths.add_path(peer, state.relay_key, now, validated=True)
+        self._drain_cores(now)
+
+    def channel_closed(self, peer: NodeId, channel: str, now: float) -> None:
+        """A channel to ``peer`` closed for good; with its last one, its state goes."""
+        state = self._peers.get(peer)
+        if state is None:
+            return
+        state.channels.discard(channel)
+        if state.channel == channel:
+            state.channel = next(iter(state.channels), None)
+        if state.channels:
+            return
+        del self._peers[peer]
+        self._deferred_punches.discard(peer)
+        self.puncher.cancel(peer, now)
+        self.paths.remove_peer(peer)
+        for hop in self._hops.values():
+            if hop.peer == peer:
+                hop.key = None  # still a hop (an observer, say), no longer a path
+        self._drain_cores(now)
+
+    def on_signal(self, peer: NodeId, channel: str | None, payload: bytes, now: float) -> None:
+        """A :mod:`meshkey.wire.paths` message from ``peer`` through a secure channel (only
+        ever accepted from a channel's authenticated peer). WireError if it is malformed."""
+        signal = decode_path_signal(payload)
+        state = self._peers.get(peer)
+        if channel:
+            state = self._peers.setdefault(peer, _Peer())
+            state.channels.add(channel)
+            state.channel = channel
+        if isinstance(signal, PunchSignal):
+            self.paths.add_peer(peer, now, initiates=False)
+            self.puncher.on_signal(
+                peer,
+                signal.data,
+                now,
+                direct_allowed=self.paths.direct_allowed(peer),
+                signalling_rtt=self.signalling_rtt(peer),
+            )
+        elif isinstance(signal, PathPing):
+            self._signal(peer, PathPong(signal.token))
+            if state is not None and state.relay_key is not None:
+                self.paths.on_received(peer, state.relay_key, len(payload), now)
+        elif isinstance(signal, PathPong) and state is not None and state.relay_key is not None:
+            self.paths.on_pong(peer, state.relay_key, signal.token, now)
+        self._drain_cores(now)
+
+    def signalling_rtt(self, peer: NodeId) -> float | None:
+        """The round trip of the relay path the punch signals take, for a timed start: the
+        relay path's pings if it has been pinged, else the channel's handshake (which went the
+        same way). None when the channel is a direct hop or nothing was measured: the punch
+        falls back to SYNC."""
+        state = self._peers.get(peer)
+        if state is None or state.relay_key is None:
+            return None
+        relay = next((p for p in self.paths.paths(peer) if p.key == state.relay_key), None)
+        if relay is not None and relay.srtt is not None:
+            return relay.srtt
+        return state.channel_rtt
+
+    def relay_description(self, peer: NodeId) -> str | None:
+        state = self._peers.get(peer)
+        return state.relay_key.describe() if state and state.relay_key else None
+
+    # -- time and drains ------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            d
+            for d in (
+                self._round.next_deadline() if self._round else None,
+                self.recheck.next_deadline() if self.known_observers() else None,
+                self.puncher.next_deadline(),
+                self.paths.next_deadline(),
+            )
+            if d is not None
+        ]
+        return min(deadlines, default=None)
+
+    def on_timer(self, now: float) -> None:
+        if self.classifying:
+            assert self._round is not None
+            self._round.on_timer(now)
+            self._drain_round()
+        if self.recheck.due(now) and not self.classifying and self.known_observers():
+            self.classify(now)
+        self.puncher.on_timer(now)
+        self.paths.on_timer(now)
+        self._drain_cores(now)
+
+    def commands(self) -> list[EngineCommand]:
+        out, self._commands = self._commands, []
+        return out
+
+    def events(self) -> list[EngineEvent]:
+        out, self._events = self._events, []
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _tcp_works(self) -> bool | None:
+        return any(h.transport == "tcp" for h in self._hops.values()) or None
+
+    def _maybe_reclassify(self, transport: str, remote: Endpoint, now: float) -> None:
+        """A new observer (a QUIC hop to a new IP), or the first TCP hop after a round that
+        got no UDP answer (the evidence that tells UDP-blocked from offline): ask again."""
+        found = self.classification
+        if found is not None and found.nat_class is not NatClass.UNKNOWN:
+            return
+        new_ip = transport == "udp" and remote[0] not in {a[0] for a in self.observers}
+        no_answers = found is not None and not any(o.reflexive for o in found.observations)
+        if new_ip or (transport == "tcp" and no_answers):
+            self.recheck.on_network_change(now)
+
+    def _drain_round(self) -> None:
+        if self._round is None:
+            return
+        self._commands.extend(self._round.commands())
+        for classified in self._round.events():
+            self._classified(classified)
+
+    def _classified(self, classified: Classified) -> None:
+        classification = classified.classification
+        if (
+            classification.nat_class is NatClass.UNKNOWN
+            and classification.observations
+            and not any(o.reflexive for o in classification.observations)
+            and self._tcp_works()
+        ):
+            # No UDP answer at all, and TCP hops came up while the round ran: UDP is blocked
+            # (the round began before there was any evidence of TCP).
+            classification = classify(
+                classification.observations,
+                [self.udp_local] if self.udp_local is not None else [],
+                tcp_works=True,
+                at=classification.at,
+            )
+        self.classification = classification
+        self.recheck.on_classified(classification, classification.at)
+        self._events.append(NatClassified(classification))
+        self._update_local()
+        waiting, self._deferred_punches = self._deferred_punches, set()
+        for peer in waiting:
+            self._start_punch(peer, classification.at)
+
+    def _update_local(self) -> None:
+        """What this node tells a peer in a punch: its socket's local address, and what the
+        classification found (before one, the class is unknown: a plain punch is tried)."""
+        found = self.classification
+        nat_class = found.nat_class if found is not None else NatClass.UNKNOWN
+        tcp: tuple[Endpoint, ...] = ()
+        if nat_class is NatClass.PUBLIC and self.tcp_local is not None:
+            tcp = (self.tcp_local,)
+        self.puncher.update_local(
+            LocalInfo(
+                nat_class,
+                local=(self.udp_local,) if self.udp_local is not None else (),
+                reflexive=tuple(found.mappings[:1]) if found is not None else (),
+                tcp=tcp,
+                capabilities=CAPABILITIES,
+            )
+        )
+
+    def _signal(self, peer: NodeId, signal: PathSignal) -> None:
+        state = self._peers.get(peer)
+        if state is not None and state.channel is not None:
+            self._commands.append(SendPathSignal(peer, state.channel, encode_path_signal(signal)))
+
+    def _drain_cores(self, now: float) -> None:
+        for _ in range(100):
+            busy = False
+            for command in self.puncher.commands():
+                busy = True
+                if isinstance(command, SendSignal):
+                    self._signal(command.peer, PunchSignal(command.data))
+                else:
+                    self._commands.append(command)
+            for event in self.puncher.events():
+                busy = True
+                self._punch_event(event, now)
+            for path_command in self.paths.commands():
+                busy = True
+                self._path_command(path_command, now)
+            for path_event in self.paths.events():
+                busy = True
+                self._events.append(path_event)
+            if not busy:
+                return
+
+    def _punch_event(self, event: PunchEvent, now: float) -> None:
+        self._events.append(event)
+        if isinstance(event, PunchSucceeded):
+            public = self.classification.public_address if self.classification else None
+            if public is not None and event.seen_as and event.seen_as != public:
+                self.recheck.on_contradiction(now)
+        self.paths.on_punch_event(event, now)
+
+    def _path_command(self, command: object, now: float) -> None:
+        if isinstance(command, SendPathPing):
+            if command.path.kind is PathKind.RELAY:
+                self._signal(command.peer, PathPing(command.token))
+            else:
+                link = self._link_of(command.peer, command.path)
+                if link is not None:
+                    self._commands.append(PingHop(link, command.token))
+        elif isinstance(command, StartPunch):
+            if self._must_wait_for_class(now):
+                self._deferred_punches.add(command.peer)
+            else:
+                self._start_punch(command.peer, now)
+        elif isinstance(command, CancelPunch):
+            self.puncher.cancel(command.peer, now)
+        elif isinstance(command, CloseSocket):
+            self._commands.append(command)
+        elif isinstance(command, ClosePath):
+            link = self._link_of(command.peer, command.path)
+            if link is not None:
+                self._hops.pop(link, None)
+                self._commands.append(CloseHop(link, "the path failed"))
+            if command.path.local_socket:
+                self._commands.append(CloseSocket(command.path.local_socket))
+
+    def _link_of(self, peer: NodeId, key: PathKey) -> str | None:
+        for name, hop in self._hops.items():
+            if hop.peer == peer and hop.key == key:
+                return name
+        return None
+
+    def _must_wait_for_class(self, now: float) -> bool:
+        found = self.classification
+        due = self.recheck.next_deadline()
+        soon = due is not None and due <= now + CLASSIFY_SOON and bool(self.known_observers())
+        unknown = found is None or found.nat_class is NatClass.UNKNOWN
+        return unknown and (self.classifying or soon)
+
+    def _start_punch(self, peer: NodeId, now: float) -> None:
+        state = self._peers.setdefault(peer, _Peer())
+        state.punch_started = now
+        self.puncher.start(peer, now, direct_allowed=self.paths.direct_allowed(peer))
+
+
+def decode_signal(payload: bytes) -> PathSignal | None:
+    """The signal in ``payload``, or None if it is malformed."""
+    try:
+        return decode_path_signal(payload)
+    except WireError:
+        return None
