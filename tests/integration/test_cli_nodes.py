@@ -191,3 +191,42 @@ def test_ipv6_and_dns_routes(cli: Cli) -> None:
     assert "presented NodeId" in cli.fails(
         ExitCode.REFUSED, "message", "send", "x", "--to", pinned_wrong
     )
+
+
+def test_a_seed_on_another_machine_makes_the_node_listen_where_it_can_be_reached(
+    cli: Cli,
+) -> None:
+    """DESIGN.md decision 14: a node given a seed off loopback listens on all interfaces
+    (the seed must be able to dial back); a loopback listener with such a seed is refused
+    with the fix, at create, before anything is left half-made."""
+    from meshkey.transport.interfaces import interface_addresses
+
+    outside = [a for a in interface_addresses() if not a.startswith("127.")]
+    if not outside:
+        pytest.skip("this machine has no address besides loopback")
+    seed = cli.json("node", "create", "seed", "--udp", "0.0.0.0:0", "--tcp", "0.0.0.0:0")
+    udp_port = int(seed["addresses"][0].split("/")[4])
+    seed_arg = f"{seed['node_id']}@{outside[0]}:{udp_port}"
+    refused = cli.fails(
+        ExitCode.USAGE, "node", "create", "blue", "--seed", seed_arg, "--udp", "127.0.0.1:0"
+    )
+    assert "loopback only" in refused and "leave --udp out" in refused
+    assert "no node named" in cli.fails(ExitCode.NOT_FOUND, "node", "show", "blue")
+
+    blue = cli.json("node", "create", "blue", "--seed", seed_arg)
+    udp_addresses = [a for a in blue["addresses"] if "/udp/" in a]
+    # One address per interface, none of them the wildcard: each is one a peer can dial.
+    assert any(f"/ip4/{outside[0]}/udp/" in a for a in udp_addresses), blue["addresses"]
+    assert not any("0.0.0.0" in a for a in blue["addresses"])
+    # /node/blue still works on this machine (the wildcard is reached over loopback).
+    assert cli.ok("message", "send", "hi", "--to", "/node/blue/service/uppercase").strip() == "HI"
+    # And the seed, which can reach it, lists it in its graph once it joined.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        peers = cli.json("peer", "list", "--at", "seed")
+        if any(p["node_id"] == blue["node_id"] for p in peers["peers"]):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"blue never joined through {seed_arg}: {peers}")
+    cli.ok("node", "delete", "--all", "--force")

@@ -178,7 +178,9 @@ class SimNode:
             self.tcp_listener = host.open_socket(TCP_PORT, proto="tcp")
             self.tcp_listener.receiver = lambda packet: self._on_hop_packet(-1, packet)
         self.engine = PathEngine(self.node_id, config=path_config, punch=config, rng=self.rng)
-        self.engine.set_listening(self.main.address, (host.ip, TCP_PORT) if tcp_listener else None)
+        self.engine.set_listening(
+            (self.main.address,), ((host.ip, TCP_PORT),) if tcp_listener else ()
+        )
         self.relay: Relay | None = None
         self.peer: NodeId | None = None  # the peer of the channel through the relay
         self.hops: dict[bytes, Hop] = {}

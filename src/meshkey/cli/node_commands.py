@@ -38,9 +38,14 @@ def node() -> None:
     "--udp",
     metavar="HOST:PORT",
     help="The node's one UDP socket: QUIC hops and reflexive-address requests, in and out "
-    "[default: 127.0.0.1:0].",
+    "[default: 0.0.0.0:0, all interfaces, when a seed is on another machine; else 127.0.0.1:0].",
 )
-@click.option("--tcp", metavar="HOST:PORT", help="TCP listen address [default: 127.0.0.1:0].")
+@click.option(
+    "--tcp",
+    metavar="HOST:PORT",
+    help="TCP listen address [default: as --udp: all interfaces when a seed is on another "
+    "machine, else 127.0.0.1:0].",
+)
 @click.option(
     "--identity",
     "identity_name",

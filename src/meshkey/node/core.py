@@ -29,7 +29,7 @@ from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, NodeStateError, parse_listen, resolve_route
+from meshkey.node.state import Home, NodeStateError, listen_default, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
 from meshkey.portal import DEFAULT_OUTLET, check_end_to_end
@@ -52,8 +52,10 @@ from meshkey.routing.address import (
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router
+from meshkey.transport.interfaces import concrete_endpoints, reachable_endpoints
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
+from meshkey.wire.dht import MAX_ADDRESSES as MAX_RECORD_ADDRESSES
 from meshkey.wire.dht import Mode
 from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode
@@ -106,7 +108,8 @@ class Node:
     """A meshkey node: identity, router, transports, services, secure channels and relays.
 
     ``udp`` and ``tcp`` are listen addresses (``"127.0.0.1:0"`` lets the OS choose a port;
-    ``None`` listens on none). The UDP socket is the node's only one: its QUIC hops and its
+    ``None`` listens on none; ``"auto"``, the default, is all interfaces when a seed is on
+    another machine, else loopback). The UDP socket is the node's only one: its QUIC hops and its
     reflexive-address requests all leave from it. ``home`` lets routes name local daemons
     with ``/node/NAME``.
     ``store`` (a daemon's) keeps relays, policies and listeners across restarts.
@@ -116,8 +119,8 @@ class Node:
         self,
         *,
         identity: Identity | None = None,
-        tcp: str | None = "127.0.0.1:0",
-        udp: str | None = "127.0.0.1:0",
+        tcp: str | None = "auto",
+        udp: str | None = "auto",
         udp_batching: bool = True,
         home: Home | Path | str | None = None,
         name: str | None = None,
@@ -146,8 +149,9 @@ class Node:
         self._punch = punch
         self.name = name
         self.events = EventBus()
-        self._tcp_listen = parse_listen(tcp) if tcp else None
-        self._udp_listen = parse_listen(udp) if udp else None
+        default = listen_default(host for _, (host, _) in self._seeds)
+        self._tcp_listen = parse_listen(default if tcp == "auto" else tcp) if tcp else None
+        self._udp_listen = parse_listen(default if udp == "auto" else udp) if udp else None
         self._udp_batching = udp_batching
         self._home = home if isinstance(home, Home) or home is None else Home(home)
         self._idle_timeout = idle_timeout
@@ -217,8 +221,18 @@ class Node:
 
     @property
     def addresses(self) -> list[TransportAddress]:
-        """Where this node listens: UDP first (what ``/node/NAME`` means), then TCP."""
-        return [t.address for t in (self._udp, self._tcp) if t is not None and t.address]
+        """Where this node listens: UDP first (what ``/node/NAME`` means), then TCP; a
+        socket on all interfaces as one address per interface (loopback first)."""
+        found = []
+        for transport in (self._udp, self._tcp):
+            if transport is None or transport.address is None:
+                continue
+            bound = transport.address
+            for host, port in concrete_endpoints(bound.endpoint):
+                found.append(
+                    TransportAddress.from_socket(bound.protocol, host, port, bound.node_id)
+                )
+        return found
 
     async def start(self) -> Node:
         store = self._store
@@ -414,9 +428,12 @@ class Node:
         what its NAT maps its socket to, its NAT class and its relays' routes."""
         direct: tuple[Endpoint, ...] = ()
         address = self.udp.address
-        if address is not None and self.graph.mode is Mode.SERVER:
-            direct = (address.endpoint,)
         found = self._paths.classification if self._paths is not None else None
+        if address is not None and self.graph.mode is Mode.SERVER:
+            public = found.public_address if found is not None else None
+            listed = [public] if public is not None else []
+            listed += reachable_endpoints(address.endpoint)
+            direct = tuple(dict.fromkeys(listed))[:MAX_RECORD_ADDRESSES]
         nat_class = NatClass.UNKNOWN
         reflexive: tuple[Endpoint, ...] = ()
         if found is not None:

@@ -30,7 +30,7 @@ from meshkey.nat.strategy import STRATEGIES, PunchConfig
 from meshkey.node.control import ControlServer
 from meshkey.node.control_client import ControlError
 from meshkey.node.core import Node
-from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
+from meshkey.node.state import Home, NodeDir, NodeStateError, listen_default, parse_listen
 from meshkey.node.store import NodeStore
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
@@ -125,7 +125,8 @@ class Daemon:
     async def _listen(self, config: dict[str, str], protocol: str) -> TransportAddress:
         assert self.node is not None
         transport = self.node.udp if protocol == "udp" else self.node.tcp
-        host, port = parse_listen(config.get(protocol, "127.0.0.1:0"))
+        given = config.get(protocol) or listen_default(h for _, (h, _) in _seeds(config))
+        host, port = parse_listen(given)
         previous = config.get(f"{protocol}_bound")
         if port == 0 and previous:
             # The OS chose the port last time: ask for the same one, so routes stay valid.

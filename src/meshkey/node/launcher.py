@@ -19,7 +19,13 @@ from typing import Any
 
 from meshkey.identity.errors import IdentityError, IdentityExists
 from meshkey.node.control_client import ControlClient, ControlError
-from meshkey.node.state import Home, NodeDir, NodeStateError, parse_listen
+from meshkey.node.state import (
+    Home,
+    NodeDir,
+    NodeStateError,
+    check_listen_reaches_seeds,
+    seed_host,
+)
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -42,10 +48,12 @@ def create_node(
     node = home.node(name)
     if node.exists():
         raise NodeStateError(f"node {name!r} already exists", "conflict")
-    listen = tcp or "127.0.0.1:0"
-    listen_udp = udp or "127.0.0.1:0"
-    parse_listen(listen)
-    parse_listen(listen_udp)
+    # Unset listeners follow the seeds when the daemon starts (MESHKEY_SEEDS may add some);
+    # one given that the seeds could never reach is refused now.
+    seed_hosts = [seed_host(seed) for seed in seeds or []]
+    for given, option in ((tcp, "--tcp"), (udp, "--udp")):
+        if given:
+            check_listen_reaches_seeds(given, seed_hosts, option)
     identity_name = identity or name
     store = home.identities
     if not store.exists(identity_name):
@@ -69,8 +77,8 @@ def create_node(
             "name": name,
             "identity": identity_name,
             "node_id": info.node_id,
-            "tcp": listen,
-            "udp": listen_udp,
+            "tcp": tcp or "",
+            "udp": udp or "",
             "observers": json.dumps(observers or []),
             "direct": "on" if direct else "off",
             "seeds": json.dumps(seeds or []),
@@ -79,6 +87,16 @@ def create_node(
         }
     )
     return node
+
+
+def _concrete(bound: str) -> list[str]:
+    """A bound address as addresses one can use: ``/ip4/0.0.0.0/...`` (all interfaces) as one
+    per interface address."""
+    if not bound.startswith("/ip4/0.0.0.0/"):
+        return [bound]
+    from meshkey.transport.interfaces import interface_addresses
+
+    return [bound.replace("/0.0.0.0/", f"/{a}/", 1) for a in interface_addresses()]
 
 
 def start_node(home: Home, name: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
@@ -194,9 +212,12 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
         "status": "running" if running else "stopped",
         "pid": node.pid() if running else None,
         "addresses": [
-            config[key] for key in ("udp_bound", "tcp_bound") if running and config.get(key)
+            address
+            for key in ("udp_bound", "tcp_bound")
+            if running and config.get(key)
+            for address in _concrete(config[key])
         ],
-        "listen": {"udp": config.get("udp"), "tcp": config.get("tcp")},
+        "listen": {"udp": config.get("udp") or "auto", "tcp": config.get("tcp") or "auto"},
         "created_at": config.get("created_at"),
         "error": None,
     }

@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -136,6 +136,10 @@ class Home:
             raise NodeStateError(f"node {name!r} has no {protocol.upper()} listener", "conflict")
         address = parse_address(bound)
         assert isinstance(address, TransportAddress)
+        if address.host in ("0.0.0.0", "::"):  # listening everywhere: reach it here
+            address = TransportAddress.from_socket(
+                protocol, "127.0.0.1" if address.host == "0.0.0.0" else "::1", address.port
+            )
         return address.with_node_id(NodeId.parse(config["node_id"]))
 
 
@@ -284,6 +288,50 @@ def resolve_route(route: str | Route, home: Home | None) -> Route:
                 )
         return parsed
     return tuple(home.resolve_node(a.name) if isinstance(a, NodeNameAddress) else a for a in parsed)
+
+
+def seed_host(seed: str) -> str:
+    """The host of a seed ``NODEID@HOST:PORT`` (or ``NODEID@/ip4/H/udp/P``), unchecked
+    beyond that (the daemon parses seeds in full)."""
+    from meshkey.routing.address import TransportAddress, parse_address
+
+    address = seed.strip().partition("@")[2]
+    if address.startswith("/"):
+        parsed = parse_address(address)
+        return parsed.host if isinstance(parsed, TransportAddress) else ""
+    return parse_listen(address)[0]
+
+
+LOOPBACK_LISTEN = "127.0.0.1:0"
+ALL_INTERFACES_LISTEN = "0.0.0.0:0"
+
+
+def listen_default(seed_hosts: Iterable[str]) -> str:
+    """Where a node listens when not told (DESIGN.md decision 14): where its seeds can reach
+    it. A seed on another machine must be able to dial back (and so must every peer it
+    meets there), so any seed off loopback means all interfaces; otherwise loopback only, a
+    node nobody outside can reach."""
+    from meshkey.transport.interfaces import is_loopback
+
+    if any(not is_loopback(host) for host in seed_hosts):
+        return ALL_INTERFACES_LISTEN
+    return LOOPBACK_LISTEN
+
+
+def check_listen_reaches_seeds(listen: str, seed_hosts: Iterable[str], option: str) -> None:
+    """Refuses (NodeStateError, "invalid") a loopback listener given with a seed that is not
+    on loopback: the seed could never dial back, so the node would never join."""
+    from meshkey.transport.interfaces import is_loopback
+
+    host, _ = parse_listen(listen)
+    remote = [h for h in seed_hosts if not is_loopback(h)]
+    if is_loopback(host) and remote:
+        raise NodeStateError(
+            f"{option} {listen} listens on loopback only, so the seed at {remote[0]} can never "
+            f"reach this node: leave {option} out (the node then listens on all interfaces), "
+            f"or give an address the seed can reach, e.g. {option} 0.0.0.0:0",
+            "invalid",
+        )
 
 
 def parse_listen(text: str) -> tuple[str, int]:

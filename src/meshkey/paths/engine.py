@@ -195,8 +195,9 @@ class PathEngine:
         self.paths = PathManager(config, rng=self.rng, no_direct=no_direct)
         self.recheck = RecheckPolicy(rng=self.rng)
         self.classification: Classification | None = None
-        self.udp_local: Endpoint | None = None
-        self.tcp_local: Endpoint | None = None
+        self.udp_local: tuple[Endpoint, ...] = ()  # every address the UDP socket has
+        self.udp_candidates: tuple[Endpoint, ...] = ()  # those a peer elsewhere may use
+        self.tcp_local: tuple[Endpoint, ...] = ()
         self._round: ClassificationRound | None = None
         self._peers: dict[NodeId, _Peer] = {}
         self._hops: dict[str, _Hop] = {}
@@ -206,9 +207,19 @@ class PathEngine:
 
     # -- the node's sockets and observers ---------------------------------------------
 
-    def set_listening(self, udp: Endpoint | None, tcp: Endpoint | None) -> None:
-        """Where the node's sockets listen (what a punch offers as local candidates)."""
+    def set_listening(
+        self,
+        udp: tuple[Endpoint, ...],
+        tcp: tuple[Endpoint, ...],
+        *,
+        udp_candidates: tuple[Endpoint, ...] | None = None,
+    ) -> None:
+        """Where the node's sockets listen, as concrete addresses (a wildcard socket has one
+        per host address): the classification compares reflexive addresses with ``udp``;
+        a punch offers ``udp_candidates`` (default ``udp``: the glue leaves out loopback)
+        and, when public, ``tcp``."""
         self.udp_local, self.tcp_local = udp, tcp
+        self.udp_candidates = udp if udp_candidates is None else udp_candidates
         self._update_local()
 
     def known_observers(self) -> list[Endpoint]:
@@ -232,7 +243,7 @@ class PathEngine:
             return
         self._round = ClassificationRound(
             observers if observers is not None else self.known_observers(),
-            [self.udp_local] if self.udp_local is not None else [],
+            list(self.udp_local),
             tcp_works=self._tcp_works() if tcp_works is None else tcp_works,
             rng=self.rng,
         )
@@ -481,7 +492,7 @@ class PathEngine:
             # (the round began before there was any evidence of TCP).
             classification = classify(
                 classification.observations,
-                [self.udp_local] if self.udp_local is not None else [],
+                list(self.udp_local),
                 tcp_works=True,
                 at=classification.at,
             )
@@ -498,13 +509,11 @@ class PathEngine:
         classification found (before one, the class is unknown: a plain punch is tried)."""
         found = self.classification
         nat_class = found.nat_class if found is not None else NatClass.UNKNOWN
-        tcp: tuple[Endpoint, ...] = ()
-        if nat_class is NatClass.PUBLIC and self.tcp_local is not None:
-            tcp = (self.tcp_local,)
+        tcp = self.tcp_local[:1] if nat_class is NatClass.PUBLIC else ()
         self.puncher.update_local(
             LocalInfo(
                 nat_class,
-                local=(self.udp_local,) if self.udp_local is not None else (),
+                local=self.udp_candidates,
                 reflexive=tuple(found.mappings[:1]) if found is not None else (),
                 tcp=tcp,
                 capabilities=CAPABILITIES,

@@ -53,6 +53,7 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
 from meshkey.transport.events import HopAuthenticated, HopClosed
+from meshkey.transport.interfaces import concrete_endpoints, reachable_endpoints
 from meshkey.transport.link import HopLink
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
@@ -112,6 +113,7 @@ class PathService:
         self.classified_at: str | None = None
         self._round_waiters: list[asyncio.Future[Classification]] = []
         self._links: dict[str, HopLink] = {}
+        self._bound: tuple[Endpoint | None, Endpoint | None] = (None, None)
         self._timer = DeadlineTimer(self._fire, self._loop)
         self._wake_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,11 +181,21 @@ class PathService:
         self._round_waiters.clear()
 
     def _listening(self) -> None:
-        """Tells the engine where the sockets listen, once they do."""
-        udp = self.udp.address.endpoint if self.udp.address is not None else None
-        tcp = self.tcp.address.endpoint if self.tcp.address is not None else None
-        if (udp, tcp) != (self.engine.udp_local, self.engine.tcp_local):
-            self.engine.set_listening(udp, tcp)
+        """Tells the engine where the sockets listen, once they do (a wildcard socket as one
+        address per interface)."""
+        bound = (
+            self.udp.address.endpoint if self.udp.address is not None else None,
+            self.tcp.address.endpoint if self.tcp.address is not None else None,
+        )
+        if bound == self._bound:
+            return
+        self._bound = bound
+        udp, tcp = bound
+        self.engine.set_listening(
+            tuple(concrete_endpoints(udp)) if udp else (),
+            tuple(reachable_endpoints(tcp)) if tcp else (),
+            udp_candidates=tuple(reachable_endpoints(udp)) if udp else (),
+        )
 
     # -- the channel's side (channel.manager.PathHooks) ------------------------------------
 
