@@ -74,6 +74,12 @@ def node() -> None:
     "Once joined, a restarted node re-joins from its saved graph without its seeds.",
 )
 @click.option(
+    "--no-auto-relay",
+    is_flag=True,
+    help="Never keep a relay automatically: by default a node nobody outside can reach (behind "
+    "a NAT) keeps one on a reachable node (its seeds first) and names it in its peer record.",
+)
+@click.option(
     "--dht-mode",
     type=click.Choice(["auto", "server", "client"]),
     help="Whether the node answers DHT queries: auto finds out whether other nodes can "
@@ -104,6 +110,7 @@ def node_create(
     observers: tuple[str, ...],
     no_direct: bool,
     seeds: tuple[str, ...],
+    no_auto_relay: bool,
     dht_mode: str | None,
     configuration: Path | None,
     variables: tuple[str, ...],
@@ -162,6 +169,7 @@ def node_create(
         direct=not no_direct,
         seeds=seed_list,
         dht_mode=dht_mode or "auto",
+        auto_relay=not no_auto_relay and config.auto_relay is not False,
     )
     if foreground:
         _run_foreground(home, name)

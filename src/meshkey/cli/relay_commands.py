@@ -77,6 +77,7 @@ def relay_list(ctx: click.Context, at: str | None, output: str) -> None:
         [
             ("NODE", "node"),
             ("NAME", "name"),
+            ("KIND", "kind"),
             ("STATUS", "status"),
             ("AT", "at"),
             ("ADDRESS", "address"),

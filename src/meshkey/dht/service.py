@@ -731,5 +731,15 @@ class DhtService:
             log.exception("dht.flush_failed")
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
 
+    # -- what other layers read (nothing outside dht/ touches the table) -------------------
+
+    def servers(self, count: int) -> list[Entry]:
+        """Up to ``count`` reachable nodes of the graph, closest to this node first."""
+        return self.engine.table.closest(self.node_id, count, exclude=self.node_id)
+
+    def srtt(self, node_id: NodeId) -> float | None:
+        """The smoothed round trip measured to ``node_id``, if any."""
+        return self.engine.rtt.srtt(node_id)
+
 
 __all__ = ["DHT_SERVICE", "DhtService", "FindResult"]

@@ -10,6 +10,7 @@ TOML (``.toml``) or YAML (``.yaml``/``.yml``), with the same keys::
     tcp = "127.0.0.1:4001"
     seeds = ["NODEID@203.0.113.10:4000"]    # the node graph's seeds
     dht_mode = "auto"           # or "server", "client"
+    auto_relay = true           # false: no automatic relay when nobody can reach the node
 
     [[tcp_listeners]]           # more TCP listeners
     address = "127.0.0.1:4002"
@@ -57,6 +58,7 @@ class NodeConfiguration:
     tcp: str | None = None
     seeds: list[str] = field(default_factory=list)
     dht_mode: str | None = None
+    auto_relay: bool | None = None
     tcp_listeners: list[str] = field(default_factory=list)
     listeners: list[tuple[str, list[str]]] = field(default_factory=list)
     relays: list[tuple[str, str]] = field(default_factory=list)
@@ -64,7 +66,7 @@ class NodeConfiguration:
 
 
 _SECTIONS = {"node", "tcp_listeners", "listeners", "relays", "policies"}
-_NODE_KEYS = {"name", "identity", "udp", "tcp", "seeds", "dht_mode"}
+_NODE_KEYS = {"name", "identity", "udp", "tcp", "seeds", "dht_mode", "auto_relay"}
 _DHT_MODES = ("auto", "server", "client")
 
 
@@ -152,7 +154,10 @@ def _build(document: dict[str, Any], path: Path) -> NodeConfiguration:
     node = document.get("node", {})
     if not isinstance(node, dict) or set(node) - _NODE_KEYS:
         raise ConfigurationError(f"{path}: [node] takes only {', '.join(sorted(_NODE_KEYS))}")
-    texts = _NODE_KEYS - {"seeds"}
+    texts = _NODE_KEYS - {"seeds", "auto_relay"}
+    auto_relay = node.get("auto_relay")
+    if auto_relay is not None and not isinstance(auto_relay, bool):
+        raise ConfigurationError(f"{path}: node.auto_relay is true or false")
     given = {key: _text(node[key], f"{path}: node.{key}") for key in texts if key in node}
     if given.get("dht_mode", "auto") not in _DHT_MODES:
         raise ConfigurationError(f"{path}: node.dht_mode is one of {', '.join(_DHT_MODES)}")
@@ -163,6 +168,7 @@ def _build(document: dict[str, Any], path: Path) -> NodeConfiguration:
         tcp=given.get("tcp"),
         seeds=_texts(node.get("seeds", []), f"{path}: node.seeds"),
         dht_mode=given.get("dht_mode"),
+        auto_relay=auto_relay,
     )
     for index, entry in enumerate(_entries(document, "tcp_listeners", {"address"}, path)):
         config.tcp_listeners.append(_text(entry.get("address"), f"{path}: tcp_listeners[{index}]"))

@@ -27,6 +27,7 @@ from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
+from meshkey.node.autorelay import AutoRelays
 from meshkey.node.events import EventBus
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, NodeStateError, listen_default, parse_listen, resolve_route
@@ -132,12 +133,15 @@ class Node:
         punch: PunchConfig = MESHKEY,
         seeds: Iterable[str | tuple[NodeId, Endpoint]] = (),
         dht_mode: Mode | None = None,
+        auto_relay: bool = True,
     ) -> None:
         """``observers``: UDP addresses (``HOST:PORT`` or ``/ip4/A/udp/P``) of public nodes
         that may tell this node how its NAT maps its socket (besides the relay nodes it uses).
         ``direct=False``: traffic to peers stays on the relays (no hole punching).
         ``seeds``: ``NODEID@HOST:PORT`` of the nodes this node joins the node graph through;
-        ``dht_mode`` None finds out whether the node is reachable (a server) by dial-backs."""
+        ``dht_mode`` None finds out whether the node is reachable (a server) by dial-backs;
+        ``auto_relay``: a node nobody outside can reach keeps a relay on a reachable node
+        (its seeds first, then servers by round trip) and names it in its peer record."""
         self.identity = identity or Identity.generate()
         self._observers = [_udp_endpoint(text) for text in observers]
         self._seeds = [parse_seed(seed) for seed in seeds]
@@ -147,6 +151,8 @@ class Node:
         self._join_task: asyncio.Task[None] | None = None
         self._direct = direct
         self._punch = punch
+        self._auto_relay = auto_relay
+        self._auto_relays: AutoRelays | None = None
         self.name = name
         self.events = EventBus()
         default = listen_default(host for _, (host, _) in self._seeds)
@@ -296,10 +302,30 @@ class Node:
             self.announce_restart()
             self._paths.wake()
             self.join_graph()
+        self._auto_relays = AutoRelays(
+            self.node_id,
+            self._relays,
+            self._dht,
+            seeds=self._seeds,
+            classification=lambda: self.path_service.classification,
+            local=self._local_udp_endpoints,
+            enabled=self._auto_relay,
+        )
+        if self._udp.address is not None:
+            self._auto_relays.start()
         await self._start_portals(store)
         self._started = True
         log.info("node.started", name=self.name or "-", node_id=self.node_id)
         return self
+
+    @property
+    def auto_relays(self) -> AutoRelays:
+        auto: AutoRelays = self._require(self._auto_relays)
+        return auto
+
+    def _local_udp_endpoints(self) -> list[Endpoint]:
+        address = self._udp.address if self._udp is not None else None
+        return concrete_endpoints(address.endpoint) if address is not None else []
 
     def announce_restart(self) -> None:
         """Owners of relays hosted here hold connections this process no longer has: tell
@@ -464,6 +490,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._join_task
         await self._stop_portals()
+        if self._auto_relays is not None:
+            await self._auto_relays.close()
         if self._paths is not None:
             await self._paths.close()
         await self.relays.close()

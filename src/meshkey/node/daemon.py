@@ -87,6 +87,7 @@ class Daemon:
             punch=_punch_strategy(),
             seeds=_seeds(config),
             dht_mode=_dht_mode(config),
+            auto_relay=config.get("auto_relay", "on") != "off",
         )
         self.store = store
         await self.node.start()
@@ -102,6 +103,7 @@ class Daemon:
             self.node.announce_restart()
             self.node.path_service.wake()  # listening now: classify the NAT
             self.node.join_graph()  # and join the node graph
+            self.node.auto_relays.start()  # and keep a relay if nobody can dial in
             for extra in store.tcp_listeners():
                 try:
                     await self.node.tcp.listen(*parse_listen(extra))
@@ -219,9 +221,18 @@ class Daemon:
         return relay.describe()
 
     async def _relay_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        auto = self._node.auto_relays
         return {
-            "relays": [r.describe() for r in self._node.relays.relays()],
+            "relays": [
+                {
+                    **r.describe(),
+                    "automatic": auto.is_automatic(r.name),
+                    "kind": "automatic" if auto.is_automatic(r.name) else "manual",
+                }
+                for r in self._node.relays.relays()
+            ],
             "hosted": self._node.relay_registry.describe(),
+            "auto": auto.describe(),
         }
 
     async def _relay_delete(self, args: dict[str, Any]) -> dict[str, Any]:

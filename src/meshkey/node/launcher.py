@@ -42,6 +42,7 @@ def create_node(
     direct: bool = True,
     seeds: list[str] | None = None,
     dht_mode: str = "auto",
+    auto_relay: bool = True,
 ) -> NodeDir:
     """Writes a new node's configuration (creating its identity if it has none yet)."""
     home.ensure()
@@ -83,6 +84,7 @@ def create_node(
             "direct": "on" if direct else "off",
             "seeds": json.dumps(seeds or []),
             "dht_mode": dht_mode,
+            "auto_relay": "on" if auto_relay else "off",
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
