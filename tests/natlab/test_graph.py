@@ -108,4 +108,5 @@ def test_a_node_behind_a_nat_is_reached_by_its_node_id_through_its_relay(
         time.sleep(1)
     assert result.stdout.strip() == "HELLO"
     found = sender.host.meshkey_json("peer", "find", member.node_id, "--at", sender.name)
-    assert found["record"]["relays"] == [f"{seed.route()}/service/forward_to_{member.name}"]
+    # The relay made by hand is in the record (an automatic one, kept until then, goes).
+    assert f"{seed.route()}/service/forward_to_{member.name}" in found["record"]["relays"]

@@ -39,7 +39,7 @@ def test_nothing_while_reachability_is_unknown_and_everything_dropped_once_reach
     k.on_relay_state(SEED.node_id, AutoRelayState.ACTIVE, 1.2)
     assert k.commands() == [] and k.status == "active"
     k.set_reachable(True, 50.0)
-    assert k.commands() == [DeleteAutoRelay(SEED.node_id, "no relay needed (reachable)")]
+    assert k.commands() == [DeleteAutoRelay(SEED.node_id, "not needed (reachable)")]
     assert k.held() == {}
 
 
@@ -101,4 +101,16 @@ def test_no_candidate_says_so() -> None:
     k = keeper()
     assert k.commands() == [] and k.status == "no reachable node to hold a relay yet"
     k.set_candidates([SEED], 3.0)
+    assert k.commands() == [CreateAutoRelay(SEED.node_id, SEED.endpoint)]
+
+
+def test_an_active_relay_made_by_hand_makes_the_automatic_one_unneeded() -> None:
+    k = keeper(SEED)
+    k.commands()
+    k.on_relay_state(SEED.node_id, AutoRelayState.ACTIVE, 0.5)
+    k.set_manual_active(1, 2.0)
+    assert k.commands() == [
+        DeleteAutoRelay(SEED.node_id, "not needed (a relay made by hand is active)")
+    ]
+    k.set_manual_active(0, 9.0)  # the manual one went down: an automatic one again
     assert k.commands() == [CreateAutoRelay(SEED.node_id, SEED.endpoint)]

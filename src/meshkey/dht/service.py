@@ -737,6 +737,11 @@ class DhtService:
         """Up to ``count`` reachable nodes of the graph, closest to this node first."""
         return self.engine.table.closest(self.node_id, count, exclude=self.node_id)
 
+    def reached_at(self, node_id: NodeId) -> Endpoint | None:
+        """Where this node reached ``node_id`` by dialling it, if it did."""
+        entry = self.engine.table.get(node_id)
+        return entry.reachable_at if entry is not None else None
+
     def srtt(self, node_id: NodeId) -> float | None:
         """The smoothed round trip measured to ``node_id``, if any."""
         return self.engine.rtt.srtt(node_id)

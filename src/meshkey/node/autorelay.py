@@ -129,6 +129,12 @@ class AutoRelays:
         classification = self._classification()
         keeper.set_reachable(reachable_from(self.graph.mode, classification, self._local()), now)
         keeper.set_candidates(self._candidates(), now)
+        manual = [
+            r
+            for r in self.relays.relays()
+            if not self.is_automatic(r.name) and r.status is RelayStatus.ACTIVE
+        ]
+        keeper.set_manual_active(len(manual), now)
         for at, name in list(self._names.items()):
             relay = self.relays.get(name)
             if relay is not None:

@@ -69,7 +69,6 @@ ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 __all__ = ["Node", "RemoteError"]
 
 
-PEER_LOOKUP_TIMEOUT = 10.0  # a /peer/NODEID route waits at most this long for a lookup
 JOIN_RETRY_FIRST = 1.0  # a join nobody answered is tried again after 1 s, 2 s, 4 s...
 JOIN_RETRY_MAX = 60.0
 RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
@@ -289,6 +288,7 @@ class Node:
             behind_nat=self._behind_nat,
         )
         self.events.subscribe(self._dht.on_transport_event)
+        self._paths.graph = self._dht
         await self._dht.start()
         self._peers = PeerGraph(self._dht, [self._udp, self._tcp])
         router.peer_resolver = self._resolve_peer
@@ -412,28 +412,8 @@ class Node:
             await asyncio.sleep(RECORD_CHECK_INTERVAL)
 
     async def _resolve_peer(self, peer: NodeId) -> Route | None:
-        """``/peer/NODEID``: a direct hop or live hop to it if there is one; else where the
-        node graph says it is: its own address if it is reachable (a server, or its record
-        says so), else the first relay route of its signed record."""
-        route = self.path_service.resolve_peer(peer) or self._reached_at(peer)
-        if route is not None:
-            return route
-        try:
-            found = await self.graph.find(peer, timeout=PEER_LOOKUP_TIMEOUT)
-        except RemoteError:
-            return None
-        record = found.record
-        if record is not None and record.direct:
-            return (TransportAddress.from_socket("udp", *record.direct[0], peer),)
-        route = self._reached_at(peer)  # the lookup may have met it
-        if route is not None:
-            return route
-        for relay in record.relays if record is not None else ():
-            try:
-                return parse_route(relay)
-            except RouteError:
-                continue
-        return None
+        """``/peer/NODEID``: resolved by the path service (paths/resolver.py's ladder)."""
+        return await self.path_service.resolve_peer(peer)
 
     def _reached_at(self, peer: NodeId) -> Route | None:
         """A hop to where this node's graph has reached ``peer`` by dialling it, if it has."""

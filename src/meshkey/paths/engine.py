@@ -313,6 +313,11 @@ class PathEngine:
         self.paths.on_dial_failed(peer, reason, now)
         self._drain_cores(now)
 
+    def is_path(self, link: str) -> bool:
+        """Whether ``link`` is a direct or punched path of a relayed peer."""
+        hop = self._hops.get(link)
+        return hop is not None and hop.key is not None
+
     def hop_link(self, peer: NodeId) -> str | None:
         """The link of ``peer``'s current path, when that path is a direct hop."""
         key = self.paths.current_path(peer)

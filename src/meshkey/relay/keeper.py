@@ -95,6 +95,7 @@ class RelayKeeper:
     retry_max: float = RETRY_MAX
     enabled: bool = True
     reachable: bool | None = None
+    manual_active: int = 0  # relays the user made that are active: they count
     _candidates: list[RelayCandidate] = field(default_factory=list)
     _held: dict[NodeId, _Held] = field(default_factory=dict)
     _failures: dict[NodeId, _Failure] = field(default_factory=dict)
@@ -109,6 +110,12 @@ class RelayKeeper:
 
     def set_enabled(self, enabled: bool, now: float) -> None:
         self.enabled = enabled
+        self._plan(now)
+
+    def set_manual_active(self, count: int, now: float) -> None:
+        """How many relays the user created by hand are active now (they count towards
+        ``wanted``: a node with its own relay needs no automatic one)."""
+        self.manual_active = count
         self._plan(now)
 
     def set_candidates(self, candidates: list[RelayCandidate], now: float) -> None:
@@ -162,7 +169,7 @@ class RelayKeeper:
     # -- internals ------------------------------------------------------------------------
 
     def _needed(self) -> bool:
-        return self.enabled and self.reachable is False
+        return self.enabled and self.reachable is False and self.manual_active < self.wanted
 
     def _usable_count(self) -> int:
         return sum(
@@ -179,16 +186,17 @@ class RelayKeeper:
 
     def _plan(self, now: float) -> None:
         if not self._needed():
+            if not self.enabled:
+                reason = "turned off (--no-auto-relay)"
+            elif self.reachable:
+                reason = "not needed (reachable)"
+            elif self.reachable is None:
+                reason = "not needed yet (reachability unknown)"
+            else:
+                reason = "not needed (a relay made by hand is active)"
             for at in list(self._held):
-                reason = "reachable" if self.reachable else "turned off"
-                self._drop(at, f"no relay needed ({reason})")
-            self.status = (
-                "turned off (--no-auto-relay)"
-                if not self.enabled
-                else "not needed (reachable)"
-                if self.reachable
-                else "not needed yet (reachability unknown)"
-            )
+                self._drop(at, reason)
+            self.status = reason
             return
         # Relays that never became active, or stopped being active, for ``grace``: failed.
         for at, held in list(self._held.items()):
