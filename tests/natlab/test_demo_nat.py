@@ -34,9 +34,9 @@ def test_the_nat_demo_finds_relays_and_goes_direct() -> None:
 def test_without_root_it_says_what_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
     from meshkey.cli import demo_nat
 
-    monkeypatch.setattr(demo_nat.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
     assert "needs root" in (demo_nat._missing() or "")
     monkeypatch.setattr(demo_nat, "REPOSITORY", demo_nat.REPOSITORY / "nowhere")
-    monkeypatch.setattr(demo_nat.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
     missing = demo_nat._missing() or ""
     assert "checkout" in missing or "needs" in missing
