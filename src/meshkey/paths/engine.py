@@ -26,6 +26,15 @@ Inputs return nothing; drain :meth:`PathEngine.commands` (what the glue must do:
 sockets, hop dials, pings, signals) and :meth:`PathEngine.events` (what happened:
 classifications, path switches, punch outcomes), then re-read :meth:`next_deadline`.
 
+Network change (DESIGN.md decision 17). Every ``WATCH_INTERVAL`` (5 s) the engine asks one
+observer again what it sees this socket as (one 64-byte WHOAMI); an answer other than what
+the classification saw from that observer, a change in the host's addresses
+(:meth:`PathEngine.set_listening`), or :meth:`PathEngine.on_network_change` from the glue
+starts a classification round at once, and its result is reported like any other
+(:class:`NatClassified`, with ``changed`` set): the node then republishes its record and
+re-registers its relay, and direct paths that died with the old mapping fall back and are
+punched again.
+
 Hops are named by the glue's link name (a string, unique per hop), so the engine never holds
 a connection; the glue keeps the one map from names to links.
 
@@ -82,13 +91,20 @@ from meshkey.wire.paths import (
     encode_path_signal,
 )
 from meshkey.wire.punch import Capability
-from meshkey.wire.udp import WhoamiResponse
+from meshkey.wire.udp import (
+    TXID_SIZE,
+    WhoamiRequest,
+    WhoamiResponse,
+    encode_control_packet,
+)
 
 #: A punch's hop may be accepted this long after the punch started (an inbound hop from the
 #: peer then is the punched path, not a stranger's).
 PUNCH_HOP_WINDOW = 30.0
 #: A punch waits for this node's own classification when a round is due this soon.
 CLASSIFY_SOON = 1.0
+#: How often the mapping is checked for a change (one WHOAMI to one observer).
+WATCH_INTERVAL = 5.0
 CAPABILITIES = frozenset({Capability.BIRTHDAY, Capability.LOW_TTL, Capability.TCP_DIAL})
 
 
@@ -142,6 +158,14 @@ EngineCommand = (
 @dataclass(frozen=True, slots=True)
 class NatClassified:
     classification: Classification
+    changed: bool = False  # the mapping or the class differs from the one before
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkChanged:
+    """The socket's mapping or the host's addresses changed: a new round runs now."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +174,7 @@ class DirectHopAdded:
     path: PathKey
 
 
-EngineEvent = NatClassified | PathEvent | PunchEvent | DirectHopAdded
+EngineEvent = NatClassified | NetworkChanged | PathEvent | PunchEvent | DirectHopAdded
 
 
 # -- what the engine keeps -----------------------------------------------------------------
@@ -202,6 +226,9 @@ class PathEngine:
         self._peers: dict[NodeId, _Peer] = {}
         self._hops: dict[str, _Hop] = {}
         self._deferred_punches: set[NodeId] = set()
+        self._watch_at: float | None = None  # when the mapping is checked next
+        self._watch_txid: bytes | None = None
+        self._watching: Endpoint | None = None  # the observer asked
         self._commands: list[EngineCommand] = []
         self._events: list[EngineEvent] = []
 
@@ -213,14 +240,23 @@ class PathEngine:
         tcp: tuple[Endpoint, ...],
         *,
         udp_candidates: tuple[Endpoint, ...] | None = None,
+        now: float = 0.0,
     ) -> None:
         """Where the node's sockets listen, as concrete addresses (a wildcard socket has one
         per host address): the classification compares reflexive addresses with ``udp``;
         a punch offers ``udp_candidates`` (default ``udp``: the glue leaves out loopback)
         and, when public, ``tcp``."""
+        before = self.udp_local
         self.udp_local, self.tcp_local = udp, tcp
         self.udp_candidates = udp if udp_candidates is None else udp_candidates
         self._update_local()
+        if before and set(before) != set(udp):
+            self.on_network_change("the host's addresses changed", now)
+
+    def on_network_change(self, reason: str, now: float) -> None:
+        """The glue saw the network change (or the engine did): classify again at once."""
+        self._events.append(NetworkChanged(reason))
+        self.recheck.on_network_change(now)
 
     def known_observers(self) -> list[Endpoint]:
         """Configured observers, then the remotes of open outbound QUIC hops, one per IP."""
@@ -252,6 +288,17 @@ class PathEngine:
         self._drain_round()
 
     def on_whoami_response(self, source: Endpoint, response: WhoamiResponse, now: float) -> None:
+        if response.txid == self._watch_txid and source == self._watching:
+            self._watch_txid = None
+            seen = (response.host, response.port)
+            expected = self._expected_from(source)
+            if expected is not None and seen != expected:
+                self.on_network_change(
+                    f"{source[0]}:{source[1]} now sees {seen[0]}:{seen[1]}, "
+                    f"not {expected[0]}:{expected[1]}",
+                    now,
+                )
+            return
         if self._round is not None:
             self._round.on_response(source, response, now)
             self._drain_round()
@@ -434,6 +481,7 @@ class PathEngine:
         deadlines = [
             d
             for d in (
+                self._watch_at if self._watched() is not None else None,
                 self._round.next_deadline() if self._round else None,
                 self.recheck.next_deadline() if self.known_observers() else None,
                 self.puncher.next_deadline(),
@@ -450,6 +498,7 @@ class PathEngine:
             self._drain_round()
         if self.recheck.due(now) and not self.classifying and self.known_observers():
             self.classify(now)
+        self._watch(now)
         self.puncher.on_timer(now)
         self.paths.on_timer(now)
         self._drain_cores(now)
@@ -478,6 +527,40 @@ class PathEngine:
         if new_ip or (transport == "tcp" and no_answers):
             self.recheck.on_network_change(now)
 
+    def _watched(self) -> Endpoint | None:
+        """The observer whose view of this socket is watched for a change: one that answered
+        the last classification (none before one, or while a round runs)."""
+        found = self.classification
+        if found is None or self.classifying:
+            return None
+        answered = [o.observer for o in found.observations if o.reflexive is not None]
+        return answered[0] if answered else None
+
+    def _expected_from(self, observer: Endpoint) -> Endpoint | None:
+        found = self.classification
+        if found is None:
+            return None
+        for observation in found.observations:
+            if observation.observer == observer:
+                return observation.reflexive
+        return None
+
+    def _watch(self, now: float) -> None:
+        observer = self._watched()
+        if observer is None:
+            self._watch_at = None
+            return
+        if self._watch_at is None:
+            self._watch_at = now + WATCH_INTERVAL
+            return
+        if now < self._watch_at:
+            return
+        self._watch_at = now + WATCH_INTERVAL
+        self._watching = observer
+        self._watch_txid = self.rng.randbytes(TXID_SIZE)
+        packet = encode_control_packet(WhoamiRequest(self._watch_txid))
+        self._commands.append(SendWhoami(observer, packet))
+
     def _drain_round(self) -> None:
         if self._round is None:
             return
@@ -501,9 +584,15 @@ class PathEngine:
                 tcp_works=True,
                 at=classification.at,
             )
+        before = self.classification
+        changed = before is not None and (
+            before.nat_class is not classification.nat_class
+            or before.mappings[:1] != classification.mappings[:1]
+        )
         self.classification = classification
         self.recheck.on_classified(classification, classification.at)
-        self._events.append(NatClassified(classification))
+        self._watch_at = classification.at + WATCH_INTERVAL
+        self._events.append(NatClassified(classification, changed))
         self._update_local()
         waiting, self._deferred_punches = self._deferred_punches, set()
         for peer in waiting:

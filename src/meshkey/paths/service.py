@@ -21,7 +21,7 @@ import asyncio
 import datetime
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ from meshkey.paths.engine import (
     CloseHop,
     DirectHopAdded,
     NatClassified,
+    NetworkChanged,
     PathEngine,
     PingHop,
     SendPathSignal,
@@ -127,9 +128,13 @@ class PathService:
         self._round_waiters: list[asyncio.Future[Classification]] = []
         self._links: dict[str, HopLink] = {}
         self._bound: tuple[Endpoint | None, Endpoint | None] = (None, None)
+        self._told: tuple[tuple[Endpoint, ...], ...] = ((), (), ())
         self._timer = DeadlineTimer(self._fire, self._loop)
         self._wake_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Called when a new classification differs from the last (the node republishes
+        #: its record; its relays follow the new mapping).
+        self.network_listeners: list[Callable[[], None]] = []
         self.router.register(PATHS_SERVICE, self._on_signal_message, inline=True, admit=False)
         self.channels.paths = self
         self.reflexive.on_unmatched = self._on_whoami_response
@@ -193,22 +198,27 @@ class PathService:
                 waiter.set_result(classification)
         self._round_waiters.clear()
 
-    def _listening(self) -> None:
+    def _listening(self, *, recheck: bool = False) -> None:
         """Tells the engine where the sockets listen, once they do (a wildcard socket as one
-        address per interface)."""
+        address per interface); ``recheck`` looks at the host's addresses again (they change
+        when a laptop moves, a DHCP lease renews, a router renumbers)."""
         bound = (
             self.udp.address.endpoint if self.udp.address is not None else None,
             self.tcp.address.endpoint if self.tcp.address is not None else None,
         )
-        if bound == self._bound:
+        if bound == self._bound and not recheck:
             return
         self._bound = bound
         udp, tcp = bound
-        self.engine.set_listening(
+        told = (
             tuple(concrete_endpoints(udp)) if udp else (),
             tuple(reachable_endpoints(tcp)) if tcp else (),
-            udp_candidates=tuple(reachable_endpoints(udp)) if udp else (),
+            tuple(reachable_endpoints(udp)) if udp else (),
         )
+        if told == self._told:
+            return
+        self._told = told
+        self.engine.set_listening(told[0], told[1], udp_candidates=told[2], now=self.now())
 
     # -- the channel's side (channel.manager.PathHooks) ------------------------------------
 
@@ -442,7 +452,7 @@ class PathService:
             self._loop.call_soon(self._pump)
 
     def _fire(self, now: float) -> None:
-        self._listening()
+        self._listening(recheck=True)
         self.engine.on_timer(now)
         self._pump()
 
@@ -462,6 +472,16 @@ class PathService:
     def _report(self, event: object) -> None:
         if isinstance(event, NatClassified):
             self._classified(event.classification)
+            if event.changed:
+                for callback in list(self.network_listeners):
+                    callback()
+        elif isinstance(event, NetworkChanged):
+            log.info("network.changed", reason=event.reason)
+            # Every hop this node dialled: a PING from the new address lets its peer move the
+            # connection there (QUIC migration) or shows at once that it is gone.
+            for link in self.udp.links:
+                if link.direction == "outbound" and not link.closed:
+                    link.ping(self.rng.getrandbits(64))
         elif isinstance(event, PathSwitched):
             log.info(
                 "path.switched",

@@ -1,0 +1,105 @@
+"""The paths engine (paths/engine.py) without sockets: what it asks the glue to do, with a
+fake clock."""
+
+from __future__ import annotations
+
+import random
+
+from meshkey.identity.node_id import NodeId
+from meshkey.nat.classify import SendWhoami
+from meshkey.paths.engine import (
+    NatClassified,
+    NetworkChanged,
+    PathEngine,
+    SendPathSignal,
+)
+from meshkey.wire.net import NatClass
+from meshkey.wire.udp import WhoamiRequest, WhoamiResponse, decode_control_packet
+
+ME = NodeId(b"\x01" * 32)
+PEER = NodeId(b"\x02" * 32)
+LOCAL = ("10.1.0.2", 5000)
+OBSERVERS = [("203.0.113.10", 7000), ("198.51.100.10", 7000)]
+
+
+def engine() -> PathEngine:
+    e = PathEngine(ME, observers=list(OBSERVERS), rng=random.Random(1))
+    e.set_listening((LOCAL,), (), now=0.0)
+    return e
+
+
+def answer(e: PathEngine, seen: tuple[str, int], now: float) -> None:
+    """Answers every WHOAMI the engine asked with ``seen``, as each observer would."""
+    for command in e.commands():
+        if isinstance(command, SendWhoami):
+            request = decode_control_packet(command.packet)
+            assert isinstance(request, WhoamiRequest)
+            e.on_whoami_response(command.observer, WhoamiResponse(request.txid, *seen), now)
+
+
+def classified(e: PathEngine) -> list[NatClassified]:
+    return [event for event in e.events() if isinstance(event, NatClassified)]
+
+
+def test_a_classification_is_due_at_once_and_its_result_reported() -> None:
+    e = engine()
+    assert e.next_deadline() == 0.0
+    e.on_timer(0.0)
+    answer(e, ("203.0.113.1", 5000), 0.05)
+    (result,) = classified(e)
+    assert result.classification.nat_class is NatClass.ENDPOINT_INDEPENDENT
+    assert not result.changed
+
+
+def test_a_changed_mapping_is_seen_within_the_watch_interval_and_reclassified() -> None:
+    e = engine()
+    e.on_timer(0.0)
+    answer(e, ("203.0.113.1", 5000), 0.05)
+    e.events()
+    watch_at = e.next_deadline()
+    assert watch_at is not None and watch_at <= 0.05 + 5.0
+    e.on_timer(watch_at)
+    (watch,) = [c for c in e.commands() if isinstance(c, SendWhoami)]
+    request = decode_control_packet(watch.packet)
+    assert isinstance(request, WhoamiRequest)
+    # The router was renumbered: the observer sees another address.
+    e.on_whoami_response(watch.observer, WhoamiResponse(request.txid, "203.0.113.77", 5000), 5.1)
+    assert any(isinstance(event, NetworkChanged) for event in e.events())
+    e.on_timer(5.1)  # the round is due now
+    answer(e, ("203.0.113.77", 5000), 5.2)
+    (result,) = classified(e)
+    assert result.changed and result.classification.mappings[0] == ("203.0.113.77", 5000)
+
+
+def test_an_unchanged_mapping_changes_nothing() -> None:
+    e = engine()
+    e.on_timer(0.0)
+    answer(e, ("203.0.113.1", 5000), 0.05)
+    e.events()
+    watch_at = e.next_deadline()
+    assert watch_at is not None
+    e.on_timer(watch_at)
+    answer(e, ("203.0.113.1", 5000), watch_at + 0.05)
+    assert e.events() == [] and not e.classifying
+
+
+def test_new_host_addresses_are_a_network_change() -> None:
+    e = engine()
+    e.on_timer(0.0)
+    answer(e, ("203.0.113.1", 5000), 0.05)
+    e.events()
+    e.set_listening((("10.9.0.2", 5000),), (), now=7.0)
+    assert [type(x) for x in e.events()] == [NetworkChanged]
+    assert e.recheck.next_deadline() == 7.0  # a round at once
+
+
+def test_a_peers_state_goes_with_its_last_channel() -> None:
+    e = engine()
+    e.channel_opened(PEER, "c1", 1.0, initiator=True, relay="/ip4/203.0.113.10/udp/7000")
+    e.channel_opened(PEER, "c2", 1.0, initiator=True, relay="/ip4/203.0.113.10/udp/7000")
+    e.on_signal(PEER, "c2", bytes([1, 2]) + (7).to_bytes(8, "big"), 1.5)  # a relay-path PING
+    assert any(isinstance(c, SendPathSignal) and c.channel == "c2" for c in e.commands())
+    e.channel_closed(PEER, "c2", 2.0)
+    assert e.paths.report(PEER) is not None  # c1 still open
+    e.channel_closed(PEER, "c1", 3.0)
+    assert e.paths.report(PEER) is None and e.relay_description(PEER) is None
