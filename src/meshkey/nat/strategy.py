@@ -164,6 +164,7 @@ class Refusal:
     reason: AbortReason
     detail: str
     retryable: bool  # worth trying again later (classes may change) at the normal pace
+    retry_after: float = 0.0  # not before this many seconds (a busy birthday gate)
 
 
 _EDM = NatClass.ENDPOINT_DEPENDENT
