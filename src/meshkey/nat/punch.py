@@ -43,9 +43,9 @@ probe wins; so does a RESULT from the peer when one of its probes reached us (th
 both ways). TCP_DIAL (UDP blocked against a public side) wins as it starts: the blocked side
 dials.
 
-:class:`~meshkey.nat.signalling.LocalInfo`, :class:`~meshkey.nat.probes.SendDatagram`,
-:class:`~meshkey.nat.probes.PunchStats` and :data:`~meshkey.nat.probes.MAIN_SOCKET` are part
-of this module's interface too.
+:class:`~meshkey.nat.signalling.LocalCandidates`,
+:class:`~meshkey.nat.probes.SendDatagram`, :class:`~meshkey.nat.probes.PunchStats` and
+:data:`~meshkey.nat.probes.MAIN_SOCKET` are part of this module's interface too.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from meshkey.nat.punch_state import (
     PunchLocalError,
     PunchState,
 )
-from meshkey.nat.signalling import LocalInfo, Signalling
+from meshkey.nat.signalling import LocalCandidates, Signalling
 from meshkey.nat.strategy import MESHKEY, BirthdayRole, Plan, PunchConfig, Refusal, Strategy
 from meshkey.wire.net import Endpoint
 from meshkey.wire.punch import (
@@ -86,6 +86,7 @@ __all__ = [
     "TRANSITIONS",
     "CloseBirthdaySockets",
     "DialHop",
+    "LocalCandidates",
     "LocalInfo",
     "OpenBirthdaySockets",
     "PunchCommand",
@@ -217,7 +218,7 @@ class PunchSession:
         role: PunchRole,
         local_id: NodeId,
         peer: NodeId,
-        me: LocalInfo,
+        me: LocalCandidates,
         punch_id: bytes,
         now: float,
         config: PunchConfig = MESHKEY,
@@ -608,3 +609,6 @@ def counting_allocator() -> SocketAllocator:
         return ids
 
     return allocate
+
+
+LocalInfo = LocalCandidates  # kept for paths/, to be removed

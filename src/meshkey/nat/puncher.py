@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from meshkey.identity.node_id import NodeId
 from meshkey.nat.birthday import BirthdayGate
 from meshkey.nat.punch import (
-    LocalInfo,
+    LocalCandidates,
     PunchCommand,
     PunchEvent,
     PunchSession,
@@ -68,11 +68,11 @@ class Puncher:
         *,
         config: PunchConfig = MESHKEY,
         rng: random.Random | None = None,
-        local: LocalInfo | None = None,
+        local: LocalCandidates | None = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
-        self.local = local or LocalInfo(NatClass.UNKNOWN)
+        self.local = local or LocalCandidates(NatClass.UNKNOWN)
         self.gate = BirthdayGate(config.birthday_spacing)
         self.dropped = 0
         self._rng = rng or random.Random()
@@ -84,7 +84,7 @@ class Puncher:
 
     # -- inputs ---------------------------------------------------------------------
 
-    def update_local(self, local: LocalInfo) -> None:
+    def update_local(self, local: LocalCandidates) -> None:
         """A new classification or new addresses; used by punches that start from now on."""
         self.local = local
 

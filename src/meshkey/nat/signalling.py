@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 Each side builds a CONNECT (:mod:`meshkey.wire.punch`) from what it knows of itself
-(:class:`LocalInfo`: NAT class, candidate addresses, capabilities) and a fresh 32-byte key
-share. The initiator sends its CONNECT and times it; the responder answers with its own
+(:class:`LocalCandidates`: NAT class, candidate addresses, capabilities) and a fresh 32-byte
+key share. The initiator sends its CONNECT and times it; the responder answers with its own
 CONNECT (a *reply*). :meth:`Signalling.on_connect` takes the peer's CONNECT (the responder:
 the first one; the initiator: the reply) and returns the verdict both sides reach alike:
 :func:`~meshkey.nat.strategy.decide` on the two CONNECTs, then, for a birthday punch, this
@@ -57,8 +57,11 @@ from meshkey.wire.udp import PunchRole
 
 
 @dataclass(frozen=True, slots=True)
-class LocalInfo:
-    """This node's side of a punch: what goes into its CONNECT."""
+class LocalCandidates:
+    """This node's side of a punch, what goes into its CONNECT: its NAT class, the
+    addresses a peer may probe (``local``, ``reflexive``) or dial (``tcp``), and what it
+    can do (``capabilities``). (Not :class:`meshkey.routing.message.LocalInfo`, which says
+    where a routed message came in.)"""
 
     nat_class: NatClass
     local: tuple[Endpoint, ...] = ()
@@ -88,7 +91,7 @@ class Signalling:
         *,
         role: PunchRole,
         punch_id: bytes,
-        me: LocalInfo,
+        me: LocalCandidates,
         now: float,
         config: PunchConfig,
         rng: random.Random,
