@@ -2,12 +2,12 @@
 
 Theory of operation
 -------------------
-:class:`~meshkey.nat.punch.PunchSession` does the signalling (the CONNECT exchange, the
-strategy, the synchronised start, the endings); once both sides know the punch key it hands
-the probing to a :class:`ProbeSchedule`, which turns a plan into PUNCH_PROBE / PUNCH_ACK
-packets (:mod:`meshkey.wire.udp`) on the node's one UDP socket and the birthday sockets, and
-reports the first answered probe. It never decides the strategy or the state of the punch:
-the session says which plan to run (:meth:`ProbeSchedule.start_direct`,
+A :class:`~meshkey.nat.punch.PunchSession` settles the strategy, the punch key and the start
+with its :class:`~meshkey.nat.signalling.Signalling`, and owns the punch's state and endings;
+the probing it hands to a :class:`ProbeSchedule`, which turns a plan into PUNCH_PROBE /
+PUNCH_ACK packets (:mod:`meshkey.wire.udp`) on the node's one UDP socket and the birthday
+sockets, and reports the first answered probe. It never decides the strategy or the state of
+the punch: the session says which plan to run (:meth:`ProbeSchedule.start_direct`,
 :meth:`~ProbeSchedule.start_opener`, :meth:`~ProbeSchedule.start_spray`), when its time has
 come (:meth:`~ProbeSchedule.on_timer`, only while the punch is probing) and when to stop
 (:meth:`~ProbeSchedule.stop`).

@@ -239,9 +239,6 @@ class PunchSession:
         self.created_at = now
         self.stats = PunchStats()
         self.plan: Plan | None = None
-        self.failure: PunchFailed | None = None
-        self.success: PunchSucceeded | None = None
-        self.started_at: float | None = None
         rng = rng or random.Random()
         self._gate = gate if gate is not None else BirthdayGate(config.birthday_spacing)
         self._allocate = sockets or counting_allocator()
@@ -262,10 +259,6 @@ class PunchSession:
         self._signal_deadline: float | None = now + config.signalling_timeout
         self._start_at: float | None = None
         self._linger_until: float | None = None
-
-    @property
-    def signalling_rtt(self) -> float | None:
-        return self._signalling.rtt
 
     # -- the first input ----------------------------------------------------------
 
@@ -484,7 +477,6 @@ class PunchSession:
         assert plan is not None
         assert theirs is not None
         self.state = PunchState.PROBING
-        self.started_at = now
         self._signal_deadline = None
         self._events.append(PunchStarted(self.peer, self.punch_id, plan.strategy, now))
         if plan.strategy is Strategy.TCP_DIAL:
@@ -523,20 +515,21 @@ class PunchSession:
         if dial:
             self._commands.append(DialHop(self.peer, socket, remote, "udp"))
         self._close_birthday(keep=socket, now=now)
-        self.success = PunchSucceeded(
-            self.peer,
-            self.punch_id,
-            self.plan.strategy,
-            socket,
-            remote,
-            dial,
-            "udp",
-            rtt,
-            now - self.created_at,
-            self.stats.copy(),
-            seen_as,
+        self._events.append(
+            PunchSucceeded(
+                self.peer,
+                self.punch_id,
+                self.plan.strategy,
+                socket,
+                remote,
+                dial,
+                "udp",
+                rtt,
+                now - self.created_at,
+                self.stats.copy(),
+                seen_as,
+            )
         )
-        self._events.append(self.success)
 
     def _win_tcp(self, now: float) -> None:
         theirs = self._signalling.theirs
@@ -547,19 +540,20 @@ class PunchSession:
         remote = theirs.tcp[0] if self.plan.tcp_dialer else None
         if remote is not None:
             self._commands.append(DialHop(self.peer, MAIN_SOCKET, remote, "tcp"))
-        self.success = PunchSucceeded(
-            self.peer,
-            self.punch_id,
-            Strategy.TCP_DIAL,
-            MAIN_SOCKET,
-            remote,
-            remote is not None,
-            "tcp",
-            None,
-            now - self.created_at,
-            self.stats.copy(),
+        self._events.append(
+            PunchSucceeded(
+                self.peer,
+                self.punch_id,
+                Strategy.TCP_DIAL,
+                MAIN_SOCKET,
+                remote,
+                remote is not None,
+                "tcp",
+                None,
+                now - self.created_at,
+                self.stats.copy(),
+            )
         )
-        self._events.append(self.success)
 
     def _fail(
         self,
@@ -576,18 +570,19 @@ class PunchSession:
         if tell_peer:
             self._signal(Abort(self.punch_id, reason, detail, retry_after))
         self._close_birthday(keep=None, now=now)
-        self.failure = PunchFailed(
-            self.peer,
-            self.punch_id,
-            reason,
-            detail,
-            retryable,
-            retry_after,
-            by_peer,
-            now - self.created_at,
-            self.stats.copy(),
+        self._events.append(
+            PunchFailed(
+                self.peer,
+                self.punch_id,
+                reason,
+                detail,
+                retryable,
+                retry_after,
+                by_peer,
+                now - self.created_at,
+                self.stats.copy(),
+            )
         )
-        self._events.append(self.failure)
 
     def _close_birthday(self, keep: int | None, now: float) -> None:
         if self.plan is not None and self.plan.strategy is Strategy.BIRTHDAY:
