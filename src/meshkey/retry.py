@@ -1,5 +1,6 @@
-"""One retry schedule for everything that tries again: whoami retransmits, relay
-re-registration, punch rounds, portal reconnects.
+"""One retry schedule for everything that tries again: whoami and NAT-classification
+retransmits, the classification's re-check, the pace of punch attempts while relayed, relay
+re-registration, the node graph's join, channel liveness, portal resolution and opens.
 
 Sans-IO: it holds no timer. The caller asks :meth:`RetrySchedule.next_delay` how long to wait
 before the next attempt (or :meth:`next_deadline` for an absolute time, given ``now``) and

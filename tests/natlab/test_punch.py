@@ -221,17 +221,21 @@ def test_punch_matrix(
         assert path.get("upgrade"), path  # says why it stays on the relay
     else:
         assert path.get("direct"), path
-        assert f"over {want}" in path["now"] or want == "udp", path
+        assert (" over tcp" in path["now"]) is (want == "tcp"), path
         # Once direct, the relay routes none of the channel's traffic (a relay-path keepalive
         # may cross it: at most one or two messages for twenty sent).
         assert outcome.relayed_after <= 4, outcome.relayed_after
 
 
 def test_the_punch_matrix_summary(matrix: dict[tuple[NatKind, NatKind], Outcome]) -> None:
-    """Prints the time to a direct path per pair (shown with -s / in the CI log)."""
+    """Prints the time to a direct path per pair (shown with -s / in the CI log); a time was
+    measured (direct within the 12 s wait) exactly for the pairs that must end direct."""
     rows = []
     for (a, b), outcome in sorted(matrix.items()):
         seconds = f"{outcome.seconds_to_direct:.2f}s" if outcome.seconds_to_direct else "-"
         rows.append(f"{a:>12} -> {b:<12} {seconds:>7}  {(outcome.path or {}).get('now')}")
     print("\n".join(rows))
-    assert len(matrix) == 16
+    assert set(matrix) == set(PAIRS)
+    ran = {pair for pair, outcome in matrix.items() if outcome.error is None}  # (else: above)
+    timed = {pair for pair in ran if matrix[pair].seconds_to_direct is not None}
+    assert timed == {pair for pair in ran if expected(*pair) is not None}, rows

@@ -10,8 +10,8 @@ import random
 import pytest
 
 from meshkey.nat.birthday import BirthdayGate, hit_probability, spray_ports
+from meshkey.nat.probes import MAX_SPRAY_BURST
 from meshkey.nat.punch import (
-    MAX_SPRAY_BURST,
     CloseBirthdaySockets,
     DialHop,
     OpenBirthdaySockets,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from meshkey.identity.node_id import NodeId
 from meshkey.nat.punch import (
     DialHop,
-    LocalInfo,
+    LocalCandidates,
     PunchFailed,
     PunchSession,
     PunchStarted,
@@ -56,8 +56,10 @@ A_PUBLIC = ("203.0.113.1", 5000)
 B_PUBLIC = ("203.0.113.2", 5000)
 
 
-def info(nat: NatClass, public: tuple[str, int], local: tuple[str, int], **kw: object) -> LocalInfo:
-    return LocalInfo(nat, local=(local,), reflexive=(public,), capabilities=CAPS, **kw)  # type: ignore[arg-type]
+def info(
+    nat: NatClass, public: tuple[str, int], local: tuple[str, int], **kw: object
+) -> LocalCandidates:
+    return LocalCandidates(nat, local=(local,), reflexive=(public,), capabilities=CAPS, **kw)  # type: ignore[arg-type]
 
 
 EIM_A = info(NatClass.ENDPOINT_INDEPENDENT, A_PUBLIC, ("10.1.0.2", 5000))
@@ -396,14 +398,14 @@ def test_no_direct_refuses_without_probing() -> None:
 
 
 def test_udp_blocked_against_public_dials_tcp() -> None:
-    public = LocalInfo(
+    public = LocalCandidates(
         NatClass.PUBLIC,
         local=(("203.0.113.22", 5000),),
         reflexive=(("203.0.113.22", 5000),),
         tcp=(("203.0.113.22", 6000),),
         capabilities=CAPS,
     )
-    blocked = LocalInfo(NatClass.UDP_BLOCKED, local=(("10.2.0.2", 5000),), capabilities=CAPS)
+    blocked = LocalCandidates(NatClass.UDP_BLOCKED, local=(("10.2.0.2", 5000),), capabilities=CAPS)
     wiring = Wiring(public, blocked)
     wiring.start("a")
     wiring.run(1.0)
@@ -428,7 +430,7 @@ def test_glare_the_lower_nodeids_punch_survives() -> None:
 
 
 def test_a_public_side_answers_an_endpoint_dependent_one_at_its_new_port() -> None:
-    public = LocalInfo(
+    public = LocalCandidates(
         NatClass.PUBLIC,
         local=(("203.0.113.22", 5000),),
         reflexive=(("203.0.113.22", 5000),),

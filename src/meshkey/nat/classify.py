@@ -320,10 +320,13 @@ class RecheckPolicy:
     unknown_retry: RetrySchedule | None = None
     _due: float | None = field(default=0.0, init=False)  # never classified: due at once
     _last_round: float = field(default=-math.inf, init=False)
+    _periodic: RetrySchedule = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.unknown_retry is None:
             self.unknown_retry = RetrySchedule(5.0, 300.0, jitter=0.2, rng=self.rng)
+        # Every period, spread by 10 % so that nodes started together do not ask together.
+        self._periodic = RetrySchedule(self.period, self.period, jitter=0.1, rng=self.rng)
 
     def next_deadline(self) -> float | None:
         return self._due
@@ -341,7 +344,7 @@ class RecheckPolicy:
             self._due = now + (self.unknown_retry.next_delay() or self.period)
         else:
             self.unknown_retry.reset()
-            self._due = now + self.period * self.rng.uniform(0.9, 1.1)
+            self._due = now + (self._periodic.next_delay() or self.period)
 
     def on_network_change(self, now: float) -> None:
         """Local addresses or the default route changed: every mapping may be new."""

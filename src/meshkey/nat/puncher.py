@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from meshkey.identity.node_id import NodeId
 from meshkey.nat.birthday import BirthdayGate
 from meshkey.nat.punch import (
-    MAIN_SOCKET,
-    LocalInfo,
+    LocalCandidates,
     PunchCommand,
     PunchEvent,
     PunchSession,
+    counting_allocator,
 )
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.retry import RetrySchedule
@@ -68,23 +68,23 @@ class Puncher:
         *,
         config: PunchConfig = MESHKEY,
         rng: random.Random | None = None,
-        local: LocalInfo | None = None,
+        local: LocalCandidates | None = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
-        self.local = local or LocalInfo(NatClass.UNKNOWN)
+        self.local = local or LocalCandidates(NatClass.UNKNOWN)
         self.gate = BirthdayGate(config.birthday_spacing)
         self.dropped = 0
         self._rng = rng or random.Random()
         self._by_peer: dict[NodeId, PunchSession] = {}
         self._by_id: dict[bytes, PunchSession] = {}
-        self._next_socket = MAIN_SOCKET + 1
+        self._allocate = counting_allocator()  # one id space for every punch's sockets
         self._commands: list[PunchCommand] = []
         self._events: list[PunchEvent] = []
 
     # -- inputs ---------------------------------------------------------------------
 
-    def update_local(self, local: LocalInfo) -> None:
+    def update_local(self, local: LocalCandidates) -> None:
         """A new classification or new addresses; used by punches that start from now on."""
         self.local = local
 
@@ -238,11 +238,6 @@ class Puncher:
         return self._by_peer.get(peer)
 
     # -- internals ------------------------------------------------------------------
-
-    def _allocate(self, count: int) -> tuple[int, ...]:
-        ids = tuple(range(self._next_socket, self._next_socket + count))
-        self._next_socket += count
-        return ids
 
     def _add(self, session: PunchSession) -> None:
         self._by_peer[session.peer] = session

@@ -3,13 +3,19 @@
 Every node answers WHOAMI requests on its one UDP socket, and asks them from that same
 socket, so the answer is the public address (the NAT mapping) that peers must punch to. It
 is the rendezvous building block for hole punching. Requests are retransmitted every 250 ms
-until an answer or the timeout; answers are matched by a random 16-byte transaction id.
+(:data:`RETRANSMIT_INTERVAL`, on the one :class:`~meshkey.retry.RetrySchedule`) until an
+answer or the timeout; answers are matched by a 16-byte transaction id from the injected ``rng`` (by
+default ``random.SystemRandom()``: an off-path attacker must not guess it and forge an
+answer).
+
+This is glue (it awaits the answer); :class:`~meshkey.nat.classify.ClassificationRound` is
+the sans-IO core that asks several observers at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import random
 from collections.abc import Callable
 
 from meshkey.log import EventLogger
@@ -19,6 +25,7 @@ from meshkey.routing.errors import RemoteError
 from meshkey.transport.udp import QuicTransport
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
+from meshkey.wire.net import Endpoint
 from meshkey.wire.udp import (
     TXID_SIZE,
     ControlKind,
@@ -41,15 +48,18 @@ class ReflexiveAddressService:
     def __init__(
         self,
         udp: QuicTransport,
-        on_unmatched: Callable[[WhoamiResponse, tuple[str, int]], None] | None = None,
+        on_unmatched: Callable[[WhoamiResponse, Endpoint], None] | None = None,
+        *,
+        rng: random.Random | None = None,
     ) -> None:
         self.udp = udp
         self.on_unmatched = on_unmatched
+        self._rng = rng or random.SystemRandom()
         self._pending: dict[bytes, asyncio.Future[WhoamiResponse]] = {}
         for kind in (ControlKind.WHOAMI_REQUEST, ControlKind.WHOAMI_RESPONSE):
             udp.register_control(kind, self._on_packet)
 
-    def _on_packet(self, data: bytes, source: tuple[str, int], socket_id: int = 0) -> None:
+    def _on_packet(self, data: bytes, source: Endpoint, socket_id: int = 0) -> None:
         try:
             packet = decode_control_packet(data)
         except WireError as exc:
@@ -73,24 +83,26 @@ class ReflexiveAddressService:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(target.host, target.port)
         destination = infos[0][4][:2]
-        txid = secrets.token_bytes(TXID_SIZE)
+        txid = self._rng.randbytes(TXID_SIZE)
         future: asyncio.Future[WhoamiResponse] = loop.create_future()
         self._pending[txid] = future
         packet = encode_control_packet(WhoamiRequest(txid))
         deadline = loop.time() + timeout
-        retransmit = RetrySchedule(RETRANSMIT_INTERVAL, RETRANSMIT_INTERVAL, jitter=0)
+        retransmit = RetrySchedule(
+            RETRANSMIT_INTERVAL, RETRANSMIT_INTERVAL, jitter=0, rng=self._rng
+        )
         try:
             while True:
                 self.udp.send_control(packet, (str(destination[0]), int(destination[1])))
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                now = loop.time()
+                if now >= deadline:
                     raise RemoteError(
                         ErrorCode.TIMEOUT,
                         f"no reflexive-address answer from {target} within {timeout:g}s",
                     )
-                wait = min(retransmit.next_delay() or RETRANSMIT_INTERVAL, remaining)
+                resend_at = min(retransmit.next_deadline(now) or deadline, deadline)
                 try:
-                    response = await asyncio.wait_for(asyncio.shield(future), wait)
+                    response = await asyncio.wait_for(asyncio.shield(future), resend_at - now)
                     break
                 except TimeoutError:
                     continue

@@ -37,7 +37,7 @@ a probe's flight, so a lost or early round costs at most one extra RTT. Rounds h
 per candidate (at most 16), so the tight phase sends at most 21 x 16 probes of 64 bytes
 (about 21 KB); after 0.5 s the path is either open or something other than timing is in the
 way (loss, a clash), and sparser probes only keep trying until the 5 s budget ends, when the
-attempt is retried later with backoff (:class:`~meshkey.nat.punch.UpgradeRetry`).
+attempt is retried later with backoff (:class:`~meshkey.nat.puncher.UpgradeRetry`).
 """
 
 from __future__ import annotations
@@ -164,6 +164,7 @@ class Refusal:
     reason: AbortReason
     detail: str
     retryable: bool  # worth trying again later (classes may change) at the normal pace
+    retry_after: float = 0.0  # not before this many seconds (a busy birthday gate)
 
 
 _EDM = NatClass.ENDPOINT_DEPENDENT
