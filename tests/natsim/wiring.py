@@ -20,7 +20,7 @@ from meshkey.nat.punch import (
     MAIN_SOCKET,
     CloseBirthdaySockets,
     DialHop,
-    LocalInfo,
+    LocalCandidates,
     OpenBirthdaySockets,
     PunchCommand,
     PunchEvent,
@@ -44,8 +44,8 @@ class Logged:
 
 @dataclass
 class Wiring:
-    a_info: LocalInfo
-    b_info: LocalInfo
+    a_info: LocalCandidates
+    b_info: LocalCandidates
     config: PunchConfig = MESHKEY
     b_config: PunchConfig | None = None
     delay: float = 0.020
@@ -177,5 +177,5 @@ class Wiring:
         self.net.call_later(self.delay, deliver)
 
 
-def _main(info: LocalInfo) -> Endpoint:
+def _main(info: LocalCandidates) -> Endpoint:
     return (info.reflexive or info.local)[0]

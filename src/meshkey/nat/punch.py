@@ -87,7 +87,6 @@ __all__ = [
     "CloseBirthdaySockets",
     "DialHop",
     "LocalCandidates",
-    "LocalInfo",
     "OpenBirthdaySockets",
     "PunchCommand",
     "PunchEvent",
@@ -604,6 +603,3 @@ def counting_allocator() -> SocketAllocator:
         return ids
 
     return allocate
-
-
-LocalInfo = LocalCandidates  # kept for paths/, to be removed

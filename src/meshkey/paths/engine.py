@@ -60,7 +60,7 @@ from meshkey.nat.classify import (
 from meshkey.nat.punch import (
     CloseBirthdaySockets,
     DialHop,
-    LocalInfo,
+    LocalCandidates,
     OpenBirthdaySockets,
     PunchEvent,
     PunchSucceeded,
@@ -605,7 +605,7 @@ class PathEngine:
         nat_class = found.nat_class if found is not None else NatClass.UNKNOWN
         tcp = self.tcp_local[:1] if nat_class is NatClass.PUBLIC else ()
         self.puncher.update_local(
-            LocalInfo(
+            LocalCandidates(
                 nat_class,
                 local=self.udp_candidates,
                 reflexive=tuple(found.mappings[:1]) if found is not None else (),
