@@ -5,9 +5,9 @@ each portal packet and hands its frames to the multiplexer, so a packet is handl
 task that delivered it and never waits: nothing the worker does blocks (writes to local
 sockets are buffered by their transports, bounded by the session windows). What the
 multiplexer wants sent goes on a queue that one sender task drains with ``router.route``,
-so a slow hop makes only this driver's sender wait. One ``call_at`` timer follows the
-multiplexer's deadline, re-armed only when it changes and fired with
-``max(deadline, loop.time())`` (uvloop wakes early).
+so a slow hop makes only this driver's sender wait. One
+:class:`~meshkey.timing.DeadlineTimer` follows the multiplexer's deadline (re-armed only when
+it changes, never fired early).
 
 The local end of each session is an :class:`AppEnd`: a TCP socket (:class:`SocketEnd`) or
 an in-process stream (:mod:`meshkey.portal.stream`). Socket ends keep water marks: the
@@ -60,6 +60,7 @@ from meshkey.portal.session import (
 from meshkey.routing.address import Route, ServiceAddress, format_route
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
+from meshkey.timing import DeadlineTimer
 from meshkey.wire.errors import WireError
 from meshkey.wire.portal import MAX_PACKET, RefuseReason, decode_packet
 
@@ -160,8 +161,7 @@ class MuxDriver:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever the outgoing queue is empty
         self._drained.set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._fire, self._loop)
         self._pumping = False
         self._again = False
         self._read_buffer: memoryview | None = None
@@ -342,21 +342,11 @@ class MuxDriver:
                 )
 
     def _rearm(self) -> None:
-        deadline = self.mux.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None and not self.closed:
-            self._timer = self._loop.call_at(deadline, self._fire)
+        deadline = self.mux.next_deadline()  # also collects the sessions' output
+        self._timer.follow(None if self.closed else deadline)
 
-    def _fire(self) -> None:
-        deadline = self._timer_at or 0.0
-        self._timer = None
-        self._timer_at = None
-        self.mux.on_timer(max(deadline, self._loop.time()))
+    def _fire(self, now: float) -> None:
+        self.mux.on_timer(now)
         self.pump()
 
     async def _send_loop(self) -> None:
@@ -406,8 +396,7 @@ class MuxDriver:
         self.mux.shut_down(reason, self._loop.time())
         self.pump()
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush):
                 await self._drained.wait()
@@ -430,9 +419,7 @@ class MuxDriver:
     def retire(self) -> None:
         """Stops at once (nothing left to say): unregisters the worker, ends the sender."""
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.router.unregister(self.worker)
         if self._sender is not asyncio.current_task():
             self._sender.cancel()
