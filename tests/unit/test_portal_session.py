@@ -26,6 +26,7 @@ from meshkey.portal.session import (
     State,
     WriteToApp,
 )
+from meshkey.portal.transitions import TRANSITIONS, Local
 from meshkey.wire.portal import (
     MAX_CHUNK,
     MAX_WINDOW,
@@ -41,6 +42,7 @@ from meshkey.wire.portal import (
     RefuseReason,
     Reset,
     ResetReason,
+    frame_kind,
 )
 
 from .test_portal_sim import Pair, SimApp
@@ -308,7 +310,7 @@ def test_local_misuse_raises_the_local_error_and_changes_nothing() -> None:
         (Ack(7, 0, 100, fin=True), "never sent"),
         (Open(7, 100), None),  # a repeated OPEN: answered with OPEN_OK, not an error
         (OpenOk(7, 100), "OPEN_OK sent to the acceptor"),
-        (OpenRefused(7, RefuseReason.REFUSED, "x"), "not opening"),
+        (OpenRefused(7, RefuseReason.REFUSED, "x"), "OPEN_REFUSED sent to the acceptor"),
     ],
 )
 def test_protocol_violations_reset_and_fail_with_the_peer_error(
@@ -562,10 +564,18 @@ def test_whatever_the_peer_sends_the_core_never_raises_and_stays_bounded(
     now = 0.0
     for frame, step in script:
         now += step
+        before, kind = session.state, frame_kind(frame)
+        allowed = session.allows(kind)
         session.frame_received(frame, now)
+        if allowed:  # it went where the table says it may
+            assert session.state in TRANSITIONS[role][before][kind]
+        else:  # refused: a protocol error
+            assert session.outcome is Outcome.PROTOCOL_ERROR and session.error is not None
         deadline = session.next_deadline()
         if deadline is not None and deadline <= now:
+            before = session.state
             session.on_timer(now)
+            assert session.state in TRANSITIONS[role][before][Local.TIMER]
         session.commands()
         session.events()
         assert session.buffered_received <= MAX_WINDOW

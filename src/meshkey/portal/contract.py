@@ -1,10 +1,10 @@
-"""What a portal session takes and gives: roles, states, outcomes, errors, limits, and the
-commands and events it hands out (see :mod:`meshkey.portal.session` for the protocol)."""
+"""What a portal session takes and gives: roles, states, outcomes, errors, limits, counters,
+and the commands and events it hands out (see :mod:`meshkey.portal.session` for the protocol)."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshkey.wire.portal import MAX_CHUNK, MAX_WINDOW, Frame, ResetReason
 
@@ -47,6 +47,11 @@ class PortalPeerError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def violation(reason: str) -> PortalPeerError:
+    """The peer broke the protocol: the session answers with RST (PROTOCOL_ERROR)."""
+    return PortalPeerError(ResetReason.PROTOCOL_ERROR, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,16 @@ class SessionLimits:
 
 
 DEFAULT_LIMITS = SessionLimits()
+
+
+@dataclass
+class SessionStats:
+    bytes_sent: int = 0  # application bytes sent for the first time
+    bytes_received: int = 0  # application bytes delivered in order
+    bytes_resent: int = 0
+    duplicate_bytes: int = 0
+    retransmit_timeouts: int = 0
+    rtt_samples: list[float] = field(default_factory=list, repr=False)  # the newest 16
 
 
 # -- outputs ----------------------------------------------------------------------------

@@ -240,6 +240,10 @@ _KIND_OF: dict[type, FrameKind] = {
 }
 
 
+def frame_kind(frame: Frame) -> FrameKind:
+    return _KIND_OF[type(frame)]
+
+
 def encode_frame(frame: Frame) -> bytes:
     return b"".join(_frame_parts(frame))
 
