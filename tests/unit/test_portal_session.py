@@ -72,7 +72,7 @@ def test_bytes_arrive_exactly_over_a_perfect_path_and_both_ends_close() -> None:
     assert digest(client.received) == digest(payload)  # echoed back
     for app in (client, server):
         assert app.outcome == Closed(Outcome.CLOSED, "closed")
-        assert app.closed == CloseApp("closed", abort=False)
+        assert app.closed == CloseApp(Outcome.CLOSED, "closed", abort=False)
         assert app.peer_eof
     assert pair.a.session(session) is not None  # lingers a while, to re-acknowledge a FIN
     pair.settle(pair.a.limits.linger + 1)
@@ -330,6 +330,23 @@ def test_protocol_violations_reset_and_fail_with_the_peer_error(
     assert acceptor.events()[-1] == Closed(Outcome.PROTOCOL_ERROR, acceptor.reason or "")
     acceptor.frame_received(Ping(7, 1), 2.0)  # later frames change nothing
     assert frames_of(acceptor) == []
+
+
+def test_a_peer_reset_says_its_code_typed_in_the_closed_event() -> None:
+    opener, acceptor = opened_pair()
+    acceptor.shut_down("the outlet was deleted", 1.0)
+    for frame in frames_of(acceptor):
+        opener.frame_received(frame, 1.1)
+    commands, (closed,) = opener.commands(), opener.events()
+    assert closed == Closed(
+        Outcome.RESET_BY_PEER,
+        "reset by the peer (shutting_down): the outlet was deleted",
+        ResetReason.SHUTTING_DOWN,
+    )
+    assert commands == [CloseApp(Outcome.RESET_BY_PEER, closed.reason, abort=True)]
+    own = acceptor.events()[-1]
+    assert isinstance(own, Closed) and own.outcome is Outcome.SHUT_DOWN
+    assert own.peer_reset is None  # only the peer's code is said
 
 
 def test_a_fin_that_contradicts_the_data_is_a_protocol_error() -> None:

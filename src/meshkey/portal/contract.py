@@ -130,8 +130,10 @@ class ShutdownAppWrite:
 
 @dataclass(frozen=True, slots=True)
 class CloseApp:
-    """Close the local socket: gracefully (flush, then FIN) or, with ``abort``, with a reset."""
+    """Close the local socket: gracefully (flush, then FIN) or, with ``abort``, with a reset.
+    ``outcome`` and ``reason`` say how the session ended (as :class:`Closed` does)."""
 
+    outcome: Outcome
     reason: str
     abort: bool
 
@@ -157,8 +159,13 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
+    """The session ended. ``peer_reset``: the code of the peer's RST, when that ended it
+    (RESET_BY_PEER), so a peer that went away on purpose (SHUTTING_DOWN) can be told from
+    one that failed."""
+
     outcome: Outcome
     reason: str
+    peer_reset: ResetReason | None = None
 
 
 Event = Opened | Closed

@@ -62,7 +62,7 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
 from meshkey.wire.errors import WireError
-from meshkey.wire.portal import MAX_PACKET, RefuseReason, decode_packet
+from meshkey.wire.portal import MAX_PACKET, RefuseReason, ResetReason, decode_packet
 
 log = EventLogger("portal")
 
@@ -97,8 +97,8 @@ class AppEnd(Protocol):
     def end_of_data(self) -> None:
         """The peer's direction ended (half-close)."""
 
-    def terminate(self, reason: str, abort: bool) -> None:
-        """The session ended: close gracefully, or abort (reset)."""
+    def terminate(self, outcome: Outcome, reason: str, abort: bool) -> None:
+        """The session ended (``outcome``, ``reason``): close gracefully, or abort (reset)."""
 
     def hold_input(self) -> None:
         """Stop producing bytes for the session (its send buffer is full)."""
@@ -308,7 +308,7 @@ class MuxDriver:
             end.release_input()
         elif isinstance(action, CloseApp):
             del self._ends[command.session]
-            end.terminate(action.reason, action.abort)
+            end.terminate(action.outcome, action.reason, action.abort)
 
     def _event(self, event: SessionEvent | SessionRequested) -> None:
         if isinstance(event, SessionRequested):
@@ -326,7 +326,8 @@ class MuxDriver:
             if closed.outcome is Outcome.CLOSED:
                 log.debug("portal.session_closed", portal=self.label, session=event.session)
             elif closed.outcome is Outcome.SHUT_DOWN or (
-                closed.outcome is Outcome.RESET_BY_PEER and "(shutting_down)" in closed.reason
+                closed.outcome is Outcome.RESET_BY_PEER
+                and closed.peer_reset is ResetReason.SHUTTING_DOWN
             ):
                 # An inlet or outlet going away on purpose is not a failure to shout about.
                 log.info("portal.session_ended", portal=self.label, reason=closed.reason)
@@ -558,7 +559,7 @@ class SocketEnd(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError, RuntimeError):
                 self.transport.write_eof()
 
-    def terminate(self, reason: str, abort: bool) -> None:
+    def terminate(self, outcome: Outcome, reason: str, abort: bool) -> None:
         self._ended = True
         if self.transport is None:
             return

@@ -581,8 +581,9 @@ class PortalSession:
             self._sending.clear()
             self._receiving.clear()
         if close_app:
-            self._app.append(CloseApp(reason, abort))
-        self._events.append(Closed(outcome, reason))
+            self._app.append(CloseApp(outcome, reason, abort))
+        peer_reset = self.error.code if outcome is Outcome.RESET_BY_PEER and self.error else None
+        self._events.append(Closed(outcome, reason, peer_reset))
 
     # -- outputs ----------------------------------------------------------------------
 
