@@ -598,24 +598,11 @@ class PortalSession:
             self._frames.clear()
         return out
 
-    def take_frames(self) -> list[Frame]:
-        """Only the frames to send (for a multiplexer that packs many sessions' frames)."""
-        if self._wants_ack():
-            self._frames.append(self._receiving.ack_frame(self.session_id))
-        frames = list(self._frames)
-        self._frames.clear()
-        return frames
-
     def _wants_ack(self) -> bool:
         """An ACK is due now, or one is pending and can ride with frames we send anyway."""
         if self.state is State.FAILED:
             return False
         return self._receiving.wants_ack(bool(self._frames))
-
-    def take_app_commands(self) -> list[AppCommand]:
-        commands = list(self._app)
-        self._app.clear()
-        return commands
 
     def events(self) -> list[Event]:
         events, self._events = self._events, []
