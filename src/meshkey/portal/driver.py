@@ -57,7 +57,7 @@ from meshkey.portal.session import (
     ShutdownAppWrite,
     WriteToApp,
 )
-from meshkey.routing.address import Route, ServiceAddress, format_route
+from meshkey.routing.address import Route, ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
@@ -195,10 +195,6 @@ class MuxDriver:
             self.mux.refuse(session, reason, text, self._loop.time())
         self.counters.last_error = text
         self.pump()
-
-    def has_session(self, session: int) -> bool:
-        core = self.mux.session(session)
-        return core is not None and not core.terminal
 
     def app_data(self, session: int, data: bytes) -> None:
         self.counters.bytes_out += len(data)
@@ -386,9 +382,6 @@ class MuxDriver:
         return payload if len(parts) == 1 else b"".join(parts)
 
     # -- lifecycle --------------------------------------------------------------------
-
-    def describe_route(self) -> str:
-        return format_route(self.route)
 
     async def close(self, reason: str, *, flush: float = 0.5) -> None:
         """Resets every session (the peer hears RST), then stops the worker and sender."""

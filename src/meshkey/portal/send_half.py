@@ -36,8 +36,6 @@ CLOCK_GRANULARITY = 0.001
 class Segment:
     offset: int
     data: bytes
-    sent_at: float
-    resent: bool = False
     held: bool = False  # the peer said it holds this (an ACK range)
 
     @property
@@ -159,7 +157,7 @@ class SendHalf:
             with memoryview(unsent) as view:
                 data = bytes(view[:size])  # one copy (a bytearray slice would make two)
             del unsent[:size]
-            self.inflight.append(Segment(self.nxt, data, now))
+            self.inflight.append(Segment(self.nxt, data))
             self._frames.append(Data(self.session_id, self.nxt, data))
             self.nxt += size
             self.stats.bytes_sent += size
@@ -206,14 +204,12 @@ class SendHalf:
             progress = True
         return progress, rtt
 
-    def resend(self, now: float) -> None:
+    def resend(self) -> None:
         """The retransmission timeout expired: every segment the peer does not hold goes
         again, and the FIN if it is unacknowledged."""
         self._timed = None  # Karn: nothing resent is timed
         for segment in self.inflight:
             if not segment.held:
-                segment.resent = True
-                segment.sent_at = now
                 self.stats.bytes_resent += len(segment.data)
                 self._frames.append(Data(self.session_id, segment.offset, segment.data))
         if self.fin_sent and not self.fin_acked and not self.unsent:

@@ -480,7 +480,7 @@ class PortalSession:
         self._rtx.back_off()
         if self.state is State.OPENING:
             self._frames.append(Open(self.session_id, self.limits.receive_window))
-        self._sending.resend(now)
+        self._sending.resend()
         if self.state is State.OPEN and (self._sending.window_closed or self._ping_outstanding):
             self._ping(now)  # probes a closed window (the answer carries an ACK)
         self._sent(now)

@@ -266,17 +266,6 @@ def _frame_parts(frame: Frame) -> tuple[bytes, ...]:
     return _HEADER.pack(_KIND_OF[type(frame)], frame.session, len(body)), body
 
 
-def frame_size(frame: Frame) -> int:
-    """The encoded size of ``frame``, without encoding it (exact for DATA, bounded else)."""
-    if isinstance(frame, Data):
-        return HEADER_SIZE + 8 + len(frame.data)
-    if isinstance(frame, Ack):
-        return HEADER_SIZE + _ACK.size + _RANGE.size * len(frame.ranges)
-    if isinstance(frame, OpenRefused | Reset):
-        return HEADER_SIZE + 1 + MAX_TEXT
-    return HEADER_SIZE + 8
-
-
 def encode_packet(frames: Iterable[Frame]) -> bytes:
     """One payload holding ``frames`` (at least one); OversizeError past :data:`MAX_PACKET`."""
     parts = [bytes([PORTAL_VERSION])]
