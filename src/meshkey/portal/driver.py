@@ -122,7 +122,12 @@ class PortalCounters:
 
 class MuxDriver:
     """One multiplexer on the router. ``route`` is where packets go (an opener's fixed
-    route; an acceptor follows the return route of the latest packet)."""
+    route; an acceptor follows the return route of the latest packet).
+
+    Each input goes to the multiplexer, then :meth:`pump` drains it: commands to the local
+    ends and the sender, events to the log and the counters, then the timer follows the
+    new deadline. A local end (or a callback) that raises is logged and costs nothing else:
+    the rest of the drained output is still handled and the timer still re-armed."""
 
     def __init__(
         self,
@@ -138,19 +143,24 @@ class MuxDriver:
         on_idle: Callable[[MuxDriver], None] | None = None,
         rng: random.Random | None = None,
         route_keepalive: bool = False,
+        mux: Multiplexer | None = None,
     ) -> None:
+        """``mux``: the core to drive; made from ``role``, ``limits``, ``max_sessions``,
+        ``rng`` and ``route_keepalive`` when not given (a test gives a scripted one)."""
         self.router = router
         self.route = route
         self.label = label
         self._loop = asyncio.get_running_loop()
-        self.mux = Multiplexer(
-            role,
-            limits=limits,
-            max_sessions=max_sessions,
-            rng=rng,
-            route_keepalive=limits.keepalive_interval if route_keepalive else None,
-            now=self._loop.time(),
-        )
+        if mux is None:
+            mux = Multiplexer(
+                role,
+                limits=limits,
+                max_sessions=max_sessions,
+                rng=rng,
+                route_keepalive=limits.keepalive_interval if route_keepalive else None,
+                now=self._loop.time(),
+            )
+        self.mux = mux
         self.counters = counters or PortalCounters()
         self.worker = f"_portal.{secrets.token_hex(8)}"
         self._reply_to = (ServiceAddress(self.worker),)
@@ -276,15 +286,21 @@ class MuxDriver:
                         self._outgoing.append((self.route, command.payload))
                         self._wake.set()
                         self._drained.clear()
-                    else:
+                        continue
+                    try:
                         self._apply(command)
+                    except Exception:  # one end's failure must not lose the others' output
+                        log.exception("portal.local_end_failed", portal=self.label)
                 for event in self.mux.events():
-                    self._event(event)
+                    try:
+                        self._event(event)
+                    except Exception:
+                        log.exception("portal.event_failed", portal=self.label)
                 if not self._again:
                     break
         finally:
             self._pumping = False
-        self._rearm()
+            self._rearm()
         if not len(self.mux) and not self._outgoing and self._on_idle is not None:
             self._on_idle(self)
 
