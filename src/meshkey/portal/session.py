@@ -63,8 +63,9 @@ session fails with a :class:`PortalPeerError` as :attr:`PortalSession.error`; no
 raises for what the peer did. After every input: drain :meth:`commands` and :meth:`events`,
 then re-read :meth:`next_deadline`.
 
-Where the parts live: each direction is its own machine, :class:`~meshkey.portal.send_half.
-SendHalf` (with the RTO, :class:`~meshkey.portal.send_half.RetransmitTimer`) and
+Where the parts live: each direction is its own machine,
+:class:`~meshkey.portal.send_half.SendHalf` (with the RTO,
+:class:`~meshkey.portal.send_half.RetransmitTimer`) and
 :class:`~meshkey.portal.receive_half.ReceiveHalf`; this module holds the session's state,
 its liveness timers, and what ties the two directions together.
 """
