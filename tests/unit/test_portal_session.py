@@ -26,6 +26,7 @@ from meshkey.portal.session import (
     State,
     WriteToApp,
 )
+from meshkey.portal.transitions import TRANSITIONS, Local
 from meshkey.wire.portal import (
     MAX_CHUNK,
     MAX_WINDOW,
@@ -41,6 +42,7 @@ from meshkey.wire.portal import (
     RefuseReason,
     Reset,
     ResetReason,
+    frame_kind,
 )
 
 from .test_portal_sim import Pair, SimApp
@@ -70,7 +72,7 @@ def test_bytes_arrive_exactly_over_a_perfect_path_and_both_ends_close() -> None:
     assert digest(client.received) == digest(payload)  # echoed back
     for app in (client, server):
         assert app.outcome == Closed(Outcome.CLOSED, "closed")
-        assert app.closed == CloseApp("closed", abort=False)
+        assert app.closed == CloseApp(Outcome.CLOSED, "closed", abort=False)
         assert app.peer_eof
     assert pair.a.session(session) is not None  # lingers a while, to re-acknowledge a FIN
     pair.settle(pair.a.limits.linger + 1)
@@ -308,7 +310,7 @@ def test_local_misuse_raises_the_local_error_and_changes_nothing() -> None:
         (Ack(7, 0, 100, fin=True), "never sent"),
         (Open(7, 100), None),  # a repeated OPEN: answered with OPEN_OK, not an error
         (OpenOk(7, 100), "OPEN_OK sent to the acceptor"),
-        (OpenRefused(7, RefuseReason.REFUSED, "x"), "not opening"),
+        (OpenRefused(7, RefuseReason.REFUSED, "x"), "OPEN_REFUSED sent to the acceptor"),
     ],
 )
 def test_protocol_violations_reset_and_fail_with_the_peer_error(
@@ -328,6 +330,23 @@ def test_protocol_violations_reset_and_fail_with_the_peer_error(
     assert acceptor.events()[-1] == Closed(Outcome.PROTOCOL_ERROR, acceptor.reason or "")
     acceptor.frame_received(Ping(7, 1), 2.0)  # later frames change nothing
     assert frames_of(acceptor) == []
+
+
+def test_a_peer_reset_says_its_code_typed_in_the_closed_event() -> None:
+    opener, acceptor = opened_pair()
+    acceptor.shut_down("the outlet was deleted", 1.0)
+    for frame in frames_of(acceptor):
+        opener.frame_received(frame, 1.1)
+    commands, (closed,) = opener.commands(), opener.events()
+    assert closed == Closed(
+        Outcome.RESET_BY_PEER,
+        "reset by the peer (shutting_down): the outlet was deleted",
+        ResetReason.SHUTTING_DOWN,
+    )
+    assert commands == [CloseApp(Outcome.RESET_BY_PEER, closed.reason, abort=True)]
+    own = acceptor.events()[-1]
+    assert isinstance(own, Closed) and own.outcome is Outcome.SHUT_DOWN
+    assert own.peer_reset is None  # only the peer's code is said
 
 
 def test_a_fin_that_contradicts_the_data_is_a_protocol_error() -> None:
@@ -562,10 +581,18 @@ def test_whatever_the_peer_sends_the_core_never_raises_and_stays_bounded(
     now = 0.0
     for frame, step in script:
         now += step
+        before, kind = session.state, frame_kind(frame)
+        allowed = session.allows(kind)
         session.frame_received(frame, now)
+        if allowed:  # it went where the table says it may
+            assert session.state in TRANSITIONS[role][before][kind]
+        else:  # refused: a protocol error
+            assert session.outcome is Outcome.PROTOCOL_ERROR and session.error is not None
         deadline = session.next_deadline()
         if deadline is not None and deadline <= now:
+            before = session.state
             session.on_timer(now)
+            assert session.state in TRANSITIONS[role][before][Local.TIMER]
         session.commands()
         session.events()
         assert session.buffered_received <= MAX_WINDOW

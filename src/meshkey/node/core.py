@@ -29,14 +29,13 @@ from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.node.autorelay import AutoRelays
 from meshkey.node.events import EventBus
+from meshkey.node.portals import NodePortals
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, NodeStateError, listen_default, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
-from meshkey.portal import DEFAULT_OUTLET, check_end_to_end
-from meshkey.portal import open_portal_stream as _open_portal_stream
-from meshkey.portal.portals import InletEntry, OutletEntry, Portals, check_authorizable
-from meshkey.portal.secure_routes import SecureRoutes
+from meshkey.portal import DEFAULT_OUTLET
+from meshkey.portal.portals import InletEntry, OutletEntry, Portals
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
 from meshkey.retry import RetrySchedule
@@ -737,17 +736,19 @@ class Node:
         }
 
     # == portals: TCP inlets and outlets, portal streams, /secure/ routes ================
-    # (one region: the node's other parts only call _start_portals, _stop_portals and
-    # resolve_secure)
+    # (one region, delegating to NodePortals: the node's other parts only call
+    # _start_portals, _stop_portals and resolve_secure)
 
-    _portals: Portals | None = None
-    _secure_routes: SecureRoutes | None = None
-    _portal_tasks: set[asyncio.Task[Any]] | None = None
+    _portal_part: NodePortals | None = None
+
+    @property
+    def _portals(self) -> NodePortals:
+        part: NodePortals = self._require(self._portal_part)
+        return part
 
     @property
     def portals(self) -> Portals:
-        portals: Portals = self._require(self._portals)
-        return portals
+        return self._portals.portals
 
     async def resolve_secure(
         self,
@@ -759,10 +760,10 @@ class Node:
         """:meth:`resolve`, and every ``/secure/X`` replaced by a secure channel to the
         listener X on the node reached so far (an open one is reused), so the rest of the
         route travels inside it; ``authorized`` applies to the last channel."""
-        routes: SecureRoutes = self._require(self._secure_routes)
+        portals = self._portals
         parsed = parse_route(route) if isinstance(route, str) else route
         allowed = _node_ids(authorized) if authorized else None
-        return await routes.resolve(parsed, authorized=allowed, timeout=timeout)
+        return await portals.resolve_secure(parsed, authorized=allowed, timeout=timeout)
 
     async def create_tcp_outlet(
         self,
@@ -777,33 +778,19 @@ class Node:
         or a port on 127.0.0.1) for each portal session; only ``allow`` may use it (anyone
         whose identity is authenticated end to end, if not given). ``insecure`` serves
         sessions that crossed other nodes without a secure channel."""
-        entry = self.portals.create_outlet(
-            to,
-            name=name,
-            alias=alias,
-            allow=_node_ids(allow) if allow else None,
-            insecure=insecure,
+        return await self._portals.create_tcp_outlet(
+            to, name=name, alias=alias, allow=_node_ids(allow) if allow else None, insecure=insecure
         )
-        if self._store is not None:
-            try:
-                await asyncio.to_thread(self._store.save_tcp_outlet, entry.record())
-            except BaseException:
-                await self.portals.delete_outlet(entry.alias)
-                raise
-        return entry
 
     def tcp_outlets(self) -> list[OutletEntry]:
-        return self.portals.outlets()
+        return self._portals.tcp_outlets()
 
     def tcp_outlet(self, alias: str) -> OutletEntry:
         """By alias or address; PortalNotFound (a KeyError) if there is none."""
-        return self.portals.outlet(alias)
+        return self._portals.tcp_outlet(alias)
 
     async def delete_tcp_outlet(self, alias: str) -> OutletEntry:
-        entry = await self.portals.delete_outlet(alias)
-        if self._store is not None:
-            await asyncio.to_thread(self._store.delete_tcp_outlet, entry.alias)
-        return entry
+        return await self._portals.delete_tcp_outlet(alias)
 
     async def create_tcp_inlet(
         self,
@@ -821,37 +808,24 @@ class Node:
         channels opened) now, for up to ``timeout``: a route that does not answer yet is
         no error, its reason is the inlet's ``last_error``, and clients that connect later
         try again."""
-        entry = await self.portals.create_inlet(
+        return await self._portals.create_tcp_inlet(
             listen,
-            route,
-            alias=alias,
+            route=route,
             authorized=_node_ids(authorized) if authorized else None,
+            alias=alias,
             insecure=insecure,
+            timeout=timeout,
         )
-        if self._store is not None:
-            try:
-                await asyncio.to_thread(self._store.save_tcp_inlet, entry.record())
-            except BaseException:
-                await self.portals.delete_inlet(entry.alias)
-                raise
-        try:
-            await asyncio.wait_for(asyncio.shield(entry.inlet.prepare()), timeout)
-        except TimeoutError:
-            entry.inlet.counters.last_error = f"the route did not answer within {timeout:g}s"
-        return entry
 
     def tcp_inlets(self) -> list[InletEntry]:
-        return self.portals.inlets()
+        return self._portals.tcp_inlets()
 
     def tcp_inlet(self, alias: str) -> InletEntry:
         """By alias or listen address; PortalNotFound (a KeyError) if there is none."""
-        return self.portals.inlet(alias)
+        return self._portals.tcp_inlet(alias)
 
     async def delete_tcp_inlet(self, alias: str) -> InletEntry:
-        entry = await self.portals.delete_inlet(alias)
-        if self._store is not None:
-            await asyncio.to_thread(self._store.delete_tcp_inlet, entry.alias)
-        return entry
+        return await self._portals.delete_tcp_inlet(alias)
 
     async def open_portal_stream(
         self,
@@ -866,69 +840,23 @@ class Node:
         refuses, ConnectionError when the route fails, TimeoutError after ``timeout``."""
         given = parse_route(route) if isinstance(route, str) else route
         allowed = _node_ids(authorized) if authorized else None
-        if not insecure:
-            check_end_to_end(given, None, self.channels)
-        check_authorizable(given, allowed, insecure)
-        resolved = await self.portals.resolve(given, allowed)
-        return await _open_portal_stream(
-            self.router, resolved, insecure=True, timeout=timeout, channels=self.channels
+        return await self._portals.open_portal_stream(
+            given, authorized=allowed, insecure=insecure, timeout=timeout
         )
 
     async def _start_portals(self, store: NodeStore | None) -> None:
         """Portals, and those the store kept (inlets listen again where they listened)."""
-        self._secure_routes = SecureRoutes(
-            self.channels, lambda route: resolve_route(route, self._home)
+        self._portal_part = NodePortals(
+            self.router,
+            self.channels,
+            resolve_names=lambda route: resolve_route(route, self._home),
+            store=store,
+            listening=lambda: bool(self.addresses),
         )
-        self._portals = portals = Portals(self.router, self.channels, self._secure_routes)
-        self._portal_tasks = tasks = set()
-        if store is None:
-            return
-        for record in store.tcp_outlets():
-            try:
-                portals.create_outlet(
-                    record["to"],
-                    name=record["name"],
-                    alias=record["alias"],
-                    allow=_node_ids(record["allow"]) if record["allow"] else None,
-                    insecure=record["insecure"],
-                    created_at=record["created_at"],
-                )
-            except (ValueError, RouteError) as exc:
-                log.warning("portal.restore_failed", alias=record["alias"], reason=str(exc))
-        for record in store.tcp_inlets():
-            try:
-                entry = await portals.create_inlet(
-                    record["listen"],
-                    record["route"],
-                    alias=record["alias"],
-                    authorized=_node_ids(record["authorized"]) if record["authorized"] else None,
-                    insecure=record["insecure"],
-                    created_at=record["created_at"],
-                    keep_if_taken=True,
-                )
-            except (ValueError, RouteError) as exc:
-                log.warning("portal.restore_failed", alias=record["alias"], reason=str(exc))
-                continue
-            if entry.listening:  # opens its channels now, not at the first client
-                task = asyncio.get_running_loop().create_task(self._prepare_inlet(entry))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-    async def _prepare_inlet(self, entry: InletEntry) -> None:
-        """A restored inlet's route, resolved once the node listens (a daemon binds its
-        sockets after start(); hops dialled before would fail for nothing)."""
-        for _ in range(100):
-            if self.addresses:
-                break
-            await asyncio.sleep(0.05)
-        await entry.inlet.prepare()
+        await self._portal_part.restore()
 
     async def _stop_portals(self) -> None:
-        for task in list(self._portal_tasks or ()):
-            task.cancel()
-        if self._portals is not None:
-            await self._portals.close()
-        if self._secure_routes is not None:
-            await self._secure_routes.close()
+        if self._portal_part is not None:
+            await self._portal_part.close()
 
     # == end of portals =================================================================

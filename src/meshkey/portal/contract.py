@@ -1,10 +1,10 @@
-"""What a portal session takes and gives: roles, states, outcomes, errors, limits, and the
-commands and events it hands out (see :mod:`meshkey.portal.session` for the protocol)."""
+"""What a portal session takes and gives: roles, states, outcomes, errors, limits, counters,
+and the commands and events it hands out (see :mod:`meshkey.portal.session` for the protocol)."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshkey.wire.portal import MAX_CHUNK, MAX_WINDOW, Frame, ResetReason
 
@@ -47,6 +47,11 @@ class PortalPeerError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def violation(reason: str) -> PortalPeerError:
+    """The peer broke the protocol: the session answers with RST (PROTOCOL_ERROR)."""
+    return PortalPeerError(ResetReason.PROTOCOL_ERROR, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,16 @@ class SessionLimits:
 DEFAULT_LIMITS = SessionLimits()
 
 
+@dataclass
+class SessionStats:
+    bytes_sent: int = 0  # application bytes sent for the first time
+    bytes_received: int = 0  # application bytes delivered in order
+    bytes_resent: int = 0
+    duplicate_bytes: int = 0
+    retransmit_timeouts: int = 0
+    rtt_samples: list[float] = field(default_factory=list, repr=False)  # the newest 16
+
+
 # -- outputs ----------------------------------------------------------------------------
 
 
@@ -115,8 +130,10 @@ class ShutdownAppWrite:
 
 @dataclass(frozen=True, slots=True)
 class CloseApp:
-    """Close the local socket: gracefully (flush, then FIN) or, with ``abort``, with a reset."""
+    """Close the local socket: gracefully (flush, then FIN) or, with ``abort``, with a reset.
+    ``outcome`` and ``reason`` say how the session ended (as :class:`Closed` does)."""
 
+    outcome: Outcome
     reason: str
     abort: bool
 
@@ -142,8 +159,13 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
+    """The session ended. ``peer_reset``: the code of the peer's RST, when that ended it
+    (RESET_BY_PEER), so a peer that went away on purpose (SHUTTING_DOWN) can be told from
+    one that failed."""
+
     outcome: Outcome
     reason: str
+    peer_reset: ResetReason | None = None
 
 
 Event = Opened | Closed

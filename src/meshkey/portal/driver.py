@@ -5,9 +5,9 @@ each portal packet and hands its frames to the multiplexer, so a packet is handl
 task that delivered it and never waits: nothing the worker does blocks (writes to local
 sockets are buffered by their transports, bounded by the session windows). What the
 multiplexer wants sent goes on a queue that one sender task drains with ``router.route``,
-so a slow hop makes only this driver's sender wait. One ``call_at`` timer follows the
-multiplexer's deadline, re-armed only when it changes and fired with
-``max(deadline, loop.time())`` (uvloop wakes early).
+so a slow hop makes only this driver's sender wait. One
+:class:`~meshkey.timing.DeadlineTimer` follows the multiplexer's deadline (re-armed only when
+it changes, never fired early).
 
 The local end of each session is an :class:`AppEnd`: a TCP socket (:class:`SocketEnd`) or
 an in-process stream (:mod:`meshkey.portal.stream`). Socket ends keep water marks: the
@@ -57,11 +57,12 @@ from meshkey.portal.session import (
     ShutdownAppWrite,
     WriteToApp,
 )
-from meshkey.routing.address import Route, ServiceAddress, format_route
+from meshkey.routing.address import Route, ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
+from meshkey.timing import DeadlineTimer
 from meshkey.wire.errors import WireError
-from meshkey.wire.portal import MAX_PACKET, RefuseReason, decode_packet
+from meshkey.wire.portal import MAX_PACKET, RefuseReason, ResetReason, decode_packet
 
 log = EventLogger("portal")
 
@@ -96,8 +97,8 @@ class AppEnd(Protocol):
     def end_of_data(self) -> None:
         """The peer's direction ended (half-close)."""
 
-    def terminate(self, reason: str, abort: bool) -> None:
-        """The session ended: close gracefully, or abort (reset)."""
+    def terminate(self, outcome: Outcome, reason: str, abort: bool) -> None:
+        """The session ended (``outcome``, ``reason``): close gracefully, or abort (reset)."""
 
     def hold_input(self) -> None:
         """Stop producing bytes for the session (its send buffer is full)."""
@@ -121,7 +122,12 @@ class PortalCounters:
 
 class MuxDriver:
     """One multiplexer on the router. ``route`` is where packets go (an opener's fixed
-    route; an acceptor follows the return route of the latest packet)."""
+    route; an acceptor follows the return route of the latest packet).
+
+    Each input goes to the multiplexer, then :meth:`pump` drains it: commands to the local
+    ends and the sender, events to the log and the counters, then the timer follows the
+    new deadline. A local end (or a callback) that raises is logged and costs nothing else:
+    the rest of the drained output is still handled and the timer still re-armed."""
 
     def __init__(
         self,
@@ -137,19 +143,24 @@ class MuxDriver:
         on_idle: Callable[[MuxDriver], None] | None = None,
         rng: random.Random | None = None,
         route_keepalive: bool = False,
+        mux: Multiplexer | None = None,
     ) -> None:
+        """``mux``: the core to drive; made from ``role``, ``limits``, ``max_sessions``,
+        ``rng`` and ``route_keepalive`` when not given (a test gives a scripted one)."""
         self.router = router
         self.route = route
         self.label = label
         self._loop = asyncio.get_running_loop()
-        self.mux = Multiplexer(
-            role,
-            limits=limits,
-            max_sessions=max_sessions,
-            rng=rng,
-            route_keepalive=limits.keepalive_interval if route_keepalive else None,
-            now=self._loop.time(),
-        )
+        if mux is None:
+            mux = Multiplexer(
+                role,
+                limits=limits,
+                max_sessions=max_sessions,
+                rng=rng,
+                route_keepalive=limits.keepalive_interval if route_keepalive else None,
+                now=self._loop.time(),
+            )
+        self.mux = mux
         self.counters = counters or PortalCounters()
         self.worker = f"_portal.{secrets.token_hex(8)}"
         self._reply_to = (ServiceAddress(self.worker),)
@@ -160,8 +171,7 @@ class MuxDriver:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()  # set whenever the outgoing queue is empty
         self._drained.set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._fire, self._loop)
         self._pumping = False
         self._again = False
         self._read_buffer: memoryview | None = None
@@ -195,10 +205,6 @@ class MuxDriver:
             self.mux.refuse(session, reason, text, self._loop.time())
         self.counters.last_error = text
         self.pump()
-
-    def has_session(self, session: int) -> bool:
-        core = self.mux.session(session)
-        return core is not None and not core.terminal
 
     def app_data(self, session: int, data: bytes) -> None:
         self.counters.bytes_out += len(data)
@@ -280,15 +286,21 @@ class MuxDriver:
                         self._outgoing.append((self.route, command.payload))
                         self._wake.set()
                         self._drained.clear()
-                    else:
+                        continue
+                    try:
                         self._apply(command)
+                    except Exception:  # one end's failure must not lose the others' output
+                        log.exception("portal.local_end_failed", portal=self.label)
                 for event in self.mux.events():
-                    self._event(event)
+                    try:
+                        self._event(event)
+                    except Exception:
+                        log.exception("portal.event_failed", portal=self.label)
                 if not self._again:
                     break
         finally:
             self._pumping = False
-        self._rearm()
+            self._rearm()
         if not len(self.mux) and not self._outgoing and self._on_idle is not None:
             self._on_idle(self)
 
@@ -308,7 +320,7 @@ class MuxDriver:
             end.release_input()
         elif isinstance(action, CloseApp):
             del self._ends[command.session]
-            end.terminate(action.reason, action.abort)
+            end.terminate(action.outcome, action.reason, action.abort)
 
     def _event(self, event: SessionEvent | SessionRequested) -> None:
         if isinstance(event, SessionRequested):
@@ -326,7 +338,8 @@ class MuxDriver:
             if closed.outcome is Outcome.CLOSED:
                 log.debug("portal.session_closed", portal=self.label, session=event.session)
             elif closed.outcome is Outcome.SHUT_DOWN or (
-                closed.outcome is Outcome.RESET_BY_PEER and "(shutting_down)" in closed.reason
+                closed.outcome is Outcome.RESET_BY_PEER
+                and closed.peer_reset is ResetReason.SHUTTING_DOWN
             ):
                 # An inlet or outlet going away on purpose is not a failure to shout about.
                 log.info("portal.session_ended", portal=self.label, reason=closed.reason)
@@ -342,21 +355,11 @@ class MuxDriver:
                 )
 
     def _rearm(self) -> None:
-        deadline = self.mux.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None and not self.closed:
-            self._timer = self._loop.call_at(deadline, self._fire)
+        deadline = self.mux.next_deadline()  # also collects the sessions' output
+        self._timer.follow(None if self.closed else deadline)
 
-    def _fire(self) -> None:
-        deadline = self._timer_at or 0.0
-        self._timer = None
-        self._timer_at = None
-        self.mux.on_timer(max(deadline, self._loop.time()))
+    def _fire(self, now: float) -> None:
+        self.mux.on_timer(now)
         self.pump()
 
     async def _send_loop(self) -> None:
@@ -396,9 +399,6 @@ class MuxDriver:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def describe_route(self) -> str:
-        return format_route(self.route)
-
     async def close(self, reason: str, *, flush: float = 0.5) -> None:
         """Resets every session (the peer hears RST), then stops the worker and sender."""
         if self.closed:
@@ -406,8 +406,7 @@ class MuxDriver:
         self.mux.shut_down(reason, self._loop.time())
         self.pump()
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush):
                 await self._drained.wait()
@@ -430,9 +429,7 @@ class MuxDriver:
     def retire(self) -> None:
         """Stops at once (nothing left to say): unregisters the worker, ends the sender."""
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.router.unregister(self.worker)
         if self._sender is not asyncio.current_task():
             self._sender.cancel()
@@ -571,7 +568,7 @@ class SocketEnd(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError, RuntimeError):
                 self.transport.write_eof()
 
-    def terminate(self, reason: str, abort: bool) -> None:
+    def terminate(self, outcome: Outcome, reason: str, abort: bool) -> None:
         self._ended = True
         if self.transport is None:
             return

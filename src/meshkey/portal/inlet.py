@@ -31,8 +31,9 @@ import re
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meshkey.channel.manager import ChannelState, SecureChannels
 from meshkey.log import EventLogger
 from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd
 from meshkey.portal.mux import MAX_SESSIONS
@@ -48,9 +49,6 @@ from meshkey.routing.address import (
 )
 from meshkey.routing.router import Router
 from meshkey.transport.errors import describe_error
-
-if TYPE_CHECKING:
-    from meshkey.channel.manager import SecureChannels
 
 log = EventLogger("portal")
 
@@ -242,7 +240,7 @@ class Inlet:
         first = driver.route[0] if driver.route else None
         if self._channels is not None and isinstance(first, ServiceAddress):
             channel = self._channels.get(first.name)
-            if channel is not None and channel.state.value != "open":
+            if channel is not None and channel.state is not ChannelState.OPEN:
                 return None
             if channel is None and CHANNEL_ADDRESS.fullmatch(first.name):
                 return None  # a channel that was deleted

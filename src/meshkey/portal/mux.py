@@ -36,6 +36,7 @@ from meshkey.portal.session import (
     PortalLocalError,
     PortalSession,
     Role,
+    SendFrames,
     SessionLimits,
 )
 from meshkey.wire.portal import (
@@ -315,8 +316,11 @@ class Multiplexer:
             session = self._sessions.get(session_id)
             if session is None:
                 continue
-            self._pending_app.extend(ToApp(session_id, c) for c in session.take_app_commands())
-            self._frames.extend(session.take_frames())
+            for command in session.commands():
+                if isinstance(command, SendFrames):
+                    self._frames.extend(command.frames)  # packed with other sessions' frames
+                else:
+                    self._pending_app.append(ToApp(session_id, command))
             self._events.extend(SessionEvent(session_id, e) for e in session.events())
             if session.finished:
                 del self._sessions[session_id]

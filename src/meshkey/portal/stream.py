@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshkey.portal.driver import MuxDriver
 from meshkey.portal.inlet import check_end_to_end
-from meshkey.portal.session import DEFAULT_LIMITS, Role, SessionLimits
+from meshkey.portal.session import DEFAULT_LIMITS, Outcome, Role, SessionLimits
 from meshkey.routing.address import Route, format_route
 from meshkey.routing.router import Router
 
@@ -117,13 +117,13 @@ class PortalTransport(asyncio.Transport):
     def end_of_data(self) -> None:
         self.protocol.eof_received()
 
-    def terminate(self, reason: str, abort: bool) -> None:
+    def terminate(self, outcome: Outcome, reason: str, abort: bool) -> None:
         self.reason = reason
         self._closing = True
         if not self._opened.done():
             error = (
                 ConnectionRefusedError(reason)
-                if reason.startswith("refused")
+                if outcome is Outcome.REFUSED
                 else ConnectionError(reason)
             )
             self._opened.set_exception(error)

@@ -240,6 +240,10 @@ _KIND_OF: dict[type, FrameKind] = {
 }
 
 
+def frame_kind(frame: Frame) -> FrameKind:
+    return _KIND_OF[type(frame)]
+
+
 def encode_frame(frame: Frame) -> bytes:
     return b"".join(_frame_parts(frame))
 
@@ -260,17 +264,6 @@ def _frame_parts(frame: Frame) -> tuple[bytes, ...]:
         return head, frame.data
     body = frame_body(frame)
     return _HEADER.pack(_KIND_OF[type(frame)], frame.session, len(body)), body
-
-
-def frame_size(frame: Frame) -> int:
-    """The encoded size of ``frame``, without encoding it (exact for DATA, bounded else)."""
-    if isinstance(frame, Data):
-        return HEADER_SIZE + 8 + len(frame.data)
-    if isinstance(frame, Ack):
-        return HEADER_SIZE + _ACK.size + _RANGE.size * len(frame.ranges)
-    if isinstance(frame, OpenRefused | Reset):
-        return HEADER_SIZE + 1 + MAX_TEXT
-    return HEADER_SIZE + 8
 
 
 def encode_packet(frames: Iterable[Frame]) -> bytes:
