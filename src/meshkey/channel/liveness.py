@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass, field
 
 from meshkey.retry import RetrySchedule
+from meshkey.timing import RttEstimate
 
 
 class Health(enum.Enum):
@@ -89,7 +90,6 @@ class ChannelLiveness:
     rng: random.Random = field(default_factory=random.Random, repr=False)
     health: Health = Health.OPEN
     reason: str | None = None  # why it is unreachable
-    rtt: float | None = None
     last_heard: float = field(init=False)
     _answer_by: float | None = field(default=None, init=False)
     _awaiting: float | None = field(default=None, init=False)  # ping if nothing by then
@@ -102,10 +102,16 @@ class ChannelLiveness:
     _commands: list[Command] = field(default_factory=list, init=False)
     _events: list[Event] = field(default_factory=list, init=False)
     _retry: RetrySchedule = field(init=False)
+    _rtt: RttEstimate = field(default_factory=RttEstimate, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.last_heard = self.now
         self._retry = RetrySchedule(self.config.retry_first, self.config.retry_max, rng=self.rng)
+
+    @property
+    def rtt(self) -> float | None:
+        """The smoothed round trip of PING to PONG (RFC 6298), None before the first."""
+        return self._rtt.srtt
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -141,8 +147,7 @@ class ChannelLiveness:
         """An authentic message came from the peer."""
         self.last_heard = now
         if pong and self._ping_sent_at is not None:
-            sample = max(0.0, now - self._ping_sent_at)
-            self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+            self._rtt.add(now - self._ping_sent_at)
             self._ping_sent_at = None
         self._answer_by = self._awaiting = None
         self._missed = 0

@@ -35,6 +35,7 @@ import enum
 import secrets
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from meshkey.channel.liveness import (
@@ -57,6 +58,7 @@ from meshkey.routing.address import Route, ServiceAddress, format_route
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router
+from meshkey.timing import DeadlineTimer
 from meshkey.wire.channel import ChannelKind, Refuse, encode_channel
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
@@ -150,9 +152,10 @@ class Channel:
     no_direct: bool = False  # keep this channel's traffic off direct paths
     recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
     order: InOrder[bytes] = field(default_factory=InOrder)
-    order_timer: asyncio.TimerHandle | None = None
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
+    #: Follows ``order``'s deadline (a message held for its predecessors).
+    order_timer: DeadlineTimer = field(init=False, repr=False)
+    #: Follows ``liveness``'s deadline (and a half-open handshake's expiry).
+    timer: DeadlineTimer = field(init=False, repr=False)
     task: asyncio.Task[None] | None = None  # the latest timer or reconnect work
     opened: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -336,7 +339,7 @@ class SecureChannels:
     async def close_all(self) -> None:
         for channel in list(self._channels.values()):
             await self._close(channel, "node shutting down", notify=True)
-            self._cancel_timer(channel)
+            channel.timer.cancel()
 
     # -- internals: bookkeeping ---------------------------------------------------------
 
@@ -351,6 +354,8 @@ class SecureChannels:
             listener=listener,
             liveness=ChannelLiveness(initiator, self._loop.time(), self.liveness_config),
         )
+        channel.timer = DeadlineTimer(partial(self._on_timer, channel), self._loop)
+        channel.order_timer = DeadlineTimer(partial(self._order_due, channel), self._loop)
         self._channels[channel.address] = channel
         self._expire_closed()
         return channel
@@ -381,7 +386,7 @@ class SecureChannels:
             self._forget(channel)
 
     def _forget(self, channel: Channel) -> None:
-        self._cancel_timer(channel)
+        channel.timer.cancel()
         self._release_half_open(channel)
         self._channels.pop(channel.address, None)
         self.router.unregister(channel.address)
@@ -409,29 +414,17 @@ class SecureChannels:
 
     def _rearm(self, channel: Channel) -> None:
         if channel.closed_reason is not None:
-            self._cancel_timer(channel)
+            channel.timer.cancel()
             return
         deadline = channel.liveness.next_deadline()
         if channel.session.state is SessionState.HANDSHAKING and not channel.reconnecting:
             expiry = channel.liveness.now + HANDSHAKE_TIMEOUT
             deadline = expiry if deadline is None else min(deadline, expiry)
-        if deadline == channel.timer_at:
-            return
-        self._cancel_timer(channel)
-        channel.timer_at = deadline
-        if deadline is not None:
-            channel.timer = self._loop.call_at(deadline, self._on_timer, channel)
+        channel.timer.follow(deadline)
 
-    def _cancel_timer(self, channel: Channel) -> None:
-        if channel.timer is not None:
-            channel.timer.cancel()
-        channel.timer, channel.timer_at = None, None
-
-    def _on_timer(self, channel: Channel) -> None:
-        deadline, channel.timer, channel.timer_at = channel.timer_at, None, None
-        if deadline is None or channel.closed_reason is not None:
+    def _on_timer(self, channel: Channel, now: float) -> None:
+        if channel.closed_reason is not None:
             return
-        now = max(deadline, self._loop.time())
         handshaking = channel.session.state is SessionState.HANDSHAKING
         expired = now >= channel.liveness.now + HANDSHAKE_TIMEOUT
         if handshaking and not channel.initiator and expired:
@@ -654,25 +647,16 @@ class SecureChannels:
         if received.nonce is not None:
             for plaintext in channel.order.accept(received.nonce, received.plaintext, now):
                 await self._deliver(channel, plaintext)
-            self._arm_order(channel)
+            channel.order_timer.follow(channel.order.next_deadline())
         await self._after_liveness(channel)
 
-    def _arm_order(self, channel: Channel) -> None:
-        """A message waits for one sent before it (a path switch): deliver at the latest
-        when the hold runs out."""
-        deadline = channel.order.next_deadline()
-        if channel.order_timer is not None:
-            channel.order_timer.cancel()
-            channel.order_timer = None
-        if deadline is not None:
-            channel.order_timer = self._loop.call_at(deadline, self._order_due, channel)
-
-    def _order_due(self, channel: Channel) -> None:
-        channel.order_timer = None
-        ready = channel.order.on_timer(max(self._loop.time(), channel.order.next_deadline() or 0))
+    def _order_due(self, channel: Channel, now: float) -> None:
+        """A message waited for one sent before it (a path switch) until the hold ran out:
+        what is held goes now, in order."""
+        ready = channel.order.on_timer(now)
         if ready:
             self._loop.create_task(self._deliver_all(channel, ready))
-        self._arm_order(channel)
+        channel.order_timer.follow(channel.order.next_deadline())
 
     async def _deliver_all(self, channel: Channel, plaintexts: list[bytes]) -> None:
         for plaintext in plaintexts:
@@ -755,13 +739,12 @@ class SecureChannels:
         channel.closed_at = self._loop.time()
         goodbye = channel.session.close(reason)
         log.info("channel.closed", address=channel.address, reason=reason)
-        self._cancel_timer(channel)
+        channel.timer.cancel()
         self._release_half_open(channel)
         self.router.unregister(channel.decryptor)
         self._fail_handshake(channel, RemoteError(ErrorCode.UNREACHABLE, reason))
         await self._answer_in_flight(channel, f"closed: {reason}")
-        if channel.order_timer is not None:
-            channel.order_timer.cancel()
+        channel.order_timer.cancel()
         if notify and goodbye is not None and channel.route:
             await self.router.route(Message(self._current_route(channel), (), goodbye))
 
