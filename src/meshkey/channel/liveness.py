@@ -21,6 +21,10 @@ keeps its own evidence:
   route it was created with, keeping the channel's address.
 * **expiry** (responder only): an initiator not heard from for ``responder_dead_after`` is
   gone (its keepalives stopped): :class:`Expired`.
+* **half-open** (responder only): a handshake that has not finished by ``handshake_by`` (the
+  glue sets it to :data:`HANDSHAKE_TIMEOUT` after the HELLO, and clears it with
+  :meth:`ChannelLiveness.handshake_done`) was abandoned, or was a flood:
+  :class:`HandshakeExpired`, and the channel is forgotten without a word.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from dataclasses import dataclass, field
 
 from meshkey.retry import RetrySchedule
 from meshkey.timing import RttEstimate
+
+#: How long a handshake may take: a responder forgets a half-open one after this, and an
+#: initiator's re-handshake gives up (a few round trips over the slowest relayed route).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class Health(enum.Enum):
@@ -78,8 +86,13 @@ class Expired:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class HandshakeExpired:
+    """Responder: the handshake did not finish in time (forget the half-open channel)."""
+
+
 Command = SendPing | Rehandshake
-Event = BecameUnreachable | BecameReachable | Expired
+Event = BecameUnreachable | BecameReachable | Expired | HandshakeExpired
 
 
 @dataclass
@@ -90,6 +103,8 @@ class ChannelLiveness:
     rng: random.Random = field(default_factory=random.Random, repr=False)
     health: Health = Health.OPEN
     reason: str | None = None  # why it is unreachable
+    #: Responder: when its half-open handshake expires (None once it finished, or never set).
+    handshake_by: float | None = None
     last_heard: float = field(init=False)
     _answer_by: float | None = field(default=None, init=False)
     _awaiting: float | None = field(default=None, init=False)  # ping if nothing by then
@@ -128,6 +143,8 @@ class ChannelLiveness:
             return None
         config = self.config
         deadlines = []
+        if self.handshake_by is not None:
+            deadlines.append(self.handshake_by)
         if self._answer_by is not None:
             deadlines.append(self._answer_by)
         if self._awaiting is not None:
@@ -155,6 +172,10 @@ class ChannelLiveness:
         if self.health is Health.UNREACHABLE:
             self.health, self.reason, self._next_ping = Health.OPEN, None, None
             self._events.append(BecameReachable())
+
+    def handshake_done(self) -> None:
+        """The handshake finished: no half-open expiry any more."""
+        self.handshake_by = None
 
     def sent(self, now: float) -> None:
         """A message went to the peer: something must come back. After a silence a PING goes
@@ -193,6 +214,10 @@ class ChannelLiveness:
     def on_timer(self, now: float) -> None:
         config = self.config
         if self._expired:
+            return
+        if self.handshake_by is not None and now >= self.handshake_by:
+            self._events.append(HandshakeExpired())
+            self._expired = True
             return
         if not self.initiator and now >= self.last_heard + config.responder_dead_after:
             quiet = now - self.last_heard

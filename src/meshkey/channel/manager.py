@@ -39,10 +39,12 @@ from functools import partial
 from typing import Any, Protocol
 
 from meshkey.channel.liveness import (
+    HANDSHAKE_TIMEOUT,
     BecameReachable,
     BecameUnreachable,
     ChannelLiveness,
     Expired,
+    HandshakeExpired,
     Health,
     LivenessConfig,
     Rehandshake,
@@ -59,9 +61,9 @@ from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
-from meshkey.wire.channel import ChannelKind, Refuse, encode_channel
+from meshkey.wire.channel import ChannelKind, Refuse, encode_channel, peek_kind
 from meshkey.wire.errors import WireError
-from meshkey.wire.message import ErrorCode
+from meshkey.wire.message import ErrorCode, missing_service
 
 log = EventLogger("channel")
 
@@ -71,7 +73,6 @@ MAX_HALF_OPEN_PER_LISTENER = 256
 #: Per authenticated hop (or this node itself): a flood over one connection cannot crowd
 #: out handshakes that arrive over others.
 MAX_HALF_OPEN_PER_SOURCE = 32
-HANDSHAKE_TIMEOUT = 10.0
 MAX_CHANNELS_PER_PEER = 256
 CLOSED_KEPT_FOR = 600.0
 MAX_CLOSED_KEPT = 256
@@ -133,7 +134,9 @@ class Channel:
     listener: str | None = None
     listener_route: Route = ()  # initiator: the route it was created with
     route: Route = ()  # where sealed messages go now
-    source: str = "local"  # responder: the hop a handshake came over (for the limits)
+    #: Responder, while half-open: the (listener, source) slot it holds in the limits, the
+    #: source being the authenticated hop its HELLO came over (or "local").
+    half_open: tuple[str, str] | None = None
     peer: NodeId | None = None  # fixed by the first handshake; re-handshakes must match
     closed_reason: str | None = None
     route_error: str | None = None  # the last error a node on the route reported
@@ -346,13 +349,19 @@ class SecureChannels:
     def _new_channel(
         self, session: SecureSession, *, initiator: bool, listener: str | None = None
     ) -> Channel:
+        now = self._loop.time()
         channel = Channel(
             address=secrets.token_hex(16),
             decryptor=f"_sc.{secrets.token_hex(8)}",
             session=session,
             initiator=initiator,
             listener=listener,
-            liveness=ChannelLiveness(initiator, self._loop.time(), self.liveness_config),
+            liveness=ChannelLiveness(
+                initiator,
+                now,
+                self.liveness_config,
+                handshake_by=None if initiator else now + HANDSHAKE_TIMEOUT,
+            ),
         )
         channel.timer = DeadlineTimer(partial(self._on_timer, channel), self._loop)
         channel.order_timer = DeadlineTimer(partial(self._order_due, channel), self._loop)
@@ -393,13 +402,11 @@ class SecureChannels:
         self.router.unregister(channel.decryptor)
 
     def _release_half_open(self, channel: Channel) -> None:
-        if not channel.initiator and channel.listener is not None and channel.source:
-            key = (channel.listener, channel.source)
-            if self._half_open[key] > 0:
-                self._half_open[key] -= 1
-                if not self._half_open[key]:
-                    del self._half_open[key]
-            channel.source = ""  # counted once
+        key, channel.half_open = channel.half_open, None  # released once
+        if key is not None and self._half_open[key] > 0:
+            self._half_open[key] -= 1
+            if not self._half_open[key]:
+                del self._half_open[key]
 
     def _admit_handshake(self, listener: Listener, source: str) -> str | None:
         total = sum(self._half_open.values())
@@ -416,20 +423,10 @@ class SecureChannels:
         if channel.closed_reason is not None:
             channel.timer.cancel()
             return
-        deadline = channel.liveness.next_deadline()
-        if channel.session.state is SessionState.HANDSHAKING and not channel.reconnecting:
-            expiry = channel.liveness.now + HANDSHAKE_TIMEOUT
-            deadline = expiry if deadline is None else min(deadline, expiry)
-        channel.timer.follow(deadline)
+        channel.timer.follow(channel.liveness.next_deadline())
 
     def _on_timer(self, channel: Channel, now: float) -> None:
         if channel.closed_reason is not None:
-            return
-        handshaking = channel.session.state is SessionState.HANDSHAKING
-        expired = now >= channel.liveness.now + HANDSHAKE_TIMEOUT
-        if handshaking and not channel.initiator and expired:
-            log.info("channel.handshake_expired", address=channel.address)
-            self._forget(channel)
             return
         channel.liveness.on_timer(now)
         channel.task = self._loop.create_task(
@@ -457,6 +454,9 @@ class SecureChannels:
                 log.info("channel.reachable", address=channel.address, peer=channel.peer)
             elif isinstance(event, Expired):
                 await self._close(channel, event.reason, notify=False)
+            elif isinstance(event, HandshakeExpired):
+                log.info("channel.handshake_expired", address=channel.address)
+                self._forget(channel)
         self._rearm(channel)
 
     async def _answer_in_flight(self, channel: Channel, reason: str) -> None:
@@ -519,8 +519,8 @@ class SecureChannels:
             )
             return
         channel = self._new_channel(session, initiator=False, listener=listener.name)
-        channel.source = source
-        self._half_open[(listener.name, source)] += 1
+        channel.half_open = (listener.name, source)
+        self._half_open[channel.half_open] += 1
         channel.route = message.return_route
         self._register_workers(channel, handshake_only=True)
         assert received.reply is not None
@@ -599,7 +599,7 @@ class SecureChannels:
             await self._route_error(channel, message, now)
             return
         reconnecting = channel.reconnecting and channel.session.state is SessionState.HANDSHAKING
-        if reconnecting and message.payload[1:2] not in _HANDSHAKE_KINDS:
+        if reconnecting and peek_kind(message.payload) not in _NEW_SESSION_KINDS:
             return  # late traffic of the old session: its keys are gone
         try:
             received = channel.session.receive(message.payload)
@@ -635,6 +635,8 @@ class SecureChannels:
         channel.route_error = None
         channel.in_flight.clear()
         channel.liveness.heard(now, pong=received.pong)
+        if received.opened:
+            channel.liveness.handshake_done()
         if received.opened and channel.handshake_sent_at is not None:
             channel.handshake_rtt = max(0.0, now - channel.handshake_sent_at)
             channel.handshake_sent_at = None
@@ -700,11 +702,8 @@ class SecureChannels:
             self._fail_handshake(channel, RemoteError(code, text))
             return
         peer_decryptor = channel.route[-1] if channel.route else None
-        if (
-            code == ErrorCode.NO_SUCH_SERVICE
-            and isinstance(peer_decryptor, ServiceAddress)
-            and peer_decryptor.name in text
-        ):
+        missing = missing_service(code, text)
+        if isinstance(peer_decryptor, ServiceAddress) and missing == peer_decryptor.name:
             channel.liveness.session_unknown(
                 now, "the peer no longer knows this channel (it restarted or deleted it)"
             )
@@ -749,13 +748,13 @@ class SecureChannels:
             await self.router.route(Message(self._current_route(channel), (), goodbye))
 
 
-_HANDSHAKE_KINDS = frozenset(
-    bytes([kind])
-    for kind in (
+#: What a re-handshaking initiator reads: the new session's handshake, its CONFIRM, a REFUSE.
+_NEW_SESSION_KINDS = frozenset(
+    {
         ChannelKind.HELLO,
         ChannelKind.HELLO_REPLY,
         ChannelKind.FINISH,
         ChannelKind.CONFIRM,
         ChannelKind.REFUSE,
-    )
+    }
 )
