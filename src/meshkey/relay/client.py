@@ -2,7 +2,8 @@
 
 Each relay has a supervisor task: register, then wait for the connection that carries the
 registration to close, then register again with exponential backoff (0.5 s doubling to 30 s,
-jittered, so a dead relay node costs nothing: :class:`meshkey.retry.RetrySchedule`). A
+jittered by the client's injected ``rng``, so a dead relay node costs nothing:
+:class:`meshkey.retry.RetrySchedule`). A
 registration refused for a reason that will not fix itself (name taken, not allowed) stops
 it, with the reason in its status.
 """
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import random
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -91,8 +93,10 @@ class RelayClient:
         watch: Watch,
         *,
         timeout: float = 10.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._identity = identity
+        self._rng = rng or random.Random()  # the retry jitter (a test passes a seeded one)
         self.router = router
         self._resolve = resolve
         self._watch = watch
@@ -238,7 +242,7 @@ class RelayClient:
         return response
 
     async def _supervise(self, relay: Relay, first: asyncio.Future[None] | None) -> None:
-        retry = RetrySchedule(RETRY_FIRST, RETRY_MAX)
+        retry = RetrySchedule(RETRY_FIRST, RETRY_MAX, rng=self._rng)
         while True:
             try:
                 route = self._route(relay)
