@@ -110,7 +110,6 @@ def decode_channel(data: bytes) -> ChannelPayload:
 
 
 IDENTITY_PROOF_VERSION = 1
-IDENTITY_PROOF_SIZE = 1 + 32 + 64
 
 
 @dataclass(frozen=True, slots=True)

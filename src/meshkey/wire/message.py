@@ -51,7 +51,10 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 4
     REFUSED = 5
     MALFORMED = 6
-    ROUTE_TOO_LONG = 7
+    # 7 was ROUTE_TOO_LONG, never sent: no node can answer for a route over the limit (see
+    # MAX_ROUTE_LENGTH's checks: parse_route refuses it before sending, the encoders raise
+    # OversizeError to the sender's own node, and a received message whose return route is
+    # full has no room for the hop that would carry an answer back). Not to be reused.
     INTERNAL = 8
     UNSUPPORTED = 9
     TOO_LARGE = 10
