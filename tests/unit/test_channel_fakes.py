@@ -1,9 +1,10 @@
 """Fakes for unit tests of the channel and relay glue, and tests that the fakes do their job.
 
-* :class:`FakeClockLoop`: an asyncio loop whose clock moves only when a test moves it, so a
-  glue timer can be seen to fire exactly at its core's deadline (and never before), and
-  seconds of keepalives and timeouts take no wall time. :func:`advance_to` stops at every
-  timer on the way.
+* :class:`FakeClockLoop`: an asyncio loop whose clock moves only when a test moves it, or
+  when it has nothing else to do (then it jumps to its next timer, as trio's autojump clock
+  does), so a glue timer can be seen to fire exactly at its core's deadline (and never
+  before), and seconds of keepalives and timeouts take no wall time. :func:`advance_to`
+  stops at every timer on the way.
 * :class:`FakeNet`: real :class:`~meshkey.routing.router.Router` objects joined as hops join
   them (a message forwarded to ``/ip4/127.0.0.1/udp/PORT`` arrives at that node with the
   sender's hop worker first on its return route and the sender as ``hop_peer``), with links
@@ -15,10 +16,13 @@ Real routers, real cores, real crypto; only the clock and the sockets are fake.
 from __future__ import annotations
 
 import asyncio
+import selectors
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+
+import pytest
 
 from meshkey.identity import Identity
 from meshkey.routing.address import ServiceAddress, TransportAddress
@@ -29,9 +33,26 @@ from meshkey.wire.message import HOST_IP4
 T = TypeVar("T")
 
 
+class _JumpingSelector(selectors.DefaultSelector):
+    """Never blocks: where the loop would sleep until its next timer, the clock jumps there."""
+
+    def __init__(self, loop: Callable[[], FakeClockLoop]) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        ready: list[Any] = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            raise RuntimeError("fake clock: nothing to run and no timer armed (a deadlock)")
+        self._loop().now += timeout
+        return ready
+
+
 class FakeClockLoop(asyncio.SelectorEventLoop):
     def __init__(self, start: float = 1000.0) -> None:
-        super().__init__()
+        super().__init__(_JumpingSelector(lambda: self))
         self.now = start
 
     def time(self) -> float:
@@ -158,6 +179,15 @@ def test_timers_fire_at_their_deadline_and_never_before() -> None:
         return [t - start for t in fired]
 
     assert run(main) == [2.0, 5.0]
+
+
+def test_an_idle_loop_jumps_to_its_next_timer_instead_of_sleeping() -> None:
+    async def main(loop: FakeClockLoop) -> float:
+        start = loop.now
+        await asyncio.sleep(3600.0)  # an hour, at once
+        return loop.now - start
+
+    assert run(main) == pytest.approx(3600.0)
 
 
 def test_a_message_crosses_the_fake_net_and_its_answer_comes_back() -> None:
