@@ -208,8 +208,8 @@ class SecureChannels:
         channel.no_direct = no_direct
         channel.listener_route = channel.route = route
         self._register_workers(channel)
-        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, channel.session.start(), route)
+        channel.handshake_sent_at = self._loop.time()  # after a dial the send may have waited on
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), timeout)
         except TimeoutError:
@@ -363,8 +363,8 @@ class SecureChannels:
         channel.session = SecureSession(True, self.static, authorized=frozenset({channel.peer}))
         channel.route = channel.listener_route
         channel.opened = self._loop.create_future()
-        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, channel.session.start(), channel.listener_route)
+        channel.handshake_sent_at = self._loop.time()
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), HANDSHAKE_TIMEOUT)
         except (TimeoutError, RemoteError) as exc:
@@ -406,8 +406,8 @@ class SecureChannels:
         channel.route = message.return_route
         self._register_workers(channel, handshake_only=True)
         assert received.reply is not None
-        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, received.reply)
+        channel.handshake_sent_at = self._loop.time()
         self._rearm(channel)
 
     def _current_route(self, channel: Channel) -> Route:
@@ -499,7 +499,7 @@ class SecureChannels:
         channel.liveness.heard(now, pong=received.pong)
         if received.opened:
             channel.liveness.handshake_done()
-        if received.opened and channel.handshake_sent_at is not None:
+        if channel.handshake_sent_at is not None:  # the first answer to our handshake message
             channel.handshake_rtt = max(0.0, now - channel.handshake_sent_at)
             channel.handshake_sent_at = None
         if received.reply is not None:

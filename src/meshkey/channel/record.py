@@ -98,9 +98,10 @@ class Channel:
     created_at: str = field(default_factory=utc_now)
     opened_at: str | None = None
     closed_at: float | None = None  # loop time, for expiry of the listing
-    #: The round trip of the last handshake over the channel's route (initiator: its first
-    #: message to the answer; responder: its answer to the last message), before any PING:
-    #: the path service times a punch's start with it.
+    #: One round trip over the channel's route, from its last handshake, before any PING
+    #: (initiator: HELLO to HELLO_REPLY; responder: HELLO_REPLY to FINISH), timed from when
+    #: the message was handed to the hop (a dial it waited for is not counted): the path
+    #: service times a punch's start with it.
     handshake_rtt: float | None = None
     handshake_sent_at: float | None = None  # loop time of the message now awaiting its answer
     in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
