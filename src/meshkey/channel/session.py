@@ -17,9 +17,10 @@ What may happen when is one table, :data:`TRANSITIONS` (h11's ``_state.py`` is t
 for each :class:`Phase` (the handshake's steps per role, then OPEN and CLOSED), the inputs it
 allows and the phase each leads to. The inputs are the kinds of payload the peer sends and
 what the owner does (:class:`Local`: start, seal, close). Anything else is refused with a
-typed error before any work is done: :class:`UnexpectedMessage` (a :class:`ChannelError`) for
-the peer, :class:`ChannelUseError` for the owner. Sealed payloads are opened first, so that a
-replayed CONFIRM is dropped as a replay rather than refused (which would close the channel).
+typed error: :class:`UnexpectedMessage` (a :class:`ChannelError`) for the peer,
+:class:`ChannelUseError` for the owner. A handshake message is checked before Noise reads it;
+a sealed payload is opened first, so that a replayed CONFIRM is dropped as a replay rather
+than refused (which would close the channel).
 An allowed input can still fail on its content (authentication, identity, authorization).
 Errors are split as in STYLE.md: :class:`ChannelError` is what the peer (or the route) did,
 :class:`ChannelUseError` what the owner did; a failed handshake is terminal and says why.
