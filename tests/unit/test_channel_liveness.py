@@ -11,6 +11,7 @@ from meshkey.channel.liveness import (
     BecameUnreachable,
     ChannelLiveness,
     Expired,
+    HandshakeExpired,
     Health,
     LivenessConfig,
     Rehandshake,
@@ -148,3 +149,21 @@ def test_a_send_on_a_busy_channel_is_checked_a_little_later() -> None:
     quiet.sent(10.05)
     quiet.heard(10.06)  # the reply came: nothing to do
     assert quiet.next_deadline() == pytest.approx(30.06)  # only the keepalive
+
+
+def test_a_half_open_handshake_expires_at_its_deadline_unless_it_finished() -> None:
+    half_open = ChannelLiveness(False, 0.0, CONFIG, rng=random.Random(1), handshake_by=10.0)
+    assert half_open.next_deadline() == 10.0  # before the responder's 90 s expiry
+    half_open.on_timer(9.99)
+    assert half_open.events() == []
+    half_open.on_timer(10.0)
+    assert half_open.events() == [HandshakeExpired()]
+    assert half_open.next_deadline() is None
+    half_open.on_timer(200.0)
+    assert half_open.events() == []  # once
+    finished = ChannelLiveness(False, 0.0, CONFIG, rng=random.Random(1), handshake_by=10.0)
+    finished.heard(3.0)
+    finished.handshake_done()
+    assert finished.next_deadline() == 93.0  # only the responder's own expiry is left
+    finished.on_timer(10.0)
+    assert finished.events() == []

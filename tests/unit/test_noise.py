@@ -131,3 +131,15 @@ def test_a_failed_read_is_terminal() -> None:
         initiator.read_message(reply)
     with pytest.raises(NoiseError, match="already failed"):
         initiator.write_message()
+
+
+def test_a_failed_write_is_terminal_too() -> None:
+    from meshkey.channel.noise import NoiseError
+
+    _initiator, responder = pair()
+    responder.read_message(b"\x00" * 32)  # a low-order ephemeral: the DH will fail
+    with pytest.raises(NoiseError, match="Diffie-Hellman"):
+        responder.write_message()
+    # The hash already absorbed this side's ephemeral: a retry must not produce a message.
+    with pytest.raises(NoiseError, match="already failed"):
+        responder.write_message()

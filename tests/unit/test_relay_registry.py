@@ -6,15 +6,24 @@ import asyncio
 from dataclasses import replace
 
 from meshkey.identity import Identity, NodeId
-from meshkey.relay.registry import MAX_RELAYS_PER_OWNER, REGISTRY_SERVICE, RelayRegistry
+from meshkey.relay.registry import (
+    CHALLENGE_LIFETIME,
+    MAX_RELAYS_PER_OWNER,
+    REGISTRY_SERVICE,
+    ChallengeProblem,
+    Challenges,
+    RelayRegistry,
+)
 from meshkey.routing.address import ServiceAddress
 from meshkey.routing.message import LocalInfo, Message
 from meshkey.routing.router import Router
 from meshkey.wire.relay import (
+    RelayErrorCode,
     RelayRequest,
     RelayResponse,
     decode_relay_response,
     encode_relay_request,
+    encode_relay_response,
     registration_payload,
 )
 
@@ -70,9 +79,13 @@ async def test_the_signing_identity_owns_the_name_whoever_forwarded_it() -> None
     assert (await harness.send(await harness.signed(blue, "create", "blue"))).ok
     # Mallory's request arrives over blue's hop (the confused deputy): the hop is irrelevant.
     stolen = await harness.send(await harness.signed(mallory, "create", "blue"), blue.node_id)
-    assert not stolen.ok and stolen.code == "conflict" and "belongs to another" in stolen.error
+    assert (
+        not stolen.ok
+        and stolen.error_code is RelayErrorCode.CONFLICT
+        and "belongs to another" in stolen.error
+    )
     deleted = await harness.send(await harness.signed(mallory, "delete", "blue"), blue.node_id)
-    assert not deleted.ok and deleted.code == "conflict"
+    assert not deleted.ok and deleted.error_code is RelayErrorCode.CONFLICT
     [forwarder] = harness.registry.forwarders()
     assert forwarder.owner == blue.node_id
 
@@ -83,10 +96,14 @@ async def test_a_registration_cannot_be_replayed_forged_or_taken_to_another_node
     request = await harness.signed(blue, "create", "blue")
     assert (await harness.send(request)).ok
     replayed = await harness.send(request)
-    assert not replayed.ok and replayed.code == "stale" and "already used" in replayed.error
+    assert (
+        not replayed.ok
+        and replayed.error_code is RelayErrorCode.STALE
+        and "already used" in replayed.error
+    )
     # Signed for another relay node: the signature does not cover this one.
     elsewhere = await harness.signed(blue, "create", "blue", host=Identity.generate().node_id.raw)
-    assert (await harness.send(elsewhere)).code == "refused"
+    assert (await harness.send(elsewhere)).error_code is RelayErrorCode.REFUSED
     # A signature by someone else than the claimed owner.
     forged = await harness.signed(Identity.generate(), "create", "blue")
     forged = replace(forged, owner=blue.node_id.raw)
@@ -112,12 +129,12 @@ async def test_policy_and_per_owner_limit() -> None:
     blocked = Identity.generate()
     harness = Harness(admit={blocked.node_id: "not on the list"})
     refused = await harness.send(await harness.signed(blocked, "create", "blocked"))
-    assert refused.code == "refused" and refused.error == "not on the list"
+    assert refused.error_code is RelayErrorCode.REFUSED and refused.error == "not on the list"
     greedy = Identity.generate()
     for index in range(MAX_RELAYS_PER_OWNER):
         assert (await harness.send(await harness.signed(greedy, "create", f"n{index}"))).ok
     over = await harness.send(await harness.signed(greedy, "create", "one-more"))
-    assert over.code == "refused" and "limit" in over.error
+    assert over.error_code is RelayErrorCode.REFUSED and "limit" in over.error
     # Re-registering a name it already holds is not a new name.
     assert (await harness.send(await harness.signed(greedy, "create", "n0"))).ok
 
@@ -134,3 +151,27 @@ async def test_a_malformed_request_gets_no_answer_and_creates_nothing() -> None:
     await asyncio.sleep(0)
     assert harness.answers == []
     assert harness.registry.forwarders() == []
+
+
+def test_challenge_problems_say_whether_to_retry() -> None:
+    assert ChallengeProblem.MALFORMED.code is RelayErrorCode.REFUSED  # a broken client
+    for problem in (ChallengeProblem.FOREIGN, ChallengeProblem.EXPIRED, ChallengeProblem.USED):
+        assert problem.code is RelayErrorCode.STALE  # ask for a new challenge
+    now = [0.0]
+    challenges = Challenges(clock=lambda: now[0])
+    assert challenges.check(b"short", consume=False) is ChallengeProblem.MALFORMED
+    issued = challenges.issue()
+    assert challenges.check(issued, consume=True) is None
+    assert challenges.check(issued, consume=False) is ChallengeProblem.USED
+    assert challenges.check(Challenges().issue(), consume=False) is ChallengeProblem.FOREIGN
+    late = challenges.issue()
+    now[0] += CHALLENGE_LIFETIME + 1
+    assert challenges.check(late, consume=False) is ChallengeProblem.EXPIRED
+
+
+def test_a_refusal_code_this_version_does_not_know_still_decodes() -> None:
+    known = RelayResponse(b"t" * 16, False, code=RelayErrorCode.CONFLICT, error="taken")
+    assert decode_relay_response(encode_relay_response(known)).error_code is RelayErrorCode.CONFLICT
+    newer = RelayResponse(b"t" * 16, False, code="overloaded", error="later")
+    decoded = decode_relay_response(encode_relay_response(newer))
+    assert decoded.code == "overloaded" and decoded.error_code is None

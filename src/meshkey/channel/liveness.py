@@ -21,6 +21,10 @@ keeps its own evidence:
   route it was created with, keeping the channel's address.
 * **expiry** (responder only): an initiator not heard from for ``responder_dead_after`` is
   gone (its keepalives stopped): :class:`Expired`.
+* **half-open** (responder only): a handshake that has not finished by ``handshake_by`` (the
+  glue sets it to :data:`HANDSHAKE_TIMEOUT` after the HELLO, and clears it with
+  :meth:`ChannelLiveness.handshake_done`) was abandoned, or was a flood:
+  :class:`HandshakeExpired`, and the channel is forgotten without a word.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ import random
 from dataclasses import dataclass, field
 
 from meshkey.retry import RetrySchedule
+from meshkey.timing import RttEstimate
+
+#: How long a handshake may take: a responder forgets a half-open one after this, and an
+#: initiator's re-handshake gives up (a few round trips over the slowest relayed route).
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class Health(enum.Enum):
@@ -77,8 +86,13 @@ class Expired:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class HandshakeExpired:
+    """Responder: the handshake did not finish in time (forget the half-open channel)."""
+
+
 Command = SendPing | Rehandshake
-Event = BecameUnreachable | BecameReachable | Expired
+Event = BecameUnreachable | BecameReachable | Expired | HandshakeExpired
 
 
 @dataclass
@@ -89,7 +103,8 @@ class ChannelLiveness:
     rng: random.Random = field(default_factory=random.Random, repr=False)
     health: Health = Health.OPEN
     reason: str | None = None  # why it is unreachable
-    rtt: float | None = None
+    #: Responder: when its half-open handshake expires (None once it finished, or never set).
+    handshake_by: float | None = None
     last_heard: float = field(init=False)
     _answer_by: float | None = field(default=None, init=False)
     _awaiting: float | None = field(default=None, init=False)  # ping if nothing by then
@@ -102,10 +117,16 @@ class ChannelLiveness:
     _commands: list[Command] = field(default_factory=list, init=False)
     _events: list[Event] = field(default_factory=list, init=False)
     _retry: RetrySchedule = field(init=False)
+    _rtt: RttEstimate = field(default_factory=RttEstimate, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.last_heard = self.now
         self._retry = RetrySchedule(self.config.retry_first, self.config.retry_max, rng=self.rng)
+
+    @property
+    def rtt(self) -> float | None:
+        """The smoothed round trip of PING to PONG (RFC 6298), None before the first."""
+        return self._rtt.srtt
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -122,6 +143,8 @@ class ChannelLiveness:
             return None
         config = self.config
         deadlines = []
+        if self.handshake_by is not None:
+            deadlines.append(self.handshake_by)
         if self._answer_by is not None:
             deadlines.append(self._answer_by)
         if self._awaiting is not None:
@@ -141,8 +164,7 @@ class ChannelLiveness:
         """An authentic message came from the peer."""
         self.last_heard = now
         if pong and self._ping_sent_at is not None:
-            sample = max(0.0, now - self._ping_sent_at)
-            self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+            self._rtt.add(now - self._ping_sent_at)
             self._ping_sent_at = None
         self._answer_by = self._awaiting = None
         self._missed = 0
@@ -150,6 +172,10 @@ class ChannelLiveness:
         if self.health is Health.UNREACHABLE:
             self.health, self.reason, self._next_ping = Health.OPEN, None, None
             self._events.append(BecameReachable())
+
+    def handshake_done(self) -> None:
+        """The handshake finished: no half-open expiry any more."""
+        self.handshake_by = None
 
     def sent(self, now: float) -> None:
         """A message went to the peer: something must come back. After a silence a PING goes
@@ -188,6 +214,10 @@ class ChannelLiveness:
     def on_timer(self, now: float) -> None:
         config = self.config
         if self._expired:
+            return
+        if self.handshake_by is not None and now >= self.handshake_by:
+            self._events.append(HandshakeExpired())
+            self._expired = True
             return
         if not self.initiator and now >= self.last_heard + config.responder_dead_after:
             quiet = now - self.last_heard

@@ -20,34 +20,50 @@ mappings alive, tell a dead or restarted peer within seconds of a send, and let 
 initiator re-handshake transparently (same address) when the far node lost the session.
 
 Limits, so that no peer can make this node hold much: half-open handshakes are bounded per
-source (the authenticated hop they came over), per listener and in all, live only
-:data:`HANDSHAKE_TIMEOUT` and hold no workers of their own but an inline decryptor; an
-identity holds at most :data:`MAX_CHANNELS_PER_PEER` channels; a responder whose initiator
-stopped its keepalives closes; closed channels are listed for :data:`CLOSED_KEPT_FOR`, then
-forgotten. A refused handshake is answered, so the initiator hears why.
+source (the authenticated hop they came over), per listener and in all
+(:mod:`meshkey.channel.admission`), live only :data:`HANDSHAKE_TIMEOUT` and hold no workers of
+their own but an inline decryptor; an identity holds at most :data:`MAX_CHANNELS_PER_PEER`
+channels; a responder whose initiator stopped its keepalives closes; closed channels are listed
+for :data:`CLOSED_KEPT_FOR`, then forgotten. A refused handshake is answered, so the initiator
+hears why.
+
+This module is the glue, and it is one machine: a channel's life (:class:`ChannelState`:
+handshaking, open, unreachable or reconnecting, closed) fed by three inputs, a user's message
+to the encryptor, the peer's to the decryptor, and the channel's timers, plus the node's
+bookkeeping (listeners, limits, the listing of closed channels). What decides lives beside it,
+sans-IO: the session (:mod:`~meshkey.channel.session`), liveness and half-open expiry
+(:mod:`~meshkey.channel.liveness`), delivery order (:mod:`~meshkey.channel.order`), the
+half-open limits (:mod:`~meshkey.channel.admission`), and one channel's record with its route
+choices (:mod:`~meshkey.channel.record`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import enum
 import secrets
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
+from meshkey.channel.admission import HalfOpenLimits
 from meshkey.channel.liveness import (
+    HANDSHAKE_TIMEOUT,
     BecameReachable,
     BecameUnreachable,
     ChannelLiveness,
     Expired,
-    Health,
+    HandshakeExpired,
     LivenessConfig,
     Rehandshake,
     SendPing,
 )
-from meshkey.channel.order import InOrder
+from meshkey.channel.record import (
+    RESEND_WINDOW,
+    Channel,
+    ChannelState,
+    Listener,
+    PathHooks,
+    utc_now,
+)
 from meshkey.channel.session import ChannelError, ReplayedMessage, SecureSession, StaticKey
 from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
@@ -57,144 +73,28 @@ from meshkey.routing.address import Route, ServiceAddress, format_route
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router
-from meshkey.wire.channel import ChannelKind, Refuse, encode_channel
+from meshkey.timing import DeadlineTimer
+from meshkey.wire.channel import ChannelKind, Refuse, encode_channel, peek_kind
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
+
+__all__ = [
+    "CLOSED_KEPT_FOR",
+    "DEFAULT_LISTENER",
+    "MAX_CHANNELS_PER_PEER",
+    "Channel",
+    "ChannelState",
+    "Listener",
+    "PathHooks",
+    "SecureChannels",
+]
 
 log = EventLogger("channel")
 
 DEFAULT_LISTENER = "api"
-MAX_HALF_OPEN = 1024
-MAX_HALF_OPEN_PER_LISTENER = 256
-#: Per authenticated hop (or this node itself): a flood over one connection cannot crowd
-#: out handshakes that arrive over others.
-MAX_HALF_OPEN_PER_SOURCE = 32
-HANDSHAKE_TIMEOUT = 10.0
 MAX_CHANNELS_PER_PEER = 256
 CLOSED_KEPT_FOR = 600.0
 MAX_CLOSED_KEPT = 256
-#: Messages sent since the peer was last heard whose senders are told if it never answers.
-MAX_IN_FLIGHT = 64
-#: Sealed messages kept to resend on a new path when the one they went on may have died with
-#: them in flight (the peer drops what it already has: the replay window), and for how long.
-MAX_RECENT = 128
-RESEND_WINDOW = 3.0
-
-
-class PathHooks(Protocol):
-    """What the node's path manager tells secure channels (channel/ cannot import paths/)."""
-
-    def direct_route(self, peer: NodeId) -> Route | None:
-        """A route prefix that reaches ``peer`` directly now (a hop to it), or None."""
-
-    def is_direct_link(self, worker: str, peer: NodeId) -> bool:
-        """Whether local worker ``worker`` is a hop to ``peer`` itself (not a relay)."""
-
-    def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
-        """A channel with ``peer`` is open (the relay path exists: look for a direct one)."""
-
-    def path_info(self, peer: NodeId) -> dict[str, Any] | None:
-        """What ``secure-channel show`` says about the path to ``peer``."""
-
-
-class ChannelState(enum.StrEnum):
-    HANDSHAKING = "handshaking"
-    OPEN = "open"
-    UNREACHABLE = "unreachable"  # the peer does not answer or the route is broken
-    RECONNECTING = "reconnecting"  # the initiator is making a new session
-    CLOSED = "closed"
-
-
-@dataclass
-class Listener:
-    name: str
-    authorized: frozenset[NodeId] | None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "address": f"/service/{self.name}",
-            "authorized": sorted(str(n) for n in self.authorized) if self.authorized else None,
-        }
-
-
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class Channel:
-    address: str  # the encryptor's worker name
-    decryptor: str
-    session: SecureSession
-    initiator: bool
-    liveness: ChannelLiveness
-    listener: str | None = None
-    listener_route: Route = ()  # initiator: the route it was created with
-    route: Route = ()  # where sealed messages go now
-    source: str = "local"  # responder: the hop a handshake came over (for the limits)
-    peer: NodeId | None = None  # fixed by the first handshake; re-handshakes must match
-    closed_reason: str | None = None
-    route_error: str | None = None  # the last error a node on the route reported
-    reconnecting: bool = False
-    reconnects: int = 0
-    created_at: str = field(default_factory=_utc_now)
-    opened_at: str | None = None
-    closed_at: float | None = None  # loop time, for expiry of the listing
-    #: The round trip of the last handshake over the channel's route (initiator: its first
-    #: message to the answer; responder: its answer to the last message), before any PING:
-    #: the path service times a punch's start with it.
-    handshake_rtt: float | None = None
-    handshake_sent_at: float | None = None  # loop time of the message now awaiting its answer
-    in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
-    relay_route: Route = ()  # responder: the latest return route that did not come direct
-    no_direct: bool = False  # keep this channel's traffic off direct paths
-    recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
-    order: InOrder[bytes] = field(default_factory=InOrder)
-    order_timer: asyncio.TimerHandle | None = None
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
-    task: asyncio.Task[None] | None = None  # the latest timer or reconnect work
-    opened: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-    @property
-    def state(self) -> ChannelState:
-        if self.closed_reason is not None:
-            return ChannelState.CLOSED
-        if self.reconnecting:
-            return ChannelState.RECONNECTING
-        if self.session.state is SessionState.HANDSHAKING:
-            return ChannelState.HANDSHAKING
-        if self.liveness.health is Health.UNREACHABLE:
-            return ChannelState.UNREACHABLE
-        return ChannelState.OPEN
-
-    @property
-    def error(self) -> str | None:
-        """Why it is closed, or why it is unreachable, or the last route error."""
-        if self.closed_reason is not None:
-            return self.closed_reason
-        if self.liveness.health is Health.UNREACHABLE:
-            return self.liveness.reason
-        return self.route_error
-
-    def describe(self) -> dict[str, Any]:
-        rtt = self.liveness.rtt
-        return {
-            "address": f"/service/{self.address}",
-            "role": "initiator" if self.initiator else "responder",
-            "peer": str(self.peer) if self.peer else None,
-            "state": self.state.value,
-            "route": format_route(self.route),
-            "listener": f"/service/{self.listener}" if self.listener else None,
-            "error": self.error,
-            "rtt_ms": round(rtt * 1000, 2) if rtt is not None else None,
-            "reconnects": self.reconnects,
-            "created_at": self.created_at,
-            "opened_at": self.opened_at,
-            "no_direct": self.no_direct,
-        }
 
 
 class SecureChannels:
@@ -212,7 +112,7 @@ class SecureChannels:
         self._loop = asyncio.get_running_loop()
         self._listeners: dict[str, Listener] = {}
         self._channels: dict[str, Channel] = {}
-        self._half_open: Counter[tuple[str, str]] = Counter()  # (listener, source) -> count
+        self._half_open = HalfOpenLimits()
         self.paths: PathHooks | None = None  # set by the node when it manages paths
 
     # -- listeners --------------------------------------------------------------------
@@ -308,8 +208,8 @@ class SecureChannels:
         channel.no_direct = no_direct
         channel.listener_route = channel.route = route
         self._register_workers(channel)
-        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, channel.session.start(), route)
+        channel.handshake_sent_at = self._loop.time()  # after a dial the send may have waited on
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), timeout)
         except TimeoutError:
@@ -336,21 +236,29 @@ class SecureChannels:
     async def close_all(self) -> None:
         for channel in list(self._channels.values()):
             await self._close(channel, "node shutting down", notify=True)
-            self._cancel_timer(channel)
+            channel.timer.cancel()
 
     # -- internals: bookkeeping ---------------------------------------------------------
 
     def _new_channel(
         self, session: SecureSession, *, initiator: bool, listener: str | None = None
     ) -> Channel:
+        now = self._loop.time()
         channel = Channel(
             address=secrets.token_hex(16),
             decryptor=f"_sc.{secrets.token_hex(8)}",
             session=session,
             initiator=initiator,
             listener=listener,
-            liveness=ChannelLiveness(initiator, self._loop.time(), self.liveness_config),
+            liveness=ChannelLiveness(
+                initiator,
+                now,
+                self.liveness_config,
+                handshake_by=None if initiator else now + HANDSHAKE_TIMEOUT,
+            ),
         )
+        channel.timer = DeadlineTimer(partial(self._on_timer, channel), self._loop)
+        channel.order_timer = DeadlineTimer(partial(self._order_due, channel), self._loop)
         self._channels[channel.address] = channel
         self._expire_closed()
         return channel
@@ -381,62 +289,27 @@ class SecureChannels:
             self._forget(channel)
 
     def _forget(self, channel: Channel) -> None:
-        self._cancel_timer(channel)
+        channel.timer.cancel()
         self._release_half_open(channel)
         self._channels.pop(channel.address, None)
         self.router.unregister(channel.address)
         self.router.unregister(channel.decryptor)
 
     def _release_half_open(self, channel: Channel) -> None:
-        if not channel.initiator and channel.listener is not None and channel.source:
-            key = (channel.listener, channel.source)
-            if self._half_open[key] > 0:
-                self._half_open[key] -= 1
-                if not self._half_open[key]:
-                    del self._half_open[key]
-            channel.source = ""  # counted once
-
-    def _admit_handshake(self, listener: Listener, source: str) -> str | None:
-        total = sum(self._half_open.values())
-        on_listener = sum(n for (name, _), n in self._half_open.items() if name == listener.name)
-        if self._half_open[(listener.name, source)] >= MAX_HALF_OPEN_PER_SOURCE:
-            return f"too many secure channel handshakes in progress from {source}"
-        if on_listener >= MAX_HALF_OPEN_PER_LISTENER or total >= MAX_HALF_OPEN:
-            return f"too many secure channel handshakes in progress on /service/{listener.name}"
-        return None
+        slot, channel.half_open = channel.half_open, None  # released once
+        if slot is not None:
+            self._half_open.release(slot)
 
     # -- internals: timers and liveness -------------------------------------------------
 
     def _rearm(self, channel: Channel) -> None:
         if channel.closed_reason is not None:
-            self._cancel_timer(channel)
-            return
-        deadline = channel.liveness.next_deadline()
-        if channel.session.state is SessionState.HANDSHAKING and not channel.reconnecting:
-            expiry = channel.liveness.now + HANDSHAKE_TIMEOUT
-            deadline = expiry if deadline is None else min(deadline, expiry)
-        if deadline == channel.timer_at:
-            return
-        self._cancel_timer(channel)
-        channel.timer_at = deadline
-        if deadline is not None:
-            channel.timer = self._loop.call_at(deadline, self._on_timer, channel)
-
-    def _cancel_timer(self, channel: Channel) -> None:
-        if channel.timer is not None:
             channel.timer.cancel()
-        channel.timer, channel.timer_at = None, None
-
-    def _on_timer(self, channel: Channel) -> None:
-        deadline, channel.timer, channel.timer_at = channel.timer_at, None, None
-        if deadline is None or channel.closed_reason is not None:
             return
-        now = max(deadline, self._loop.time())
-        handshaking = channel.session.state is SessionState.HANDSHAKING
-        expired = now >= channel.liveness.now + HANDSHAKE_TIMEOUT
-        if handshaking and not channel.initiator and expired:
-            log.info("channel.handshake_expired", address=channel.address)
-            self._forget(channel)
+        channel.timer.follow(channel.liveness.next_deadline())
+
+    def _on_timer(self, channel: Channel, now: float) -> None:
+        if channel.closed_reason is not None:
             return
         channel.liveness.on_timer(now)
         channel.task = self._loop.create_task(
@@ -464,6 +337,9 @@ class SecureChannels:
                 log.info("channel.reachable", address=channel.address, peer=channel.peer)
             elif isinstance(event, Expired):
                 await self._close(channel, event.reason, notify=False)
+            elif isinstance(event, HandshakeExpired):
+                log.info("channel.handshake_expired", address=channel.address)
+                self._forget(channel)
         self._rearm(channel)
 
     async def _answer_in_flight(self, channel: Channel, reason: str) -> None:
@@ -487,8 +363,8 @@ class SecureChannels:
         channel.session = SecureSession(True, self.static, authorized=frozenset({channel.peer}))
         channel.route = channel.listener_route
         channel.opened = self._loop.create_future()
-        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, channel.session.start(), channel.listener_route)
+        channel.handshake_sent_at = self._loop.time()
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), HANDSHAKE_TIMEOUT)
         except (TimeoutError, RemoteError) as exc:
@@ -509,7 +385,7 @@ class SecureChannels:
         if message.is_error:
             return
         source = str(message.local.hop_peer) if message.local.hop_peer else "local"
-        refusal = self._admit_handshake(listener, source)
+        refusal = self._half_open.refusal(listener.name, source)
         if refusal is not None:
             log.warning("channel.handshake_refused", listener=listener.name, reason=refusal)
             await self.router.fail(message, ErrorCode.BUSY, refusal)
@@ -526,32 +402,23 @@ class SecureChannels:
             )
             return
         channel = self._new_channel(session, initiator=False, listener=listener.name)
-        channel.source = source
-        self._half_open[(listener.name, source)] += 1
+        channel.half_open = self._half_open.hold(listener.name, source)
         channel.route = message.return_route
         self._register_workers(channel, handshake_only=True)
         assert received.reply is not None
-        channel.handshake_sent_at = self._loop.time()
         await self._send(channel, received.reply)
+        channel.handshake_sent_at = self._loop.time()
         self._rearm(channel)
 
     def _current_route(self, channel: Channel) -> Route:
-        """Where sealed traffic goes now: straight to the peer when the path manager has a
-        direct hop to it, else the channel's own route (for a responder whose last route
-        came over a direct hop that closed, the last one that came through the relay)."""
-        if channel.session.state is not SessionState.OPEN or not channel.route:
-            return channel.route
-        decryptor = channel.route[-1]
+        """Where sealed traffic goes now (:meth:`Channel.current_route`), asking the path
+        manager for a direct hop only when the channel may use one."""
+        direct = None
         peer = channel.peer
-        if self.paths is not None and peer is not None and not channel.no_direct:
+        may_go_direct = channel.session.state is SessionState.OPEN and channel.route
+        if may_go_direct and self.paths is not None and peer is not None and not channel.no_direct:
             direct = self.paths.direct_route(peer)
-            if direct is not None:
-                return (*direct, decryptor)
-        first = channel.route[0]
-        gone = isinstance(first, ServiceAddress) and not self.router.has_worker(first.name)
-        if gone and not channel.initiator and channel.relay_route:
-            return channel.relay_route
-        return channel.route
+        return channel.current_route(direct, self.router.has_worker)
 
     async def _send_sealed(self, channel: Channel, sealed: bytes) -> None:
         channel.recent.append((self._loop.time(), sealed))
@@ -569,14 +436,10 @@ class SecureChannels:
     async def _encrypt(self, channel: Channel, message: Message) -> None:
         state = channel.state
         if state is not ChannelState.OPEN:
-            reason = channel.error or state.value
-            await self.router.fail(
-                message,
-                ErrorCode.UNREACHABLE,
-                f"secure channel {channel.address} is {state.value}: {reason}"
-                if reason != state.value
-                else f"secure channel {channel.address} is {state.value}",
-            )
+            error = channel.error
+            why = f": {error}" if error and error != state.value else ""
+            text = f"secure channel {channel.address} is {state.value}{why}"
+            await self.router.fail(message, ErrorCode.UNREACHABLE, text)
             return
         current = self._current_route(channel)
         first = current[0] if current else None
@@ -606,7 +469,7 @@ class SecureChannels:
             await self._route_error(channel, message, now)
             return
         reconnecting = channel.reconnecting and channel.session.state is SessionState.HANDSHAKING
-        if reconnecting and message.payload[1:2] not in _HANDSHAKE_KINDS:
+        if reconnecting and peek_kind(message.payload) not in _NEW_SESSION_KINDS:
             return  # late traffic of the old session: its keys are gone
         try:
             received = channel.session.receive(message.payload)
@@ -619,30 +482,24 @@ class SecureChannels:
                 await self.router.route(
                     Message(message.return_route, (), encode_channel(Refuse(exc.reason)))
                 )
-            self._fail_handshake(channel, RemoteError(ErrorCode.REFUSED, exc.reason))
+            channel.fail_handshake(RemoteError(ErrorCode.REFUSED, exc.reason))
             if not channel.reconnecting:
                 await self._close(channel, exc.reason, notify=False)
             return
         # Authentic from here on.
-        if channel.initiator:
-            if channel.session.state is SessionState.HANDSHAKING and message.return_route:
-                # HELLO_REPLY: the peer's decryptor ends its return route.
-                channel.route = (*channel.listener_route[:-1], message.return_route[-1])
-        else:
-            channel.route = message.return_route  # follow the way the initiator came
-            first = message.return_route[0] if message.return_route else None
-            direct = (
-                isinstance(first, ServiceAddress)
-                and self.paths is not None
-                and channel.peer is not None
-                and self.paths.is_direct_link(first.name, channel.peer)
-            )
-            if not direct:
-                channel.relay_route = message.return_route
-        channel.route_error = None
-        channel.in_flight.clear()
+        first = message.return_route[0] if message.return_route else None
+        came_direct = (
+            not channel.initiator
+            and isinstance(first, ServiceAddress)
+            and self.paths is not None
+            and channel.peer is not None
+            and self.paths.is_direct_link(first.name, channel.peer)
+        )
+        channel.heard_over(message.return_route, came_direct=came_direct)
         channel.liveness.heard(now, pong=received.pong)
-        if received.opened and channel.handshake_sent_at is not None:
+        if received.opened:
+            channel.liveness.handshake_done()
+        if channel.handshake_sent_at is not None:  # the first answer to our handshake message
             channel.handshake_rtt = max(0.0, now - channel.handshake_sent_at)
             channel.handshake_sent_at = None
         if received.reply is not None:
@@ -654,25 +511,16 @@ class SecureChannels:
         if received.nonce is not None:
             for plaintext in channel.order.accept(received.nonce, received.plaintext, now):
                 await self._deliver(channel, plaintext)
-            self._arm_order(channel)
+            channel.order_timer.follow(channel.order.next_deadline())
         await self._after_liveness(channel)
 
-    def _arm_order(self, channel: Channel) -> None:
-        """A message waits for one sent before it (a path switch): deliver at the latest
-        when the hold runs out."""
-        deadline = channel.order.next_deadline()
-        if channel.order_timer is not None:
-            channel.order_timer.cancel()
-            channel.order_timer = None
-        if deadline is not None:
-            channel.order_timer = self._loop.call_at(deadline, self._order_due, channel)
-
-    def _order_due(self, channel: Channel) -> None:
-        channel.order_timer = None
-        ready = channel.order.on_timer(max(self._loop.time(), channel.order.next_deadline() or 0))
+    def _order_due(self, channel: Channel, now: float) -> None:
+        """A message waited for one sent before it (a path switch) until the hold ran out:
+        what is held goes now, in order."""
+        ready = channel.order.on_timer(now)
         if ready:
             self._loop.create_task(self._deliver_all(channel, ready))
-        self._arm_order(channel)
+        channel.order_timer.follow(channel.order.next_deadline())
 
     async def _deliver_all(self, channel: Channel, plaintexts: list[bytes]) -> None:
         for plaintext in plaintexts:
@@ -683,7 +531,7 @@ class SecureChannels:
         assert peer is not None
         if channel.peer is None:
             channel.peer = peer
-            channel.opened_at = _utc_now()
+            channel.opened_at = utc_now()
         if not channel.initiator:
             self._release_half_open(channel)
             held = sum(
@@ -710,32 +558,9 @@ class SecureChannels:
         """A node on the route could not deliver our message (unauthenticated: reported,
         and it makes sends fail fast, but it never closes the channel)."""
         code, text = message.error()
-        channel.route_error = f"route error: {text}"
         log.warning("channel.route_error", address=channel.address, reason=text)
-        if channel.session.state is SessionState.HANDSHAKING:
-            self._fail_handshake(channel, RemoteError(code, text))
-            return
-        peer_decryptor = channel.route[-1] if channel.route else None
-        if (
-            code == ErrorCode.NO_SUCH_SERVICE
-            and isinstance(peer_decryptor, ServiceAddress)
-            and peer_decryptor.name in text
-        ):
-            channel.liveness.session_unknown(
-                now, "the peer no longer knows this channel (it restarted or deleted it)"
-            )
-        else:
-            channel.liveness.route_error(now, text)
-        await self._after_liveness(channel)
-
-    @staticmethod
-    def _fail_handshake(channel: Channel, error: RemoteError) -> None:
-        if channel.opened.done():
-            return
-        if channel.initiator:  # someone awaits it in create() or _rehandshake()
-            channel.opened.set_exception(error)
-        else:
-            channel.opened.cancel()
+        if channel.route_failed(code, text, now):
+            await self._after_liveness(channel)
 
     async def _deliver(self, channel: Channel, plaintext: bytes) -> None:
         try:
@@ -755,24 +580,23 @@ class SecureChannels:
         channel.closed_at = self._loop.time()
         goodbye = channel.session.close(reason)
         log.info("channel.closed", address=channel.address, reason=reason)
-        self._cancel_timer(channel)
+        channel.timer.cancel()
         self._release_half_open(channel)
         self.router.unregister(channel.decryptor)
-        self._fail_handshake(channel, RemoteError(ErrorCode.UNREACHABLE, reason))
+        channel.fail_handshake(RemoteError(ErrorCode.UNREACHABLE, reason))
         await self._answer_in_flight(channel, f"closed: {reason}")
-        if channel.order_timer is not None:
-            channel.order_timer.cancel()
+        channel.order_timer.cancel()
         if notify and goodbye is not None and channel.route:
             await self.router.route(Message(self._current_route(channel), (), goodbye))
 
 
-_HANDSHAKE_KINDS = frozenset(
-    bytes([kind])
-    for kind in (
+#: What a re-handshaking initiator reads: the new session's handshake, its CONFIRM, a REFUSE.
+_NEW_SESSION_KINDS = frozenset(
+    {
         ChannelKind.HELLO,
         ChannelKind.HELLO_REPLY,
         ChannelKind.FINISH,
         ChannelKind.CONFIRM,
         ChannelKind.REFUSE,
-    )
+    }
 )

@@ -142,11 +142,6 @@ class NoiseXX:
         return self._step == 3
 
     @property
-    def messages_done(self) -> int:
-        """How many of the three handshake messages this side has written or read."""
-        return self._step
-
-    @property
     def handshake_hash(self) -> bytes:
         return self._state.h
 
@@ -154,10 +149,19 @@ class NoiseXX:
         return (self._step % 2 == 0) == self.initiator
 
     def write_message(self, payload: bytes = b"") -> bytes:
+        """This side's next handshake message. A NoiseError (an invalid key from the peer) is
+        terminal, as in :meth:`read_message`; calling out of turn is not (nothing changed)."""
         if self.failed is not None:
             raise NoiseError(f"the handshake already failed ({self.failed})")
         if self.complete or not self._writes():
             raise NoiseError("not this side's turn to write")
+        try:
+            return self._write(payload)
+        except NoiseError as exc:
+            self.failed = str(exc)
+            raise
+
+    def _write(self, payload: bytes) -> bytes:
         state = self._state
         out = b""
         if self._step == 0:  # -> e

@@ -12,6 +12,23 @@ moves on (Noise REKEY); a receiver accepts each nonce once, within :data:`REPLAY
 newest, keeping the previous key for late arrivals. A message that fails authentication means
 someone on the route tampered with it: :class:`ChannelError`, and the channel closes. A
 replayed or too-old one is only dropped (:class:`ReplayedMessage`).
+
+What may happen when is one table, :data:`TRANSITIONS` (h11's ``_state.py`` is the model):
+for each :class:`Phase` (the handshake's steps per role, then OPEN and CLOSED), the inputs it
+allows and the phase each leads to. The inputs are the kinds of payload the peer sends and
+what the owner does (:class:`Local`: start, seal, close). Anything else is refused with a
+typed error: :class:`UnexpectedMessage` (a :class:`ChannelError`) for the peer,
+:class:`ChannelUseError` for the owner. A handshake message is checked before Noise reads it;
+a sealed payload is opened first, so that a replayed CONFIRM is dropped as a replay rather
+than refused (which would close the channel).
+An allowed input can still fail on its content (authentication, identity, authorization).
+Errors are split as in STYLE.md: :class:`ChannelError` is what the peer (or the route) did,
+:class:`ChannelUseError` what the owner did; a failed handshake is terminal and says why.
+
+    initiator  START -start-> SENT_HELLO -HELLO_REPLY-> SENT_FINISH -CONFIRM-> OPEN
+    responder  AWAIT_HELLO -HELLO-> SENT_REPLY -FINISH-> OPEN
+    OPEN       DATA, PING, PONG, seal: OPEN;  CLOSE: CLOSED
+    any phase  close: CLOSED;  REFUSE (initiator, handshaking) and any failed handshake: CLOSED
 """
 
 from __future__ import annotations
@@ -59,6 +76,12 @@ class ChannelError(Exception):
 
 class ReplayedMessage(Exception):
     """A duplicate or too-old message: dropped, the channel goes on."""
+
+
+class UnexpectedMessage(ChannelError):
+    """The peer sent a kind of message its session's phase does not allow (not in
+    :data:`TRANSITIONS`): a broken or hostile peer, or a route that replays or reorders
+    handshakes."""
 
 
 class ChannelUseError(RuntimeError):
@@ -157,6 +180,65 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+class Phase(enum.Enum):
+    """Where a session is: :class:`State`, with the handshake's steps for each role."""
+
+    START = "start"  # initiator, before start()
+    SENT_HELLO = "sent HELLO"  # initiator, awaiting HELLO_REPLY
+    SENT_FINISH = "sent FINISH"  # initiator, awaiting CONFIRM (it has the keys already)
+    AWAIT_HELLO = "awaiting HELLO"  # responder, new
+    SENT_REPLY = "sent HELLO_REPLY"  # responder, awaiting FINISH
+    OPEN = "open"
+    CLOSED = "closed"
+
+    @property
+    def state(self) -> State:
+        if self is Phase.OPEN:
+            return State.OPEN
+        if self is Phase.CLOSED:
+            return State.CLOSED
+        return State.HANDSHAKING
+
+
+class Local(enum.Enum):
+    """What the owner of a session does (the peer's inputs are the ChannelKinds it sends)."""
+
+    START = "start"
+    SEAL = "seal"  # a DATA or PING payload
+    CLOSE = "close"
+
+
+Input = ChannelKind | Local
+
+#: Every input each phase allows, and the phase it leads to; anything else is refused.
+TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
+    Phase.START: {Local.START: Phase.SENT_HELLO, Local.CLOSE: Phase.CLOSED},
+    Phase.SENT_HELLO: {
+        ChannelKind.HELLO_REPLY: Phase.SENT_FINISH,
+        ChannelKind.REFUSE: Phase.CLOSED,  # the listener's answer (or a forgery: see wire)
+        Local.CLOSE: Phase.CLOSED,
+    },
+    Phase.SENT_FINISH: {
+        ChannelKind.CONFIRM: Phase.OPEN,
+        ChannelKind.REFUSE: Phase.CLOSED,  # the listener does not want this identity
+        Local.CLOSE: Phase.CLOSED,
+    },
+    Phase.AWAIT_HELLO: {ChannelKind.HELLO: Phase.SENT_REPLY, Local.CLOSE: Phase.CLOSED},
+    Phase.SENT_REPLY: {ChannelKind.FINISH: Phase.OPEN, Local.CLOSE: Phase.CLOSED},
+    Phase.OPEN: {
+        ChannelKind.DATA: Phase.OPEN,
+        ChannelKind.PING: Phase.OPEN,
+        ChannelKind.PONG: Phase.OPEN,
+        ChannelKind.CLOSE: Phase.CLOSED,
+        Local.SEAL: Phase.OPEN,
+        Local.CLOSE: Phase.CLOSED,
+    },
+    Phase.CLOSED: {Local.CLOSE: Phase.CLOSED},
+}
+
+_HANDSHAKE_KINDS = frozenset({ChannelKind.HELLO, ChannelKind.HELLO_REPLY, ChannelKind.FINISH})
+
+
 @dataclass
 class Received:
     """What one incoming payload produced."""
@@ -179,7 +261,7 @@ class SecureSession:
         cipher: Cipher = "AESGCM",
     ) -> None:
         self.initiator = initiator
-        self.state = State.HANDSHAKING
+        self._phase = Phase.START if initiator else Phase.AWAIT_HELLO
         self.failure: str | None = None
         self.peer: NodeId | None = None
         self._static = static
@@ -189,16 +271,25 @@ class SecureSession:
         self._sender: _Sender | None = None
         self._receiver: _Receiver | None = None
 
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def state(self) -> State:
+        return self._phase.state
+
     def start(self) -> bytes:
-        """Initiator: the first handshake message."""
-        if not self.initiator:
-            raise ChannelError("only the initiator starts")
-        return encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
+        """Initiator: the first handshake message; ChannelUseError if not in START."""
+        after = self._allowed_locally(Local.START)
+        hello = encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
+        self._phase = after
+        return hello
 
     def seal(self, plaintext: bytes, kind: ChannelKind = ChannelKind.DATA) -> bytes:
         """A sealed DATA (or PING) payload; ChannelUseError unless the channel is open."""
-        if self.state is not State.OPEN or self._sender is None:
-            raise ChannelUseError(f"cannot send on a channel that is {self.state.value}")
+        self._allowed_locally(Local.SEAL)
+        assert self._sender is not None  # OPEN has keys
         return encode_channel(self._sender.seal(kind, plaintext))
 
     def ping(self) -> bytes:
@@ -206,9 +297,10 @@ class SecureSession:
         return self.seal(b"", ChannelKind.PING)
 
     def close(self, reason: str) -> bytes | None:
-        """Closes this end; returns a sealed CLOSE for the peer when the channel was open."""
-        was_open = self.state is State.OPEN and self._sender is not None
-        self.state = State.CLOSED
+        """Closes this end (allowed in every phase); returns a sealed CLOSE for the peer when
+        the channel was open."""
+        was_open = self._phase is Phase.OPEN
+        self._phase = self._allowed_locally(Local.CLOSE)
         if was_open and self._sender is not None:
             return encode_channel(self._sender.seal(ChannelKind.CLOSE, reason.encode()[:256]))
         return None
@@ -217,13 +309,13 @@ class SecureSession:
         """What ``data`` (a channel payload from the peer) produced. ChannelError means the
         channel cannot go on: during the handshake it is then CLOSED (a failed handshake is
         terminal, and says why); ReplayedMessage only drops the message."""
-        if self.state is State.CLOSED:
-            raise ChannelError(self.failure or "the channel is closed")
+        if self._phase is Phase.CLOSED:
+            raise UnexpectedMessage(self.failure or "the channel is closed")
         try:
             return self._receive(data)
         except ChannelError as exc:
             if self.state is State.HANDSHAKING:
-                self.state = State.CLOSED
+                self._phase = Phase.CLOSED
                 self.failure = f"the handshake failed: {exc.reason}"
             raise
 
@@ -233,40 +325,65 @@ class SecureSession:
         except WireError as exc:
             raise ChannelError(f"malformed channel message: {exc}") from exc
         if isinstance(payload, Refuse):
-            if self.state is State.HANDSHAKING and self.initiator:
-                raise ChannelError(f"refused by the listener: {payload.reason}")
-            raise ChannelError("unexpected refusal")
+            self._allowed(ChannelKind.REFUSE)  # to CLOSED, by the failed handshake's rule
+            raise ChannelError(f"refused by the listener: {payload.reason}")
         if isinstance(payload, Handshake):
             return self._handshake(payload)
         return self._sealed(payload)
 
     # -- handshake --------------------------------------------------------------------
 
+    def _allowed(self, kind: ChannelKind) -> Phase:
+        """The phase the peer's ``kind`` leads to; UnexpectedMessage if it is not allowed."""
+        after = TRANSITIONS[self._phase].get(kind)
+        if after is None:
+            raise UnexpectedMessage(self._unexpected(kind))
+        return after
+
+    def _unexpected(self, kind: ChannelKind) -> str:
+        state = self.state
+        if kind is ChannelKind.REFUSE:
+            return "unexpected refusal"
+        if kind in _HANDSHAKE_KINDS:
+            if state is State.HANDSHAKING:
+                return f"unexpected {kind.name} during the handshake"
+            return f"handshake message on an {state.value} channel"
+        if self._receiver is None:
+            return f"{kind.name} before the handshake finished"
+        if kind is ChannelKind.CONFIRM:
+            return "unexpected CONFIRM"
+        return f"{kind.name} before the channel was confirmed"
+
+    def _allowed_locally(self, action: Local) -> Phase:
+        """The phase the owner's ``action`` leads to; ChannelUseError if it is not allowed."""
+        after = TRANSITIONS[self._phase].get(action)
+        if after is not None:
+            return after
+        if action is Local.START:
+            if not self.initiator:
+                raise ChannelUseError("only the initiator starts")
+            raise ChannelUseError(f"cannot start a channel that is {self._phase.value}")
+        raise ChannelUseError(f"cannot send on a channel that is {self.state.value}")
+
     def _handshake(self, message: Handshake) -> Received:
-        if self.state is not State.HANDSHAKING:
-            raise ChannelError(f"handshake message on an {self.state.value} channel")
-        expected = {
-            (False, 0): ChannelKind.HELLO,
-            (True, 1): ChannelKind.HELLO_REPLY,
-            (False, 2): ChannelKind.FINISH,
-        }.get((self.initiator, self._noise.messages_done))
-        if message.kind != expected:
-            raise ChannelError(f"unexpected {message.kind.name} during the handshake")
+        after = self._allowed(message.kind)
         try:
             payload = self._noise.read_message(message.noise)
             if message.kind == ChannelKind.HELLO:
                 reply = self._noise.write_message(self._static.proof)
+                self._phase = after
                 return Received(reply=encode_channel(Handshake(ChannelKind.HELLO_REPLY, reply)))
             self._check_peer(payload)
             if message.kind == ChannelKind.HELLO_REPLY:
                 finish = self._noise.write_message(self._static.proof)
                 self._keys()
+                self._phase = after
                 return Received(reply=encode_channel(Handshake(ChannelKind.FINISH, finish)))
         except NoiseError as exc:
             raise ChannelError(f"handshake failed: {exc}") from exc
         # FINISH: the responder is done; CONFIRM tells the initiator it was accepted.
         self._keys()
-        self.state = State.OPEN
+        self._phase = after
         assert self._sender is not None
         confirm = encode_channel(self._sender.seal(ChannelKind.CONFIRM, b""))
         return Received(reply=confirm, opened=True)
@@ -296,19 +413,16 @@ class SecureSession:
     # -- transport --------------------------------------------------------------------
 
     def _sealed(self, sealed: Sealed) -> Received:
-        if self._receiver is None:
-            raise ChannelError(f"{sealed.kind.name} before the handshake finished")
+        if self._receiver is None:  # no keys yet, and no phase without keys allows one
+            raise UnexpectedMessage(self._unexpected(sealed.kind))
+        # Opened before the table is asked: a replay is dropped (ReplayedMessage), a forgery
+        # fails authentication, and the kind is authenticated (it is in the associated data).
         plaintext = self._receiver.open(sealed)
+        self._phase = self._allowed(sealed.kind)
         nonce = sealed.nonce
         if sealed.kind == ChannelKind.CONFIRM:
-            if not (self.initiator and self.state is State.HANDSHAKING):
-                raise ChannelError("unexpected CONFIRM")
-            self.state = State.OPEN
             return Received(opened=True, nonce=nonce)
-        if self.state is not State.OPEN:
-            raise ChannelError(f"{sealed.kind.name} before the channel was confirmed")
         if sealed.kind == ChannelKind.CLOSE:
-            self.state = State.CLOSED
             reason = plaintext.decode("utf-8", errors="replace") or "closed"
             return Received(closed=reason, nonce=nonce)
         if sealed.kind == ChannelKind.PING:

@@ -2,7 +2,8 @@
 
 Each relay has a supervisor task: register, then wait for the connection that carries the
 registration to close, then register again with exponential backoff (0.5 s doubling to 30 s,
-jittered, so a dead relay node costs nothing: :class:`meshkey.retry.RetrySchedule`). A
+jittered by the client's injected ``rng``, so a dead relay node costs nothing:
+:class:`meshkey.retry.RetrySchedule`). A
 registration refused for a reason that will not fix itself (name taken, not allowed) stops
 it, with the reason in its status.
 """
@@ -14,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import random
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
 from meshkey.wire.relay import (
     TOKEN_SIZE,
+    RelayErrorCode,
+    RelayOp,
     RelayRequest,
     RelayResponse,
     check_relay_name,
@@ -47,6 +51,8 @@ Watch = Callable[[TransportAddress], Awaitable[str]]
 
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+#: Refusals that will not fix themselves: the supervisor stops (FAILED) instead of retrying.
+_FINAL_REFUSALS = frozenset({RelayErrorCode.CONFLICT, RelayErrorCode.REFUSED})
 
 
 class RelayStatus(enum.StrEnum):
@@ -87,8 +93,10 @@ class RelayClient:
         watch: Watch,
         *,
         timeout: float = 10.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._identity = identity
+        self._rng = rng or random.Random()  # the retry jitter (a test passes a seeded one)
         self.router = router
         self._resolve = resolve
         self._watch = watch
@@ -131,7 +139,7 @@ class RelayClient:
             raise KeyError(name)
         if relay.status is RelayStatus.ACTIVE:
             with contextlib.suppress(RemoteError, RoutingError, ValueError, LookupError):
-                await self._request(relay, "delete", self._route(relay))
+                await self._request(relay, RelayOp.DELETE, self._route(relay))
         await self._remove(relay)
 
     async def close(self) -> None:
@@ -183,11 +191,13 @@ class RelayClient:
             )
         return route
 
-    async def _request(self, relay: Relay, op: str, route: Route) -> str:
+    async def _request(self, relay: Relay, op: RelayOp, route: Route) -> str:
         """Creates or deletes ``relay`` on the node at ``route``: asks that node for a
         challenge, then sends the operation signed by this node's identity (the relay node
         accepts the owner only from a valid signature, never from whoever forwarded it)."""
-        issued = await self._exchange(relay, route, RelayRequest("challenge", relay.name, b""))
+        issued = await self._exchange(
+            relay, route, RelayRequest(RelayOp.CHALLENGE, relay.name, b"")
+        )
         owner = self._identity.node_id.raw
         payload = registration_payload(issued.host, owner, op, relay.name, issued.challenge)
         request = RelayRequest(
@@ -227,20 +237,16 @@ class RelayClient:
             raise RemoteError(code, text)
         response = decode_relay_response(reply.payload)
         if not response.ok:
-            code = (
-                ErrorCode.REFUSED
-                if response.code in ("conflict", "refused")
-                else ErrorCode.INTERNAL
-            )
-            raise RemoteError(code, response.error)
+            final = response.error_code in _FINAL_REFUSALS  # else retried (STALE, unknown)
+            raise RemoteError(ErrorCode.REFUSED if final else ErrorCode.INTERNAL, response.error)
         return response
 
     async def _supervise(self, relay: Relay, first: asyncio.Future[None] | None) -> None:
-        retry = RetrySchedule(RETRY_FIRST, RETRY_MAX)
+        retry = RetrySchedule(RETRY_FIRST, RETRY_MAX, rng=self._rng)
         while True:
             try:
                 route = self._route(relay)
-                relay.address = await self._request(relay, "create", route)
+                relay.address = await self._request(relay, RelayOp.CREATE, route)
             except MeshkeyError as exc:
                 text = exc.text if isinstance(exc, RoutingError) else str(exc)
                 relay.error = text

@@ -19,6 +19,7 @@ holds at most :data:`MAX_RELAYS_PER_OWNER` names.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import os
@@ -38,6 +39,8 @@ from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
 from meshkey.wire.relay import (
     CHALLENGE_SIZE,
+    RelayErrorCode,
+    RelayOp,
     RelayRequest,
     RelayResponse,
     decode_relay_request,
@@ -84,6 +87,31 @@ async def _nothing(*_args: Any) -> None:
     return None
 
 
+class ChallengeProblem(enum.StrEnum):
+    """Why a challenge is not accepted (the value is the text the owner is told)."""
+
+    MALFORMED = "malformed challenge"
+    FOREIGN = "challenge was not issued by this node (it may have restarted)"
+    EXPIRED = "challenge expired"
+    USED = "challenge already used"
+
+    @property
+    def code(self) -> RelayErrorCode:
+        """What the owner should do: a well-formed challenge that is no longer good is STALE
+        (ask for a new one); a malformed one is a broken client, REFUSED."""
+        return (
+            RelayErrorCode.REFUSED if self is ChallengeProblem.MALFORMED else RelayErrorCode.STALE
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unproven:
+    """A registration whose owner is not proven: the refusal's code and why."""
+
+    code: RelayErrorCode
+    reason: str
+
+
 class Challenges:
     """Stateless, single-use challenges: ``expiry | random | MAC(secret, expiry | random)``.
 
@@ -101,21 +129,21 @@ class Challenges:
         body = struct.pack("!d", expiry) + os.urandom(8)
         return body + self._mac(body)
 
-    def check(self, challenge: bytes, *, consume: bool) -> str | None:
+    def check(self, challenge: bytes, *, consume: bool) -> ChallengeProblem | None:
         """None when ``challenge`` is valid and unused, else why not; ``consume`` marks it used
         (only once the request it came with has proven its signature)."""
         if len(challenge) != CHALLENGE_SIZE:
-            return "malformed challenge"
+            return ChallengeProblem.MALFORMED
         body, mac = challenge[:16], challenge[16:]
         if not hmac.compare_digest(mac, self._mac(body)):
-            return "challenge was not issued by this node (it may have restarted)"
+            return ChallengeProblem.FOREIGN
         now = self._clock()
         (expiry,) = struct.unpack("!d", body[:8])
         if expiry < now:
-            return "challenge expired"
+            return ChallengeProblem.EXPIRED
         self._used = {c: e for c, e in self._used.items() if e >= now}
         if challenge in self._used:
-            return "challenge already used"
+            return ChallengeProblem.USED
         if consume:
             self._used[challenge] = expiry
         return None
@@ -194,10 +222,10 @@ class RelayRegistry:
         async def answer(response: RelayResponse) -> None:
             await self.router.reply(message, encode_relay_response(response))
 
-        async def refuse(code: str, error: str) -> None:
+        async def refuse(code: RelayErrorCode, error: str) -> None:
             await answer(RelayResponse(request.token, False, code=code, error=error))
 
-        if request.op == "challenge":
+        if request.op == RelayOp.CHALLENGE:
             await answer(
                 RelayResponse(
                     request.token,
@@ -208,25 +236,24 @@ class RelayRegistry:
             )
             return
         owner = self._verify(request)
-        if isinstance(owner, str):
-            log.warning("relay.unproven_registration", name=request.name, reason=owner)
-            code = "stale" if owner.startswith("challenge") else "refused"
-            await refuse(code, owner)
+        if isinstance(owner, Unproven):
+            log.warning("relay.unproven_registration", name=request.name, reason=owner.reason)
+            await refuse(owner.code, owner.reason)
             return
         refusal = self._admit(owner)
         if refusal is not None:
             log.warning("relay.refused", name=request.name, owner=owner, reason=refusal)
-            await refuse("refused", refusal)
+            await refuse(RelayErrorCode.REFUSED, refusal)
             return
         existing = self._forwarders.get(request.name)
         if existing is not None and existing.owner != owner:
             log.warning("relay.name_taken", name=request.name, by=owner, owner=existing.owner)
             await refuse(
-                "conflict",
+                RelayErrorCode.CONFLICT,
                 f"relay name {request.name!r} belongs to another node ({existing.owner.short()})",
             )
             return
-        if request.op == "delete":
+        if request.op == RelayOp.DELETE:
             if existing is not None:
                 self._forwarders.pop(request.name)
                 self.router.unregister(f"{PREFIX}{request.name}")
@@ -238,7 +265,7 @@ class RelayRegistry:
             held = sum(1 for f in self._forwarders.values() if f.owner == owner)
             if held >= MAX_RELAYS_PER_OWNER:
                 await refuse(
-                    "refused",
+                    RelayErrorCode.REFUSED,
                     f"node {owner.short()} already holds {held} relays here "
                     f"(limit {MAX_RELAYS_PER_OWNER})",
                 )
@@ -256,17 +283,21 @@ class RelayRegistry:
         )
         await answer(RelayResponse(request.token, True, address=f"/service/{PREFIX}{request.name}"))
 
-    def _verify(self, request: RelayRequest) -> NodeId | str:
+    def _verify(self, request: RelayRequest) -> NodeId | Unproven:
         """The proven owner of a signed request, or why it is not proven."""
         # The MAC first (cheap, and rejects what this node never issued), then the signature,
         # and only then is the challenge spent: a forgery cannot burn an honest one.
         problem = self._challenges.check(request.challenge, consume=False)
         if problem is not None:
-            return problem
+            return Unproven(problem.code, problem.value)
         owner = NodeId(request.owner)
         payload = registration_payload(
             self.router.node_id.raw, owner.raw, request.op, request.name, request.challenge
         )
         if not verify_signature(owner, payload, request.signature):
-            return f"the registration's signature does not verify for {owner.short()}"
-        return self._challenges.check(request.challenge, consume=True) or owner
+            return Unproven(
+                RelayErrorCode.REFUSED,
+                f"the registration's signature does not verify for {owner.short()}",
+            )
+        problem = self._challenges.check(request.challenge, consume=True)
+        return owner if problem is None else Unproven(problem.code, problem.value)

@@ -77,6 +77,17 @@ def encode_channel(payload: ChannelPayload) -> bytes:
     raise TypeError(f"not a channel payload: {payload!r}")
 
 
+def peek_kind(data: bytes) -> ChannelKind | None:
+    """The kind of a channel payload without decoding the rest (a glue that must tell a new
+    session's handshake from an old session's traffic); None if it has no known kind."""
+    if len(data) < 2:
+        return None
+    try:
+        return ChannelKind(data[1])
+    except ValueError:
+        return None
+
+
 def decode_channel(data: bytes) -> ChannelPayload:
     reader = Reader(data, "channel payload")
     version = reader.u8()
@@ -99,7 +110,6 @@ def decode_channel(data: bytes) -> ChannelPayload:
 
 
 IDENTITY_PROOF_VERSION = 1
-IDENTITY_PROOF_SIZE = 1 + 32 + 64
 
 
 @dataclass(frozen=True, slots=True)

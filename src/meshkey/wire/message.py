@@ -7,12 +7,18 @@ Layout (version 1)::
 An address is ``u8 kind | u8 length | value``; the payload is the rest of the frame.
 Kinds of address and the layout of their values are defined here; their meaning (and the
 text form users type) lives in :mod:`meshkey.routing.address`.
+
+An ERROR message's payload is ``u8 ErrorCode | UTF-8 text``. The text is for people, with one
+exception: a NO_SUCH_SERVICE text ends with the missing service's name, quoted
+(:func:`no_such_service_text`), so that the sender of a secure channel can tell "the peer no
+longer has this channel" from "a relay on the way is gone" (:func:`missing_service`).
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,7 +51,10 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 4
     REFUSED = 5
     MALFORMED = 6
-    ROUTE_TOO_LONG = 7
+    # 7 was ROUTE_TOO_LONG, never sent: no node can answer for a route over the limit (see
+    # MAX_ROUTE_LENGTH's checks: parse_route refuses it before sending, the encoders raise
+    # OversizeError to the sender's own node, and a received message whose return route is
+    # full has no room for the hop that would carry an answer back). Not to be reused.
     INTERNAL = 8
     UNSUPPORTED = 9
     TOO_LARGE = 10
@@ -124,6 +133,25 @@ def _read_route(reader: Reader) -> tuple[WireAddress, ...]:
 
 def encode_error(code: ErrorCode, text: str) -> bytes:
     return bytes([code]) + text.encode("utf-8")[:MAX_ERROR_TEXT]
+
+
+def no_such_service_text(node: str, service: str) -> str:
+    """The text of a NO_SUCH_SERVICE error from ``node`` (a label) about ``service``."""
+    return f"node {node}: no service {service!r}"
+
+
+_MISSING_SERVICE = re.compile(r": no service (?:'(?P<single>[^'\\]*)'|\"(?P<double>[^\"\\]*)\")\Z")
+
+
+def missing_service(code: ErrorCode, text: str) -> str | None:
+    """The service a NO_SUCH_SERVICE error says is missing (None for any other error, or a
+    text not written by :func:`no_such_service_text`). Unauthenticated, like every error."""
+    if code != ErrorCode.NO_SUCH_SERVICE:
+        return None
+    match = _MISSING_SERVICE.search(text)
+    if match is None:
+        return None
+    return match["single"] if match["single"] is not None else match["double"]
 
 
 def decode_error(payload: bytes) -> tuple[ErrorCode, str]:

@@ -9,6 +9,10 @@ msgpack maps, version 2::
              {"v": 2, "token": bytes, "ok": true, "challenge": bytes(32), "host": bytes(32)}
              {"v": 2, "token": bytes, "ok": false, "code": "conflict", "error": "..."}
 
+``op`` is one of :class:`RelayOp`; a refusal's ``code`` one of :class:`RelayErrorCode` (the
+dataclasses keep the wire's text, so a code a later version adds still decodes:
+:attr:`RelayResponse.error_code` is then None).
+
 The owner of a relay is proven end to end, never inferred from whoever forwarded the request
 (version 1 took the last hop's identity, so any node could register a name *through* its owner,
 a confused deputy). A registration is signed by the owner's Ed25519 identity over
@@ -19,6 +23,7 @@ taken to another relay node.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,14 +38,28 @@ CHALLENGE_SIZE = 32
 NODE_ID_SIZE = 32
 SIGNATURE_SIZE = 64
 RELAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,52}")  # forward_to_ + name <= 64
-OPERATIONS = ("challenge", "create", "delete")
+
+
+class RelayOp(enum.StrEnum):
+    CHALLENGE = "challenge"  # ask the relay node for a fresh challenge to sign
+    CREATE = "create"
+    DELETE = "delete"
+
+
+class RelayErrorCode(enum.StrEnum):
+    CONFLICT = "conflict"  # the name belongs to another node: final
+    REFUSED = "refused"  # not allowed (policy, limit, bad signature): final
+    STALE = "stale"  # the challenge expired, was used, or is from before a restart: retry
+
+
+OPERATIONS = tuple(RelayOp)
 
 _REGISTRATION_CONTEXT = b"meshkey/relay-registration/v1"
 
 
 @dataclass(frozen=True, slots=True)
 class RelayRequest:
-    op: str
+    op: str  # a RelayOp (its text on the wire)
     name: str
     token: bytes
     owner: bytes = b""  # the registering identity's NodeId (create, delete)
@@ -57,6 +76,14 @@ class RelayResponse:
     error: str = ""
     challenge: bytes = b""
     host: bytes = b""  # the relay node's NodeId, with a challenge
+
+    @property
+    def error_code(self) -> RelayErrorCode | None:
+        """A refusal's code, None if this version does not know it (or it is a success)."""
+        try:
+            return RelayErrorCode(self.code)
+        except ValueError:
+            return None
 
 
 def check_relay_name(name: str) -> str:
@@ -83,8 +110,8 @@ def registration_payload(host: bytes, owner: bytes, op: str, name: str, challeng
 
 
 def encode_relay_request(request: RelayRequest) -> bytes:
-    body: dict[str, Any] = {"op": request.op, "name": request.name, "token": request.token}
-    if request.op != "challenge":
+    body: dict[str, Any] = {"op": str(request.op), "name": request.name, "token": request.token}
+    if request.op != RelayOp.CHALLENGE:
         body["owner"], body["challenge"], body["sig"] = (
             request.owner,
             request.challenge,
@@ -100,7 +127,7 @@ def encode_relay_response(response: RelayResponse) -> bytes:
     elif response.ok:
         body["address"] = response.address
     else:
-        body["code"], body["error"] = response.code, response.error
+        body["code"], body["error"] = str(response.code), response.error
     return encode_map(body, RELAY_VERSION, MAX_RELAY_MESSAGE, "relay response")
 
 
@@ -128,10 +155,11 @@ def decode_relay_request(data: bytes) -> RelayRequest:
         check_relay_name(name)
     except ValueError as exc:
         raise MalformedError(str(exc)) from exc
-    if op == "challenge":
-        return RelayRequest(op, name, body["token"])
+    operation = RelayOp(op)
+    if operation is RelayOp.CHALLENGE:
+        return RelayRequest(operation, name, body["token"])
     return RelayRequest(
-        op,
+        operation,
         name,
         body["token"],
         owner=_sized(body, "owner", NODE_ID_SIZE),

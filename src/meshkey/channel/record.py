@@ -1,0 +1,218 @@
+"""One secure channel as the manager keeps it, and what the rest of the node sees of it.
+
+A :class:`Channel` holds the two sans-IO cores that decide (its :class:`SecureSession`, and its
+:class:`ChannelLiveness`), its in-order buffer, its routes, and the glue's handles (workers,
+timers, the open future); :attr:`Channel.state` is derived from the cores, never stored.
+:meth:`Channel.current_route` is the one routing decision of the datapath, pure: where sealed
+traffic goes now. :class:`PathHooks` is what the path manager (paths/, a higher layer) tells
+channels, as an interface this layer defines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshkey.channel.admission import Slot
+from meshkey.channel.liveness import ChannelLiveness, Health
+from meshkey.channel.order import InOrder
+from meshkey.channel.session import SecureSession
+from meshkey.channel.session import State as SessionState
+from meshkey.identity.node_id import NodeId
+from meshkey.routing.address import Route, ServiceAddress, format_route
+from meshkey.routing.errors import RemoteError
+from meshkey.timing import DeadlineTimer
+from meshkey.wire.message import ErrorCode, missing_service
+
+#: Messages sent since the peer was last heard whose senders are told if it never answers.
+MAX_IN_FLIGHT = 64
+#: Sealed messages kept to resend on a new path when the one they went on may have died with
+#: them in flight (the peer drops what it already has: the replay window), and for how long.
+MAX_RECENT = 128
+RESEND_WINDOW = 3.0
+
+
+class PathHooks(Protocol):
+    """What the node's path manager tells secure channels (channel/ cannot import paths/)."""
+
+    def direct_route(self, peer: NodeId) -> Route | None:
+        """A route prefix that reaches ``peer`` directly now (a hop to it), or None."""
+
+    def is_direct_link(self, worker: str, peer: NodeId) -> bool:
+        """Whether local worker ``worker`` is a hop to ``peer`` itself (not a relay)."""
+
+    def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
+        """A channel with ``peer`` is open (the relay path exists: look for a direct one)."""
+
+    def path_info(self, peer: NodeId) -> dict[str, Any] | None:
+        """What ``secure-channel show`` says about the path to ``peer``."""
+
+
+class ChannelState(enum.StrEnum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    UNREACHABLE = "unreachable"  # the peer does not answer or the route is broken
+    RECONNECTING = "reconnecting"  # the initiator is making a new session
+    CLOSED = "closed"
+
+
+@dataclass
+class Listener:
+    name: str
+    authorized: frozenset[NodeId] | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": f"/service/{self.name}",
+            "authorized": sorted(str(n) for n in self.authorized) if self.authorized else None,
+        }
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Channel:
+    address: str  # the encryptor's worker name
+    decryptor: str
+    session: SecureSession
+    initiator: bool
+    liveness: ChannelLiveness
+    listener: str | None = None
+    listener_route: Route = ()  # initiator: the route it was created with
+    route: Route = ()  # where sealed messages go now
+    #: Responder, while half-open: the (listener, source) slot it holds in the limits, the
+    #: source being the authenticated hop its HELLO came over (or "local").
+    half_open: Slot | None = None
+    peer: NodeId | None = None  # fixed by the first handshake; re-handshakes must match
+    closed_reason: str | None = None
+    route_error: str | None = None  # the last error a node on the route reported
+    reconnecting: bool = False
+    reconnects: int = 0
+    created_at: str = field(default_factory=utc_now)
+    opened_at: str | None = None
+    closed_at: float | None = None  # loop time, for expiry of the listing
+    #: One round trip over the channel's route, from its last handshake, before any PING
+    #: (initiator: HELLO to HELLO_REPLY; responder: HELLO_REPLY to FINISH), timed from when
+    #: the message was handed to the hop (a dial it waited for is not counted): the path
+    #: service times a punch's start with it.
+    handshake_rtt: float | None = None
+    handshake_sent_at: float | None = None  # loop time of the message now awaiting its answer
+    in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
+    relay_route: Route = ()  # responder: the latest return route that did not come direct
+    no_direct: bool = False  # keep this channel's traffic off direct paths
+    recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    order: InOrder[bytes] = field(default_factory=InOrder)
+    #: Follows ``order``'s deadline (a message held for its predecessors).
+    order_timer: DeadlineTimer = field(init=False, repr=False)
+    #: Follows ``liveness``'s deadline (and a half-open handshake's expiry).
+    timer: DeadlineTimer = field(init=False, repr=False)
+    task: asyncio.Task[None] | None = None  # the latest timer or reconnect work
+    opened: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def state(self) -> ChannelState:
+        if self.closed_reason is not None:
+            return ChannelState.CLOSED
+        if self.reconnecting:
+            return ChannelState.RECONNECTING
+        if self.session.state is SessionState.HANDSHAKING:
+            return ChannelState.HANDSHAKING
+        if self.liveness.health is Health.UNREACHABLE:
+            return ChannelState.UNREACHABLE
+        return ChannelState.OPEN
+
+    @property
+    def error(self) -> str | None:
+        """Why it is closed, or why it is unreachable, or the last route error."""
+        if self.closed_reason is not None:
+            return self.closed_reason
+        if self.liveness.health is Health.UNREACHABLE:
+            return self.liveness.reason
+        return self.route_error
+
+    def current_route(self, direct: Route | None, has_worker: Callable[[str], bool]) -> Route:
+        """Where sealed traffic goes now: through ``direct`` (the path manager's hop to the
+        peer, if any) when the session is open, else the channel's own route (for a responder
+        whose last route came over a direct hop that closed: the last one that came through
+        the relay). ``has_worker`` tells whether a local hop worker still exists."""
+        if self.session.state is not SessionState.OPEN or not self.route:
+            return self.route
+        if direct is not None:
+            return (*direct, self.route[-1])  # the peer's decryptor ends every route
+        first = self.route[0]
+        gone = isinstance(first, ServiceAddress) and not has_worker(first.name)
+        if gone and not self.initiator and self.relay_route:
+            return self.relay_route
+        return self.route
+
+    def heard_over(self, return_route: Route, *, came_direct: bool) -> None:
+        """An authentic message came with ``return_route``, which proves the route good. The
+        initiator keeps the route it was created with and learns the peer's decryptor from the
+        HELLO_REPLY (it ends the return route); the responder follows the way the initiator
+        came, and remembers it as the way through the relay unless it ``came_direct`` (over a
+        hop to the peer itself)."""
+        if self.initiator:
+            if self.session.state is SessionState.HANDSHAKING and return_route:
+                self.route = (*self.listener_route[:-1], return_route[-1])
+        else:
+            self.route = return_route
+            if not came_direct:
+                self.relay_route = return_route
+        self.route_error = None
+        self.in_flight.clear()
+
+    def fail_handshake(self, error: RemoteError) -> None:
+        """The handshake cannot finish: whoever awaits it (``create()``, a re-handshake)
+        hears ``error``; a responder's future is only cancelled (nobody awaits it)."""
+        if self.opened.done():
+            return
+        if self.initiator:
+            self.opened.set_exception(error)
+        else:
+            self.opened.cancel()
+
+    def route_failed(self, code: ErrorCode, text: str, now: float) -> bool:
+        """A node on the route could not deliver our message. Unauthenticated, so it is
+        reported and makes sends fail fast, but never closes the channel: it fails a
+        handshake in progress, else it goes to the liveness core (as the peer forgetting the
+        channel when what is missing is the peer's decryptor). True when the liveness core
+        was told (drain it)."""
+        self.route_error = f"route error: {text}"
+        if self.session.state is SessionState.HANDSHAKING:
+            self.fail_handshake(RemoteError(code, text))
+            return False
+        peer_decryptor = self.route[-1] if self.route else None
+        missing = missing_service(code, text)
+        if isinstance(peer_decryptor, ServiceAddress) and missing == peer_decryptor.name:
+            self.liveness.session_unknown(
+                now, "the peer no longer knows this channel (it restarted or deleted it)"
+            )
+        else:
+            self.liveness.route_error(now, text)
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        rtt = self.liveness.rtt
+        return {
+            "address": f"/service/{self.address}",
+            "role": "initiator" if self.initiator else "responder",
+            "peer": str(self.peer) if self.peer else None,
+            "state": self.state.value,
+            "route": format_route(self.route),
+            "listener": f"/service/{self.listener}" if self.listener else None,
+            "error": self.error,
+            "rtt_ms": round(rtt * 1000, 2) if rtt is not None else None,
+            "reconnects": self.reconnects,
+            "created_at": self.created_at,
+            "opened_at": self.opened_at,
+            "no_direct": self.no_direct,
+        }

@@ -1,0 +1,165 @@
+"""The secure-channel session's table of allowed transitions, walked pair by pair: every
+(phase, input) it lists does what it says, and every pair it does not list is refused with a
+typed error (UnexpectedMessage from the peer, ChannelUseError from the owner)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from meshkey.channel.session import (
+    TRANSITIONS,
+    ChannelError,
+    ChannelUseError,
+    Input,
+    Local,
+    Phase,
+    ReplayedMessage,
+    SecureSession,
+    State,
+    StaticKey,
+    UnexpectedMessage,
+)
+from meshkey.identity import Identity
+from meshkey.wire.channel import ChannelKind, Handshake, Refuse, Sealed, encode_channel
+
+ALICE, BOB = Identity.generate(), Identity.generate()
+HANDSHAKE = (ChannelKind.HELLO, ChannelKind.HELLO_REPLY, ChannelKind.FINISH)
+INPUTS: list[Input] = [*ChannelKind, *Local]
+
+
+def _reply(session: SecureSession, data: bytes) -> bytes:
+    reply = session.receive(data).reply
+    assert reply is not None
+    return reply
+
+
+def at(phase: Phase) -> tuple[SecureSession, SecureSession, dict[ChannelKind, bytes]]:
+    """A new session in ``phase``, its peer, and the peer's genuine handshake message that the
+    phase waits for (if any)."""
+    alice = SecureSession(True, StaticKey(ALICE))
+    bob = SecureSession(False, StaticKey(BOB))
+    if phase is Phase.START:
+        return alice, bob, {}
+    hello = alice.start()
+    if phase is Phase.AWAIT_HELLO:
+        return bob, alice, {ChannelKind.HELLO: hello}
+    if phase is Phase.SENT_HELLO:
+        return alice, bob, {ChannelKind.HELLO_REPLY: _reply(bob, hello)}
+    reply = _reply(bob, hello)
+    finish = _reply(alice, reply)
+    if phase is Phase.SENT_REPLY:
+        return bob, alice, {ChannelKind.FINISH: finish}
+    confirm = _reply(bob, finish)
+    if phase is Phase.SENT_FINISH:
+        return alice, bob, {ChannelKind.CONFIRM: confirm}
+    alice.receive(confirm)
+    if phase is Phase.CLOSED:
+        alice.close("done here")
+    return alice, bob, {}
+
+
+def payload(
+    kind: ChannelKind,
+    session: SecureSession,
+    peer: SecureSession,
+    genuine: dict[ChannelKind, bytes],
+) -> bytes:
+    """The peer's message of ``kind``: genuine where one exists, authentically sealed when the
+    session holds keys (so that only the table can refuse it), else well-formed filler."""
+    if kind in genuine:
+        return bytes(genuine[kind])
+    if kind is ChannelKind.REFUSE:
+        return encode_channel(Refuse("not wanted"))
+    if kind in HANDSHAKE:
+        return encode_channel(Handshake(kind, b"\x00" * 48))
+    sender = peer._sender
+    if session._receiver is not None and sender is not None:
+        return encode_channel(sender.seal(kind, b""))
+    return encode_channel(Sealed(kind, 0, b"\x00" * 32))
+
+
+def act(
+    session: SecureSession, peer: SecureSession, genuine: dict[ChannelKind, bytes], what: Input
+) -> object:
+    if what is Local.START:
+        return session.start()
+    if what is Local.SEAL:
+        return session.seal(b"data")
+    if what is Local.CLOSE:
+        return session.close("closed by its owner")
+    assert isinstance(what, ChannelKind)
+    return session.receive(payload(what, session, peer, genuine))
+
+
+def test_the_table_covers_every_phase_and_closing_is_always_allowed() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    for phase, allowed in TRANSITIONS.items():
+        assert allowed[Local.CLOSE] is Phase.CLOSED, phase
+        assert set(allowed) <= set(INPUTS)
+
+
+@pytest.mark.parametrize(
+    ("phase", "what"),
+    [(p, i) for p, i in itertools.product(Phase, INPUTS) if i not in TRANSITIONS[p]],
+    ids=lambda value: value.name,
+)
+def test_every_pair_not_in_the_table_is_refused_with_a_typed_error(
+    phase: Phase, what: Input
+) -> None:
+    session, peer, genuine = at(phase)
+    assert session.phase is phase
+    expected = ChannelUseError if isinstance(what, Local) else UnexpectedMessage
+    with pytest.raises(expected) as info:
+        act(session, peer, genuine, what)
+    assert str(info.value)  # says why
+    if isinstance(what, Local):
+        assert session.phase is phase  # the owner's mistake changes nothing
+    elif phase.state is State.HANDSHAKING:
+        assert session.phase is Phase.CLOSED  # a failed handshake is terminal...
+        with pytest.raises(ChannelError, match="the handshake failed"):  # ...and says why
+            session.receive(payload(ChannelKind.DATA, session, peer, genuine))
+    else:
+        assert session.phase is phase  # OPEN stays OPEN (the glue closes), CLOSED stays
+
+
+@pytest.mark.parametrize(
+    ("phase", "what"),
+    [(p, i) for p in Phase for i in TRANSITIONS[p]],
+    ids=lambda value: value.name,
+)
+def test_every_pair_in_the_table_leads_where_it_says(phase: Phase, what: Input) -> None:
+    session, peer, genuine = at(phase)
+    if what is ChannelKind.REFUSE:
+        # Allowed, and ends the handshake: the refusal is the initiator's answer.
+        with pytest.raises(ChannelError, match="refused by the listener") as info:
+            act(session, peer, genuine, what)
+        assert not isinstance(info.value, UnexpectedMessage)
+    else:
+        act(session, peer, genuine, what)
+    assert session.phase is TRANSITIONS[phase][what]
+
+
+def test_a_replayed_confirm_is_dropped_as_a_replay_not_refused() -> None:
+    """Sealed messages are opened before the table is asked: anyone on the route can replay
+    the CONFIRM, and refusing it would close an open channel."""
+    alice = SecureSession(True, StaticKey(ALICE))
+    bob = SecureSession(False, StaticKey(BOB))
+    finish = _reply(alice, _reply(bob, alice.start()))
+    confirm = _reply(bob, finish)
+    assert alice.receive(confirm).opened
+    with pytest.raises(ReplayedMessage):
+        alice.receive(confirm)
+    assert alice.phase is Phase.OPEN
+
+
+def test_starting_is_the_initiators_and_happens_once() -> None:
+    responder = SecureSession(False, StaticKey(BOB))
+    with pytest.raises(ChannelUseError, match="only the initiator"):
+        responder.start()
+    initiator = SecureSession(True, StaticKey(ALICE))
+    initiator.start()
+    with pytest.raises(ChannelUseError, match="cannot start a channel that is sent HELLO"):
+        initiator.start()
+    assert not issubclass(ChannelUseError, ChannelError)  # the owner's bug, not the peer's
