@@ -22,7 +22,6 @@ _BY_CODE = {
     "invalid": ExitCode.USAGE,
     "malformed": ExitCode.USAGE,
     "unsupported": ExitCode.USAGE,
-    "route_too_long": ExitCode.USAGE,
     "too_large": ExitCode.USAGE,
     "malformed_route": ExitCode.USAGE,
     "not_found": ExitCode.NOT_FOUND,

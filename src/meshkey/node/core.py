@@ -51,7 +51,7 @@ from meshkey.routing.address import (
 )
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
-from meshkey.routing.router import Handler, Router
+from meshkey.routing.router import Handler, Router, is_internal_worker
 from meshkey.transport.interfaces import concrete_endpoints, reachable_endpoints
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
@@ -638,7 +638,7 @@ class Node:
         InvalidNodeIdError (a ValueError) for anything that is not a NodeId, ValueError for a
         resource that cannot have a policy. :meth:`policy_warning` says whether it applies
         to anything yet."""
-        if not _RESOURCE.fullmatch(resource) or resource.startswith("_"):
+        if not _RESOURCE.fullmatch(resource) or is_internal_worker(resource):
             raise ValueError(
                 f"invalid resource {resource!r}: a service name (letters, digits, '_', '.', "
                 f"'-'), or one of {', '.join(sorted(SPECIAL_RESOURCES))}"
@@ -717,9 +717,7 @@ class Node:
             "node_id": str(self.node_id),
             "addresses": [str(a) for a in self.addresses],
             "services": [
-                n
-                for n in self.router.worker_names()
-                if not n.startswith("_") and not self.channels.get(n)
+                n for n in self.router.worker_names(internal=False) if not self.channels.get(n)
             ],
             "connections": self.udp.connections() + self.tcp.connections(),
             "udp_stats": dict(self.udp.endpoint.stats),

@@ -35,6 +35,7 @@ from meshkey.node.store import NodeStore
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
+from meshkey.routing.router import is_internal_worker
 from meshkey.wire.dht import Mode
 from meshkey.wire.net import Endpoint
 
@@ -279,7 +280,7 @@ class Daemon:
     async def _listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
         name = _text(args, "name").removeprefix("/service/")
         with _control_errors():
-            if not _SERVICE_NAME.fullmatch(name) or name.startswith("_"):
+            if not _SERVICE_NAME.fullmatch(name) or is_internal_worker(name):
                 raise ValueError(f"invalid listener address /service/{name}")
             if self._node.router.has_worker(name):
                 raise ControlError("conflict", f"/service/{name} is already in use on this node")

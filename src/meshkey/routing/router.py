@@ -29,7 +29,7 @@ from meshkey.routing.errors import RoutingError
 from meshkey.routing.mailbox import FairMailbox
 from meshkey.routing.message import Message, error_message
 from meshkey.wire.frames import MAX_PAYLOAD
-from meshkey.wire.message import ErrorCode, MessageKind
+from meshkey.wire.message import ErrorCode, MessageKind, no_such_service_text
 
 log = EventLogger("routing")
 
@@ -57,6 +57,14 @@ __all__ = [
 _MUST_NOT_BLOCK: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "meshkey_sends_must_not_block", default=False
 )
+
+
+#: Workers whose names start with this are the node's own plumbing, never a user's service.
+INTERNAL_PREFIX = "_"
+
+
+def is_internal_worker(name: str) -> bool:
+    return name.startswith(INTERNAL_PREFIX)
 
 
 def sends_must_not_block() -> bool:
@@ -204,8 +212,11 @@ class Router:
     def has_worker(self, name: str) -> bool:
         return name in self._workers
 
-    def worker_names(self) -> list[str]:
-        return sorted(self._workers)
+    def worker_names(self, *, internal: bool = True) -> list[str]:
+        """Every worker's name; ``internal=False`` leaves out the node's own plumbing (reply
+        slots, path signals, relay endpoints: names that start with ``_``, which no user
+        service may take)."""
+        return sorted(n for n in self._workers if internal or not is_internal_worker(n))
 
     def add_transport(self, transport: Transport) -> None:
         self._transports[transport.protocol] = transport
@@ -232,7 +243,7 @@ class Router:
                 await self.fail(
                     message,
                     ErrorCode.NO_SUCH_SERVICE,
-                    f"node {self._label}: no service {decision.name!r}",
+                    no_such_service_text(self._label, decision.name),
                 )
                 return
             refusal = self._admit(worker, message)
