@@ -15,8 +15,8 @@
   table). A live hop to that NodeId is reused instead (it proved the same NodeId), unless
   the command asks for a fresh dial (reachability checks). Each request has its own reply
   address, so an error coming back (unreachable, authentication failed) names the request.
-- **Time.** One ``call_at`` for the engine's next deadline, re-armed only when it changes,
-  fired with ``max(deadline, loop.time())`` (uvloop wakes early) — STYLE pattern 1.
+- **Time.** One :class:`~meshkey.timing.DeadlineTimer` follows the engine's next deadline
+  (re-armed only when it changes, fired no earlier than it) — STYLE pattern 1.
 - **Reachability.** :meth:`DhtService.check_reachability` sends DIAL_BACK to up to two
   servers with fresh nonces; the one asked has a third node dial back when it can (from an
   address this node never sent to, which is what a NAT's filter would stop), else dials
@@ -65,6 +65,7 @@ from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RemoteError, RoutingError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
+from meshkey.timing import DeadlineTimer
 from meshkey.transport.events import HopAuthenticated
 from meshkey.transport.link import HopLink
 from meshkey.transport.udp import QuicTransport
@@ -160,8 +161,7 @@ class DhtService:
             wall_offset=self.wall_offset,
             sequence=self.store.load_sequence(),
         )
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer, self._loop)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
         self._joined: asyncio.Future[int] | None = None
@@ -222,8 +222,7 @@ class DhtService:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self._started:
@@ -517,21 +516,10 @@ class DhtService:
                 future_published = self._published.pop(event.sequence, None)
                 if future_published is not None and not future_published.done():
                     future_published.set_result(event)
-        deadline = engine.next_deadline()
-        if deadline != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._timer_at = deadline
-            if deadline is not None:
-                self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.follow(engine.next_deadline())
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        deadline = self.engine.next_deadline()
-        now = self._loop.time()
-        self.engine.on_timer(max(deadline or now, now))
+    def _on_timer(self, now: float) -> None:
+        self.engine.on_timer(now)
         self._pump()
 
     # -- operations ---------------------------------------------------------------------
