@@ -8,6 +8,8 @@ Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 - :mod:`meshkey.dht.rtt`     per-peer round-trip estimates
 - :mod:`meshkey.dht.engine`  one node's cores together: RPC answers, ping rounds, join,
   refresh, publishing — what the daemon and the simulator (``bench/dhtsim.py``) both run
+- :mod:`meshkey.dht.maintenance` the upkeep around the engine: the join retried with
+  backoff, the reachability checks that decide the mode, publishing the record on change
 
 Glue: :mod:`meshkey.dht.service` (asyncio, ``/service/dht``, timers, persistence),
 :mod:`meshkey.dht.store` (the SQLite schema and store), :mod:`meshkey.dht.peers` (the Python

@@ -17,11 +17,12 @@
   address, so an error coming back (unreachable, authentication failed) names the request.
 - **Time.** One :class:`~meshkey.timing.DeadlineTimer` follows the engine's next deadline
   (re-armed only when it changes, fired no earlier than it) — STYLE pattern 1.
-- **Reachability.** :meth:`DhtService.check_reachability` sends DIAL_BACK to up to two
-  servers with fresh nonces; the one asked has a third node dial back when it can (from an
-  address this node never sent to, which is what a NAT's filter would stop), else dials
-  itself. The node is a server when a ping carrying one of its nonces arrived over an
-  inbound hop (helpers' answers, when there are any, decide).
+- **Upkeep.** The join (retried with backoff), the reachability checks that decide the
+  mode, and publishing the record when it changes are decided by the sans-IO
+  :class:`~meshkey.dht.maintenance.Maintenance` (:meth:`DhtService.maintain` starts it,
+  :meth:`DhtService.join` runs one attempt); the glue sends its requests, writes down the
+  mode it found, forwards it the engine's events and the nonces of incoming pings, and logs
+  what it reports. Its own :class:`~meshkey.timing.DeadlineTimer` follows its deadline.
 - **Persistence.** At start the table, the records held and the sequence number come back
   from the :class:`~meshkey.dht.store.GraphStore`; changes are written every
   :data:`FLUSH_INTERVAL` seconds, only the rows that changed (last-seen times rounded to a
@@ -34,7 +35,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,13 +42,27 @@ from typing import Any
 from meshkey.dht.engine import (
     DhtEngine,
     DialBackJob,
-    Joined,
+    EngineEvent,
     LookupFinished,
     Published,
     Purpose,
     SendRequest,
 )
 from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
+from meshkey.dht.maintenance import (
+    Announce,
+    AskPeer,
+    FirstNode,
+    GraphJoined,
+    JoinAttempted,
+    JoinRetry,
+    JoinSlow,
+    Maintenance,
+    MaintenanceEvent,
+    ModeFound,
+    PublishFailed,
+    SaveMode,
+)
 from meshkey.dht.records import (
     PeerRecord,
     PersistSequence,
@@ -94,7 +108,6 @@ DHT_SERVICE = "dht"
 REQUEST_TIMEOUT = 10.0  # backstop: the engine's own timeouts (from RTT) come first
 DIAL_BACK_TIMEOUT = 5.0
 FLUSH_INTERVAL = 5.0
-MAX_NONCES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +158,7 @@ class DhtService:
         self.udp = udp
         self.store = store or MemoryGraphStore()
         self.fixed_mode = mode
-        self._saved_mode = self.store.load_mode()  # what set_mode last wrote
-        # True behind a NAT, False public, None unknown (the node's NAT classification)
-        self.behind_nat = behind_nat
+        self._saved_mode = self.store.load_mode()  # what _save_mode last wrote
         self.request_timeout = request_timeout
         self._loop = asyncio.get_running_loop()
         self.wall_offset = time.time() - self._loop.time()
@@ -162,11 +173,20 @@ class DhtService:
             sequence=self.store.load_sequence(),
         )
         self._timer = DeadlineTimer(self._on_timer, self._loop)
+        # ``behind_nat``: True behind a NAT, False public, None unknown (the node's NAT
+        # classification); a node that does not say is taken as unknown.
+        self.maintenance = Maintenance(
+            self.engine,
+            fixed_mode=mode,
+            behind_nat=behind_nat or (lambda: None),
+            local_address=self._local_address,
+            rng=random.Random(self.engine.rng.getrandbits(64)),
+        )
+        self._upkeep_timer = DeadlineTimer(self._on_upkeep_timer, self._loop)
+        self._attempts: list[asyncio.Future[int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
-        self._joined: asyncio.Future[int] | None = None
         self._published: dict[int, asyncio.Future[Published]] = {}
-        self._nonces_seen: OrderedDict[bytes, str] = OrderedDict()
         self._written_peers: dict[NodeId, StoredPeer] = {}
         self._written_records: dict[NodeId, int] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -181,13 +201,16 @@ class DhtService:
     def mode(self) -> Mode:
         return self.engine.mode
 
-    def set_mode(self, mode: Mode) -> None:
-        """Sets the mode found out; kept, so a restarted server answers from its first
-        second (and is checked again after it re-joined)."""
-        self.engine.set_mode(mode)
+    def _save_mode(self, mode: Mode) -> None:
+        """Keeps the mode found out, so a restarted server answers from its first second (and
+        is checked again after it re-joined)."""
         if self.fixed_mode is None and self._saved_mode != int(mode):
             self.store.save_mode(int(mode))
             self._saved_mode = int(mode)
+
+    def _local_address(self) -> Endpoint | None:
+        address = self.udp.address
+        return None if address is None else address.endpoint
 
     def _restored_mode(self) -> Mode:
         saved = self._saved_mode
@@ -223,6 +246,8 @@ class DhtService:
             return
         self._closed = True
         self._timer.cancel()
+        self._upkeep_timer.cancel()
+        self.maintenance.close()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self._started:
@@ -234,7 +259,11 @@ class DhtService:
                 await task
         with contextlib.suppress(Exception):
             self.flush()
-        futures: list[asyncio.Future[Any]] = [*self._lookups.values(), *self._published.values()]
+        futures: list[asyncio.Future[Any]] = [
+            *self._lookups.values(),
+            *self._published.values(),
+            *self._attempts,
+        ]
         for future in futures:
             if not future.done():
                 future.cancel()
@@ -270,9 +299,7 @@ class DhtService:
             )
             return
         if isinstance(rpc, Ping) and rpc.nonce is not None:
-            self._nonces_seen[rpc.nonce] = link.direction
-            while len(self._nonces_seen) > MAX_NONCES:
-                self._nonces_seen.popitem(last=False)
+            self.maintenance.on_ping_nonce(rpc.nonce, inbound=link.direction == "inbound")
         result = self.engine.on_request(peer, link.remote, rpc, self._loop.time())  # type: ignore[arg-type]
         self._pump()
         if isinstance(result, DialBackJob):
@@ -414,76 +441,9 @@ class DhtService:
             return isinstance(answer, Pong)
         return False
 
-    async def check_reachability(self, *, asks: int = 2) -> Mode:
-        """Asks up to ``asks`` servers to dial this node back; sets and returns the mode.
-
-        A node its NAT classification puts behind a NAT is a client without asking: a
-        dial-back reaches it only through a mapping it opened itself (toward the node asked,
-        or a helper it met while joining), which says nothing about strangers reaching it."""
-        behind = self.behind_nat() if self.behind_nat is not None else None
-        if behind:
-            self.set_mode(Mode.CLIENT)
-            log.info("dht.mode", mode="client", reason="behind a NAT (classified)")
-            return self.mode
-        servers = self.engine.table.closest(self.node_id, asks)
-        if not servers:
-            return self.mode
-        results: list[tuple[bytes, DialBackResult]] = []
-        for entry in servers:
-            nonce = self.engine.nonce()
-            request = DialBack(self.engine.rng.randbytes(8), self.mode, nonce)
-            try:
-                answer = await self.request(
-                    entry.node_id, entry.address, request, timeout=3 * DIAL_BACK_TIMEOUT
-                )
-            except RemoteError:
-                continue
-            if isinstance(answer, DialBackResult):
-                results.append((nonce, answer))
-        helped = [r for r in results if r[1].helper]
-        if not helped and results:
-            # Only the asked nodes dialled back themselves, from the address this node had
-            # sent to: any NAT lets that in, so it proves reachability only when no NAT
-            # translates this node's address.
-            helped = results if behind is False or await self._untranslated(servers[0]) else []
-            if not helped:
-                self.set_mode(Mode.CLIENT)
-                log.info("dht.mode", mode="client", reason="behind a NAT, no third node")
-                return self.mode
-        reachable = any(
-            result.ok and self._nonces_seen.get(nonce) == "inbound" for nonce, result in helped
-        )
-        if helped:
-            before = self.mode
-            self.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
-            log.info("dht.mode", mode=self.mode.name.lower(), answers=len(helped))
-            if before is not Mode.SERVER and self.mode is Mode.SERVER:
-                self._announce_server()
-        return self.mode
-
-    def _announce_server(self) -> None:
-        """Peers learn a node's mode from its RPCs: those that met it as a client (say, while
-        it restarted) would not ask it until their next refresh. A ping to the closest
-        entries carries the new claim now (each checks it before handing this node out)."""
-        for entry in self.engine.table.closest(self.node_id, self.engine.table.k):
-            self._spawn(self._quiet_ping(entry.node_id))
-
     async def _quiet_ping(self, node_id: NodeId) -> None:
         with contextlib.suppress(RemoteError):
             await self.ping(node_id)
-
-    async def _untranslated(self, server: Entry) -> bool:
-        """Whether ``server`` sees this node at its own socket's address (no NAT between)."""
-        local = self.udp.address
-        if local is None:
-            return False
-        try:
-            answer = await self.request(
-                server.node_id, server.address, Ping(self.engine.rng.randbytes(8), self.mode)
-            )
-        except RemoteError:
-            return False
-        return isinstance(answer, Pong) and answer.observed == (local.host, local.port)
 
     # -- the engine's output --------------------------------------------------------------
 
@@ -493,52 +453,115 @@ class DhtService:
         task.add_done_callback(self._tasks.discard)
 
     def _pump(self) -> None:
-        """Drains the engine's commands and events, then re-arms the timer (pattern 1)."""
+        """Drains both cores (the engine, and the upkeep that drives it and hears its
+        events) until neither has output, then re-arms their timers (pattern 1)."""
         if self._closed:
             return
-        engine = self.engine
-        for command in engine.commands():
-            if isinstance(command, SendRequest):
-                self._spawn(self._execute(command))
-            elif isinstance(command, PersistSequence):
-                self.store.save_sequence(command.sequence)
-        for event in engine.events():
-            if isinstance(event, LookupFinished):
-                future = self._lookups.pop(event.lookup_id, None)
-                if future is not None and not future.done():
-                    future.set_result(event.result)
-                if event.purpose == Purpose.USER:
-                    log.debug("dht.lookup", target=event.result.target.short())
-            elif isinstance(event, Joined):
-                if self._joined is not None and not self._joined.done():
-                    self._joined.set_result(event.neighbours)
-            elif isinstance(event, Published):
-                future_published = self._published.pop(event.sequence, None)
-                if future_published is not None and not future_published.done():
-                    future_published.set_result(event)
+        engine, upkeep = self.engine, self.maintenance
+        while True:
+            engine_commands, engine_events = engine.commands(), engine.events()
+            for command in engine_commands:
+                if isinstance(command, SendRequest):
+                    self._spawn(self._execute(command))
+                elif isinstance(command, PersistSequence):
+                    self.store.save_sequence(command.sequence)
+            for event in engine_events:
+                self._engine_event(event)
+                upkeep.on_engine_event(event, self._loop.time())
+            upkeep_commands, upkeep_events = upkeep.commands(), upkeep.events()
+            for upkeep_command in upkeep_commands:
+                if isinstance(upkeep_command, AskPeer):
+                    self._spawn(self._ask(upkeep_command))
+                elif isinstance(upkeep_command, SaveMode):
+                    self._save_mode(upkeep_command.mode)
+                elif isinstance(upkeep_command, Announce):
+                    for peer in upkeep_command.peers:
+                        self._spawn(self._quiet_ping(peer))
+            for upkeep_event in upkeep_events:
+                self._upkeep_event(upkeep_event)
+            if not (engine_commands or engine_events or upkeep_commands or upkeep_events):
+                break
         self._timer.follow(engine.next_deadline())
+        self._upkeep_timer.follow(upkeep.next_deadline())
+
+    def _engine_event(self, event: EngineEvent) -> None:
+        if isinstance(event, LookupFinished):
+            future = self._lookups.pop(event.lookup_id, None)
+            if future is not None and not future.done():
+                future.set_result(event.result)
+            if event.purpose == Purpose.USER:
+                log.debug("dht.lookup", target=event.result.target.short())
+        elif isinstance(event, Published):
+            future_published = self._published.pop(event.sequence, None)
+            if future_published is not None and not future_published.done():
+                future_published.set_result(event)
+
+    def _upkeep_event(self, event: MaintenanceEvent) -> None:
+        if isinstance(event, JoinAttempted):
+            attempts, self._attempts = self._attempts, []
+            for future in attempts:
+                if not future.done():
+                    future.set_result(event.peers)
+        elif isinstance(event, FirstNode):
+            log.info("dht.first_node", mode=event.mode.name.lower())
+        elif isinstance(event, JoinSlow):
+            log.warning("dht.join_slow", peers=event.peers)
+        elif isinstance(event, GraphJoined):
+            log.info("dht.joined", peers=event.peers, mode=event.mode.name.lower())
+        elif isinstance(event, JoinRetry):
+            reason = "no seed or saved peer answered"
+            log.info("dht.join_retry", reason=reason, delay=round(event.delay, 1))
+        elif isinstance(event, ModeFound):
+            mode = event.mode.name.lower()
+            if event.reason is not None:
+                log.info("dht.mode", mode=mode, reason=event.reason)
+            else:
+                log.info("dht.mode", mode=mode, answers=event.answers)
+        elif isinstance(event, PublishFailed):
+            log.info("dht.publish_failed", reason=event.reason)
+
+    async def _ask(self, command: AskPeer) -> None:
+        answer: Answer | None
+        try:
+            answer = await self.request(
+                command.peer, command.address, command.request, timeout=command.timeout
+            )
+        except RemoteError:
+            answer = None
+        self.maintenance.on_answer(command.txid, answer, self._loop.time())
+        self._pump()
 
     def _on_timer(self, now: float) -> None:
         self.engine.on_timer(now)
         self._pump()
 
+    def _on_upkeep_timer(self, now: float) -> None:
+        self.maintenance.on_timer(now)
+        self._pump()
+
     # -- operations ---------------------------------------------------------------------
+
+    def maintain(
+        self, seeds: Iterable[tuple[NodeId, Endpoint]], *, record: Callable[[], RecordContent]
+    ) -> None:
+        """Starts the node graph's upkeep in the background (once; later calls do nothing):
+        join through ``seeds`` or the graph restored, retried with backoff until someone
+        answered (a node with neither is the first of its network: a server at once), then
+        keep the mode found and the record (``record``: what it would say now) up to date."""
+        self.maintenance.maintain(list(seeds), self._loop.time(), record=record)
+        self._pump()
 
     async def join(
         self, seeds: Iterable[tuple[NodeId, Endpoint]] = (), *, timeout: float = 30.0
     ) -> int:
-        """Joins through ``seeds`` (or re-joins from the graph); returns the graph's size.
-        With no fixed mode, asks for a dial-back afterwards."""
-        self._joined = self._loop.create_future()
-        self.engine.join(list(seeds), self._loop.time())
+        """One join through ``seeds`` (or from the graph); returns the graph's size. With no
+        fixed mode, asks for a dial-back afterwards. MaintenanceBusyError while a join or the
+        node's own upkeep (:meth:`maintain`) is under way."""
+        attempt: asyncio.Future[int] = self._loop.create_future()
+        self.maintenance.join(list(seeds), self._loop.time(), timeout=timeout)
+        self._attempts.append(attempt)
         self._pump()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._joined), timeout)
-        except TimeoutError:
-            log.warning("dht.join_slow", peers=len(self.engine.table))
-        if self.fixed_mode is None:
-            await self.check_reachability()
-        return len(self.engine.table)
+        return await attempt
 
     async def lookup(
         self,

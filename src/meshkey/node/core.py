@@ -38,7 +38,6 @@ from meshkey.portal.portals import InletEntry, OutletEntry, Portals, check_autho
 from meshkey.portal.secure_routes import SecureRoutes
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
-from meshkey.retry import RetrySchedule
 from meshkey.routing.address import (
     Route,
     RouteError,
@@ -67,11 +66,6 @@ __all__ = ["Node", "RemoteError"]
 
 
 PEER_LOOKUP_TIMEOUT = 10.0  # a /peer/NODEID route waits at most this long for a lookup
-JOIN_RETRY_FIRST = 1.0  # a join nobody answered is tried again after 1 s, 2 s, 4 s...
-JOIN_RETRY_MAX = 60.0
-RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
-REACHABILITY_FIRST_RECHECK = 60.0  # after joining, whether others can dial in is asked again
-REACHABILITY_RECHECK = 600.0  # and then every ten minutes (addresses and NATs change)
 
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -314,62 +308,15 @@ class Node:
 
     def join_graph(self) -> None:
         """Joins the node graph in the background, once the UDP socket listens: through the
-        seeds, or from the graph restored from the state database (seeds may be down then).
-        A node with neither is the first of its network: it answers DHT queries at once
-        (others check that claim before they hand it out)."""
-        if self._join_task is not None or self._dht is None:
+        seeds, or from the graph restored from the state database (seeds may be down then),
+        retried until someone answers; then the graph keeps this node's mode and signed
+        record (:meth:`record_content`) up to date. A node with neither seeds nor a graph is
+        the first of its network: it answers DHT queries at once (others check that claim
+        before they hand it out). The upkeep is the node graph's own
+        (:meth:`DhtService.maintain`); calling this again does nothing."""
+        if self._dht is None:
             return
-        self._join_task = asyncio.get_running_loop().create_task(self._join())
-
-    async def _join(self) -> None:
-        graph = self.graph
-        if not self._seeds and len(graph.engine.table) == 0:
-            if self._dht_mode is None:
-                graph.set_mode(Mode.SERVER)
-            log.info("dht.first_node", mode=graph.mode.name.lower())
-            return
-        # Seeds that are down (or a saved graph of nodes that all left) are tried again, with
-        # backoff: a node started before its seeds joins once they are up.
-        retry = RetrySchedule(JOIN_RETRY_FIRST, JOIN_RETRY_MAX)
-        while True:
-            try:
-                size = await graph.join(self._seeds)
-            except (RemoteError, TimeoutError) as exc:
-                log.warning("dht.join_failed", reason=str(exc) or type(exc).__name__)
-                size = 0
-            if size > 0:
-                log.info("dht.joined", peers=size, mode=graph.mode.name.lower())
-                break
-            delay = retry.next_delay() or JOIN_RETRY_MAX
-            log.info(
-                "dht.join_retry", reason="no seed or saved peer answered", delay=round(delay, 1)
-            )
-            await asyncio.sleep(delay)
-        # The record says what the NAT classification and the relays found; both come later
-        # than the join and change: publish again whenever it would say something new (the
-        # engine itself republishes before expiry).
-        published: RecordContent | None = None
-        loop = asyncio.get_running_loop()
-        recheck_at = loop.time() + REACHABILITY_FIRST_RECHECK
-        classified = self._behind_nat()
-        while True:
-            if (now_classified := self._behind_nat()) != classified:  # reclassified: ask now
-                classified, recheck_at = now_classified, loop.time()
-            if self._dht_mode is None and loop.time() >= recheck_at:
-                # Asked again once the graph knows more servers: early answers may come from
-                # the asked node itself (no third node to dial back), which a NAT's filter
-                # lets through; a helper's dial-back is the better test.
-                with contextlib.suppress(RemoteError, TimeoutError):
-                    await graph.check_reachability()
-                recheck_at = loop.time() + REACHABILITY_RECHECK
-            content = self.record_content()
-            if content != published:
-                try:
-                    await graph.publish(content)
-                    published = content
-                except (RemoteError, TimeoutError) as exc:
-                    log.info("dht.publish_failed", reason=str(exc) or type(exc).__name__)
-            await asyncio.sleep(RECORD_CHECK_INTERVAL)
+        self._dht.maintain(self._seeds, record=self.record_content)
 
     async def _resolve_peer(self, peer: NodeId) -> Route | None:
         """``/peer/NODEID``: a direct hop or live hop to it if there is one; else where the
