@@ -73,14 +73,14 @@ async def test_a_node_that_joins_through_a_seed_is_in_the_seeds_graph_at_once() 
         seed_graph = await start_graph(seed)
         member_graph = await start_graph(member)
         try:
-            lookups_before = seed_graph.engine._next_lookup
+            lookups_before = seed_graph.engine.lookups.next_id
             await member_graph.join([(seed.node_id, endpoint(seed))], timeout=10)
             listed = {p["node_id"]: p for p in PeerGraph(seed_graph).list()}
             assert str(member.node_id) in listed
             host, port = endpoint(member)
             assert listed[str(member.node_id)]["addresses"][0] == f"{host}:{port}"
             assert listed[str(member.node_id)]["learned"] == "inbound"
-            assert seed_graph.engine._next_lookup == lookups_before  # the seed looked nothing up
+            assert seed_graph.engine.lookups.next_id == lookups_before  # the seed looked nothing up
             mine = {p["node_id"]: p for p in PeerGraph(member_graph).list()}
             assert mine[str(seed.node_id)]["mode"] == "server"
         finally:
