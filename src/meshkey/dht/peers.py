@@ -99,7 +99,7 @@ class PeerGraph:
         """An authenticated round trip; a peer that is not in the graph is looked up first."""
         peer = _node_id(node_id)
         address = None
-        if self.service.engine.table.get(peer) is None and self.service.live_link(peer) is None:
+        if not self.service.knows(peer) and self.service.live_link(peer) is None:
             found = await self.service.find(peer, timeout=timeout)
             if not found.found or not found.addresses:
                 raise PeerNotFoundError(

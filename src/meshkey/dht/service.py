@@ -201,6 +201,21 @@ class DhtService:
     def mode(self) -> Mode:
         return self.engine.mode
 
+    @property
+    def size(self) -> int:
+        """How many peers the graph holds."""
+        return len(self.engine.table)
+
+    def knows(self, peer: NodeId) -> bool:
+        """Whether ``peer`` is in the graph."""
+        return peer in self.engine.table
+
+    def reached_at(self, peer: NodeId) -> Endpoint | None:
+        """Where this node reached ``peer`` by dialling it (an outbound hop authenticated
+        there), if it has: an address others can dial too, unlike one it was only seen at."""
+        entry = self.engine.table.get(peer)
+        return None if entry is None else entry.reachable_at
+
     def _save_mode(self, mode: Mode) -> None:
         """Keeps the mode found out, so a restarted server answers from its first second (and
         is checked again after it re-joined)."""

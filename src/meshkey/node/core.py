@@ -344,10 +344,10 @@ class Node:
 
     def _reached_at(self, peer: NodeId) -> Route | None:
         """A hop to where this node's graph has reached ``peer`` by dialling it, if it has."""
-        entry = self.graph.engine.table.get(peer)
-        if entry is None or entry.reachable_at is None:
+        reached_at = self.graph.reached_at(peer)
+        if reached_at is None:
             return None
-        return (TransportAddress.from_socket("udp", *entry.reachable_at, peer),)
+        return (TransportAddress.from_socket("udp", *reached_at, peer),)
 
     def _behind_nat(self) -> bool | None:
         """What the NAT classification says: None while it does not know."""
@@ -649,7 +649,7 @@ class Node:
             "nat": self.nat_info(),
             "graph": {
                 "mode": self.graph.mode.name.lower(),
-                "peers": len(self.graph.engine.table),
+                "peers": self.graph.size,
                 "seeds": [f"{n}@{h}:{p}" for n, (h, p) in self._seeds],
             },
             "unauthenticated": {
