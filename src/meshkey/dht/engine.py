@@ -77,7 +77,6 @@ from meshkey.dht.lookup import (
 from meshkey.dht.lookups import Lookups
 from meshkey.dht.records import (
     PeerRecord,
-    PersistSequence,
     Publisher,
     PublishRecord,
     RecordContent,
@@ -93,10 +92,10 @@ from meshkey.dht.table import (
     K,
     Learned,
     RoutingTable,
-    Updated,
     Verdict,
 )
 from meshkey.dht.transactions import SendRequest, Transactions
+from meshkey.errors import MeshkeyError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.dht import (
@@ -117,10 +116,23 @@ from meshkey.wire.dht import (
 from meshkey.wire.net import Endpoint
 
 MAX_REFRESHES = 4
+#: Lookups for callers (``/peer/NODEID`` routes, ``peer find``...) running at once; past it
+#: :meth:`DhtEngine.start_lookup` refuses with :class:`LookupLimitError` rather than queue.
+#: A lookup is started on someone's behalf, often for a message being routed: with 64
+#: already running the node is being flooded or the network is failing, and a queue would
+#: only hold memory and answer after the caller's own timeout; refused, the caller fails at
+#: once (a route: as for a peer nobody found) and may try again. The engine's own lookups
+#: have their own bounds (MAX_REFRESHES; one per bucket during a join; one per record).
 MAX_LOOKUPS = 64
 VERIFY_INTERVAL = 300.0
 PING_TIMEOUT_FACTOR = 4.0
 MAX_HINTS = 64
+
+
+class LookupLimitError(MeshkeyError):
+    """:data:`MAX_LOOKUPS` lookups for callers are running already."""
+
+    default_kind = "busy"
 
 
 class Phase(enum.Enum):
@@ -179,7 +191,7 @@ class DhtEngine:
         )
         self.tx: Transactions[_RequestFor] = Transactions(self.rng)
         self.phase = Phase.IDLE
-        self._commands: list[EngineCommand | PersistSequence] = []
+        self._commands: list[EngineCommand] = []
         self._events: list[EngineEvent] = []
         self.lookups = Lookups()
         self._seeds_waiting: set[bytes] = set()
@@ -194,7 +206,7 @@ class DhtEngine:
 
     # -- output -----------------------------------------------------------------------
 
-    def commands(self) -> list[EngineCommand | PersistSequence]:
+    def commands(self) -> list[EngineCommand]:
         out, self._commands = self._commands, []
         return out
 
@@ -390,7 +402,11 @@ class DhtEngine:
         stop_at_target: bool = False,
         purpose: Purpose = Purpose.USER,
     ) -> int:
-        """Starts a lookup; its result comes as a :class:`LookupFinished` event."""
+        """Starts a lookup; its result comes as a :class:`LookupFinished` event.
+        :class:`LookupLimitError` (nothing started) for a caller's lookup (``purpose``
+        USER) while :data:`MAX_LOOKUPS` of those run."""
+        if purpose is Purpose.USER and self.lookups.running(Purpose.USER) >= MAX_LOOKUPS:
+            raise LookupLimitError(f"{MAX_LOOKUPS} lookups are running: try again later")
         start = [Contact(e.node_id, (e.address,)) for e in self.table.closest(target, self.k)]
         known = {c.node_id for c in start}
         start.extend(Contact(n, (a,)) for n, a in self._hints.items() if n not in known)
@@ -530,10 +546,6 @@ class DhtEngine:
         self.publisher.set_content(content, now + self.wall_offset)
         self._drain_publisher(now)
 
-    def republish(self, now: float) -> None:
-        self.publisher.republish_now(now + self.wall_offset)
-        self._drain_publisher(now)
-
     def _drain_publisher(self, now: float) -> None:
         for command in self.publisher.commands():
             if isinstance(command, PublishRecord):
@@ -598,10 +610,10 @@ __all__ = [
     "EngineEvent",
     "Joined",
     "LookupFinished",
+    "LookupLimitError",
     "Phase",
     "PingRoundSettled",
     "Published",
     "Purpose",
     "SendRequest",
-    "Updated",
 ]

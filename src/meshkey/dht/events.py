@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from meshkey.dht.lookup import LookupDone
-from meshkey.dht.responder import DialBackJob
+from meshkey.dht.records import PersistSequence
 from meshkey.dht.transactions import SendRequest
 from meshkey.identity.node_id import NodeId
 
@@ -59,7 +59,9 @@ class PingRoundSettled:
     added: tuple[NodeId, ...]
 
 
-EngineCommand = SendRequest | DialBackJob
+#: (A :class:`~meshkey.dht.responder.DialBackJob` is no command: it is the answer
+#: ``on_request`` returns, for the glue to carry out.)
+EngineCommand = SendRequest | PersistSequence
 EngineEvent = LookupFinished | Joined | Published | PingRoundSettled
 
 

@@ -10,6 +10,7 @@ and dropped).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from meshkey.dht.events import Purpose
@@ -22,6 +23,7 @@ class Lookups:
         self._running: dict[int, tuple[Lookup, Purpose]] = {}
         self._latest: dict[tuple[int, NodeId], bytes] = {}  # (lookup, peer) -> txid
         self._requests: dict[int, set[bytes]] = {}  # lookup -> txids out
+        self._purposes: Counter[Purpose] = Counter()  # how many run, by what they are for
         self.next_id = 1  # the id the next lookup gets
 
     def __len__(self) -> int:
@@ -31,10 +33,15 @@ class Lookups:
         """The running lookups (a copy: a caller may start or finish some meanwhile)."""
         return iter([(i, lookup, purpose) for i, (lookup, purpose) in self._running.items()])
 
+    def running(self, purpose: Purpose) -> int:
+        """How many lookups for ``purpose`` run (the engine bounds those of callers)."""
+        return self._purposes[purpose]
+
     def add(self, lookup: Lookup, purpose: Purpose) -> int:
         lookup_id = self.next_id
         self.next_id += 1
         self._running[lookup_id] = (lookup, purpose)
+        self._purposes[purpose] += 1
         return lookup_id
 
     def get(self, lookup_id: int) -> tuple[Lookup, Purpose] | None:
@@ -61,7 +68,9 @@ class Lookups:
 
     def finish(self, lookup_id: int) -> set[bytes]:
         """Forgets a lookup that ended; returns the requests it still had out."""
-        self._running.pop(lookup_id, None)
+        entry = self._running.pop(lookup_id, None)
+        if entry is not None:
+            self._purposes[entry[1]] -= 1
         for key in [key for key in self._latest if key[0] == lookup_id]:
             del self._latest[key]
         return self._requests.pop(lookup_id, set())

@@ -44,6 +44,7 @@ from meshkey.dht.engine import (
     DialBackJob,
     EngineEvent,
     LookupFinished,
+    LookupLimitError,
     Published,
     Purpose,
     SendRequest,
@@ -128,12 +129,6 @@ class FindResult:
             "in_graph": self.in_graph,
             "lookup": self.stats.as_dict(),
         }
-
-
-@dataclass(slots=True)
-class _Waiter:
-    future: asyncio.Future[Any]
-    kind: str = "lookup"
 
 
 class DhtService:
@@ -587,9 +582,12 @@ class DhtService:
         timeout: float = 30.0,
     ) -> LookupDone:
         future: asyncio.Future[LookupDone] = self._loop.create_future()
-        lookup_id = self.engine.start_lookup(
-            target, self._loop.time(), kind=kind, stop_at_target=stop_at_target
-        )
+        try:
+            lookup_id = self.engine.start_lookup(
+                target, self._loop.time(), kind=kind, stop_at_target=stop_at_target
+            )
+        except LookupLimitError as exc:
+            raise RemoteError(ErrorCode.BUSY, str(exc)) from None
         self._lookups[lookup_id] = future
         self._pump()
         try:
