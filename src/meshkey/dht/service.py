@@ -9,12 +9,10 @@
   at the worker ``/service/dht`` over authenticated hops (``message.local.hop_peer``); the
   address is the remote address of the UDP hop they came over. RPCs over other transports
   are answered UNSUPPORTED: a TCP address is no DHT contact.
-- **Out.** Each :class:`~meshkey.dht.engine.SendRequest` goes to
-  ``/ip4/H/udp/P/id/NODEID/service/dht``: the hop is pinned to the NodeId, so a contact that
-  lies about its NodeId fails the hop's authentication and never answers (nor enters the
-  table). A live hop to that NodeId is reused instead (it proved the same NodeId), unless
-  the command asks for a fresh dial (reachability checks). Each request has its own reply
-  address, so an error coming back (unreachable, authentication failed) names the request.
+- **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
+  pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how); its
+  answer or failure goes back to the engine (a refused hop: another NodeId is at that
+  address).
 - **Time.** One :class:`~meshkey.timing.DeadlineTimer` follows the engine's next deadline
   (re-armed only when it changes, fired no earlier than it) — STYLE pattern 1.
 - **Upkeep.** The join (retried with backoff), the reachability checks that decide the
@@ -49,6 +47,7 @@ from meshkey.dht.engine import (
     Purpose,
     SendRequest,
 )
+from meshkey.dht.hops import DHT_SERVICE, REQUEST_TIMEOUT, DhtHops, Hop, UdpHops
 from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
 from meshkey.dht.maintenance import (
     Announce,
@@ -76,14 +75,11 @@ from meshkey.dht.table import Entry, Learned
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RemoteError, RoutingError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
 from meshkey.transport.events import HopAuthenticated
-from meshkey.transport.link import HopLink
-from meshkey.transport.udp import QuicTransport
 from meshkey.wire.dht import (
     Answer,
     DhtError,
@@ -105,8 +101,6 @@ from meshkey.wire.net import Endpoint
 
 log = EventLogger("dht")
 
-DHT_SERVICE = "dht"
-REQUEST_TIMEOUT = 10.0  # backstop: the engine's own timeouts (from RTT) come first
 DIAL_BACK_TIMEOUT = 5.0
 FLUSH_INTERVAL = 5.0
 
@@ -138,7 +132,7 @@ class DhtService:
         self,
         router: Router,
         identity: Identity,
-        udp: QuicTransport,
+        udp: UdpHops,
         *,
         store: GraphStore | None = None,
         mode: Mode | None = None,
@@ -154,7 +148,7 @@ class DhtService:
         self.store = store or MemoryGraphStore()
         self.fixed_mode = mode
         self._saved_mode = self.store.load_mode()  # what _save_mode last wrote
-        self.request_timeout = request_timeout
+        self.hops = DhtHops(router, udp, request_timeout=request_timeout)
         self._loop = asyncio.get_running_loop()
         self.wall_offset = time.time() - self._loop.time()
         self.engine = DhtEngine(
@@ -301,7 +295,7 @@ class DhtService:
             return
         if not is_request(rpc):
             return  # answers come to the per-request reply addresses, not here
-        link = self._link_of(message)
+        link = self.hops.link_of(message)
         if link is None:
             await self._reply(
                 message,
@@ -325,30 +319,11 @@ class DhtService:
         with contextlib.suppress(RoutingError, WireError, ValueError):
             await self.router.reply(message, encode_rpc(answer))
 
-    def _link_of(self, message: Message) -> HopLink | None:
-        first = message.return_route[0] if message.return_route else None
-        if not isinstance(first, ServiceAddress):
-            return None
-        for link in self.udp.links:
-            if link.name == first.name and not link.closed:
-                return link
-        return None
-
-    def live_link(self, peer: NodeId) -> HopLink | None:
-        """An open UDP hop to ``peer`` (it proved that NodeId), if there is one: the newest
-        that is not under suspicion (a peer that restarted dials in anew, and its old hop
-        talks to a process that is gone until it is found out)."""
-        links = [
-            link
-            for link in self.udp.links
-            if link.core.peer == peer
-            and link.core.is_open
-            and not link.closed
-            and not link.core.suspected
-        ]
-        return max(links, key=lambda link: link.created, default=None)
-
     # -- requests ---------------------------------------------------------------------
+
+    def live_link(self, peer: NodeId) -> Hop | None:
+        """An open UDP hop to ``peer`` that is not under suspicion (see :mod:`.hops`)."""
+        return self.hops.live_link(peer)
 
     async def request(
         self,
@@ -362,42 +337,7 @@ class DhtService:
         """Sends one DHT request to ``peer`` and returns its answer. Over a live hop to
         ``peer`` if there is one (and not ``fresh``), else over a new hop to ``address``
         pinned to ``peer``. RemoteError when it cannot be delivered or answered."""
-        slot = f"_dht.{request.txid.hex()}"
-        future: asyncio.Future[Message] = self._loop.create_future()
-
-        async def receive(reply: Message) -> None:
-            if not future.done():
-                future.set_result(reply)
-
-        link = None if fresh else self.live_link(peer)
-        if link is not None:
-            onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
-        elif address is not None:
-            # Pinned to the NodeId: a contact that lies about it fails the hop's authentication.
-            hop = TransportAddress.from_socket("udp", *address, peer)
-            onward = (hop, ServiceAddress(DHT_SERVICE))
-        else:
-            raise RemoteError(ErrorCode.UNREACHABLE, f"no address for {peer.short()}")
-        self.router.register(slot, receive, inline=True)
-        try:
-            await self.router.route(Message(onward, (ServiceAddress(slot),), encode_rpc(request)))
-            reply = await asyncio.wait_for(future, timeout or self.request_timeout)
-        except TimeoutError:
-            raise RemoteError(ErrorCode.TIMEOUT, f"no DHT answer from {peer.short()}") from None
-        finally:
-            self.router.unregister(slot)
-        if reply.is_error:
-            code, text = reply.error()
-            raise RemoteError(code, text)
-        if reply.local.hop_peer != peer:
-            raise RemoteError(ErrorCode.AUTH_FAILED, "the answer came from another node")
-        try:
-            answer = decode_rpc(reply.payload)
-        except WireError as exc:
-            raise RemoteError(ErrorCode.MALFORMED, f"bad DHT answer: {exc}") from exc
-        if is_request(answer) or answer.txid != request.txid:
-            raise RemoteError(ErrorCode.MALFORMED, "the DHT answer does not match the request")
-        return answer  # type: ignore[return-value]
+        return await self.hops.request(peer, address, request, timeout=timeout, fresh=fresh)
 
     async def _execute(self, command: SendRequest) -> None:
         try:
