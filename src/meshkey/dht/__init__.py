@@ -17,7 +17,9 @@ Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 - :mod:`meshkey.dht.maintenance` the upkeep around the engine: the join retried with
   backoff, the reachability checks that decide the mode, publishing the record on change
 
-Glue: :mod:`meshkey.dht.service` (asyncio, ``/service/dht``, timers, persistence),
-:mod:`meshkey.dht.store` (the SQLite schema and store), :mod:`meshkey.dht.peers` (the Python
-API behind ``node.peers`` and the ``peer`` commands). Wire formats: :mod:`meshkey.wire.dht`.
+Glue: :mod:`meshkey.dht.service` (asyncio, ``/service/dht``, timers), :mod:`meshkey.dht.hops`
+(RPCs over the UDP transport's hops, dial-backs), :mod:`meshkey.dht.persistence` (what is
+written when), :mod:`meshkey.dht.store` (the SQLite schema and store),
+:mod:`meshkey.dht.peers` (the Python API behind ``node.peers`` and the ``peer`` commands).
+Wire formats: :mod:`meshkey.wire.dht`.
 """

@@ -13,26 +13,46 @@ request with its answer.
 - **In.** A request that arrived over a UDP hop names the hop it came over
   (:meth:`DhtHops.link_of`: its address is where the peer was seen); one over any other
   transport names none.
+- **Dial-backs** (:meth:`DhtHops.dial_back`): a fresh hop to the node that asked, pinned to
+  its NodeId, and a PING with its nonce; from a helper when the responder named one (a
+  third node's dial comes from an address the asker never sent to, which is what a NAT's
+  filter stops).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import random
+from collections.abc import Collection, Iterable
 from typing import Any, Protocol
 
+from meshkey.dht.responder import DialBackJob
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
-from meshkey.wire.dht import Answer, Request, decode_rpc, encode_rpc, is_request
+from meshkey.wire.dht import (
+    TXID_SIZE,
+    Answer,
+    DialBack,
+    DialBackResult,
+    Mode,
+    Ping,
+    Pong,
+    Request,
+    WireContact,
+    decode_rpc,
+    encode_rpc,
+    is_request,
+)
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
 from meshkey.wire.net import Endpoint
 
 DHT_SERVICE = "dht"
 REQUEST_TIMEOUT = 10.0  # backstop: the engine's own timeouts (from RTT) come first
+DIAL_BACK_TIMEOUT = 5.0  # one dial (a fresh hop and a ping), or one ask of a helper
 
 
 class HopState(Protocol):
@@ -155,5 +175,58 @@ class DhtHops:
             raise RemoteError(ErrorCode.MALFORMED, "the DHT answer does not match the request")
         return answer  # type: ignore[return-value]
 
+    async def dial_back(self, job: DialBackJob, mode: Mode, rng: random.Random) -> DialBackResult:
+        """Carries out a dial-back for the node that asked (``mode``: ours, for the answer):
+        as a helper, ping the node named on a fresh hop with its nonce; else have the helper
+        the responder chose do that, or, without one (or when it did not answer), dial the
+        asker ourselves (from the address it sent to: proof of less, ``helper`` False)."""
+        request = job.request
+        if request.target is not None:  # we are the helper: dial the node named
+            target = request.target
+            ok = await self._ping_fresh(
+                NodeId(target.node_id), target.addresses, request.nonce, mode, rng
+            )
+            return DialBackResult(request.txid, mode, ok, True)
+        if job.helper is not None:
+            contact = WireContact(job.peer.raw, Mode.CLIENT, (job.address,))
+            ask = DialBack(rng.randbytes(TXID_SIZE), mode, request.nonce, contact)
+            try:
+                answer = await self.request(
+                    job.helper.node_id, job.helper.addresses[0], ask, timeout=DIAL_BACK_TIMEOUT
+                )
+            except RemoteError:
+                answer = None
+            if isinstance(answer, DialBackResult):
+                return DialBackResult(request.txid, mode, answer.ok, True, answer.reason)
+        ok = await self._ping_fresh(job.peer, (job.address,), request.nonce, mode, rng)
+        return DialBackResult(request.txid, mode, ok, False)
 
-__all__ = ["DHT_SERVICE", "REQUEST_TIMEOUT", "DhtHops", "Hop", "HopState", "UdpHops"]
+    async def _ping_fresh(
+        self,
+        peer: NodeId,
+        addresses: Iterable[Endpoint],
+        nonce: bytes,
+        mode: Mode,
+        rng: random.Random,
+    ) -> bool:
+        for address in list(addresses)[:1]:
+            ping = Ping(rng.randbytes(TXID_SIZE), mode, nonce)
+            try:
+                answer = await self.request(
+                    peer, address, ping, timeout=DIAL_BACK_TIMEOUT, fresh=True
+                )
+            except RemoteError:
+                return False
+            return isinstance(answer, Pong)
+        return False
+
+
+__all__ = [
+    "DHT_SERVICE",
+    "DIAL_BACK_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "DhtHops",
+    "Hop",
+    "HopState",
+    "UdpHops",
+]

@@ -1,4 +1,4 @@
-"""The node graph's asyncio glue: the engine on real hops, a timer, and persistence.
+"""The node graph's asyncio glue: the engine and its upkeep on real hops, timers, persistence.
 
 :class:`DhtService` owns one :class:`~meshkey.dht.engine.DhtEngine` and does its I/O:
 
@@ -21,10 +21,10 @@
   :meth:`DhtService.join` runs one attempt); the glue sends its requests, writes down the
   mode it found, forwards it the engine's events and the nonces of incoming pings, and logs
   what it reports. Its own :class:`~meshkey.timing.DeadlineTimer` follows its deadline.
-- **Persistence.** At start the table, the records held and the sequence number come back
-  from the :class:`~meshkey.dht.store.GraphStore`; changes are written every
-  :data:`FLUSH_INTERVAL` seconds, only the rows that changed (last-seen times rounded to a
-  minute, so a busy peer is not a write per message).
+- **Persistence.** At start the table, the records held (:mod:`meshkey.dht.persistence`),
+  the sequence number and the mode come back from the
+  :class:`~meshkey.dht.store.GraphStore`; what changed is written every
+  :data:`FLUSH_INTERVAL` seconds and at close.
 """
 
 from __future__ import annotations
@@ -63,15 +63,14 @@ from meshkey.dht.maintenance import (
     PublishFailed,
     SaveMode,
 )
+from meshkey.dht.persistence import GraphPersistence
 from meshkey.dht.records import (
     PeerRecord,
     PersistSequence,
     RecordContent,
-    RecordError,
-    verify_record,
 )
-from meshkey.dht.store import GraphStore, MemoryGraphStore, StoredPeer
-from meshkey.dht.table import Entry, Learned
+from meshkey.dht.store import GraphStore, MemoryGraphStore
+from meshkey.dht.table import Entry
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
@@ -84,13 +83,10 @@ from meshkey.wire.dht import (
     Answer,
     DhtError,
     DhtErrorCode,
-    DialBack,
-    DialBackResult,
     Mode,
     Ping,
     Pong,
     Request,
-    WireContact,
     decode_rpc,
     encode_rpc,
     is_request,
@@ -101,7 +97,6 @@ from meshkey.wire.net import Endpoint
 
 log = EventLogger("dht")
 
-DIAL_BACK_TIMEOUT = 5.0
 FLUSH_INTERVAL = 5.0
 
 
@@ -176,8 +171,7 @@ class DhtService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
         self._published: dict[int, asyncio.Future[Published]] = {}
-        self._written_peers: dict[NodeId, StoredPeer] = {}
-        self._written_records: dict[NodeId, int] = {}
+        self.persistence = GraphPersistence(self.engine, self.store, self.wall_offset)
         self._flush_handle: asyncio.TimerHandle | None = None
         self._started = False
         self._closed = False
@@ -225,17 +219,7 @@ class DhtService:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> DhtService:
-        now = self._loop.time()
-        for peer in self.store.load_peers():
-            self.engine.table.restore(self._entry_from_store(peer, now))
-        self._written_peers = {p.node_id: p for p in self._stored_entries()}
-        for raw in self.store.load_records():
-            try:  # checked again: it may have expired while the node was down
-                record = verify_record(raw, now + self.wall_offset)
-            except RecordError:
-                continue
-            self.engine.records.restore(record)
-            self._written_records[record.node_id] = record.sequence
+        self.persistence.restore(self._loop.time())
         # admit=False: the DHT decides on the authenticated hop peer itself; a policy on a
         # service admits only secure-channel peers, and DHT RPCs travel over hops.
         self.router.register(DHT_SERVICE, self._handle, admit=False)
@@ -262,7 +246,7 @@ class DhtService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            self.flush()
+            self.persistence.flush()
         futures: list[asyncio.Future[Any]] = [
             *self._lookups.values(),
             *self._published.values(),
@@ -313,7 +297,8 @@ class DhtService:
             await self._reply(message, result)
 
     async def _answer_dial_back(self, message: Message, job: DialBackJob) -> None:
-        await self._reply(message, await self._dial_back(job))
+        answer = await self.hops.dial_back(job, self.mode, self.engine.rng)
+        await self._reply(message, answer)
 
     async def _reply(self, message: Message, answer: Answer) -> None:
         with contextlib.suppress(RoutingError, WireError, ValueError):
@@ -351,45 +336,6 @@ class DhtService:
         else:
             self.engine.on_answer(command.txid, command.peer, answer, self._loop.time())
         self._pump()
-
-    # -- dial-back ----------------------------------------------------------------------
-
-    async def _dial_back(self, job: DialBackJob) -> DialBackResult:
-        request = job.request
-        mode = self.mode
-        if request.target is not None:  # we are the helper: dial the node named
-            target = request.target
-            ok = await self._ping_fresh(NodeId(target.node_id), target.addresses, request.nonce)
-            return DialBackResult(request.txid, mode, ok, True)
-        if job.helper is not None:
-            ask = DialBack(
-                self.engine.rng.randbytes(8),
-                mode,
-                request.nonce,
-                WireContact(job.peer.raw, Mode.CLIENT, (job.address,)),
-            )
-            try:
-                answer = await self.request(
-                    job.helper.node_id, job.helper.addresses[0], ask, timeout=DIAL_BACK_TIMEOUT
-                )
-            except RemoteError:
-                answer = None
-            if isinstance(answer, DialBackResult):
-                return DialBackResult(request.txid, mode, answer.ok, True, answer.reason)
-        ok = await self._ping_fresh(job.peer, (job.address,), request.nonce)
-        return DialBackResult(request.txid, mode, ok, False)
-
-    async def _ping_fresh(self, peer: NodeId, addresses: Iterable[Endpoint], nonce: bytes) -> bool:
-        for address in list(addresses)[:1]:
-            ping = Ping(self.engine.rng.randbytes(8), self.mode, nonce)
-            try:
-                answer = await self.request(
-                    peer, address, ping, timeout=DIAL_BACK_TIMEOUT, fresh=True
-                )
-            except RemoteError:
-                return False
-            return isinstance(answer, Pong)
-        return False
 
     async def _quiet_ping(self, node_id: NodeId) -> None:
         with contextlib.suppress(RemoteError):
@@ -640,57 +586,11 @@ class DhtService:
 
     # -- persistence --------------------------------------------------------------------
 
-    def _stored_entries(self) -> list[StoredPeer]:
-        return [
-            StoredPeer(
-                e.node_id,
-                tuple(e.addresses),
-                e.reachable_at,
-                None if e.claimed is None else int(e.claimed),
-                e.learned.value,
-                round(e.first_seen + self.wall_offset),
-                round((e.last_seen + self.wall_offset) / 60) * 60,
-            )
-            for e in self.engine.table.entries()
-        ]
-
-    def _entry_from_store(self, peer: StoredPeer, now: float) -> Entry:
-        entry = Entry(
-            peer.node_id,
-            int.from_bytes(peer.node_id.raw, "big"),
-            list(peer.addresses),
-            Learned(peer.learned) if peer.learned in Learned._value2member_map_ else Learned.LOOKUP,
-            min(now, peer.first_seen - self.wall_offset),
-            min(now, peer.last_seen - self.wall_offset),
-            reachable_at=peer.reachable_at,
-            claimed=None if peer.claimed is None else Mode(peer.claimed),
-        )
-        return entry
-
-    def flush(self) -> None:
-        """Writes what changed in the graph and the records held since the last flush."""
-        current = {p.node_id: p for p in self._stored_entries()}
-        changed = [p for n, p in current.items() if self._written_peers.get(n) != p]
-        removed = [n for n in self._written_peers if n not in current]
-        if changed or removed:
-            self.store.save_peers(changed, removed)
-        self._written_peers = current
-        held = {r.node_id: r for r in self.engine.records.records()}
-        new = [
-            (n, r.raw, r.expiry)
-            for n, r in held.items()
-            if self._written_records.get(n) != r.sequence
-        ]
-        gone = [n for n in self._written_records if n not in held]
-        if new or gone:
-            self.store.save_records(new, gone)
-        self._written_records = {n: r.sequence for n, r in held.items()}
-
     def _flush_tick(self) -> None:
         if self._closed:
             return
         try:
-            self.flush()
+            self.persistence.flush()
         except Exception:
             log.exception("dht.flush_failed")
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
