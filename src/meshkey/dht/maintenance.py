@@ -53,8 +53,14 @@ change), and at the next tick after the NAT classification changed.
 **Publishing.** The record says what the NAT classification and the relays found, and both
 come later than the join and change: it is compared every :data:`RECORD_CHECK_INTERVAL`
 with what was last published, and published again when it differs (the engine itself
-republishes before expiry). A publish that did not finish within :data:`PUBLISH_TIMEOUT`
-is tried again at a later tick.
+republishes before expiry). A publish whose round did not end within
+:data:`PUBLISH_TIMEOUT` does not count as published: the next tick hands the same content to
+the engine again, which re-signs only what changed, and waits for that round again.
+
+**Calls.** :meth:`Maintenance.maintain` runs once (the node calls it when its socket listens,
+and perhaps again); :meth:`Maintenance.join` (one attempt, for a caller that awaits it) only
+in :data:`JOIN_ALLOWED`, else :class:`MaintenanceBusyError`. Bounds: one request of its own
+out at a time; :data:`MAX_NONCES` dial-back nonces remembered.
 """
 
 from __future__ import annotations
