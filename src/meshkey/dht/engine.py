@@ -74,7 +74,7 @@ from meshkey.dht.lookup import (
     PeerUnresponsive,
     SendFindNode,
 )
-from meshkey.dht.lookups import Lookups
+from meshkey.dht.lookups import MAX_LOOKUPS, LookupLimitError, Lookups
 from meshkey.dht.records import (
     PeerRecord,
     Publisher,
@@ -95,7 +95,6 @@ from meshkey.dht.table import (
     Verdict,
 )
 from meshkey.dht.transactions import SendRequest, Transactions
-from meshkey.errors import MeshkeyError
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.dht import (
@@ -116,23 +115,9 @@ from meshkey.wire.dht import (
 from meshkey.wire.net import Endpoint
 
 MAX_REFRESHES = 4
-#: Lookups for callers (``/peer/NODEID`` routes, ``peer find``...) running at once; past it
-#: :meth:`DhtEngine.start_lookup` refuses with :class:`LookupLimitError` rather than queue.
-#: A lookup is started on someone's behalf, often for a message being routed: with 64
-#: already running the node is being flooded or the network is failing, and a queue would
-#: only hold memory and answer after the caller's own timeout; refused, the caller fails at
-#: once (a route: as for a peer nobody found) and may try again. The engine's own lookups
-#: have their own bounds (MAX_REFRESHES; one per bucket during a join; one per record).
-MAX_LOOKUPS = 64
 VERIFY_INTERVAL = 300.0
 PING_TIMEOUT_FACTOR = 4.0
 MAX_HINTS = 64
-
-
-class LookupLimitError(MeshkeyError):
-    """:data:`MAX_LOOKUPS` lookups for callers are running already."""
-
-    default_kind = "busy"
 
 
 class Phase(enum.Enum):
@@ -403,10 +388,9 @@ class DhtEngine:
         purpose: Purpose = Purpose.USER,
     ) -> int:
         """Starts a lookup; its result comes as a :class:`LookupFinished` event.
-        :class:`LookupLimitError` (nothing started) for a caller's lookup (``purpose``
-        USER) while :data:`MAX_LOOKUPS` of those run."""
-        if purpose is Purpose.USER and self.lookups.running(Purpose.USER) >= MAX_LOOKUPS:
-            raise LookupLimitError(f"{MAX_LOOKUPS} lookups are running: try again later")
+        :class:`~meshkey.dht.lookups.LookupLimitError` (nothing started) past
+        :data:`~meshkey.dht.lookups.MAX_LOOKUPS` lookups for callers (``purpose`` USER)."""
+        self.lookups.admit(purpose)
         start = [Contact(e.node_id, (e.address,)) for e in self.table.closest(target, self.k)]
         known = {c.node_id for c in start}
         start.extend(Contact(n, (a,)) for n, a in self._hints.items() if n not in known)
@@ -611,6 +595,7 @@ __all__ = [
     "Joined",
     "LookupFinished",
     "LookupLimitError",
+    "MAX_LOOKUPS",
     "Phase",
     "PingRoundSettled",
     "Published",

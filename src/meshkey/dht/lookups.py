@@ -1,4 +1,5 @@
-"""The lookups one node runs at once: their ids, what each is for, and each one's requests.
+"""The lookups one node runs at once: their ids, what each is for, each one's requests, and
+the bound on how many run for callers.
 
 Sans-IO bookkeeping for the engine. A :class:`~meshkey.dht.lookup.Lookup` may ask a peer
 again (at another address, when the first failed or was slow): only its latest request to
@@ -15,7 +16,23 @@ from collections.abc import Iterator
 
 from meshkey.dht.events import Purpose
 from meshkey.dht.lookup import Lookup
+from meshkey.errors import MeshkeyError
 from meshkey.identity.node_id import NodeId
+
+#: Lookups for callers (``/peer/NODEID`` routes, ``peer find``...) running at once; past it
+#: :meth:`Lookups.admit` refuses with :class:`LookupLimitError` rather than queue. A lookup
+#: is started on someone's behalf, often for a message being routed: with 64 already running
+#: the node is being flooded or the network is failing, and a queue would only hold memory
+#: and answer after the caller's own timeout; refused, the caller fails at once (a route: as
+#: for a peer nobody found) and may try again. The engine's own lookups have bounds of
+#: their own (MAX_REFRESHES at once; one per bucket during a join; one per record).
+MAX_LOOKUPS = 64
+
+
+class LookupLimitError(MeshkeyError):
+    """:data:`MAX_LOOKUPS` lookups for callers are running already."""
+
+    default_kind = "busy"
 
 
 class Lookups:
@@ -36,6 +53,11 @@ class Lookups:
     def running(self, purpose: Purpose) -> int:
         """How many lookups for ``purpose`` run (the engine bounds those of callers)."""
         return self._purposes[purpose]
+
+    def admit(self, purpose: Purpose) -> None:
+        """Whether a lookup for ``purpose`` may start now: :class:`LookupLimitError` if not."""
+        if purpose is Purpose.USER and self._purposes[purpose] >= MAX_LOOKUPS:
+            raise LookupLimitError(f"{MAX_LOOKUPS} lookups are running: try again later")
 
     def add(self, lookup: Lookup, purpose: Purpose) -> int:
         lookup_id = self.next_id
@@ -81,4 +103,4 @@ class Lookups:
         return min(present) if present else None
 
 
-__all__ = ["Lookups"]
+__all__ = ["MAX_LOOKUPS", "LookupLimitError", "Lookups"]
