@@ -276,8 +276,6 @@ class SimNet:
         for command in engine.commands():
             if isinstance(command, SendRequest):
                 self._send(node, command)
-            elif isinstance(command, DialBackJob):
-                self._dial_back(node, command)
         for event in engine.events():
             if isinstance(event, LookupFinished) and event.purpose == Purpose.USER:
                 node.results[event.lookup_id] = event.result

@@ -73,16 +73,18 @@ async def test_a_node_that_joins_through_a_seed_is_in_the_seeds_graph_at_once() 
         seed_graph = await start_graph(seed)
         member_graph = await start_graph(member)
         try:
-            lookups_before = seed_graph.engine._next_lookup
+            lookups_before = seed_graph.engine.lookups.next_id
             await member_graph.join([(seed.node_id, endpoint(seed))], timeout=10)
             listed = {p["node_id"]: p for p in PeerGraph(seed_graph).list()}
             assert str(member.node_id) in listed
             host, port = endpoint(member)
             assert listed[str(member.node_id)]["addresses"][0] == f"{host}:{port}"
             assert listed[str(member.node_id)]["learned"] == "inbound"
-            assert seed_graph.engine._next_lookup == lookups_before  # the seed looked nothing up
+            assert seed_graph.engine.lookups.next_id == lookups_before  # the seed looked nothing up
             mine = {p["node_id"]: p for p in PeerGraph(member_graph).list()}
             assert mine[str(seed.node_id)]["mode"] == "server"
+            assert member_graph.reached_at(seed.node_id) == endpoint(seed)  # it dialled it
+            assert seed_graph.size == member_graph.size == 1
         finally:
             await member_graph.close()
             await seed_graph.close()
@@ -119,7 +121,7 @@ async def test_a_made_up_node_id_at_a_real_address_is_refused() -> None:
         assert not done.found and done.stats.failed >= 1
         assert made_up not in {c.node_id for c in done.closest}
         for _, service in members:
-            assert made_up not in service.engine.table
+            assert not service.knows(made_up)
 
 
 async def test_records_are_stored_found_and_forgeries_refused() -> None:
@@ -169,6 +171,7 @@ async def test_a_client_is_listed_but_never_handed_out() -> None:
             await client.join([(seed_node.node_id, endpoint(seed_node))], timeout=10)
             entry = seed.engine.table.get(client_node.node_id)
             assert entry is not None and entry.mode == Mode.CLIENT
+            assert seed.reached_at(client_node.node_id) is None  # it only dialled the seed
             assert client_node.node_id not in {
                 e.node_id for e in seed.engine.table.closest(client_node.node_id, 20)
             }
@@ -235,7 +238,7 @@ async def test_manual_add_authenticates_and_force_evicts(tmp_path) -> None:
             with pytest.raises(RemoteError):
                 await peers.add(Identity.generate().node_id, text_address(b))
             assert peers.remove(b.node_id)
-            assert b.node_id not in graph_a.engine.table
+            assert not graph_a.knows(b.node_id)
         finally:
             await graph_b.close()
             await graph_a.close()
@@ -247,11 +250,11 @@ async def test_only_authenticated_events_insert() -> None:
         try:
             fake = NodeId(bytes(32))
             service.on_transport_event(object())
-            assert fake not in service.engine.table
+            assert not service.knows(fake)
             service.on_transport_event(HopAuthenticated(fake, "tcp", ("127.0.0.1", 9), "inbound"))
-            assert fake not in service.engine.table  # TCP addresses are no DHT contacts
+            assert not service.knows(fake)  # TCP addresses are no DHT contacts
             service.on_transport_event(HopAuthenticated(fake, "udp", ("127.0.0.1", 9), "inbound"))
-            assert fake in service.engine.table
+            assert service.knows(fake) and service.size == 1
         finally:
             await service.close()
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from meshkey.dht.engine import (
+    MAX_LOOKUPS,
     MAX_REFRESHES,
     DhtEngine,
     DialBackJob,
     Joined,
     LookupFinished,
+    LookupLimitError,
     Phase,
     PingRoundSettled,
     Published,
+    Purpose,
     SendRequest,
 )
 from meshkey.dht.records import PersistSequence, RecordContent
@@ -250,3 +255,24 @@ def test_a_join_whose_seeds_do_not_answer_ends_at_once_with_an_empty_graph() -> 
     joined = [e for e in core.events() if isinstance(e, Joined)]
     assert [j.neighbours for j in joined] == [0]  # the glue retries the join later
     assert phase(core) is Phase.READY and len(core.table) == 0
+
+
+def test_lookups_for_callers_past_max_lookups_are_refused_and_the_engines_own_go_on() -> None:
+    core = engine()
+    silent = Identity.generate().node_id  # the one server known: it never answers
+    core.on_authenticated(silent, ("127.0.0.1", 1), "outbound", 0.0)
+    for _ in range(MAX_LOOKUPS):
+        core.start_lookup(Identity.generate().node_id, 0.0)
+    asked = sends(core)
+    assert len(asked) == MAX_LOOKUPS
+    with pytest.raises(LookupLimitError):
+        core.start_lookup(Identity.generate().node_id, 0.0)
+    assert sends(core) == [] and core.lookups.running(Purpose.USER) == MAX_LOOKUPS
+    core.start_lookup(Identity.generate().node_id, 0.0, purpose=Purpose.REFRESH)
+    assert len(sends(core)) == 1  # the engine's own upkeep is not held up by callers
+    core.on_failure(asked[0].txid, 0.1)  # one lookup ends: its only candidate failed
+    assert [e for e in core.events() if isinstance(e, LookupFinished)]
+    core.start_lookup(Identity.generate().node_id, 0.1)  # room for one more
+    assert len(sends(core)) == 1
+    with pytest.raises(LookupLimitError):
+        core.start_lookup(Identity.generate().node_id, 0.1)

@@ -6,10 +6,20 @@ Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 - :mod:`meshkey.dht.lookup`  the iterative lookup (alpha in flight, RTT-derived timeouts)
 - :mod:`meshkey.dht.records` signed peer records, the holder's store, rate limits, publisher
 - :mod:`meshkey.dht.rtt`     per-peer round-trip estimates
-- :mod:`meshkey.dht.engine`  one node's cores together: RPC answers, ping rounds, join,
-  refresh, publishing — what the daemon and the simulator (``bench/dhtsim.py``) both run
+- :mod:`meshkey.dht.transactions` our requests in flight (ids, deadlines, what each is for)
+- :mod:`meshkey.dht.lookups` the lookups running and their requests
+- :mod:`meshkey.dht.responder` answers to others' requests (the table of what is answered
+  in which mode), rate limits, dial-back jobs
+- :mod:`meshkey.dht.rounds` bucket-full ping rounds and the store rounds of a publish
+- :mod:`meshkey.dht.engine`  one node's cores together: join, refresh, publishing — what the
+  daemon and the simulator (``bench/dhtsim.py``) both run; :mod:`meshkey.dht.events` is
+  what it emits
+- :mod:`meshkey.dht.maintenance` the upkeep around the engine: the join retried with
+  backoff, the reachability checks that decide the mode, publishing the record on change
 
-Glue: :mod:`meshkey.dht.service` (asyncio, ``/service/dht``, timers, persistence),
-:mod:`meshkey.dht.store` (the SQLite schema and store), :mod:`meshkey.dht.peers` (the Python
-API behind ``node.peers`` and the ``peer`` commands). Wire formats: :mod:`meshkey.wire.dht`.
+Glue: :mod:`meshkey.dht.service` (asyncio, ``/service/dht``, timers), :mod:`meshkey.dht.hops`
+(RPCs over the UDP transport's hops, dial-backs), :mod:`meshkey.dht.persistence` (what is
+written when), :mod:`meshkey.dht.store` (the SQLite schema and store),
+:mod:`meshkey.dht.peers` (the Python API behind ``node.peers`` and the ``peer`` commands).
+Wire formats: :mod:`meshkey.wire.dht`.
 """

@@ -5,9 +5,14 @@ Theory of operation
 -------------------
 The engine composes the cores — :class:`~meshkey.dht.table.RoutingTable`,
 :class:`~meshkey.dht.lookup.Lookup`, :class:`~meshkey.dht.records.RecordStore`,
-:class:`~meshkey.dht.records.Publisher`, the per-peer :class:`~meshkey.dht.rtt.RttEstimator`
-and rate limits — and adds what ties them together: transaction ids, bucket-full ping
-rounds, join and refresh (maintenance), and the answers to other nodes' requests.
+:class:`~meshkey.dht.records.Publisher`, the per-peer :class:`~meshkey.dht.rtt.RttEstimator`,
+the requests in flight (:class:`~meshkey.dht.transactions.Transactions`), the lookups
+running (:class:`~meshkey.dht.lookups.Lookups`), the answering half
+(:class:`~meshkey.dht.responder.Responder`) and the rounds of pings and stores
+(:mod:`meshkey.dht.rounds`) — and adds what ties them together: join and refresh,
+publishing, and routing each answer or failure to what asked for it (its transaction's
+tag). The upkeep around it (joining again, the mode, what the record says) is
+:mod:`meshkey.dht.maintenance`; what it emits is in :mod:`meshkey.dht.events`.
 
 Inputs (each takes ``now``, monotonic seconds; records are judged at ``now + wall_offset``)::
 
@@ -18,10 +23,12 @@ Inputs (each takes ``now``, monotonic seconds; records are judged at ``now + wal
     on_timer(now)                                       at next_deadline()
     start_lookup / join / publish / expect_manual / set_mode
 
-Output: :meth:`commands` (:class:`SendRequest`, :class:`DialBackJob`,
-:class:`~meshkey.dht.records.PersistSequence`) and :meth:`events` (:class:`LookupFinished`,
-:class:`Joined`, :class:`Published`, :class:`PingRoundSettled`). After every input: drain
-both, then re-read :meth:`next_deadline`.
+Output: :meth:`commands` (:class:`~meshkey.dht.transactions.SendRequest`,
+:class:`~meshkey.dht.records.PersistSequence`), the answer (or a
+:class:`~meshkey.dht.responder.DialBackJob`) returned by :meth:`on_request`, and
+:meth:`events` (:class:`LookupFinished`, :class:`Joined`, :class:`Published`,
+:class:`PingRoundSettled`). After every input: drain both, then re-read
+:meth:`next_deadline`.
 
 **Join / maintenance** (states IDLE → SEEDING → JOINING → REFRESHING → READY): ping the seeds
 (each answer is an authenticated hop, which inserts the seed), look up our own NodeId (which
@@ -31,13 +38,8 @@ traffic for about an hour (jittered) is refreshed with a lookup of a random id i
 at most :data:`MAX_REFRESHES` at once. :meth:`join` again re-joins (seeds may be none: a
 restarted node re-joins from the graph it restored).
 
-**Answers.** Only a server answers FIND_NODE, FIND_VALUE and STORE (a client answers
-NOT_SERVER); everyone answers PING (liveness is what a full bucket asks about). FIND_NODE
-hands out servers only, never the requester itself. Every request counts against the
-requester's token bucket (:data:`REQUEST_RATE`), a STORE also against a slower one
-(:data:`STORE_RATE`), a DIAL_BACK against a slower still (:data:`DIAL_BACK_RATE`; one
-naming a third node as the target is only done for nodes in our graph): RATE_LIMITED past
-them.
+**Answers** are the :class:`~meshkey.dht.responder.Responder`'s (which request kinds are
+answered in which mode is its table, :data:`~meshkey.dht.responder.ANSWERED`).
 
 **Modes.** A peer's claimed mode comes with each of its RPCs. A peer that claims to be a
 server, but that this node has only seen inbound, is pinged once over a new outbound hop
@@ -51,8 +53,17 @@ import enum
 import random
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from meshkey.dht.events import (
+    EngineCommand,
+    EngineEvent,
+    Joined,
+    LookupFinished,
+    PingRoundSettled,
+    Published,
+    Purpose,
+)
 from meshkey.dht.lookup import (
     ALPHA,
     Contact,
@@ -63,16 +74,17 @@ from meshkey.dht.lookup import (
     PeerUnresponsive,
     SendFindNode,
 )
+from meshkey.dht.lookups import MAX_LOOKUPS, LookupLimitError, Lookups
 from meshkey.dht.records import (
-    PersistSequence,
+    PeerRecord,
     Publisher,
     PublishRecord,
-    RateLimiter,
     RecordContent,
-    RecordError,
     RecordStore,
     record_or_none,
 )
+from meshkey.dht.responder import DialBackJob, Responder
+from meshkey.dht.rounds import PingRound, StoreRound
 from meshkey.dht.rtt import RttEstimator
 from meshkey.dht.table import (
     Added,
@@ -80,24 +92,20 @@ from meshkey.dht.table import (
     K,
     Learned,
     RoutingTable,
-    Updated,
     Verdict,
 )
+from meshkey.dht.transactions import SendRequest, Transactions
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.dht import (
     NONCE_SIZE,
-    TXID_SIZE,
     Answer,
     DhtError,
-    DhtErrorCode,
-    DialBack,
     FindNode,
     FindValue,
     Mode,
     Nodes,
     Ping,
-    Pong,
     Request,
     Store,
     Stored,
@@ -106,16 +114,7 @@ from meshkey.wire.dht import (
 )
 from meshkey.wire.net import Endpoint
 
-REQUEST_RATE = 50.0  # requests a second per peer, with a burst of REQUEST_BURST
-REQUEST_BURST = 200.0
-STORE_RATE = 0.5
-STORE_BURST = 10.0
-#: A dial-back makes this node open a QUIC connection (and, as a helper, to an address the
-#: asker names): rare and slow, or a node could be used to spray handshakes at a victim.
-DIAL_BACK_RATE = 0.1
-DIAL_BACK_BURST = 3.0
 MAX_REFRESHES = 4
-MAX_LOOKUPS = 64
 VERIFY_INTERVAL = 300.0
 PING_TIMEOUT_FACTOR = 4.0
 MAX_HINTS = 64
@@ -129,94 +128,14 @@ class Phase(enum.Enum):
     READY = "ready"
 
 
-class Purpose(enum.Enum):
-    USER = "user"
-    JOIN = "join"
-    REFRESH = "refresh"
-    PUBLISH = "publish"
-
-
-# -- commands and events ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendRequest:
-    """Send ``request`` to ``peer`` at ``address`` over a hop pinned to ``peer``; report the
-    answer with ``on_answer(txid, ...)`` or the failure with ``on_failure(txid, ...)``."""
-
-    txid: bytes
-    peer: NodeId
-    address: Endpoint
-    request: Request
-    fresh: bool = False  # dial a new hop to ``address``; do not reuse a hop to ``peer``
-
-
-@dataclass(frozen=True, slots=True)
-class DialBackJob:
-    """Answer ``request`` from ``peer`` (seen at ``address``) by dialling: open a new hop to
-    ``address`` pinned to ``peer`` and ping it with the nonce, or have ``helper`` do it."""
-
-    peer: NodeId
-    address: Endpoint
-    request: DialBack
-    helper: Contact | None
-
-
-@dataclass(frozen=True, slots=True)
-class LookupFinished:
-    lookup_id: int
-    purpose: Purpose
-    result: LookupDone
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    neighbours: int
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    sequence: int
-    stored_at: int
-    asked: int
-
-
-@dataclass(frozen=True, slots=True)
-class PingRoundSettled:
-    bucket: int
-    alive: tuple[NodeId, ...]
-    evicted: tuple[NodeId, ...]
-    added: tuple[NodeId, ...]
-
-
-EngineCommand = SendRequest | DialBackJob
-EngineEvent = LookupFinished | Joined | Published | PingRoundSettled
-
-
 @dataclass(slots=True)
-class _PingRound:
-    verdict: BucketFull
-    waiting: set[NodeId]
-    alive: set[NodeId] = field(default_factory=set)
+class _RequestFor:
+    """What one of our requests is for (its transaction's tag): at most one field set."""
 
-
-@dataclass(slots=True)
-class _Pending:
-    peer: NodeId
-    sent_at: float
-    deadline: float | None  # None: the lookup owns the timeout
     lookup: int | None = None
-    ping_round: _PingRound | None = None
-    store: int | None = None  # the publish round it belongs to
+    ping_round: PingRound | None = None
+    store: StoreRound | None = None
     verify: bool = False  # a reachability check: failing it is no failure of the peer
-
-
-@dataclass(slots=True)
-class _PublishRound:
-    sequence: int
-    asked: int = 0
-    waiting: int = 0
-    stored: int = 0
 
 
 class DhtEngine:
@@ -252,24 +171,19 @@ class DhtEngine:
             else RecordStore(self.own, capacity=record_capacity)
         )
         self.publisher = Publisher(identity, sequence=sequence, rng=self.rng)
-        self.requests = RateLimiter(REQUEST_RATE, REQUEST_BURST)
-        self.stores = RateLimiter(STORE_RATE, STORE_BURST)
-        self.dial_backs = RateLimiter(DIAL_BACK_RATE, DIAL_BACK_BURST)
+        self.responder = Responder(
+            self.table, self.records, self._own_record, self.rng, k=k, wall_offset=wall_offset
+        )
+        self.tx: Transactions[_RequestFor] = Transactions(self.rng)
         self.phase = Phase.IDLE
-        self._commands: list[EngineCommand | PersistSequence] = []
+        self._commands: list[EngineCommand] = []
         self._events: list[EngineEvent] = []
-        self._pending: dict[bytes, _Pending] = {}
-        self._timed: set[bytes] = set()  # pending txids with a deadline of their own
-        self._lookups: dict[int, tuple[Lookup, Purpose]] = {}
-        self._lookup_txids: dict[tuple[int, NodeId], bytes] = {}  # the latest attempt
-        self._txids_of_lookup: dict[int, set[bytes]] = {}
-        self._next_lookup = 1
-        self._ping_rounds: dict[int, _PingRound] = {}
+        self.lookups = Lookups()
         self._seeds_waiting: set[bytes] = set()
         self._seed_ids: set[NodeId] = set()
         self._join_lookups: set[int] = set()
         self._refreshing: set[int] = set()
-        self._publish_rounds: dict[int, _PublishRound] = {}
+        self._publishing: dict[int, int] = {}  # publish lookup -> the record's sequence
         self._manual: dict[NodeId, bool] = {}
         self._verified: OrderedDict[NodeId, float] = OrderedDict()
         self._hints: OrderedDict[NodeId, Endpoint] = OrderedDict()
@@ -277,7 +191,7 @@ class DhtEngine:
 
     # -- output -----------------------------------------------------------------------
 
-    def commands(self) -> list[EngineCommand | PersistSequence]:
+    def commands(self) -> list[EngineCommand]:
         out, self._commands = self._commands, []
         return out
 
@@ -286,17 +200,16 @@ class DhtEngine:
         return out
 
     def next_deadline(self) -> float | None:
-        candidates = [self.publisher.next_deadline(), self.records.next_deadline()]
+        candidates = [
+            self.publisher.next_deadline(),
+            self.records.next_deadline(),
+            self.tx.next_deadline(),
+            self.lookups.next_deadline(),
+        ]
         if self.phase == Phase.READY:
             candidates.append(self.table.next_deadline())
-        candidates.extend(self._pending[t].deadline for t in self._timed)
-        candidates.extend(lookup.next_deadline() for lookup, _ in self._lookups.values())
         present = [c for c in candidates if c is not None]
         return min(present) if present else None
-
-    @property
-    def lookups_running(self) -> int:
-        return len(self._lookups)
 
     # -- the way in for peers ----------------------------------------------------------
 
@@ -354,48 +267,9 @@ class DhtEngine:
         self, peer: NodeId, address: Endpoint, request: Request, now: float
     ) -> Answer | DialBackJob:
         """The answer to ``request`` from ``peer`` (authenticated, seen at ``address``), or a
-        dial-back job for the glue."""
-        txid, mode = request.txid, self.mode
+        dial-back job for the glue; a peer claiming to be a server may be checked first."""
         self._peer_claims(peer, address, request.mode, now)
-        if not self.requests.allow(peer, now):
-            return DhtError(txid, mode, DhtErrorCode.RATE_LIMITED, "too many requests")
-        if isinstance(request, Ping):
-            return Pong(txid, mode, address)
-        if mode != Mode.SERVER:
-            return DhtError(txid, mode, DhtErrorCode.NOT_SERVER, "this node is a client")
-        if isinstance(request, FindNode):
-            return Nodes(txid, mode, self._contacts_for(NodeId(request.target), peer))
-        if isinstance(request, FindValue):
-            key = NodeId(request.key)
-            record = self._record_for(key, now)
-            if record is not None:
-                return Value(txid, mode, record, ())
-            return Value(txid, mode, None, self._contacts_for(key, peer))
-        if isinstance(request, Store):
-            if not self.stores.allow(peer, now):
-                return DhtError(txid, mode, DhtErrorCode.RATE_LIMITED, "too many stores")
-            try:
-                self.records.put(request.record, now + self.wall_offset)
-            except RecordError as exc:
-                return DhtError(txid, mode, exc.code, exc.reason)
-            return Stored(txid, mode)
-        assert isinstance(request, DialBack)
-        if not self.dial_backs.allow(peer, now):
-            return DhtError(txid, mode, DhtErrorCode.RATE_LIMITED, "too many dial-backs")
-        if request.target is not None and self.table.get(peer) is None:
-            # Dialling for someone else is a favour to nodes in our graph only.
-            return DhtError(txid, mode, DhtErrorCode.UNAVAILABLE, "unknown asker")
-        helper = None
-        if request.target is None:
-            choices = [
-                e
-                for e in self.table.closest(self.table.random_id_in_bucket(255), self.k)
-                if e.node_id != peer
-            ]
-            if choices:
-                pick = self.rng.choice(choices)
-                helper = Contact(pick.node_id, (pick.address,))
-        return DialBackJob(peer, address, request, helper)
+        return self.responder.answer(peer, address, request, self.mode, now)
 
     def _peer_claims(self, peer: NodeId, address: Endpoint, mode: Mode, now: float) -> None:
         entry = self.table.claim_mode(peer, mode)
@@ -411,42 +285,29 @@ class DhtEngine:
         while len(self._verified) > 4096:
             self._verified.popitem(last=False)
         # A new outbound hop to where it was seen: if that authenticates, it is reachable.
-        txid = self._send(
-            peer, address, Ping(self._txid(), self.mode), now, deadline=True, fresh=True
-        )
-        self._pending[txid].verify = True
+        ping = Ping(self.tx.new_txid(), self.mode)
+        self._send(peer, address, ping, now, _RequestFor(verify=True), fresh=True)
 
-    def _contacts_for(self, target: NodeId, requester: NodeId) -> tuple[WireContact, ...]:
-        return tuple(
-            WireContact(e.node_id.raw, Mode.SERVER, (e.address,))
-            for e in self.table.closest(target, self.k, exclude=requester)
-        )
-
-    def _record_for(self, key: NodeId, now: float) -> bytes | None:
-        if key == self.own:
-            current = self.publisher.current
-            if current is not None and current.expiry > now + self.wall_offset:
-                return current.raw
-            return None
-        held = self.records.get(key, now + self.wall_offset)
-        return held.raw if held is not None else None
+    def _own_record(self, wall_now: float) -> PeerRecord | None:
+        current = self.publisher.current
+        return current if current is not None and current.expiry > wall_now else None
 
     # -- our requests' outcomes --------------------------------------------------------
 
     def on_answer(self, txid: bytes, peer: NodeId, answer: Answer, now: float) -> None:
-        pending = self._pending.get(txid)
+        pending = self.tx.get(txid)
         if pending is None or pending.peer != peer:
             return  # unknown, late past its deadline, or from someone else
         if isinstance(answer, DhtError):
             self.on_failure(txid, now)
             return
-        del self._pending[txid]
-        self._timed.discard(txid)
+        self.tx.close(txid)
+        wanted = pending.tag
         self.table.claim_mode(peer, answer.mode)
         self.table.record_success(peer, now)
-        if pending.lookup is not None:
-            self._forget_lookup_txid(pending.lookup, peer, txid)
-            entry = self._lookups.get(pending.lookup)
+        if wanted.lookup is not None:
+            self.lookups.settled(wanted.lookup, peer, txid)
+            entry = self.lookups.get(wanted.lookup)
             if entry is not None:
                 lookup = entry[0]
                 contacts: tuple[WireContact, ...] = ()
@@ -456,59 +317,54 @@ class DhtEngine:
                 elif isinstance(answer, Value):
                     contacts, record = answer.contacts, answer.record
                 lookup.on_reply(peer, [_contact(c) for c in contacts], now, record)
-                self._after_lookup(pending.lookup)
+                self._after_lookup(wanted.lookup, now)
             return
         self.rtt.sample(peer, now - pending.sent_at)
-        if pending.ping_round is not None:
-            pending.ping_round.alive.add(peer)
-            self._ping_answered(pending.ping_round, peer, now)
-        if pending.store is not None and isinstance(answer, Stored):
-            self._publish_answered(pending.store, stored=True)
+        if wanted.ping_round is not None:
+            self._ping_answered(wanted.ping_round, peer, now, alive=True)
+        if wanted.store is not None and isinstance(answer, Stored):
+            self._store_answered(wanted.store, stored=True)
         if txid in self._seeds_waiting:
             self._seed_settled(txid, now)
 
     def on_failure(self, txid: bytes, now: float, *, refused: bool = False) -> None:
         """Our request failed. ``refused``: its hop authenticated another NodeId than the
         one it was pinned to (the address does not belong to that peer)."""
-        pending = self._pending.pop(txid, None)
-        self._timed.discard(txid)
+        pending = self.tx.close(txid)
         if pending is None:
             return
-        if pending.lookup is not None:
-            self._forget_lookup_txid(pending.lookup, pending.peer, txid)
-            if self._lookup_txids.get((pending.lookup, pending.peer)) not in (None, txid):
+        wanted = pending.tag
+        if wanted.lookup is not None:
+            if not self.lookups.settled(wanted.lookup, pending.peer, txid):
                 return  # an abandoned attempt failed; a newer one is out
-            entry = self._lookups.get(pending.lookup)
+            entry = self.lookups.get(wanted.lookup)
             if entry is not None:
                 if refused:
                     entry[0].on_refused(pending.peer, now)
                 else:
                     entry[0].on_failure(pending.peer, now)
-                self._after_lookup(pending.lookup)
+                self._after_lookup(wanted.lookup, now)
             return
         self._manual.pop(pending.peer, None)
-        if not pending.verify:
+        if not wanted.verify:
             self.table.record_failure(pending.peer, now)
-        if pending.ping_round is not None:
-            self._ping_answered(pending.ping_round, pending.peer, now)
-        if pending.store is not None:
-            self._publish_answered(pending.store, stored=False)
+        if wanted.ping_round is not None:
+            self._ping_answered(wanted.ping_round, pending.peer, now, alive=False)
+        if wanted.store is not None:
+            self._store_answered(wanted.store, stored=False)
         if txid in self._seeds_waiting:
             self._seed_settled(txid, now)
 
     def on_timer(self, now: float) -> None:
-        for txid in list(self._timed):
-            pending = self._pending.get(txid)
-            if pending is not None and pending.deadline is not None and pending.deadline <= now:
-                self.on_failure(txid, now)
-        for lookup_id in list(self._lookups):
-            entry = self._lookups.get(lookup_id)
-            if entry is None:
-                continue
-            deadline = entry[0].next_deadline()
+        for txid in self.tx.expired(now):
+            self.on_failure(txid, now)
+        for lookup_id, lookup, _ in self.lookups:
+            if self.lookups.get(lookup_id) is None:
+                continue  # ended meanwhile
+            deadline = lookup.next_deadline()
             if deadline is not None and deadline <= now:
-                entry[0].on_timer(now)
-                self._after_lookup(lookup_id)
+                lookup.on_timer(now)
+                self._after_lookup(lookup_id, now)
         self.records.expire(now + self.wall_offset)
         self.publisher.on_timer(now + self.wall_offset)
         self._drain_publisher(now)
@@ -531,9 +387,10 @@ class DhtEngine:
         stop_at_target: bool = False,
         purpose: Purpose = Purpose.USER,
     ) -> int:
-        """Starts a lookup; its result comes as a :class:`LookupFinished` event."""
-        lookup_id = self._next_lookup
-        self._next_lookup += 1
+        """Starts a lookup; its result comes as a :class:`LookupFinished` event.
+        :class:`~meshkey.dht.lookups.LookupLimitError` (nothing started) past
+        :data:`~meshkey.dht.lookups.MAX_LOOKUPS` lookups for callers (``purpose`` USER)."""
+        self.lookups.admit(purpose)
         start = [Contact(e.node_id, (e.address,)) for e in self.table.closest(target, self.k)]
         known = {c.node_id for c in start}
         start.extend(Contact(n, (a,)) for n, a in self._hints.items() if n not in known)
@@ -551,38 +408,31 @@ class DhtEngine:
             stop_at_target=stop_at_target,
             verify=self._verify_record,
         )
-        self._lookups[lookup_id] = (lookup, purpose)
-        self._after_lookup(lookup_id)
+        lookup_id = self.lookups.add(lookup, purpose)
+        self._after_lookup(lookup_id, now)
         return lookup_id
-
-    def _forget_lookup_txid(self, lookup_id: int, peer: NodeId, txid: bytes) -> None:
-        if self._lookup_txids.get((lookup_id, peer)) == txid:
-            del self._lookup_txids[(lookup_id, peer)]
-        txids = self._txids_of_lookup.get(lookup_id)
-        if txids is not None:
-            txids.discard(txid)
 
     def _verify_record(self, data: bytes, owner: NodeId, now: float) -> object:
         return record_or_none(data, owner, now + self.wall_offset)
 
-    def _after_lookup(self, lookup_id: int) -> None:
-        lookup, purpose = self._lookups[lookup_id]
+    def _after_lookup(self, lookup_id: int, now: float) -> None:
+        entry = self.lookups.get(lookup_id)
+        assert entry is not None
+        lookup, purpose = entry
         for command in lookup.commands():
             request: Request
             if isinstance(command, SendFindNode):
-                request = FindNode(self._txid(), self.mode, command.target.raw)
+                request = FindNode(self.tx.new_txid(), self.mode, command.target.raw)
             else:
-                request = FindValue(self._txid(), self.mode, command.key.raw)
-            txid = request.txid
-            self._pending[txid] = _Pending(command.peer, 0.0, None, lookup=lookup_id)
-            self._lookup_txids[(lookup_id, command.peer)] = txid
-            self._txids_of_lookup.setdefault(lookup_id, set()).add(txid)
-            self._commands.append(SendRequest(txid, command.peer, command.address, request))
+                request = FindValue(self.tx.new_txid(), self.mode, command.key.raw)
+            wanted = _RequestFor(lookup=lookup_id)
+            self._send(command.peer, command.address, request, now, wanted, deadline=False)
+            self.lookups.sent(lookup_id, command.peer, request.txid)
         for event in lookup.events():
             if isinstance(event, PeerUnresponsive):
-                txid_gone = self._lookup_txids.pop((lookup_id, event.peer), None)
+                txid_gone = self.lookups.given_up(lookup_id, event.peer)
                 if txid_gone is not None:
-                    self._pending.pop(txid_gone, None)
+                    self.tx.close(txid_gone)
                 self.table.record_failure(event.peer, lookup.started)
             elif isinstance(event, PeerAnswered):
                 continue
@@ -590,48 +440,32 @@ class DhtEngine:
                 self._events.append(LookupFinished(lookup_id, purpose, event))
                 self._lookup_done(lookup_id, purpose, event)
         if lookup.finished:
-            self._lookups.pop(lookup_id, None)
-            for key in [key for key in self._lookup_txids if key[0] == lookup_id]:
-                del self._lookup_txids[key]
-            for txid in self._txids_of_lookup.pop(lookup_id, ()):
-                self._pending.pop(txid, None)
+            for txid in self.lookups.finish(lookup_id):
+                self.tx.close(txid)
 
     # -- bucket-full ping rounds -------------------------------------------------------
 
     def _start_ping_round(self, verdict: BucketFull, now: float) -> None:
-        ping_round = _PingRound(verdict, set(verdict.to_ping))
-        self._ping_rounds[verdict.bucket] = ping_round
+        ping_round = PingRound(verdict, set(verdict.to_ping))
         for node_id in verdict.to_ping:
             entry = self.table.get(node_id)
             if entry is None:
                 ping_round.waiting.discard(node_id)
                 continue
-            txid = self._send(
-                node_id, entry.address, Ping(self._txid(), self.mode), now, deadline=True
-            )
-            self._pending[txid].ping_round = ping_round
+            ping = Ping(self.tx.new_txid(), self.mode)
+            self._send(node_id, entry.address, ping, now, _RequestFor(ping_round=ping_round))
         if not ping_round.waiting:
             self._settle_round(ping_round, now)
 
-    def _ping_answered(self, ping_round: _PingRound, peer: NodeId, now: float) -> None:
-        ping_round.waiting.discard(peer)
-        if not ping_round.waiting:
+    def _ping_answered(
+        self, ping_round: PingRound, peer: NodeId, now: float, *, alive: bool
+    ) -> None:
+        if ping_round.answered(peer, alive=alive):
             self._settle_round(ping_round, now)
 
-    def _settle_round(self, ping_round: _PingRound, now: float) -> None:
-        verdict = ping_round.verdict
-        if self._ping_rounds.get(verdict.bucket) is ping_round:
-            del self._ping_rounds[verdict.bucket]
-        added = self.table.settle(verdict, ping_round.alive, now)
-        evicted = tuple(n for n in verdict.to_ping if n not in ping_round.alive)
-        self._events.append(
-            PingRoundSettled(
-                verdict.bucket,
-                tuple(n for n in verdict.to_ping if n in ping_round.alive),
-                evicted,
-                tuple(e.node_id for e in added),
-            )
-        )
+    def _settle_round(self, ping_round: PingRound, now: float) -> None:
+        added = self.table.settle(ping_round.verdict, ping_round.alive, now)
+        self._events.append(ping_round.settled(added))
 
     # -- join and refresh --------------------------------------------------------------
 
@@ -643,8 +477,8 @@ class DhtEngine:
         for node_id, address in seeds:
             if node_id == self.own:
                 continue
-            txid = self._send(node_id, address, Ping(self._txid(), self.mode), now, deadline=True)
-            self._seeds_waiting.add(txid)
+            ping = Ping(self.tx.new_txid(), self.mode)
+            self._seeds_waiting.add(self._send(node_id, address, ping, now, _RequestFor()))
             self._seed_ids.add(node_id)
         if not self._seeds_waiting:
             self._join_lookup(now)
@@ -664,11 +498,13 @@ class DhtEngine:
     def _start_join_lookup(self, target: NodeId, now: float) -> None:
         # Registered before it starts: a lookup with nobody to ask (no seed answered) ends
         # inside start_lookup, and the join must see it end.
-        self._join_lookups.add(self._next_lookup)
+        self._join_lookups.add(self.lookups.next_id)
         self.start_lookup(target, now, purpose=Purpose.JOIN)
 
     def _lookup_done(self, lookup_id: int, purpose: Purpose, done: LookupDone) -> None:
-        now = done.stats.duration + self._lookups[lookup_id][0].started
+        entry = self.lookups.get(lookup_id)
+        assert entry is not None
+        now = done.stats.duration + entry[0].started
         if purpose == Purpose.REFRESH:
             self._refreshing.discard(lookup_id)
         elif purpose == Purpose.PUBLISH:
@@ -694,61 +530,36 @@ class DhtEngine:
         self.publisher.set_content(content, now + self.wall_offset)
         self._drain_publisher(now)
 
-    def republish(self, now: float) -> None:
-        self.publisher.republish_now(now + self.wall_offset)
-        self._drain_publisher(now)
-
     def _drain_publisher(self, now: float) -> None:
         for command in self.publisher.commands():
             if isinstance(command, PublishRecord):
                 lookup_id = self.start_lookup(self.own, now, purpose=Purpose.PUBLISH)
-                self._publish_rounds[lookup_id] = _PublishRound(command.record.sequence)
+                if self.lookups.get(lookup_id) is not None:  # (with nobody to ask: over)
+                    self._publishing[lookup_id] = command.record.sequence
             else:
                 self._commands.append(command)
 
     def _publish_to(self, lookup_id: int, done: LookupDone, now: float) -> None:
-        publish_round = self._publish_rounds.pop(lookup_id, None)
+        sequence = self._publishing.pop(lookup_id, None)
         current = self.publisher.current
-        if publish_round is None or current is None:
+        if sequence is None or current is None:
             return
-        if current.sequence != publish_round.sequence:
+        if current.sequence != sequence:
             return  # a newer record is on its way
-        round_id = lookup_id
-        self._publish_rounds[-round_id] = publish_round
+        store_round = StoreRound(sequence)
         for contact in done.closest[: self.k]:
-            txid = self._send(
-                contact.node_id,
-                contact.addresses[0],
-                Store(self._txid(), self.mode, current.raw),
-                now,
-                deadline=True,
-            )
-            self._pending[txid].store = -round_id
-            publish_round.asked += 1
-            publish_round.waiting += 1
-        if not publish_round.waiting:
-            self._publish_answered(-round_id, stored=False, count=False)
+            store = Store(self.tx.new_txid(), self.mode, current.raw)
+            wanted = _RequestFor(store=store_round)
+            self._send(contact.node_id, contact.addresses[0], store, now, wanted)
+            store_round.asking()
+        if not store_round.waiting:
+            self._events.append(store_round.published())
 
-    def _publish_answered(self, round_id: int, *, stored: bool, count: bool = True) -> None:
-        publish_round = self._publish_rounds.get(round_id)
-        if publish_round is None:
-            return
-        if count:
-            publish_round.waiting -= 1
-            publish_round.stored += stored
-        if publish_round.waiting <= 0:
-            del self._publish_rounds[round_id]
-            self._events.append(
-                Published(publish_round.sequence, publish_round.stored, publish_round.asked)
-            )
+    def _store_answered(self, store_round: StoreRound, *, stored: bool) -> None:
+        if store_round.answered(stored=stored):
+            self._events.append(store_round.published())
 
     # -- internals ---------------------------------------------------------------------
-
-    def _txid(self) -> bytes:
-        while True:
-            txid = self.rng.randbytes(TXID_SIZE)
-            if txid not in self._pending:
-                return txid
 
     def nonce(self) -> bytes:
         return self.rng.randbytes(NONCE_SIZE)
@@ -759,15 +570,16 @@ class DhtEngine:
         address: Endpoint,
         request: Request,
         now: float,
+        wanted: _RequestFor,
         *,
-        deadline: bool,
+        deadline: bool = True,
         fresh: bool = False,
     ) -> bytes:
-        timeout = self.rtt.timeout(peer) * PING_TIMEOUT_FACTOR
-        self._pending[request.txid] = _Pending(peer, now, now + timeout if deadline else None)
-        if deadline:
-            self._timed.add(request.txid)
-        self._commands.append(SendRequest(request.txid, peer, address, request, fresh))
+        """Sends ``request``, due (``deadline``) within a few of the peer's RTT timeouts;
+        without, whoever sent it (a lookup) owns its timeout."""
+        timeout = self.rtt.timeout(peer) * PING_TIMEOUT_FACTOR if deadline else None
+        command = self.tx.open(peer, address, request, wanted, now, timeout=timeout, fresh=fresh)
+        self._commands.append(command)
         return request.txid
 
 
@@ -782,10 +594,11 @@ __all__ = [
     "EngineEvent",
     "Joined",
     "LookupFinished",
+    "LookupLimitError",
+    "MAX_LOOKUPS",
     "Phase",
     "PingRoundSettled",
     "Published",
     "Purpose",
     "SendRequest",
-    "Updated",
 ]

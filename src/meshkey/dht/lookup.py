@@ -359,10 +359,6 @@ class Lookup:
         del self._candidates[candidate.node_id]
         self._distrusted += 1
 
-    def on_timeout(self, peer: NodeId, now: float) -> None:
-        """The glue gave up on the request to ``peer`` (same as a hard timeout)."""
-        self.on_failure(peer, now)
-
     def on_timer(self, now: float) -> None:
         self._now = max(self._now, now)
         for candidate in list(self._waiting):

@@ -8,14 +8,14 @@ values and results into plain dictionaries ready for ``--output json``.
 from __future__ import annotations
 
 import builtins
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from meshkey.dht.service import DhtService, FindResult
 from meshkey.errors import MeshkeyError
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import RouteError, TransportAddress, parse_address
 from meshkey.routing.errors import RemoteError
-from meshkey.transport.link import LinkTransport
 from meshkey.wire.message import ErrorCode
 from meshkey.wire.net import Endpoint
 
@@ -63,12 +63,18 @@ def parse_seed(text: str | tuple[NodeId, Endpoint]) -> tuple[NodeId, Endpoint]:
     return peer, parse_peer_address(address)
 
 
+class Transport(Protocol):
+    """Whose live hops ``peer connections`` lists (the node's UDP and TCP transports)."""
+
+    def connections(self) -> builtins.list[dict[str, Any]]: ...
+
+
 def _node_id(value: str | NodeId) -> NodeId:
     return value if isinstance(value, NodeId) else NodeId.parse(value)
 
 
 class PeerGraph:
-    def __init__(self, service: DhtService, transports: list[LinkTransport] | None = None):
+    def __init__(self, service: DhtService, transports: Sequence[Transport] | None = None):
         self.service = service
         self.transports = transports if transports is not None else [service.udp]
 
@@ -99,7 +105,7 @@ class PeerGraph:
         """An authenticated round trip; a peer that is not in the graph is looked up first."""
         peer = _node_id(node_id)
         address = None
-        if self.service.engine.table.get(peer) is None and self.service.live_link(peer) is None:
+        if not self.service.knows(peer) and self.service.live_link(peer) is None:
             found = await self.service.find(peer, timeout=timeout)
             if not found.found or not found.addresses:
                 raise PeerNotFoundError(

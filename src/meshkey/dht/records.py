@@ -303,10 +303,6 @@ class Publisher:
         self.content = content
         self._publish(now)
 
-    def republish_now(self, now: float) -> None:
-        if self.content is not None:
-            self._publish(now)
-
     def on_timer(self, now: float) -> None:
         if self._republish_at is not None and now >= self._republish_at:
             self._publish(now)

@@ -1,8 +1,9 @@
 """Round-trip estimates per peer, and the request timeouts that follow from them.
 
-RFC 6298's estimator: the first sample ``r`` sets ``srtt = r`` and ``rttvar = r / 2``; each
-later one moves them by 1/8 and 1/4. A request to a peer times out after ``srtt + 4 *
-rttvar``, clamped to [``minimum``, ``maximum``]. A peer never measured gets the same formula
+Each peer's estimate is a :class:`meshkey.timing.RttEstimate` (RFC 6298: the first sample
+``r`` sets ``srtt = r`` and ``rttvar = r / 2``; each later one moves them by 1/8 and 1/4). A
+request to a peer times out after ``srtt + 4 * rttvar``, clamped to [``minimum``,
+``maximum``]. A peer never measured gets the same formula
 over every sample this node took (so a node on a 1 ms LAN does not wait a WAN's second for
 a stranger), or ``default`` before the first sample. The table is bounded: past
 ``capacity`` peers the least recently sampled is forgotten.
@@ -16,23 +17,12 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from meshkey.identity.node_id import NodeId
+from meshkey.timing import RttEstimate
 
 DEFAULT_TIMEOUT = 1.0
 MIN_TIMEOUT = 0.05
 MAX_TIMEOUT = 3.0
 CAPACITY = 4096
-
-
-class _Estimate:
-    __slots__ = ("rttvar", "srtt")
-
-    def __init__(self, sample: float) -> None:
-        self.srtt = sample
-        self.rttvar = sample / 2
-
-    def add(self, sample: float) -> None:
-        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
-        self.srtt = 0.875 * self.srtt + 0.125 * sample
 
 
 class RttEstimator:
@@ -48,23 +38,16 @@ class RttEstimator:
         self.minimum = minimum
         self.maximum = maximum
         self.capacity = capacity
-        self._peers: OrderedDict[NodeId, _Estimate] = OrderedDict()
-        self._overall: _Estimate | None = None
+        self._peers: OrderedDict[NodeId, RttEstimate] = OrderedDict()
+        self._overall = RttEstimate()  # over every sample: what a stranger is given
 
     def sample(self, peer: NodeId, rtt: float) -> None:
-        rtt = max(rtt, 0.0)
-        estimate = self._peers.pop(peer, None)
-        if estimate is None:
-            estimate = _Estimate(rtt)
-        else:
-            estimate.add(rtt)
-        self._peers[peer] = estimate
+        estimate = self._peers.pop(peer, None) or RttEstimate()
+        estimate.add(rtt)
+        self._peers[peer] = estimate  # the most recently sampled last
         while len(self._peers) > self.capacity:
             self._peers.popitem(last=False)
-        if self._overall is None:
-            self._overall = _Estimate(rtt)
-        else:
-            self._overall.add(rtt)
+        self._overall.add(rtt)
 
     def srtt(self, peer: NodeId) -> float | None:
         estimate = self._peers.get(peer)
@@ -72,6 +55,4 @@ class RttEstimator:
 
     def timeout(self, peer: NodeId) -> float:
         estimate = self._peers.get(peer) or self._overall
-        if estimate is None:
-            return self.default
-        return min(self.maximum, max(self.minimum, estimate.srtt + 4 * estimate.rttvar))
+        return estimate.timeout(default=self.default, minimum=self.minimum, maximum=self.maximum)

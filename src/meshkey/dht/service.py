@@ -1,4 +1,4 @@
-"""The node graph's asyncio glue: the engine on real hops, a timer, and persistence.
+"""The node graph's asyncio glue: the engine and its upkeep on real hops, timers, persistence.
 
 :class:`DhtService` owns one :class:`~meshkey.dht.engine.DhtEngine` and does its I/O:
 
@@ -9,23 +9,22 @@
   at the worker ``/service/dht`` over authenticated hops (``message.local.hop_peer``); the
   address is the remote address of the UDP hop they came over. RPCs over other transports
   are answered UNSUPPORTED: a TCP address is no DHT contact.
-- **Out.** Each :class:`~meshkey.dht.engine.SendRequest` goes to
-  ``/ip4/H/udp/P/id/NODEID/service/dht``: the hop is pinned to the NodeId, so a contact that
-  lies about its NodeId fails the hop's authentication and never answers (nor enters the
-  table). A live hop to that NodeId is reused instead (it proved the same NodeId), unless
-  the command asks for a fresh dial (reachability checks). Each request has its own reply
-  address, so an error coming back (unreachable, authentication failed) names the request.
-- **Time.** One ``call_at`` for the engine's next deadline, re-armed only when it changes,
-  fired with ``max(deadline, loop.time())`` (uvloop wakes early) — STYLE pattern 1.
-- **Reachability.** :meth:`DhtService.check_reachability` sends DIAL_BACK to up to two
-  servers with fresh nonces; the one asked has a third node dial back when it can (from an
-  address this node never sent to, which is what a NAT's filter would stop), else dials
-  itself. The node is a server when a ping carrying one of its nonces arrived over an
-  inbound hop (helpers' answers, when there are any, decide).
-- **Persistence.** At start the table, the records held and the sequence number come back
-  from the :class:`~meshkey.dht.store.GraphStore`; changes are written every
-  :data:`FLUSH_INTERVAL` seconds, only the rows that changed (last-seen times rounded to a
-  minute, so a busy peer is not a write per message).
+- **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
+  pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how); its
+  answer or failure goes back to the engine (a refused hop: another NodeId is at that
+  address).
+- **Time.** One :class:`~meshkey.timing.DeadlineTimer` follows the engine's next deadline
+  (re-armed only when it changes, fired no earlier than it) — STYLE pattern 1.
+- **Upkeep.** The join (retried with backoff), the reachability checks that decide the
+  mode, and publishing the record when it changes are decided by the sans-IO
+  :class:`~meshkey.dht.maintenance.Maintenance` (:meth:`DhtService.maintain` starts it,
+  :meth:`DhtService.join` runs one attempt); the glue sends its requests, writes down the
+  mode it found, forwards it the engine's events and the nonces of incoming pings, and logs
+  what it reports. Its own :class:`~meshkey.timing.DeadlineTimer` follows its deadline.
+- **Persistence.** At start the table, the records held (:mod:`meshkey.dht.persistence`),
+  the sequence number and the mode come back from the
+  :class:`~meshkey.dht.store.GraphStore`; what changed is written every
+  :data:`FLUSH_INTERVAL` seconds and at close.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,43 +40,53 @@ from typing import Any
 from meshkey.dht.engine import (
     DhtEngine,
     DialBackJob,
-    Joined,
+    EngineEvent,
     LookupFinished,
+    LookupLimitError,
     Published,
     Purpose,
     SendRequest,
 )
+from meshkey.dht.hops import DHT_SERVICE, REQUEST_TIMEOUT, DhtHops, Hop, UdpHops
 from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
+from meshkey.dht.maintenance import (
+    Announce,
+    AskPeer,
+    FirstNode,
+    GraphJoined,
+    JoinAttempted,
+    JoinRetry,
+    JoinSlow,
+    Maintenance,
+    MaintenanceEvent,
+    ModeFound,
+    PublishFailed,
+    SaveMode,
+)
+from meshkey.dht.persistence import GraphPersistence
 from meshkey.dht.records import (
     PeerRecord,
     PersistSequence,
     RecordContent,
-    RecordError,
-    verify_record,
 )
-from meshkey.dht.store import GraphStore, MemoryGraphStore, StoredPeer
-from meshkey.dht.table import Entry, Learned
+from meshkey.dht.store import GraphStore, MemoryGraphStore
+from meshkey.dht.table import Entry
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RemoteError, RoutingError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
+from meshkey.timing import DeadlineTimer
 from meshkey.transport.events import HopAuthenticated
-from meshkey.transport.link import HopLink
-from meshkey.transport.udp import QuicTransport
 from meshkey.wire.dht import (
     Answer,
     DhtError,
     DhtErrorCode,
-    DialBack,
-    DialBackResult,
     Mode,
     Ping,
     Pong,
     Request,
-    WireContact,
     decode_rpc,
     encode_rpc,
     is_request,
@@ -89,11 +97,7 @@ from meshkey.wire.net import Endpoint
 
 log = EventLogger("dht")
 
-DHT_SERVICE = "dht"
-REQUEST_TIMEOUT = 10.0  # backstop: the engine's own timeouts (from RTT) come first
-DIAL_BACK_TIMEOUT = 5.0
 FLUSH_INTERVAL = 5.0
-MAX_NONCES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +120,6 @@ class FindResult:
         }
 
 
-@dataclass(slots=True)
-class _Waiter:
-    future: asyncio.Future[Any]
-    kind: str = "lookup"
-
-
 class DhtService:
     """The node graph of one node. ``mode`` None finds out (DIAL_BACK) after joining."""
 
@@ -129,7 +127,7 @@ class DhtService:
         self,
         router: Router,
         identity: Identity,
-        udp: QuicTransport,
+        udp: UdpHops,
         *,
         store: GraphStore | None = None,
         mode: Mode | None = None,
@@ -144,10 +142,8 @@ class DhtService:
         self.udp = udp
         self.store = store or MemoryGraphStore()
         self.fixed_mode = mode
-        self._saved_mode = self.store.load_mode()  # what set_mode last wrote
-        # True behind a NAT, False public, None unknown (the node's NAT classification)
-        self.behind_nat = behind_nat
-        self.request_timeout = request_timeout
+        self._saved_mode = self.store.load_mode()  # what _save_mode last wrote
+        self.hops = DhtHops(router, udp, request_timeout=request_timeout)
         self._loop = asyncio.get_running_loop()
         self.wall_offset = time.time() - self._loop.time()
         self.engine = DhtEngine(
@@ -160,15 +156,22 @@ class DhtService:
             wall_offset=self.wall_offset,
             sequence=self.store.load_sequence(),
         )
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer, self._loop)
+        # ``behind_nat``: True behind a NAT, False public, None unknown (the node's NAT
+        # classification); a node that does not say is taken as unknown.
+        self.maintenance = Maintenance(
+            self.engine,
+            fixed_mode=mode,
+            behind_nat=behind_nat or (lambda: None),
+            local_address=self._local_address,
+            rng=random.Random(self.engine.rng.getrandbits(64)),
+        )
+        self._upkeep_timer = DeadlineTimer(self._on_upkeep_timer, self._loop)
+        self._attempts: list[asyncio.Future[int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lookups: dict[int, asyncio.Future[LookupDone]] = {}
-        self._joined: asyncio.Future[int] | None = None
         self._published: dict[int, asyncio.Future[Published]] = {}
-        self._nonces_seen: OrderedDict[bytes, str] = OrderedDict()
-        self._written_peers: dict[NodeId, StoredPeer] = {}
-        self._written_records: dict[NodeId, int] = {}
+        self.persistence = GraphPersistence(self.engine, self.store, self.wall_offset)
         self._flush_handle: asyncio.TimerHandle | None = None
         self._started = False
         self._closed = False
@@ -181,13 +184,31 @@ class DhtService:
     def mode(self) -> Mode:
         return self.engine.mode
 
-    def set_mode(self, mode: Mode) -> None:
-        """Sets the mode found out; kept, so a restarted server answers from its first
-        second (and is checked again after it re-joined)."""
-        self.engine.set_mode(mode)
+    @property
+    def size(self) -> int:
+        """How many peers the graph holds."""
+        return len(self.engine.table)
+
+    def knows(self, peer: NodeId) -> bool:
+        """Whether ``peer`` is in the graph."""
+        return peer in self.engine.table
+
+    def reached_at(self, peer: NodeId) -> Endpoint | None:
+        """Where this node reached ``peer`` by dialling it (an outbound hop authenticated
+        there), if it has: an address others can dial too, unlike one it was only seen at."""
+        entry = self.engine.table.get(peer)
+        return None if entry is None else entry.reachable_at
+
+    def _save_mode(self, mode: Mode) -> None:
+        """Keeps the mode found out, so a restarted server answers from its first second (and
+        is checked again after it re-joined)."""
         if self.fixed_mode is None and self._saved_mode != int(mode):
             self.store.save_mode(int(mode))
             self._saved_mode = int(mode)
+
+    def _local_address(self) -> Endpoint | None:
+        address = self.udp.address
+        return None if address is None else address.endpoint
 
     def _restored_mode(self) -> Mode:
         saved = self._saved_mode
@@ -198,17 +219,7 @@ class DhtService:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> DhtService:
-        now = self._loop.time()
-        for peer in self.store.load_peers():
-            self.engine.table.restore(self._entry_from_store(peer, now))
-        self._written_peers = {p.node_id: p for p in self._stored_entries()}
-        for raw in self.store.load_records():
-            try:  # checked again: it may have expired while the node was down
-                record = verify_record(raw, now + self.wall_offset)
-            except RecordError:
-                continue
-            self.engine.records.restore(record)
-            self._written_records[record.node_id] = record.sequence
+        self.persistence.restore(self._loop.time())
         # admit=False: the DHT decides on the authenticated hop peer itself; a policy on a
         # service admits only secure-channel peers, and DHT RPCs travel over hops.
         self.router.register(DHT_SERVICE, self._handle, admit=False)
@@ -222,8 +233,9 @@ class DhtService:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
+        self._upkeep_timer.cancel()
+        self.maintenance.close()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self._started:
@@ -234,8 +246,12 @@ class DhtService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            self.flush()
-        futures: list[asyncio.Future[Any]] = [*self._lookups.values(), *self._published.values()]
+            self.persistence.flush()
+        futures: list[asyncio.Future[Any]] = [
+            *self._lookups.values(),
+            *self._published.values(),
+            *self._attempts,
+        ]
         for future in futures:
             if not future.done():
                 future.cancel()
@@ -263,7 +279,7 @@ class DhtService:
             return
         if not is_request(rpc):
             return  # answers come to the per-request reply addresses, not here
-        link = self._link_of(message)
+        link = self.hops.link_of(message)
         if link is None:
             await self._reply(
                 message,
@@ -271,9 +287,7 @@ class DhtService:
             )
             return
         if isinstance(rpc, Ping) and rpc.nonce is not None:
-            self._nonces_seen[rpc.nonce] = link.direction
-            while len(self._nonces_seen) > MAX_NONCES:
-                self._nonces_seen.popitem(last=False)
+            self.maintenance.on_ping_nonce(rpc.nonce, inbound=link.direction == "inbound")
         result = self.engine.on_request(peer, link.remote, rpc, self._loop.time())  # type: ignore[arg-type]
         self._pump()
         if isinstance(result, DialBackJob):
@@ -283,36 +297,18 @@ class DhtService:
             await self._reply(message, result)
 
     async def _answer_dial_back(self, message: Message, job: DialBackJob) -> None:
-        await self._reply(message, await self._dial_back(job))
+        answer = await self.hops.dial_back(job, self.mode, self.engine.rng)
+        await self._reply(message, answer)
 
     async def _reply(self, message: Message, answer: Answer) -> None:
         with contextlib.suppress(RoutingError, WireError, ValueError):
             await self.router.reply(message, encode_rpc(answer))
 
-    def _link_of(self, message: Message) -> HopLink | None:
-        first = message.return_route[0] if message.return_route else None
-        if not isinstance(first, ServiceAddress):
-            return None
-        for link in self.udp.links:
-            if link.name == first.name and not link.closed:
-                return link
-        return None
-
-    def live_link(self, peer: NodeId) -> HopLink | None:
-        """An open UDP hop to ``peer`` (it proved that NodeId), if there is one: the newest
-        that is not under suspicion (a peer that restarted dials in anew, and its old hop
-        talks to a process that is gone until it is found out)."""
-        links = [
-            link
-            for link in self.udp.links
-            if link.core.peer == peer
-            and link.core.is_open
-            and not link.closed
-            and not link.core.suspected
-        ]
-        return max(links, key=lambda link: link.created, default=None)
-
     # -- requests ---------------------------------------------------------------------
+
+    def live_link(self, peer: NodeId) -> Hop | None:
+        """An open UDP hop to ``peer`` that is not under suspicion (see :mod:`.hops`)."""
+        return self.hops.live_link(peer)
 
     async def request(
         self,
@@ -326,42 +322,7 @@ class DhtService:
         """Sends one DHT request to ``peer`` and returns its answer. Over a live hop to
         ``peer`` if there is one (and not ``fresh``), else over a new hop to ``address``
         pinned to ``peer``. RemoteError when it cannot be delivered or answered."""
-        slot = f"_dht.{request.txid.hex()}"
-        future: asyncio.Future[Message] = self._loop.create_future()
-
-        async def receive(reply: Message) -> None:
-            if not future.done():
-                future.set_result(reply)
-
-        link = None if fresh else self.live_link(peer)
-        if link is not None:
-            onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
-        elif address is not None:
-            # Pinned to the NodeId: a contact that lies about it fails the hop's authentication.
-            hop = TransportAddress.from_socket("udp", *address, peer)
-            onward = (hop, ServiceAddress(DHT_SERVICE))
-        else:
-            raise RemoteError(ErrorCode.UNREACHABLE, f"no address for {peer.short()}")
-        self.router.register(slot, receive, inline=True)
-        try:
-            await self.router.route(Message(onward, (ServiceAddress(slot),), encode_rpc(request)))
-            reply = await asyncio.wait_for(future, timeout or self.request_timeout)
-        except TimeoutError:
-            raise RemoteError(ErrorCode.TIMEOUT, f"no DHT answer from {peer.short()}") from None
-        finally:
-            self.router.unregister(slot)
-        if reply.is_error:
-            code, text = reply.error()
-            raise RemoteError(code, text)
-        if reply.local.hop_peer != peer:
-            raise RemoteError(ErrorCode.AUTH_FAILED, "the answer came from another node")
-        try:
-            answer = decode_rpc(reply.payload)
-        except WireError as exc:
-            raise RemoteError(ErrorCode.MALFORMED, f"bad DHT answer: {exc}") from exc
-        if is_request(answer) or answer.txid != request.txid:
-            raise RemoteError(ErrorCode.MALFORMED, "the DHT answer does not match the request")
-        return answer  # type: ignore[return-value]
+        return await self.hops.request(peer, address, request, timeout=timeout, fresh=fresh)
 
     async def _execute(self, command: SendRequest) -> None:
         try:
@@ -376,115 +337,9 @@ class DhtService:
             self.engine.on_answer(command.txid, command.peer, answer, self._loop.time())
         self._pump()
 
-    # -- dial-back ----------------------------------------------------------------------
-
-    async def _dial_back(self, job: DialBackJob) -> DialBackResult:
-        request = job.request
-        mode = self.mode
-        if request.target is not None:  # we are the helper: dial the node named
-            target = request.target
-            ok = await self._ping_fresh(NodeId(target.node_id), target.addresses, request.nonce)
-            return DialBackResult(request.txid, mode, ok, True)
-        if job.helper is not None:
-            ask = DialBack(
-                self.engine.rng.randbytes(8),
-                mode,
-                request.nonce,
-                WireContact(job.peer.raw, Mode.CLIENT, (job.address,)),
-            )
-            try:
-                answer = await self.request(
-                    job.helper.node_id, job.helper.addresses[0], ask, timeout=DIAL_BACK_TIMEOUT
-                )
-            except RemoteError:
-                answer = None
-            if isinstance(answer, DialBackResult):
-                return DialBackResult(request.txid, mode, answer.ok, True, answer.reason)
-        ok = await self._ping_fresh(job.peer, (job.address,), request.nonce)
-        return DialBackResult(request.txid, mode, ok, False)
-
-    async def _ping_fresh(self, peer: NodeId, addresses: Iterable[Endpoint], nonce: bytes) -> bool:
-        for address in list(addresses)[:1]:
-            ping = Ping(self.engine.rng.randbytes(8), self.mode, nonce)
-            try:
-                answer = await self.request(
-                    peer, address, ping, timeout=DIAL_BACK_TIMEOUT, fresh=True
-                )
-            except RemoteError:
-                return False
-            return isinstance(answer, Pong)
-        return False
-
-    async def check_reachability(self, *, asks: int = 2) -> Mode:
-        """Asks up to ``asks`` servers to dial this node back; sets and returns the mode.
-
-        A node its NAT classification puts behind a NAT is a client without asking: a
-        dial-back reaches it only through a mapping it opened itself (toward the node asked,
-        or a helper it met while joining), which says nothing about strangers reaching it."""
-        behind = self.behind_nat() if self.behind_nat is not None else None
-        if behind:
-            self.set_mode(Mode.CLIENT)
-            log.info("dht.mode", mode="client", reason="behind a NAT (classified)")
-            return self.mode
-        servers = self.engine.table.closest(self.node_id, asks)
-        if not servers:
-            return self.mode
-        results: list[tuple[bytes, DialBackResult]] = []
-        for entry in servers:
-            nonce = self.engine.nonce()
-            request = DialBack(self.engine.rng.randbytes(8), self.mode, nonce)
-            try:
-                answer = await self.request(
-                    entry.node_id, entry.address, request, timeout=3 * DIAL_BACK_TIMEOUT
-                )
-            except RemoteError:
-                continue
-            if isinstance(answer, DialBackResult):
-                results.append((nonce, answer))
-        helped = [r for r in results if r[1].helper]
-        if not helped and results:
-            # Only the asked nodes dialled back themselves, from the address this node had
-            # sent to: any NAT lets that in, so it proves reachability only when no NAT
-            # translates this node's address.
-            helped = results if behind is False or await self._untranslated(servers[0]) else []
-            if not helped:
-                self.set_mode(Mode.CLIENT)
-                log.info("dht.mode", mode="client", reason="behind a NAT, no third node")
-                return self.mode
-        reachable = any(
-            result.ok and self._nonces_seen.get(nonce) == "inbound" for nonce, result in helped
-        )
-        if helped:
-            before = self.mode
-            self.set_mode(Mode.SERVER if reachable else Mode.CLIENT)
-            log.info("dht.mode", mode=self.mode.name.lower(), answers=len(helped))
-            if before is not Mode.SERVER and self.mode is Mode.SERVER:
-                self._announce_server()
-        return self.mode
-
-    def _announce_server(self) -> None:
-        """Peers learn a node's mode from its RPCs: those that met it as a client (say, while
-        it restarted) would not ask it until their next refresh. A ping to the closest
-        entries carries the new claim now (each checks it before handing this node out)."""
-        for entry in self.engine.table.closest(self.node_id, self.engine.table.k):
-            self._spawn(self._quiet_ping(entry.node_id))
-
     async def _quiet_ping(self, node_id: NodeId) -> None:
         with contextlib.suppress(RemoteError):
             await self.ping(node_id)
-
-    async def _untranslated(self, server: Entry) -> bool:
-        """Whether ``server`` sees this node at its own socket's address (no NAT between)."""
-        local = self.udp.address
-        if local is None:
-            return False
-        try:
-            answer = await self.request(
-                server.node_id, server.address, Ping(self.engine.rng.randbytes(8), self.mode)
-            )
-        except RemoteError:
-            return False
-        return isinstance(answer, Pong) and answer.observed == (local.host, local.port)
 
     # -- the engine's output --------------------------------------------------------------
 
@@ -494,63 +349,115 @@ class DhtService:
         task.add_done_callback(self._tasks.discard)
 
     def _pump(self) -> None:
-        """Drains the engine's commands and events, then re-arms the timer (pattern 1)."""
+        """Drains both cores (the engine, and the upkeep that drives it and hears its
+        events) until neither has output, then re-arms their timers (pattern 1)."""
         if self._closed:
             return
-        engine = self.engine
-        for command in engine.commands():
-            if isinstance(command, SendRequest):
-                self._spawn(self._execute(command))
-            elif isinstance(command, PersistSequence):
-                self.store.save_sequence(command.sequence)
-        for event in engine.events():
-            if isinstance(event, LookupFinished):
-                future = self._lookups.pop(event.lookup_id, None)
-                if future is not None and not future.done():
-                    future.set_result(event.result)
-                if event.purpose == Purpose.USER:
-                    log.debug("dht.lookup", target=event.result.target.short())
-            elif isinstance(event, Joined):
-                if self._joined is not None and not self._joined.done():
-                    self._joined.set_result(event.neighbours)
-            elif isinstance(event, Published):
-                future_published = self._published.pop(event.sequence, None)
-                if future_published is not None and not future_published.done():
-                    future_published.set_result(event)
-        deadline = engine.next_deadline()
-        if deadline != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._timer_at = deadline
-            if deadline is not None:
-                self._timer = self._loop.call_at(deadline, self._on_timer)
+        engine, upkeep = self.engine, self.maintenance
+        while True:
+            engine_commands, engine_events = engine.commands(), engine.events()
+            for command in engine_commands:
+                if isinstance(command, SendRequest):
+                    self._spawn(self._execute(command))
+                elif isinstance(command, PersistSequence):
+                    self.store.save_sequence(command.sequence)
+            for event in engine_events:
+                self._engine_event(event)
+                upkeep.on_engine_event(event, self._loop.time())
+            upkeep_commands, upkeep_events = upkeep.commands(), upkeep.events()
+            for upkeep_command in upkeep_commands:
+                if isinstance(upkeep_command, AskPeer):
+                    self._spawn(self._ask(upkeep_command))
+                elif isinstance(upkeep_command, SaveMode):
+                    self._save_mode(upkeep_command.mode)
+                elif isinstance(upkeep_command, Announce):
+                    for peer in upkeep_command.peers:
+                        self._spawn(self._quiet_ping(peer))
+            for upkeep_event in upkeep_events:
+                self._upkeep_event(upkeep_event)
+            if not (engine_commands or engine_events or upkeep_commands or upkeep_events):
+                break
+        self._timer.follow(engine.next_deadline())
+        self._upkeep_timer.follow(upkeep.next_deadline())
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        deadline = self.engine.next_deadline()
-        now = self._loop.time()
-        self.engine.on_timer(max(deadline or now, now))
+    def _engine_event(self, event: EngineEvent) -> None:
+        if isinstance(event, LookupFinished):
+            future = self._lookups.pop(event.lookup_id, None)
+            if future is not None and not future.done():
+                future.set_result(event.result)
+            if event.purpose == Purpose.USER:
+                log.debug("dht.lookup", target=event.result.target.short())
+        elif isinstance(event, Published):
+            future_published = self._published.pop(event.sequence, None)
+            if future_published is not None and not future_published.done():
+                future_published.set_result(event)
+
+    def _upkeep_event(self, event: MaintenanceEvent) -> None:
+        if isinstance(event, JoinAttempted):
+            attempts, self._attempts = self._attempts, []
+            for future in attempts:
+                if not future.done():
+                    future.set_result(event.peers)
+        elif isinstance(event, FirstNode):
+            log.info("dht.first_node", mode=event.mode.name.lower())
+        elif isinstance(event, JoinSlow):
+            log.warning("dht.join_slow", peers=event.peers)
+        elif isinstance(event, GraphJoined):
+            log.info("dht.joined", peers=event.peers, mode=event.mode.name.lower())
+        elif isinstance(event, JoinRetry):
+            reason = "no seed or saved peer answered"
+            log.info("dht.join_retry", reason=reason, delay=round(event.delay, 1))
+        elif isinstance(event, ModeFound):
+            mode = event.mode.name.lower()
+            if event.reason is not None:
+                log.info("dht.mode", mode=mode, reason=event.reason)
+            else:
+                log.info("dht.mode", mode=mode, answers=event.answers)
+        elif isinstance(event, PublishFailed):
+            log.info("dht.publish_failed", reason=event.reason)
+
+    async def _ask(self, command: AskPeer) -> None:
+        answer: Answer | None
+        try:
+            answer = await self.request(
+                command.peer, command.address, command.request, timeout=command.timeout
+            )
+        except RemoteError:
+            answer = None
+        self.maintenance.on_answer(command.txid, answer, self._loop.time())
+        self._pump()
+
+    def _on_timer(self, now: float) -> None:
+        self.engine.on_timer(now)
+        self._pump()
+
+    def _on_upkeep_timer(self, now: float) -> None:
+        self.maintenance.on_timer(now)
         self._pump()
 
     # -- operations ---------------------------------------------------------------------
 
+    def maintain(
+        self, seeds: Iterable[tuple[NodeId, Endpoint]], *, record: Callable[[], RecordContent]
+    ) -> None:
+        """Starts the node graph's upkeep in the background (once; later calls do nothing):
+        join through ``seeds`` or the graph restored, retried with backoff until someone
+        answered (a node with neither is the first of its network: a server at once), then
+        keep the mode found and the record (``record``: what it would say now) up to date."""
+        self.maintenance.maintain(list(seeds), self._loop.time(), record=record)
+        self._pump()
+
     async def join(
         self, seeds: Iterable[tuple[NodeId, Endpoint]] = (), *, timeout: float = 30.0
     ) -> int:
-        """Joins through ``seeds`` (or re-joins from the graph); returns the graph's size.
-        With no fixed mode, asks for a dial-back afterwards."""
-        self._joined = self._loop.create_future()
-        self.engine.join(list(seeds), self._loop.time())
+        """One join through ``seeds`` (or from the graph); returns the graph's size. With no
+        fixed mode, asks for a dial-back afterwards. MaintenanceBusyError while a join or the
+        node's own upkeep (:meth:`maintain`) is under way."""
+        attempt: asyncio.Future[int] = self._loop.create_future()
+        self.maintenance.join(list(seeds), self._loop.time(), timeout=timeout)
+        self._attempts.append(attempt)
         self._pump()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._joined), timeout)
-        except TimeoutError:
-            log.warning("dht.join_slow", peers=len(self.engine.table))
-        if self.fixed_mode is None:
-            await self.check_reachability()
-        return len(self.engine.table)
+        return await attempt
 
     async def lookup(
         self,
@@ -561,9 +468,12 @@ class DhtService:
         timeout: float = 30.0,
     ) -> LookupDone:
         future: asyncio.Future[LookupDone] = self._loop.create_future()
-        lookup_id = self.engine.start_lookup(
-            target, self._loop.time(), kind=kind, stop_at_target=stop_at_target
-        )
+        try:
+            lookup_id = self.engine.start_lookup(
+                target, self._loop.time(), kind=kind, stop_at_target=stop_at_target
+            )
+        except LookupLimitError as exc:
+            raise RemoteError(ErrorCode.BUSY, str(exc)) from None
         self._lookups[lookup_id] = future
         self._pump()
         try:
@@ -676,57 +586,11 @@ class DhtService:
 
     # -- persistence --------------------------------------------------------------------
 
-    def _stored_entries(self) -> list[StoredPeer]:
-        return [
-            StoredPeer(
-                e.node_id,
-                tuple(e.addresses),
-                e.reachable_at,
-                None if e.claimed is None else int(e.claimed),
-                e.learned.value,
-                round(e.first_seen + self.wall_offset),
-                round((e.last_seen + self.wall_offset) / 60) * 60,
-            )
-            for e in self.engine.table.entries()
-        ]
-
-    def _entry_from_store(self, peer: StoredPeer, now: float) -> Entry:
-        entry = Entry(
-            peer.node_id,
-            int.from_bytes(peer.node_id.raw, "big"),
-            list(peer.addresses),
-            Learned(peer.learned) if peer.learned in Learned._value2member_map_ else Learned.LOOKUP,
-            min(now, peer.first_seen - self.wall_offset),
-            min(now, peer.last_seen - self.wall_offset),
-            reachable_at=peer.reachable_at,
-            claimed=None if peer.claimed is None else Mode(peer.claimed),
-        )
-        return entry
-
-    def flush(self) -> None:
-        """Writes what changed in the graph and the records held since the last flush."""
-        current = {p.node_id: p for p in self._stored_entries()}
-        changed = [p for n, p in current.items() if self._written_peers.get(n) != p]
-        removed = [n for n in self._written_peers if n not in current]
-        if changed or removed:
-            self.store.save_peers(changed, removed)
-        self._written_peers = current
-        held = {r.node_id: r for r in self.engine.records.records()}
-        new = [
-            (n, r.raw, r.expiry)
-            for n, r in held.items()
-            if self._written_records.get(n) != r.sequence
-        ]
-        gone = [n for n in self._written_records if n not in held]
-        if new or gone:
-            self.store.save_records(new, gone)
-        self._written_records = {n: r.sequence for n, r in held.items()}
-
     def _flush_tick(self) -> None:
         if self._closed:
             return
         try:
-            self.flush()
+            self.persistence.flush()
         except Exception:
             log.exception("dht.flush_failed")
         self._flush_handle = self._loop.call_later(FLUSH_INTERVAL, self._flush_tick)
@@ -736,11 +600,6 @@ class DhtService:
     def servers(self, count: int) -> list[Entry]:
         """Up to ``count`` reachable nodes of the graph, closest to this node first."""
         return self.engine.table.closest(self.node_id, count, exclude=self.node_id)
-
-    def reached_at(self, node_id: NodeId) -> Endpoint | None:
-        """Where this node reached ``node_id`` by dialling it, if it did."""
-        entry = self.engine.table.get(node_id)
-        return entry.reachable_at if entry is not None else None
 
     def srtt(self, node_id: NodeId) -> float | None:
         """The smoothed round trip measured to ``node_id``, if any."""

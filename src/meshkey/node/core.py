@@ -7,7 +7,6 @@ async with meshkey.Node() as node:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import re
 import secrets
@@ -38,7 +37,6 @@ from meshkey.portal import DEFAULT_OUTLET
 from meshkey.portal.portals import InletEntry, OutletEntry, Portals
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
-from meshkey.retry import RetrySchedule
 from meshkey.routing.address import (
     Route,
     RouteError,
@@ -67,12 +65,6 @@ ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 
 __all__ = ["Node", "RemoteError"]
 
-
-JOIN_RETRY_FIRST = 1.0  # a join nobody answered is tried again after 1 s, 2 s, 4 s...
-JOIN_RETRY_MAX = 60.0
-RECORD_CHECK_INTERVAL = 5.0  # how often the node compares its record with what it would say
-REACHABILITY_FIRST_RECHECK = 60.0  # after joining, whether others can dial in is asked again
-REACHABILITY_RECHECK = 600.0  # and then every ten minutes (addresses and NATs change)
 
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -146,7 +138,6 @@ class Node:
         self._dht_mode = dht_mode
         self._dht: DhtService | None = None
         self._peers: PeerGraph | None = None
-        self._join_task: asyncio.Task[None] | None = None
         self._direct = direct
         self._punch = punch
         self._auto_relay = auto_relay
@@ -353,73 +344,19 @@ class Node:
 
     def join_graph(self) -> None:
         """Joins the node graph in the background, once the UDP socket listens: through the
-        seeds, or from the graph restored from the state database (seeds may be down then).
-        A node with neither is the first of its network: it answers DHT queries at once
-        (others check that claim before they hand it out)."""
-        if self._join_task is not None or self._dht is None:
+        seeds, or from the graph restored from the state database (seeds may be down then),
+        retried until someone answers; then the graph keeps this node's mode and signed
+        record (:meth:`record_content`) up to date. A node with neither seeds nor a graph is
+        the first of its network: it answers DHT queries at once (others check that claim
+        before they hand it out). The upkeep is the node graph's own
+        (:meth:`DhtService.maintain`); calling this again does nothing."""
+        if self._dht is None:
             return
-        self._join_task = asyncio.get_running_loop().create_task(self._join())
-
-    async def _join(self) -> None:
-        graph = self.graph
-        if not self._seeds and len(graph.engine.table) == 0:
-            if self._dht_mode is None:
-                graph.set_mode(Mode.SERVER)
-            log.info("dht.first_node", mode=graph.mode.name.lower())
-            return
-        # Seeds that are down (or a saved graph of nodes that all left) are tried again, with
-        # backoff: a node started before its seeds joins once they are up.
-        retry = RetrySchedule(JOIN_RETRY_FIRST, JOIN_RETRY_MAX)
-        while True:
-            try:
-                size = await graph.join(self._seeds)
-            except (RemoteError, TimeoutError) as exc:
-                log.warning("dht.join_failed", reason=str(exc) or type(exc).__name__)
-                size = 0
-            if size > 0:
-                log.info("dht.joined", peers=size, mode=graph.mode.name.lower())
-                break
-            delay = retry.next_delay() or JOIN_RETRY_MAX
-            log.info(
-                "dht.join_retry", reason="no seed or saved peer answered", delay=round(delay, 1)
-            )
-            await asyncio.sleep(delay)
-        # The record says what the NAT classification and the relays found; both come later
-        # than the join and change: publish again whenever it would say something new (the
-        # engine itself republishes before expiry).
-        published: RecordContent | None = None
-        loop = asyncio.get_running_loop()
-        recheck_at = loop.time() + REACHABILITY_FIRST_RECHECK
-        classified = self._behind_nat()
-        while True:
-            if (now_classified := self._behind_nat()) != classified:  # reclassified: ask now
-                classified, recheck_at = now_classified, loop.time()
-            if self._dht_mode is None and loop.time() >= recheck_at:
-                # Asked again once the graph knows more servers: early answers may come from
-                # the asked node itself (no third node to dial back), which a NAT's filter
-                # lets through; a helper's dial-back is the better test.
-                with contextlib.suppress(RemoteError, TimeoutError):
-                    await graph.check_reachability()
-                recheck_at = loop.time() + REACHABILITY_RECHECK
-            content = self.record_content()
-            if content != published:
-                try:
-                    await graph.publish(content)
-                    published = content
-                except (RemoteError, TimeoutError) as exc:
-                    log.info("dht.publish_failed", reason=str(exc) or type(exc).__name__)
-            await asyncio.sleep(RECORD_CHECK_INTERVAL)
+        self._dht.maintain(self._seeds, record=self.record_content)
 
     async def _resolve_peer(self, peer: NodeId) -> Route | None:
         """``/peer/NODEID``: resolved by the path service (paths/resolver.py's ladder)."""
         return await self.path_service.resolve_peer(peer)
-
-    def _reached_at(self, peer: NodeId) -> Route | None:
-        """A hop to where this node's graph has reached ``peer`` by dialling it, if it has."""
-        entry = self.graph.engine.table.get(peer)
-        if entry is None or entry.reachable_at is None:
-            return None
-        return (TransportAddress.from_socket("udp", *entry.reachable_at, peer),)
 
     def _behind_nat(self) -> bool | None:
         """What the NAT classification says: None while it does not know."""
@@ -464,10 +401,6 @@ class Node:
         if not self._started:
             return
         self._started = False
-        if self._join_task is not None:
-            self._join_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._join_task
         await self._stop_portals()
         if self._auto_relays is not None:
             await self._auto_relays.close()
@@ -724,7 +657,7 @@ class Node:
             "nat": self.nat_info(),
             "graph": {
                 "mode": self.graph.mode.name.lower(),
-                "peers": len(self.graph.engine.table),
+                "peers": self.graph.size,
                 "seeds": [f"{n}@{h}:{p}" for n, (h, p) in self._seeds],
             },
             "unauthenticated": {

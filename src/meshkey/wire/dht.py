@@ -232,8 +232,12 @@ _KIND_OF: dict[type[Any], RpcKind] = {
 }
 
 
+def kind_of(rpc: Rpc) -> RpcKind:
+    return _KIND_OF[type(rpc)]
+
+
 def is_request(rpc: Rpc) -> bool:
-    return _KIND_OF[type(rpc)] in REQUEST_KINDS
+    return kind_of(rpc) in REQUEST_KINDS
 
 
 # -- endpoints and contacts -----------------------------------------------------------
