@@ -41,6 +41,7 @@ from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import TransportAddress
+from meshkey.timing import DeadlineTimer
 from meshkey.transport.errors import describe_error
 from meshkey.transport.link import HopLink, LinkError, LinkTransport
 from meshkey.transport.tls import SERVER_NAME
@@ -479,8 +480,9 @@ class QuicLink(HopLink):
         )
         self._writable = asyncio.Event()
         self._writable.set()
-        self._quic_timer: asyncio.TimerHandle | None = None
-        self._quic_timer_at: float | None = None
+        # qh3's own timer (loss recovery, idle): clamped, since qh3 ignores an early
+        # handle_timer, and re-armed only when get_timer() moves.
+        self._quic_timer = DeadlineTimer(self._on_quic_timer, self._loop)
         self._cids: set[bytes] = set()
         self._terminated = False
         #: Datagrams already taken from the QUIC connection and not yet sent.
@@ -626,8 +628,7 @@ class QuicLink(HopLink):
         quic = self.quic
         if quic is None:
             return
-        loop = self._loop
-        now = loop.time()
+        now = self._loop.time()
         datagrams = quic.datagrams_to_send(now)
         if self.unsent:
             datagrams, self.unsent = self.unsent + datagrams, []
@@ -638,14 +639,7 @@ class QuicLink(HopLink):
             else:
                 for data, each in datagrams:
                     self.endpoint.send_one(data, each)
-        deadline = None if self._terminated else quic.get_timer()
-        if deadline != self._quic_timer_at:  # re-armed only when the deadline moved
-            if self._quic_timer is not None:
-                self._quic_timer.cancel()
-            self._quic_timer_at = deadline
-            self._quic_timer = (
-                None if deadline is None else loop.call_at(deadline, self._on_quic_timer)
-            )
+        self._quic_timer.follow(None if self._terminated else quic.get_timer())
         if (
             self.stream_id is not None
             and not self._writable.is_set()
@@ -653,12 +647,10 @@ class QuicLink(HopLink):
         ):
             self._writable.set()
 
-    def _on_quic_timer(self) -> None:
-        deadline, self._quic_timer, self._quic_timer_at = self._quic_timer_at, None, None
-        if self.quic is None or deadline is None:
+    def _on_quic_timer(self, now: float) -> None:
+        if self.quic is None:
             return
-        # uvloop wakes early, and qh3 ignores an early handle_timer: give it its deadline.
-        self.quic.handle_timer(max(deadline, self._loop.time()))
+        self.quic.handle_timer(now)
         self._process_events()
         self.transmit()
 
@@ -700,9 +692,7 @@ class QuicLink(HopLink):
                 self.quic.close(reason_phrase="closed")
                 self.transmit()
         self._terminated = True
-        if self._quic_timer is not None:
-            self._quic_timer.cancel()
-            self._quic_timer, self._quic_timer_at = None, None
+        self._quic_timer.cancel()
         self._writable.set()
         self._drop_cids()
 
