@@ -29,6 +29,7 @@ from meshkey.wire.hop import (
     CloseCode,
     MessageFrame,
     Ping,
+    Pong,
     ServerHello,
     decode_hop_frame,
     encode_hop_frame,
@@ -300,3 +301,16 @@ def test_icmp_suspicion_closes_only_a_peer_that_does_not_answer() -> None:
     client.suspect(7.0)
     [gone] = client.on_timer(8.0)
     assert isinstance(gone, PeerUnresponsive) and "ICMP" in gone.reason
+
+
+def test_rtt_is_the_smoothed_ping_round_trip() -> None:
+    """The first PONG sets the RTT; later ones move it by 1/8 (RFC 6298's smoothing)."""
+    server, client = live_pair()
+    for sent, answered in ((1.0, 1.1), (2.0, 2.02)):
+        client.ping(sent)
+        server.receive_data(client.data_to_send(), sent)
+        client.receive_data(server.data_to_send(), answered)
+    assert client.rtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.02)
+    assert client.ping_rtt.samples == 2
+    client.receive_data(encode_frame(encode_hop_frame(Pong(99))), 3.0)  # not a ping of ours
+    assert client.ping_rtt.samples == 2

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from meshkey.identity.keys import Identity, verify_signature
 from meshkey.identity.node_id import NodeId
+from meshkey.timing import RttEstimate
 from meshkey.wire.errors import WireError
 from meshkey.wire.frames import MAX_FRAME, FrameDecoder, encode_frame, frame_header
 from meshkey.wire.hop import (
@@ -172,7 +173,7 @@ class HopConnection:
         self.peer: NodeId | None = None
         self.liveness = liveness
         self.keepalive = False
-        self.rtt: float | None = None  # smoothed ping round trip, once measured
+        self.ping_rtt = RttEstimate()  # PING -> PONG round trips (RFC 6298 smoothing)
         self._identity = identity
         self._transport = transport
         self._expected = expected_peer
@@ -196,6 +197,11 @@ class HopConnection:
     @property
     def is_open(self) -> bool:
         return self.state is State.OPEN
+
+    @property
+    def rtt(self) -> float | None:
+        """The smoothed ping round trip, once measured."""
+        return self.ping_rtt.srtt
 
     def chunks_to_send(self) -> list[bytes]:
         """The bytes to write, as chunks (message bodies are never copied into one buffer)."""
@@ -374,8 +380,7 @@ class HopConnection:
         if isinstance(frame, Pong):
             sent = self._ping_times.pop(frame.token, None)
             if sent is not None and now is not None:
-                sample = max(0.0, now - sent)
-                self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+                self.ping_rtt.add(now - sent)
             return PongReceived(frame.token)
         self._fail(CloseCode.PROTOCOL_ERROR, f"unexpected {type(frame).__name__} on an open hop")
         return None  # pragma: no cover - _fail raises
