@@ -16,11 +16,11 @@ from meshkey.transport.hop import (
     HopFailed,
     HopIdle,
     HopLocalError,
+    HopUnresponsive,
     Liveness,
     MessageReceived,
     PeerAuthenticated,
     PeerClosed,
-    PeerUnresponsive,
     Phase,
     PongReceived,
     Role,
@@ -260,7 +260,7 @@ def test_keepalive_pings_when_quiet_and_declares_a_silent_peer_dead() -> None:
     assert [type(f).__name__ for f in frames(client.data_to_send())] == ["Ping"]
     assert client.on_timer(59.9) == []
     [dead] = client.on_timer(60.0)
-    assert isinstance(dead, PeerUnresponsive) and "keepalives" in dead.reason
+    assert isinstance(dead, HopUnresponsive) and "keepalives" in dead.reason
 
 
 def test_keepalive_answered_keeps_the_hop_and_measures_rtt() -> None:
@@ -285,7 +285,7 @@ def test_traffic_to_a_dead_peer_is_noticed_within_the_answer_timeout() -> None:
     assert [type(f).__name__ for f in sent] == ["MessageFrame", "Ping"]
     assert client.next_deadline() == 12.0
     [dead] = client.on_timer(12.0)
-    assert isinstance(dead, PeerUnresponsive) and "no answer to traffic" in dead.reason
+    assert isinstance(dead, HopUnresponsive) and "no answer to traffic" in dead.reason
 
 
 def test_an_answering_peer_clears_the_probe_and_busy_traffic_needs_no_probe() -> None:
@@ -306,7 +306,7 @@ def test_icmp_suspicion_closes_only_a_peer_that_does_not_answer() -> None:
     assert client.on_timer(6.0) == [] and client.state is State.OPEN
     client.suspect(7.0)
     [gone] = client.on_timer(8.0)
-    assert isinstance(gone, PeerUnresponsive) and "ICMP" in gone.reason
+    assert isinstance(gone, HopUnresponsive) and "ICMP" in gone.reason
 
 
 def test_rtt_is_the_smoothed_ping_round_trip() -> None:

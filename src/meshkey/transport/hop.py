@@ -31,7 +31,7 @@ Liveness, once open (:class:`Liveness` holds the periods):
   reports :class:`HopIdle` (the glue closes it, unless it still has queued messages);
 * keepalive: with it, a PING goes out whenever nothing was received for
   ``keepalive_interval`` (keeping NAT mappings and the peer's idle timer fresh), and a hop
-  that heard nothing for ``dead_after`` is :class:`PeerUnresponsive`;
+  that heard nothing for ``dead_after`` is :class:`HopUnresponsive`;
 * unanswered traffic: a message sent after ``probe_quiet`` of silence from the peer is
   followed by a PING, and the peer must say something within ``answer_timeout`` (at least
   4 x the smoothed ping RTT): a far end that died is noticed within seconds of the next
@@ -190,7 +190,7 @@ class HopIdle:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerUnresponsive:
+class HopUnresponsive:
     """The peer stopped answering: the hop should be closed; ``reason`` says how it showed."""
 
     reason: str
@@ -203,7 +203,7 @@ HopEvent = (
     | PeerClosed
     | HopFailed
     | HopIdle
-    | PeerUnresponsive
+    | HopUnresponsive
 )
 
 
@@ -351,11 +351,11 @@ class HopConnection:
         # so a timer fired exactly at its deadline always finds it due.
         if self._answer_by is not None and now >= self._answer_by:
             quiet = now - self.last_received
-            return [PeerUnresponsive(f"{self._answer_why} for {quiet:.1f}s")]
+            return [HopUnresponsive(f"{self._answer_why} for {quiet:.1f}s")]
         if self.keepalive:
             if now >= self.last_received + live.dead_after:
                 quiet = now - self.last_received
-                return [PeerUnresponsive(f"no answer to keepalives for {quiet:.0f}s")]
+                return [HopUnresponsive(f"no answer to keepalives for {quiet:.0f}s")]
             if now >= self._next_ping():
                 self.ping(now)
         elif now >= self._last_activity + live.idle_timeout:

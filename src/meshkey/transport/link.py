@@ -43,11 +43,11 @@ from meshkey.transport.hop import (
     HopEvent,
     HopFailed,
     HopIdle,
+    HopUnresponsive,
     Liveness,
     MessageReceived,
     PeerAuthenticated,
     PeerClosed,
-    PeerUnresponsive,
     PongReceived,
     Role,
 )
@@ -403,7 +403,7 @@ class HopLink:
                 else:
                     log.warning("hop.protocol_error", peer=self.core.peer, reason=event.reason)
                     await self.close(event.code, event.reason)
-            elif isinstance(event, PeerUnresponsive):
+            elif isinstance(event, HopUnresponsive):
                 await self.close(CloseCode.NORMAL, event.reason)
             elif isinstance(event, HopIdle):
                 if self._queue:
