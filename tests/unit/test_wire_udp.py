@@ -34,7 +34,6 @@ from meshkey.wire.udp import (
     decode_punch_packet,
     encode_control_packet,
     gro_runs,
-    is_control_packet,
 )
 
 PUNCH_ID = bytes(range(16))
@@ -55,7 +54,7 @@ def test_probes_and_acks_round_trip_with_a_valid_mac() -> None:
     probe = KEY.probe(PunchRole.INITIATOR, 7)
     data = encode_control_packet(probe)
     assert len(data) == PUNCH_PROBE_SIZE
-    assert is_control_packet(data)
+    assert classify(data) == ControlDatagram(ControlKind.PUNCH_PROBE)
     assert data[0] == ControlKind.PUNCH_PROBE
     decoded = decode_punch_packet(data)
     assert decoded == probe

@@ -449,10 +449,6 @@ class HopLink:
     async def _send_from_router(self, message: Message) -> None:
         await self.enqueue(message.step())
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued_bytes
-
     async def enqueue(self, message: Message) -> None:
         """Queues ``message`` for the peer; waits while the queue is full (RoutingError BUSY
         at once instead when the sender must not block), UNREACHABLE once closed."""

@@ -104,10 +104,6 @@ class PunchRole(enum.IntEnum):
         return PunchRole.RESPONDER if self is PunchRole.INITIATOR else PunchRole.INITIATOR
 
 
-def is_control_packet(data: bytes) -> bool:
-    return bool(data) and data[0] < QUIC_BIT
-
-
 @dataclass(frozen=True, slots=True)
 class WhoamiRequest:
     txid: bytes
