@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import pytest
@@ -9,26 +10,32 @@ import pytest
 from meshkey.identity import Identity
 from meshkey.transport.hop import (
     MAX_AUTH_FRAME,
+    TRANSITIONS,
     HopConnection,
     HopError,
     HopFailed,
     HopIdle,
+    HopLocalError,
+    HopUnresponsive,
     Liveness,
     MessageReceived,
     PeerAuthenticated,
     PeerClosed,
-    PeerUnresponsive,
+    Phase,
     PongReceived,
     Role,
     State,
 )
 from meshkey.wire.frames import FrameDecoder, encode_frame
 from meshkey.wire.hop import (
+    AuthOk,
     ClientProof,
     Close,
     CloseCode,
+    HopFrame,
     MessageFrame,
     Ping,
+    Pong,
     ServerHello,
     decode_hop_frame,
     encode_hop_frame,
@@ -253,7 +260,7 @@ def test_keepalive_pings_when_quiet_and_declares_a_silent_peer_dead() -> None:
     assert [type(f).__name__ for f in frames(client.data_to_send())] == ["Ping"]
     assert client.on_timer(59.9) == []
     [dead] = client.on_timer(60.0)
-    assert isinstance(dead, PeerUnresponsive) and "keepalives" in dead.reason
+    assert isinstance(dead, HopUnresponsive) and "keepalives" in dead.reason
 
 
 def test_keepalive_answered_keeps_the_hop_and_measures_rtt() -> None:
@@ -278,7 +285,7 @@ def test_traffic_to_a_dead_peer_is_noticed_within_the_answer_timeout() -> None:
     assert [type(f).__name__ for f in sent] == ["MessageFrame", "Ping"]
     assert client.next_deadline() == 12.0
     [dead] = client.on_timer(12.0)
-    assert isinstance(dead, PeerUnresponsive) and "no answer to traffic" in dead.reason
+    assert isinstance(dead, HopUnresponsive) and "no answer to traffic" in dead.reason
 
 
 def test_an_answering_peer_clears_the_probe_and_busy_traffic_needs_no_probe() -> None:
@@ -299,4 +306,117 @@ def test_icmp_suspicion_closes_only_a_peer_that_does_not_answer() -> None:
     assert client.on_timer(6.0) == [] and client.state is State.OPEN
     client.suspect(7.0)
     [gone] = client.on_timer(8.0)
-    assert isinstance(gone, PeerUnresponsive) and "ICMP" in gone.reason
+    assert isinstance(gone, HopUnresponsive) and "ICMP" in gone.reason
+
+
+def test_rtt_is_the_smoothed_ping_round_trip() -> None:
+    """The first PONG sets the RTT; later ones move it by 1/8 (RFC 6298's smoothing)."""
+    server, client = live_pair()
+    for sent, answered in ((1.0, 1.1), (2.0, 2.02)):
+        client.ping(sent)
+        server.receive_data(client.data_to_send(), sent)
+        client.receive_data(server.data_to_send(), answered)
+    assert client.rtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.02)
+    assert client.ping_rtt.samples == 2
+    client.receive_data(encode_frame(encode_hop_frame(Pong(99))), 3.0)  # not a ping of ours
+    assert client.ping_rtt.samples == 2
+
+
+# -- the transition table: every (phase, frame) pair ---------------------------------------
+
+FRAME_KINDS: tuple[type[HopFrame], ...] = typing.get_args(HopFrame)
+SAMPLES: dict[type[HopFrame], HopFrame] = {
+    ServerHello: ServerHello(SERVER.node_id.raw, b"\x07" * 32),
+    ClientProof: ClientProof(CLIENT.node_id.raw, bytes(64)),
+    AuthOk: AuthOk(),
+    Close: Close(CloseCode.NORMAL, "bye"),
+    MessageFrame: MessageFrame(b"m"),
+    Ping: Ping(1),
+    Pong: Pong(1),
+}
+assert set(SAMPLES) == set(FRAME_KINDS)
+
+
+def hop_in(phase: Phase) -> tuple[HopConnection, bytes]:
+    """A hop in ``phase``, with nothing left to send, and the bytes its peer would send next
+    (the authentication frame the phase waits for, if any)."""
+    server, client = pair()
+    if phase is Phase.AWAIT_HELLO:
+        client.certificate_verified(SERVER.node_id)
+        return client, server.data_to_send()
+    if phase is Phase.AWAIT_PROOF:
+        client.certificate_verified(SERVER.node_id)
+        client.receive_data(server.data_to_send())
+        return server, client.data_to_send()
+    if phase is Phase.AWAIT_AUTH_OK:
+        client.certificate_verified(SERVER.node_id)
+        client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())
+        return client, server.data_to_send()
+    handshake(server, client)
+    if phase is Phase.CLOSED:
+        client.close()
+        client.data_to_send()
+    return client, b""
+
+
+def test_every_phase_and_frame_kind_is_covered() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+    assert all(set(allowed) <= set(FRAME_KINDS) for allowed in TRANSITIONS.values())
+    assert TRANSITIONS[Phase.CLOSED] == {}
+    assert all(allowed[Close] is Phase.CLOSED for p, allowed in TRANSITIONS.items() if allowed)
+
+
+ALLOWED = [(phase, kind) for phase in Phase for kind in TRANSITIONS[phase]]
+REFUSED = [
+    (phase, kind) for phase in Phase for kind in FRAME_KINDS if kind not in TRANSITIONS[phase]
+]
+
+
+def pair_id(value: object) -> str:
+    return value.name if isinstance(value, Phase) else getattr(value, "__name__", str(value))
+
+
+@pytest.mark.parametrize(("phase", "kind"), ALLOWED, ids=pair_id)
+def test_each_allowed_frame_leads_where_the_table_says(phase: Phase, kind: type[HopFrame]) -> None:
+    hop, peer_next = hop_in(phase)
+    assert hop.phase is phase
+    if kind in (ServerHello, ClientProof, AuthOk):
+        [frame] = frames(peer_next)
+        assert isinstance(frame, kind)
+        data = peer_next
+    else:
+        data = encode_frame(encode_hop_frame(SAMPLES[kind]))
+    events = hop.receive_data(data, 1.0)
+    assert not any(isinstance(event, HopFailed) for event in events)
+    assert hop.phase is TRANSITIONS[phase][kind]
+    assert hop.state is hop.phase.state
+
+
+@pytest.mark.parametrize(("phase", "kind"), REFUSED, ids=pair_id)
+def test_each_frame_the_table_does_not_allow_is_refused(phase: Phase, kind: type[HopFrame]) -> None:
+    """Refused with a typed event (HopFailed, PROTOCOL_ERROR, the CLOSE queued) and CLOSED;
+    in CLOSED, the terminal phase, nothing is read at all."""
+    hop, _ = hop_in(phase)
+    events = hop.receive_data(encode_frame(encode_hop_frame(SAMPLES[kind])), 1.0)
+    if phase is Phase.CLOSED:
+        assert events == []
+        assert hop.data_to_send() == b""
+    else:
+        failed = failure(events)
+        assert failed.code == CloseCode.PROTOCOL_ERROR
+        assert f"unexpected {kind.__name__}" in failed.reason
+        assert frames(hop.data_to_send()) == [Close(CloseCode.PROTOCOL_ERROR, failed.reason)]
+    assert hop.phase is Phase.CLOSED and hop.state is State.CLOSED
+    assert hop.next_deadline() is None
+    with pytest.raises(HopLocalError):
+        hop.send_message(b"late")
+
+
+@pytest.mark.parametrize("phase", [p for p in Phase if p is not Phase.OPEN], ids=pair_id)
+def test_sending_is_refused_unless_open_and_changes_nothing(phase: Phase) -> None:
+    hop, _ = hop_in(phase)
+    with pytest.raises(HopLocalError, match="cannot send"):
+        hop.send_message(b"too soon")
+    assert hop.phase is phase
+    assert hop.data_to_send() == b""

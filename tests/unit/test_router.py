@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 from meshkey.identity import Identity
 from meshkey.routing.address import (
@@ -140,17 +139,39 @@ async def test_an_error_is_never_answered_so_replies_cannot_bounce() -> None:
 
 
 async def test_workers_that_feed_each_other_still_let_the_loop_run() -> None:
+    """A mailbox worker whose handler feeds its own mailbox (here through an inline worker,
+    which runs in its task) never finds the mailbox empty, so taking the next message never
+    suspends: unless the worker yields after each message, nothing else runs while the ball
+    is in play. The ball stops after ``bounces_limit`` bounces, so a regression fails the
+    assertion below instead of hanging the suite."""
+    bounces_limit = 10_000
     router = Router(Identity.generate().node_id)
+    bounces = 0
+    stopped = asyncio.Event()
 
-    def bouncer(to: str) -> Callable[[Message], Awaitable[None]]:
-        async def handle(message: Message) -> None:
-            await router.route(Message((ServiceAddress(to),), (), message.payload))
+    async def ping(message: Message) -> None:
+        nonlocal bounces
+        bounces += 1
+        if bounces == bounces_limit:
+            stopped.set()
+        else:
+            await router.route(Message((ServiceAddress("pong"),), (), message.payload))
 
-        return handle
+    async def pong(message: Message) -> None:
+        await router.route(Message((ServiceAddress("ping"),), (), message.payload))
 
-    router.register("ping", bouncer("pong"))
-    router.register("pong", bouncer("ping"))
+    router.register("ping", ping)
+    router.register("pong", pong, inline=True)
     await router.route(Message((ServiceAddress("ping"),), (), b"ball"))
-    # Before the fix the two mailboxes never suspended, and this sleep never returned.
-    await asyncio.wait_for(asyncio.sleep(0.01), 2)
+    seen_by_another_task: list[int] = []
+
+    async def another_task() -> None:
+        seen_by_another_task.append(bounces)
+
+    other = asyncio.create_task(another_task())
+    await asyncio.wait_for(stopped.wait(), 10)
+    await asyncio.wait_for(other, 10)
+    assert bounces == bounces_limit
+    [seen] = seen_by_another_task
+    assert seen < bounces_limit, "no other task ran while the two workers bounced the ball"
     await router.close()

@@ -14,6 +14,13 @@ then only frames of at most :data:`MAX_AUTH_FRAME` bytes are accepted (a strange
 the node buffer a 2 MiB frame), and the whole authentication must finish within
 ``Liveness.auth_timeout``.
 
+States (:class:`Phase`; :class:`State` is the coarse view the glue reads): a client starts in
+AWAIT_HELLO, sends its proof on SERVER_HELLO (AWAIT_AUTH_OK) and opens on AUTH_OK; a server
+starts in AWAIT_PROOF and opens on a proof that verifies. :data:`TRANSITIONS` lists, as h11's
+``_state.py`` does, every frame each phase accepts from the peer and the phase it leads to; any
+other frame is a protocol violation, and CLOSE leads to CLOSED from every phase. CLOSED is
+terminal: nothing is read any more, and sending raises :class:`HopLocalError`.
+
 A peer's protocol violation never raises out of :meth:`receive_data`: everything decoded
 before it is returned, followed by :class:`HopFailed` (and the CLOSE frame is queued), as
 aioquic turns a violation into an event after the output it already produced.
@@ -24,7 +31,7 @@ Liveness, once open (:class:`Liveness` holds the periods):
   reports :class:`HopIdle` (the glue closes it, unless it still has queued messages);
 * keepalive: with it, a PING goes out whenever nothing was received for
   ``keepalive_interval`` (keeping NAT mappings and the peer's idle timer fresh), and a hop
-  that heard nothing for ``dead_after`` is :class:`PeerUnresponsive`;
+  that heard nothing for ``dead_after`` is :class:`HopUnresponsive`;
 * unanswered traffic: a message sent after ``probe_quiet`` of silence from the peer is
   followed by a PING, and the peer must say something within ``answer_timeout`` (at least
   4 x the smoothed ping RTT): a far end that died is noticed within seconds of the next
@@ -39,9 +46,11 @@ import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from meshkey.identity.keys import Identity, verify_signature
 from meshkey.identity.node_id import NodeId
+from meshkey.timing import RttEstimate
 from meshkey.wire.errors import WireError
 from meshkey.wire.frames import MAX_FRAME, FrameDecoder, encode_frame, frame_header
 from meshkey.wire.hop import (
@@ -79,6 +88,10 @@ class HopError(Exception):
         self.reason = reason
 
 
+class HopLocalError(RuntimeError):
+    """This side misused the hop (sent on a hop that is not open); nothing was queued."""
+
+
 class Role(enum.Enum):
     CLIENT = "client"
     SERVER = "server"
@@ -88,6 +101,45 @@ class State(enum.Enum):
     AUTHENTICATING = "authenticating"
     OPEN = "open"
     CLOSED = "closed"
+
+
+class Phase(enum.Enum):
+    """Where a hop is in the protocol; see :data:`TRANSITIONS`."""
+
+    AWAIT_HELLO = "awaiting SERVER_HELLO"  # client, before its proof
+    AWAIT_AUTH_OK = "awaiting AUTH_OK"  # client, its proof sent
+    AWAIT_PROOF = "awaiting CLIENT_PROOF"  # server, its SERVER_HELLO sent
+    OPEN = "open"
+    CLOSED = "closed"
+
+    @property
+    def state(self) -> State:
+        return _STATE_OF[self]
+
+
+_STATE_OF = {
+    Phase.AWAIT_HELLO: State.AUTHENTICATING,
+    Phase.AWAIT_AUTH_OK: State.AUTHENTICATING,
+    Phase.AWAIT_PROOF: State.AUTHENTICATING,
+    Phase.OPEN: State.OPEN,
+    Phase.CLOSED: State.CLOSED,
+}
+
+#: The frames a hop accepts from its peer in each phase, and the phase each leads to. Any
+#: other frame closes the hop with PROTOCOL_ERROR; an allowed one can still fail its own
+#: checks (a proof that does not verify: AUTH_FAILED). Nothing is read in CLOSED.
+TRANSITIONS: dict[Phase, dict[type[HopFrame], Phase]] = {
+    Phase.AWAIT_HELLO: {ServerHello: Phase.AWAIT_AUTH_OK, Close: Phase.CLOSED},
+    Phase.AWAIT_AUTH_OK: {AuthOk: Phase.OPEN, Close: Phase.CLOSED},
+    Phase.AWAIT_PROOF: {ClientProof: Phase.OPEN, Close: Phase.CLOSED},
+    Phase.OPEN: {
+        MessageFrame: Phase.OPEN,
+        Ping: Phase.OPEN,
+        Pong: Phase.OPEN,
+        Close: Phase.CLOSED,
+    },
+    Phase.CLOSED: {},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +190,7 @@ class HopIdle:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerUnresponsive:
+class HopUnresponsive:
     """The peer stopped answering: the hop should be closed; ``reason`` says how it showed."""
 
     reason: str
@@ -151,7 +203,7 @@ HopEvent = (
     | PeerClosed
     | HopFailed
     | HopIdle
-    | PeerUnresponsive
+    | HopUnresponsive
 )
 
 
@@ -168,11 +220,11 @@ class HopConnection:
         now: float = 0.0,
     ) -> None:
         self.role = role
-        self.state = State.AUTHENTICATING
+        self.phase = Phase.AWAIT_PROOF if role is Role.SERVER else Phase.AWAIT_HELLO
         self.peer: NodeId | None = None
         self.liveness = liveness
         self.keepalive = False
-        self.rtt: float | None = None  # smoothed ping round trip, once measured
+        self.ping_rtt = RttEstimate()  # PING -> PONG round trips (RFC 6298 smoothing)
         self._identity = identity
         self._transport = transport
         self._expected = expected_peer
@@ -180,7 +232,6 @@ class HopConnection:
         self._outgoing: list[bytes] = []
         self._nonce = b""
         self._certificate_peer: NodeId | None = None
-        self._proof_sent = False
         self._auth_deadline = now + liveness.auth_timeout
         self.last_received = now
         self._last_activity = now
@@ -194,8 +245,17 @@ class HopConnection:
             self._queue(ServerHello(identity.node_id.raw, self._nonce))
 
     @property
+    def state(self) -> State:
+        return self.phase.state
+
+    @property
     def is_open(self) -> bool:
-        return self.state is State.OPEN
+        return self.phase is Phase.OPEN
+
+    @property
+    def rtt(self) -> float | None:
+        """The smoothed ping round trip, once measured."""
+        return self.ping_rtt.srtt
 
     def chunks_to_send(self) -> list[bytes]:
         """The bytes to write, as chunks (message bodies are never copied into one buffer)."""
@@ -221,7 +281,7 @@ class HopConnection:
     def receive_data(self, data: bytes, now: float | None = None) -> list[HopEvent]:
         """Events for ``data``; a violation ends the list with HopFailed. Then drain
         :meth:`chunks_to_send` and re-read :meth:`next_deadline`."""
-        if self.state is State.CLOSED:
+        if self.phase is Phase.CLOSED:
             return []
         if now is not None:
             self.last_received = self._last_activity = now
@@ -231,7 +291,7 @@ class HopConnection:
         try:
             bodies = self._decoder.feed(data)
             for body in bodies:
-                if body[:1] == _MESSAGE and self.state is State.OPEN:  # the hot path: no copy
+                if body[:1] == _MESSAGE and self.phase is Phase.OPEN:  # the hot path: no copy
                     events.append(MessageReceived(memoryview(body)[1:]))
                     continue
                 event = self._handle(decode_hop_frame(body), now)
@@ -248,9 +308,9 @@ class HopConnection:
     def send_message(self, *parts: bytes, now: float | None = None) -> None:
         """Queues a MESSAGE frame whose body is the concatenation of ``parts`` (not copied).
 
-        Raises RuntimeError (local misuse) unless the hop is open."""
-        if self.state is not State.OPEN:
-            raise RuntimeError(f"cannot send on a hop that is {self.state.value}")
+        Raises HopLocalError (local misuse) unless the hop is open."""
+        if self.phase is not Phase.OPEN:
+            raise HopLocalError(f"cannot send on a hop that is {self.state.value}")
         self._outgoing.append(frame_header(sum(map(len, parts)) + 1) + _MESSAGE)
         self._outgoing.extend(part for part in parts if part)
         if now is not None:
@@ -261,7 +321,7 @@ class HopConnection:
     def ping(self, now: float | None = None, token: int | None = None) -> None:
         """Queues a PING (its PONG comes back as PongReceived(token)); ``token`` defaults to
         the next of this hop's own."""
-        if self.state is State.OPEN:
+        if self.phase is Phase.OPEN:
             self._pings_sent += 1
             if token is None:
                 token = self._pings_sent
@@ -274,7 +334,7 @@ class HopConnection:
     def suspect(self, now: float, why: str = "the peer is gone (ICMP)") -> None:
         """An ICMP error came back for this peer (or another hint that it is gone): ask it
         to prove it is still there."""
-        if self.state is State.OPEN:
+        if self.phase is Phase.OPEN:
             self.suspected = True
             self._expect_answer(now, self.liveness.suspect_grace, why)
 
@@ -284,18 +344,18 @@ class HopConnection:
             if now >= self._auth_deadline:
                 return [self._failed(CloseCode.AUTH_FAILED, "authentication timed out")]
             return []
-        if self.state is not State.OPEN:
+        if self.phase is not Phase.OPEN:
             return []
         live = self.liveness
         # Deadlines are compared as the sums next_deadline() returns (not as differences),
         # so a timer fired exactly at its deadline always finds it due.
         if self._answer_by is not None and now >= self._answer_by:
             quiet = now - self.last_received
-            return [PeerUnresponsive(f"{self._answer_why} for {quiet:.1f}s")]
+            return [HopUnresponsive(f"{self._answer_why} for {quiet:.1f}s")]
         if self.keepalive:
             if now >= self.last_received + live.dead_after:
                 quiet = now - self.last_received
-                return [PeerUnresponsive(f"no answer to keepalives for {quiet:.0f}s")]
+                return [HopUnresponsive(f"no answer to keepalives for {quiet:.0f}s")]
             if now >= self._next_ping():
                 self.ping(now)
         elif now >= self._last_activity + live.idle_timeout:
@@ -309,7 +369,7 @@ class HopConnection:
     def next_deadline(self) -> float | None:
         if self.state is State.AUTHENTICATING:
             return self._auth_deadline
-        if self.state is not State.OPEN:
+        if self.phase is not Phase.OPEN:
             return None
         live = self.liveness
         deadlines = [] if self._answer_by is None else [self._answer_by]
@@ -320,14 +380,14 @@ class HopConnection:
         return min(deadlines)
 
     def close(self, code: CloseCode = CloseCode.NORMAL, reason: str = "") -> None:
-        if self.state is not State.CLOSED:
+        if self.phase is not Phase.CLOSED:
             self._queue(Close(code, reason))
-            self.state = State.CLOSED
+            self.phase = Phase.CLOSED
 
     # -- internals --------------------------------------------------------------------
 
     def _is_closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self.phase is Phase.CLOSED
 
     def _answer_timeout(self) -> float:
         measured = 4 * self.rtt if self.rtt is not None else 0.0
@@ -356,66 +416,68 @@ class HopConnection:
         self.close(code, reason)
         return HopFailed(code, reason)
 
-    def _fail(self, code: CloseCode, reason: str) -> None:
+    def _fail(self, code: CloseCode, reason: str) -> NoReturn:
         self.close(code, reason)
         raise HopError(code, reason)
 
     def _handle(self, frame: HopFrame, now: float | None) -> HopEvent | None:
+        """One frame from the peer, as :data:`TRANSITIONS` allows (HopError otherwise)."""
+        after = TRANSITIONS[self.phase].get(type(frame))
+        if after is None:
+            self._fail(
+                CloseCode.PROTOCOL_ERROR,
+                f"unexpected {type(frame).__name__} ({self.phase.value})",
+            )
+        event: HopEvent | None = None
         if isinstance(frame, Close):
-            self.state = State.CLOSED
-            return PeerClosed(frame.code, frame.reason)
-        if self.state is State.AUTHENTICATING:
-            return self._authenticate(frame)
-        if isinstance(frame, MessageFrame):
-            return MessageReceived(frame.body)
-        if isinstance(frame, Ping):
+            event = PeerClosed(frame.code, frame.reason)
+        elif isinstance(frame, MessageFrame):
+            event = MessageReceived(frame.body)
+        elif isinstance(frame, Ping):
             self._queue(Pong(frame.token))
-            return None
-        if isinstance(frame, Pong):
+        elif isinstance(frame, Pong):
             sent = self._ping_times.pop(frame.token, None)
             if sent is not None and now is not None:
-                sample = max(0.0, now - sent)
-                self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
-            return PongReceived(frame.token)
-        self._fail(CloseCode.PROTOCOL_ERROR, f"unexpected {type(frame).__name__} on an open hop")
-        return None  # pragma: no cover - _fail raises
+                self.ping_rtt.add(now - sent)
+            event = PongReceived(frame.token)
+        elif isinstance(frame, ServerHello):
+            self._prove(frame)
+        elif isinstance(frame, ClientProof):
+            event = self._open(self._verify(frame))
+        else:
+            assert isinstance(frame, AuthOk)
+            assert self._certificate_peer is not None  # AWAIT_AUTH_OK: the proof checked it
+            event = self._open(self._certificate_peer)
+        self.phase = after
+        return event
 
-    def _authenticate(self, frame: HopFrame) -> HopEvent | None:
-        if self.role is Role.SERVER:
-            if not isinstance(frame, ClientProof):
-                self._fail(CloseCode.PROTOCOL_ERROR, f"expected a client proof, got {frame!r:.60}")
-            assert isinstance(frame, ClientProof)
-            client = NodeId(frame.node_id)
-            payload = proof_payload(
-                self._transport, self._identity.node_id.raw, client.raw, self._nonce
+    def _prove(self, hello: ServerHello) -> None:
+        """Client: the server named itself; sign the proof bound to it and its nonce."""
+        server = NodeId(hello.node_id)
+        if self._certificate_peer is None:
+            self._fail(CloseCode.AUTH_FAILED, "server hello before the certificate check")
+        if server != self._certificate_peer:
+            self._fail(
+                CloseCode.AUTH_FAILED,
+                f"server hello names {server}, its certificate {self._certificate_peer}",
             )
-            if not verify_signature(client, payload, frame.signature):
-                self._fail(CloseCode.AUTH_FAILED, f"proof of NodeId {client} does not verify")
-            self._queue(AuthOk())
-            return self._open(client)
-        if isinstance(frame, ServerHello) and not self._proof_sent:
-            server = NodeId(frame.node_id)
-            if self._certificate_peer is None:
-                self._fail(CloseCode.AUTH_FAILED, "server hello before the certificate check")
-            if server != self._certificate_peer:
-                self._fail(
-                    CloseCode.AUTH_FAILED,
-                    f"server hello names {server}, its certificate {self._certificate_peer}",
-                )
-            payload = proof_payload(
-                self._transport, server.raw, self._identity.node_id.raw, frame.nonce
-            )
-            self._queue(ClientProof(self._identity.node_id.raw, self._identity.sign(payload)))
-            self._proof_sent = True
-            return None
-        if isinstance(frame, AuthOk) and self._proof_sent:
-            assert self._certificate_peer is not None
-            return self._open(self._certificate_peer)
-        self._fail(CloseCode.PROTOCOL_ERROR, f"unexpected {type(frame).__name__} during auth")
-        return None  # pragma: no cover - _fail raises
+        payload = proof_payload(
+            self._transport, server.raw, self._identity.node_id.raw, hello.nonce
+        )
+        self._queue(ClientProof(self._identity.node_id.raw, self._identity.sign(payload)))
+
+    def _verify(self, proof: ClientProof) -> NodeId:
+        """Server: the client's proof must be signed by the NodeId it claims, for this hop."""
+        client = NodeId(proof.node_id)
+        payload = proof_payload(
+            self._transport, self._identity.node_id.raw, client.raw, self._nonce
+        )
+        if not verify_signature(client, payload, proof.signature):
+            self._fail(CloseCode.AUTH_FAILED, f"proof of NodeId {client} does not verify")
+        self._queue(AuthOk())
+        return client
 
     def _open(self, peer: NodeId) -> PeerAuthenticated:
         self.peer = peer
-        self.state = State.OPEN
         self._decoder.max_frame = MAX_FRAME  # authenticated: full-size messages from now on
         return PeerAuthenticated(peer)

@@ -34,6 +34,7 @@ from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.errors import RoutingError
 from meshkey.routing.message import LocalInfo, Message
 from meshkey.routing.router import Router, sends_must_not_block
+from meshkey.timing import DeadlineTimer
 from meshkey.transport.errors import describe_error
 from meshkey.transport.events import HopAuthenticated, HopClosed, HopRefused, TransportEvent
 from meshkey.transport.hop import (
@@ -42,11 +43,11 @@ from meshkey.transport.hop import (
     HopEvent,
     HopFailed,
     HopIdle,
+    HopUnresponsive,
     Liveness,
     MessageReceived,
     PeerAuthenticated,
     PeerClosed,
-    PeerUnresponsive,
     PongReceived,
     Role,
 )
@@ -237,8 +238,7 @@ class HopLink:
         self._room = asyncio.Event()  # senders waiting on a full queue may go on
         self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer, self._loop)
         self._registered = False
         #: Set once the hop is authenticated or closed, whichever comes first.
         self.settled = asyncio.Event()
@@ -403,7 +403,7 @@ class HopLink:
                 else:
                     log.warning("hop.protocol_error", peer=self.core.peer, reason=event.reason)
                     await self.close(event.code, event.reason)
-            elif isinstance(event, PeerUnresponsive):
+            elif isinstance(event, HopUnresponsive):
                 await self.close(CloseCode.NORMAL, event.reason)
             elif isinstance(event, HopIdle):
                 if self._queue:
@@ -416,23 +416,14 @@ class HopLink:
         return True
 
     def _rearm(self) -> None:
-        """One timer per link, moved only when the core's deadline changes."""
-        deadline = None if self.closed else self.core.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        """One timer per link, following the core's deadline (moved only when it changes)."""
+        self._timer.follow(None if self.closed else self.core.next_deadline())
 
-    def _on_timer(self) -> None:
-        deadline, self._timer, self._timer_at = self._timer_at, None, None
-        if self.closed or deadline is None:
+    def _on_timer(self, now: float) -> None:
+        """The core's deadline is reached (``now`` is never earlier than it)."""
+        if self.closed:
             return
-        # uvloop may wake a little early: the core must see at least its own deadline.
-        events = self.core.on_timer(max(deadline, self._loop.time()))
+        events = self.core.on_timer(now)
         with contextlib.suppress(LinkError, OSError):
             self._flush()
         self._rearm()
@@ -457,10 +448,6 @@ class HopLink:
 
     async def _send_from_router(self, message: Message) -> None:
         await self.enqueue(message.step())
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued_bytes
 
     async def enqueue(self, message: Message) -> None:
         """Queues ``message`` for the peer; waits while the queue is full (RoutingError BUSY

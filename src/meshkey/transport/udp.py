@@ -2,10 +2,13 @@
 packets beside it on the same port (DESIGN.md decisions 3 and 4).
 
 The socket (:mod:`meshkey.transport.udp_socket`) batches with GRO and GSO. Every datagram is
-routed by its first byte: below 0x40 to the control-packet handlers (the reflexive-address
-service and the puncher live in :mod:`meshkey.nat`), otherwise to the QUIC connection that
-owns its destination connection ID. Each QUIC connection carries one hop link on one
-bidirectional stream, opened by the server (which speaks first in the hop protocol).
+classified by :func:`meshkey.wire.udp.classify` (a pure function of its first bytes): a first
+byte below 0x40 goes to the control-packet handlers (the reflexive-address service and the
+puncher live in :mod:`meshkey.nat`), a QUIC packet to the connection that owns its destination
+connection ID. A full-size Initial for no connection may open one, if the node admits it
+(limits, rate, a stateless QUIC Retry when busy); a short-header packet for no connection is
+answered with a STALE nudge. Each QUIC connection is driven by a
+:class:`~meshkey.transport.quic.QuicLink` and carries one hop link.
 
 Socket 0 is the node's one socket. A birthday punch (DESIGN.md decision 11) opens extra ones
 for a few seconds (:meth:`QuicTransport.open_socket`): their datagrams go through the same
@@ -16,7 +19,6 @@ was dialled from or accepted on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -29,40 +31,53 @@ from collections.abc import Callable
 from typing import Any
 
 from qh3._hazmat import pull_quic_header
-from qh3.quic import events as quic_events
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.connection import QuicConnection
 from qh3.quic.packet import QuicPacketType, encode_quic_retry
 from qh3.tls import SignatureAlgorithm
 
-from meshkey.identity.certificate import certificate_pem, node_id_from_certificate
-from meshkey.identity.errors import IdentityError
-from meshkey.identity.node_id import NodeId
+from meshkey.identity.certificate import certificate_pem
 from meshkey.log import EventLogger
 from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import TransportAddress
-from meshkey.transport.errors import describe_error
-from meshkey.transport.link import HopLink, LinkError, LinkTransport
+from meshkey.transport.link import HopLink, LinkTransport
+from meshkey.transport.quic import INBOX_HIGH_WATER, SEND_HIGH_WATER, QuicLink
 from meshkey.transport.tls import SERVER_NAME
 from meshkey.transport.udp_socket import UdpEndpoint
 from meshkey.wire.errors import WireError
 from meshkey.wire.hop import CloseCode
 from meshkey.wire.net import Endpoint
 from meshkey.wire.udp import (
-    QUIC_BIT,
+    CID_LENGTH,
+    ControlDatagram,
     ControlKind,
+    Datagram,
+    Garbage,
+    QuicLongHeader,
+    QuicShortHeader,
     Restarted,
     Stale,
+    classify,
     decode_nudge_packet,
     encode_control_packet,
+    gro_runs,
 )
+
+__all__ = [
+    "ALPN",
+    "CID_LENGTH",
+    "INBOX_HIGH_WATER",
+    "MAIN_SOCKET",
+    "SEND_HIGH_WATER",
+    "ControlHandler",
+    "QuicLink",
+    "QuicTransport",
+]
 
 log = EventLogger("transport.udp")
 
 ALPN = "meshkey/1"
-CID_LENGTH = 8
 MAIN_SOCKET = 0
-SEND_HIGH_WATER = 2 * 1024 * 1024  # stream bytes queued in QUIC before writers wait
 MAX_CONNECTIONS = 4096
 #: Half-open inbound connections beyond which new ones must first prove their address with a
 #: QUIC Retry round trip: a spoofed flood then costs one small Retry packet each, no state.
@@ -76,11 +91,6 @@ RETRIES_PER_SECOND = 2000.0
 #: STALE answers to packets for connections this node does not have (after a restart, the
 #: peers' next packets): enough to tell every peer quickly, never a flood.
 STALE_PER_SECOND = 200.0
-#: Stream bytes received from one peer and not yet consumed by the node; beyond this its
-#: datagrams are dropped unread (QUIC resends them and its congestion control slows the
-#: sender), so one peer sending as fast as it can cannot starve the others or fill memory.
-INBOX_HIGH_WATER = 8 * 1024 * 1024
-
 #: (datagram, where it came from, the id of the socket it arrived on)
 ControlHandler = Callable[[bytes, Endpoint, int], None]
 
@@ -242,7 +252,7 @@ class QuicTransport(LinkTransport):
                 self.close_socket(socket_id)
         self.endpoint.close()
 
-    # -- demultiplexing ---------------------------------------------------------------
+    # -- demultiplexing (what a datagram is: wire.udp.classify) --------------------------
 
     def _on_datagrams(
         self, buffer: bytes, segment: int, source: Endpoint, socket_id: int = MAIN_SOCKET
@@ -252,68 +262,57 @@ class QuicTransport(LinkTransport):
             self._on_datagram(buffer, source, now, socket_id)
             return
         # A GRO buffer holds datagrams of one sender; they may still belong to several
-        # connections, or be control packets: hand each run of one connection over at once.
-        start = 0
-        while start < len(buffer):
-            link = self._link_at(buffer, start)
-            end = start + segment
-            while link is not None and end < len(buffer) and self._link_at(buffer, end) is link:
-                end += segment
-            if link is not None and link.inbox_full:
+        # connections, or be control packets: each run for one connection goes over at once.
+        for start, end, kind in gro_runs(buffer, segment):
+            if end - start <= segment:
+                self._on_datagram(buffer[start:end], source, now, socket_id, kind)
+                continue
+            assert isinstance(kind, QuicShortHeader)  # the only datagrams that come in runs
+            link = self.by_cid.get(kind.dcid)
+            if link is None:  # no connection: each is answered as if it came alone
+                for offset in range(start, end, segment):
+                    self._on_datagram(buffer[offset : offset + segment], source, now, socket_id)
+            elif link.inbox_full:
                 self.endpoint.stats["inbox_dropped"] += (end - start) // segment
-            elif link is not None and end - start > segment:
-                link.receive_gro(buffer[start:end], segment, source, now)
             else:
-                self._on_datagram(buffer[start : start + segment], source, now, socket_id)
-                end = start + segment
-            start = end
+                link.receive_gro(buffer[start:end], segment, source, now)
 
     def _on_datagram(
-        self, data: bytes, source: Endpoint, now: float, socket_id: int = MAIN_SOCKET
+        self,
+        data: bytes,
+        source: Endpoint,
+        now: float,
+        socket_id: int = MAIN_SOCKET,
+        kind: Datagram | None = None,
     ) -> None:
-        if not data[0] & QUIC_BIT:
-            handler = self._control.get(data[0])
+        kind = classify(data) if kind is None else kind
+        if isinstance(kind, ControlDatagram):
+            handler = self._control.get(kind.kind)
             if handler is not None:
                 try:
                     handler(data, source, socket_id)
                 except Exception:
-                    log.exception("control.handler_failed", kind=data[0])
+                    log.exception("control.handler_failed", kind=kind.kind)
             return
-        link = self._link_for(data)
+        if isinstance(kind, Garbage):
+            return
+        link = self.by_cid.get(kind.dcid)
         if link is None:
-            if data[0] & 0x80:
-                self._accept(data, source, now, socket_id)
-            elif socket_id == MAIN_SOCKET:
-                self._answer_stale(data, source, now)
+            if isinstance(kind, QuicLongHeader):
+                if kind.initial:
+                    self._accept(data, source, now, socket_id)
+            elif socket_id == MAIN_SOCKET and kind.answerable:
+                self._answer_stale(kind.dcid, source, now)
         elif link.inbox_full:
             self.endpoint.stats["inbox_dropped"] += 1
         else:
             link.receive(data, source, now)
 
-    def _link_at(self, buffer: bytes, offset: int) -> QuicLink | None:
-        """The link of the datagram at ``offset`` in a GRO buffer, reading only its header."""
-        first = buffer[offset]
-        if not first & QUIC_BIT:
-            return None
-        if first & 0x80:
-            return self._link_for(buffer[offset : offset + 6 + 20])
-        return self.by_cid.get(buffer[offset + 1 : offset + 1 + CID_LENGTH])
-
-    def _link_for(self, data: bytes) -> QuicLink | None:
-        if not data or not data[0] & QUIC_BIT:
-            return None
-        if data[0] & 0x80:
-            dcid = _long_header_dcid(data)
-            return None if dcid is None else self.by_cid.get(dcid)
-        return self.by_cid.get(data[1 : 1 + CID_LENGTH])
-
     def _accept(
         self, data: bytes, source: Endpoint, now: float, socket_id: int = MAIN_SOCKET
     ) -> None:
-        """Opens an inbound connection for a client's first Initial, if it deserves one."""
-        # Only a full-size QUIC v1 Initial may open a connection (RFC 9000, 14.1).
-        if len(data) < 1200 or data[0] & 0xB0 != 0x80 or data[1:5] != b"\x00\x00\x00\x01":
-            return
+        """Opens an inbound connection for a client's first Initial (a full-size QUIC v1
+        one: classify() said so), if it deserves one."""
         endpoint = self.sockets.get(socket_id)
         if endpoint is None or endpoint.sock is None or len(self.links) >= MAX_CONNECTIONS:
             return
@@ -362,9 +361,8 @@ class QuicTransport(LinkTransport):
 
     # -- nudges: a peer learns at once that a connection it holds is gone here ------------
 
-    def _answer_stale(self, data: bytes, source: Endpoint, now: float) -> None:
-        if len(data) >= 1 + CID_LENGTH + 16 and self._stale.allow(now):
-            cid = data[1 : 1 + CID_LENGTH]
+    def _answer_stale(self, cid: bytes, source: Endpoint, now: float) -> None:
+        if self._stale.allow(now):
             self.endpoint.send_one(encode_control_packet(Stale(cid)), source)
 
     def remote_of(self, worker: str) -> Endpoint | None:
@@ -454,262 +452,3 @@ class QuicTransport(LinkTransport):
         dirty, self._dirty = self._dirty, set()
         for link in dirty:
             link.transmit()
-
-
-class QuicLink(HopLink):
-    transport: QuicTransport
-
-    def __init__(
-        self,
-        *args: Any,
-        quic: QuicConnection | None = None,
-        endpoint: UdpEndpoint,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.endpoint = endpoint  # the socket it lives on
-        self.quic = quic
-        self.stream_id: int | None = None
-        self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._inbox_bytes = 0
-        self._established: asyncio.Future[NodeId] = self._loop.create_future()
-        # Nobody awaits an inbound link's (or an abandoned dial's) future: mark it retrieved.
-        self._established.add_done_callback(
-            lambda future: None if future.cancelled() else future.exception()
-        )
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._quic_timer: asyncio.TimerHandle | None = None
-        self._quic_timer_at: float | None = None
-        self._cids: set[bytes] = set()
-        self._terminated = False
-        #: Datagrams already taken from the QUIC connection and not yet sent.
-        self.unsent: list[tuple[bytes, Endpoint]] = []
-
-    @property
-    def inbox_full(self) -> bool:
-        return self._inbox_bytes >= INBOX_HIGH_WATER
-
-    def add_cid(self, cid: bytes) -> None:
-        self.transport.by_cid[cid] = self
-        self._cids.add(cid)
-
-    def _drop_cids(self) -> None:
-        for cid in self._cids:
-            if self.transport.by_cid.get(cid) is self:
-                del self.transport.by_cid[cid]
-        self._cids.clear()
-
-    # -- QUIC -------------------------------------------------------------------------
-
-    async def _connect(self) -> NodeId:
-        loop = self._loop
-        host, port = self.remote
-        try:
-            family = 0 if self.endpoint.dual_stack else self.endpoint.family
-            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise LinkError(describe_error(exc)) from exc
-        address = infos[0][4]
-        self.remote = (str(address[0]), int(address[1]))
-        self.quic = QuicConnection(configuration=self.transport.client_configuration)
-        self.add_cid(self.quic.host_cid)
-        self.quic.connect(self.remote, loop.time())
-        self.transmit()
-        try:
-            return await asyncio.wait_for(
-                asyncio.shield(self._established), self.transport.handshake_timeout
-            )
-        except TimeoutError:
-            raise LinkError("no QUIC handshake answer in time") from None
-
-    def unreachable(self, original: bytes) -> None:
-        """An ICMP error for a datagram sent to this link's peer address.
-
-        While dialling it is fatal, but only if it answers one of *this* dial's Initial
-        packets (whose connection ID is its own): errors for an earlier connection to the same
-        address can arrive late. Once open it is only a cue to check (ICMP can be forged):
-        ping, and close if nothing comes back.
-        """
-        if self.direction == "outbound" and not self._established.done():
-            if self.quic is not None and _long_header_dcid(original) == (
-                self.quic.original_destination_connection_id
-            ):
-                self._established.set_exception(
-                    LinkError("connection refused (nothing listens on that UDP port)")
-                )
-        elif self.core.is_open:
-            self.suspect()
-
-    def receive(self, data: bytes, source: Endpoint, now: float) -> None:
-        assert self.quic is not None
-        self.quic.receive_datagram(data, source, now)
-        self._after_input()
-
-    def receive_gro(self, buffer: bytes, segment: int, source: Endpoint, now: float) -> None:
-        assert self.quic is not None
-        self.quic.receive_gro_buffer(buffer, segment, source, now)
-        self._after_input()
-
-    def _after_input(self) -> None:
-        self._process_events()
-        self.transport.schedule(self)
-
-    def _process_events(self) -> None:
-        assert self.quic is not None
-        while (event := self.quic.next_event()) is not None:
-            if isinstance(event, quic_events.StreamDataReceived):
-                if self.stream_id is None and self.direction == "outbound":
-                    self.stream_id = event.stream_id  # the server opened it
-                if event.stream_id == self.stream_id:
-                    if event.data:
-                        self._inbox_bytes += len(event.data)
-                        self._inbox.put_nowait(event.data)
-                    if event.end_stream:
-                        self._inbox.put_nowait(b"")
-            elif isinstance(event, quic_events.HandshakeCompleted):
-                self._handshake_completed()
-            elif isinstance(event, quic_events.ProtocolNegotiated):
-                if self.direction == "inbound":
-                    # The server speaks first: its SERVER_HELLO goes out as 0.5-RTT data
-                    # with its handshake flight, so the client's proof can leave with its
-                    # Finished and the hop opens one round trip sooner.
-                    self._start_server_hop()
-            elif isinstance(event, quic_events.ConnectionIdIssued):
-                self.add_cid(event.connection_id)
-            elif isinstance(event, quic_events.ConnectionIdRetired):
-                self.transport.by_cid.pop(event.connection_id, None)
-                self._cids.discard(event.connection_id)
-            elif isinstance(event, quic_events.StreamReset):
-                if event.stream_id == self.stream_id:
-                    self._inbox.put_nowait(b"")
-            elif isinstance(event, quic_events.ConnectionTerminated):
-                self._connection_terminated(event.reason_phrase or f"error {event.error_code}")
-
-    def _handshake_completed(self) -> None:
-        assert self.quic is not None
-        if self.direction == "outbound":
-            if self._established.done():
-                return
-            certificate = self.quic.get_peercert()
-            try:
-                peer = node_id_from_certificate(
-                    certificate.public_bytes() if certificate is not None else None
-                )
-            except IdentityError as exc:
-                self._established.set_exception(exc)
-                return
-            self._established.set_result(peer)
-        else:
-            self._start_server_hop()
-
-    def _start_server_hop(self) -> None:
-        """The server opens the link's stream: it speaks first in the hop protocol."""
-        assert self.quic is not None
-        if self.stream_id is not None:
-            return
-        self.stream_id = self.quic.get_next_available_stream_id()
-        self.spawn(self.run(), "run")
-
-    def _connection_terminated(self, reason: str) -> None:
-        self._terminated = True
-        self._inbox.put_nowait(b"")
-        if not self._established.done():
-            self._established.set_exception(LinkError(f"QUIC connection closed: {reason}"))
-        elif self.direction == "inbound" and self.stream_id is None:
-            self.spawn(
-                self.close(CloseCode.NORMAL, f"closed before the handshake: {reason}"), "close"
-            )
-        self._drop_cids()
-
-    def transmit(self) -> None:
-        quic = self.quic
-        if quic is None:
-            return
-        loop = self._loop
-        now = loop.time()
-        datagrams = quic.datagrams_to_send(now)
-        if self.unsent:
-            datagrams, self.unsent = self.unsent + datagrams, []
-        if datagrams:
-            address = datagrams[0][1]
-            if all(d[1] == address for d in datagrams):
-                self.endpoint.send([d[0] for d in datagrams], address)
-            else:
-                for data, each in datagrams:
-                    self.endpoint.send_one(data, each)
-        deadline = None if self._terminated else quic.get_timer()
-        if deadline != self._quic_timer_at:  # re-armed only when the deadline moved
-            if self._quic_timer is not None:
-                self._quic_timer.cancel()
-            self._quic_timer_at = deadline
-            self._quic_timer = (
-                None if deadline is None else loop.call_at(deadline, self._on_quic_timer)
-            )
-        if (
-            self.stream_id is not None
-            and not self._writable.is_set()
-            and quic.get_send_buffer_size(self.stream_id) <= SEND_HIGH_WATER // 2
-        ):
-            self._writable.set()
-
-    def _on_quic_timer(self) -> None:
-        deadline, self._quic_timer, self._quic_timer_at = self._quic_timer_at, None, None
-        if self.quic is None or deadline is None:
-            return
-        # uvloop wakes early, and qh3 ignores an early handle_timer: give it its deadline.
-        self.quic.handle_timer(max(deadline, self._loop.time()))
-        self._process_events()
-        self.transmit()
-
-    # -- the pipe ---------------------------------------------------------------------
-
-    def _write(self, chunks: list[bytes]) -> None:
-        if self.quic is None or self.stream_id is None or self._terminated:
-            raise LinkError("the QUIC connection is not open")
-        try:
-            for chunk in chunks:
-                self.quic.send_stream_data(self.stream_id, chunk)
-        except QuicConnectionError as exc:
-            self._terminated = True
-            raise LinkError(f"the QUIC connection closed: {exc.reason_phrase}") from exc
-        self.transport.schedule(self)
-
-    async def _drain(self) -> None:
-        quic, stream = self.quic, self.stream_id
-        while (
-            quic is not None
-            and stream is not None
-            and not self._terminated
-            and quic.get_send_buffer_size(stream) > SEND_HIGH_WATER
-        ):
-            self._writable.clear()
-            await self._writable.wait()
-        if self._terminated:
-            raise LinkError("the QUIC connection closed")
-
-    async def _read(self) -> bytes:
-        data = await self._inbox.get()
-        self._inbox_bytes -= len(data)
-        return data
-
-    def _close_pipe(self) -> None:
-        if self.quic is not None and not self._terminated:
-            with contextlib.suppress(QuicConnectionError):
-                self.transmit()  # the hop's CLOSE frame first: the peer learns at once, and why
-                self.quic.close(reason_phrase="closed")
-                self.transmit()
-        self._terminated = True
-        if self._quic_timer is not None:
-            self._quic_timer.cancel()
-            self._quic_timer, self._quic_timer_at = None, None
-        self._writable.set()
-        self._drop_cids()
-
-
-def _long_header_dcid(datagram: bytes) -> bytes | None:
-    """The destination connection ID of a long-header QUIC packet (after the first byte: a
-    4-byte version, a 1-byte length, the ID), or None."""
-    if len(datagram) < 6 or not datagram[0] & 0x80:
-        return None
-    return datagram[6 : 6 + datagram[5]]

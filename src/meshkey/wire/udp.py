@@ -40,6 +40,12 @@ STALE            8-byte connection ID: a QUIC packet came for this connection ID
 RESTARTED        32-byte NodeId: sent once at start-up to the addresses of the nodes that
                  held relays here, from the same port: "whatever you held with me is gone".
 
+Everything else on the socket is QUIC. :func:`classify` reads a datagram's first bytes and says
+which of the two it is and, for QUIC, which connection it is for (short header: the 8-byte
+destination connection ID meshkey's connections use; long header: the ID it names) and whether
+it may open a connection; :func:`gro_runs` does the same for a GRO buffer. Both are pure: the
+socket's glue (:mod:`meshkey.transport.udp`) looks the connection up and does the I/O.
+
 There is no KEEPALIVE packet: once a punch has picked an address pair, a QUIC hop runs over it
 from the same socket, and the hop's own PINGs travel on exactly that 5-tuple, which is all a
 NAT's mapping timer looks at (:mod:`meshkey.paths` schedules them below the NAT timeout).
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
@@ -56,7 +63,18 @@ from meshkey.wire.net import Endpoint
 from meshkey.wire.reader import Reader, u16, u32
 
 CONTROL_VERSION = 1
-QUIC_BIT = 0x40
+QUIC_BIT = 0x40  # set in every QUIC packet (RFC 9000, 17.2 and 17.3)
+LONG_HEADER_BIT = 0x80  # a long header: handshake packets, Retry, version negotiation
+#: The length of meshkey's QUIC connection IDs: a short header does not say how long its
+#: destination ID is, the receiver must know.
+CID_LENGTH = 8
+#: A client's Initial is padded to at least this (RFC 9000, 14.1): only such may open a
+#: connection, so an answer to a spoofed Initial is never much larger than it.
+MIN_INITIAL_SIZE = 1200
+QUIC_V1 = b"\x00\x00\x00\x01"
+#: A short-header packet this long (header, connection ID, the AEAD tag) may be answered with
+#: a STALE, which is smaller.
+MIN_STALE_TRIGGER = 1 + CID_LENGTH + 16
 MAX_CONTROL_SIZE = 1200
 TXID_SIZE = 16
 WHOAMI_REQUEST_SIZE = 64
@@ -84,10 +102,6 @@ class PunchRole(enum.IntEnum):
     @property
     def other(self) -> PunchRole:
         return PunchRole.RESPONDER if self is PunchRole.INITIATOR else PunchRole.INITIATOR
-
-
-def is_control_packet(data: bytes) -> bool:
-    return bool(data) and data[0] < QUIC_BIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +143,7 @@ class Restarted:
     node_id: bytes
 
 
-STALE_CID_SIZE = 8
+STALE_CID_SIZE = CID_LENGTH
 NUDGE_NODE_ID_SIZE = 32
 
 ControlPacket = WhoamiRequest | WhoamiResponse | PunchProbe | PunchAck | Stale | Restarted
@@ -281,3 +295,88 @@ def _decode_punch(kind: ControlKind, data: bytes, reader: Reader) -> PunchProbe 
     mac = reader.take(PUNCH_MAC_SIZE)
     reader.end()
     return PunchAck(punch_id, role, counter, observed, mac)
+
+
+# -- demultiplexing: what a datagram on the socket is ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControlDatagram:
+    """First byte below 0x40: a meshkey control packet of ``kind`` (not parsed here; the
+    handler for its kind does that)."""
+
+    kind: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuicShortHeader:
+    """A 1-RTT QUIC packet for the connection that owns ``dcid``."""
+
+    dcid: bytes
+    answerable: bool  # long enough (MIN_STALE_TRIGGER) to be answered with a STALE
+
+
+@dataclass(frozen=True, slots=True)
+class QuicLongHeader:
+    """A handshake-time QUIC packet (Initial, Handshake, 0-RTT, Retry, version negotiation)
+    for the connection that owns ``dcid``."""
+
+    dcid: bytes
+    initial: bool  # a full-size QUIC v1 Initial: the only packet that may open a connection
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """Nothing any handler could use (empty, or cut short before its connection ID)."""
+
+    reason: str
+
+
+Datagram = ControlDatagram | QuicShortHeader | QuicLongHeader | Garbage
+
+
+def classify(datagram: bytes) -> Datagram:
+    """What ``datagram`` is, from its first bytes alone; never raises."""
+    if not datagram:
+        return Garbage("an empty datagram")
+    first = datagram[0]
+    if first < QUIC_BIT:
+        return ControlDatagram(first)
+    if not first & QUIC_BIT:
+        return Garbage(f"first byte 0x{first:02x}: neither QUIC nor a control packet")
+    if not first & LONG_HEADER_BIT:
+        dcid = datagram[1 : 1 + CID_LENGTH]
+        if len(dcid) < CID_LENGTH:
+            return Garbage("a short header cut short in its connection ID")
+        return QuicShortHeader(dcid, len(datagram) >= MIN_STALE_TRIGGER)
+    # A long header: u8 flags | u32 version | u8 dcid length | dcid | ... (RFC 9000, 17.2)
+    if len(datagram) < 6 or len(datagram) < 6 + datagram[5]:
+        return Garbage("a long header cut short in its connection ID")
+    initial = (
+        len(datagram) >= MIN_INITIAL_SIZE
+        and first & 0xB0 == 0x80  # long header, packet type 0: Initial
+        and datagram[1:5] == QUIC_V1
+    )
+    return QuicLongHeader(datagram[6 : 6 + datagram[5]], initial)
+
+
+def gro_runs(buffer: bytes, segment: int) -> Iterator[tuple[int, int, Datagram]]:
+    """The datagrams of a GRO buffer (each ``segment`` bytes, the last maybe fewer) as
+    ``(start, end, what the first is)``. A run of more than one datagram is always
+    short-header packets for one connection ID (the bulk of a transfer), to be handed over at
+    once; anything else comes one datagram at a time."""
+    if segment <= 0:
+        raise ValueError(f"GRO segment size {segment}")
+    start = 0
+    while start < len(buffer):
+        end = start + segment
+        kind = classify(buffer[start:end])
+        if isinstance(kind, QuicShortHeader):
+            while (
+                end < len(buffer)
+                and buffer[end] & (LONG_HEADER_BIT | QUIC_BIT) == QUIC_BIT
+                and buffer[end + 1 : end + 1 + CID_LENGTH] == kind.dcid
+            ):
+                end += segment
+        yield start, min(end, len(buffer)), kind
+        start = end
