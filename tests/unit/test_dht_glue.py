@@ -323,3 +323,14 @@ async def test_closing_ends_what_waits_and_disarms_the_timers() -> None:
         with pytest.raises(asyncio.CancelledError):
             await joining
         assert a._timer.at is None and a._upkeep_timer.at is None
+
+
+async def test_a_hop_dialled_over_a_punched_address_never_makes_the_peer_a_server() -> None:
+    """Issue 18: a hole punch opens a NAT mapping for one peer; a hop dialled through it
+    proves the peer is there *for this node*, not that others can dial it there."""
+    async with network() as net:
+        a, b = await net.node(), await net.node()
+        a.on_transport_event(HopAuthenticated(b.node_id, "udp", endpoint_of(b), "outbound", True))
+        assert a.knows(b.node_id) and a.reached_at(b.node_id) is None
+        a.on_transport_event(HopAuthenticated(b.node_id, "udp", endpoint_of(b), "outbound"))
+        assert a.reached_at(b.node_id) == endpoint_of(b)  # a plain dial does prove it

@@ -262,9 +262,11 @@ class DhtService:
         """Subscribe this to the node's event bus: authenticated UDP hops enter the graph."""
         if self._closed or not isinstance(event, HopAuthenticated) or event.transport != "udp":
             return
-        self.engine.on_authenticated(
-            event.node_id, event.remote, event.direction, self._loop.time()
-        )
+        # A hop dialled over a punched address reached the peer only through the hole its own
+        # NAT opened for this node: it is seen there, as if it had dialled in, never proven
+        # reachable there (issue 18: a client must not become a "server" at its NAT address).
+        direction = "inbound" if event.punched else event.direction
+        self.engine.on_authenticated(event.node_id, event.remote, direction, self._loop.time())
         self._pump()
 
     async def _handle(self, message: Message) -> None:

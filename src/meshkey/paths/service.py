@@ -549,9 +549,10 @@ class PathService:
         address = TransportAddress.from_socket(transport, host, port, command.peer)
         try:
             if transport == "udp":
-                link = self.udp.dial(address, command.socket)
+                link = self.udp.dial(address, command.socket, punched=True)
             else:
                 link = self.tcp.outbound(address)
+                link.punched = True
         except (ValueError, OSError) as exc:
             self.engine.on_dial_failed(command.peer, str(exc), self.now())
             self.wake()

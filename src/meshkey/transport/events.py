@@ -15,6 +15,9 @@ class HopAuthenticated:
     transport: str
     remote: tuple[str, int]
     direction: str  # "inbound" or "outbound"
+    #: Dialled over an address a hole punch found: a path to the peer, not proof that
+    #: anyone can dial it there (the node graph must not take it for a server).
+    punched: bool = False
 
 
 @dataclass(frozen=True, slots=True)

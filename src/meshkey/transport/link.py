@@ -243,6 +243,7 @@ class HopLink:
         #: Set once the hop is authenticated or closed, whichever comes first.
         self.settled = asyncio.Event()
         self.monitor: LinkMonitor | None = None
+        self.punched = False  # dialled over an address a hole punch found
         self._malformed = TokenBucket(MALFORMED_PER_SECOND, MALFORMED_BURST)
         self._counted_stranger = direction == "inbound"
         if self._counted_stranger:
@@ -353,7 +354,9 @@ class HopLink:
             remote=f"{self.remote[0]}:{self.remote[1]}",
         )
         self.transport.emit(
-            HopAuthenticated(peer, self.transport.protocol, self.remote, self.direction)
+            HopAuthenticated(
+                peer, self.transport.protocol, self.remote, self.direction, self.punched
+            )
         )
         if self.direction == "inbound":
             self.transport.question_older_hops(self)

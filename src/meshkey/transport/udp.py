@@ -224,9 +224,12 @@ class QuicTransport(LinkTransport):
                     return socket_id
         return MAIN_SOCKET
 
-    def dial(self, address: TransportAddress, socket_id: int = MAIN_SOCKET) -> HopLink:
+    def dial(
+        self, address: TransportAddress, socket_id: int = MAIN_SOCKET, *, punched: bool = False
+    ) -> HopLink:
         """A new QUIC hop to ``address`` (pinned to its NodeId) from socket ``socket_id``: the
-        one a punch found a way through. It replaces any link kept for that address."""
+        one a punch found a way through (``punched``: say so in its HopAuthenticated). It
+        replaces any link kept for that address."""
         endpoint = self.sockets.get(socket_id)
         if endpoint is None:
             raise ValueError(f"socket {socket_id} is not open")
@@ -234,6 +237,7 @@ class QuicTransport(LinkTransport):
         link = QuicLink(
             self, "outbound", address.endpoint, address.node_id, address, endpoint=endpoint
         )
+        link.punched = punched
         self._outbound[(address.host, address.port, address.node_id)] = link
         link.start_outbound()
         return link
