@@ -382,3 +382,33 @@ def test_an_answer_from_a_check_that_is_over_changes_nothing() -> None:
     rig.events.clear()
     rig.dial_back(ask, 1.0, ok=False, helper=True, inbound=True)  # again, late
     assert not rig.events and rig.engine.mode is Mode.SERVER
+
+
+def test_a_changed_record_is_published_at_once_when_told() -> None:
+    """The node says when its record may have changed (a relay came up, the mapping
+    moved): no waiting for the next 5 s tick."""
+    rig = Rig()
+    joined(rig)
+    assert phase(rig.upkeep) == Phase.WAITING
+    rig.upkeep.record_changed(1.0)  # nothing new: nothing sent, still waiting
+    rig.pump(1.0)
+    assert not rig.sent and phase(rig.upkeep) == Phase.WAITING
+    rig.engine.set_mode(Mode.CLIENT)  # the record would now say something else
+    rig.upkeep.record_changed(1.5)
+    rig.pump(1.5)
+    assert phase(rig.upkeep) == Phase.PUBLISHING and rig.sent
+
+
+def test_the_join_status_says_whom_nobody_answered_and_for_how_long() -> None:
+    rig = Rig()
+    assert rig.upkeep.status(0.0) == "not started"
+    rig.upkeep.maintain(rig.seeds, 0.0, record=rig.record)
+    rig.pump(0.0)
+    rig.fail_engine(0.0)
+    status = rig.upkeep.status(12.0)
+    assert status.startswith("joining (seed ") and "no answer for 12 s" in status
+    host, port = rig.seeds[0][1]
+    assert f"{host}:{port}" in status
+    rig.tick(rig.upkeep.next_deadline() or 0.0)
+    rig.answer_engine(13.0)
+    assert rig.upkeep.status(14.0) == "joined"

@@ -95,16 +95,36 @@ def test_no_udp_answer_is_blocked_only_when_tcp_works() -> None:
     assert verdict([], tcp_works=True).nat_class is NatClass.UNKNOWN
 
 
-def test_fewer_than_two_observer_ips_is_unknown() -> None:
+def test_fewer_than_two_observers_is_unknown() -> None:
     one = verdict(seen(("198.51.100.1", 5000), None))
     assert one.nat_class is NatClass.UNKNOWN
     assert one.confidence == 0.0
-    # two ports of one observer host count once
-    same_host = [
-        Observation(("203.0.113.10", 3478), ("198.51.100.1", 5000)),
-        Observation(("203.0.113.10", 3479), ("198.51.100.1", 5000)),
+
+
+def test_one_rendezvous_with_an_alternate_port_classifies() -> None:
+    """DESIGN.md decision 16: two ports of one observer IP are two observers."""
+    same_mapping = [
+        Observation(("203.0.113.10", 7000), ("198.51.100.1", 5000)),
+        Observation(("203.0.113.10", 7001), ("198.51.100.1", 5000)),
     ]
-    assert verdict(same_host).nat_class is NatClass.UNKNOWN
+    assert verdict(same_mapping).nat_class is NatClass.ENDPOINT_INDEPENDENT
+    two_mappings = [
+        Observation(("203.0.113.10", 7000), ("198.51.100.1", 41001)),
+        Observation(("203.0.113.10", 7001), ("198.51.100.1", 52002)),
+    ]
+    assert verdict(two_mappings).nat_class is NatClass.ENDPOINT_DEPENDENT
+
+
+def test_one_operator_with_many_ports_counts_at_most_twice() -> None:
+    """An observer IP answering on many ports cannot outvote the others: two count."""
+    many = [Observation(("203.0.113.10", 7000 + i), ("198.51.100.1", 5000)) for i in range(6)]
+    others = [
+        Observation(("198.51.100.20", 7000), ("198.51.100.1", 41001)),
+        Observation(("192.0.2.30", 7000), ("198.51.100.1", 52002)),
+    ]
+    result = verdict(many + others)
+    assert len({o.observer for o in result.observations}) == 8  # all are reported...
+    assert "2 of 4" in result.reason  # ...but four are counted: two of its ports, two others
 
 
 def test_two_observers_that_agree_are_enough_but_only_half_sure() -> None:
@@ -197,3 +217,23 @@ def test_recheck_policy() -> None:
     policy.on_classified(unknown, 15.0)
     retry = policy.next_deadline()
     assert retry is not None and 19.0 <= retry <= 21.0  # unknown: back off from 5 s
+
+
+def test_a_round_asks_the_alternate_port_an_answer_names() -> None:
+    from meshkey.nat.classify import ClassificationRound, SendWhoami
+    from meshkey.wire.udp import WhoamiRequest, WhoamiResponse, decode_control_packet
+
+    seed = ("203.0.113.10", 7000)
+    round_ = ClassificationRound([seed], [("10.1.0.2", 5000)], rng=random.Random(3))
+    round_.start(0.0)
+    (first,) = round_.commands()
+    request = decode_control_packet(first.packet)
+    assert isinstance(request, WhoamiRequest)
+    round_.on_response(seed, WhoamiResponse(request.txid, "198.51.100.1", 41001, 7001), 0.04)
+    (second,) = round_.commands()
+    assert isinstance(second, SendWhoami) and second.observer == ("203.0.113.10", 7001)
+    again = decode_control_packet(second.packet)
+    assert isinstance(again, WhoamiRequest)
+    round_.on_response(second.observer, WhoamiResponse(again.txid, "198.51.100.1", 52002), 0.08)
+    (done,) = round_.events()
+    assert done.classification.nat_class is NatClass.ENDPOINT_DEPENDENT

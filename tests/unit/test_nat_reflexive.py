@@ -41,7 +41,7 @@ class FakeUdp:
     def register_control(self, kind: int, handler: ControlHandler) -> None:
         self.handlers[kind] = handler
 
-    def send_control(self, packet: bytes, address: Endpoint) -> None:
+    def send_control(self, packet: bytes, address: Endpoint, *, socket_id: int = 0) -> None:
         self.sent.append((packet, address))
         request = decode_control_packet(packet)
         if not isinstance(request, WhoamiRequest) or address != OBSERVER:

@@ -405,7 +405,8 @@ def node_show(ctx: click.Context, name: str | None, output: str) -> None:
             rows.append(("nat", _nat_line(nat)))
         graph = summary.get("graph")
         if graph:
-            rows.append(("graph", f"{graph['mode']}, {graph['peers']} peers"))
+            state = graph.get("state") or "joined"
+            rows.append(("graph", f"{state}; {graph['mode']}, {graph['peers']} peers"))
         rows += [
             ("pid", summary["pid"]),
             ("addresses", summary["addresses"]),

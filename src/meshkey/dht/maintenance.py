@@ -31,7 +31,7 @@ States (:class:`Phase`)::
           publish step: the record would say something new --> PUBLISHING
                         --Published, or PUBLISH_TIMEOUT--> WAITING
                         else --> WAITING
-    WAITING --RECORD_CHECK_INTERVAL--> tick
+    WAITING --RECORD_CHECK_INTERVAL, or record_changed()--> tick
 
 (* only when the mode is not fixed.) Every state goes to CLOSED on :meth:`close`.
 
@@ -245,6 +245,9 @@ class Maintenance:
         self.phase = Phase.IDLE
         self._retry = RetrySchedule(JOIN_RETRY_FIRST, JOIN_RETRY_MAX, rng=rng or random.Random())
         self._maintained = False  # maintain() was called (it runs once)
+        self._joining_since: float | None = None  # the upkeep's first attempt began
+        self._joined = False
+        self._failed_attempts = 0
         self._upkeep = False  # the attempt under way is the upkeep's (retried), not join()'s
         self._seeds: list[tuple[NodeId, Endpoint]] = []
         self._join_timeout = JOIN_TIMEOUT
@@ -301,7 +304,28 @@ class Maintenance:
             return
         self._upkeep = True
         self._join_timeout = JOIN_TIMEOUT
+        self._joining_since = now
         self._attempt(now)
+
+    def record_changed(self, now: float) -> None:
+        """What the record would say may have changed (a relay came up or went, the NAT
+        mapping moved): compare and publish now instead of at the next tick."""
+        if self.phase is Phase.WAITING:
+            self._tick(now)
+
+    def status(self, now: float) -> str:
+        """Where the node stands in the graph, for ``node show``: ``first node``,
+        ``joined``, or ``joining (...)`` with how long nobody answered."""
+        if self.phase is Phase.FIRST_NODE:
+            return "first node of its network"
+        if self._joined:
+            return "joined"
+        if self._joining_since is None:
+            return "not started"
+        seeds = ", ".join(f"{host}:{port}" for _, (host, port) in self._seeds) or "saved graph"
+        waited = now - self._joining_since
+        tries = f", {self._failed_attempts} attempts" if self._failed_attempts > 1 else ""
+        return f"joining (seed {seeds}: no answer for {waited:.0f} s{tries})"
 
     def join(self, seeds: Sequence[tuple[NodeId, Endpoint]], now: float, *, timeout: float) -> None:
         """One join attempt through ``seeds`` (or from the graph alone), its end reported as
@@ -388,11 +412,13 @@ class Maintenance:
         if not self._upkeep:
             self.phase = Phase.DONE
         elif peers > 0:
+            self._joined = True
             self._events.append(GraphJoined(peers, self.engine.mode))
             self._classified = self.behind_nat()
             self._recheck_at = now + FIRST_RECHECK
             self._tick(now)
         else:
+            self._failed_attempts += 1
             delay = self._retry.next_delay() or JOIN_RETRY_MAX
             self._events.append(JoinRetry(delay))
             self.phase = Phase.BACKING_OFF

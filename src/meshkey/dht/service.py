@@ -449,6 +449,17 @@ class DhtService:
         self.maintenance.maintain(list(seeds), self._loop.time(), record=record)
         self._pump()
 
+    def record_changed(self) -> None:
+        """The node's record may say something new: publish now if so (not at the next
+        5 s tick)."""
+        self.maintenance.record_changed(self._loop.time())
+        self._pump()
+
+    def join_status(self) -> str:
+        """``joined``, ``first node of its network``, or ``joining (seed ...: no answer for
+        N s)``."""
+        return self.maintenance.status(self._loop.time())
+
     async def join(
         self, seeds: Iterable[tuple[NodeId, Endpoint]] = (), *, timeout: float = 30.0
     ) -> int:

@@ -4,17 +4,22 @@ Theory of operation
 -------------------
 The node asks several *observers* (seeds, relays, DHT servers: nodes with public addresses)
 for the reflexive address of its one socket (WHOAMI, :mod:`meshkey.wire.udp`) and compares
-the answers. Only observers with *different IP addresses* count: two ports of one host see the
-same NAT mapping by construction (a NAT maps per destination address, and an endpoint-
-dependent one also per port, but observers behind one IP tell nothing about the former), and
-one operator with many ports must not outvote everyone else. Per observer IP, the first
-answer counts.
+the answers. Observers count per endpoint, IP *and* port, but at most
+:data:`PORTS_PER_OBSERVER_IP` (two) per IP, so that one operator with many ports cannot
+outvote everyone else. Two ports of one IP are enough to tell the common NATs apart (DESIGN.md
+decision 16): an endpoint-dependent NAT such as Linux ``--random-fully`` maps per destination
+port too, so it gives the two ports two mappings, and users often have exactly one rendezvous
+(their seed), which answers on a second port for this (STUN's alternate port: a WHOAMI answer
+names it, and the round asks it as well). A NAT that maps per destination *address* only looks
+endpoint-independent to one IP's two ports; the punch's own evidence (where the peer saw our
+probes come from) contradicts that and brings a new round. Per endpoint, the first answer
+counts.
 
 :func:`classify` is a pure function of those answers:
 
 - no UDP answer at all, while TCP works → ``udp-blocked``; no answer and no TCP evidence →
   ``unknown`` (the node may simply be offline);
-- fewer than :data:`MIN_OBSERVERS` distinct observer IPs answered → ``unknown``;
+- fewer than :data:`MIN_OBSERVERS` observers answered → ``unknown``;
 - every answer is one of the socket's local addresses → ``public``;
 - one mapping seen by enough observers → ``endpoint-independent``. "Enough" is HyperDHT's rule
   generalised: all of two or three, or at least three quarters of four or more (HyperDHT: ≥ 3
@@ -74,6 +79,7 @@ __all__ = [
 MIN_OBSERVERS = 2
 FULL_CONFIDENCE_OBSERVERS = 4
 MAX_OBSERVERS = 16  # a round asks at most this many: bounds its state and its traffic
+PORTS_PER_OBSERVER_IP = 2  # an observer's main and alternate port
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +133,17 @@ def classify(
     """The NAT class of a socket bound at ``local`` from what the observers saw."""
     seen = tuple(observations)
     locals_ = set(local)
-    asked: dict[str, Endpoint | None] = {}
-    for observation in seen:  # per observer IP, the first answer counts
-        if asked.get(observation.observer[0]) is None:
-            asked[observation.observer[0]] = observation.reflexive
+    asked: dict[Endpoint, Endpoint | None] = {}
+    ports: Counter[str] = Counter()
+    for observation in seen:  # per observer endpoint, the first answer counts
+        observer = observation.observer
+        if observer not in asked:
+            if ports[observer[0]] >= PORTS_PER_OBSERVER_IP:
+                continue
+            ports[observer[0]] += 1
+            asked[observer] = observation.reflexive
+        elif asked[observer] is None:
+            asked[observer] = observation.reflexive
     answers = [reflexive for reflexive in asked.values() if reflexive is not None]
 
     def result(nat_class: NatClass, support: int, count: int, reason: str) -> Classification:
@@ -158,7 +171,7 @@ def classify(
             NatClass.UNKNOWN,
             0,
             len(answers),
-            f"only {len(answers)} observer IP answered (at least {MIN_OBSERVERS} needed)",
+            f"only {len(answers)} observer answered (at least {MIN_OBSERVERS} needed)",
         )
     if all(answer in locals_ for answer in answers):
         count = len(answers)
@@ -174,7 +187,7 @@ def classify(
             NatClass.UNKNOWN,
             0,
             count,
-            f"only {count} observer IP beyond the NAT answered (at least {MIN_OBSERVERS} needed)",
+            f"only {count} observer beyond the NAT answered (at least {MIN_OBSERVERS} needed)",
         )
     (top, support), *_ = Counter(answers).most_common(1)
     if support >= _consistent_needed(count):
@@ -272,12 +285,24 @@ class ClassificationRound:
         self._deadline = min(now + delay, self._ends_at)
 
     def on_response(self, source: Endpoint, response: WhoamiResponse, now: float) -> None:
-        """A WHOAMI response arrived on the socket from ``source``; unmatched ones are ignored."""
+        """A WHOAMI response arrived on the socket from ``source``; unmatched ones are ignored.
+        One that names an alternate port adds that port of the same IP to the round."""
         asked = self._asked.get(response.txid)
         if self.result is not None or asked is None or asked.observer != source:
             return
         if asked.reflexive is None:
             asked.reflexive = (response.host, response.port)
+        alternate = (source[0], response.alternate_port)
+        if (
+            response.alternate_port
+            and alternate != source
+            and all(a.observer != alternate for a in self._asked.values())
+            and len(self._asked) < MAX_OBSERVERS
+        ):
+            txid = self.rng.randbytes(TXID_SIZE)
+            packet = encode_control_packet(WhoamiRequest(txid))
+            self._asked[txid] = _Asked(alternate, txid, packet)
+            self._commands.append(SendWhoami(alternate, packet))
         if all(a.reflexive is not None for a in self._asked.values()):
             self._finish(now)
 

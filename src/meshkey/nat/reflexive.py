@@ -8,6 +8,13 @@ answer or the timeout; answers are matched by a 16-byte transaction id from the 
 default ``random.SystemRandom()``: an off-path attacker must not guess it and forge an
 answer).
 
+An observer may also answer on an *alternate port* (:meth:`ReflexiveAddressService.open_alternate`,
+STUN's OTHER-ADDRESS; DESIGN.md decision 16): a second socket on the same IP, the main port
+plus one when it is free, that does nothing but answer WHOAMI, from itself. Every answer names
+it, so a node whose only rendezvous is this one observer can still compare two mappings (an
+endpoint-dependent NAT gives the two destinations two ports). The asking side never uses a
+second socket: only the observer has one.
+
 This is glue (it awaits the answer); :class:`~meshkey.nat.classify.ClassificationRound` is
 the sans-IO core that asks several observers at once.
 """
@@ -38,6 +45,8 @@ from meshkey.wire.udp import (
 log = EventLogger("nat.reflexive")
 
 RETRANSMIT_INTERVAL = 0.25
+#: The socket id of the alternate WHOAMI port (birthday sockets count up from 1).
+ALTERNATE_SOCKET = 0x7FFF_FFFF
 
 
 class ReflexiveAddressService:
@@ -56,8 +65,25 @@ class ReflexiveAddressService:
         self.on_unmatched = on_unmatched
         self._rng = rng or random.SystemRandom()
         self._pending: dict[bytes, asyncio.Future[WhoamiResponse]] = {}
+        self.alternate_port = 0  # 0: no alternate WHOAMI port
         for kind in (ControlKind.WHOAMI_REQUEST, ControlKind.WHOAMI_RESPONSE):
             udp.register_control(kind, self._on_packet)
+
+    def open_alternate(self) -> int:
+        """Opens the alternate WHOAMI port (the main port + 1 if free, else any); returns it,
+        0 if no port could be had (the node then simply has none)."""
+        if self.alternate_port:
+            return self.alternate_port
+        address = self.udp.address
+        if address is None:
+            return 0
+        for port in (address.port + 1 if address.port < 65535 else 0, 0):
+            try:
+                self.alternate_port = self.udp.open_socket(ALTERNATE_SOCKET, port)[1]
+                break
+            except OSError:
+                continue
+        return self.alternate_port
 
     def _on_packet(self, data: bytes, source: Endpoint, socket_id: int = 0) -> None:
         try:
@@ -66,9 +92,17 @@ class ReflexiveAddressService:
             log.debug("whoami.bad_packet", source=f"{source[0]}:{source[1]}", reason=str(exc))
             return
         if isinstance(packet, WhoamiRequest):
-            answer = WhoamiResponse(packet.txid, source[0], source[1])
-            self.udp.send_control(encode_control_packet(answer), source)
+            # Answered from the socket asked (the asker's NAT lets in only that address), and
+            # naming the other port it may ask.
+            if socket_id == ALTERNATE_SOCKET:
+                other = self.udp.address.port if self.udp.address is not None else 0
+            else:
+                other = self.alternate_port
+            answer = WhoamiResponse(packet.txid, source[0], source[1], other)
+            self.udp.send_control(encode_control_packet(answer), source, socket_id=socket_id)
             return
+        if socket_id == ALTERNATE_SOCKET:
+            return  # the alternate port only answers
         future = self._pending.get(packet.txid)
         if future is not None:
             if not future.done():

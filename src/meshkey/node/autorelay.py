@@ -84,6 +84,7 @@ class AutoRelays:
         self._local = local
         self.keeper = RelayKeeper(enabled=enabled)
         self._names: dict[NodeId, str] = {}  # relay node -> the relay's name here
+        self._active: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     # -- what others ask ----------------------------------------------------------------
@@ -135,10 +136,17 @@ class AutoRelays:
             if not self.is_automatic(r.name) and r.status is RelayStatus.ACTIVE
         ]
         keeper.set_manual_active(len(manual), now)
+        active = set()
         for at, name in list(self._names.items()):
             relay = self.relays.get(name)
             if relay is not None:
                 keeper.on_relay_state(at, _STATES[relay.status], now)
+                if relay.status is RelayStatus.ACTIVE:
+                    active.add(name)
+        if active != self._active:
+            # The record lists active relays: publish the change now, not at the next tick.
+            self._active = active
+            self.graph.record_changed()
         keeper.on_timer(now)
         for command in keeper.commands():
             if isinstance(command, CreateAutoRelay):

@@ -279,6 +279,7 @@ class Node:
         )
         self.events.subscribe(self._dht.on_transport_event)
         self._paths.graph = self._dht
+        self._paths.network_listeners.append(self._dht.record_changed)
         await self._dht.start()
         self._peers = PeerGraph(self._dht, [self._udp, self._tcp])
         router.peer_resolver = self._resolve_peer
@@ -656,6 +657,7 @@ class Node:
             "udp_stats": dict(self.udp.endpoint.stats),
             "nat": self.nat_info(),
             "graph": {
+                "state": self.graph.join_status(),
                 "mode": self.graph.mode.name.lower(),
                 "peers": self.graph.size,
                 "seeds": [f"{n}@{h}:{p}" for n, (h, p) in self._seeds],

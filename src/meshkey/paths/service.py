@@ -64,7 +64,7 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
 from meshkey.transport.events import HopAuthenticated, HopClosed
-from meshkey.transport.interfaces import concrete_endpoints, reachable_endpoints
+from meshkey.transport.interfaces import concrete_endpoints, is_loopback, reachable_endpoints
 from meshkey.transport.link import HopLink
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
@@ -210,6 +210,9 @@ class PathService:
             return
         self._bound = bound
         udp, tcp = bound
+        if udp is not None and not is_loopback(udp[0]):
+            # Others may use this node as their one rendezvous: answer on a second port too.
+            self.reflexive.open_alternate()
         told = (
             tuple(concrete_endpoints(udp)) if udp else (),
             tuple(reachable_endpoints(tcp)) if tcp else (),

@@ -194,15 +194,15 @@ class QuicTransport(LinkTransport):
 
         return UdpEndpoint(received, self._flush, self._on_unreachable, batching=self._batching)
 
-    def open_socket(self, socket_id: int) -> Endpoint:
-        """Opens extra socket ``socket_id`` on the main socket's address (another port);
-        OSError if it cannot be bound."""
+    def open_socket(self, socket_id: int, port: int = 0) -> Endpoint:
+        """Opens extra socket ``socket_id`` on the main socket's address (another port:
+        ``port``, or one the system picks); OSError if it cannot be bound."""
         if socket_id in self.sockets:
             raise ValueError(f"socket {socket_id} is already open")
         self._ensure_socket()
         host = self.endpoint.local_host()
         endpoint = self._new_endpoint(socket_id)
-        bound = endpoint.bind(host, 0)
+        bound = endpoint.bind(host, port)
         self.sockets[socket_id] = endpoint
         return bound
 

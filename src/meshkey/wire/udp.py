@@ -8,6 +8,9 @@ a kind below 0x40::
 
 WHOAMI_REQUEST   16-byte transaction id, zero padding to :data:`WHOAMI_REQUEST_SIZE` bytes
 WHOAMI_RESPONSE  16-byte transaction id | u8 family (4 or 6) | address (4 or 16) | u16 port
+                 [| u16 alternate port]  (STUN's OTHER-ADDRESS, DESIGN.md decision 16: the
+                 observer also answers WHOAMI on this port of the same IP, so a node with one
+                 rendezvous can compare two mappings; absent or 0: none)
 
 PUNCH_PROBE      16-byte punch id | u8 sender role | u32 counter | 16-byte MAC
                  | zero padding to :data:`PUNCH_PROBE_SIZE` bytes
@@ -16,7 +19,8 @@ PUNCH_ACK        16-byte punch id | u8 sender role | u32 counter of the probe an
 
 A request is padded so that its answer is never larger than the request that caused it: the
 socket cannot be used to amplify traffic towards a spoofed source. A WHOAMI response is at
-most 38 bytes against a 64-byte request; a PUNCH_ACK at most 58 bytes against a 64-byte probe.
+most 40 bytes (52 over IPv6) against a 64-byte request; a PUNCH_ACK at most 58 bytes against
+a 64-byte probe.
 Both sizes are exact: a parser refuses any other length, so nobody can make a node answer a
 short probe.
 
@@ -114,6 +118,7 @@ class WhoamiResponse:
     txid: bytes
     host: str
     port: int
+    alternate_port: int = 0  # the observer answers WHOAMI on this port too (0: no)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +203,12 @@ def encode_control_packet(packet: ControlPacket) -> bytes:
         body = bytes([ControlKind.WHOAMI_REQUEST, CONTROL_VERSION]) + packet.txid
         return body.ljust(WHOAMI_REQUEST_SIZE, b"\x00")
     if isinstance(packet, WhoamiResponse):
+        alternate = u16(packet.alternate_port) if packet.alternate_port else b""
         return (
             bytes([ControlKind.WHOAMI_RESPONSE, CONTROL_VERSION])
             + packet.txid
             + _address_bytes((packet.host, packet.port))
+            + alternate
         )
     if isinstance(packet, Stale):
         if len(packet.connection_id) != STALE_CID_SIZE:
@@ -251,8 +258,9 @@ def decode_control_packet(data: bytes) -> WhoamiRequest | WhoamiResponse:
             raise MalformedError(f"whoami request of {len(data)} bytes, not {WHOAMI_REQUEST_SIZE}")
         return WhoamiRequest(txid)
     host, port = _read_address(reader)
+    alternate = reader.u16() if reader.remaining else 0
     reader.end()
-    return WhoamiResponse(txid, host, port)
+    return WhoamiResponse(txid, host, port, alternate)
 
 
 _NUDGE_KINDS = frozenset({ControlKind.STALE, ControlKind.RESTARTED})
