@@ -12,12 +12,14 @@ faster. Every change is a :class:`PathSwitched` event with its reason.
 
 Liveness. The glue reports what it sends (:meth:`PathManager.on_sent`) and receives
 (:meth:`PathManager.on_received`, :meth:`PathManager.on_pong`) on each path. The first send
-after the last receive starts the path's *unanswered* clock: after ``suspect_after`` (0.5 s)
+after the last receive starts the path's *unanswered* clock: after ``suspect_after`` (0.3 s)
 the manager pings, again every ``suspect_ping_interval``, and if nothing at all came back
-``dead_after`` (2 s) after that first unanswered send, the path is FAILED and traffic falls
-back (the relay). A path that is idle gets a ping every ``keepalive_interval`` (20 s, below
-the 25-30 s after which home routers and Linux conntrack forget a UDP mapping); a ping is a
-send, so an idle path that died is found dead 2 s after its keepalive. Relay paths are pinged
+``dead_after`` (1.5 s) after that first unanswered send, the path is FAILED and traffic falls
+back (the relay): a message sent into a path that just died is answered over the relay
+within 2 s (issue 18), its resend on the new path included. A path that is idle gets a ping
+every ``keepalive_interval`` (20 s, below the 25-30 s after which home routers and Linux
+conntrack forget a UDP mapping); a ping is a send, so an idle path that died is found dead
+1.5 s after its keepalive. Relay paths are pinged
 (for their RTT, and to keep their NAT mappings) but never declared dead here: the relay is the
 last resort, and only the glue knows when its hop or channel is gone (:meth:`remove_path`).
 
@@ -68,9 +70,9 @@ class PathConfig:
     relay_keepalive: float | None = 20.0
     probe_interval: float = 0.25
     validate_timeout: float = 5.0
-    suspect_after: float = 0.5
+    suspect_after: float = 0.3
     suspect_ping_interval: float = 0.5
-    dead_after: float = 2.0
+    dead_after: float = 1.5
     rtt_gain: float = 0.005
     amplification_factor: int = 3
     ping_size: int = 64  # what a ping costs, for the anti-amplification budget
