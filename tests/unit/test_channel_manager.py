@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from meshkey.channel.liveness import HANDSHAKE_TIMEOUT, Health, LivenessConfig
-from meshkey.channel.manager import Channel, ChannelState, SecureChannels
+from meshkey.channel.manager import HOLD_FOR_PATH, Channel, ChannelState, SecureChannels
 from meshkey.channel.session import SecureSession, StaticKey
 from meshkey.routing.address import ServiceAddress
 from meshkey.routing.message import Message
@@ -92,7 +92,11 @@ def test_the_keepalive_timer_fires_the_liveness_core_at_its_deadline() -> None:
     run(main)
 
 
-def test_a_silent_peer_is_noticed_at_the_answer_deadline_and_in_flight_senders_told() -> None:
+def test_a_silent_peer_is_noticed_at_the_answer_deadline_and_sends_wait_for_the_route() -> None:
+    """Issue 18: while a channel is unreachable (a relay replaced, a path fallen back),
+    what is sent waits for the route instead of failing; the message sent into the dead
+    route goes again once the peer is heard, and both are answered."""
+
     async def main(loop: FakeClockLoop) -> None:
         pair = Pair()
         channel = await pair.open()
@@ -108,20 +112,47 @@ def test_a_silent_peer_is_noticed_at_the_answer_deadline_and_in_flight_senders_t
         await advance_to(loop, sent_at + CONFIG.answer_timeout)
         assert health(channel) is Health.UNREACHABLE
         assert state(channel) is ChannelState.UNREACHABLE
-        [_, told] = pair.inbox  # the sender of "lost" hears it, now, not at its own timeout
-        code, text = told.error()
-        assert told.is_error and code == ErrorCode.UNREACHABLE
-        assert text.startswith(f"secure channel {channel.address}: the peer did not answer for")
-        # Sends now fail at once, saying why, until the peer is heard again.
-        await pair.send(channel, b"again")
+        assert len(pair.inbox) == 1  # nobody is told yet: the route may come back
+        await pair.send(channel, b"again")  # waits, bounded, for the route
         await settle()
-        code, text = pair.inbox[-1].error()
-        assert code == ErrorCode.UNREACHABLE and "is unreachable: the peer did not answer" in text
+        assert len(pair.inbox) == 1 and len(channel.held) == 1
         pair.net.link_up(pair.green, pair.blue, True)
         retry = channel.liveness.next_deadline()
-        assert retry is not None
+        assert retry is not None and retry < sent_at + CONFIG.answer_timeout + HOLD_FOR_PATH
         await advance_to(loop, retry)  # the retry PING gets its PONG
+        await settle()
         assert state(channel) is ChannelState.OPEN
+        await advance(loop, 1.0)  # past the peer's reordering hold, if it held one
+        assert [m.payload for m in pair.inbox[1:]] == [b"LOST", b"AGAIN"]  # once, in order
+        assert not channel.held and channel.held_bytes == 0
+
+    run(main)
+
+
+def test_senders_hear_why_when_the_route_does_not_come_back_in_time() -> None:
+    async def main(loop: FakeClockLoop) -> None:
+        pair = Pair()
+        channel = await pair.open()
+        await advance(loop, 1.0)
+        pair.net.link_up(pair.green, pair.blue, False)
+        sent_at = loop.now
+        await pair.send(channel, b"lost")
+        await advance_to(loop, sent_at + CONFIG.answer_timeout)
+        assert state(channel) is ChannelState.UNREACHABLE
+        await pair.send(channel, b"again")
+        await settle()
+        held_until = channel.hold_until
+        assert held_until is not None
+        await advance_to(loop, held_until)
+        await settle()
+        told = [m for m in pair.inbox if m.is_error]
+        assert len(told) == 2  # the one in flight and the one that waited
+        for message in told:
+            code, text = message.error()
+            assert code == ErrorCode.UNREACHABLE and "the peer did not answer" in text
+        await pair.send(channel, b"later")  # waiting again (bounded), not refused at once
+        await settle()
+        assert len(channel.held) == 1
 
     run(main)
 

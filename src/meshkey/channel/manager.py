@@ -12,8 +12,12 @@ Routes: the initiator keeps the route it was created with (it starts with someth
 node can dial again, or a relay) and swaps only its last address, the listener, for the
 peer's decryptor; the responder follows the return route of each *authentic* message, so it
 always answers the way the initiator last came. Errors from nodes on the route cannot be
-authenticated: they make the channel UNREACHABLE (sends fail at once, saying why) until the
-peer is heard again, and never close it.
+authenticated: they make the channel UNREACHABLE until the peer is heard again, and never
+close it. While it is unreachable or reconnecting, what users send waits, up to
+:data:`HOLD_FOR_PATH` and :data:`MAX_HELD_BYTES`, for the route to work again (a relay that
+died and was replaced, a direct path that fell back): then it goes, with the last
+:data:`~meshkey.channel.record.RESEND_WINDOW` of sealed sends resent (the peer drops what it
+had), and only if the wait runs out do the senders hear why.
 
 Liveness (:mod:`meshkey.channel.liveness`): sealed PING/PONG keep the route and its NAT
 mappings alive, tell a dead or restarted peer within seconds of a send, and let the
@@ -93,6 +97,10 @@ log = EventLogger("channel")
 
 DEFAULT_LISTENER = "api"
 MAX_CHANNELS_PER_PEER = 256
+#: How long messages wait for an unreachable channel's route to work again before their
+#: senders hear why (a relay replaced, a path fallen back: seconds).
+HOLD_FOR_PATH = 5.0
+MAX_HELD_BYTES = 1024 * 1024  # per channel: beyond it, senders hear at once
 CLOSED_KEPT_FOR = 600.0
 MAX_CLOSED_KEPT = 256
 
@@ -306,11 +314,17 @@ class SecureChannels:
         if channel.closed_reason is not None:
             channel.timer.cancel()
             return
-        channel.timer.follow(channel.liveness.next_deadline())
+        deadlines = [d for d in (channel.liveness.next_deadline(), channel.hold_until) if d]
+        channel.timer.follow(min(deadlines, default=None))
 
     def _on_timer(self, channel: Channel, now: float) -> None:
         if channel.closed_reason is not None:
             return
+        if channel.hold_until is not None and now >= channel.hold_until:
+            channel.hold_until = None
+            channel.task = self._loop.create_task(
+                self._give_up_holding(channel), name=f"channel:{channel.address}:held"
+            )
         channel.liveness.on_timer(now)
         channel.task = self._loop.create_task(
             self._after_liveness(channel), name=f"channel:{channel.address}"
@@ -332,15 +346,51 @@ class SecureChannels:
         for event in liveness.events():
             if isinstance(event, BecameUnreachable):
                 log.warning("channel.unreachable", address=channel.address, reason=event.reason)
-                await self._answer_in_flight(channel, event.reason)
+                if channel.hold_until is None:
+                    channel.hold_until = self._loop.time() + HOLD_FOR_PATH
+                if channel.unanswered_since is None:
+                    channel.unanswered_since = liveness.last_heard
             elif isinstance(event, BecameReachable):
                 log.info("channel.reachable", address=channel.address, peer=channel.peer)
+                await self._route_works_again(channel)
             elif isinstance(event, Expired):
                 await self._close(channel, event.reason, notify=False)
             elif isinstance(event, HandshakeExpired):
                 log.info("channel.handshake_expired", address=channel.address)
                 self._forget(channel)
         self._rearm(channel)
+
+    async def _route_works_again(self, channel: Channel) -> None:
+        """The peer is heard again: what was sent into the dead route goes again, then what
+        waited."""
+        channel.hold_until = None
+        since, channel.unanswered_since = channel.unanswered_since, None
+        if since is None:
+            since = self._loop.time() - RESEND_WINDOW
+        resend = [sealed for at, sealed in channel.recent if at >= since]
+        if resend:
+            await self._resend(channel, resend)
+        while channel.held and channel.state is ChannelState.OPEN:
+            message = channel.held.popleft()
+            channel.held_bytes -= len(message.payload)
+            await self._encrypt(channel, message)
+
+    async def _give_up_holding(self, channel: Channel) -> None:
+        """The route did not come back in time: senders hear why."""
+        if channel.state is ChannelState.OPEN:
+            await self._route_works_again(channel)
+            return
+        reason = channel.error or channel.state.value
+        await self._answer_in_flight(channel, reason)
+        await self._fail_held(
+            channel, f"secure channel {channel.address} is {channel.state.value}: {reason}"
+        )
+
+    async def _fail_held(self, channel: Channel, text: str) -> None:
+        while channel.held:
+            message = channel.held.popleft()
+            await self.router.fail(message, ErrorCode.UNREACHABLE, text)
+        channel.held_bytes = 0
 
     async def _answer_in_flight(self, channel: Channel, reason: str) -> None:
         """Whoever sent a message the peer never acknowledged hears so now, not at its own
@@ -377,6 +427,7 @@ class SecureChannels:
             channel.reconnects += 1
             channel.liveness.rehandshake_done(self._loop.time(), True)
             log.info("channel.reconnected", address=channel.address, peer=channel.peer)
+            await self._route_works_again(channel)
         await self._after_liveness(channel)
 
     # -- internals: the handshake and the traffic ---------------------------------------
@@ -435,6 +486,14 @@ class SecureChannels:
 
     async def _encrypt(self, channel: Channel, message: Message) -> None:
         state = channel.state
+        waiting = state in (ChannelState.UNREACHABLE, ChannelState.RECONNECTING)
+        if waiting and channel.held_bytes + len(message.payload) <= MAX_HELD_BYTES:
+            channel.held.append(message)
+            channel.held_bytes += len(message.payload)
+            if channel.hold_until is None:
+                channel.hold_until = self._loop.time() + HOLD_FOR_PATH
+                self._rearm(channel)
+            return
         if state is not ChannelState.OPEN:
             error = channel.error
             why = f": {error}" if error and error != state.value else ""
@@ -585,6 +644,7 @@ class SecureChannels:
         self.router.unregister(channel.decryptor)
         channel.fail_handshake(RemoteError(ErrorCode.UNREACHABLE, reason))
         await self._answer_in_flight(channel, f"closed: {reason}")
+        await self._fail_held(channel, f"secure channel {channel.address} closed: {reason}")
         channel.order_timer.cancel()
         if notify and goodbye is not None and channel.route:
             await self.router.route(Message(self._current_route(channel), (), goodbye))

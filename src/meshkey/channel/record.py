@@ -26,6 +26,7 @@ from meshkey.channel.session import State as SessionState
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import Route, ServiceAddress, format_route
 from meshkey.routing.errors import RemoteError
+from meshkey.routing.message import Message
 from meshkey.timing import DeadlineTimer
 from meshkey.wire.message import ErrorCode, missing_service
 
@@ -108,6 +109,14 @@ class Channel:
     relay_route: Route = ()  # responder: the latest return route that did not come direct
     no_direct: bool = False  # keep this channel's traffic off direct paths
     recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    #: Messages sent while the channel is unreachable or reconnecting: they wait (a bounded
+    #: time and amount) for the route to work again instead of failing at once (issue 18).
+    held: deque[Message] = field(default_factory=deque)
+    held_bytes: int = 0
+    hold_until: float | None = None  # loop time: then held and in-flight senders hear why
+    #: When the peer was last heard before it went unreachable: what was sealed since may
+    #: have died on the way, and goes again once it is heard (the peer drops duplicates).
+    unanswered_since: float | None = None
     order: InOrder[bytes] = field(default_factory=InOrder)
     #: Follows ``order``'s deadline (a message held for its predecessors).
     order_timer: DeadlineTimer = field(init=False, repr=False)
