@@ -40,9 +40,9 @@ from meshkey.nat.punch import (
 )
 from meshkey.nat.puncher import Puncher
 from meshkey.nat.strategy import MESHKEY, PunchConfig
+from meshkey.paths.classifier import NatClassified
 from meshkey.paths.engine import (
     CloseHop,
-    NatClassified,
     PathEngine,
     PingHop,
     SendPathSignal,

@@ -7,9 +7,8 @@ import random
 
 from meshkey.identity.node_id import NodeId
 from meshkey.nat.classify import SendWhoami
+from meshkey.paths.classifier import NatClassified, NetworkChanged
 from meshkey.paths.engine import (
-    NatClassified,
-    NetworkChanged,
     PathEngine,
     SendPathSignal,
 )
@@ -90,7 +89,7 @@ def test_new_host_addresses_are_a_network_change() -> None:
     e.events()
     e.set_listening((("10.9.0.2", 5000),), (), now=7.0)
     assert [type(x) for x in e.events()] == [NetworkChanged]
-    assert e.recheck.next_deadline() == 7.0  # a round at once
+    assert e.nat.recheck.next_deadline() == 7.0  # a round at once
 
 
 def test_a_peers_state_goes_with_its_last_channel() -> None:

@@ -3,14 +3,11 @@
 
 Theory of operation
 -------------------
-:class:`PathEngine` composes four cores and owns what used to be decided in the asyncio glue:
+:class:`PathEngine` composes three cores and owns what used to be decided in the asyncio glue:
 
-- the :class:`~meshkey.nat.classify.ClassificationRound` (one at a time) and its
-  :class:`~meshkey.nat.classify.RecheckPolicy`: which observers to ask (the configured ones,
-  then the remotes of this node's open outbound QUIC hops, one per IP), when to ask again (a
-  new observer IP while the class is unknown; the first TCP hop after a round with no UDP
-  answer, which tells "UDP blocked" from "offline"; a punch that saw this socket somewhere
-  the classification does not predict);
+- the :class:`~meshkey.paths.classifier.NatClassifier` (classification rounds, when to run
+  them, whether the mapping moved), told which hops are up (observers, TCP evidence) and
+  what punches saw;
 - the :class:`~meshkey.nat.puncher.Puncher`, told what to offer peers (its candidates follow
   the classification and the sockets' addresses);
 - the :class:`~meshkey.paths.manager.PathManager`, told about relayed channels (their first
@@ -26,14 +23,8 @@ Inputs return nothing; drain :meth:`PathEngine.commands` (what the glue must do:
 sockets, hop dials, pings, signals) and :meth:`PathEngine.events` (what happened:
 classifications, path switches, punch outcomes), then re-read :meth:`next_deadline`.
 
-Network change (DESIGN.md decision 17). Every ``WATCH_INTERVAL`` (5 s) the engine asks one
-observer again what it sees this socket as (one 64-byte WHOAMI); an answer other than what
-the classification saw from that observer, a change in the host's addresses
-(:meth:`PathEngine.set_listening`), or :meth:`PathEngine.on_network_change` from the glue
-starts a classification round at once, and its result is reported like any other
-(:class:`NatClassified`, with ``changed`` set): the node then republishes its record and
-re-registers its relay, and direct paths that died with the old mapping fall back and are
-punched again.
+A network change (the classifier's :class:`NetworkChanged`) is passed on, and a new
+classification re-sets what punches offer.
 
 Hops are named by the glue's link name (a string, unique per hop), so the engine never holds
 a connection; the glue keeps the one map from names to links.
@@ -49,14 +40,7 @@ import random
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
-from meshkey.nat.classify import (
-    Classification,
-    ClassificationRound,
-    Classified,
-    RecheckPolicy,
-    SendWhoami,
-    classify,
-)
+from meshkey.nat.classify import Classification, SendWhoami
 from meshkey.nat.punch import (
     CloseBirthdaySockets,
     DialHop,
@@ -69,6 +53,7 @@ from meshkey.nat.punch import (
 )
 from meshkey.nat.puncher import Puncher
 from meshkey.nat.strategy import MESHKEY, PunchConfig
+from meshkey.paths.classifier import NatClassified, NatClassifier, NetworkChanged
 from meshkey.paths.manager import (
     CancelPunch,
     ClosePath,
@@ -91,20 +76,13 @@ from meshkey.wire.paths import (
     encode_path_signal,
 )
 from meshkey.wire.punch import Capability
-from meshkey.wire.udp import (
-    TXID_SIZE,
-    WhoamiRequest,
-    WhoamiResponse,
-    encode_control_packet,
-)
+from meshkey.wire.udp import WhoamiResponse
 
 #: A punch's hop may be accepted this long after the punch started (an inbound hop from the
 #: peer then is the punched path, not a stranger's).
 PUNCH_HOP_WINDOW = 30.0
 #: A punch waits for this node's own classification when a round is due this soon.
 CLASSIFY_SOON = 1.0
-#: How often the mapping is checked for a change (one WHOAMI to one observer).
-WATCH_INTERVAL = 5.0
 CAPABILITIES = frozenset({Capability.BIRTHDAY, Capability.LOW_TTL, Capability.TCP_DIAL})
 
 
@@ -156,19 +134,6 @@ EngineCommand = (
 
 
 @dataclass(frozen=True, slots=True)
-class NatClassified:
-    classification: Classification
-    changed: bool = False  # the mapping or the class differs from the one before
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkChanged:
-    """The socket's mapping or the host's addresses changed: a new round runs now."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class DirectHopAdded:
     peer: NodeId
     path: PathKey
@@ -213,22 +178,16 @@ class PathEngine:
         rng: random.Random | None = None,
     ) -> None:
         self.rng = rng or random.Random()
-        self.observers = list(observers or ())
         self.no_direct = no_direct
+        self.nat = NatClassifier(observers=observers, rng=self.rng)
         self.puncher = Puncher(node_id, config=punch, rng=self.rng)
         self.paths = PathManager(config, rng=self.rng, no_direct=no_direct)
-        self.recheck = RecheckPolicy(rng=self.rng)
-        self.classification: Classification | None = None
         self.udp_local: tuple[Endpoint, ...] = ()  # every address the UDP socket has
         self.udp_candidates: tuple[Endpoint, ...] = ()  # those a peer elsewhere may use
         self.tcp_local: tuple[Endpoint, ...] = ()
-        self._round: ClassificationRound | None = None
         self._peers: dict[NodeId, _Peer] = {}
         self._hops: dict[str, _Hop] = {}
         self._deferred_punches: set[NodeId] = set()
-        self._watch_at: float | None = None  # when the mapping is checked next
-        self._watch_txid: bytes | None = None
-        self._watching: Endpoint | None = None  # the observer asked
         self._commands: list[EngineCommand] = []
         self._events: list[EngineEvent] = []
 
@@ -246,62 +205,44 @@ class PathEngine:
         per host address): the classification compares reflexive addresses with ``udp``;
         a punch offers ``udp_candidates`` (default ``udp``: the glue leaves out loopback)
         and, when public, ``tcp``."""
-        before = self.udp_local
         self.udp_local, self.tcp_local = udp, tcp
         self.udp_candidates = udp if udp_candidates is None else udp_candidates
         self._update_local()
-        if before and set(before) != set(udp):
-            self.on_network_change("the host's addresses changed", now)
+        self.nat.set_local(udp, now)
+        self._drain_nat(now)
 
     def on_network_change(self, reason: str, now: float) -> None:
-        """The glue saw the network change (or the engine did): classify again at once."""
-        self._events.append(NetworkChanged(reason))
-        self.recheck.on_network_change(now)
+        """The glue saw the network change: classify again at once."""
+        self.nat.on_network_change(reason, now)
+        self._drain_nat(now)
+
+    @property
+    def classification(self) -> Classification | None:
+        return self.nat.classification
+
+    @property
+    def observers(self) -> list[Endpoint]:
+        return self.nat.observers
 
     def known_observers(self) -> list[Endpoint]:
         """Configured observers, then the remotes of open outbound QUIC hops, one per IP."""
-        seen: dict[str, Endpoint] = {}
-        hop_remotes = [h.remote for h in self._hops.values() if h.outbound and h.transport == "udp"]
-        for address in [*self.observers, *hop_remotes]:
-            seen.setdefault(address[0], address)
-        return list(seen.values())
+        return self.nat.known_observers()
 
     @property
     def classifying(self) -> bool:
-        return self._round is not None and self._round.result is None
+        return self.nat.classifying
 
     def classify(
         self, now: float, observers: list[Endpoint] | None = None, *, tcp_works: bool | None = None
     ) -> None:
         """Starts a classification round now, unless one runs (its result answers both).
         ``tcp_works``: what is known of TCP (default: whether a TCP hop is up)."""
-        if self.classifying:
-            return
-        self._round = ClassificationRound(
-            observers if observers is not None else self.known_observers(),
-            list(self.udp_local),
-            tcp_works=self._tcp_works() if tcp_works is None else tcp_works,
-            rng=self.rng,
-        )
-        self._round.start(now)
-        self.recheck.on_round_started(now)
-        self._drain_round()
+        self.nat.classify(now, observers, tcp_works=tcp_works)
+        self._drain_nat(now)
 
     def on_whoami_response(self, source: Endpoint, response: WhoamiResponse, now: float) -> None:
-        if response.txid == self._watch_txid and source == self._watching:
-            self._watch_txid = None
-            seen = (response.host, response.port)
-            expected = self._expected_from(source)
-            if expected is not None and seen != expected:
-                self.on_network_change(
-                    f"{source[0]}:{source[1]} now sees {seen[0]}:{seen[1]}, "
-                    f"not {expected[0]}:{expected[1]}",
-                    now,
-                )
-            return
-        if self._round is not None:
-            self._round.on_response(source, response, now)
-            self._drain_round()
+        self.nat.on_whoami_response(source, response, now)
+        self._drain_nat(now)
 
     # -- hops ---------------------------------------------------------------------------
 
@@ -319,7 +260,7 @@ class PathEngine:
         """A hop authenticated ``peer``: an observer, evidence that TCP works, and, if this
         node reaches ``peer`` through a relay, a direct (or punched) path to it."""
         if outbound:
-            self._maybe_reclassify(transport, remote, now)
+            self.nat.on_hop_up(transport, remote, now)
         key: PathKey | None = None
         state = self._peers.get(peer)
         if state is not None and state.relay_key is not None:
@@ -329,6 +270,7 @@ class PathEngine:
             kind = PathKind.PUNCHED if punched else PathKind.DIRECT
             key = PathKey(kind, remote, socket, transport)
         self._hops[link] = _Hop(peer, transport, remote, outbound, key)
+        self._hops_changed()
         if key is not None:
             self.paths.add_path(peer, key, now, validated=True)
             self._events.append(DirectHopAdded(peer, key))
@@ -336,6 +278,7 @@ class PathEngine:
 
     def on_hop_closed(self, link: str, reason: str, now: float) -> None:
         hop = self._hops.pop(link, None)
+        self._hops_changed()
         if hop is not None and hop.key is not None:
             self.paths.remove_path(hop.peer, hop.key, reason, now)
             self._drain_cores(now)
@@ -481,9 +424,7 @@ class PathEngine:
         deadlines = [
             d
             for d in (
-                self._watch_at if self._watched() is not None else None,
-                self._round.next_deadline() if self._round else None,
-                self.recheck.next_deadline() if self.known_observers() else None,
+                self.nat.next_deadline(),
                 self.puncher.next_deadline(),
                 self.paths.next_deadline(),
             )
@@ -492,13 +433,8 @@ class PathEngine:
         return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
-        if self.classifying:
-            assert self._round is not None
-            self._round.on_timer(now)
-            self._drain_round()
-        if self.recheck.due(now) and not self.classifying and self.known_observers():
-            self.classify(now)
-        self._watch(now)
+        self.nat.on_timer(now)
+        self._drain_nat(now)
         self.puncher.on_timer(now)
         self.paths.on_timer(now)
         self._drain_cores(now)
@@ -513,90 +449,23 @@ class PathEngine:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _tcp_works(self) -> bool | None:
-        return any(h.transport == "tcp" for h in self._hops.values()) or None
+    def _hops_changed(self) -> None:
+        """What the classifier learns from the hops: observers and TCP evidence."""
+        self.nat.hop_observers = [
+            h.remote for h in self._hops.values() if h.outbound and h.transport == "udp"
+        ]
+        self.nat.tcp_works = any(h.transport == "tcp" for h in self._hops.values()) or None
 
-    def _maybe_reclassify(self, transport: str, remote: Endpoint, now: float) -> None:
-        """A new observer (a QUIC hop to a new IP), or the first TCP hop after a round that
-        got no UDP answer (the evidence that tells UDP-blocked from offline): ask again."""
-        found = self.classification
-        if found is not None and found.nat_class is not NatClass.UNKNOWN:
-            return
-        new_ip = transport == "udp" and remote[0] not in {a[0] for a in self.observers}
-        no_answers = found is not None and not any(o.reflexive for o in found.observations)
-        if new_ip or (transport == "tcp" and no_answers):
-            self.recheck.on_network_change(now)
-
-    def _watched(self) -> Endpoint | None:
-        """The observer whose view of this socket is watched for a change: one that answered
-        the last classification (none before one, or while a round runs)."""
-        found = self.classification
-        if found is None or self.classifying:
-            return None
-        answered = [o.observer for o in found.observations if o.reflexive is not None]
-        return answered[0] if answered else None
-
-    def _expected_from(self, observer: Endpoint) -> Endpoint | None:
-        found = self.classification
-        if found is None:
-            return None
-        for observation in found.observations:
-            if observation.observer == observer:
-                return observation.reflexive
-        return None
-
-    def _watch(self, now: float) -> None:
-        observer = self._watched()
-        if observer is None:
-            self._watch_at = None
-            return
-        if self._watch_at is None:
-            self._watch_at = now + WATCH_INTERVAL
-            return
-        if now < self._watch_at:
-            return
-        self._watch_at = now + WATCH_INTERVAL
-        self._watching = observer
-        self._watch_txid = self.rng.randbytes(TXID_SIZE)
-        packet = encode_control_packet(WhoamiRequest(self._watch_txid))
-        self._commands.append(SendWhoami(observer, packet))
-
-    def _drain_round(self) -> None:
-        if self._round is None:
-            return
-        self._commands.extend(self._round.commands())
-        for classified in self._round.events():
-            self._classified(classified)
-
-    def _classified(self, classified: Classified) -> None:
-        classification = classified.classification
-        if (
-            classification.nat_class is NatClass.UNKNOWN
-            and classification.observations
-            and not any(o.reflexive for o in classification.observations)
-            and self._tcp_works()
-        ):
-            # No UDP answer at all, and TCP hops came up while the round ran: UDP is blocked
-            # (the round began before there was any evidence of TCP).
-            classification = classify(
-                classification.observations,
-                list(self.udp_local),
-                tcp_works=True,
-                at=classification.at,
-            )
-        before = self.classification
-        changed = before is not None and (
-            before.nat_class is not classification.nat_class
-            or before.mappings[:1] != classification.mappings[:1]
-        )
-        self.classification = classification
-        self.recheck.on_classified(classification, classification.at)
-        self._watch_at = classification.at + WATCH_INTERVAL
-        self._events.append(NatClassified(classification, changed))
-        self._update_local()
-        waiting, self._deferred_punches = self._deferred_punches, set()
-        for peer in waiting:
-            self._start_punch(peer, classification.at)
+    def _drain_nat(self, now: float) -> None:
+        self._commands.extend(self.nat.commands())
+        for event in self.nat.events():
+            self._events.append(event)
+            if isinstance(event, NatClassified):
+                self._update_local()
+                waiting, self._deferred_punches = self._deferred_punches, set()
+                for peer in waiting:
+                    self._start_punch(peer, event.classification.at)
+        self._drain_cores(now)
 
     def _update_local(self) -> None:
         """What this node tells a peer in a punch: its socket's local address, and what the
@@ -645,7 +514,7 @@ class PathEngine:
         if isinstance(event, PunchSucceeded):
             public = self.classification.public_address if self.classification else None
             if public is not None and event.seen_as and event.seen_as != public:
-                self.recheck.on_contradiction(now)
+                self.nat.on_contradiction(now)
         self.paths.on_punch_event(event, now)
 
     def _path_command(self, command: object, now: float) -> None:
@@ -681,7 +550,7 @@ class PathEngine:
 
     def _must_wait_for_class(self, now: float) -> bool:
         found = self.classification
-        due = self.recheck.next_deadline()
+        due = self.nat.recheck.next_deadline()
         soon = due is not None and due <= now + CLASSIFY_SOON and bool(self.known_observers())
         unknown = found is None or found.nat_class is NatClass.UNKNOWN
         return unknown and (self.classifying or soon)

@@ -40,11 +40,10 @@ from meshkey.nat.punch import (
 )
 from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
+from meshkey.paths.classifier import NatClassified, NetworkChanged
 from meshkey.paths.engine import (
     CloseHop,
     DirectHopAdded,
-    NatClassified,
-    NetworkChanged,
     PathEngine,
     PingHop,
     SendPathSignal,
