@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Iterable
 
 from meshkey.identity.errors import InvalidNodeIdError
 
@@ -66,3 +67,19 @@ class NodeId:
 
     def __hash__(self) -> int:
         return hash(self._raw)
+
+
+def node_ids(values: Iterable[NodeId | str] | NodeId | str) -> frozenset[NodeId]:
+    """NodeIds given as NodeId or text (one, or several); InvalidNodeIdError (a ValueError)
+    for anything else."""
+    if isinstance(values, str | NodeId):
+        values = [values]
+    ids = set()
+    for value in values:
+        if isinstance(value, NodeId):
+            ids.add(value)
+        elif isinstance(value, str):
+            ids.add(NodeId.parse(value))
+        else:
+            raise InvalidNodeIdError(f"{value!r} is not a NodeId (nor its text form)")
+    return frozenset(ids)

@@ -20,17 +20,17 @@ from meshkey.channel.policy import RELAY_RESOURCE, SPECIAL_RESOURCES, Policies, 
 from meshkey.dht.peers import PeerGraph, parse_seed
 from meshkey.dht.records import RecordContent
 from meshkey.dht.service import DhtService
-from meshkey.identity.errors import InvalidNodeIdError
 from meshkey.identity.keys import Identity
-from meshkey.identity.node_id import NodeId
+from meshkey.identity.node_id import NodeId, node_ids
 from meshkey.log import EventLogger
 from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.node.autorelay import AutoRelays
 from meshkey.node.events import EventBus
 from meshkey.node.portals import NodePortals
+from meshkey.node.record import behind_nat, record_content, relay_routes
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, NodeStateError, listen_default, parse_listen, resolve_route
+from meshkey.node.state import Home, listen_default, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
 from meshkey.portal import DEFAULT_OUTLET
@@ -50,14 +50,13 @@ from meshkey.routing.address import (
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Handler, Router, is_internal_worker
-from meshkey.transport.interfaces import concrete_endpoints, reachable_endpoints
+from meshkey.transport.interfaces import concrete_endpoints
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
-from meshkey.wire.dht import MAX_ADDRESSES as MAX_RECORD_ADDRESSES
 from meshkey.wire.dht import Mode
 from meshkey.wire.frames import MAX_PAYLOAD
 from meshkey.wire.message import ErrorCode
-from meshkey.wire.net import Endpoint, NatClass
+from meshkey.wire.net import Endpoint
 
 log = EventLogger("node")
 
@@ -78,21 +77,6 @@ def _udp_endpoint(text: str, home: Home | None = None) -> tuple[str, int]:
             raise RouteError(f"{text}: an observer is one UDP address, e.g. /ip4/A/udp/P")
         return address.endpoint
     return parse_listen(text)
-
-
-def _node_ids(values: Iterable[NodeId | str]) -> frozenset[NodeId]:
-    """NodeIds given as NodeId or text; InvalidNodeIdError (a ValueError) for anything else."""
-    if isinstance(values, str | NodeId):
-        values = [values]
-    ids = set()
-    for value in values:
-        if isinstance(value, NodeId):
-            ids.add(value)
-        elif isinstance(value, str):
-            ids.add(NodeId.parse(value))
-        else:
-            raise InvalidNodeIdError(f"{value!r} is not a NodeId (nor its text form)")
-    return frozenset(ids)
 
 
 class Node:
@@ -360,43 +344,19 @@ class Node:
         return await self.path_service.resolve_peer(peer)
 
     def _behind_nat(self) -> bool | None:
-        """What the NAT classification says: None while it does not know."""
-        found = self._paths.classification if self._paths is not None else None
-        if found is None or found.nat_class is NatClass.UNKNOWN:
-            return None
-        return found.nat_class is not NatClass.PUBLIC
+        return behind_nat(self._paths.classification if self._paths is not None else None)
 
     def record_content(self) -> RecordContent:
-        """What this node's signed peer record says: where it listens (if it is reachable),
-        what its NAT maps its socket to, its NAT class and its relays' routes."""
-        direct: tuple[Endpoint, ...] = ()
-        address = self.udp.address
-        found = self._paths.classification if self._paths is not None else None
-        if address is not None and self.graph.mode is Mode.SERVER:
-            public = found.public_address if found is not None else None
-            listed = [public] if public is not None else []
-            listed += reachable_endpoints(address.endpoint)
-            direct = tuple(dict.fromkeys(listed))[:MAX_RECORD_ADDRESSES]
-        nat_class = NatClass.UNKNOWN
-        reflexive: tuple[Endpoint, ...] = ()
-        if found is not None:
-            nat_class = found.nat_class
-            reflexive = tuple(found.mappings[:2])
-        return RecordContent(nat_class, direct, reflexive, self._relay_routes())
+        """What this node's signed peer record says (node/record.py)."""
+        return record_content(
+            self.udp.address,
+            self.graph.mode,
+            self._paths.classification if self._paths is not None else None,
+            self._relay_routes(),
+        )
 
     def _relay_routes(self) -> tuple[str, ...]:
-        """This node's active relays as routes another node can use: the relay node's
-        pinned address, then the relay's ``/service/forward_to_NAME``."""
-        routes = []
-        for relay in self.relays.relays():
-            if not relay.address:
-                continue
-            try:
-                at = self.resolve(relay.at)
-                routes.append(format_route((*at, *parse_route(relay.address))))
-            except (RouteError, NodeStateError):
-                continue
-        return tuple(routes)
+        return relay_routes(self.relays.relays(), self.resolve)
 
     async def stop(self) -> None:
         if not self._started:
@@ -545,7 +505,7 @@ class Node:
     ) -> str:
         """Opens a secure channel to the listener at the end of ``route``; returns its local
         address (``/service/<hex>``): send to ``THAT/service/X`` to reach X on the far node."""
-        allowed = _node_ids(authorized) if authorized else None
+        allowed = node_ids(authorized) if authorized else None
         channel = await self.channels.create(
             await self.resolve_secure(route, timeout=timeout),
             authorized=allowed,
@@ -555,7 +515,7 @@ class Node:
         return f"/service/{channel.address}"
 
     def add_listener(self, name: str, authorized: Iterable[NodeId | str] | None = None) -> None:
-        allowed = _node_ids(authorized) if authorized else None
+        allowed = node_ids(authorized) if authorized else None
         self.channels.add_listener(name, allowed)
         if self._store:
             self._store.save_listener(name, allowed)
@@ -583,7 +543,7 @@ class Node:
                 "channel (handshakes do not come through a channel); choose who may open "
                 "channels with `meshkey secure-channel-listener create ... --authorized ID`"
             )
-        policy = Policy(resource, _node_ids(allow))
+        policy = Policy(resource, node_ids(allow))
         if not policy.allow:
             raise ValueError("a policy needs at least one allowed identity")
         self.policies.set(policy)
@@ -614,27 +574,7 @@ class Node:
 
     def nat_info(self) -> dict[str, Any]:
         """The NAT class of the node's UDP socket and what each observer saw."""
-        service = self.path_service
-        found = service.classification
-        observers = [f"{host}:{port}" for host, port in service.known_observers()]
-        if found is None:
-            return {"class": "unknown", "reason": "not classified yet", "observers": observers}
-        return {
-            "class": found.nat_class.value,
-            "reason": found.reason,
-            "confidence": round(found.confidence, 2),
-            "classified_at": service.classified_at,
-            "observations": [
-                {
-                    "observer": f"{o.observer[0]}:{o.observer[1]}",
-                    "saw": f"{o.reflexive[0]}:{o.reflexive[1]}" if o.reflexive else None,
-                }
-                for o in found.observations
-            ],
-            "public": "{}:{}".format(*found.public_address) if found.public_address else None,
-            "observers": observers,
-            "direct": self._direct,
-        }
+        return self.path_service.describe_nat(direct=self._direct)
 
     async def classify_nat(
         self, via: Iterable[str] = (), *, timeout: float = 10.0
@@ -695,7 +635,7 @@ class Node:
         route travels inside it; ``authorized`` applies to the last channel."""
         portals = self._portals
         parsed = parse_route(route) if isinstance(route, str) else route
-        allowed = _node_ids(authorized) if authorized else None
+        allowed = node_ids(authorized) if authorized else None
         return await portals.resolve_secure(parsed, authorized=allowed, timeout=timeout)
 
     async def create_tcp_outlet(
@@ -712,7 +652,7 @@ class Node:
         whose identity is authenticated end to end, if not given). ``insecure`` serves
         sessions that crossed other nodes without a secure channel."""
         return await self._portals.create_tcp_outlet(
-            to, name=name, alias=alias, allow=_node_ids(allow) if allow else None, insecure=insecure
+            to, name=name, alias=alias, allow=node_ids(allow) if allow else None, insecure=insecure
         )
 
     def tcp_outlets(self) -> list[OutletEntry]:
@@ -744,7 +684,7 @@ class Node:
         return await self._portals.create_tcp_inlet(
             listen,
             route=route,
-            authorized=_node_ids(authorized) if authorized else None,
+            authorized=node_ids(authorized) if authorized else None,
             alias=alias,
             insecure=insecure,
             timeout=timeout,
@@ -772,7 +712,7 @@ class Node:
         local listener (the route as for an inlet). ConnectionRefusedError when the outlet
         refuses, ConnectionError when the route fails, TimeoutError after ``timeout``."""
         given = parse_route(route) if isinstance(route, str) else route
-        allowed = _node_ids(authorized) if authorized else None
+        allowed = node_ids(authorized) if authorized else None
         return await self._portals.open_portal_stream(
             given, authorized=allowed, insecure=insecure, timeout=timeout
         )

@@ -180,6 +180,31 @@ class PathService:
         self.wake()
         return future
 
+    def describe_nat(self, *, direct: bool) -> dict[str, Any]:
+        """The NAT class of the node's UDP socket and what each observer saw (``node show``,
+        ``node nat``)."""
+        found = self.classification
+        observers = [f"{host}:{port}" for host, port in self.known_observers()]
+        if found is None:
+            return {"class": "unknown", "reason": "not classified yet", "observers": observers}
+        return {
+            "class": found.nat_class.value,
+            "reason": found.reason,
+            "confidence": round(found.confidence, 2),
+            "classified_at": self.classified_at,
+            "observations": [
+                {
+                    "observer": f"{o.observer[0]}:{o.observer[1]}",
+                    "saw": f"{o.reflexive[0]}:{o.reflexive[1]}" if o.reflexive else None,
+                }
+                for o in found.observations
+            ],
+            "public": "{}:{}".format(*found.public_address) if found.public_address else None,
+            "observers": observers,
+            "direct": direct,
+            "alternate_port": self.reflexive.alternate_port or None,
+        }
+
     def _on_whoami_response(self, response: WhoamiResponse, source: Endpoint) -> None:
         self.engine.on_whoami_response(source, response, self.now())
         self.wake()

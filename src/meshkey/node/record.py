@@ -1,0 +1,64 @@
+"""What a node's signed peer record says (DESIGN.md decision 9), from what the node knows.
+
+A record names where the node can be dialled (only when it is a server: its public address,
+then its own addresses), what its NAT maps its socket to and its NAT class (for punches), and
+the routes of its active relays (how a client is reached). The node graph publishes it
+whenever it would say something new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from meshkey.dht.records import RecordContent
+from meshkey.nat.classify import Classification
+from meshkey.node.state import NodeStateError
+from meshkey.relay.client import Relay
+from meshkey.routing.address import Route, RouteError, TransportAddress, format_route, parse_route
+from meshkey.transport.interfaces import reachable_endpoints
+from meshkey.wire.dht import MAX_ADDRESSES, Mode
+from meshkey.wire.net import Endpoint, NatClass
+
+
+def behind_nat(found: Classification | None) -> bool | None:
+    """What the NAT classification says of being behind a NAT: None while it does not know."""
+    if found is None or found.nat_class is NatClass.UNKNOWN:
+        return None
+    return found.nat_class is not NatClass.PUBLIC
+
+
+def record_content(
+    udp: TransportAddress | None,
+    mode: Mode,
+    found: Classification | None,
+    relays: tuple[str, ...],
+) -> RecordContent:
+    """The record of a node whose UDP socket is ``udp``, in graph ``mode``, classified
+    ``found``, with active relay routes ``relays``."""
+    direct: tuple[Endpoint, ...] = ()
+    if udp is not None and mode is Mode.SERVER:
+        public = found.public_address if found is not None else None
+        listed = [public] if public is not None else []
+        listed += reachable_endpoints(udp.endpoint)
+        direct = tuple(dict.fromkeys(listed))[:MAX_ADDRESSES]
+    nat_class = NatClass.UNKNOWN
+    reflexive: tuple[Endpoint, ...] = ()
+    if found is not None:
+        nat_class = found.nat_class
+        reflexive = tuple(found.mappings[:2])
+    return RecordContent(nat_class, direct, reflexive, relays)
+
+
+def relay_routes(relays: Iterable[Relay], resolve: Callable[[str], Route]) -> tuple[str, ...]:
+    """Active relays as routes another node can use: the relay node's pinned address, then
+    the relay's ``/service/forward_to_NAME``."""
+    routes = []
+    for relay in relays:
+        if not relay.address:
+            continue
+        try:
+            at = resolve(relay.at)
+            routes.append(format_route((*at, *parse_route(relay.address))))
+        except (RouteError, NodeStateError):
+            continue
+    return tuple(routes)
