@@ -82,3 +82,14 @@ def test_state_is_bounded() -> None:
     assert len(r._peers) == 3
     assert r.record(NodeId(bytes([9]) * 32)) == CLIENT
     assert r.record(NodeId(bytes([0]) * 32)) is None
+
+
+def test_no_direct_keeps_a_client_on_its_relay_even_with_a_hop_open() -> None:
+    r = PeerResolver()
+    r.on_record(PEER, CLIENT, 0.0)
+    known = Known(direct_link="punched", open_links=("dht-hop",), dialled_at=NAT_ADDRESS)
+    assert r.resolve(PEER, known, 1.0, relay_only=True) == UseRelay(RELAY, "its record's relay")
+    r.on_record(PEER, SERVER, 2.0)  # a server has no relay: it is dialled all the same
+    assert r.resolve(PEER, Known(), 3.0, relay_only=True) == Dial(
+        SERVER.direct[0], "its record's address"
+    )

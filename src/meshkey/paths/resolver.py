@@ -158,16 +158,22 @@ class PeerResolver:
         state = self._peers.get(peer)
         return state.record if state else None
 
-    def resolve(self, peer: NodeId, known: Known, now: float) -> Resolution:
+    def resolve(
+        self, peer: NodeId, known: Known, now: float, *, relay_only: bool = False
+    ) -> Resolution:
+        """The way to ``peer`` now. ``relay_only`` (``--no-direct``): a client's relay even
+        when a hop to it is open; only a peer with no relay (a server) is dialled."""
+        state = self._peers.get(peer)
+        record = state.record if state else None
+        if relay_only and record is not None and record.relays:
+            known = Known()  # neither its direct path nor an open hop carries the traffic
         if known.direct_link is not None:
             return UseLink(known.direct_link, "direct path")
         if known.open_links:
             return UseLink(known.open_links[0], "open hop")
-        state = self._peers.get(peer)
         if state is not None:
             self._peers.move_to_end(peer)
             state.failed = {way: until for way, until in state.failed.items() if until > now}
-        record = state.record if state else None
         failed = state.failed if state else {}
         if (
             known.dialled_at is not None

@@ -317,7 +317,7 @@ class PathService:
         the node graph when needed; None when there is none."""
         for _ in range(3):
             now = self.now()
-            verdict = self.resolver.resolve(peer, self._known(peer), now)
+            verdict = self.resolver.resolve(peer, self._known(peer), now, relay_only=self.no_direct)
             if isinstance(verdict, LookUp):
                 await self._look_up(peer, timeout)
                 continue
