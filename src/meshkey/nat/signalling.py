@@ -41,6 +41,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from meshkey.nat.allowance import Plausible, networks_of, plausible
 from meshkey.nat.birthday import BirthdayGate
 from meshkey.nat.strategy import Plan, PunchConfig, Refusal, Strategy, decide
 from meshkey.nat.token import PunchKey
@@ -68,6 +69,9 @@ class LocalCandidates:
     reflexive: tuple[Endpoint, ...] = ()
     tcp: tuple[Endpoint, ...] = ()
     capabilities: frozenset[str] = frozenset()
+    #: This node's networks (CIDR text, e.g. from its interfaces): a peer's local candidate
+    #: is probed only inside one. Empty: a /24 (/64) around each ``local`` address.
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,7 @@ class Signalling:
         gate: BirthdayGate,
         direct_allowed: bool = True,
         binding: bytes = b"",
+        observed: tuple[Endpoint, ...] = (),
     ) -> None:
         self.role = role
         self.punch_id = punch_id
@@ -105,7 +110,12 @@ class Signalling:
         #: The round trip of the path the signals travel: measured by the initiator, the
         #: glue's estimate for the responder (None: unknown).
         self.rtt: float | None = None
+        #: The peer's CONNECT as it may be acted on: only its plausible candidates
+        #: (:func:`~meshkey.nat.allowance.plausible`).
         self.theirs: Connect | None = None
+        self.plausible: Plausible | None = None
+        self._observed = observed
+        self._networks = networks_of(me.local, me.networks)
         self._sent_at = now
         self._gate = gate
         self._direct_allowed = direct_allowed
@@ -127,7 +137,23 @@ class Signalling:
 
     def on_connect(self, theirs: Connect, now: float) -> Go | Refusal:
         """The peer's CONNECT (a reply, for the initiator): the verdict. A Go for a
-        birthday punch holds the gate; the caller releases it when the punch ends."""
+        birthday punch holds the gate; the caller releases it when the punch ends.
+
+        Only the candidates where the peer plausibly is count (:mod:`meshkey.nat.allowance`):
+        with none left, the verdict is a refusal (no candidates)."""
+        self.plausible = plausible(
+            theirs.local,
+            theirs.reflexive,
+            theirs.tcp,
+            observed=self._observed,
+            networks=self._networks,
+        )
+        theirs = dataclasses.replace(
+            theirs,
+            local=self.plausible.local,
+            reflexive=self.plausible.reflexive,
+            tcp=self.plausible.tcp,
+        )
         self.theirs = theirs
         if self.role is PunchRole.INITIATOR:
             self.rtt = now - self._sent_at
