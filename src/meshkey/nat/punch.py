@@ -43,6 +43,11 @@ probe wins; so does a RESULT from the peer when one of its probes reached us (th
 both ways). TCP_DIAL (UDP blocked against a public side) wins as it starts: the blocked side
 dials.
 
+What a punch may send on its peer's say-so is bounded (DESIGN.md decision 20,
+:mod:`meshkey.nat.allowance`): its :attr:`PunchSession.allowance` earns what the peer sends
+(punch messages, valid probes and ACKs, CREDIT) and pays for every datagram, at most three
+to one; a birthday punch's asking side pays with CREDIT as the plan is settled.
+
 :class:`~meshkey.nat.signalling.LocalCandidates`,
 :class:`~meshkey.nat.probes.SendDatagram`, :class:`~meshkey.nat.probes.PunchStats` and
 :data:`~meshkey.nat.probes.MAIN_SOCKET` are part of this module's interface too.

@@ -11,7 +11,9 @@ the first one; the initiator: the reply) and returns the verdict both sides reac
 node's :class:`~meshkey.nat.birthday.BirthdayGate` (one at a time per node). A :class:`Go`
 carries the plan, the punch key (:mod:`meshkey.nat.token`, from both shares), the messages
 still to send and when to start probing; a :class:`~meshkey.nat.strategy.Refusal` says why
-not.
+not. The peer's CONNECT is taken only for its plausible candidates
+(:func:`~meshkey.nat.allowance.plausible`: public ones at an observed IP, or only the first
+as a claim; local ones on this node's LAN), so a peer cannot point the punch elsewhere.
 
 With ``synchronise`` and two filtering sides (no public side: the pair whose probes could
 clash in conntrack, NATLAB.md) both start probing at the same moment, in one of two ways:
