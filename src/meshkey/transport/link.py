@@ -172,6 +172,32 @@ class LinkTransport:
     async def send(self, address: TransportAddress, message: Message) -> None:
         await self.outbound(address).enqueue(message)
 
+    def open_link(self, address: TransportAddress) -> HopLink | None:
+        """A link that reaches ``address`` without a new connection: the outbound one to it
+        (open or being dialled), else an authenticated one (either direction) to the NodeId
+        ``address`` is pinned to, else one whose peer's packets come from its endpoint."""
+        link = self._outbound.get((address.host, address.port, address.node_id))
+        if link is not None and not link.closed and not link.core.suspected:
+            return link
+        for each in self.links:
+            if each.closed or not each.core.is_open:
+                continue
+            if address.node_id is not None:
+                if each.core.peer == address.node_id:
+                    return each
+            elif each.remote == address.endpoint:
+                return each
+        return None
+
+    async def send_if_open(self, address: TransportAddress, message: Message) -> bool:
+        """Sends ``message`` over a link that is already there (:meth:`open_link`); False,
+        and nothing sent, when reaching ``address`` would take a new connection."""
+        link = self.open_link(address)
+        if link is None:
+            return False
+        await link.enqueue(message)
+        return True
+
     def watch(self, address: TransportAddress) -> asyncio.Future[str]:
         """Keeps the link to ``address`` alive (pings instead of idle close) and returns a
         future that resolves, with the reason, when it closes."""
@@ -438,7 +464,9 @@ class HopLink:
 
     async def _deliver(self, body: bytes | memoryview) -> None:
         try:
-            message = Message.from_wire(body, LocalInfo(hop_peer=self.core.peer))
+            message = Message.from_wire(
+                body, LocalInfo(hop_peer=self.core.peer, hop_remote=self.remote)
+            )
         except WireError as exc:
             log.warning("message.malformed", peer=self.core.peer, reason=str(exc))
             if not self._malformed.allow(self._loop.time()):
