@@ -61,7 +61,9 @@ log = EventLogger("transport")
 #: services, are refused): a few full-size messages, enough to keep any pipe busy.
 QUEUE_HIGH_WATER = 4 * 1024 * 1024
 #: Inbound links that have not authenticated yet, in all and from one source address. Each
-#: costs a TLS or QUIC handshake; beyond this a stranger's new connection is closed at once.
+#: costs a TLS or QUIC handshake; beyond this the oldest of them (from that source, or in
+#: all) is closed to make room: a stranger who holds connections open without finishing
+#: (slowloris) ages out, and a fresh client, which authenticates in milliseconds, gets in.
 MAX_UNAUTHENTICATED = 256
 MAX_UNAUTHENTICATED_PER_SOURCE = 8
 #: An inbound peer has this long to finish TLS/QUIC and hop authentication.
@@ -116,6 +118,8 @@ class LinkTransport:
         self.links: set[HopLink] = set()
         self.address: TransportAddress | None = None
         self.unauthenticated: Counter[str] = Counter()  # inbound, by source host
+        #: The same links, oldest first (the first to go when a limit is reached).
+        self.strangers: dict[HopLink, None] = {}
 
     def liveness(self, direction: str) -> Liveness:
         return Liveness(
@@ -128,19 +132,27 @@ class LinkTransport:
         )
 
     def admits_stranger(self, host: str) -> bool:
-        """Whether one more unauthenticated inbound link from ``host`` may be accepted."""
+        """Makes room for one more unauthenticated inbound link from ``host``: at a limit, the
+        oldest unauthenticated link from ``host`` (its own limit) or from anyone (the total)
+        is closed. False only when there is none to close."""
         total = sum(self.unauthenticated.values())
-        if total >= MAX_UNAUTHENTICATED or self.unauthenticated[host] >= (
-            MAX_UNAUTHENTICATED_PER_SOURCE
-        ):
-            log.warning(
-                "hop.too_many_strangers",
-                transport=self.protocol,
-                source=host,
-                total=total,
-                limit="rate",
-            )
+        from_host = self.unauthenticated[host] >= MAX_UNAUTHENTICATED_PER_SOURCE
+        if not from_host and total < MAX_UNAUTHENTICATED:
+            return True
+        oldest = next(
+            (link for link in self.strangers if not from_host or link.remote[0] == host), None
+        )
+        if oldest is None:
             return False
+        log.warning(
+            "hop.stranger_evicted",
+            transport=self.protocol,
+            source=host,
+            evicted=oldest.remote[0],
+            total=total,
+            limit="per source" if from_host else "total",
+        )
+        oldest.evict("evicted: too many unauthenticated connections")
         return True
 
     def _new_outbound(self, address: TransportAddress) -> HopLink:
@@ -274,6 +286,7 @@ class HopLink:
         self._counted_stranger = direction == "inbound"
         if self._counted_stranger:
             transport.unauthenticated[remote[0]] += 1
+            transport.strangers[self] = None
         transport.links.add(self)
         self._rearm()
 
@@ -388,9 +401,16 @@ class HopLink:
             self.transport.question_older_hops(self)
         self.spawn(self._write_loop(), "write")
 
+    def evict(self, reason: str) -> None:
+        """Closes this unauthenticated inbound link to make room for a newer one; it stops
+        counting against the limits at once."""
+        self._stranger_done()
+        self.spawn(self.close(CloseCode.NORMAL, reason), "evict")
+
     def _stranger_done(self) -> None:
         if self._counted_stranger:
             self._counted_stranger = False
+            self.transport.strangers.pop(self, None)
             counts = self.transport.unauthenticated
             counts[self.remote[0]] -= 1
             if counts[self.remote[0]] <= 0:
