@@ -222,7 +222,14 @@ def test_valid_probes_of_the_peer_pay_for_the_answers_and_are_remembered() -> No
         victim.drain()
     answers = [d for d in victim.sent[before:] if d.destination == source]
     assert len(answers) >= 2 * 200 - 10  # an ACK and a probe back for (nearly) every probe
-    assert victim.puncher.observed(MALLORY) == (source,)
+    assert victim.puncher.seen(MALLORY) == (source,)
+    # A hint, not a rule: the next punch probes the peer's public addresses at that IP...
+    hinted = plausible((), (("203.0.113.50", 1), ("192.0.2.1", 2)), (), observed=(),
+                       networks=(), seen=(source,))  # fmt: skip
+    assert hinted.reflexive == (("203.0.113.50", 1),)
+    # ... and, its router renumbered, still its first claimed one.
+    moved = plausible((), (("192.0.2.1", 2),), (), observed=(), networks=(), seen=(source,))
+    assert moved.reflexive == (("192.0.2.1", 2),) and moved.claimed(("192.0.2.1", 2))
 
 
 def test_per_peer_and_node_limits_hold_whatever_the_credit() -> None:

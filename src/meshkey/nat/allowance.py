@@ -10,10 +10,11 @@ Three rules hold now, whatever the signal says:
 *Where* (:func:`plausible`): only where the peer plausibly is.
 
 - Its public (reflexive, and TCP) candidates: those whose IP was *observed* for it — the glue
-  passes what it saw (where the peer's hops or its relay registration came from), and the
-  puncher adds where earlier punches' valid probes came from. When nothing was observed,
-  only the first one, and only as a *claim*: at most :data:`CLAIMED_PROBES` scheduled probes
-  per punch. When something was observed, a candidate at another IP is never probed.
+  passes what it saw (where the peer's hops or its relay registration came from): then a
+  candidate at another IP is never probed. Without that, those at an IP where earlier
+  punches saw the peer's valid probes (a hint, which may be stale: a router renumbers),
+  else only the first one, and only as a *claim*: at most :data:`CLAIMED_PROBES` scheduled
+  probes per punch.
 - Its local candidates: only those in one of this node's own networks (the same LAN; a claim
   too). A local address elsewhere is someone else's LAN.
 - The birthday spray: only toward an observed IP when one is known, else toward the first
@@ -112,23 +113,25 @@ def plausible(
     *,
     observed: Iterable[Endpoint],
     networks: Iterable[Network],
+    seen: Iterable[Endpoint] = (),
 ) -> Plausible:
     """The candidates of a peer's CONNECT that may be probed (or dialled): see the module
-    docstring."""
-    seen = frozenset(host for host, _ in observed)
+    docstring. ``observed``: the glue's observations (strict); ``seen``: where earlier
+    punches saw the peer (a hint)."""
+    strict = frozenset(host for host, _ in observed)
+    hinted = frozenset(host for host, _ in seen)
     nets = tuple(networks)
 
     def public(addresses: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-        if seen:
-            return tuple(a for a in addresses if a[0] in seen)
-        return addresses[:1]
+        if strict:
+            return tuple(a for a in addresses if a[0] in strict)
+        return tuple(a for a in addresses if a[0] in hinted) or addresses[:1]
 
     return Plausible(
-        local=tuple(a for a in local if _in(a[0], nets) and a[0] not in seen)
-        + tuple(a for a in local if a[0] in seen),
+        local=tuple(a for a in local if _in(a[0], nets) or a[0] in strict),
         reflexive=public(reflexive),
         tcp=public(tcp),
-        observed=seen,
+        observed=strict | hinted,
     )
 
 

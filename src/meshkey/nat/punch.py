@@ -235,6 +235,7 @@ class PunchSession:
         direct_allowed: bool = True,
         binding: bytes = b"",
         observed: tuple[Endpoint, ...] = (),
+        seen: tuple[Endpoint, ...] = (),
         limits: PeerLimits | None = None,
     ) -> None:
         if len(punch_id) != PUNCH_ID_SIZE:
@@ -262,6 +263,7 @@ class PunchSession:
             direct_allowed=direct_allowed,
             binding=binding,
             observed=observed,
+            seen=seen,
         )
         #: What this punch may send on the peer's say-so (:mod:`meshkey.nat.allowance`).
         self.allowance = PunchAllowance(limit=limits, peer=peer)

@@ -15,8 +15,9 @@ back (it used to be forgotten with the gate held, refusing every later birthday 
 
 No amplifier (:mod:`meshkey.nat.allowance`): each punch probes only where its peer plausibly
 is — the addresses the glue observed for it (``observed``, to :meth:`Puncher.start` and
-:meth:`Puncher.on_signal`) and those earlier punches with it saw its valid probes come from
-(remembered here, a few per peer) — and sends at most three times what the peer sent for it;
+:meth:`Puncher.on_signal`), else those earlier punches with it saw its valid probes come
+from (remembered here, a few per peer, as a hint) — and sends at most three times what the
+peer sent for it;
 :class:`~meshkey.nat.allowance.PeerLimits` caps the datagrams per peer per minute and per node
 per second across all punches.
 
@@ -104,10 +105,9 @@ class Puncher:
         """A new classification or new addresses; used by punches that start from now on."""
         self.local = local
 
-    def observed(self, peer: NodeId, given: Iterable[Endpoint] = ()) -> tuple[Endpoint, ...]:
-        """What is observed of ``peer``: ``given`` (the glue's), then where earlier punches
-        saw its valid probes and ACKs come from."""
-        return tuple(dict.fromkeys((*given, *self._seen.get(peer, ()))))
+    def seen(self, peer: NodeId) -> tuple[Endpoint, ...]:
+        """Where earlier punches saw ``peer``'s valid probes and ACKs come from (a hint)."""
+        return self._seen.get(peer, ())
 
     def start(
         self,
@@ -139,7 +139,8 @@ class Puncher:
             sockets=self._allocate,
             direct_allowed=direct_allowed,
             binding=binding,
-            observed=self.observed(peer, observed),
+            observed=tuple(observed),
+            seen=self.seen(peer),
             limits=self.limits,
         )
         session.start()
@@ -220,7 +221,8 @@ class Puncher:
                 sockets=self._allocate,
                 direct_allowed=direct_allowed,
                 binding=binding,
-                observed=self.observed(peer, observed),
+                observed=tuple(observed),
+                seen=self.seen(peer),
                 limits=self.limits,
             )
             responder.accept(message, now, signalling_rtt=signalling_rtt, size=size)

@@ -105,6 +105,7 @@ class Signalling:
         direct_allowed: bool = True,
         binding: bytes = b"",
         observed: tuple[Endpoint, ...] = (),
+        seen: tuple[Endpoint, ...] = (),
     ) -> None:
         self.role = role
         self.punch_id = punch_id
@@ -117,6 +118,7 @@ class Signalling:
         self.theirs: Connect | None = None
         self.plausible: Plausible | None = None
         self._observed = observed
+        self._seen = seen
         self._networks = networks_of(me.local, me.networks)
         self._sent_at = now
         self._gate = gate
@@ -149,6 +151,7 @@ class Signalling:
             theirs.tcp,
             observed=self._observed,
             networks=self._networks,
+            seen=self._seen,
         )
         theirs = dataclasses.replace(
             theirs,
