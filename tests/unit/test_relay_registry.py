@@ -258,6 +258,7 @@ async def test_a_relay_forwards_at_most_its_rate_per_owner() -> None:
     request = await harness.signed(blue, "create", "blue", via="blue-link")
     assert (await harness.send(request, via="blue-link")).ok
     assert harness.registry.forwarders()[0].route[0] == ServiceAddress("blue-link")
+    assert harness.registry.addresses_of(blue.node_id) == []  # the harness knows no addresses
     errors: list[Message] = []
 
     async def sender(message: Message) -> None:
@@ -292,3 +293,18 @@ async def test_an_automatic_relay_name_cannot_be_squatted() -> None:
     assert not refused.ok and "relay node" in refused.error
     assert (await harness.send(await harness.signed(owner, "create", name))).ok
     assert automatic_name_refusal("a.b.c", squatter.node_id, harness.host.node_id) is None
+
+
+async def test_where_an_owner_registered_from_is_an_address_observed_for_it() -> None:
+    harness = Harness()
+    harness.registry._address_of = {"blue-link": ("198.51.100.4", 4000)}.get
+    blue = Identity.generate()
+
+    async def blues_connection(message: Message) -> None:
+        await harness.router.route(message.step())
+
+    harness.router.register("blue-link", blues_connection, inline=True)
+    request = await harness.signed(blue, "create", "blue", via="blue-link")
+    assert (await harness.send(request, via="blue-link")).ok
+    assert harness.registry.addresses_of(blue.node_id) == [("198.51.100.4", 4000)]
+    assert harness.registry.addresses_of(Identity.generate().node_id) == []

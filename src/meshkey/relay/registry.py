@@ -253,6 +253,19 @@ class RelayRegistry:
     def describe(self) -> list[dict[str, Any]]:
         return [f.describe(self.router) for f in self.forwarders()]
 
+    def addresses_of(self, owner: NodeId) -> list[tuple[str, int]]:
+        """Where ``owner``'s registrations came from (the remote of the connection each of its
+        online relays here goes over): addresses observed for it, which a punch with it may
+        trust (``Puncher.on_signal(..., observed=...)``)."""
+        found: dict[tuple[str, int], None] = {}
+        for forwarder in self._forwarders.values():
+            first = forwarder.route[0] if forwarder.route else None
+            if forwarder.owner == owner and isinstance(first, ServiceAddress):
+                address = self._address_of(first.name)
+                if address is not None:
+                    found[address] = None
+        return list(found)
+
     def _install(self, forwarder: Forwarder) -> None:
         async def forward(message: Message) -> None:
             await self._forward(forwarder, message)
