@@ -61,9 +61,12 @@ log = EventLogger("transport")
 #: services, are refused): a few full-size messages, enough to keep any pipe busy.
 QUEUE_HIGH_WATER = 4 * 1024 * 1024
 #: Inbound links that have not authenticated yet, in all and from one source address. Each
-#: costs a TLS or QUIC handshake; beyond this the oldest of them (from that source, or in
-#: all) is closed to make room: a stranger who holds connections open without finishing
-#: (slowloris) ages out, and a fresh client, which authenticates in milliseconds, gets in.
+#: costs a TLS or QUIC handshake. Beyond the total, the oldest of them is closed to make
+#: room: strangers from many addresses who hold connections open without finishing
+#: (slowloris) age out, and a fresh client, which authenticates in milliseconds, gets in.
+#: Beyond the per-source limit the newest from that source is refused: one address only
+#: ever crowds out itself (and the handshakes it has under way, which may be honest — many
+#: nodes behind one NAT — are not cut off; a QUIC client sends its Initial again).
 MAX_UNAUTHENTICATED = 256
 MAX_UNAUTHENTICATED_PER_SOURCE = 8
 #: An inbound peer has this long to finish TLS/QUIC and hop authentication.
@@ -132,16 +135,16 @@ class LinkTransport:
         )
 
     def admits_stranger(self, host: str) -> bool:
-        """Makes room for one more unauthenticated inbound link from ``host``: at a limit, the
-        oldest unauthenticated link from ``host`` (its own limit) or from anyone (the total)
-        is closed. False only when there is none to close."""
+        """Whether one more unauthenticated inbound link from ``host`` may be accepted: not
+        beyond ``host``'s own limit; at the total, the oldest unauthenticated link is closed
+        to make room."""
         total = sum(self.unauthenticated.values())
-        from_host = self.unauthenticated[host] >= MAX_UNAUTHENTICATED_PER_SOURCE
-        if not from_host and total < MAX_UNAUTHENTICATED:
+        if self.unauthenticated[host] >= MAX_UNAUTHENTICATED_PER_SOURCE:
+            log.warning("hop.too_many_strangers", transport=self.protocol, source=host, total=total)
+            return False
+        if total < MAX_UNAUTHENTICATED:
             return True
-        oldest = next(
-            (link for link in self.strangers if not from_host or link.remote[0] == host), None
-        )
+        oldest = next(iter(self.strangers), None)
         if oldest is None:
             return False
         log.warning(
@@ -150,7 +153,6 @@ class LinkTransport:
             source=host,
             evicted=oldest.remote[0],
             total=total,
-            limit="per source" if from_host else "total",
         )
         oldest.evict("evicted: too many unauthenticated connections")
         return True
