@@ -27,6 +27,7 @@ import random
 import socket
 import ssl
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -37,12 +38,14 @@ import uvloop
 
 from bench.common import daemons, percentile, save
 from meshkey.identity import Identity
+from meshkey.node import launcher
 from meshkey.node.core import Node
 from meshkey.node.launcher import node_summary
 from meshkey.node.state import Home
 from meshkey.routing.address import ServiceAddress, TransportAddress, parse_address, parse_route
 from meshkey.routing.message import Message
 from meshkey.transport.blocking import BlockingHop
+from meshkey.transport.interfaces import interface_addresses
 from meshkey.transport.tls import SERVER_NAME, client_context
 
 
@@ -268,8 +271,300 @@ def main(*, quick: bool = False) -> None:
             f"{_cell(row['after']):<18} {row['rss_before_mib']:>5}->{row['rss_after_mib']:<6} "
             f"{row['log_growth_kib']}"
         )
-    save("attacks", {"window_s": window, "rows": rows})
+    network = network_attacks(quick=quick)  # issue 19's section, below
+    save("attacks", {"window_s": window, "rows": rows, "network": network})
 
 
 if __name__ == "__main__":
     main()
+
+
+# -- issue 19: amplifiers and open doors (punching, forwarding, relays, strangers) --------
+#
+# Each attack runs for one window against a daemon ("edge") that listens on a non-loopback
+# address of this host when there is one (so the attacker, connecting from it too, is a
+# stranger from elsewhere, not a program on the node's own host), while a legitimate client
+# sends echo requests to it. What the daemon sends on the attacker's say-so is counted where
+# it lands: UDP sockets and a TCP listener of this process stand for the victims. The factor
+# is those bytes over the payload bytes the attacker sent (its real cost on the wire, with
+# QUIC and the secure channel, is higher: the factor is an upper bound). Target: <= 3.
+
+
+class _Victims:
+    """UDP sockets and a TCP listener on loopback addresses that run no meshkey."""
+
+    def __init__(self, count: int) -> None:
+        self.udp = []
+        for index in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((f"127.0.0.{40 + index}", 0))
+            sock.setblocking(False)
+            self.udp.append(sock)
+        self.tcp = socket.socket()
+        self.tcp.bind(("127.0.0.39", 0))
+        self.tcp.listen(64)
+        self.tcp.setblocking(False)
+        self.accepted: list[socket.socket] = []
+        self.landed = 0
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in self.udp]
+
+    def drain(self) -> None:
+        for sock in self.udp + self.accepted:
+            with contextlib.suppress(BlockingIOError, ConnectionError):
+                while data := sock.recv(65536):
+                    self.landed += len(data)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                conn, _ = self.tcp.accept()
+                conn.setblocking(False)
+                self.accepted.append(conn)
+                self.landed += 60  # the handshake's SYN at least
+
+    def close(self) -> None:
+        for sock in [*self.udp, *self.accepted, self.tcp]:
+            sock.close()
+
+
+def _punch_signal(message: Any) -> bytes:
+    from meshkey.wire.paths import PunchSignal, encode_path_signal
+    from meshkey.wire.punch import encode_punch_message
+
+    return encode_path_signal(PunchSignal(encode_punch_message(message)))
+
+
+def _connect(victims: list[tuple[str, int]], nat: str) -> Any:
+    from meshkey.wire.net import NatClass
+    from meshkey.wire.punch import Capability, Connect
+
+    return Connect(
+        os.urandom(16),
+        reply=False,
+        key_share=os.urandom(32),
+        nat_class=NatClass(nat),
+        local=tuple(victims[:8]),
+        reflexive=tuple(victims[8:16]),
+        capabilities=frozenset({Capability.BIRTHDAY, Capability.TIMED_START}),
+    )
+
+
+async def _punch_reflector(
+    edge: str, host: str, victims: _Victims, stop: asyncio.Event, nat: str
+) -> int:
+    """One CONNECT (and the SYNC that starts it) a second, naming 16 victims."""
+    from meshkey.wire.punch import Sync
+
+    sent = 0
+    async with Node(tcp=None, udp=f"{host}:0") as mallory:
+        channel = await mallory.create_secure_channel(f"{edge}/service/api")
+        to_paths = parse_route(f"{channel}/service/_paths")
+        while not stop.is_set():
+            connect = _connect(victims.addresses, nat)
+            for signal in (_punch_signal(connect), _punch_signal(Sync(connect.punch_id))):
+                sent += len(signal)
+                await mallory.router.route(Message(to_paths, (), signal))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    return sent
+
+
+async def _forward_dial(edge: str, host: str, victims: _Victims, stop: asyncio.Event) -> int:
+    """Messages through the node to addresses of the attacker's choosing, 20 a second."""
+    sent = 0
+    async with Node(tcp=None, udp=f"{host}:0") as mallory:
+        udp_host, udp_port = victims.addresses[0]
+        tcp_port = victims.tcp.getsockname()[1]
+        routes = [
+            parse_route(f"{edge}/ip4/{udp_host}/udp/{udp_port}/service/echo"),
+            parse_route(f"{edge}/ip4/127.0.0.39/tcp/{tcp_port}/service/echo"),
+        ]
+        while not stop.is_set():
+            for route in routes:
+                message = Message(route, (), b"x" * 32)
+                sent += len(message.to_wire())
+                await mallory.router.route(message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+    return sent
+
+
+def _slowloris(address: tuple[str, int], stop: threading.Event) -> None:
+    """250 source IPs open TCP connections and never say a word, 200 new ones a second."""
+    held: list[socket.socket] = []
+    index = 0
+    while not stop.is_set():
+        sock = socket.socket()
+        sock.bind((f"127.0.1.{1 + index % 250}", 0))
+        index += 1
+        try:
+            sock.connect(address)
+            held.append(sock)
+        except OSError:
+            sock.close()
+        time.sleep(0.005)
+    for sock in held:
+        sock.close()
+
+
+def _fresh_tcp_clients(address: TransportAddress, count: int) -> float:
+    """The share of ``count`` new TCP clients that get an echo through."""
+    served = 0
+    for _ in range(count):
+        try:
+            with BlockingHop(Identity.generate(), address, timeout=5) as hop:
+                request = Message((ServiceAddress("echo"),), (ServiceAddress("me"),), b"hi")
+                hop.send(request.to_wire())
+                served += Message.from_wire(hop.receive(5)).payload == b"hi"
+        except Exception:
+            continue
+    return served / count
+
+
+def _birthday_core() -> dict[str, Any]:
+    """The birthday claim against an endpoint-independent node, on the core itself (a NAT
+    would be needed to make a daemon on loopback endpoint-independent): a CONNECT claiming
+    an endpoint-dependent NAT at a victim's IP, unpaid and then paid in CREDIT."""
+    from meshkey.identity.node_id import NodeId
+    from meshkey.nat.punch import LocalCandidates, SendDatagram
+    from meshkey.nat.puncher import Puncher
+    from meshkey.wire.net import NatClass
+    from meshkey.wire.punch import MAX_CREDIT_PAD, Capability, Credit, encode_punch_message
+
+    rows = {}
+    for credits in (0, 12):
+        victim = Puncher(
+            NodeId(b"\x01" * 32),
+            rng=random.Random(1),
+            local=LocalCandidates(
+                NatClass.ENDPOINT_INDEPENDENT,
+                local=(("192.168.7.10", 4000),),
+                reflexive=(("198.51.100.1", 4000),),
+                capabilities=frozenset({Capability.BIRTHDAY}),
+            ),
+        )
+        mallory = NodeId(b"\x09" * 32)
+        connect = _connect([("203.0.113.9", 443)] * 16, "endpoint-dependent")
+        signals = [encode_punch_message(connect)]
+        signals += [encode_punch_message(Credit(connect.punch_id, MAX_CREDIT_PAD))] * credits
+        now, landed = 0.0, 0
+        for data in signals:
+            victim.on_signal(mallory, data, now, signalling_rtt=0.05)
+        while (deadline := victim.next_deadline()) is not None and deadline < 30.0:
+            now = max(now, deadline)
+            victim.on_timer(now)
+            landed += sum(len(c.data) for c in victim.commands() if isinstance(c, SendDatagram))
+        sent = sum(len(s) for s in signals)
+        rows["unpaid" if not credits else "paid"] = (sent, landed)
+    return rows
+
+
+async def _net_run(home: Home, host: str, window: float) -> list[dict[str, Any]]:
+    summary = node_summary(home, "edge")
+    edge = next(a for a in summary["addresses"] if "/udp/" in a)
+    tcp = parse_address(next(a for a in summary["addresses"] if "/tcp/" in a))
+    assert isinstance(tcp, TransportAddress)
+    route = f"{edge}/service/echo"
+    rows: list[dict[str, Any]] = []
+    async with Node(tcp=None) as client:
+        await client.send(route, b"warm-up")
+        attacks: list[tuple[str, Callable[[_Victims, asyncio.Event], Awaitable[int]]]] = [
+            (
+                "punch-reflector",
+                lambda v, s: _punch_reflector(edge, host, v, s, "endpoint-independent"),
+            ),
+            (
+                "punch-edm-claim",
+                lambda v, s: _punch_reflector(edge, host, v, s, "endpoint-dependent"),
+            ),
+            ("forward-dial", lambda v, s: _forward_dial(edge, host, v, s)),
+        ]
+        for name, attack in attacks:
+            victims = _Victims(16)
+            before = await _measure(client, route, window)
+            stop = asyncio.Event()
+            running = asyncio.ensure_future(attack(victims, stop))
+            during = await _measure(client, route, window)
+            stop.set()
+            sent = await running
+            await asyncio.sleep(6.0)  # a punch runs on after its last CONNECT
+            victims.drain()
+            after = await _measure(client, route, window)
+            landed = victims.landed
+            victims.close()
+            rows.append(
+                {
+                    "attack": name,
+                    "before": before,
+                    "during": during,
+                    "after": after,
+                    "attacker_bytes": sent,
+                    "landed_bytes": landed,
+                    "factor": round(landed / sent, 2) if sent else None,
+                }
+            )
+        # Slowloris from 250 source IPs: what fresh TCP clients get.
+        fresh_before = await asyncio.to_thread(_fresh_tcp_clients, tcp, 10)
+        stop_thread = threading.Event()
+        attacker = threading.Thread(target=_slowloris, args=(tcp.endpoint, stop_thread))
+        attacker.start()
+        await asyncio.sleep(2.0)
+        during = await _measure(client, route, window)
+        fresh_during = await asyncio.to_thread(_fresh_tcp_clients, tcp, 35)
+        stop_thread.set()
+        await asyncio.to_thread(attacker.join, 30)
+        rows.append(
+            {
+                "attack": "slowloris-250-ips",
+                "before": {"success": fresh_before, "p50_ms": None, "p99_ms": None},
+                "during": {**during, "fresh_tcp_clients": fresh_during},
+                "after": await _measure(client, route, window),
+                "attacker_bytes": None,
+                "landed_bytes": None,
+                "factor": None,
+            }
+        )
+    for label, (sent, landed) in _birthday_core().items():
+        rows.append(
+            {
+                "attack": f"birthday-claim-{label} (core)",
+                "attacker_bytes": sent,
+                "landed_bytes": landed,
+                "factor": round(landed / sent, 2),
+            }
+        )
+    return rows
+
+
+def network_attacks(*, quick: bool = False) -> list[dict[str, Any]]:
+    """Issue 19's attacks; prints a table and returns its rows."""
+    window = 1.5 if quick else 3.0
+    host = next(
+        (a for a in interface_addresses() if not a.startswith("127.")), "127.0.0.1"
+    )  # with none, the attacker is "local" and may make the node dial: the row says so
+    with tempfile.TemporaryDirectory(prefix="meshkey-bench-") as directory:
+        home = Home(directory)
+        launcher.create_node(home, "edge", tcp=f"{host}:0", udp=f"{host}:0", identity=None)
+        launcher.start_node(home, "edge")
+        try:
+            rows = uvloop.run(_net_run(home, host, window))
+        finally:
+            launcher.stop_node(home, "edge")
+    print(f"\nissue 19: amplifiers and open doors; node on {host}; legit echo success, p50 ms")
+    print(f"{'attack':<30} {'before':<12} {'during':<12} {'after':<12} {'sent B':>8} "
+          f"{'landed B':>9} factor")  # fmt: skip
+    for row in rows:
+        cells = [
+            f"{row[w]['success']:.0%} {row[w]['p50_ms']}" if w in row else "-"
+            for w in ("before", "during", "after")
+        ]
+        if "fresh_tcp_clients" in row.get("during", {}):
+            cells[1] = f"tcp {row['during']['fresh_tcp_clients']:.0%}"
+            cells[0] = f"tcp {row['before']['success']:.0%}"
+        print(
+            f"{row['attack']:<30} {cells[0]:<12} {cells[1]:<12} {cells[2]:<12} "
+            f"{row['attacker_bytes'] or '-':>8} {row['landed_bytes'] or '-':>9} "
+            f"{row['factor'] if row['factor'] is not None else '-'}"
+        )
+    return rows

@@ -31,6 +31,7 @@ from meshkey.wire.punch import (
     Abort,
     AbortReason,
     Connect,
+    Credit,
     PunchMessage,
     Result,
     Sync,
@@ -171,6 +172,7 @@ def feed(session: PunchSession, pair: Pair, what: PunchInput) -> None:
         PunchInput.SYNC: lambda: session.on_signal(Sync(PUNCH_ID), now),
         PunchInput.RESULT: lambda: session.on_signal(Result(PUNCH_ID, peer_seen_as), now),
         PunchInput.ABORT: lambda: session.on_signal(Abort(PUNCH_ID, AbortReason.TIMEOUT), now),
+        PunchInput.CREDIT: lambda: session.on_signal(Credit(PUNCH_ID, 1000), now),
         PunchInput.PROBE: lambda: session.on_probe(
             peer_seen_as, pair.key.probe(peer_role, 50_000), now
         ),

@@ -14,12 +14,14 @@ from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersio
 from meshkey.wire.net import NatClass
 from meshkey.wire.punch import (
     MAX_CANDIDATES,
+    MAX_CREDIT_PAD,
     MAX_PUNCH_MESSAGE,
     MAX_START_IN,
     Abort,
     AbortReason,
     Capability,
     Connect,
+    Credit,
     Result,
     Sync,
     decode_punch_message,
@@ -56,6 +58,8 @@ def connect(**changes: Any) -> Connect:
         Sync(PUNCH_ID),
         Result(PUNCH_ID, ("198.51.100.9", 17665)),
         Abort(PUNCH_ID, AbortReason.BOTH_ENDPOINT_DEPENDENT, "both EDM", 60.0),
+        Credit(PUNCH_ID, 0),
+        Credit(PUNCH_ID, MAX_CREDIT_PAD),
     ],
 )
 def test_messages_round_trip(message: Any) -> None:
@@ -151,6 +155,8 @@ def test_a_bad_start_in_is_a_typed_error(data: bytes) -> None:
             MalformedError,
         ),
         (b"\x81" + b"\xa1v\x01" + bytes(MAX_PUNCH_MESSAGE), OversizeError),
+        (_raw(t="credit", pad=bytes(MAX_CREDIT_PAD + 1)), MalformedError),
+        (_raw(t="credit", pad="zeros"), MalformedError),
     ],
 )
 def test_bad_messages_raise_typed_errors(data: bytes, error: type[Exception]) -> None:
@@ -171,6 +177,8 @@ def test_encoding_refuses_what_the_peer_would() -> None:
         encode_punch_message(connect(start_in=0.04))  # not a reply
     with pytest.raises(ValueError, match="start_in"):
         encode_punch_message(connect(reply=True, start_in=MAX_START_IN * 2))
+    with pytest.raises(ValueError, match="padding"):
+        encode_punch_message(Credit(PUNCH_ID, MAX_CREDIT_PAD + 1))
 
 
 def _decodes_to_a_stable_message(data: bytes) -> None:
@@ -205,7 +213,7 @@ field_value = st.one_of(
 
 
 @given(
-    st.sampled_from(["connect", "sync", "result", "abort", "x"]),
+    st.sampled_from(["connect", "sync", "result", "abort", "credit", "x"]),
     st.dictionaries(
         st.sampled_from(
             [
@@ -221,6 +229,7 @@ field_value = st.one_of(
                 "detail",
                 "retry_after",
                 "start_in",
+                "pad",
             ]
         ),
         field_value,

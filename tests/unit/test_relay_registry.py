@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from meshkey.identity import Identity, NodeId
+from meshkey.relay import registry as registry_module
 from meshkey.relay.registry import (
     CHALLENGE_LIFETIME,
     MAX_RELAYS_PER_OWNER,
     REGISTRY_SERVICE,
+    RELAY_BURST_BYTES,
+    RELAY_BYTES_PER_SECOND,
     ChallengeProblem,
     Challenges,
     RelayRegistry,
+    automatic_name_refusal,
 )
 from meshkey.routing.address import ServiceAddress
 from meshkey.routing.message import LocalInfo, Message
 from meshkey.routing.router import Router
+from meshkey.wire.message import ErrorCode
 from meshkey.wire.relay import (
     RelayErrorCode,
     RelayRequest,
@@ -42,11 +49,16 @@ class Harness:
 
         self.router.register("answers", collect, inline=True)
 
-    async def send(self, request: RelayRequest, hop: NodeId | None = None) -> RelayResponse:
+    async def send(
+        self, request: RelayRequest, hop: NodeId | None = None, *, via: str | None = None
+    ) -> RelayResponse:
+        """Sends ``request`` over ``hop``; ``via``: a worker standing for the connection the
+        request came in on (the return route starts with it)."""
+        back = (ServiceAddress(via),) if via else ()
         await self.router.route(
             Message(
                 (ServiceAddress(REGISTRY_SERVICE),),
-                (ServiceAddress("answers"),),
+                (*back, ServiceAddress("answers")),
                 encode_relay_request(request),
                 local=LocalInfo(hop_peer=hop),
             )
@@ -56,9 +68,17 @@ class Harness:
         return self.answers.pop()
 
     async def signed(
-        self, owner: Identity, op: str, name: str, *, host: bytes | None = None
+        self,
+        owner: Identity,
+        op: str,
+        name: str,
+        *,
+        host: bytes | None = None,
+        hop: NodeId | None = None,
+        via: str | None = None,
     ) -> RelayRequest:
-        issued = await self.send(RelayRequest("challenge", name, b"t" * 16))
+        """``owner``'s signed request; its challenge asked for over ``hop`` and ``via``."""
+        issued = await self.send(RelayRequest("challenge", name, b"t" * 16), hop, via=via)
         assert issued.ok and issued.host == self.host.node_id.raw
         payload = registration_payload(
             host or issued.host, owner.node_id.raw, op, name, issued.challenge
@@ -78,13 +98,17 @@ async def test_the_signing_identity_owns_the_name_whoever_forwarded_it() -> None
     blue, mallory = Identity.generate(), Identity.generate()
     assert (await harness.send(await harness.signed(blue, "create", "blue"))).ok
     # Mallory's request arrives over blue's hop (the confused deputy): the hop is irrelevant.
-    stolen = await harness.send(await harness.signed(mallory, "create", "blue"), blue.node_id)
+    stolen = await harness.send(
+        await harness.signed(mallory, "create", "blue", hop=blue.node_id), blue.node_id
+    )
     assert (
         not stolen.ok
         and stolen.error_code is RelayErrorCode.CONFLICT
         and "belongs to another" in stolen.error
     )
-    deleted = await harness.send(await harness.signed(mallory, "delete", "blue"), blue.node_id)
+    deleted = await harness.send(
+        await harness.signed(mallory, "delete", "blue", hop=blue.node_id), blue.node_id
+    )
     assert not deleted.ok and deleted.error_code is RelayErrorCode.CONFLICT
     [forwarder] = harness.registry.forwarders()
     assert forwarder.owner == blue.node_id
@@ -134,7 +158,7 @@ async def test_policy_and_per_owner_limit() -> None:
     for index in range(MAX_RELAYS_PER_OWNER):
         assert (await harness.send(await harness.signed(greedy, "create", f"n{index}"))).ok
     over = await harness.send(await harness.signed(greedy, "create", "one-more"))
-    assert over.error_code is RelayErrorCode.REFUSED and "limit" in over.error
+    assert over.error_code is RelayErrorCode.LIMIT and "limit" in over.error
     # Re-registering a name it already holds is not a new name.
     assert (await harness.send(await harness.signed(greedy, "create", "n0"))).ok
 
@@ -175,3 +199,112 @@ def test_a_refusal_code_this_version_does_not_know_still_decodes() -> None:
     newer = RelayResponse(b"t" * 16, False, code="overloaded", error="later")
     decoded = decode_relay_response(encode_relay_response(newer))
     assert decoded.code == "overloaded" and decoded.error_code is None
+
+
+async def test_a_signed_registration_is_good_only_by_the_route_it_was_issued_for() -> None:
+    """The finding: a registration's signature did not cover the route it arrived by, so a
+    node that saw it on its way could deliver it by a route of its own."""
+    harness = Harness()
+    blue, mallory = Identity.generate(), Identity.generate()
+    honest = await harness.signed(blue, "create", "blue", hop=blue.node_id)
+    taken = await harness.send(honest, mallory.node_id)  # delivered over mallory's hop
+    assert taken.error_code is RelayErrorCode.STALE and "another route" in taken.error
+    assert harness.registry.forwarders() == []
+    # By another return route over the same hop: refused too.
+    await harness.router.route(
+        Message(
+            (ServiceAddress(REGISTRY_SERVICE),),
+            (ServiceAddress("answers"), ServiceAddress("mallory-slot")),
+            encode_relay_request(honest),
+            local=LocalInfo(hop_peer=blue.node_id),
+        )
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert harness.answers == [] or not harness.answers.pop().ok
+    # The route it was issued for: accepted (it was not spent by the attempts above).
+    assert (await harness.send(honest, blue.node_id)).ok
+    assert Challenges().check(Challenges().issue(b"r"), consume=False) is ChallengeProblem.FOREIGN
+    challenges = Challenges()
+    assert challenges.check(challenges.issue(b"r1"), consume=False, route=b"r2") is (
+        ChallengeProblem.ROUTE
+    )
+
+
+async def test_the_node_bounds_the_relays_it_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_module, "MAX_RELAYS", 3)
+    harness = Harness()
+    for index in range(3):
+        owner = Identity.generate()
+        assert (await harness.send(await harness.signed(owner, "create", f"r{index}"))).ok
+    full = await harness.send(await harness.signed(Identity.generate(), "create", "r3"))
+    assert full.error_code is RelayErrorCode.LIMIT and "its limit (3)" in full.error
+
+
+async def test_a_relay_forwards_at_most_its_rate_per_owner() -> None:
+    harness = Harness()
+    blue = Identity.generate()
+    forwarded: list[Message] = []
+
+    chunk = b"x" * (1024 * 1024)
+
+    async def blues_connection(message: Message) -> None:
+        if message.payload == chunk:  # traffic through the relay, reaching blue
+            forwarded.append(message)
+        else:  # an answer to blue's registration
+            await harness.router.route(message.step())
+
+    harness.router.register("blue-link", blues_connection, inline=True)
+    request = await harness.signed(blue, "create", "blue", via="blue-link")
+    assert (await harness.send(request, via="blue-link")).ok
+    assert harness.registry.forwarders()[0].route[0] == ServiceAddress("blue-link")
+    assert harness.registry.addresses_of(blue.node_id) == []  # the harness knows no addresses
+    errors: list[Message] = []
+
+    async def sender(message: Message) -> None:
+        errors.append(message)
+
+    harness.router.register("sender", sender, inline=True)
+    for _ in range(RELAY_BURST_BYTES // len(chunk) + 4):
+        await harness.router.route(
+            Message((ServiceAddress("forward_to_blue"),), (ServiceAddress("sender"),), chunk)
+        )
+    assert len(forwarded) == RELAY_BURST_BYTES // len(chunk)
+    assert len(errors) == 4
+    code, text = errors[0].error()
+    assert code is ErrorCode.BUSY and "over its rate" in text
+    harness.now += 1.0  # a second later: a second's worth again
+    await harness.router.route(
+        Message((ServiceAddress("forward_to_blue"),), (ServiceAddress("sender"),), chunk)
+    )
+    assert len(forwarded) == RELAY_BURST_BYTES // len(chunk) + 1
+    assert len(chunk) <= RELAY_BYTES_PER_SECOND
+
+
+async def test_an_automatic_relay_name_cannot_be_squatted() -> None:
+    harness = Harness()
+    owner, squatter = Identity.generate(), Identity.generate()
+    name = f"a.{str(owner.node_id)[2:28]}.{str(harness.host.node_id)[2:10]}"
+    for attempt in (name, name.upper(), f"a.{str(owner.node_id)[2:28]}.{'b' * 8}"):
+        squatted = await harness.send(await harness.signed(squatter, "create", attempt))
+        assert squatted.error_code is RelayErrorCode.CONFLICT and "reserved" in squatted.error
+    wrong_host = f"a.{str(owner.node_id)[2:28]}.{'b' * 8}"
+    refused = await harness.send(await harness.signed(owner, "create", wrong_host))
+    assert not refused.ok and "relay node" in refused.error
+    assert (await harness.send(await harness.signed(owner, "create", name))).ok
+    assert automatic_name_refusal("a.b.c", squatter.node_id, harness.host.node_id) is None
+
+
+async def test_where_an_owner_registered_from_is_an_address_observed_for_it() -> None:
+    harness = Harness()
+    harness.registry._address_of = {"blue-link": ("198.51.100.4", 4000)}.get
+    blue = Identity.generate()
+
+    async def blues_connection(message: Message) -> None:
+        await harness.router.route(message.step())
+
+    harness.router.register("blue-link", blues_connection, inline=True)
+    request = await harness.signed(blue, "create", "blue", via="blue-link")
+    assert (await harness.send(request, via="blue-link")).ok
+    assert harness.registry.addresses_of(blue.node_id) == [("198.51.100.4", 4000)]
+    assert harness.registry.addresses_of(Identity.generate().node_id) == []

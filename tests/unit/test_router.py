@@ -1,17 +1,30 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from meshkey.channel.policy import Policies, Policy
 from meshkey.identity import Identity
+from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import (
     NodeNameAddress,
+    Route,
     SecureAddress,
     ServiceAddress,
     TransportAddress,
     parse_route,
 )
-from meshkey.routing.message import Message
-from meshkey.routing.router import Deliver, Fail, Forward, Router, RoutingError, next_hop
+from meshkey.routing.message import LocalInfo, Message
+from meshkey.routing.router import (
+    DIAL_BURST_PER_SENDER,
+    FORWARD_RESOURCE,
+    Deliver,
+    Fail,
+    Forward,
+    Router,
+    RoutingError,
+    next_hop,
+)
 from meshkey.wire.message import ErrorCode, MessageKind
 
 
@@ -174,4 +187,125 @@ async def test_workers_that_feed_each_other_still_let_the_loop_run() -> None:
     assert bounces == bounces_limit
     [seen] = seen_by_another_task
     assert seen < bounces_limit, "no other task ran while the two workers bounced the ball"
+    await router.close()
+
+
+# -- forwarding for others: over open hops; new connections only for some -----------------
+
+
+class HopTransport:
+    """A transport with hops: ``open`` endpoints reach without a new connection; ``send``
+    is a new connection (a dial)."""
+
+    protocol = "udp"
+
+    def __init__(self, open_endpoints: set[tuple[str, int]] | None = None) -> None:
+        self.open = open_endpoints or set()
+        self.over_open: list[TransportAddress] = []
+        self.dialled: list[TransportAddress] = []
+
+    async def send(self, address: TransportAddress, message: Message) -> None:
+        self.dialled.append(address)
+
+    async def send_if_open(self, address: TransportAddress, message: Message) -> bool:
+        if address.endpoint in self.open:
+            self.over_open.append(address)
+            return True
+        return False
+
+
+STRANGER = Identity.generate().node_id
+FRIEND = Identity.generate().node_id
+ELSEWHERE = ("192.0.2.9", 4433)
+
+
+def _from(sender: NodeId, remote: tuple[str, int] = ELSEWHERE, **local: Any) -> LocalInfo:
+    return LocalInfo(hop_peer=sender, hop_remote=remote, **local)
+
+
+async def test_a_stranger_is_forwarded_over_open_hops_and_never_makes_a_node_dial() -> None:
+    """The finding: a stranger's message made a node open TCP (a TLS ClientHello) or QUIC
+    (11 Initials) to any address it named."""
+    router = Router(Identity.generate().node_id)
+    transport = HopTransport({("10.0.0.2", 5000)})
+    router.add_transport(transport)
+    errors: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        errors.append(message)
+
+    router.register("inbox", collect, inline=True)
+    me = (ServiceAddress("inbox"),)
+    for to in ("/ip4/10.0.0.2/udp/5000", "/ip4/203.0.113.9/udp/443"):
+        message = Message(parse_route(f"{to}/service/x"), me, b"m").with_local(_from(STRANGER))
+        await router.route(message)
+    assert [a.endpoint for a in transport.over_open] == [("10.0.0.2", 5000)]
+    assert transport.dialled == []
+    ((code, text),) = [m.error() for m in errors]
+    assert code is ErrorCode.REFUSED and "opens no new connection" in text
+    assert "forward" in text  # and says how to allow it
+    # This node's own messages still dial anywhere.
+    await router.route(Message(parse_route("/ip4/203.0.113.9/udp/443/service/x"), me, b"m"))
+    assert len(transport.dialled) == 1
+    await router.close()
+
+
+async def test_who_may_make_a_node_dial_and_how_often() -> None:
+    router = Router(Identity.generate().node_id)
+    transport = HopTransport()
+    router.add_transport(transport)
+    got: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        got.append(message)
+
+    router.register("inbox", collect, inline=True)
+    me = (ServiceAddress("inbox"),)
+
+    async def send(local: LocalInfo, to: str = "/ip4/203.0.113.9/udp/443") -> None:
+        await router.route(Message(parse_route(f"{to}/service/x"), me, b"m").with_local(local))
+
+    policies = Policies()
+    router.admission = policies.admit
+    await send(_from(FRIEND))
+    assert transport.dialled == []  # no policy names it yet
+    policies.set(Policy(FORWARD_RESOURCE, frozenset({FRIEND})))
+    await send(_from(FRIEND))
+    assert len(transport.dialled) == 1
+    await send(_from(STRANGER))  # the policy names FRIEND only: refused, as before
+    assert len(transport.dialled) == 1
+    policies.delete(FORWARD_RESOURCE)
+    # A program on this host (its hop comes from loopback) may; not through a channel.
+    await send(_from(STRANGER, ("127.0.0.1", 50000)))
+    assert len(transport.dialled) == 2
+    await send(_from(STRANGER, ("127.0.0.1", 50000), channel_peer=STRANGER))
+    assert len(transport.dialled) == 2
+    # Destinations the node knows.
+    router.known_destination = lambda address: address.host == "198.51.100.5"
+    await send(_from(STRANGER), "/ip4/198.51.100.5/udp/1")
+    assert len(transport.dialled) == 3
+    # However allowed, a sender's new connections are rate-limited.
+    got.clear()
+    local_program = Identity.generate().node_id
+    for _ in range(20):
+        await send(_from(local_program, ("127.0.0.1", 50001)))
+    assert len(transport.dialled) == 3 + DIAL_BURST_PER_SENDER
+    busy = [m.error() for m in got if m.is_error]
+    assert busy and all(code is ErrorCode.BUSY for code, _ in busy)
+    await router.close()
+
+
+async def test_a_peer_path_the_resolver_chose_may_be_dialled_for_a_stranger() -> None:
+    router = Router(Identity.generate().node_id)
+    transport = HopTransport()
+    router.add_transport(transport)
+    target = Identity.generate().node_id
+
+    async def resolve(node_id: NodeId) -> Route | None:
+        return parse_route("/ip4/198.51.100.8/udp/7") if node_id == target else None
+
+    router.peer_resolver = resolve
+    message = Message(parse_route(f"/peer/{target}/service/x"), (), b"m")
+    await router.route(message.with_local(_from(STRANGER)))
+    assert [a.endpoint for a in transport.dialled] == [("198.51.100.8", 7)]
     await router.close()

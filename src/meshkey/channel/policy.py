@@ -11,7 +11,11 @@ channel has no such identity and is refused. Two resources are not services:
   channel peer, else the authenticated previous hop, of every message this node passes on
   to another node; :data:`meshkey.routing.router.FORWARD_RESOURCE`).
 
-Both are open to every authenticated node until a policy names who may.
+Both are open to every authenticated node until a policy names who may. One thing is not
+open by default: a node opens a *new* connection for someone else only for identities a
+``forward`` policy names (the router asks :data:`~meshkey.routing.router.FORWARD_DIAL`),
+for programs on its own host and to destinations it knows; anyone else's messages go only
+over connections the node already has (:mod:`meshkey.routing.router`).
 
 Rules are kept as ``{"allow": [...]}`` documents so attribute-based rules (Ockam's ABAC) can
 join ``allow`` later without changing how policies are stored or listed.
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkey.identity.node_id import NodeId
-from meshkey.routing.router import FORWARD_RESOURCE
+from meshkey.routing.router import FORWARD_DIAL, FORWARD_RESOURCE
 
 RELAY_RESOURCE = "relay"
 #: Resources that are not services but are policed the same way.
@@ -67,7 +71,13 @@ class Policies:
         return [self._by_resource[r] for r in sorted(self._by_resource)]
 
     def admit(self, resource: str, identity: NodeId | None) -> str | None:
-        """The router's admission hook: None, or why ``identity`` may not use ``resource``."""
+        """The router's admission hook: None, or why ``identity`` may not use ``resource``.
+        :data:`FORWARD_DIAL` is admitted only for an identity a ``forward`` policy names."""
+        if resource == FORWARD_DIAL:
+            forward = self._by_resource.get(FORWARD_RESOURCE)
+            if forward is not None and forward.admits(identity):
+                return None
+            return "no forward policy names it"
         policy = self._by_resource.get(resource)
         if policy is None or policy.admits(identity):
             return None

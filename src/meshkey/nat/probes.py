@@ -51,20 +51,31 @@ Limits: at most :data:`MAX_TARGETS` peer candidates are probed (8 local + 8 refl
 wire allows), :data:`MAX_HOT` hot pairs are tracked, and at most :data:`MAX_ANSWERED` probe
 counters are remembered, so a peer cannot make a punch grow; the counters we sent are bounded
 by the schedule and the spray limit.
+
+What the peer's say-so may cost (:mod:`meshkey.nat.allowance`): every datagram is first
+charged to the punch's :class:`~meshkey.nat.allowance.PunchAllowance` (three times what the
+peer sent; valid probes and ACKs from it earn), and scheduled probes to addresses the peer
+only *claimed* stop after :data:`~meshkey.nat.allowance.CLAIMED_PROBES`. A probe, opener or
+ACK the allowance refuses is not sent (counted in ``stats.refused``), with two exceptions that
+wait for the credit the peer sends (:meth:`ProbeSchedule.resume`): the birthday sockets'
+openers (a backlog) and the spray (it pauses where it stopped).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshkey.nat.allowance import CLAIMED_PROBES, PunchAllowance
 from meshkey.nat.birthday import spray_targets
 from meshkey.nat.strategy import PunchConfig
 from meshkey.nat.token import PunchKey
 from meshkey.wire.net import Endpoint
 from meshkey.wire.udp import (
     MAX_COUNTER,
+    PUNCH_PROBE_SIZE,
     PunchAck,
     PunchProbe,
     PunchRole,
@@ -105,10 +116,16 @@ class PunchStats:
     sprayed: int = 0  # birthday random-port probes (also counted in probes_sent)
     acks_sent: int = 0
     ignored: int = 0  # probes and ACKs dropped: bad MAC, wrong role, replay, unknown counter
+    refused: int = 0  # datagrams not sent: beyond what the peer's say-so allows
 
     def copy(self) -> PunchStats:
         return PunchStats(
-            self.probes_sent, self.openers_sent, self.sprayed, self.acks_sent, self.ignored
+            self.probes_sent,
+            self.openers_sent,
+            self.sprayed,
+            self.acks_sent,
+            self.ignored,
+            self.refused,
         )
 
 
@@ -128,7 +145,9 @@ class _Sent:
 
 class ProbeSchedule:
     """The probes of one punch, for ``role``; keyed (:attr:`key`) once the session derived
-    the punch key. Probes and ACKs before that are ignored (counted in :attr:`stats`)."""
+    the punch key. Probes and ACKs before that are ignored (counted in :attr:`stats`).
+    ``allowance``: what the punch may send (default: unlimited, for tests of the schedule
+    alone); ``claimed``: whether an address rests on the peer's word alone."""
 
     def __init__(
         self,
@@ -136,10 +155,17 @@ class ProbeSchedule:
         config: PunchConfig,
         rng: random.Random,
         stats: PunchStats | None = None,
+        *,
+        allowance: PunchAllowance | None = None,
+        claimed: Callable[[Endpoint], bool] = lambda address: False,
     ) -> None:
         self.role = role
         self.config = config
         self.stats = stats if stats is not None else PunchStats()
+        self.allowance = allowance
+        self._claimed = claimed
+        #: Sources of valid probes and ACKs: where the peer was seen (at most MAX_HOT).
+        self.seen: dict[Endpoint, None] = {}
         self.key: PunchKey | None = None
         self.answer: ProbeAnswered | None = None  # the first valid ACK
         self.sockets: tuple[int, ...] = ()  # the birthday sockets in use, besides the main one
@@ -155,7 +181,9 @@ class ProbeSchedule:
         self._spray: list[Endpoint] = []
         self._spray_index = 0
         self._spray_next: float | None = None
+        self._spray_starved = False  # the spray waits for credit
         self._opener_times: list[float] = []
+        self._backlog: list[_Target] = []  # birthday openers that wait for credit
         self._commands: list[SendDatagram] = []
         self._events: list[ProbeAnswered] = []
 
@@ -220,14 +248,12 @@ class ProbeSchedule:
         ):
             self._round_index += 1
             for target in self._targets:
-                if not target.opener_only:
+                if not target.opener_only and self._may_claim(target.destination):
                     self._probe(target.socket, target.destination, now)
         while self._opener_times and self._opener_times[0] <= now:
             self._opener_times.pop(0)
-            ttl = self.config.birthday_opener_ttl
-            for target in self._targets:
-                if target.opener_only:
-                    self._probe(target.socket, target.destination, now, ttl=ttl)
+            self._backlog.extend(t for t in self._targets if t.opener_only)
+        self._send_backlog(now)
         burst = 0
         while self._spray_next is not None and self._spray_next <= now:
             if self._spray_index >= len(self._spray):
@@ -236,7 +262,9 @@ class ProbeSchedule:
             if burst == MAX_SPRAY_BURST:  # a late timer must not turn into a flood
                 self._spray_next = now + self.config.spray_interval
                 break
-            self._probe(MAIN_SOCKET, self._spray[self._spray_index], now)
+            if not self._probe(MAIN_SOCKET, self._spray[self._spray_index], now):
+                self._spray_next, self._spray_starved = None, True  # until credit comes
+                break
             self.stats.sprayed += 1
             self._spray_index += 1
             burst += 1
@@ -263,9 +291,11 @@ class ProbeSchedule:
             self.stats.ignored += 1
             return
         self._answered.add(probe.counter)
-        ack = key.ack(self.role, probe.counter, source)
-        self._commands.append(SendDatagram(socket, source, encode_control_packet(ack)))
-        self.stats.acks_sent += 1
+        self._earn(PUNCH_PROBE_SIZE, source)
+        ack = encode_control_packet(key.ack(self.role, probe.counter, source))
+        if self._spend(len(ack), now):
+            self._commands.append(SendDatagram(socket, source, ack))
+            self.stats.acks_sent += 1
         if probe_back:  # a triggered check
             pair = (socket, source)
             if pair not in self._hot and len(self._hot) < MAX_HOT:
@@ -273,6 +303,7 @@ class ProbeSchedule:
             if pair in self._hot and self._hot[pair] + self.config.triggered_interval <= now:
                 self._probe(socket, source, now)
                 self._hot[pair] = now
+            self.resume(now)
 
     def on_ack(self, socket: int, source: Endpoint, ack: PunchAck, now: float) -> None:
         """A PUNCH_ACK arrived on ``socket`` from ``source``; the first valid one wins."""
@@ -288,9 +319,52 @@ class ProbeSchedule:
         ):
             self.stats.ignored += 1
             return
+        self._earn(len(encode_control_packet(ack)), source)
         if self.answer is None:
             self.answer = ProbeAnswered(socket, source, now - sent.at, ack.observed)
             self._events.append(self.answer)
+        self.resume(now)
+
+    def resume(self, now: float) -> None:
+        """Credit came (the peer's CREDIT, probe or ACK): what waited for it goes out."""
+        self._send_backlog(now)
+        if self._spray_starved and self._spray_index < len(self._spray):
+            self._spray_starved = False
+            self._spray_next = now
+            self.on_timer(now)
+
+    def _send_backlog(self, now: float) -> None:
+        ttl = self.config.birthday_opener_ttl
+        sent = 0
+        for target in self._backlog:
+            if target.socket in self.sockets and not self._probe(
+                target.socket, target.destination, now, ttl=ttl
+            ):
+                break
+            sent += 1
+        del self._backlog[:sent]
+
+    def _may_claim(self, destination: Endpoint) -> bool:
+        """Whether one more scheduled probe may go to ``destination``: always when it was
+        observed, at most CLAIMED_PROBES per punch when the peer only claimed it."""
+        if self.allowance is None or not self._claimed(destination):
+            return True
+        if self.allowance.claimed_probes >= CLAIMED_PROBES:
+            return False
+        self.allowance.claimed_probes += 1
+        return True
+
+    def _earn(self, size: int, source: Endpoint) -> None:
+        if self.allowance is not None:
+            self.allowance.earn(size)
+        if source not in self.seen and len(self.seen) < MAX_HOT:
+            self.seen[source] = None
+
+    def _spend(self, size: int, now: float) -> bool:
+        if self.allowance is None or self.allowance.spend(size, now):
+            return True
+        self.stats.refused += 1
+        return False
 
     def drop_socket(self, socket: int) -> None:
         """A birthday socket could not be opened or broke: stop using it."""
@@ -307,7 +381,9 @@ class ProbeSchedule:
         self._targets = []
         self._hot.clear()
         self._spray_next = None
+        self._spray_starved = False
         self._opener_times = []
+        self._backlog = []
         return closing
 
     # -- output -----------------------------------------------------------------------
@@ -340,10 +416,13 @@ class ProbeSchedule:
 
     def _probe(
         self, socket: int, destination: Endpoint, now: float, ttl: int | None = None
-    ) -> None:
+    ) -> bool:
+        """Sends a probe (an opener with ``ttl``); False when the allowance refused it."""
         assert self.key is not None
         if self._counter > MAX_COUNTER:
-            return
+            return True  # never reached in practice: the schedules are far shorter
+        if not self._spend(PUNCH_PROBE_SIZE, now):
+            return False
         counter = self._counter
         self._counter += 1
         self._sent[counter] = _Sent(socket, destination, now)
@@ -353,3 +432,4 @@ class ProbeSchedule:
             self.stats.probes_sent += 1
         else:
             self.stats.openers_sent += 1
+        return True

@@ -43,6 +43,11 @@ probe wins; so does a RESULT from the peer when one of its probes reached us (th
 both ways). TCP_DIAL (UDP blocked against a public side) wins as it starts: the blocked side
 dials.
 
+What a punch may send on its peer's say-so is bounded (DESIGN.md decision 20,
+:mod:`meshkey.nat.allowance`): its :attr:`PunchSession.allowance` earns what the peer sends
+(punch messages, valid probes and ACKs, CREDIT) and pays for every datagram, at most three
+to one; a birthday punch's asking side pays with CREDIT as the plan is settled.
+
 :class:`~meshkey.nat.signalling.LocalCandidates`,
 :class:`~meshkey.nat.probes.SendDatagram`, :class:`~meshkey.nat.probes.PunchStats` and
 :data:`~meshkey.nat.probes.MAIN_SOCKET` are part of this module's interface too.
@@ -56,6 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshkey.identity.node_id import NodeId
+from meshkey.nat.allowance import AMPLIFICATION, PeerLimits, PunchAllowance
 from meshkey.nat.birthday import BirthdayGate
 from meshkey.nat.probes import MAIN_SOCKET, ProbeSchedule, PunchStats, SendDatagram
 from meshkey.nat.punch_state import (
@@ -70,16 +76,18 @@ from meshkey.nat.signalling import LocalCandidates, Signalling
 from meshkey.nat.strategy import MESHKEY, BirthdayRole, Plan, PunchConfig, Refusal, Strategy
 from meshkey.wire.net import Endpoint
 from meshkey.wire.punch import (
+    MAX_CREDIT_PAD,
     PUNCH_ID_SIZE,
     Abort,
     AbortReason,
     Connect,
+    Credit,
     PunchMessage,
     Result,
     Sync,
     encode_punch_message,
 )
-from meshkey.wire.udp import PunchAck, PunchProbe, PunchRole
+from meshkey.wire.udp import PUNCH_PROBE_SIZE, PunchAck, PunchProbe, PunchRole
 
 __all__ = [
     "MAIN_SOCKET",
@@ -226,6 +234,9 @@ class PunchSession:
         sockets: SocketAllocator | None = None,
         direct_allowed: bool = True,
         binding: bytes = b"",
+        observed: tuple[Endpoint, ...] = (),
+        seen: tuple[Endpoint, ...] = (),
+        limits: PeerLimits | None = None,
     ) -> None:
         if len(punch_id) != PUNCH_ID_SIZE:
             raise ValueError(f"a punch id is {PUNCH_ID_SIZE} bytes")
@@ -251,8 +262,14 @@ class PunchSession:
             gate=self._gate,
             direct_allowed=direct_allowed,
             binding=binding,
+            observed=observed,
+            seen=seen,
         )
-        self._probes = ProbeSchedule(role, config, rng, self.stats)
+        #: What this punch may send on the peer's say-so (:mod:`meshkey.nat.allowance`).
+        self.allowance = PunchAllowance(limit=limits, peer=peer)
+        self._probes = ProbeSchedule(
+            role, config, rng, self.stats, allowance=self.allowance, claimed=self._claimed
+        )
         self._commands: list[PunchCommand] = []
         self._events: list[PunchEvent] = []
         self._signal_deadline: float | None = now + config.signalling_timeout
@@ -270,17 +287,26 @@ class PunchSession:
         self.state = PunchState.SIGNALLING
         self._signal(self._signalling.mine)
 
-    def accept(self, connect: Connect, now: float, *, signalling_rtt: float | None = None) -> None:
+    def accept(
+        self,
+        connect: Connect,
+        now: float,
+        *,
+        signalling_rtt: float | None = None,
+        size: int | None = None,
+    ) -> None:
         """Responder: answers the peer's CONNECT with a CONNECT reply, or an ABORT saying why
         not. ``signalling_rtt``: the glue's estimate of the round trip of the path the
         signals travel (None: unknown), for a timed start; without one the initiator's SYNC
-        starts the punch. Raises PunchLocalError unless this is a NEW responder, and
-        ValueError (the state unchanged) for another punch's CONNECT or a reply."""
+        starts the punch. ``size``: the CONNECT's bytes as they came (default: encoded
+        again), what the peer paid. Raises PunchLocalError unless this is a NEW responder,
+        and ValueError (the state unchanged) for another punch's CONNECT or a reply."""
         self._check(PunchInput.ACCEPT)
         if connect.punch_id != self.punch_id or connect.reply:
             raise ValueError("not the CONNECT this session was made for")
 
         def accept() -> None:
+            self.allowance.earn(_size_of(connect, size))
             if signalling_rtt is not None and math.isfinite(signalling_rtt) and signalling_rtt >= 0:
                 self._signalling.rtt = signalling_rtt
             self.state = PunchState.SIGNALLING
@@ -324,10 +350,18 @@ class PunchSession:
 
     # -- inputs ---------------------------------------------------------------------
 
-    def on_signal(self, message: PunchMessage, now: float) -> None:
-        """A punch message from the peer (already decoded, for this punch id)."""
+    @property
+    def seen(self) -> tuple[Endpoint, ...]:
+        """Where valid probes and ACKs of the peer came from: addresses observed for it."""
+        return tuple(self._probes.seen)
+
+    def on_signal(self, message: PunchMessage, now: float, *, size: int | None = None) -> None:
+        """A punch message from the peer (already decoded, for this punch id); ``size``: its
+        bytes as they came (default: encoded again), what the peer paid for this punch."""
         if message.punch_id != self.punch_id:
             return
+        if self.live or self.state is PunchState.WON:
+            self.allowance.earn(_size_of(message, size))
         match message:
             case Abort(reason=reason, detail=detail, retry_after=retry_after):
                 self._apply(
@@ -350,6 +384,8 @@ class PunchSession:
                 self._apply(PunchInput.SYNC, lambda: self._start_probing(now))
             case Result(remote=remote):
                 self._apply(PunchInput.RESULT, lambda: self._on_peer_result(remote, now))
+            case Credit():
+                self._apply(PunchInput.CREDIT, lambda: self._on_credit(now))
 
     def on_probe(self, source: Endpoint, probe: PunchProbe, now: float, *, socket: int = 0) -> None:
         """A PUNCH_PROBE for this punch arrived on ``socket`` from ``source``."""
@@ -376,11 +412,16 @@ class PunchSession:
         """A birthday socket could not be opened or broke: stop using it."""
         self._apply(PunchInput.SOCKET_ERROR, lambda: self._probes.drop_socket(socket))
 
-    def cancel(self, reason: AbortReason, now: float, detail: str = "") -> None:
-        """Ends the punch from this side (the peer is told); no-op unless it is live."""
+    def cancel(
+        self, reason: AbortReason, now: float, detail: str = "", *, tell_peer: bool = True
+    ) -> None:
+        """Ends the punch from this side (the peer is told unless ``tell_peer`` is False);
+        no-op unless it is live. A birthday punch gives the gate back."""
         self._apply(
             PunchInput.CANCEL,
-            lambda: self._fail(reason, detail or reason.value, now, reason in _RETRYABLE),
+            lambda: self._fail(
+                reason, detail or reason.value, now, reason in _RETRYABLE, tell_peer=tell_peer
+            ),
         )
 
     def on_timer(self, now: float) -> None:
@@ -454,6 +495,7 @@ class PunchSession:
             self._signal(verdict.reply)
         if verdict.sync:
             self._signal(Sync(self.punch_id))
+        self._pay(verdict.plan)
         if verdict.start_at is None:  # the responder waits for the initiator's SYNC
             self._signal_deadline = now + self.config.signalling_timeout
         elif verdict.start_at <= now:
@@ -462,6 +504,32 @@ class PunchSession:
             self.state = PunchState.WAITING
             self._signal_deadline = None
             self._start_at = verdict.start_at
+
+    def _on_credit(self, now: float) -> None:
+        """The peer paid (earned above): what waited for credit goes out."""
+        if self.state is PunchState.PROBING:
+            self._probes.resume(now)
+            self._pull()
+
+    def _pay(self, plan: Plan) -> None:
+        """A birthday punch asks the peer for more than three times what a CONNECT is worth:
+        pay a third of it in CREDIT padding (the opener pays for the spray, the sprayer for
+        the openers of every birthday socket)."""
+        if plan.birthday_role is BirthdayRole.OPENER:
+            asked = self.config.birthday_max_probes
+        elif plan.birthday_role is BirthdayRole.SPRAYER:
+            asked = self.config.birthday_sockets * len(self.config.birthday_openers)
+        else:
+            return
+        owed = -(-asked * PUNCH_PROBE_SIZE // AMPLIFICATION)
+        while owed > 0:
+            padding = min(owed, MAX_CREDIT_PAD)
+            self._signal(Credit(self.punch_id, padding))
+            owed -= padding
+
+    def _claimed(self, address: Endpoint) -> bool:
+        found = self._signalling.plausible
+        return found is None or found.claimed(address)
 
     def _on_peer_result(self, seen_as: Endpoint, now: float) -> None:
         """The peer found a pair. If a probe of it reached us, that pair works both ways."""
@@ -589,6 +657,10 @@ class PunchSession:
         closing = self._probes.stop(keep)
         if closing:
             self._commands.append(CloseBirthdaySockets(self.punch_id, closing))
+
+
+def _size_of(message: PunchMessage, size: int | None) -> int:
+    return len(encode_punch_message(message)) if size is None else size
 
 
 def counting_allocator() -> SocketAllocator:

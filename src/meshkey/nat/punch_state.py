@@ -50,6 +50,7 @@ class PunchInput(enum.Enum):
     SYNC = "sync"
     RESULT = "result"
     ABORT = "abort"
+    CREDIT = "credit"  # the peer's CREDIT: padding that pays for what it asks of this side
     PROBE = "probe"
     ACK = "ack"
     SOCKET_ERROR = "socket-error"
@@ -71,11 +72,12 @@ LOCAL_INPUTS = _f({_I.START, _I.ACCEPT})
 
 def _live(state: PunchState) -> dict[PunchInput, frozenset[PunchState]]:
     """What every live state takes: the peer's RESULT (a pair it found that one of its
-    probes reached us on) and ABORT, probes, ACKs (the first valid one wins), a cancel,
-    broken sockets."""
+    probes reached us on), ABORT and CREDIT, probes, ACKs (the first valid one wins), a
+    cancel, broken sockets."""
     return {
         _I.RESULT: _f({state, _S.WON}),
         _I.ABORT: _f({_S.FAILED}),
+        _I.CREDIT: _f({state}),
         _I.PROBE: _f({state}),
         _I.ACK: _f({state, _S.WON}),
         _I.CANCEL: _f({_S.FAILED}),
@@ -86,6 +88,7 @@ def _live(state: PunchState) -> dict[PunchInput, frozenset[PunchState]]:
 #: After winning: lingering, still answering the peer's probes; later ACKs are checked and
 #: never win again. The timer ends the linger.
 _WON = {
+    _I.CREDIT: _f({_S.WON}),
     _I.PROBE: _f({_S.WON}),
     _I.ACK: _f({_S.WON}),
     _I.TIMER: _f({_S.WON, _S.CLOSED}),

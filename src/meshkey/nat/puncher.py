@@ -10,6 +10,16 @@ a probe from a third party costs one MAC check and nothing else.
 Glare: when both sides start a punch with each other at once, each receives the other's
 CONNECT while its own is unanswered. The punch started by the lower NodeId survives: the
 higher side drops its own session (without an ABORT: the peer ignores it anyway) and answers.
+A CONNECT that replaces a running punch cancels it first, so a birthday punch gives the gate
+back (it used to be forgotten with the gate held, refusing every later birthday punch).
+
+No amplifier (:mod:`meshkey.nat.allowance`): each punch probes only where its peer plausibly
+is — the addresses the glue observed for it (``observed``, to :meth:`Puncher.start` and
+:meth:`Puncher.on_signal`), else those earlier punches with it saw its valid probes come
+from (remembered here, a few per peer, as a hint) — and sends at most three times what the
+peer sent for it;
+:class:`~meshkey.nat.allowance.PeerLimits` caps the datagrams per peer per minute and per node
+per second across all punches.
 
 :class:`UpgradeRetry` is the pace of attempts *between* punches, on the one
 :class:`~meshkey.retry.RetrySchedule`: 40 s after a retryable failure, then every 60 s (the
@@ -30,9 +40,12 @@ the same kind of entry behind. 40 s (36-44 s with jitter) clears it with margin.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
+from meshkey.nat.allowance import PeerLimits
 from meshkey.nat.birthday import BirthdayGate
 from meshkey.nat.punch import (
     LocalCandidates,
@@ -59,6 +72,8 @@ from meshkey.wire.udp import (
 )
 
 MAX_SESSIONS = 1024  # punches running at once; more are refused (a peer cannot fill memory)
+MAX_SEEN_PER_PEER = 4  # addresses remembered per peer, where its valid probes came from
+MAX_PEERS_SEEN = 4096
 
 
 class Puncher:
@@ -79,6 +94,8 @@ class Puncher:
         self._by_peer: dict[NodeId, PunchSession] = {}
         self._by_id: dict[bytes, PunchSession] = {}
         self._allocate = counting_allocator()  # one id space for every punch's sockets
+        self.limits = PeerLimits()
+        self._seen: OrderedDict[NodeId, tuple[Endpoint, ...]] = OrderedDict()
         self._commands: list[PunchCommand] = []
         self._events: list[PunchEvent] = []
 
@@ -88,13 +105,26 @@ class Puncher:
         """A new classification or new addresses; used by punches that start from now on."""
         self.local = local
 
+    def seen(self, peer: NodeId) -> tuple[Endpoint, ...]:
+        """Where earlier punches saw ``peer``'s valid probes and ACKs come from (a hint)."""
+        return self._seen.get(peer, ())
+
     def start(
-        self, peer: NodeId, now: float, *, direct_allowed: bool = True, binding: bytes = b""
+        self,
+        peer: NodeId,
+        now: float,
+        *,
+        direct_allowed: bool = True,
+        binding: bytes = b"",
+        observed: Iterable[Endpoint] = (),
     ) -> bytes:
         """Starts a punch with ``peer`` (replacing a running one); returns its punch id.
 
         ``binding``: channel-binding bytes both ends can compute (e.g. the secure channel's
-        handshake hash), mixed into the probe key; the glue passes the same on both sides."""
+        handshake hash), mixed into the probe key; the glue passes the same on both sides.
+        ``observed``: addresses this node observed ``peer`` at (where its hops or its relay
+        registration came from): its public candidates are probed only at those IPs; without
+        any, only its first one, as a claim (:mod:`meshkey.nat.allowance`)."""
         self._end(peer, AbortReason.SUPERSEDED, now)
         session = PunchSession(
             role=PunchRole.INITIATOR,
@@ -109,6 +139,9 @@ class Puncher:
             sockets=self._allocate,
             direct_allowed=direct_allowed,
             binding=binding,
+            observed=tuple(observed),
+            seen=self.seen(peer),
+            limits=self.limits,
         )
         session.start()
         self._add(session)
@@ -123,12 +156,13 @@ class Puncher:
         direct_allowed: bool = True,
         binding: bytes = b"",
         signalling_rtt: float | None = None,
+        observed: Iterable[Endpoint] = (),
     ) -> None:
         """A punch message from ``peer`` arrived over the secure channel with it.
         ``direct_allowed`` False (``--no-direct`` for that peer) refuses its punches.
         ``signalling_rtt``: the round trip of that channel's path, if the glue knows it (the
         relay path's pings, else the channel's handshake): a CONNECT is then answered with a
-        timed start instead of waiting for SYNC."""
+        timed start instead of waiting for SYNC. ``observed``: as for :meth:`start`."""
         try:
             message = decode_punch_message(data)
         except WireError:
@@ -141,6 +175,8 @@ class Puncher:
             direct_allowed=direct_allowed,
             binding=binding,
             signalling_rtt=signalling_rtt,
+            observed=observed,
+            size=len(data),
         )
 
     def on_message(
@@ -152,12 +188,20 @@ class Puncher:
         direct_allowed: bool = True,
         binding: bytes = b"",
         signalling_rtt: float | None = None,
+        observed: Iterable[Endpoint] = (),
+        size: int | None = None,
     ) -> None:
+        """A decoded punch message from ``peer`` (:meth:`on_signal` decodes); ``size``: its
+        bytes as they came (default: encoded again), what the peer paid."""
         current = self._by_peer.get(peer)
         if isinstance(message, Connect) and not message.reply:
             if current is not None and current.live and current.punch_id != message.punch_id:
                 if current.role is PunchRole.INITIATOR and self.node_id < peer:
                     return  # glare: our punch wins, the peer will answer it
+                # Superseded by the peer's new punch (or glare, which its punch wins): ended,
+                # so a birthday punch gives the gate back; the peer needs no ABORT for it.
+                current.cancel(AbortReason.SUPERSEDED, now, tell_peer=False)
+                self._collect(current)
                 self._forget(current)
             elif current is not None and current.punch_id == message.punch_id:
                 return  # a duplicate CONNECT
@@ -177,15 +221,18 @@ class Puncher:
                 sockets=self._allocate,
                 direct_allowed=direct_allowed,
                 binding=binding,
+                observed=tuple(observed),
+                seen=self.seen(peer),
+                limits=self.limits,
             )
-            responder.accept(message, now, signalling_rtt=signalling_rtt)
+            responder.accept(message, now, signalling_rtt=signalling_rtt, size=size)
             self._add(responder)
             return
         session = self._by_id.get(message.punch_id)
         if session is None or session.peer != peer:
             self.dropped += 1  # another peer's punch id: a channel cannot speak for another
             return
-        session.on_signal(message, now)
+        session.on_signal(message, now, size=size)
         self._collect(session)
 
     def on_control_packet(self, socket: int, source: Endpoint, data: bytes, now: float) -> None:
@@ -203,6 +250,7 @@ class Puncher:
             session.on_probe(source, packet, now, socket=socket)
         else:
             session.on_ack(source, packet, now, socket=socket)
+        self._remember(session)
         self._collect(session)
 
     def on_socket_error(self, socket: int, now: float) -> None:
@@ -250,6 +298,16 @@ class Puncher:
             current.cancel(reason, now)
             self._collect(current)
             self._forget(current)
+
+    def _remember(self, session: PunchSession) -> None:
+        """Where the peer's valid probes came from is observed: the next punch may use it."""
+        seen = session.seen
+        if not seen:
+            return
+        known = self._seen.pop(session.peer, ())
+        self._seen[session.peer] = tuple(dict.fromkeys((*seen, *known)))[:MAX_SEEN_PER_PEER]
+        while len(self._seen) > MAX_PEERS_SEEN:
+            self._seen.popitem(last=False)
 
     def _forget(self, session: PunchSession) -> None:
         self._commands.extend(session.commands())

@@ -11,7 +11,9 @@ the first one; the initiator: the reply) and returns the verdict both sides reac
 node's :class:`~meshkey.nat.birthday.BirthdayGate` (one at a time per node). A :class:`Go`
 carries the plan, the punch key (:mod:`meshkey.nat.token`, from both shares), the messages
 still to send and when to start probing; a :class:`~meshkey.nat.strategy.Refusal` says why
-not.
+not. The peer's CONNECT is taken only for its plausible candidates
+(:func:`~meshkey.nat.allowance.plausible`: public ones at an observed IP, or only the first
+as a claim; local ones on this node's LAN), so a peer cannot point the punch elsewhere.
 
 With ``synchronise`` and two filtering sides (no public side: the pair whose probes could
 clash in conntrack, NATLAB.md) both start probing at the same moment, in one of two ways:
@@ -41,6 +43,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from meshkey.nat.allowance import Plausible, networks_of, plausible
 from meshkey.nat.birthday import BirthdayGate
 from meshkey.nat.strategy import Plan, PunchConfig, Refusal, Strategy, decide
 from meshkey.nat.token import PunchKey
@@ -68,6 +71,9 @@ class LocalCandidates:
     reflexive: tuple[Endpoint, ...] = ()
     tcp: tuple[Endpoint, ...] = ()
     capabilities: frozenset[str] = frozenset()
+    #: This node's networks (CIDR text, e.g. from its interfaces): a peer's local candidate
+    #: is probed only inside one. Empty: a /24 (/64) around each ``local`` address.
+    networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,8 @@ class Signalling:
         gate: BirthdayGate,
         direct_allowed: bool = True,
         binding: bytes = b"",
+        observed: tuple[Endpoint, ...] = (),
+        seen: tuple[Endpoint, ...] = (),
     ) -> None:
         self.role = role
         self.punch_id = punch_id
@@ -105,7 +113,13 @@ class Signalling:
         #: The round trip of the path the signals travel: measured by the initiator, the
         #: glue's estimate for the responder (None: unknown).
         self.rtt: float | None = None
+        #: The peer's CONNECT as it may be acted on: only its plausible candidates
+        #: (:func:`~meshkey.nat.allowance.plausible`).
         self.theirs: Connect | None = None
+        self.plausible: Plausible | None = None
+        self._observed = observed
+        self._seen = seen
+        self._networks = networks_of(me.local, me.networks)
         self._sent_at = now
         self._gate = gate
         self._direct_allowed = direct_allowed
@@ -127,7 +141,24 @@ class Signalling:
 
     def on_connect(self, theirs: Connect, now: float) -> Go | Refusal:
         """The peer's CONNECT (a reply, for the initiator): the verdict. A Go for a
-        birthday punch holds the gate; the caller releases it when the punch ends."""
+        birthday punch holds the gate; the caller releases it when the punch ends.
+
+        Only the candidates where the peer plausibly is count (:mod:`meshkey.nat.allowance`):
+        with none left, the verdict is a refusal (no candidates)."""
+        self.plausible = plausible(
+            theirs.local,
+            theirs.reflexive,
+            theirs.tcp,
+            observed=self._observed,
+            networks=self._networks,
+            seen=self._seen,
+        )
+        theirs = dataclasses.replace(
+            theirs,
+            local=self.plausible.local,
+            reflexive=self.plausible.reflexive,
+            tcp=self.plausible.tcp,
+        )
         self.theirs = theirs
         if self.role is PunchRole.INITIATOR:
             self.rtt = now - self._sent_at

@@ -214,5 +214,7 @@ def decide(
         role = BirthdayRole.OPENER if a is _EDM else BirthdayRole.SPRAYER
         return Plan(Strategy.BIRTHDAY, birthday_role=role)
     if not (theirs.local or theirs.reflexive):
-        return Refusal(AbortReason.NO_CANDIDATES, "the peer named no address", True)
+        return Refusal(
+            AbortReason.NO_CANDIDATES, "the peer named no address this node may probe", True
+        )
     return Plan(Strategy.PUNCH)

@@ -52,6 +52,8 @@ Watch = Callable[[TransportAddress], Awaitable[str]]
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 #: Refusals that will not fix themselves: the supervisor stops (FAILED) instead of retrying.
+#: A relay node at its limit (LIMIT) may have room later, and a challenge issued for a route
+#: that changed on the way (STALE) is asked for again: both are retried, with backoff.
 _FINAL_REFUSALS = frozenset({RelayErrorCode.CONFLICT, RelayErrorCode.REFUSED})
 
 

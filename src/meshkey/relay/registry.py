@@ -12,9 +12,24 @@ an expiry) and accepted once, so a flood of challenge requests costs no memory, 
 registration can be neither replayed nor taken to another relay node. Whoever forwarded the
 request is irrelevant: a node on the route cannot register a name for anyone but itself.
 
+A registration is bound to the route it arrived by: a challenge is issued for the route its
+request came by (the return route, with the hop's NodeId) and accepted only from that route,
+so the signature, which covers the challenge, covers the route too. Whoever learns a signed
+registration on its way (a node it passes through, a capture) cannot deliver it by another
+route of its own, where the relay would then forward the owner's traffic. (Nothing changes on
+the wire: an owner asks for the challenge and registers over the same route anyway; if that
+route changed in between, the registration is STALE and asked for again.)
+
 A name belongs to the NodeId that first registered it (persisted by the caller through
-``on_claim``), so no one else can take it over, not even while its owner is offline. An owner
-holds at most :data:`MAX_RELAYS_PER_OWNER` names.
+``on_claim``), so no one else can take it over, not even while its owner is offline. An
+automatic relay's name (``a.<26 characters of the owner's NodeId>.<8 of this node's>``,
+:mod:`meshkey.node.autorelay`) is its owner's before it exists: it is refused to anyone else,
+so nobody can squat it.
+
+Bounds (DESIGN.md decision 15): an owner holds at most :data:`MAX_RELAYS_PER_OWNER` names,
+the node at most :data:`MAX_RELAYS` in all (refused beyond, code ``limit``), and a forwarder
+passes on at most :data:`RELAY_BYTES_PER_SECOND` a second per owner (burst
+:data:`RELAY_BURST_BYTES`); beyond, messages are answered BUSY, saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import enum
 import hashlib
 import hmac
 import os
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +48,8 @@ from typing import Any
 from meshkey.identity.keys import verify_signature
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.routing.address import Route, ServiceAddress, format_route
+from meshkey.ratelimit import TokenBucket
+from meshkey.routing.address import Route, ServiceAddress, address_to_wire, format_route
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.wire.errors import WireError
@@ -57,6 +74,15 @@ CHALLENGE_LIFETIME = 30.0
 #: Names one identity may hold on this node; more is almost certainly abuse (each is a
 #: worker and a database row).
 MAX_RELAYS_PER_OWNER = 16
+#: Names this node holds for everyone together.
+MAX_RELAYS = 1024
+#: Bytes a second a forwarder passes on for one owner (a relay carries a channel until a
+#: direct path takes over, portals included), and the burst it may reach.
+RELAY_BYTES_PER_SECOND = 4 * 1024 * 1024
+RELAY_BURST_BYTES = 8 * 1024 * 1024
+#: An automatic relay's name: ``a.`` 26 characters of the owner's NodeId text after "mk",
+#: ``.`` 8 of the relay node's (any case: no look-alike either).
+AUTOMATIC_NAME = re.compile(r"a\.([a-z0-9]{26})\.([a-z0-9]{8})", re.IGNORECASE)
 
 Admit = Callable[[NodeId], str | None]
 
@@ -92,6 +118,7 @@ class ChallengeProblem(enum.StrEnum):
 
     MALFORMED = "malformed challenge"
     FOREIGN = "challenge was not issued by this node (it may have restarted)"
+    ROUTE = "challenge was issued for another route (a connection on the way changed?)"
     EXPIRED = "challenge expired"
     USED = "challenge already used"
 
@@ -113,7 +140,9 @@ class Unproven:
 
 
 class Challenges:
-    """Stateless, single-use challenges: ``expiry | random | MAC(secret, expiry | random)``.
+    """Stateless, single-use challenges, each for one route: ``expiry | random |
+    MAC(secret, expiry | random)[:8] | MAC(secret, expiry | random | route)[:8]`` (the first
+    MAC tells a foreign challenge from one issued for another ``route``).
 
     Only challenges that were *used* are remembered (until they expire), and a use requires a
     valid signature, so what this holds is bounded by honest registrations.
@@ -124,19 +153,25 @@ class Challenges:
         self._clock = clock
         self._used: dict[bytes, float] = {}
 
-    def issue(self) -> bytes:
+    def issue(self, route: bytes = b"") -> bytes:
+        """A challenge for requests that come by ``route`` (:func:`route_key`)."""
         expiry = self._clock() + CHALLENGE_LIFETIME
         body = struct.pack("!d", expiry) + os.urandom(8)
-        return body + self._mac(body)
+        return body + self._mac(body)[:8] + self._mac(body + route)[:8]
 
-    def check(self, challenge: bytes, *, consume: bool) -> ChallengeProblem | None:
-        """None when ``challenge`` is valid and unused, else why not; ``consume`` marks it used
-        (only once the request it came with has proven its signature)."""
+    def check(
+        self, challenge: bytes, *, consume: bool, route: bytes = b""
+    ) -> ChallengeProblem | None:
+        """None when ``challenge`` is valid, unused and issued for ``route``, else why not;
+        ``consume`` marks it used (only once the request it came with has proven its
+        signature)."""
         if len(challenge) != CHALLENGE_SIZE:
             return ChallengeProblem.MALFORMED
-        body, mac = challenge[:16], challenge[16:]
-        if not hmac.compare_digest(mac, self._mac(body)):
+        body, mac, route_mac = challenge[:16], challenge[16:24], challenge[24:]
+        if not hmac.compare_digest(mac, self._mac(body)[:8]):
             return ChallengeProblem.FOREIGN
+        if not hmac.compare_digest(route_mac, self._mac(body + route)[:8]):
+            return ChallengeProblem.ROUTE
         now = self._clock()
         (expiry,) = struct.unpack("!d", body[:8])
         if expiry < now:
@@ -150,6 +185,38 @@ class Challenges:
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+
+
+def route_key(message: Message) -> bytes:
+    """What binds a challenge to the route a request came by: its return route (each node's
+    connection on the way, as this node and those before it named them) and the NodeId of the
+    hop it arrived over."""
+    digest = hashlib.sha256()
+    for address in message.return_route:
+        kind, value = address_to_wire(address)
+        digest.update(bytes([kind]) + len(value).to_bytes(2, "big") + value)
+    hop = message.local.hop_peer
+    digest.update(hop.raw if hop is not None else b"")
+    return digest.digest()
+
+
+def automatic_name_refusal(name: str, owner: NodeId, host: NodeId) -> str | None:
+    """Why ``owner`` may not register ``name`` on ``host``, when ``name`` is shaped like an
+    automatic relay's (``a.<26 of the owner's id>.<8 of the host's>``); None otherwise."""
+    match = AUTOMATIC_NAME.fullmatch(name)
+    if match is None:
+        return None
+    if match.group(1) != str(owner)[2:28]:
+        return (
+            f"relay name {name!r} is reserved: names a.<26>.<8> are automatic relays, and "
+            f"these 26 characters are not those of node {owner.short()}"
+        )
+    if match.group(2) != str(host)[2:10]:
+        return (
+            f"relay name {name!r} is reserved: an automatic relay's last 8 characters name "
+            f"its relay node, and this node is {host.short()}"
+        )
+    return None
 
 
 class RelayRegistry:
@@ -171,8 +238,10 @@ class RelayRegistry:
         self._on_claim = on_claim
         self._on_release = on_release
         self._admit = admit
+        self._clock = clock
         self._challenges = Challenges(clock)
         self._forwarders: dict[str, Forwarder] = {}
+        self._rates: dict[NodeId, TokenBucket] = {}  # per owner: bytes forwarded
         for name, owner in (claims or {}).items():
             self._install(Forwarder(name, owner))
         # Admission is decided here, on the proven owner, not by the router on the hop.
@@ -183,6 +252,19 @@ class RelayRegistry:
 
     def describe(self) -> list[dict[str, Any]]:
         return [f.describe(self.router) for f in self.forwarders()]
+
+    def addresses_of(self, owner: NodeId) -> list[tuple[str, int]]:
+        """Where ``owner``'s registrations came from (the remote of the connection each of its
+        online relays here goes over): addresses observed for it, which a punch with it may
+        trust (``Puncher.on_signal(..., observed=...)``)."""
+        found: dict[tuple[str, int], None] = {}
+        for forwarder in self._forwarders.values():
+            first = forwarder.route[0] if forwarder.route else None
+            if forwarder.owner == owner and isinstance(first, ServiceAddress):
+                address = self._address_of(first.name)
+                if address is not None:
+                    found[address] = None
+        return list(found)
 
     def _install(self, forwarder: Forwarder) -> None:
         async def forward(message: Message) -> None:
@@ -198,6 +280,21 @@ class RelayRegistry:
                 ErrorCode.UNREACHABLE,
                 f"relay {forwarder.name!r} is offline: its node {forwarder.owner.short()} "
                 "is not connected",
+            )
+            return
+        rate = self._rates.get(forwarder.owner)
+        if rate is None:
+            rate = self._rates[forwarder.owner] = TokenBucket(
+                RELAY_BYTES_PER_SECOND, RELAY_BURST_BYTES
+            )
+        if not message.is_error and not rate.allow(self._clock(), len(message.payload)):
+            log.debug("relay.over_rate", name=forwarder.name, owner=forwarder.owner)
+            await self.router.fail(
+                message,
+                ErrorCode.BUSY,
+                f"relay {forwarder.name!r} is over its rate on node {self.router.node_id.short()} "
+                f"({RELAY_BYTES_PER_SECOND // 1024} KiB/s for node {forwarder.owner.short()}): "
+                "message dropped, send slower",
             )
             return
         await self.router.route(
@@ -225,17 +322,18 @@ class RelayRegistry:
         async def refuse(code: RelayErrorCode, error: str) -> None:
             await answer(RelayResponse(request.token, False, code=code, error=error))
 
+        route = route_key(message)
         if request.op == RelayOp.CHALLENGE:
             await answer(
                 RelayResponse(
                     request.token,
                     True,
-                    challenge=self._challenges.issue(),
+                    challenge=self._challenges.issue(route),
                     host=self.router.node_id.raw,
                 )
             )
             return
-        owner = self._verify(request)
+        owner = self._verify(request, route)
         if isinstance(owner, Unproven):
             log.warning("relay.unproven_registration", name=request.name, reason=owner.reason)
             await refuse(owner.code, owner.reason)
@@ -244,6 +342,11 @@ class RelayRegistry:
         if refusal is not None:
             log.warning("relay.refused", name=request.name, owner=owner, reason=refusal)
             await refuse(RelayErrorCode.REFUSED, refusal)
+            return
+        reserved = automatic_name_refusal(request.name, owner, self.router.node_id)
+        if reserved is not None:
+            log.warning("relay.reserved_name", name=request.name, by=owner)
+            await refuse(RelayErrorCode.CONFLICT, reserved)
             return
         existing = self._forwarders.get(request.name)
         if existing is not None and existing.owner != owner:
@@ -257,6 +360,8 @@ class RelayRegistry:
             if existing is not None:
                 self._forwarders.pop(request.name)
                 self.router.unregister(f"{PREFIX}{request.name}")
+                if not any(f.owner == owner for f in self._forwarders.values()):
+                    self._rates.pop(owner, None)
                 await self._on_release(request.name)
                 log.info("relay.deleted", name=request.name, owner=owner)
             await answer(RelayResponse(request.token, True, address=""))
@@ -265,9 +370,17 @@ class RelayRegistry:
             held = sum(1 for f in self._forwarders.values() if f.owner == owner)
             if held >= MAX_RELAYS_PER_OWNER:
                 await refuse(
-                    RelayErrorCode.REFUSED,
+                    RelayErrorCode.LIMIT,
                     f"node {owner.short()} already holds {held} relays here "
                     f"(limit {MAX_RELAYS_PER_OWNER})",
+                )
+                return
+            if len(self._forwarders) >= MAX_RELAYS:
+                log.warning("relay.full", name=request.name, owner=owner)
+                await refuse(
+                    RelayErrorCode.LIMIT,
+                    f"node {self.router.node_id.short()} hosts {len(self._forwarders)} relays, "
+                    f"its limit ({MAX_RELAYS}): try another relay node",
                 )
                 return
             existing = Forwarder(request.name, owner)
@@ -283,11 +396,13 @@ class RelayRegistry:
         )
         await answer(RelayResponse(request.token, True, address=f"/service/{PREFIX}{request.name}"))
 
-    def _verify(self, request: RelayRequest) -> NodeId | Unproven:
-        """The proven owner of a signed request, or why it is not proven."""
-        # The MAC first (cheap, and rejects what this node never issued), then the signature,
-        # and only then is the challenge spent: a forgery cannot burn an honest one.
-        problem = self._challenges.check(request.challenge, consume=False)
+    def _verify(self, request: RelayRequest, route: bytes) -> NodeId | Unproven:
+        """The proven owner of a signed request that came by ``route`` (:func:`route_key`),
+        or why it is not proven."""
+        # The MAC first (cheap, and rejects what this node never issued, or issued for another
+        # route), then the signature, and only then is the challenge spent: a forgery cannot
+        # burn an honest one.
+        problem = self._challenges.check(request.challenge, consume=False, route=route)
         if problem is not None:
             return Unproven(problem.code, problem.value)
         owner = NodeId(request.owner)
@@ -299,5 +414,5 @@ class RelayRegistry:
                 RelayErrorCode.REFUSED,
                 f"the registration's signature does not verify for {owner.short()}",
             )
-        problem = self._challenges.check(request.challenge, consume=True)
+        problem = self._challenges.check(request.challenge, consume=True, route=route)
         return owner if problem is None else Unproven(problem.code, problem.value)

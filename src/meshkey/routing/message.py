@@ -22,14 +22,16 @@ class LocalInfo:
     """What the receiving node knows about a message beyond its bytes; never on the wire.
 
     ``hop_peer`` is the authenticated NodeId of the node the message arrived from (None when
-    it was sent locally); ``channel_peer`` is the authenticated identity at the far end of the
-    secure channel it came out of (None when it did not come through one). Policies decide on
-    ``channel_peer`` only: a hop peer may be a relay.
+    it was sent locally), ``hop_remote`` where that hop's packets come from; ``channel_peer``
+    is the authenticated identity at the far end of the secure channel it came out of (None
+    when it did not come through one). Policies decide on ``channel_peer`` only: a hop peer
+    may be a relay.
     """
 
     hop_peer: NodeId | None = None
     channel_peer: NodeId | None = None
     channel_address: str | None = None
+    hop_remote: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,26 @@ The decision is the pure function :func:`next_hop`; :class:`Router` adds worker 
 (one task per worker, messages handled in order) and error replies: a message that cannot be
 delivered is answered along its return route with an ERROR message saying why, unless it is
 itself an error (so errors never loop).
+
+Forwarding for others (Ockam's ``forward`` resource; DESIGN.md decision 20). A message from
+another node whose route goes on to another node is passed on when the ``forward`` policy
+admits its sender (open to every authenticated node until a policy names who may). Passing
+it over a hop that is already open costs nothing new. *Opening* a connection for someone
+else is another matter: a stranger naming an address made a node send a TLS ClientHello or
+eleven 1,200-byte QUIC Initials there, to any address, for one small message. So a node
+opens new connections only
+
+- for itself (messages it originates),
+- for identities a ``forward`` policy names (``policy create --resource forward --allow``),
+- for programs on its own host (the hop the message came by is from a loopback address:
+  the CLI, local nodes),
+- to destinations the node itself knows (:attr:`Router.known_destination`, the node's hook:
+  a node of its own, one in its graph) and to the paths its ``/peer/`` resolver chose,
+
+and even then at most :data:`DIALS_PER_SENDER` a second per sender (burst
+:data:`DIAL_BURST_PER_SENDER`) and :data:`DIALS_FOR_OTHERS` a second in all. Anyone else's
+message is forwarded over an open hop or refused (REFUSED, saying so) before any packet
+leaves: a refusal says the same for every address, open or closed.
 """
 
 from __future__ import annotations
@@ -11,12 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import ipaddress
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import (
     NodeNameAddress,
     PeerAddress,
@@ -36,11 +59,22 @@ log = EventLogger("routing")
 Handler = Callable[[Message], Awaitable[None]]
 #: The policy resource that decides who may use this node as a hop to other nodes.
 FORWARD_RESOURCE = "forward"
+#: What the router asks its admission hook before it opens a new connection for someone
+#: else: None only when a ``forward`` policy names that identity (no policy: refused).
+FORWARD_DIAL = "forward.dial"
 #: (worker name, authenticated identity or None) -> None to admit, or why it is refused.
 Admission = Callable[[str, NodeId | None], str | None]
+#: New connections opened for one sender (when it may at all), and for everyone together.
+DIALS_PER_SENDER = 1.0
+DIAL_BURST_PER_SENDER = 8.0
+DIALS_FOR_OTHERS = 20.0
+DIAL_BURST_FOR_OTHERS = 40.0
+MAX_DIAL_SENDERS = 1024  # senders whose dial rate is remembered (least recent go first)
 
 __all__ = [
+    "FORWARD_DIAL",
     "FORWARD_RESOURCE",
+    "OpenHopSender",
     "sends_must_not_block",
     "Admission",
     "Deliver",
@@ -85,6 +119,15 @@ class Transport(Protocol):
         ...
 
 
+@runtime_checkable
+class OpenHopSender(Protocol):
+    """A transport that can tell an open hop from a new connection."""
+
+    async def send_if_open(self, address: TransportAddress, message: Message) -> bool:
+        """Sends over a hop already there; False (nothing sent) if it would need a new one."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Deliver:
     name: str
@@ -111,6 +154,13 @@ class Resolve:
 
 async def _no_peer_resolver(node_id: NodeId) -> Route | None:
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def next_hop(message: Message) -> Deliver | Forward | Fail | Resolve:
@@ -169,6 +219,12 @@ class Router:
         #: ``/peer/NODEID`` -> the route prefix to that peer now, or None (no path known). The
         #: node injects the path manager's choice here (routing never imports it).
         self.peer_resolver: Callable[[NodeId], Awaitable[Route | None]] = _no_peer_resolver
+        #: Whether this node knows ``address`` as a node's (one of its own, one in its
+        #: graph): it may then open a connection there for others. The node injects it.
+        self.known_destination: Callable[[TransportAddress], bool] | None = None
+        self._dials_for_others = TokenBucket(DIALS_FOR_OTHERS, DIAL_BURST_FOR_OTHERS)
+        self._dials_by_sender: OrderedDict[NodeId, TokenBucket] = OrderedDict()
+        self._open_hop_senders: set[str] = set()  # protocols whose transport can tell
 
     # -- registration -----------------------------------------------------------------
 
@@ -220,6 +276,8 @@ class Router:
 
     def add_transport(self, transport: Transport) -> None:
         self._transports[transport.protocol] = transport
+        if isinstance(transport, OpenHopSender):
+            self._open_hop_senders.add(transport.protocol)
 
     async def close(self) -> None:
         tasks = [w.task for w in self._workers.values() if w.task is not None]
@@ -234,6 +292,11 @@ class Router:
 
     async def route(self, message: Message) -> None:
         """Delivers or forwards ``message``; never raises for a routing failure."""
+        await self._route(message)
+
+    async def _route(self, message: Message, *, resolved: bool = False) -> None:
+        """``resolved``: the route's first hop is the peer resolver's choice, not the
+        sender's."""
         if self.capture is not None:
             self.capture(message)
         decision = next_hop(message)
@@ -276,6 +339,8 @@ class Router:
                 )
                 return
             try:
+                if await self._forward_for_others(transport, decision, message, resolved):
+                    return
                 await transport.send(decision.address, decision.message)
             except RoutingError as exc:
                 await self.fail(message, exc.code, exc.text)
@@ -288,7 +353,9 @@ class Router:
                     f"node {self._label} knows no path to {decision.node_id.short()}",
                 )
                 return
-            await self.route(replace(message, onward=(*prefix, *message.onward[1:])))
+            await self._route(
+                replace(message, onward=(*prefix, *message.onward[1:])), resolved=True
+            )
         else:
             await self.fail(message, decision.code, f"node {self._label}: {decision.text}")
 
@@ -306,6 +373,59 @@ class Router:
             log.warning("forward.refused", peer=identity, reason=refusal)
             return f"does not forward messages for {identity.short()}"
         return None
+
+    async def _forward_for_others(
+        self, transport: Transport, decision: Forward, message: Message, resolved: bool
+    ) -> bool:
+        """For a message from another node: True once it went over a hop that is already
+        open; False when a new connection may be opened for it (the caller sends); raises
+        RoutingError (REFUSED, BUSY) when none may (see the module docstring)."""
+        sender = message.local.channel_peer or message.local.hop_peer
+        if sender is None or transport.protocol not in self._open_hop_senders:
+            return False  # this node's own message (or a transport that cannot tell)
+        assert isinstance(transport, OpenHopSender)
+        if await transport.send_if_open(decision.address, decision.message):
+            return True
+        address = decision.address
+        if not (resolved or self._may_dial_for(sender, message, address)):
+            log.warning("forward.dial_refused", peer=sender, address=str(address))
+            raise RoutingError(
+                ErrorCode.REFUSED,
+                f"node {self._label} opens no new connection for {sender.short()} "
+                f"(to {address}): it forwards only over connections it has, unless a "
+                "'forward' policy allows that node",
+            )
+        now = asyncio.get_running_loop().time()
+        if not self._dial_allowed(sender, now):
+            log.warning("forward.dial_rate", peer=sender)
+            raise RoutingError(
+                ErrorCode.BUSY,
+                f"node {self._label}: too many new connections for {sender.short()}; "
+                "try again later",
+            )
+        return False
+
+    def _may_dial_for(self, sender: NodeId, message: Message, address: TransportAddress) -> bool:
+        """Whether this node opens a new connection to ``address`` for ``sender``."""
+        if self.admission is not None and self.admission(FORWARD_DIAL, sender) is None:
+            return True  # a forward policy names it
+        remote = message.local.hop_remote
+        if message.local.channel_peer is None and remote is not None and _is_loopback(remote[0]):
+            return True  # a program on this host
+        return self.known_destination is not None and self.known_destination(address)
+
+    def _dial_allowed(self, sender: NodeId, now: float) -> bool:
+        bucket = self._dials_by_sender.get(sender)
+        if bucket is None:
+            bucket = TokenBucket(DIALS_PER_SENDER, DIAL_BURST_PER_SENDER)
+            self._dials_by_sender[sender] = bucket
+            while len(self._dials_by_sender) > MAX_DIAL_SENDERS:
+                self._dials_by_sender.popitem(last=False)
+        else:
+            self._dials_by_sender.move_to_end(sender)
+        if bucket.available(now) < 1:
+            return False
+        return self._dials_for_others.allow(now) and bucket.allow(now)
 
     def _admit(self, worker: _Worker, message: Message) -> str | None:
         if self.admission is None or not worker.admit:

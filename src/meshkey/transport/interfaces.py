@@ -22,6 +22,7 @@ from meshkey.wire.net import Endpoint
 
 WILDCARDS = frozenset({"0.0.0.0", "::"})
 _SIOCGIFADDR = 0x8915
+_SIOCGIFNETMASK = 0x891B
 
 
 def is_wildcard(host: str) -> bool:
@@ -52,6 +53,29 @@ def interface_addresses() -> list[str]:
             found.append(socket.inet_ntoa(reply[20:24]))
     ordered = sorted(set(found), key=lambda a: (not is_loopback(a), found.index(a)))
     return ordered or ["127.0.0.1"]
+
+
+def interface_networks() -> list[str]:
+    """The host's IPv4 networks (``A.B.C.D/N``, each once): a punch probes a peer's local
+    candidate only inside one (:attr:`meshkey.nat.signalling.LocalCandidates.networks`)."""
+    found: list[str] = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for name in names:
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                address = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]
+                mask = fcntl.ioctl(probe.fileno(), _SIOCGIFNETMASK, request)[20:24]
+            except OSError:
+                continue
+            network = ipaddress.IPv4Network(
+                (socket.inet_ntoa(address), socket.inet_ntoa(mask)), strict=False
+            )
+            found.append(str(network))
+    return list(dict.fromkeys(found)) or ["127.0.0.0/8"]
 
 
 def concrete_endpoints(endpoint: Endpoint) -> list[Endpoint]:

@@ -61,7 +61,12 @@ log = EventLogger("transport")
 #: services, are refused): a few full-size messages, enough to keep any pipe busy.
 QUEUE_HIGH_WATER = 4 * 1024 * 1024
 #: Inbound links that have not authenticated yet, in all and from one source address. Each
-#: costs a TLS or QUIC handshake; beyond this a stranger's new connection is closed at once.
+#: costs a TLS or QUIC handshake. Beyond the total, the oldest of them is closed to make
+#: room: strangers from many addresses who hold connections open without finishing
+#: (slowloris) age out, and a fresh client, which authenticates in milliseconds, gets in.
+#: Beyond the per-source limit the newest from that source is refused: one address only
+#: ever crowds out itself (and the handshakes it has under way, which may be honest — many
+#: nodes behind one NAT — are not cut off; a QUIC client sends its Initial again).
 MAX_UNAUTHENTICATED = 256
 MAX_UNAUTHENTICATED_PER_SOURCE = 8
 #: An inbound peer has this long to finish TLS/QUIC and hop authentication.
@@ -116,6 +121,8 @@ class LinkTransport:
         self.links: set[HopLink] = set()
         self.address: TransportAddress | None = None
         self.unauthenticated: Counter[str] = Counter()  # inbound, by source host
+        #: The same links, oldest first (the first to go when a limit is reached).
+        self.strangers: dict[HopLink, None] = {}
 
     def liveness(self, direction: str) -> Liveness:
         return Liveness(
@@ -128,19 +135,26 @@ class LinkTransport:
         )
 
     def admits_stranger(self, host: str) -> bool:
-        """Whether one more unauthenticated inbound link from ``host`` may be accepted."""
+        """Whether one more unauthenticated inbound link from ``host`` may be accepted: not
+        beyond ``host``'s own limit; at the total, the oldest unauthenticated link is closed
+        to make room."""
         total = sum(self.unauthenticated.values())
-        if total >= MAX_UNAUTHENTICATED or self.unauthenticated[host] >= (
-            MAX_UNAUTHENTICATED_PER_SOURCE
-        ):
-            log.warning(
-                "hop.too_many_strangers",
-                transport=self.protocol,
-                source=host,
-                total=total,
-                limit="rate",
-            )
+        if self.unauthenticated[host] >= MAX_UNAUTHENTICATED_PER_SOURCE:
+            log.warning("hop.too_many_strangers", transport=self.protocol, source=host, total=total)
             return False
+        if total < MAX_UNAUTHENTICATED:
+            return True
+        oldest = next(iter(self.strangers), None)
+        if oldest is None:
+            return False
+        log.warning(
+            "hop.stranger_evicted",
+            transport=self.protocol,
+            source=host,
+            evicted=oldest.remote[0],
+            total=total,
+        )
+        oldest.evict("evicted: too many unauthenticated connections")
         return True
 
     def _new_outbound(self, address: TransportAddress) -> HopLink:
@@ -171,6 +185,32 @@ class LinkTransport:
 
     async def send(self, address: TransportAddress, message: Message) -> None:
         await self.outbound(address).enqueue(message)
+
+    def open_link(self, address: TransportAddress) -> HopLink | None:
+        """A link that reaches ``address`` without a new connection: the outbound one to it
+        (open or being dialled), else an authenticated one (either direction) to the NodeId
+        ``address`` is pinned to, else one whose peer's packets come from its endpoint."""
+        link = self._outbound.get((address.host, address.port, address.node_id))
+        if link is not None and not link.closed and not link.core.suspected:
+            return link
+        for each in self.links:
+            if each.closed or not each.core.is_open:
+                continue
+            if address.node_id is not None:
+                if each.core.peer == address.node_id:
+                    return each
+            elif each.remote == address.endpoint:
+                return each
+        return None
+
+    async def send_if_open(self, address: TransportAddress, message: Message) -> bool:
+        """Sends ``message`` over a link that is already there (:meth:`open_link`); False,
+        and nothing sent, when reaching ``address`` would take a new connection."""
+        link = self.open_link(address)
+        if link is None:
+            return False
+        await link.enqueue(message)
+        return True
 
     def watch(self, address: TransportAddress) -> asyncio.Future[str]:
         """Keeps the link to ``address`` alive (pings instead of idle close) and returns a
@@ -248,6 +288,7 @@ class HopLink:
         self._counted_stranger = direction == "inbound"
         if self._counted_stranger:
             transport.unauthenticated[remote[0]] += 1
+            transport.strangers[self] = None
         transport.links.add(self)
         self._rearm()
 
@@ -362,9 +403,16 @@ class HopLink:
             self.transport.question_older_hops(self)
         self.spawn(self._write_loop(), "write")
 
+    def evict(self, reason: str) -> None:
+        """Closes this unauthenticated inbound link to make room for a newer one; it stops
+        counting against the limits at once."""
+        self._stranger_done()
+        self.spawn(self.close(CloseCode.NORMAL, reason), "evict")
+
     def _stranger_done(self) -> None:
         if self._counted_stranger:
             self._counted_stranger = False
+            self.transport.strangers.pop(self, None)
             counts = self.transport.unauthenticated
             counts[self.remote[0]] -= 1
             if counts[self.remote[0]] <= 0:
@@ -438,7 +486,9 @@ class HopLink:
 
     async def _deliver(self, body: bytes | memoryview) -> None:
         try:
-            message = Message.from_wire(body, LocalInfo(hop_peer=self.core.peer))
+            message = Message.from_wire(
+                body, LocalInfo(hop_peer=self.core.peer, hop_remote=self.remote)
+            )
         except WireError as exc:
             log.warning("message.malformed", peer=self.core.peer, reason=str(exc))
             if not self._malformed.allow(self._loop.time()):

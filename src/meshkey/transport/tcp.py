@@ -123,6 +123,9 @@ class TcpTransport(LinkTransport):
             sock.close()
             await link.close(CloseCode.NORMAL, f"TLS failed: {describe_error(exc)}")
             return
+        except asyncio.CancelledError:
+            sock.close()  # evicted (or shut down) during the handshake: the socket goes too
+            raise
         link.attach(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
         await link.run()
 

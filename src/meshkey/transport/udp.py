@@ -37,6 +37,7 @@ from qh3.quic.packet import QuicPacketType, encode_quic_retry
 from qh3.tls import SignatureAlgorithm
 
 from meshkey.identity.certificate import certificate_pem
+from meshkey.identity.keys import Identity
 from meshkey.log import EventLogger
 from meshkey.ratelimit import TokenBucket
 from meshkey.routing.address import TransportAddress
@@ -95,6 +96,23 @@ STALE_PER_SECOND = 200.0
 ControlHandler = Callable[[bytes, Endpoint, int], None]
 
 
+def server_configuration(identity: Identity, idle_timeout: float) -> QuicConfiguration:
+    """The QUIC server side of ``identity``: its self-signed certificate and key."""
+    configuration = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=[ALPN],
+        idle_timeout=idle_timeout,
+        connection_id_length=CID_LENGTH,
+    )
+    # Certificate and key apart: given them joined, qh3 splits the PEM before the key and
+    # loses the certificate's last newline, then base64-decodes "...-----END CERTIFICATE"
+    # with it, which fails ("Incorrect padding") whenever the DER's length (it varies with
+    # the random serial number) puts those letters off a 4-character boundary: 7 builds in
+    # 3,000, raised in the UDP read callback by the first Initial.
+    configuration.load_cert_chain(certificate_pem(identity), identity.to_pem())
+    return configuration
+
+
 class QuicTransport(LinkTransport):
     protocol = "udp"
     hop_tag = "quic"
@@ -125,14 +143,7 @@ class QuicTransport(LinkTransport):
 
     @functools.cached_property
     def server_configuration(self) -> QuicConfiguration:
-        configuration = QuicConfiguration(
-            is_client=False,
-            alpn_protocols=[ALPN],
-            idle_timeout=self.quic_idle_timeout,
-            connection_id_length=CID_LENGTH,
-        )
-        configuration.load_cert_chain(certificate_pem(self.identity) + self.identity.to_pem())
-        return configuration
+        return server_configuration(self.identity, self.quic_idle_timeout)
 
     @functools.cached_property
     def client_configuration(self) -> QuicConfiguration:

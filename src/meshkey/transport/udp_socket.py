@@ -72,6 +72,7 @@ class UdpEndpoint:
             "strangers_refused": 0,
             "junk_initials": 0,
             "initials_dropped": 0,
+            "handler_errors": 0,  # exceptions a datagram's handler raised (logged, swallowed)
         }
 
     def bind(self, host: str, port: int) -> Endpoint:
@@ -160,10 +161,21 @@ class UdpEndpoint:
                 if not data:
                     continue
                 self.stats["datagrams_in"] += -(-len(data) // segment)
-                self._on_datagrams(data, segment, self._from_socket(source))
+                try:
+                    self._on_datagrams(data, segment, self._from_socket(source))
+                except Exception:  # a bug above must cost one datagram, not the batch
+                    self.stats["handler_errors"] += 1
+                    log.exception("udp.datagram_handler_failed")
             self._read_errors(sock)  # always: a pending error keeps the socket readable
+        except Exception:  # the loop's reader callback never raises
+            self.stats["handler_errors"] += 1
+            log.exception("udp.read_failed")
         finally:
-            self._on_batch_end()
+            try:
+                self._on_batch_end()
+            except Exception:
+                self.stats["handler_errors"] += 1
+                log.exception("udp.batch_end_failed")
 
     def _read_errors(self, sock: socket.socket) -> None:
         """Reports each ICMP error waiting on the socket's error queue, with its destination."""
@@ -175,7 +187,11 @@ class UdpEndpoint:
             except OSError:
                 return
             if destination:
-                self._on_unreachable(self._from_socket(destination), original)
+                try:
+                    self._on_unreachable(self._from_socket(destination), original)
+                except Exception:
+                    self.stats["handler_errors"] += 1
+                    log.exception("udp.unreachable_handler_failed")
 
     def _from_socket(self, address: Any) -> Endpoint:
         host = str(address[0])

@@ -14,6 +14,7 @@ msgpack maps, one per message, at most :data:`MAX_PUNCH_MESSAGE` bytes::
     RESULT   {"v": 1, "t": "result", "id": bytes(16), "remote": [host, port]}
     ABORT    {"v": 1, "t": "abort", "id": bytes(16), "reason": reason, "detail": str,
               "retry_after": float}
+    CREDIT   {"v": 1, "t": "credit", "id": bytes(16), "pad": bytes(n)}
 
 The initiator sends CONNECT (``reply`` false) and times it; the responder answers with its
 own CONNECT (``reply`` true); the initiator sends SYNC and both start probing together
@@ -25,6 +26,13 @@ moment, on its own measurement of that one-way time; no SYNC is sent. ``start_in
 (absent: the SYNC exchange as before; older peers ignore the field and the capability), at
 most :data:`MAX_START_IN`, and only in a reply. RESULT says which address of the peer
 answered first; ABORT ends the punch with a reason either side can show a user.
+
+CREDIT pays for probes (DESIGN.md decision 20): a node sends, on a peer's say-so, at most
+three times the bytes that peer sent it for the punch (:mod:`meshkey.nat.allowance`). A plain
+punch pays for itself (the peer's own probes do), a birthday punch does not: the side that
+asks for thousands of packets (the endpoint-dependent side, for the spray; the sprayer, for
+the openers of 256 sockets) sends padding, at most :data:`MAX_CREDIT_PAD` bytes a message,
+worth a third of what it asks for. The padding is zeros: the channel encrypts it.
 
 Addresses are IP literals (never names: a name would make a node resolve what a peer told it)
 with ports 1-65535, at most :data:`MAX_CANDIDATES` per list. Unknown capabilities are ignored
@@ -44,7 +52,11 @@ from meshkey.wire.maps import decode_map, encode_map
 from meshkey.wire.net import Endpoint, NatClass
 
 PUNCH_VERSION = 1
-MAX_PUNCH_MESSAGE = 2048
+#: A punch message travels as a path signal (:mod:`meshkey.wire.paths`, 4,096 bytes with
+#: its header): a CREDIT is padded up to this.
+MAX_PUNCH_MESSAGE = 4000
+#: The padding one CREDIT carries at most (the rest of the message is at most 40 bytes).
+MAX_CREDIT_PAD = 3900
 PUNCH_ID_SIZE = 16
 KEY_SHARE_SIZE = 32
 MAX_CANDIDATES = 8
@@ -112,7 +124,15 @@ class Abort:
     retry_after: float = 0.0  # seconds the sender asks the peer to wait before trying again
 
 
-PunchMessage = Connect | Sync | Result | Abort
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """``padding`` zero bytes, sent only to be counted (see the module docstring)."""
+
+    punch_id: bytes
+    padding: int
+
+
+PunchMessage = Connect | Sync | Result | Abort | Credit
 
 
 def _check_address(address: Any, what: str) -> Endpoint:
@@ -210,6 +230,10 @@ def encode_punch_message(message: PunchMessage) -> bytes:
                 "detail": message.detail[:MAX_DETAIL],
                 "retry_after": float(message.retry_after),
             }
+        case Credit():
+            if not 0 <= message.padding <= MAX_CREDIT_PAD:
+                raise ValueError(f"a CREDIT carries 0 to {MAX_CREDIT_PAD} bytes of padding")
+            body = {"t": "credit", "pad": bytes(message.padding)}
         case _:
             raise TypeError(f"not a punch message: {message!r}")
     _check_bytes(message.punch_id, PUNCH_ID_SIZE, "punch id")
@@ -264,4 +288,9 @@ def decode_punch_message(data: bytes) -> PunchMessage:
             raise MalformedError("abort: retry_after out of range")
         reason = _enum(AbortReason, body.get("reason"), "abort reason")
         return Abort(punch_id, reason, detail, float(retry_after))
+    if kind == "credit":
+        pad = body.get("pad")
+        if not isinstance(pad, bytes) or len(pad) > MAX_CREDIT_PAD:
+            raise MalformedError(f"credit: pad is not at most {MAX_CREDIT_PAD} bytes")
+        return Credit(punch_id, len(pad))
     raise MalformedError(f"unknown punch message type {str(kind)[:40]!r}")

@@ -47,9 +47,11 @@ class RelayOp(enum.StrEnum):
 
 
 class RelayErrorCode(enum.StrEnum):
-    CONFLICT = "conflict"  # the name belongs to another node: final
-    REFUSED = "refused"  # not allowed (policy, limit, bad signature): final
-    STALE = "stale"  # the challenge expired, was used, or is from before a restart: retry
+    CONFLICT = "conflict"  # the name belongs to another node (or is reserved): final
+    REFUSED = "refused"  # not allowed (policy, bad signature): final
+    LIMIT = "limit"  # over a limit of the relay node (per owner, in all): retried, slowly
+    STALE = "stale"  # the challenge expired, was used, is from before a restart, or was
+    #                  issued for another route: retry
 
 
 OPERATIONS = tuple(RelayOp)
