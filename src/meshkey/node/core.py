@@ -30,7 +30,7 @@ from meshkey.node.events import EventBus
 from meshkey.node.portals import NodePortals
 from meshkey.node.record import behind_nat, record_content, relay_routes
 from meshkey.node.services import install_builtin_services
-from meshkey.node.state import Home, listen_default, parse_listen, resolve_route
+from meshkey.node.state import Home, NodeStateError, listen_default, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
 from meshkey.portal import DEFAULT_OUTLET
@@ -263,6 +263,9 @@ class Node:
         )
         self.events.subscribe(self._dht.on_transport_event)
         self._paths.graph = self._dht
+        registry = self._registry
+        self._paths.engine.observed_elsewhere = lambda peer: tuple(registry.addresses_of(peer))
+        router.known_destination = self._known_destination
         self._paths.network_listeners.append(self._dht.record_changed)
         await self._dht.start()
         self._peers = PeerGraph(self._dht, [self._udp, self._tcp])
@@ -342,6 +345,24 @@ class Node:
     async def _resolve_peer(self, peer: NodeId) -> Route | None:
         """``/peer/NODEID``: resolved by the path service (paths/resolver.py's ladder)."""
         return await self.path_service.resolve_peer(peer)
+
+    def _known_destination(self, address: TransportAddress) -> bool:
+        """Whether this node may open a connection to ``address`` for another node (the
+        router's rule for strangers): a node of this home, or one its graph dialled there."""
+        peer = address.node_id
+        if peer is None:
+            return False
+        if self._dht is not None and self._dht.reached_at(peer) == address.endpoint:
+            return True
+        if self._home is None:
+            return False
+        for name in self._home.node_names():
+            try:
+                if self._home.resolve_node(name, address.protocol).node_id == peer:
+                    return True
+            except NodeStateError:
+                continue
+        return False
 
     def _behind_nat(self) -> bool | None:
         return behind_nat(self._paths.classification if self._paths is not None else None)

@@ -37,6 +37,7 @@ bound the rest (paths per peer, punches at once, probe tokens).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshkey.identity.node_id import NodeId
@@ -185,6 +186,10 @@ class PathEngine:
         self.udp_local: tuple[Endpoint, ...] = ()  # every address the UDP socket has
         self.udp_candidates: tuple[Endpoint, ...] = ()  # those a peer elsewhere may use
         self.tcp_local: tuple[Endpoint, ...] = ()
+        self.networks: tuple[str, ...] = ()  # this host's networks: the LAN a punch may probe
+        #: Where this node observed a peer other than over its own hops (it hosts the peer's
+        #: relay, say): the glue answers it. Punches probe only where the peer was observed.
+        self.observed_elsewhere: Callable[[NodeId], tuple[Endpoint, ...]] = lambda _: ()
         self._peers: dict[NodeId, _Peer] = {}
         self._hops: dict[str, _Hop] = {}
         self._deferred_punches: set[NodeId] = set()
@@ -199,6 +204,7 @@ class PathEngine:
         tcp: tuple[Endpoint, ...],
         *,
         udp_candidates: tuple[Endpoint, ...] | None = None,
+        networks: tuple[str, ...] = (),
         now: float = 0.0,
     ) -> None:
         """Where the node's sockets listen, as concrete addresses (a wildcard socket has one
@@ -207,6 +213,7 @@ class PathEngine:
         and, when public, ``tcp``."""
         self.udp_local, self.tcp_local = udp, tcp
         self.udp_candidates = udp if udp_candidates is None else udp_candidates
+        self.networks = networks
         self._update_local()
         self.nat.set_local(udp, now)
         self._drain_nat(now)
@@ -392,6 +399,7 @@ class PathEngine:
                 now,
                 direct_allowed=self.paths.direct_allowed(peer),
                 signalling_rtt=self.signalling_rtt(peer),
+                observed=self._observed(peer),
             )
         elif isinstance(signal, PathPing):
             self._signal(peer, PathPong(signal.token))
@@ -480,6 +488,7 @@ class PathEngine:
                 reflexive=tuple(found.mappings[:1]) if found is not None else (),
                 tcp=tcp,
                 capabilities=CAPABILITIES,
+                networks=self.networks,
             )
         )
 
@@ -558,7 +567,15 @@ class PathEngine:
     def _start_punch(self, peer: NodeId, now: float) -> None:
         state = self._peers.setdefault(peer, _Peer())
         state.punch_started = now
-        self.puncher.start(peer, now, direct_allowed=self.paths.direct_allowed(peer))
+        self.puncher.start(
+            peer, now, direct_allowed=self.paths.direct_allowed(peer), observed=self._observed(peer)
+        )
+
+    def _observed(self, peer: NodeId) -> tuple[Endpoint, ...]:
+        """Where this node itself saw ``peer``: its hops' remotes, and what the glue knows
+        (never what a record claims)."""
+        seen = [hop.remote for hop in self._hops.values() if hop.peer == peer]
+        return tuple(dict.fromkeys([*seen, *self.observed_elsewhere(peer)]))
 
 
 def decode_signal(payload: bytes) -> PathSignal | None:

@@ -63,7 +63,12 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
 from meshkey.transport.events import HopAuthenticated, HopClosed
-from meshkey.transport.interfaces import concrete_endpoints, is_loopback, reachable_endpoints
+from meshkey.transport.interfaces import (
+    concrete_endpoints,
+    interface_networks,
+    is_loopback,
+    reachable_endpoints,
+)
 from meshkey.transport.link import HopLink
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
@@ -245,7 +250,13 @@ class PathService:
         if told == self._told:
             return
         self._told = told
-        self.engine.set_listening(told[0], told[1], udp_candidates=told[2], now=self.now())
+        self.engine.set_listening(
+            told[0],
+            told[1],
+            udp_candidates=told[2],
+            networks=tuple(interface_networks()),
+            now=self.now(),
+        )
 
     # -- the channel's side (channel.manager.PathHooks) ------------------------------------
 
