@@ -138,7 +138,11 @@ class Channel:
         if self.reconnecting:
             return ChannelState.RECONNECTING
         if self.session.state is SessionState.HANDSHAKING:
-            return ChannelState.HANDSHAKING
+            if self.peer is None:
+                return ChannelState.HANDSHAKING
+            # A channel that was open and whose re-handshake failed: it waits, as unreachable,
+            # for the liveness core's next attempt (not "handshaking", which refuses sends).
+            return ChannelState.UNREACHABLE
         if self.liveness.health is Health.UNREACHABLE:
             return ChannelState.UNREACHABLE
         return ChannelState.OPEN
