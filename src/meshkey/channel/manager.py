@@ -19,6 +19,15 @@ died and was replaced, a direct path that fell back): then it goes, with the las
 :data:`~meshkey.channel.record.RESEND_WINDOW` of sealed sends resent (the peer drops what it
 had), and only if the wait runs out do the senders hear why.
 
+Handshakes (:mod:`~meshkey.channel.session`): Noise XX, or Noise IK when the caller of
+:meth:`SecureChannels.create` knows the listener's node's static key (``responder_key``, from
+its signed peer record: open after one round trip). A listener that cannot use an IK_HELLO
+(the key is stale, or the hello a replay: this node keeps one
+:class:`~meshkey.channel.freshness.ReplayGuard`) answers USE_XX, and the initiator's session
+starts again as XX over the same route, inside the caller's timeout. A path manager that also
+implements :class:`~meshkey.channel.session.HandshakeHooks` has the handshakes carry its early
+data (a punch's candidates), guarded so that its failures never fail a handshake.
+
 Liveness (:mod:`meshkey.channel.liveness`): sealed PING/PONG keep the route and its NAT
 mappings alive, tell a dead or restarted peer within seconds of a send, and let the
 initiator re-handshake transparently (same address) when the far node lost the session.

@@ -104,7 +104,8 @@ class Channel:
     opened_at: str | None = None
     closed_at: float | None = None  # loop time, for expiry of the listing
     #: One round trip over the channel's route, from its last handshake, before any PING
-    #: (initiator: HELLO to HELLO_REPLY; responder: HELLO_REPLY to FINISH), timed from when
+    #: (initiator: HELLO to HELLO_REPLY, or IK_HELLO to IK_REPLY; responder: HELLO_REPLY to
+    #: FINISH, or IK_REPLY to the initiator's first sealed message), timed from when
     #: the message was handed to the hop (a dial it waited for is not counted): the path
     #: service times a punch's start with it.
     handshake_rtt: float | None = None
