@@ -110,7 +110,7 @@ async def test_a_stale_key_falls_back_to_xx_through_the_relay_and_connects(lab: 
         ChannelKind.HELLO_REPLY,
         ChannelKind.FINISH,
     ]
-    assert channel.handshake.startswith("XX (IK refused")
+    assert channel.handshake.startswith("XX (fell back from IK")
     assert await lab.echo(channel, b"still there") == b"STILL THERE"
 
 

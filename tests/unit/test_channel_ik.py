@@ -447,7 +447,9 @@ def test_a_stale_key_falls_back_to_xx_over_the_same_route_and_connects() -> None
             ChannelKind.FINISH,
             ChannelKind.CONFIRM,
         ]
-        assert channel.handshake.startswith("XX (IK refused: this IK handshake cannot be read")
+        assert channel.handshake.startswith(
+            "XX (fell back from IK: this IK handshake cannot be read"
+        )
         assert channel.peer == dial.blue.identity.node_id
         await dial.send(channel.address, b"still")
         await settle()
@@ -638,5 +640,17 @@ def test_a_node_can_keep_its_static_key() -> None:
         assert SecureChannels(dial.blue.identity, dial.blue.router, static=kept).static is kept
         with pytest.raises(ValueError, match="another identity"):
             SecureChannels(dial.green.identity, dial.green.router, static=kept)
+
+    run(main)
+
+
+def test_an_unusable_key_in_a_record_makes_the_dial_xx_from_the_start() -> None:
+    async def main(loop: FakeClockLoop) -> None:
+        dial = Dial()
+        channel = await dial.green_channels.create(dial.listener, responder_key=b"\x00" * 32)
+        assert channel.handshake.startswith("XX (fell back from IK: the responder's key is not")
+        assert dial.crossed[0] == ("green", ChannelKind.HELLO)
+        with pytest.raises(ValueError, match="32-byte"):
+            await dial.green_channels.create(dial.listener, responder_key=b"\x01" * 31)
 
     run(main)

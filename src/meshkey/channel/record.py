@@ -191,10 +191,11 @@ class Channel:
 
     @property
     def handshake(self) -> str:
-        """Which handshake made the current session: "IK", "XX", or "XX (IK refused: why)"."""
+        """Which handshake made the current session: "IK", "XX", or "XX (fell back from IK:
+        why)"."""
         session = self.session
         if session.fell_back is not None:
-            return f"XX (IK refused: {session.fell_back})"
+            return f"XX (fell back from IK: {session.fell_back})"
         return session.pattern
 
     def fail_handshake(self, error: RemoteError) -> None:

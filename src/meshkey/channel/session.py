@@ -447,17 +447,22 @@ class SecureSession:
 
     def start(self, *, timestamp: int = 0) -> bytes:
         """Initiator: the first handshake message (IK_HELLO when the session was given the
-        responder's key, else HELLO); ChannelUseError if not in START. ``timestamp`` (IK only):
+        responder's key, else HELLO, as when that key is not a usable X25519 public key);
+        ChannelUseError if not in START. ``timestamp`` (IK only):
         the initiator's strictly increasing clock, in nanoseconds, that the responder checks
         freshness with (:class:`~meshkey.channel.freshness.Timestamps`)."""
-        if self._responder_key is None:
-            after = self._allowed_locally(Local.START)
-            hello = encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
-        else:
+        if self._responder_key is not None:
             after = self._allowed_locally(Local.START_IK)
             payload = self._payload(self._expected_peer(), timestamp=timestamp)
-            noise = self._noise.write_message(payload)
-            hello = encode_channel(Handshake(ChannelKind.IK_HELLO, noise))
+            try:
+                noise = self._noise.write_message(payload)
+            except NoiseError as exc:  # e.g. a low-order point in a (hostile) record
+                self._use_xx(f"the responder's key is not usable ({exc})")
+            else:
+                self._phase = after
+                return encode_channel(Handshake(ChannelKind.IK_HELLO, noise))
+        after = self._allowed_locally(Local.START)
+        hello = encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
         self._phase = after
         return hello
 
@@ -611,12 +616,16 @@ class SecureSession:
         if self.initiator and ChannelKind.USE_XX not in TRANSITIONS[self._phase]:
             raise ReplayedMessage("a USE_XX no IK handshake waits for: dropped")
         after = self._allowed(ChannelKind.USE_XX)
-        self.fell_back = reason
-        self._responder_key = None
-        self._noise = NoiseXX(True, self._static.private, prologue=PROLOGUE, cipher=self._cipher)
+        self._use_xx(reason)
         hello = encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
         self._phase = after
         return Received(reply=hello, restarted=reason)
+
+    def _use_xx(self, reason: str) -> None:
+        """Initiator: IK is given up (``reason``); the handshake is XX from here."""
+        self.fell_back = reason
+        self._responder_key = None
+        self._noise = NoiseXX(True, self._static.private, prologue=PROLOGUE, cipher=self._cipher)
 
     def _expected_peer(self) -> NodeId | None:
         authorized = self._authorized
