@@ -12,6 +12,7 @@ import pytest
 from meshkey.channel.liveness import HANDSHAKE_TIMEOUT, Health, LivenessConfig
 from meshkey.channel.manager import HOLD_FOR_PATH, Channel, ChannelState, SecureChannels
 from meshkey.channel.session import SecureSession, StaticKey
+from meshkey.channel.session import State as SessionState
 from meshkey.routing.address import ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.wire.channel import Sealed, decode_channel, encode_channel
@@ -247,5 +248,33 @@ def test_a_channel_is_described_with_its_state_and_route(no_direct: bool) -> Non
         await settle()
         assert [c.state for c in pair.blue_channels.channels()] == [ChannelState.CLOSED]
         assert pair.blue_channels.channels()[0].error == "closed by the peer: deleted by its owner"
+
+    run(main)
+
+
+def test_a_failed_rehandshake_leaves_the_channel_unreachable_until_the_next_one_works() -> None:
+    """Not "handshaking" (which refuses sends at once): the channel was open, and waits."""
+
+    async def main(loop: FakeClockLoop) -> None:
+        pair = Pair()
+        channel = await pair.open()
+        await advance(loop, 1.0)
+        pair.net.link_up(pair.green, pair.blue, False)
+        await pair.send(channel, b"lost")
+        for _ in range(200):  # until a re-handshake was tried and timed out
+            await advance(loop, 0.5)
+            if not channel.reconnecting and channel.session.state is SessionState.HANDSHAKING:
+                break
+        assert channel.session.state is SessionState.HANDSHAKING and not channel.reconnecting
+        assert state(channel) is ChannelState.UNREACHABLE and channel.error
+        await pair.send(channel, b"waits")
+        await settle()
+        assert [m.payload for m in channel.held] == [b"waits"]
+        pair.net.link_up(pair.green, pair.blue, True)
+        for _ in range(200):
+            await advance(loop, 0.5)
+            if state(channel) is ChannelState.OPEN:
+                break
+        assert state(channel) is ChannelState.OPEN and channel.reconnects == 1
 
     run(main)

@@ -62,7 +62,11 @@ async def test_a_responder_whose_direct_hop_closed_answers_through_the_relay_aga
 async def test_the_initiator_keeps_its_route_and_learns_only_the_peers_decryptor() -> None:
     initiator = channel(True, (), opened=False)
     initiator.listener_route = (RELAY, ServiceAddress("forward_to_bob"), ServiceAddress("api"))
+    initiator.route = initiator.listener_route  # as create() starts it
     initiator.route_error = "route error: relay 'bob' is offline"
     initiator.heard_over((ServiceAddress("_udp.1"), DECRYPTOR), came_direct=False)
+    assert initiator.route == (RELAY, ServiceAddress("forward_to_bob"), DECRYPTOR)
+    # Later messages come back however they came: the route stays the one it was made with.
+    initiator.heard_over((ServiceAddress("_udp.2"), ServiceAddress("_sc.9")), came_direct=False)
     assert initiator.route == (RELAY, ServiceAddress("forward_to_bob"), DECRYPTOR)
     assert initiator.route_error is None  # an authentic message proves the route good

@@ -22,11 +22,19 @@ from meshkey.channel.session import (
     UnexpectedMessage,
 )
 from meshkey.identity import Identity
-from meshkey.wire.channel import ChannelKind, Handshake, Refuse, Sealed, encode_channel
+from meshkey.wire.channel import ChannelKind, Handshake, Refuse, Sealed, UseXX, encode_channel
 
 ALICE, BOB = Identity.generate(), Identity.generate()
-HANDSHAKE = (ChannelKind.HELLO, ChannelKind.HELLO_REPLY, ChannelKind.FINISH)
+BOB_KEY = StaticKey(BOB)
+HANDSHAKE = (
+    ChannelKind.HELLO,
+    ChannelKind.HELLO_REPLY,
+    ChannelKind.FINISH,
+    ChannelKind.IK_HELLO,
+    ChannelKind.IK_REPLY,
+)
 INPUTS: list[Input] = [*ChannelKind, *Local]
+IK_PHASES = (Phase.SENT_IK_HELLO, Phase.SENT_IK_REPLY)
 
 
 def _reply(session: SecureSession, data: bytes) -> bytes:
@@ -35,16 +43,26 @@ def _reply(session: SecureSession, data: bytes) -> bytes:
     return reply
 
 
-def at(phase: Phase) -> tuple[SecureSession, SecureSession, dict[ChannelKind, bytes]]:
+def at(
+    phase: Phase, what: Input | None = None
+) -> tuple[SecureSession, SecureSession, dict[ChannelKind, bytes]]:
     """A new session in ``phase``, its peer, and the peer's genuine handshake message that the
-    phase waits for (if any)."""
-    alice = SecureSession(True, StaticKey(ALICE))
-    bob = SecureSession(False, StaticKey(BOB))
+    phase waits for (if any). The handshake is IK in the IK phases, and for START_IK."""
+    ik = phase in IK_PHASES or (phase is Phase.START and what is Local.START_IK)
+    alice = SecureSession(True, StaticKey(ALICE), responder_key=BOB_KEY.public if ik else None)
+    bob = SecureSession(False, BOB_KEY)
     if phase is Phase.START:
         return alice, bob, {}
+    if ik:
+        ik_hello = alice.start()
+        ik_reply = _reply(bob, ik_hello)
+        if phase is Phase.SENT_IK_HELLO:
+            return alice, bob, {ChannelKind.IK_REPLY: ik_reply}
+        return bob, alice, {ChannelKind.CONFIRM: _reply(alice, ik_reply)}  # SENT_IK_REPLY
     hello = alice.start()
     if phase is Phase.AWAIT_HELLO:
-        return bob, alice, {ChannelKind.HELLO: hello}
+        ik_alice = SecureSession(True, StaticKey(ALICE), responder_key=BOB_KEY.public)
+        return bob, alice, {ChannelKind.HELLO: hello, ChannelKind.IK_HELLO: ik_alice.start()}
     if phase is Phase.SENT_HELLO:
         return alice, bob, {ChannelKind.HELLO_REPLY: _reply(bob, hello)}
     reply = _reply(bob, hello)
@@ -72,6 +90,8 @@ def payload(
         return bytes(genuine[kind])
     if kind is ChannelKind.REFUSE:
         return encode_channel(Refuse("not wanted"))
+    if kind is ChannelKind.USE_XX:
+        return encode_channel(UseXX("no such key here"))
     if kind in HANDSHAKE:
         return encode_channel(Handshake(kind, b"\x00" * 48))
     sender = peer._sender
@@ -83,7 +103,7 @@ def payload(
 def act(
     session: SecureSession, peer: SecureSession, genuine: dict[ChannelKind, bytes], what: Input
 ) -> object:
-    if what is Local.START:
+    if what in (Local.START, Local.START_IK):
         return session.start()
     if what is Local.SEAL:
         return session.seal(b"data")
@@ -108,8 +128,14 @@ def test_the_table_covers_every_phase_and_closing_is_always_allowed() -> None:
 def test_every_pair_not_in_the_table_is_refused_with_a_typed_error(
     phase: Phase, what: Input
 ) -> None:
-    session, peer, genuine = at(phase)
+    session, peer, genuine = at(phase, what)
     assert session.phase is phase
+    if what is ChannelKind.USE_XX and session.initiator and phase is not Phase.CLOSED:
+        # Unauthenticated, and what a replay of our IK_HELLO is answered with: dropped.
+        with pytest.raises(ReplayedMessage):
+            act(session, peer, genuine, what)
+        assert session.phase is phase
+        return
     expected = ChannelUseError if isinstance(what, Local) else UnexpectedMessage
     with pytest.raises(expected) as info:
         act(session, peer, genuine, what)
@@ -130,7 +156,7 @@ def test_every_pair_not_in_the_table_is_refused_with_a_typed_error(
     ids=lambda value: value.name,
 )
 def test_every_pair_in_the_table_leads_where_it_says(phase: Phase, what: Input) -> None:
-    session, peer, genuine = at(phase)
+    session, peer, genuine = at(phase, what)
     if what is ChannelKind.REFUSE:
         # Allowed, and ends the handshake: the refusal is the initiator's answer.
         with pytest.raises(ChannelError, match="refused by the listener") as info:

@@ -1,10 +1,7 @@
 """Noise XX against an independent implementation (noiseprotocol), byte for byte.
 
-The published cacophony vectors for Noise_XX_25519_{AESGCM,ChaChaPoly}_SHA256 were checked
-against this implementation when it was written (handshake messages, handshake hash and
-transport messages all equal); they are not vendored here. In CI the oracle is noiseprotocol,
-itself tested against those vectors: with the same static and ephemeral keys both must
-produce the same bytes.
+With the same static and ephemeral keys both must produce the same bytes. The published
+cacophony and snow vectors for Noise_XX (and Noise_IK) are checked in test_noise_ik.py.
 """
 
 from __future__ import annotations

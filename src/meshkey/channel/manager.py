@@ -19,6 +19,15 @@ died and was replaced, a direct path that fell back): then it goes, with the las
 :data:`~meshkey.channel.record.RESEND_WINDOW` of sealed sends resent (the peer drops what it
 had), and only if the wait runs out do the senders hear why.
 
+Handshakes (:mod:`~meshkey.channel.session`): Noise XX, or Noise IK when the caller of
+:meth:`SecureChannels.create` knows the listener's node's static key (``responder_key``, from
+its signed peer record: open after one round trip). A listener that cannot use an IK_HELLO
+(the key is stale, or the hello a replay: this node keeps one
+:class:`~meshkey.channel.freshness.ReplayGuard`) answers USE_XX, and the initiator's session
+starts again as XX over the same route, inside the caller's timeout. A path manager that also
+implements :class:`~meshkey.channel.session.HandshakeHooks` has the handshakes carry its early
+data (a punch's candidates), guarded so that its failures never fail a handshake.
+
 Liveness (:mod:`meshkey.channel.liveness`): sealed PING/PONG keep the route and its NAT
 mappings alive, tell a dead or restarted peer within seconds of a send, and let the
 initiator re-handshake transparently (same address) when the far node lost the session.
@@ -45,10 +54,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from functools import partial
 from typing import Any
 
 from meshkey.channel.admission import HalfOpenLimits
+from meshkey.channel.freshness import ReplayGuard, Timestamps
 from meshkey.channel.liveness import (
     HANDSHAKE_TIMEOUT,
     BecameReachable,
@@ -68,7 +79,14 @@ from meshkey.channel.record import (
     PathHooks,
     utc_now,
 )
-from meshkey.channel.session import ChannelError, ReplayedMessage, SecureSession, StaticKey
+from meshkey.channel.session import (
+    ChannelError,
+    HandshakeHooks,
+    ReplayedMessage,
+    SecureSession,
+    StaticKey,
+    UseXXInstead,
+)
 from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -78,7 +96,14 @@ from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
-from meshkey.wire.channel import ChannelKind, Refuse, encode_channel, peek_kind
+from meshkey.wire.channel import (
+    MAX_EARLY_DATA,
+    ChannelKind,
+    Refuse,
+    UseXX,
+    encode_channel,
+    peek_kind,
+)
 from meshkey.wire.errors import WireError
 from meshkey.wire.message import ErrorCode
 
@@ -88,6 +113,7 @@ __all__ = [
     "MAX_CHANNELS_PER_PEER",
     "Channel",
     "ChannelState",
+    "HandshakeHooks",
     "Listener",
     "PathHooks",
     "SecureChannels",
@@ -112,11 +138,17 @@ class SecureChannels:
         router: Router,
         *,
         liveness: LivenessConfig | None = None,
+        static: StaticKey | None = None,
     ) -> None:
         self.identity = identity
         self.router = router
-        self.static = StaticKey(identity)
+        if static is not None and static.identity.node_id != identity.node_id:
+            raise ValueError("the static key given is attested by another identity")
+        #: This node's X25519 static key: what its signed peer record names, for IK dials.
+        self.static = static if static is not None else StaticKey(identity)
         self.liveness_config = liveness or LivenessConfig()
+        self._timestamps = Timestamps()  # IK_HELLOs we send
+        self._replay_guard = ReplayGuard()  # IK_HELLOs we receive
         self._loop = asyncio.get_running_loop()
         self._listeners: dict[str, Listener] = {}
         self._channels: dict[str, Channel] = {}
@@ -207,16 +239,30 @@ class SecureChannels:
         authorized: frozenset[NodeId] | None = None,
         timeout: float = 10.0,
         no_direct: bool = False,
+        responder_key: bytes | None = None,
     ) -> Channel:
         """Opens a channel to the listener at the end of ``route``; RemoteError if it fails.
-        With ``no_direct`` its traffic stays on the route it was opened over."""
-        channel = self._new_channel(
-            SecureSession(True, self.static, authorized=authorized), initiator=True
+        With ``no_direct`` its traffic stays on the route it was opened over.
+
+        ``responder_key``: the listener's node's X25519 static key, when known beforehand (its
+        signed peer record): the handshake is Noise IK, and the channel is open after one round
+        trip. If the listener does not hold that key (the record was stale, the node has a new
+        one) it answers USE_XX, and the handshake starts again as XX over the same route, within
+        the same ``timeout`` (:attr:`Channel.handshake` says so). A listener that holds the key
+        but proves an identity not in ``authorized`` is refused, as with XX."""
+        session = SecureSession(
+            True,
+            self.static,
+            authorized=authorized,
+            responder_key=responder_key,
+            hooks=self._handshake_hooks(),
         )
+        channel = self._new_channel(session, initiator=True)
         channel.no_direct = no_direct
         channel.listener_route = channel.route = route
         self._register_workers(channel)
-        await self._send(channel, channel.session.start(), route)
+        hello = session.start(timestamp=self._timestamps.next(time.time_ns()))
+        await self._send(channel, hello, route)
         channel.handshake_sent_at = self._loop.time()  # after a dial the send may have waited on
         try:
             await asyncio.wait_for(asyncio.shield(channel.opened), timeout)
@@ -410,7 +456,12 @@ class SecureChannels:
         for plaintext in channel.order.reset():  # the old session's last held messages
             await self._deliver(channel, plaintext)
         channel.recent.clear()
-        channel.session = SecureSession(True, self.static, authorized=frozenset({channel.peer}))
+        channel.session = SecureSession(
+            True,
+            self.static,
+            authorized=frozenset({channel.peer}),
+            hooks=self._handshake_hooks(),
+        )
         channel.route = channel.listener_route
         channel.opened = self._loop.create_future()
         await self._send(channel, channel.session.start(), channel.listener_route)
@@ -441,10 +492,26 @@ class SecureChannels:
             log.warning("channel.handshake_refused", listener=listener.name, reason=refusal)
             await self.router.fail(message, ErrorCode.BUSY, refusal)
             return
-        session = SecureSession(False, self.static, authorized=listener.authorized)
+        session = SecureSession(
+            False,
+            self.static,
+            authorized=listener.authorized,
+            hooks=self._handshake_hooks(),
+            replay_guard=self._replay_guard,
+        )
         try:
             received = session.receive(message.payload)
+        except ReplayedMessage:
+            return
+        except UseXXInstead as exc:  # an IK_HELLO this node cannot use: the initiator retries
+            log.info("channel.ik_refused", listener=listener.name, reason=exc.reason)
+            await self._answer(message, UseXX(exc.reason))
+            return
         except ChannelError as exc:
+            if exc.refuse:  # IK: the initiator proved an identity this listener does not want
+                log.warning("channel.refused", listener=listener.name, reason=exc.reason)
+                await self._answer(message, Refuse(exc.reason))
+                return
             log.warning("channel.bad_hello", listener=listener.name, reason=exc.reason)
             await self.router.fail(
                 message,
@@ -460,6 +527,17 @@ class SecureChannels:
         await self._send(channel, received.reply)
         channel.handshake_sent_at = self._loop.time()
         self._rearm(channel)
+
+    async def _answer(self, message: Message, answer: Refuse | UseXX) -> None:
+        """Tells a handshake's sender why it goes no further (unauthenticated, like the
+        router's errors: it only makes the failure readable, and the fallback fast)."""
+        await self.router.route(Message(message.return_route, (), encode_channel(answer)))
+
+    def _handshake_hooks(self) -> HandshakeHooks | None:
+        """The path manager's early data hooks, if it has them, guarded so that a failing
+        or oversized hook costs a log line, never the handshake."""
+        paths = self.paths
+        return _GuardedHooks(paths) if isinstance(paths, HandshakeHooks) else None
 
     def _current_route(self, channel: Channel) -> Route:
         """Where sealed traffic goes now (:meth:`Channel.current_route`), asking the path
@@ -538,12 +616,17 @@ class SecureChannels:
         except ChannelError as exc:
             log.warning("channel.failed", address=channel.address, reason=exc.reason)
             if exc.refuse:
-                await self.router.route(
-                    Message(message.return_route, (), encode_channel(Refuse(exc.reason)))
-                )
+                await self._answer(message, Refuse(exc.reason))
             channel.fail_handshake(RemoteError(ErrorCode.REFUSED, exc.reason))
             if not channel.reconnecting:
                 await self._close(channel, exc.reason, notify=False)
+            return
+        if received.restarted is not None:  # USE_XX (unauthenticated): again, as XX
+            log.info("channel.ik_fallback", address=channel.address, reason=received.restarted)
+            assert received.reply is not None
+            channel.route = channel.listener_route
+            await self._send(channel, received.reply, channel.listener_route)
+            channel.handshake_sent_at = self._loop.time()
             return
         # Authentic from here on.
         first = message.return_route[0] if message.return_route else None
@@ -656,7 +739,34 @@ _NEW_SESSION_KINDS = frozenset(
         ChannelKind.HELLO,
         ChannelKind.HELLO_REPLY,
         ChannelKind.FINISH,
+        ChannelKind.IK_REPLY,
+        ChannelKind.USE_XX,
         ChannelKind.CONFIRM,
         ChannelKind.REFUSE,
     }
 )
+
+
+class _GuardedHooks:
+    """The path manager's :class:`HandshakeHooks` as a session calls them: an exception, or
+    more early data than a handshake carries, is logged and sends (or delivers) nothing."""
+
+    def __init__(self, hooks: HandshakeHooks) -> None:
+        self._hooks = hooks
+
+    def handshake_payload(self, peer: NodeId | None, initiator: bool) -> bytes:
+        try:
+            data = self._hooks.handshake_payload(peer, initiator)
+        except Exception as exc:  # the layer above's bug must not fail the handshake
+            log.warning("channel.early_data_failed", peer=peer, reason=repr(exc))
+            return b""
+        if len(data) > MAX_EARLY_DATA:
+            log.warning("channel.early_data_too_long", peer=peer, size=len(data))
+            return b""
+        return data
+
+    def on_handshake_payload(self, peer: NodeId, data: bytes, initiator: bool) -> None:
+        try:
+            self._hooks.on_handshake_payload(peer, data, initiator)
+        except Exception as exc:
+            log.warning("channel.early_data_failed", peer=peer, reason=repr(exc))

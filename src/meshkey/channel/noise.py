@@ -1,14 +1,32 @@
-"""Noise XX (Noise_XX_25519_{AESGCM,ChaChaPoly}_SHA256), sans-IO, on ``cryptography``'s primitives.
+"""Noise XX and IK (Noise_{XX,IK}_25519_{AESGCM,ChaChaPoly}_SHA256), sans-IO, on
+``cryptography``'s primitives.
 
 Written here because no maintained Python Noise library exists (noiseprotocol's last release
 was 2020) and meshkey's channels need explicit-nonce transport keys, which the standard
-CipherState does not offer. The handshake follows revision 34 of the Noise specification and
-is tested byte for byte against the published cacophony vectors' behaviour (see
-tests/unit/test_noise.py).
+CipherState does not offer. The handshakes follow revision 34 of the Noise specification; both
+patterns share one symmetric state and one token interpreter (:class:`NoiseHandshake`), and are
+tested byte for byte against noiseprotocol and against the published cacophony and snow test
+vectors (tests/unit/test_noise.py, tests/unit/test_noise_ik.py).
+
+XX, when nothing is known of the responder (three messages; each side learns the other's
+static key inside the handshake)::
 
     -> e
     <- e, ee, s, es
     -> s, se
+
+IK, when the initiator already knows the responder's static key (its signed peer record):
+one round trip. The responder's key is a pre-message, so it is in the hash from the start::
+
+    <- s
+    ...
+    -> e, es, s, ss
+    <- e, ee, se
+
+What each message's payload gets (Noise spec, section 7.7): IK's first payload is encrypted
+to the responder's static key and authenticates the initiator, but can be replayed and has no
+forward secrecy (a later theft of the responder's static private key decrypts it); its second,
+and everything after, has full forward secrecy.
 """
 
 from __future__ import annotations
@@ -109,13 +127,18 @@ class _SymmetricState:
         return first, second
 
 
-class NoiseXX:
-    """One side of a Noise XX handshake.
+class NoiseHandshake:
+    """One side of a Noise handshake, interpreting its pattern's tokens.
 
     Call :meth:`write_message` and :meth:`read_message` alternately (the initiator writes
-    first); after the third message :attr:`complete` is true and :meth:`split` gives the
-    transport keys. ``ephemeral`` is for test vectors only.
+    first); once every message of the pattern is through, :attr:`complete` is true and
+    :meth:`split` gives the transport keys. A subclass names the pattern (:attr:`NAME`,
+    :attr:`MESSAGES`) and its pre-messages. ``ephemeral`` is for test vectors only.
     """
+
+    NAME = ""
+    #: The tokens of each message, the initiator's first.
+    MESSAGES: tuple[tuple[str, ...], ...] = ()
 
     def __init__(
         self,
@@ -125,21 +148,25 @@ class NoiseXX:
         prologue: bytes = b"",
         cipher: Cipher = "AESGCM",
         ephemeral: X25519PrivateKey | None = None,
+        remote_static: bytes | None = None,
     ) -> None:
         self.initiator = initiator
         self._s = static
         self._e = ephemeral
         self._re: bytes | None = None
-        self.remote_static: bytes | None = None
-        name = f"Noise_XX_25519_{cipher}_SHA256".encode()
-        self._state = _SymmetricState(name, cipher)
+        self.remote_static: bytes | None = remote_static
+        self._state = _SymmetricState(f"Noise_{self.NAME}_25519_{cipher}_SHA256".encode(), cipher)
         self._state.mix_hash(prologue)
+        self._pre_messages()
         self._step = 0  # messages processed so far
         self.failed: str | None = None  # once a message failed, the handshake is over
 
+    def _pre_messages(self) -> None:
+        """Mixes the pattern's pre-messages into the hash (none by default)."""
+
     @property
     def complete(self) -> bool:
-        return self._step == 3
+        return self._step == len(self.MESSAGES)
 
     @property
     def handshake_hash(self) -> bytes:
@@ -164,16 +191,13 @@ class NoiseXX:
     def _write(self, payload: bytes) -> bytes:
         state = self._state
         out = b""
-        if self._step == 0:  # -> e
-            out += self._write_ephemeral()
-        elif self._step == 1:  # <- e, ee, s, es
-            out += self._write_ephemeral()
-            state.mix_key(self._dh(self._e, self._re))
-            out += state.encrypt_and_hash(_public(self._s))
-            state.mix_key(self._dh(self._s, self._re))
-        else:  # -> s, se
-            out += state.encrypt_and_hash(_public(self._s))
-            state.mix_key(self._dh(self._s, self._re))
+        for token in self.MESSAGES[self._step]:
+            if token == "e":
+                out += self._write_ephemeral()
+            elif token == "s":
+                out += state.encrypt_and_hash(_public(self._s))
+            else:
+                state.mix_key(self._dh_token(token))
         out += state.encrypt_and_hash(payload)
         self._step += 1
         return out
@@ -195,16 +219,13 @@ class NoiseXX:
     def _read(self, message: bytes) -> bytes:
         state = self._state
         data = memoryview(message)
-        if self._step == 0:  # -> e
-            data = self._read_ephemeral(data)
-        elif self._step == 1:  # <- e, ee, s, es
-            data = self._read_ephemeral(data)
-            state.mix_key(self._dh(self._e, self._re))
-            data = self._read_static(data)
-            state.mix_key(self._dh(self._e, self.remote_static))
-        else:  # -> s, se
-            data = self._read_static(data)
-            state.mix_key(self._dh(self._e, self.remote_static))
+        for token in self.MESSAGES[self._step]:
+            if token == "e":
+                data = self._read_ephemeral(data)
+            elif token == "s":
+                data = self._read_static(data)
+            else:
+                state.mix_key(self._dh_token(token))
         payload = state.decrypt_and_hash(bytes(data))
         self._step += 1
         return payload
@@ -217,6 +238,14 @@ class NoiseXX:
         if self.initiator:
             return initiator_to_responder, responder_to_initiator
         return responder_to_initiator, initiator_to_responder
+
+    def _dh_token(self, token: str) -> bytes:
+        """DH for ``ee``, ``es``, ``se`` or ``ss``: the first letter is the initiator's key,
+        the second the responder's, so each side uses its own private key for its letter."""
+        mine, theirs = (token[0], token[1]) if self.initiator else (token[1], token[0])
+        private = self._e if mine == "e" else self._s
+        public = self._re if theirs == "e" else self.remote_static
+        return self._dh(private, public)
 
     def _write_ephemeral(self) -> bytes:
         if self._e is None:
@@ -247,3 +276,60 @@ class NoiseXX:
             return private.exchange(X25519PublicKey.from_public_bytes(public))
         except ValueError as exc:  # e.g. a low-order point: all-zero shared secret
             raise NoiseError(f"invalid Diffie-Hellman public key: {exc}") from None
+
+
+class NoiseXX(NoiseHandshake):
+    """One side of a Noise XX handshake: three messages, nothing known beforehand."""
+
+    NAME = "XX"
+    MESSAGES = (("e",), ("e", "ee", "s", "es"), ("s", "se"))
+
+    def __init__(
+        self,
+        initiator: bool,
+        static: X25519PrivateKey,
+        *,
+        prologue: bytes = b"",
+        cipher: Cipher = "AESGCM",
+        ephemeral: X25519PrivateKey | None = None,
+    ) -> None:
+        super().__init__(initiator, static, prologue=prologue, cipher=cipher, ephemeral=ephemeral)
+
+
+class NoiseIK(NoiseHandshake):
+    """One side of a Noise IK handshake: two messages; the initiator must pass the
+    responder's static public key as ``remote_static`` (the responder learns the initiator's
+    from the first message). A responder that does not hold the private key the initiator
+    used fails the first message's static key with a NoiseError ("failed authentication")."""
+
+    NAME = "IK"
+    MESSAGES = (("e", "es", "s", "ss"), ("e", "ee", "se"))
+
+    def __init__(
+        self,
+        initiator: bool,
+        static: X25519PrivateKey,
+        *,
+        remote_static: bytes | None = None,
+        prologue: bytes = b"",
+        cipher: Cipher = "AESGCM",
+        ephemeral: X25519PrivateKey | None = None,
+    ) -> None:
+        if initiator and (remote_static is None or len(remote_static) != DH_LEN):
+            raise ValueError("an IK initiator needs the responder's 32-byte static key")
+        if not initiator and remote_static is not None:
+            raise ValueError("an IK responder learns the initiator's static key from it")
+        super().__init__(
+            initiator,
+            static,
+            prologue=prologue,
+            cipher=cipher,
+            ephemeral=ephemeral,
+            remote_static=remote_static,
+        )
+
+    def _pre_messages(self) -> None:
+        # <- s: the responder's static key is in the hash before the first message.
+        responder = self.remote_static if self.initiator else _public(self._s)
+        assert responder is not None
+        self._state.mix_hash(responder)

@@ -5,7 +5,8 @@ A :class:`Channel` holds the two sans-IO cores that decide (its :class:`SecureSe
 timers, the open future); :attr:`Channel.state` is derived from the cores, never stored.
 :meth:`Channel.current_route` is the one routing decision of the datapath, pure: where sealed
 traffic goes now. :class:`PathHooks` is what the path manager (paths/, a higher layer) tells
-channels, as an interface this layer defines.
+channels, as an interface this layer defines; :class:`~meshkey.channel.session.HandshakeHooks`
+(beside the session that calls it), what it may have their handshakes carry.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ RESEND_WINDOW = 3.0
 
 
 class PathHooks(Protocol):
-    """What the node's path manager tells secure channels (channel/ cannot import paths/)."""
+    """What the node's path manager tells secure channels (channel/ cannot import paths/).
+    When the object also has the two methods of
+    :class:`~meshkey.channel.session.HandshakeHooks`, handshakes carry its
+    early data (checked at run time, so a path manager without them still fits)."""
 
     def direct_route(self, peer: NodeId) -> Route | None:
         """A route prefix that reaches ``peer`` directly now (a hop to it), or None."""
@@ -100,7 +104,8 @@ class Channel:
     opened_at: str | None = None
     closed_at: float | None = None  # loop time, for expiry of the listing
     #: One round trip over the channel's route, from its last handshake, before any PING
-    #: (initiator: HELLO to HELLO_REPLY; responder: HELLO_REPLY to FINISH), timed from when
+    #: (initiator: HELLO to HELLO_REPLY, or IK_HELLO to IK_REPLY; responder: HELLO_REPLY to
+    #: FINISH, or IK_REPLY to the initiator's first sealed message), timed from when
     #: the message was handed to the hop (a dial it waited for is not counted): the path
     #: service times a punch's start with it.
     handshake_rtt: float | None = None
@@ -134,7 +139,11 @@ class Channel:
         if self.reconnecting:
             return ChannelState.RECONNECTING
         if self.session.state is SessionState.HANDSHAKING:
-            return ChannelState.HANDSHAKING
+            if self.peer is None:
+                return ChannelState.HANDSHAKING
+            # A channel that was open and whose re-handshake failed: it waits, as unreachable,
+            # for the liveness core's next attempt (not "handshaking", which refuses sends).
+            return ChannelState.UNREACHABLE
         if self.liveness.health is Health.UNREACHABLE:
             return ChannelState.UNREACHABLE
         return ChannelState.OPEN
@@ -166,11 +175,12 @@ class Channel:
     def heard_over(self, return_route: Route, *, came_direct: bool) -> None:
         """An authentic message came with ``return_route``, which proves the route good. The
         initiator keeps the route it was created with and learns the peer's decryptor from the
-        HELLO_REPLY (it ends the return route); the responder follows the way the initiator
-        came, and remembers it as the way through the relay unless it ``came_direct`` (over a
-        hop to the peer itself)."""
+        session's first answer (HELLO_REPLY or IK_REPLY: it ends the return route; until then
+        the route is the listener's, and each new session starts there again); the responder
+        follows the way the initiator came, and remembers it as the way through the relay
+        unless it ``came_direct`` (over a hop to the peer itself)."""
         if self.initiator:
-            if self.session.state is SessionState.HANDSHAKING and return_route:
+            if self.route == self.listener_route and return_route:
                 self.route = (*self.listener_route[:-1], return_route[-1])
         else:
             self.route = return_route
@@ -178,6 +188,15 @@ class Channel:
                 self.relay_route = return_route
         self.route_error = None
         self.in_flight.clear()
+
+    @property
+    def handshake(self) -> str:
+        """Which handshake made the current session: "IK", "XX", or "XX (fell back from IK:
+        why)"."""
+        session = self.session
+        if session.fell_back is not None:
+            return f"XX (fell back from IK: {session.fell_back})"
+        return session.pattern
 
     def fail_handshake(self, error: RemoteError) -> None:
         """The handshake cannot finish: whoever awaits it (``create()``, a re-handshake)
@@ -224,4 +243,5 @@ class Channel:
             "created_at": self.created_at,
             "opened_at": self.opened_at,
             "no_direct": self.no_direct,
+            "handshake": self.handshake,
         }

@@ -2,10 +2,45 @@
 
 Bytes in (channel payloads, :mod:`meshkey.wire.channel`), results out; no sockets, no clock.
 
-After the Noise XX handshake each side knows the other's NodeId: it checked that the NodeId's
+After the handshake each side knows the other's NodeId: it checked that the NodeId's
 signature attests the X25519 static key Noise authenticated, and (if given) that the NodeId is
-in its ``authorized`` set. The responder then sends CONFIRM (or REFUSE), so an initiator that
-is not wanted hears so instead of talking into the void.
+in its ``authorized`` set. Two handshakes (:mod:`meshkey.channel.noise`):
+
+* **XX** (three messages), when nothing is known of the responder. The responder then sends
+  CONFIRM (or REFUSE), so an initiator that is not wanted hears so instead of talking into the
+  void: open after two round trips.
+* **IK** (two messages), when the initiator knows the responder's X25519 static key
+  (``responder_key``, from its signed peer record). IK_HELLO carries the initiator's identity
+  proof, IK_REPLY the responder's: the initiator is open after one round trip, and sends a
+  sealed CONFIRM (then its data, in the same breath). The responder is open at the first sealed
+  message from the initiator, not at IK_HELLO: that one can be replayed by anyone who saw it,
+  and a replay must not open a channel (its freshness is also checked:
+  :mod:`meshkey.channel.freshness`). A responder that cannot use the IK_HELLO (it does not hold
+  the key the initiator encrypted to: the record was stale, the node has a new key; or the
+  hello is a replay) raises :class:`UseXX`, and its glue answers USE_XX; the initiator's session
+  then starts over as XX by itself (:attr:`Received.restarted`), over the same route.
+
+What each side learns, and when (identity hiding, Noise spec section 7). With XX, a passive
+observer of the route (the relay) learns neither identity, and the initiator's travels with
+forward secrecy; the responder shows its identity before the initiator proves one, so an active
+attacker posing as an initiator learns whom it reached. With IK, the initiator's identity
+travels in IK_HELLO encrypted to the responder's static key: a passive observer and the relay
+still learn neither identity (the responder's NodeId travels in IK_REPLY, with forward secrecy;
+its key was public in its record anyway). What IK gives up: a party that later obtains the
+responder's static private key can decrypt recorded IK_HELLOs and learn who dialled (no forward
+secrecy for the initiator's identity), and one that holds it now can forge an IK_HELLO from any
+initiator whose attestation it has (key-compromise impersonation). Neither opens a channel:
+the responder opens only when the initiator proves the final keys, which need the initiator's
+static private key; what such a forgery reaches is the early data hook (see below). Everything
+after IK_HELLO has forward secrecy, as with XX.
+
+Early data: each side may have the handshake carry an opaque payload (at most
+:data:`~meshkey.wire.channel.MAX_EARLY_DATA` bytes, encrypted under the handshake keys) for the
+layer above, e.g. a punch's candidates: the initiator's in IK_HELLO (XX: FINISH), the
+responder's in IK_REPLY (XX: HELLO_REPLY, when the responder does not yet know who dials, so it
+is asked with ``peer=None``). The session asks its :class:`HandshakeHooks` for this side's as it
+writes the message, and hands them the peer's once its sender is authenticated, before it
+writes its answer.
 
 Transport messages carry explicit 64-bit nonces. Every :data:`REKEY_INTERVAL` nonces the key
 moves on (Noise REKEY); a receiver accepts each nonce once, within :data:`REPLAY_WINDOW` of the
@@ -26,8 +61,11 @@ Errors are split as in STYLE.md: :class:`ChannelError` is what the peer (or the 
 :class:`ChannelUseError` what the owner did; a failed handshake is terminal and says why.
 
     initiator  START -start-> SENT_HELLO -HELLO_REPLY-> SENT_FINISH -CONFIRM-> OPEN
+               START -start_ik-> SENT_IK_HELLO -IK_REPLY-> OPEN
+                                 SENT_IK_HELLO -USE_XX-> SENT_HELLO (and on as XX)
     responder  AWAIT_HELLO -HELLO-> SENT_REPLY -FINISH-> OPEN
-    OPEN       DATA, PING, PONG, seal: OPEN;  CLOSE: CLOSED
+               AWAIT_HELLO -IK_HELLO-> SENT_IK_REPLY -CONFIRM, DATA, PING-> OPEN
+    OPEN       DATA, PING, PONG, CONFIRM, seal: OPEN;  CLOSE: CLOSED
     any phase  close: CLOSED;  REFUSE (initiator, handshaking) and any failed handshake: CLOSED
 """
 
@@ -35,25 +73,39 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshkey.channel.noise import Cipher, NoiseError, NoiseXX, aead, nonce_bytes, rekey
+from meshkey.channel.freshness import ReplayGuard
+from meshkey.channel.noise import (
+    Cipher,
+    NoiseError,
+    NoiseHandshake,
+    NoiseIK,
+    NoiseXX,
+    aead,
+    nonce_bytes,
+    rekey,
+)
 from meshkey.identity.attestation import attest_static_key, verify_static_key
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.channel import (
     CHANNEL_VERSION,
+    MAX_EARLY_DATA,
     ChannelKind,
     Handshake,
+    HandshakePayload,
     IdentityProof,
     Refuse,
     Sealed,
+    UseXX,
     decode_channel,
-    decode_identity_proof,
+    decode_handshake_payload,
     encode_channel,
-    encode_identity_proof,
+    encode_handshake_payload,
 )
 from meshkey.wire.errors import WireError
 
@@ -74,6 +126,12 @@ class ChannelError(Exception):
         self.refuse = refuse
 
 
+class UseXXInstead(ChannelError):
+    """A responder cannot use this IK_HELLO (it does not hold the static key the initiator
+    encrypted to, or the hello is a replay): the glue answers USE_XX, and the initiator starts
+    again with XX."""
+
+
 class ReplayedMessage(Exception):
     """A duplicate or too-old message: dropped, the channel goes on."""
 
@@ -90,15 +148,52 @@ class ChannelUseError(RuntimeError):
 
 
 class StaticKey:
-    """A node's X25519 static key and its identity's attestation of it (per process)."""
+    """A node's X25519 static key and its identity's attestation of it: a new key per process
+    unless ``private`` is given (a key kept in the node's state, so that the one its signed
+    peer record names outlives a restart)."""
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, private: X25519PrivateKey | None = None) -> None:
         self.identity = identity
-        self.private = X25519PrivateKey.generate()
+        self.private = private if private is not None else X25519PrivateKey.generate()
         self.public = self.private.public_key().public_bytes_raw()
-        self.proof = encode_identity_proof(
-            IdentityProof(identity.node_id.raw, attest_static_key(identity, self.public))
-        )
+        self.proof = IdentityProof(identity.node_id.raw, attest_static_key(identity, self.public))
+
+
+@runtime_checkable
+class HandshakeHooks(Protocol):
+    """Early data: what the path manager may have secure-channel handshakes carry, each way
+    (issue 20: a punch's candidates and timed start negotiated inside the handshake).
+    Optional: the channels ask their :class:`~meshkey.channel.record.PathHooks` object when it
+    also has these two methods; an object without them, or returning b"", costs nothing (the
+    handshake messages stay as they were). Both are called synchronously on the event loop,
+    in the handshake's path: no I/O, no waiting. The data is opaque to channels, at most
+    :data:`~meshkey.wire.channel.MAX_EARLY_DATA` bytes each way, and encrypted under the
+    handshake keys (never visible to the relay).
+
+    Where it travels: IK (the initiator knew the responder's key): the initiator's in IK_HELLO,
+    the responder's in IK_REPLY, so both sides have the other's after one round trip (the
+    responder after half of one). XX: the responder's in HELLO_REPLY, the initiator's in FINISH
+    (the first messages encrypted at all). The peer's data is always delivered before this
+    side writes its answer, so the answer can depend on it."""
+
+    def handshake_payload(self, peer: NodeId | None, initiator: bool) -> bytes:
+        """The early data for the handshake message this side is writing; ``initiator`` is this
+        side's role. ``peer``: for an initiator, the identity it dials (IK_HELLO: the one
+        ``authorized`` NodeId, if it names exactly one, else None; FINISH: the responder, now
+        authenticated); for a responder, the authenticated initiator (IK_REPLY), or None when it
+        does not know yet who dials (XX's HELLO_REPLY: whatever it gives goes to anyone who
+        sends a HELLO). An exception or more than MAX_EARLY_DATA bytes is logged and sends
+        nothing."""
+
+    def on_handshake_payload(self, peer: NodeId, data: bytes, initiator: bool) -> None:
+        """``peer``'s early data arrived (never empty), its sender authenticated as ``peer``;
+        ``initiator`` is this side's role. Called before the channel opens on this side (the
+        initiator: as its channel opens, before the path manager hears ``channel_opened``; the
+        XX initiator may still be refused after). For an IK responder it comes from IK_HELLO,
+        which is authenticated as ``peer``'s only as far as this node's static key is secret,
+        and is fresh by its timestamp (:mod:`meshkey.channel.freshness`) but not yet proven
+        live: act on it as on a hint (probe addresses seen, within a budget), not as on an open
+        channel. An exception is logged and ignored."""
 
 
 class _Sender:
@@ -186,8 +281,11 @@ class Phase(enum.Enum):
     START = "start"  # initiator, before start()
     SENT_HELLO = "sent HELLO"  # initiator, awaiting HELLO_REPLY
     SENT_FINISH = "sent FINISH"  # initiator, awaiting CONFIRM (it has the keys already)
+    SENT_IK_HELLO = "sent IK_HELLO"  # initiator, awaiting IK_REPLY (or USE_XX)
     AWAIT_HELLO = "awaiting HELLO"  # responder, new
     SENT_REPLY = "sent HELLO_REPLY"  # responder, awaiting FINISH
+    #: responder, awaiting the initiator's first sealed message (it has the keys already)
+    SENT_IK_REPLY = "sent IK_REPLY"
     OPEN = "open"
     CLOSED = "closed"
 
@@ -203,7 +301,8 @@ class Phase(enum.Enum):
 class Local(enum.Enum):
     """What the owner of a session does (the peer's inputs are the ChannelKinds it sends)."""
 
-    START = "start"
+    START = "start"  # with XX
+    START_IK = "start with IK"  # the session was given the responder's key
     SEAL = "seal"  # a DATA or PING payload
     CLOSE = "close"
 
@@ -212,7 +311,11 @@ Input = ChannelKind | Local
 
 #: Every input each phase allows, and the phase it leads to; anything else is refused.
 TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
-    Phase.START: {Local.START: Phase.SENT_HELLO, Local.CLOSE: Phase.CLOSED},
+    Phase.START: {
+        Local.START: Phase.SENT_HELLO,
+        Local.START_IK: Phase.SENT_IK_HELLO,
+        Local.CLOSE: Phase.CLOSED,
+    },
     Phase.SENT_HELLO: {
         ChannelKind.HELLO_REPLY: Phase.SENT_FINISH,
         ChannelKind.REFUSE: Phase.CLOSED,  # the listener's answer (or a forgery: see wire)
@@ -223,12 +326,32 @@ TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
         ChannelKind.REFUSE: Phase.CLOSED,  # the listener does not want this identity
         Local.CLOSE: Phase.CLOSED,
     },
-    Phase.AWAIT_HELLO: {ChannelKind.HELLO: Phase.SENT_REPLY, Local.CLOSE: Phase.CLOSED},
+    Phase.SENT_IK_HELLO: {
+        ChannelKind.IK_REPLY: Phase.OPEN,
+        ChannelKind.USE_XX: Phase.SENT_HELLO,  # the session starts again, as XX
+        ChannelKind.REFUSE: Phase.CLOSED,
+        Local.CLOSE: Phase.CLOSED,
+    },
+    Phase.AWAIT_HELLO: {
+        ChannelKind.HELLO: Phase.SENT_REPLY,
+        ChannelKind.IK_HELLO: Phase.SENT_IK_REPLY,
+        Local.CLOSE: Phase.CLOSED,
+    },
     Phase.SENT_REPLY: {ChannelKind.FINISH: Phase.OPEN, Local.CLOSE: Phase.CLOSED},
+    Phase.SENT_IK_REPLY: {
+        # The initiator's first sealed message proves it holds the session's keys (a replayed
+        # IK_HELLO never gets this far): CONFIRM, or its data or ping if they overtook it.
+        ChannelKind.CONFIRM: Phase.OPEN,
+        ChannelKind.DATA: Phase.OPEN,
+        ChannelKind.PING: Phase.OPEN,
+        ChannelKind.CLOSE: Phase.CLOSED,
+        Local.CLOSE: Phase.CLOSED,
+    },
     Phase.OPEN: {
         ChannelKind.DATA: Phase.OPEN,
         ChannelKind.PING: Phase.OPEN,
         ChannelKind.PONG: Phase.OPEN,
+        ChannelKind.CONFIRM: Phase.OPEN,  # an IK initiator's, overtaken by its data
         ChannelKind.CLOSE: Phase.CLOSED,
         Local.SEAL: Phase.OPEN,
         Local.CLOSE: Phase.CLOSED,
@@ -236,7 +359,15 @@ TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
     Phase.CLOSED: {Local.CLOSE: Phase.CLOSED},
 }
 
-_HANDSHAKE_KINDS = frozenset({ChannelKind.HELLO, ChannelKind.HELLO_REPLY, ChannelKind.FINISH})
+_HANDSHAKE_KINDS = frozenset(
+    {
+        ChannelKind.HELLO,
+        ChannelKind.HELLO_REPLY,
+        ChannelKind.FINISH,
+        ChannelKind.IK_HELLO,
+        ChannelKind.IK_REPLY,
+    }
+)
 
 
 @dataclass
@@ -249,9 +380,18 @@ class Received:
     closed: str | None = None  # the peer closed the channel, with this reason
     pong: bool = False  # an answer to our PING
     nonce: int | None = None  # the sealed message's nonce (its place in the peer's order)
+    #: The IK handshake was refused with USE_XX, saying why: ``reply`` is a new XX HELLO, to
+    #: go over the route the IK_HELLO went.
+    restarted: str | None = None
 
 
 class SecureSession:
+    """One end of a channel. ``responder_key`` (initiator only): the responder's X25519 static
+    key, known beforehand: the handshake is IK, falling back to XX if the responder cannot use
+    it. ``hooks``: what the layer above has the handshake carry (:class:`HandshakeHooks`).
+    ``replay_guard`` (responder only): remembers IK_HELLO timestamps across sessions; without
+    one, replays are not detected (they still cannot open a channel)."""
+
     def __init__(
         self,
         initiator: bool,
@@ -259,7 +399,12 @@ class SecureSession:
         *,
         authorized: frozenset[NodeId] | None = None,
         cipher: Cipher = "AESGCM",
+        responder_key: bytes | None = None,
+        hooks: HandshakeHooks | None = None,
+        replay_guard: ReplayGuard | None = None,
     ) -> None:
+        if responder_key is not None and not initiator:
+            raise ValueError("only an initiator is given the responder's key")
         self.initiator = initiator
         self._phase = Phase.START if initiator else Phase.AWAIT_HELLO
         self.failure: str | None = None
@@ -267,9 +412,20 @@ class SecureSession:
         self._static = static
         self._authorized = authorized
         self._cipher: Cipher = cipher
-        self._noise = NoiseXX(initiator, static.private, prologue=PROLOGUE, cipher=cipher)
+        self._responder_key = responder_key
+        self._hooks = hooks
+        self._replay_guard = replay_guard
+        self._noise: NoiseHandshake
+        if responder_key is not None:
+            self._noise = NoiseIK(
+                True, static.private, remote_static=responder_key, prologue=PROLOGUE, cipher=cipher
+            )
+        else:
+            self._noise = NoiseXX(initiator, static.private, prologue=PROLOGUE, cipher=cipher)
         self._sender: _Sender | None = None
         self._receiver: _Receiver | None = None
+        #: Why an IK handshake fell back to XX (the responder's USE_XX), if it did.
+        self.fell_back: str | None = None
 
     @property
     def phase(self) -> Phase:
@@ -279,8 +435,32 @@ class SecureSession:
     def state(self) -> State:
         return self._phase.state
 
-    def start(self) -> bytes:
-        """Initiator: the first handshake message; ChannelUseError if not in START."""
+    @property
+    def pattern(self) -> str:
+        """The handshake in use: "IK" or "XX"."""
+        return "IK" if isinstance(self._noise, NoiseIK) else "XX"
+
+    @property
+    def peer_static(self) -> bytes | None:
+        """The peer's X25519 static key, once the handshake authenticated it."""
+        return self._noise.remote_static if self.peer is not None else None
+
+    def start(self, *, timestamp: int = 0) -> bytes:
+        """Initiator: the first handshake message (IK_HELLO when the session was given the
+        responder's key, else HELLO, as when that key is not a usable X25519 public key);
+        ChannelUseError if not in START. ``timestamp`` (IK only):
+        the initiator's strictly increasing clock, in nanoseconds, that the responder checks
+        freshness with (:class:`~meshkey.channel.freshness.Timestamps`)."""
+        if self._responder_key is not None:
+            after = self._allowed_locally(Local.START_IK)
+            payload = self._payload(self._expected_peer(), timestamp=timestamp)
+            try:
+                noise = self._noise.write_message(payload)
+            except NoiseError as exc:  # e.g. a low-order point in a (hostile) record
+                self._use_xx(f"the responder's key is not usable ({exc})")
+            else:
+                self._phase = after
+                return encode_channel(Handshake(ChannelKind.IK_HELLO, noise))
         after = self._allowed_locally(Local.START)
         hello = encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
         self._phase = after
@@ -327,6 +507,8 @@ class SecureSession:
         if isinstance(payload, Refuse):
             self._allowed(ChannelKind.REFUSE)  # to CLOSED, by the failed handshake's rule
             raise ChannelError(f"refused by the listener: {payload.reason}")
+        if isinstance(payload, UseXX):
+            return self._fall_back(payload.reason)
         if isinstance(payload, Handshake):
             return self._handshake(payload)
         return self._sealed(payload)
@@ -344,6 +526,8 @@ class SecureSession:
         state = self.state
         if kind is ChannelKind.REFUSE:
             return "unexpected refusal"
+        if kind is ChannelKind.USE_XX:
+            return "unexpected USE_XX (only an IK handshake in progress can fall back to XX)"
         if kind in _HANDSHAKE_KINDS:
             if state is State.HANDSHAKING:
                 return f"unexpected {kind.name} during the handshake"
@@ -366,33 +550,111 @@ class SecureSession:
         raise ChannelUseError(f"cannot send on a channel that is {self.state.value}")
 
     def _handshake(self, message: Handshake) -> Received:
-        after = self._allowed(message.kind)
+        kind = message.kind
+        if kind is ChannelKind.IK_REPLY and self.fell_back is not None:
+            # The responder's IK_REPLY came after a USE_XX (forged, or a replay's answer) had
+            # made us start again as XX: the XX handshake goes on; this one is dropped.
+            raise ReplayedMessage("an IK_REPLY after the handshake fell back to XX: dropped")
+        after = self._allowed(kind)
+        if kind is ChannelKind.IK_HELLO:
+            return self._ik_hello(message.noise, after)
         try:
             payload = self._noise.read_message(message.noise)
-            if message.kind == ChannelKind.HELLO:
-                reply = self._noise.write_message(self._static.proof)
+            if kind is ChannelKind.HELLO:
+                # The responder does not know yet who dials: the layer above is asked so.
+                reply = self._noise.write_message(self._payload(None))
                 self._phase = after
                 return Received(reply=encode_channel(Handshake(ChannelKind.HELLO_REPLY, reply)))
-            self._check_peer(payload)
-            if message.kind == ChannelKind.HELLO_REPLY:
-                finish = self._noise.write_message(self._static.proof)
+            self._arrived(self._check_peer(payload))
+            if kind is ChannelKind.HELLO_REPLY:
+                finish = self._noise.write_message(self._payload(self.peer))
                 self._keys()
                 self._phase = after
                 return Received(reply=encode_channel(Handshake(ChannelKind.FINISH, finish)))
         except NoiseError as exc:
             raise ChannelError(f"handshake failed: {exc}") from exc
-        # FINISH: the responder is done; CONFIRM tells the initiator it was accepted.
+        # FINISH (XX responder) or IK_REPLY (IK initiator): done, and a sealed CONFIRM says so
+        # (the XX initiator hears it was accepted; the IK responder, that this is no replay).
         self._keys()
         self._phase = after
         assert self._sender is not None
         confirm = encode_channel(self._sender.seal(ChannelKind.CONFIRM, b""))
         return Received(reply=confirm, opened=True)
 
-    def _check_peer(self, payload: bytes) -> None:
+    def _ik_hello(self, noise_message: bytes, after: Phase) -> Received:
+        """Responder: an IK_HELLO. What cannot be read with this node's static key, or is not
+        fresh, raises UseXXInstead (the glue answers USE_XX); an identity that is not wanted
+        is refused, as with XX."""
+        noise = NoiseIK(False, self._static.private, prologue=PROLOGUE, cipher=self._cipher)
+        self._noise = noise
         try:
-            proof = decode_identity_proof(payload)
+            payload = noise.read_message(noise_message)
+        except NoiseError as exc:
+            raise UseXXInstead(
+                f"this IK handshake cannot be read with this node's static key ({exc}): "
+                "the key it was encrypted to is stale, or it was tampered with"
+            ) from exc
+        hello = self._check_peer(payload)
+        assert self.peer is not None
+        guard = self._replay_guard
+        if guard is not None and not guard.accept(self.peer.raw, hello.timestamp):
+            raise UseXXInstead("a replayed or stale IK handshake (its timestamp was seen)")
+        self._arrived(hello)
+        try:
+            reply = noise.write_message(self._payload(self.peer))
+        except NoiseError as exc:
+            raise ChannelError(f"handshake failed: {exc}") from exc
+        self._keys()
+        self._phase = after
+        return Received(reply=encode_channel(Handshake(ChannelKind.IK_REPLY, reply)))
+
+    def _fall_back(self, reason: str) -> Received:
+        """Initiator: the responder cannot use our IK_HELLO; start again with XX. A USE_XX
+        that no IK handshake waits for (the answer to a replay of our IK_HELLO, or one that
+        came after the IK_REPLY) is dropped, never fatal: it is unauthenticated,
+        and closing on it would let a replay close channels."""
+        if self.initiator and ChannelKind.USE_XX not in TRANSITIONS[self._phase]:
+            raise ReplayedMessage("a USE_XX no IK handshake waits for: dropped")
+        after = self._allowed(ChannelKind.USE_XX)
+        self._use_xx(reason)
+        hello = encode_channel(Handshake(ChannelKind.HELLO, self._noise.write_message()))
+        self._phase = after
+        return Received(reply=hello, restarted=reason)
+
+    def _use_xx(self, reason: str) -> None:
+        """Initiator: IK is given up (``reason``); the handshake is XX from here."""
+        self.fell_back = reason
+        self._responder_key = None
+        self._noise = NoiseXX(True, self._static.private, prologue=PROLOGUE, cipher=self._cipher)
+
+    def _expected_peer(self) -> NodeId | None:
+        authorized = self._authorized
+        if authorized is not None and len(authorized) == 1:
+            return next(iter(authorized))
+        return None
+
+    def _payload(self, peer: NodeId | None, *, timestamp: int = 0) -> bytes:
+        """This side's identity proof, with the early data the layer above gives for ``peer``
+        (and an IK_HELLO's timestamp)."""
+        early = self._hooks.handshake_payload(peer, self.initiator) if self._hooks else b""
+        if len(early) > MAX_EARLY_DATA:
+            raise ChannelUseError(
+                f"early data of {len(early)} bytes (a handshake carries {MAX_EARLY_DATA})"
+            )
+        return encode_handshake_payload(HandshakePayload(self._static.proof, timestamp, early))
+
+    def _arrived(self, hello: HandshakePayload) -> None:
+        """The authenticated peer's early data goes to the layer above (if it sent any)."""
+        if hello.early_data and self._hooks is not None:
+            assert self.peer is not None
+            self._hooks.on_handshake_payload(self.peer, hello.early_data, self.initiator)
+
+    def _check_peer(self, payload: bytes) -> HandshakePayload:
+        try:
+            hello = decode_handshake_payload(payload)
         except WireError as exc:
             raise ChannelError(f"malformed identity proof: {exc}") from exc
+        proof = hello.proof
         peer = NodeId(proof.node_id)
         static = self._noise.remote_static
         assert static is not None
@@ -404,6 +666,7 @@ class SecureSession:
                 f"{role} {peer} is not among the authorized identities", refuse=not self.initiator
             )
         self.peer = peer
+        return hello
 
     def _keys(self) -> None:
         send, receive = self._noise.split()
@@ -418,17 +681,20 @@ class SecureSession:
         # Opened before the table is asked: a replay is dropped (ReplayedMessage), a forgery
         # fails authentication, and the kind is authenticated (it is in the associated data).
         plaintext = self._receiver.open(sealed)
+        before = self._phase
         self._phase = self._allowed(sealed.kind)
+        # Opened: an XX initiator by the CONFIRM, an IK responder by any first sealed message.
+        opened = self._phase is Phase.OPEN and before is not Phase.OPEN
         nonce = sealed.nonce
         if sealed.kind == ChannelKind.CONFIRM:
-            return Received(opened=True, nonce=nonce)
+            return Received(opened=opened, nonce=nonce)
         if sealed.kind == ChannelKind.CLOSE:
             reason = plaintext.decode("utf-8", errors="replace") or "closed"
             return Received(closed=reason, nonce=nonce)
         if sealed.kind == ChannelKind.PING:
             assert self._sender is not None
             pong = encode_channel(self._sender.seal(ChannelKind.PONG, b""))
-            return Received(reply=pong, nonce=nonce)
+            return Received(reply=pong, opened=opened, nonce=nonce)
         if sealed.kind == ChannelKind.PONG:
             return Received(pong=True, nonce=nonce)
-        return Received(plaintext=plaintext, nonce=nonce)
+        return Received(plaintext=plaintext, opened=opened, nonce=nonce)

@@ -2,15 +2,26 @@
 
     u8 version | u8 kind | body
 
-kinds: HELLO, HELLO_REPLY, FINISH carry Noise XX handshake messages; CONFIRM, DATA, CLOSE,
-PING and PONG carry ``u64 nonce | AEAD ciphertext`` (PING/PONG: the channel's own liveness,
-authentic and replay-protected like data, so no node on the route can fake an answer);
-REFUSE carries a plaintext reason (it can be forged by
-anyone on the route, who could as well drop the handshake: it only makes failures readable).
+kinds: HELLO, HELLO_REPLY, FINISH carry Noise XX handshake messages, IK_HELLO and IK_REPLY
+Noise IK's two (the initiator knew the responder's static key); CONFIRM, DATA, CLOSE, PING and
+PONG carry ``u64 nonce | AEAD ciphertext`` (PING/PONG: the channel's own liveness, authentic
+and replay-protected like data, so no node on the route can fake an answer); REFUSE and USE_XX
+carry a plaintext reason. REFUSE says the handshake is over; USE_XX, a listener's answer to an
+IK_HELLO it cannot use (it does not hold the static key the initiator encrypted to: a stale
+record, a rotated key; or the message was a replay), asks the initiator to start again with XX.
+Both can be forged by anyone on the route, who could as well drop the handshake: they only make
+failures readable and fast (a forged USE_XX costs one round trip, and XX is as secure).
 
-Inside Noise messages 2 and 3, each side sends its identity proof::
+Inside the Noise messages that carry one (XX 2 and 3, IK 1 and 2), each side sends its
+identity proof, in one of two versions::
 
-    u8 version | 32-byte NodeId | 64-byte Ed25519 signature attesting its X25519 static key
+    1: u8 1 | 32-byte NodeId | 64-byte Ed25519 signature attesting its X25519 static key
+    2: u8 2 | NodeId | signature | u64 timestamp | u16 length | early data
+
+Version 1 is sent whenever the rest would be empty (so XX stays as it was). The timestamp
+(IK_HELLO only: nanoseconds of the initiator's clock, strictly increasing per process) lets
+the responder drop a replayed IK_HELLO; early data (at most :data:`MAX_EARLY_DATA` bytes,
+opaque here) is what the layer above has the handshake carry, e.g. a punch's candidates.
 """
 
 from __future__ import annotations
@@ -19,11 +30,15 @@ import enum
 from dataclasses import dataclass
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
-from meshkey.wire.reader import Reader, u64
+from meshkey.wire.reader import Reader, u16, u64
 
 CHANNEL_VERSION = 1
-MAX_HANDSHAKE = 1024
 MAX_REASON = 512
+#: Opaque early data one handshake message may carry, each way.
+MAX_EARLY_DATA = 1024
+#: The longest handshake message: XX's second or IK's first (ephemeral 32, encrypted static
+#: 32 + 16, a version 2 proof of 107 + early data, its tag 16), with room to spare.
+MAX_HANDSHAKE = 1280
 
 
 class ChannelKind(enum.IntEnum):
@@ -36,12 +51,23 @@ class ChannelKind(enum.IntEnum):
     REFUSE = 7
     PING = 8
     PONG = 9
+    IK_HELLO = 10
+    IK_REPLY = 11
+    USE_XX = 12
 
 
 _SEALED = frozenset(
     {ChannelKind.CONFIRM, ChannelKind.DATA, ChannelKind.CLOSE, ChannelKind.PING, ChannelKind.PONG}
 )
-_HANDSHAKE = frozenset({ChannelKind.HELLO, ChannelKind.HELLO_REPLY, ChannelKind.FINISH})
+_HANDSHAKE = frozenset(
+    {
+        ChannelKind.HELLO,
+        ChannelKind.HELLO_REPLY,
+        ChannelKind.FINISH,
+        ChannelKind.IK_HELLO,
+        ChannelKind.IK_REPLY,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +88,14 @@ class Refuse:
     reason: str
 
 
-ChannelPayload = Handshake | Sealed | Refuse
+@dataclass(frozen=True, slots=True)
+class UseXX:
+    """The listener cannot use this IK_HELLO: start again with XX (unauthenticated)."""
+
+    reason: str
+
+
+ChannelPayload = Handshake | Sealed | Refuse | UseXX
 
 
 def encode_channel(payload: ChannelPayload) -> bytes:
@@ -74,6 +107,8 @@ def encode_channel(payload: ChannelPayload) -> bytes:
             return header + bytes([kind]) + u64(nonce) + ciphertext
         case Refuse(reason):
             return header + bytes([ChannelKind.REFUSE]) + reason.encode()[:MAX_REASON]
+        case UseXX(reason):
+            return header + bytes([ChannelKind.USE_XX]) + reason.encode()[:MAX_REASON]
     raise TypeError(f"not a channel payload: {payload!r}")
 
 
@@ -106,7 +141,8 @@ def decode_channel(data: bytes) -> ChannelPayload:
         return Sealed(kind, reader.u64(), reader.rest())
     if reader.remaining > MAX_REASON:
         raise OversizeError("refusal reason too long")
-    return Refuse(reader.rest().decode("utf-8", errors="replace"))
+    reason = reader.rest().decode("utf-8", errors="replace")
+    return UseXX(reason) if kind is ChannelKind.USE_XX else Refuse(reason)
 
 
 IDENTITY_PROOF_VERSION = 1
@@ -130,3 +166,51 @@ def decode_identity_proof(data: bytes) -> IdentityProof:
     proof = IdentityProof(reader.take(32), reader.take(64))
     reader.end()
     return proof
+
+
+HANDSHAKE_PAYLOAD_VERSION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakePayload:
+    """What a handshake message carries inside Noise: the sender's identity proof, and (version
+    2) an IK_HELLO's timestamp and the early data of the layer above."""
+
+    proof: IdentityProof
+    timestamp: int = 0
+    early_data: bytes = b""
+
+
+def encode_handshake_payload(payload: HandshakePayload) -> bytes:
+    if not payload.timestamp and not payload.early_data:
+        return encode_identity_proof(payload.proof)
+    if len(payload.early_data) > MAX_EARLY_DATA:
+        raise ValueError(
+            f"early data of {len(payload.early_data)} bytes (at most {MAX_EARLY_DATA})"
+        )
+    return (
+        bytes([HANDSHAKE_PAYLOAD_VERSION])
+        + payload.proof.node_id
+        + payload.proof.signature
+        + u64(payload.timestamp)
+        + u16(len(payload.early_data))
+        + payload.early_data
+    )
+
+
+def decode_handshake_payload(data: bytes) -> HandshakePayload:
+    reader = Reader(data, "handshake payload")
+    version = reader.u8()
+    if version not in (IDENTITY_PROOF_VERSION, HANDSHAKE_PAYLOAD_VERSION):
+        raise UnsupportedVersionError(f"identity proof version {version}")
+    proof = IdentityProof(reader.take(32), reader.take(64))
+    if version == IDENTITY_PROOF_VERSION:
+        reader.end()
+        return HandshakePayload(proof)
+    timestamp = reader.u64()
+    size = reader.u16()
+    if size > MAX_EARLY_DATA:
+        raise OversizeError(f"early data of {size} bytes")
+    early_data = reader.take(size)
+    reader.end()
+    return HandshakePayload(proof, timestamp, early_data)
