@@ -177,7 +177,7 @@ def test_peer_record_rejects_truncation_trailing_bytes_and_bad_counts() -> None:
     with pytest.raises(MalformedError):
         decode_peer_record(encoded + b"\0")
     with pytest.raises(UnsupportedVersionError):
-        decode_peer_record(b"\x02" + encoded[1:])
+        decode_peer_record(b"\x01" + encoded[1:])  # version 1 records are not read any more
     too_many = bytearray(encoded)
     too_many[1 + 32 + 16 + 1] = 6  # six direct addresses
     with pytest.raises(WireError):
@@ -186,3 +186,25 @@ def test_peer_record_rejects_truncation_trailing_bytes_and_bad_counts() -> None:
         decode_peer_record(b"\x01" * (MAX_PEER_RECORD + 1))
     with pytest.raises(ValueError, match="relay route"):
         record_body(WirePeerRecord(b"n" * 32, 1, 2, relays=("x" * 201,)))
+
+
+def test_a_record_carries_the_channel_key_and_local_addresses() -> None:
+    record = WirePeerRecord(
+        b"n" * 32,
+        1,
+        2,
+        NatClass.ENDPOINT_INDEPENDENT,
+        (),
+        (("203.0.113.1", 4000),),
+        ("/a",),
+        b"s" * 64,
+        b"k" * 32,
+        (("10.1.0.2", 4000), ("192.168.1.7", 4000)),
+    )
+    assert decode_peer_record(encode_peer_record(record)) == record
+    with pytest.raises(ValueError, match="channel key"):
+        record_body(WirePeerRecord(b"n" * 32, 1, 2, channel_key=b"short"))
+    bad = bytearray(encode_peer_record(WirePeerRecord(b"n" * 32, 1, 2, signature=b"s" * 64)))
+    bad[-64 - 2] = 7  # a channel key of 7 bytes
+    with pytest.raises(WireError):
+        decode_peer_record(bytes(bad))

@@ -93,3 +93,13 @@ def test_no_direct_keeps_a_client_on_its_relay_even_with_a_hop_open() -> None:
     assert r.resolve(PEER, Known(), 3.0, relay_only=True) == Dial(
         SERVER.direct[0], "its record's address"
     )
+
+
+def test_a_peer_behind_the_same_nat_is_dialled_on_the_lan_before_its_relay() -> None:
+    r = PeerResolver()
+    lan = ("10.1.0.3", 41000)
+    r.on_record(PEER, RecordView(relays=(RELAY,), lan=(lan,)), 0.0)
+    assert r.resolve(PEER, Known(), 0.1) == Dial(lan, "its address on this LAN")
+    r.on_dial_failed(PEER, lan, 0.5)  # another home with the same private range
+    assert r.resolve(PEER, Known(), 0.6) == UseRelay(RELAY, "its record's relay")
+    assert r.resolve(PEER, Known(), 0.7, relay_only=True) == UseRelay(RELAY, "its record's relay")

@@ -74,6 +74,8 @@ class PeerRecord:
     reflexive: tuple[Endpoint, ...] = ()
     relays: tuple[str, ...] = ()
     raw: bytes = field(default=b"", compare=False, repr=False)
+    channel_key: bytes = b""  # X25519: what a Noise IK dial to the node needs
+    local: tuple[Endpoint, ...] = ()  # its own addresses (its LAN's, behind a NAT)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -84,6 +86,8 @@ class PeerRecord:
             "direct": [f"{h}:{p}" for h, p in self.direct],
             "reflexive": [f"{h}:{p}" for h, p in self.reflexive],
             "relays": list(self.relays),
+            "channel_key": self.channel_key.hex() or None,
+            "local": [f"{h}:{p}" for h, p in self.local],
         }
 
 
@@ -96,6 +100,8 @@ def sign_record(
     direct: Iterable[Endpoint] = (),
     reflexive: Iterable[Endpoint] = (),
     relays: Iterable[str] = (),
+    channel_key: bytes = b"",
+    local: Iterable[Endpoint] = (),
 ) -> PeerRecord:
     fields = WirePeerRecord(
         identity.node_id.raw,
@@ -105,6 +111,9 @@ def sign_record(
         tuple(direct),
         tuple(reflexive),
         tuple(relays),
+        b"",
+        channel_key,
+        tuple(local),
     )
     signature = identity.sign(signed_bytes(fields))
     signed = WirePeerRecord(
@@ -116,6 +125,8 @@ def sign_record(
         fields.reflexive,
         fields.relays,
         signature,
+        fields.channel_key,
+        fields.local,
     )
     return _typed(signed, encode_peer_record(signed))
 
@@ -130,6 +141,8 @@ def _typed(fields: WirePeerRecord, raw: bytes) -> PeerRecord:
         fields.reflexive,
         fields.relays,
         raw,
+        fields.channel_key,
+        fields.local,
     )
 
 
@@ -264,6 +277,8 @@ class RecordContent:
     direct: tuple[Endpoint, ...] = ()
     reflexive: tuple[Endpoint, ...] = ()
     relays: tuple[str, ...] = ()
+    channel_key: bytes = b""
+    local: tuple[Endpoint, ...] = ()
 
 
 class Publisher:
@@ -319,6 +334,8 @@ class Publisher:
             direct=content.direct,
             reflexive=content.reflexive,
             relays=content.relays,
+            channel_key=content.channel_key,
+            local=content.local,
         )
         spread = self.rng.uniform(1 - REPUBLISH_JITTER, 1 + REPUBLISH_JITTER)
         self._republish_at = now + self.lifetime * REPUBLISH_FRACTION * spread

@@ -374,6 +374,7 @@ class Node:
             self.graph.mode,
             self._paths.classification if self._paths is not None else None,
             self._relay_routes(),
+            self.channels.static.public,
         )
 
     def _relay_routes(self) -> tuple[str, ...]:

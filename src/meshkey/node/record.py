@@ -27,14 +27,20 @@ def behind_nat(found: Classification | None) -> bool | None:
     return found.nat_class is not NatClass.PUBLIC
 
 
+#: Own addresses a record lists (a LAN peer needs one; the record is size-limited).
+MAX_LOCAL = 3
+
+
 def record_content(
     udp: TransportAddress | None,
     mode: Mode,
     found: Classification | None,
     relays: tuple[str, ...],
+    channel_key: bytes = b"",
 ) -> RecordContent:
     """The record of a node whose UDP socket is ``udp``, in graph ``mode``, classified
-    ``found``, with active relay routes ``relays``."""
+    ``found``, with active relay routes ``relays`` and secure channels keyed ``channel_key``
+    (so a peer can dial it in one round trip, Noise IK)."""
     direct: tuple[Endpoint, ...] = ()
     if udp is not None and mode is Mode.SERVER:
         public = found.public_address if found is not None else None
@@ -46,7 +52,8 @@ def record_content(
     if found is not None:
         nat_class = found.nat_class
         reflexive = tuple(found.mappings[:2])
-    return RecordContent(nat_class, direct, reflexive, relays)
+    local = tuple(reachable_endpoints(udp.endpoint))[:MAX_LOCAL] if udp is not None else ()
+    return RecordContent(nat_class, direct, reflexive, relays, channel_key, local)
 
 
 def relay_routes(relays: Iterable[Relay], resolve: Callable[[str], Route]) -> tuple[str, ...]:

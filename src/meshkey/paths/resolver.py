@@ -10,10 +10,13 @@ signed record from the last lookup, and which ways failed lately). The ladder:
 
 1. the peer's **direct path** (a validated direct or punched hop the path manager chose);
 2. an **open hop** to the peer (the peer dialled in, or a hop this node holds);
-3. where the graph **dialled** the peer as a server — unless its own signed record says it is
+3. its record's **own addresses on this node's LAN**, when both sit behind the same public IP
+   (the glue works that out: same NAT, so the LAN is the way, not the relay, and not a
+   hairpin through the router);
+4. where the graph **dialled** the peer as a server — unless its own signed record says it is
    a client: a punched address is a path of the peer, never evidence that it can be dialled;
-4. the record's **direct addresses** (a server's), then its **relay routes** (a client's);
-5. a **lookup** when nothing above is known, or every way the record named failed lately
+5. the record's **direct addresses** (a server's), then its **relay routes** (a client's);
+6. a **lookup** when nothing above is known, or every way the record named failed lately
    (the peer may have moved its relay or its address); after a lookup that found nothing:
    no path. A record in use older than ``refresh_after`` is looked up again in the
    background (:meth:`PeerResolver.wants_refresh`), so a peer that moved is followed within
@@ -55,6 +58,7 @@ class RecordView:
 
     direct: tuple[Endpoint, ...] = ()
     relays: tuple[str, ...] = ()
+    lan: tuple[Endpoint, ...] = ()  # its own addresses on this node's LAN (same NAT)
 
     @property
     def client(self) -> bool:
@@ -175,6 +179,9 @@ class PeerResolver:
             self._peers.move_to_end(peer)
             state.failed = {way: until for way, until in state.failed.items() if until > now}
         failed = state.failed if state else {}
+        for endpoint in record.lan if record is not None and not relay_only else ():
+            if _dial_key(endpoint) not in failed:
+                return Dial(endpoint, "its address on this LAN")
         if (
             known.dialled_at is not None
             and (record is None or not record.client)

@@ -23,12 +23,15 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 from meshkey.channel.manager import ChannelState, SecureChannels
+from meshkey.dht.records import PeerRecord
 from meshkey.dht.service import DhtService
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.nat.allowance import networks_of
 from meshkey.nat.classify import Classification, SendWhoami
 from meshkey.nat.punch import (
     CloseBirthdaySockets,
@@ -364,8 +367,26 @@ class PathService:
                 log.debug("paths.lookup_failed", peer=peer, reason=str(exc))
             else:
                 if found.record is not None:
-                    record = RecordView(found.record.direct, found.record.relays)
+                    record = RecordView(
+                        found.record.direct, found.record.relays, self._on_this_lan(found.record)
+                    )
         self.resolver.on_record(peer, record, self.now())
+
+    def _on_this_lan(self, record: PeerRecord) -> tuple[Endpoint, ...]:
+        """The record's own addresses this node can reach on its LAN: only when both are
+        behind the same public IP (the same NAT), and only addresses in this host's
+        networks (two homes may both use 10.1.0.0/24)."""
+        found = self.classification
+        ours = found.public_ip if found is not None else None
+        theirs = {host for host, _ in record.reflexive}
+        if ours is None or ours not in theirs:
+            return ()
+        networks = networks_of((), interface_networks())
+        return tuple(
+            (host, port)
+            for host, port in record.local
+            if any(ip_address(host) in network for network in networks)
+        )
 
     def _watch_way(self, peer: NodeId, address: TransportAddress, relay: str | None) -> None:
         """Dials the first hop of a way (the router then uses that hop); if it fails, the

@@ -54,7 +54,8 @@ from meshkey.wire.net import Endpoint, NatClass
 from meshkey.wire.reader import Reader, u16, u64
 
 DHT_VERSION = 1
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2 added the channel key and local addresses
+CHANNEL_KEY_SIZE = 32
 MAX_DHT_MESSAGE = 8192
 MAX_PEER_RECORD = 1024
 TXID_SIZE = 8
@@ -413,6 +414,12 @@ class WirePeerRecord:
     reflexive: tuple[Endpoint, ...] = ()
     relays: tuple[str, ...] = ()
     signature: bytes = b""
+    #: The X25519 static key of the node's secure channels (what a Noise IK dial needs:
+    #: DESIGN.md decision 18), or empty.
+    channel_key: bytes = b""
+    #: The node's own addresses (behind a NAT: its LAN addresses), so a peer on the same
+    #: network reaches it there, even before any relay exists (issue 18).
+    local: tuple[Endpoint, ...] = ()
 
 
 def _record_endpoint(endpoint: Endpoint) -> bytes:
@@ -441,6 +448,13 @@ def record_body(record: WirePeerRecord) -> bytes:
         if not raw or len(raw) > MAX_RELAY_ROUTE:
             raise ValueError(f"a relay route is 1-{MAX_RELAY_ROUTE} bytes")
         parts.append(bytes([len(raw)]) + raw)
+    if record.channel_key and len(record.channel_key) != CHANNEL_KEY_SIZE:
+        raise ValueError(f"a channel key is {CHANNEL_KEY_SIZE} bytes")
+    parts.append(bytes([len(record.channel_key)]) + record.channel_key)
+    if len(record.local) > MAX_ADDRESSES:
+        raise ValueError(f"a record lists at most {MAX_ADDRESSES} addresses of each kind")
+    parts.append(bytes([len(record.local)]))
+    parts.extend(_record_endpoint(e) for e in record.local)
     body = b"".join(parts)
     if len(body) + SIGNATURE_SIZE > MAX_PEER_RECORD:
         raise OversizeError(f"peer record of {len(body) + SIGNATURE_SIZE} bytes")
@@ -478,7 +492,7 @@ def decode_peer_record(data: bytes) -> WirePeerRecord:
     reader = Reader(data, "peer record")
     version = reader.u8()
     if version != RECORD_VERSION:
-        raise UnsupportedVersionError(f"peer record version {version} (expected 1)")
+        raise UnsupportedVersionError(f"peer record version {version} (expected {RECORD_VERSION})")
     node_id = reader.take(NODE_ID_SIZE)
     sequence, expiry = reader.u64(), reader.u64()
     raw_class = reader.u8()
@@ -496,8 +510,22 @@ def decode_peer_record(data: bytes) -> WirePeerRecord:
         if not 1 <= size <= MAX_RELAY_ROUTE:
             raise MalformedError(f"relay route of {size} bytes")
         relays.append(reader.text(size))
+    key_size = reader.u8()
+    if key_size not in (0, CHANNEL_KEY_SIZE):
+        raise MalformedError(f"channel key of {key_size} bytes")
+    channel_key = reader.take(key_size)
+    local = _read_record_endpoints(reader)
     signature = reader.take(SIGNATURE_SIZE)
     reader.end()
     return WirePeerRecord(
-        node_id, sequence, expiry, nat_class, direct, reflexive, tuple(relays), signature
+        node_id,
+        sequence,
+        expiry,
+        nat_class,
+        direct,
+        reflexive,
+        tuple(relays),
+        signature,
+        channel_key,
+        local,
     )
