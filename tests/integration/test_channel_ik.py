@@ -167,6 +167,12 @@ class EarlyData:
     def path_info(self, peer: NodeId) -> dict[str, Any] | None:
         return self.paths.path_info(peer)
 
+    def channel_closed(self, peer: NodeId, address: str) -> None:
+        return None
+
+    async def peer_key(self, peer: NodeId) -> bytes | None:
+        return None
+
 
 async def test_early_data_crosses_the_relay_both_ways_encrypted(lab: Lab) -> None:
     yellow_paths, blue_paths = lab.yellow.channels.paths, lab.blue.channels.paths

@@ -82,6 +82,12 @@ class Hooks:
     def path_info(self, peer: NodeId) -> dict[str, Any] | None:
         return None
 
+    def channel_closed(self, peer: NodeId, address: str) -> None:
+        return None
+
+    async def peer_key(self, peer: NodeId) -> bytes | None:
+        return None
+
 
 def _reply(session: SecureSession, data: bytes) -> bytes:
     reply = session.receive(data).reply
@@ -617,6 +623,12 @@ def test_a_path_manager_without_the_early_data_hooks_still_fits() -> None:
             pass
 
         def path_info(self, peer: NodeId) -> dict[str, Any] | None:
+            return None
+
+        def channel_closed(self, peer: NodeId, address: str) -> None:
+            return None
+
+        async def peer_key(self, peer: NodeId) -> bytes | None:
             return None
 
     async def main(loop: FakeClockLoop) -> None:

@@ -91,7 +91,7 @@ from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.routing.address import Route, ServiceAddress, format_route
+from meshkey.routing.address import PeerAddress, Route, ServiceAddress, format_route
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router
@@ -249,7 +249,16 @@ class SecureChannels:
         trip. If the listener does not hold that key (the record was stale, the node has a new
         one) it answers USE_XX, and the handshake starts again as XX over the same route, within
         the same ``timeout`` (:attr:`Channel.handshake` says so). A listener that holds the key
-        but proves an identity not in ``authorized`` is refused, as with XX."""
+        but proves an identity not in ``authorized`` is refused, as with XX.
+
+        A route whose listener sits right after a ``/peer/NODEID`` hop names its peer: the
+        channel must reach that NodeId (``authorized`` defaults to it), and its key comes
+        from the peer's record (the path manager looks it up), so such a dial is IK."""
+        peer = _peer_of(route)
+        if peer is not None:
+            authorized = authorized if authorized is not None else frozenset({peer})
+            if responder_key is None and self.paths is not None:
+                responder_key = await self.paths.peer_key(peer)
         session = SecureSession(
             True,
             self.static,
@@ -729,8 +738,17 @@ class SecureChannels:
         await self._answer_in_flight(channel, f"closed: {reason}")
         await self._fail_held(channel, f"secure channel {channel.address} closed: {reason}")
         channel.order_timer.cancel()
+        if self.paths is not None and channel.peer is not None:
+            self.paths.channel_closed(channel.peer, channel.address)
         if notify and goodbye is not None and channel.route:
             await self.router.route(Message(self._current_route(channel), (), goodbye))
+
+
+def _peer_of(route: Route) -> NodeId | None:
+    """The NodeId a route names for its listener's node: ``.../peer/NODEID/service/L``."""
+    if len(route) >= 2 and isinstance(route[-2], PeerAddress):
+        return route[-2].node_id
+    return None
 
 
 #: What a re-handshaking initiator reads: the new session's handshake, its CONFIRM, a REFUSE.

@@ -57,6 +57,13 @@ class PathHooks(Protocol):
     def path_info(self, peer: NodeId) -> dict[str, Any] | None:
         """What ``secure-channel show`` says about the path to ``peer``."""
 
+    def channel_closed(self, peer: NodeId, address: str) -> None:
+        """A channel with ``peer`` closed for good (its path state may go with the last)."""
+
+    async def peer_key(self, peer: NodeId) -> bytes | None:
+        """``peer``'s channel key from its signed record (looked up if need be), for a
+        Noise IK dial to a ``/peer/NODEID`` route; None when it has none."""
+
 
 class ChannelState(enum.StrEnum):
     HANDSHAKING = "handshaking"

@@ -59,6 +59,7 @@ class RecordView:
     direct: tuple[Endpoint, ...] = ()
     relays: tuple[str, ...] = ()
     lan: tuple[Endpoint, ...] = ()  # its own addresses on this node's LAN (same NAT)
+    channel_key: bytes = b""  # its X25519 channel key: a dial to it can be Noise IK
 
     @property
     def client(self) -> bool:

@@ -287,6 +287,17 @@ class PathService:
         )
         self.wake()
 
+    def channel_closed(self, peer: NodeId, address: str) -> None:
+        self.engine.channel_closed(peer, address, self.now())
+        self.wake()
+
+    async def peer_key(self, peer: NodeId) -> bytes | None:
+        record = self.resolver.record(peer)
+        if record is None:
+            await self._look_up(peer, PEER_LOOKUP_TIMEOUT)
+            record = self.resolver.record(peer)
+        return record.channel_key or None if record is not None else None
+
     def direct_route(self, peer: NodeId) -> Route | None:
         name = self.engine.hop_link(peer)
         link = self._links.get(name) if name is not None else None
@@ -368,7 +379,10 @@ class PathService:
             else:
                 if found.record is not None:
                     record = RecordView(
-                        found.record.direct, found.record.relays, self._on_this_lan(found.record)
+                        found.record.direct,
+                        found.record.relays,
+                        self._on_this_lan(found.record),
+                        found.record.channel_key,
                     )
         self.resolver.on_record(peer, record, self.now())
 
