@@ -82,6 +82,7 @@ from meshkey.wire.udp import WhoamiResponse
 #: A punch's hop may be accepted this long after the punch started (an inbound hop from the
 #: peer then is the punched path, not a stranger's).
 PUNCH_HOP_WINDOW = 30.0
+MAX_EARLY_SIGNALS = 4  # punch messages kept for a peer whose channel is not open yet
 #: A punch waits for this node's own classification when a round is due this soon.
 CLASSIFY_SOON = 1.0
 CAPABILITIES = frozenset({Capability.BIRTHDAY, Capability.LOW_TTL, Capability.TCP_DIAL})
@@ -153,6 +154,10 @@ class _Peer:
     channel_rtt: float | None = None  # that channel's handshake round trip
     relay_key: PathKey | None = None
     punch_started: float | None = None
+    #: Punch messages for the peer while no channel carries them yet: those made while a
+    #: handshake is being written ride it as early data; the rest go once the channel opens.
+    early: list[bytes] = field(default_factory=list)
+    offered: bytes = b""  # the early data the last handshake carried (again if it failed)
 
 
 @dataclass(slots=True)
@@ -162,6 +167,7 @@ class _Hop:
     remote: Endpoint
     outbound: bool
     key: PathKey | None  # the path it is, if it is a path of a relayed peer
+    socket: int = 0  # the local socket it lives on (a birthday punch's, or the main one)
 
 
 class PathEngine:
@@ -276,7 +282,7 @@ class PathEngine:
             )
             kind = PathKind.PUNCHED if punched else PathKind.DIRECT
             key = PathKey(kind, remote, socket, transport)
-        self._hops[link] = _Hop(peer, transport, remote, outbound, key)
+        self._hops[link] = _Hop(peer, transport, remote, outbound, key, socket)
         self._hops_changed()
         if key is not None:
             self.paths.add_path(peer, key, now, validated=True)
@@ -361,7 +367,62 @@ class PathEngine:
         if relay is not None and state.relay_key is None:
             state.relay_key = PathKey(PathKind.RELAY, relay)
             self.paths.add_path(peer, state.relay_key, now, validated=True)
+            self._adopt_hops(peer, state, now)
+        for data in state.early:  # what the handshake could not carry goes now
+            self._signal(peer, PunchSignal(data))
+        state.early.clear()
         self._drain_cores(now)
+
+    # -- the punch inside the handshake (issue 20) ------------------------------------------
+
+    def handshake_payload(self, peer: NodeId | None, initiator: bool, now: float) -> bytes:
+        """Early data for the channel handshake being written to ``peer``: an initiator starts
+        the punch now and its CONNECT rides the first message; a responder's reply to the
+        CONNECT it just read rides its answer. Empty when there is nothing to say (an
+        unknown peer, direct paths turned off, a punch under way)."""
+        if peer is None or self.no_direct or not self.paths.direct_allowed(peer):
+            return b""
+        state = self._peers.setdefault(peer, _Peer())
+        if initiator and self.puncher.session(peer) is None:
+            self.paths.add_peer(peer, now, initiates=True)
+            self._start_punch(peer, now)
+        elif initiator and not state.early and state.offered and state.channel is None:
+            return state.offered  # the handshake starts again (IK fell back to XX)
+        self._drain_cores(now)
+        out, state.early = state.early, []
+        if len(out) > 1:  # one message rides the handshake; the rest waits for the channel
+            state.early = out[1:]
+        state.offered = encode_path_signal(PunchSignal(out[0])) if out else b""
+        return state.offered
+
+    def on_handshake_payload(self, peer: NodeId, data: bytes, initiator: bool, now: float) -> None:
+        """Early data from ``peer``'s handshake (only ever a path signal; WireError if not)."""
+        signal = decode_path_signal(data)
+        if not isinstance(signal, PunchSignal):
+            return
+        self._peers.setdefault(peer, _Peer())
+        self.paths.add_peer(peer, now, initiates=initiator)
+        self.puncher.on_signal(
+            peer,
+            signal.data,
+            now,
+            direct_allowed=self.paths.direct_allowed(peer) and not self.no_direct,
+            signalling_rtt=None,
+            observed=self._observed(peer),
+        )
+        self._drain_cores(now)
+
+    def _adopt_hops(self, peer: NodeId, state: _Peer, now: float) -> None:
+        """A punched hop that came up before the channel opened (a punch negotiated in the
+        handshake is that fast) is the peer's path from now on."""
+        punched = self.puncher.session(peer) is not None or (
+            state.punch_started is not None and now - state.punch_started < PUNCH_HOP_WINDOW
+        )
+        for hop in self._hops.values():
+            if hop.peer == peer and hop.key is None and punched:
+                hop.key = PathKey(PathKind.PUNCHED, hop.remote, hop.socket, hop.transport)
+                self.paths.add_path(peer, hop.key, now, validated=True)
+                self._events.append(DirectHopAdded(peer, hop.key))
 
     def channel_closed(self, peer: NodeId, channel: str, now: float) -> None:
         """A channel to ``peer`` closed for good; with its last one, its state goes."""
@@ -496,6 +557,14 @@ class PathEngine:
         state = self._peers.get(peer)
         if state is not None and state.channel is not None:
             self._commands.append(SendPathSignal(peer, state.channel, encode_path_signal(signal)))
+        elif (
+            state is not None
+            and isinstance(signal, PunchSignal)
+            and len(state.early) < MAX_EARLY_SIGNALS
+        ):
+            # No channel yet: a handshake with the peer is under way (a punch negotiated in
+            # it): the message rides the handshake, or goes once the channel opens.
+            state.early.append(signal.data)
 
     def _drain_cores(self, now: float) -> None:
         for _ in range(100):

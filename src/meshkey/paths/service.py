@@ -287,6 +287,21 @@ class PathService:
         )
         self.wake()
 
+    # -- early data in channel handshakes (channel.session.HandshakeHooks) ---------------------
+
+    def handshake_payload(self, peer: NodeId | None, initiator: bool) -> bytes:
+        self._listening()
+        data = self.engine.handshake_payload(peer, initiator, self.now())
+        self.wake()
+        return data
+
+    def on_handshake_payload(self, peer: NodeId, data: bytes, initiator: bool) -> None:
+        try:
+            self.engine.on_handshake_payload(peer, data, initiator, self.now())
+        except WireError as exc:
+            log.warning("paths.bad_early_data", peer=peer, reason=str(exc))
+        self.wake()
+
     def channel_closed(self, peer: NodeId, address: str) -> None:
         self.engine.channel_closed(peer, address, self.now())
         self.wake()
