@@ -7,12 +7,14 @@ import random
 
 from meshkey.identity.node_id import NodeId
 from meshkey.nat.classify import SendWhoami
+from meshkey.nat.punch import PunchFailed
 from meshkey.paths.classifier import NatClassified, NetworkChanged
 from meshkey.paths.engine import (
     PathEngine,
     SendPathSignal,
 )
 from meshkey.wire.net import NatClass
+from meshkey.wire.punch import AbortReason
 from meshkey.wire.udp import WhoamiRequest, WhoamiResponse, decode_control_packet
 
 ME = NodeId(b"\x01" * 32)
@@ -102,3 +104,42 @@ def test_a_peers_state_goes_with_its_last_channel() -> None:
     assert e.paths.report(PEER) is not None  # c1 still open
     e.channel_closed(PEER, "c1", 3.0)
     assert e.paths.report(PEER) is None and e.relay_description(PEER) is None
+
+
+def classified_engine(node: NodeId, local: tuple[str, int], public: tuple[str, int]) -> PathEngine:
+    e = PathEngine(node, observers=list(OBSERVERS), rng=random.Random(node.raw[0]))
+    e.set_listening((local,), (), now=0.0)
+    e.on_timer(0.0)
+    answer(e, public, 0.05)
+    e.events()
+    e.commands()
+    return e
+
+
+def test_the_punch_rides_the_channel_handshake_and_is_not_started_twice() -> None:
+    """Issue 20: the initiator's CONNECT goes in its first handshake message, the
+    responder's answer in its reply; when the channel then opens, the path manager counts
+    that punch as its upgrade attempt instead of starting another one."""
+    a = classified_engine(ME, LOCAL, ("203.0.113.1", 5000))
+    b = classified_engine(PEER, ("10.2.0.2", 5000), ("203.0.113.2", 5000))
+    hello = a.handshake_payload(PEER, True, 1.0)
+    assert hello  # an encoded path signal: a PUNCH
+    assert a.puncher.session(PEER) is not None
+    assert not [c for c in a.commands() if isinstance(c, SendPathSignal)]  # it rode the hello
+    b.on_handshake_payload(ME, hello, False, 1.04)
+    reply = b.handshake_payload(ME, False, 1.04)
+    assert reply and b.puncher.session(ME) is not None
+    a.on_handshake_payload(PEER, reply, True, 1.08)
+    a.channel_opened(PEER, "c1", 1.08, initiator=True, relay="/ip4/203.0.113.10/udp/7000")
+    report = a.paths.report(PEER)
+    assert report is not None and "handshake" in report.punch
+    superseded = [
+        e for e in a.events() if isinstance(e, PunchFailed) and e.reason is AbortReason.SUPERSEDED
+    ]
+    assert superseded == []  # no second punch replaced the one the handshake carried
+
+
+def test_no_early_punch_before_this_node_knows_its_nat() -> None:
+    e = engine()  # not classified yet, a round is due at once
+    assert e.handshake_payload(PEER, True, 0.0) == b""
+    assert e.puncher.session(PEER) is None

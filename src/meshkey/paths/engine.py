@@ -382,9 +382,12 @@ class PathEngine:
         unknown peer, direct paths turned off, a punch under way)."""
         if peer is None or self.no_direct or not self.paths.direct_allowed(peer):
             return b""
+        if initiator and self._must_wait_for_class(now):
+            return b""  # the strategy needs this node's class: the punch comes after opening
         state = self._peers.setdefault(peer, _Peer())
         if initiator and self.puncher.session(peer) is None:
             self.paths.add_peer(peer, now, initiates=True)
+            self.paths.on_punch_requested(peer, now)
             self._start_punch(peer, now)
         elif initiator and not state.early and state.offered and state.channel is None:
             return state.offered  # the handshake starts again (IK fell back to XX)

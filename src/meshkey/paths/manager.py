@@ -413,6 +413,17 @@ class PathManager:
                 )
         self._plan_upgrade(state, now)
 
+    def on_punch_requested(self, peer: NodeId, now: float) -> None:
+        """A punch with ``peer`` was started outside this manager's plan (negotiated in a
+        channel handshake): count it as the upgrade attempt, so no second one supersedes it."""
+        state = self._peers.get(peer)
+        if state is None or state.no_direct:
+            return
+        state.upgrade_at = None
+        state.punching_since = now
+        state.tried = True
+        state.punch_status = "punch requested (in the channel handshake)"
+
     def on_dial_failed(self, peer: NodeId, reason: str, now: float) -> None:
         """The hop over a punched address could not be set up."""
         state = self._peers.get(peer)
