@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -678,6 +678,32 @@ class MeshkeyNode:
             "secure-channel", "show", address, "--at", self.name
         )
         return shown
+
+    def channel_paths(self, peer: str) -> list[dict[str, Any]]:
+        """The paths of this node's channels to ``peer`` (a NodeId), as ``secure-channel
+        list`` shows them (``now``, ``direct``, ``upgrade``: why not direct...)."""
+        return [dict(c.get("path") or {}) for c in self.channels() if c.get("peer") == peer]
+
+    def wait_paths(
+        self, peer: str, done: Callable[[list[dict[str, Any]]], bool], within: float
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """Polls this node's channels to ``peer`` until ``done(paths)`` or ``within`` seconds
+        passed: the last paths seen, and the seconds it took (None: not within)."""
+        started = time.monotonic()
+        while True:
+            paths = self.channel_paths(peer)
+            if done(paths):
+                return paths, time.monotonic() - started
+            if time.monotonic() - started > within:
+                return paths, None
+            time.sleep(0.2)
+
+    def open_channel(self, to: str, *, timeout: str = "30s") -> str:
+        """``secure-channel create --from NAME --to ROUTE``: the channel's address."""
+        created = self.meshkey(
+            "secure-channel", "create", "--from", self.name, "--to", to, "--timeout", timeout
+        )
+        return created.stdout.strip()
 
     def relays(self) -> list[dict[str, Any]]:
         """``relay list --at NAME``: the relays this node keeps (``automatic`` or not)."""
