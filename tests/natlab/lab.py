@@ -31,6 +31,16 @@ namespace routes *everything* on-link to the switch (``default dev wan0``), so t
 only ever reach the lab's own hosts; IPv6 is off inside the lab, so the counters show only
 the traffic a test made.
 
+Users' networks (NATLAB.md, "Shape the lab like users' networks"): ``one_public_node_hosts``
+builds the seed issue's topology (one public host, ``seed``, which is the seed, the relay and
+the only observer; no ``observer`` host) with sides of each kind; ``Host.create_seed_node``
+starts the seed on ``0.0.0.0:7000`` (UDP and TCP) and ``Host.join`` any other node with
+``--seed`` and nothing else. ``Lab.add_carrier_nat`` makes a carrier-grade NAT whose LAN is
+in 100.64.0.0/10, and ``add_router(..., behind=cgn)`` a home router on it (double NAT);
+``Router.renumber`` moves a router's WAN address (conntrack flushed), and
+``Namespace.blocking_udp`` drops UDP to or from one public address for a while (a punched
+path dies, the relay lives).
+
 The API: ``Lab`` (a context manager) owns a run; ``lab.add_public_host``,
 ``lab.add_router`` + ``lab.add_host``, or ``lab.add_side(name, kind)`` (a router of that kind
 with one host, or a public host for ``public``) build a topology. ``Host.run`` runs a command
@@ -76,6 +86,35 @@ class NatKind(enum.StrEnum):
     EIM = "eim"
     EDM = "edm"
     UDP_BLOCKED = "udp-blocked"
+
+
+#: NATLAB.md's matrix: the pairs of sides that must end on a direct path, and over what
+#: (either order); every other pair stays relayed and says why.
+DIRECT = {
+    (NatKind.PUBLIC, NatKind.PUBLIC): "udp",
+    (NatKind.PUBLIC, NatKind.EIM): "udp",
+    (NatKind.PUBLIC, NatKind.EDM): "udp",
+    (NatKind.PUBLIC, NatKind.UDP_BLOCKED): "tcp",
+    (NatKind.EIM, NatKind.EIM): "udp",
+    (NatKind.EIM, NatKind.EDM): "udp",
+}
+
+
+def expected_direct(a: NatKind, b: NatKind) -> str | None:
+    """The transport of the direct path a pair must end on, or None (it stays relayed)."""
+    return DIRECT.get((a, b)) or DIRECT.get((b, a))
+
+
+def on_final_path(paths: list[dict[str, Any]], want: str | None) -> bool:
+    """All of a node's channel ``paths`` to one peer (``secure-channel list``'s ``path``) are
+    on the path the matrix says: direct over ``want`` (udp, tcp), or (None) relayed with the
+    reason it is not direct."""
+    if not paths:
+        return False
+    if want is None:
+        return all(not p.get("direct") and p.get("upgrade") for p in paths)
+    over_tcp = all("over tcp" in str(p.get("now")) for p in paths)
+    return all(p.get("direct") for p in paths) and over_tcp == (want == "tcp")
 
 
 class LabError(RuntimeError):
@@ -649,16 +688,22 @@ class MeshkeyNode:
         command = ["message", "send", text, "--from", self.name, "--to", to, "--timeout", timeout]
         return self.host.meshkey(*command, check=False, timeout=120)
 
-    def control_send(self, route: str, payload: bytes, *, timeout: float = 10.0) -> bytes:
-        """Sends ``payload`` from this node's daemon to ``route`` over its control socket
-        (what ``message send --from`` asks, without the CLI's start-up, so a clock around it
-        times the daemon); the reply, or ``meshkey.node.control_client.ControlError``."""
+    def control(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+        """One request to this node's daemon over its control socket (what the CLI sends,
+        without the CLI's start-up), e.g. ``control("channel.list")``; raises
+        ``meshkey.node.control_client.ControlError``."""
         from meshkey.node.control_client import ControlClient
         from meshkey.node.state import Home
 
         client = ControlClient(Home(self.host.home).node(self.name).socket_path)
+        return client.call(op, args, timeout=timeout)
+
+    def control_send(self, route: str, payload: bytes, *, timeout: float = 10.0) -> bytes:
+        """Sends ``payload`` from this node's daemon to ``route`` over its control socket
+        (what ``message send --from`` asks, without the CLI's start-up, so a clock around it
+        times the daemon); the reply, or ``meshkey.node.control_client.ControlError``."""
         args = {"route": route, "payload": payload, "timeout": timeout}
-        reply: bytes = client.call("message.send", args, timeout=timeout + 5)["payload"]
+        reply: bytes = self.control("message.send", args, timeout=timeout + 5)["payload"]
         return reply
 
     def send_until_answered(

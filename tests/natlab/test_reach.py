@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from .lab import SEED_PORT, Host, Lab, NatKind
+from .lab import SEED_PORT, Host, Lab, NatKind, expected_direct, on_final_path
 
 pytestmark = [pytest.mark.natlab, pytest.mark.timeout(900)]
 
@@ -52,22 +52,6 @@ FINAL_PATH_WAIT = 10.0
 FILE_SIZE = 2 * 1024 * 1024
 HTTP_PORT = 8000
 STEPS = ("message", "channel", "portal", "final_path")
-
-#: NATLAB.md's matrix: the pairs that must end on a direct path, and over what.
-DIRECT = {
-    (NatKind.PUBLIC, NatKind.PUBLIC): "udp",
-    (NatKind.PUBLIC, NatKind.EIM): "udp",
-    (NatKind.PUBLIC, NatKind.EDM): "udp",
-    (NatKind.PUBLIC, NatKind.UDP_BLOCKED): "tcp",
-    (NatKind.EIM, NatKind.EIM): "udp",
-    (NatKind.EIM, NatKind.EDM): "udp",
-}
-
-
-def expected_direct(a: NatKind, b: NatKind) -> str | None:
-    """The transport of the direct path the pair must end on, or None (it stays relayed)."""
-    return DIRECT.get((a, b)) or DIRECT.get((b, a))
-
 
 UDP_BLOCKED_NEVER_JOINS = (
     "a node behind a router that drops UDP never joins: it dials its seed "
@@ -129,17 +113,6 @@ class PairRun:
 
 def pair_id(a: NatKind, b: NatKind) -> str:
     return f"{a}-to-{b}"
-
-
-def on_final_path(paths: list[dict[str, Any]], want: str | None) -> bool:
-    """All ``paths`` are on the path NATLAB.md's matrix says: direct over ``want`` (udp,
-    tcp), or (None) relayed with the reason it is not direct."""
-    if not paths:
-        return False
-    if want is None:
-        return all(not p.get("direct") and p.get("upgrade") for p in paths)
-    over_tcp = all("over tcp" in str(p.get("now")) for p in paths)
-    return all(p.get("direct") for p in paths) and over_tcp == (want == "tcp")
 
 
 def step(run: PairRun, name: str, body: Callable[[Step], None]) -> None:
