@@ -324,13 +324,13 @@ def renumbering(
 
 
 TRANSFER_BREAKS = (
-    "in about half the runs (2 of 4 here) the portal transfer over the punched path breaks "
+    "in most runs (4 of 6 here) the portal transfer over the punched path breaks "
     "when B's router is renumbered: the channel is declared unreachable ('the peer did not "
     "answer for 3.4s'), the portal session fails 'route broken' and curl ends with exit 56, "
     "instead of the channel moving to the relay and back"
 )
 PEER_DIALS_OLD_ADDRESS = (
-    "in about half the runs (2 of 4 here) /peer/B keeps dialling B's old public address "
+    "in most runs (4 of 6 here) /peer/B keeps dialling B's old public address "
     "('cannot connect to /ip4/OLD/udp/PORT: connection refused') for more than 10 s after "
     "the renumbering, although B's relay is active and its record names it"
 )
