@@ -1,6 +1,7 @@
 """The NAT lab by hand (as root, from the repository root)::
 
     python -m tests.natlab up [--detach] [--relay]  # relay, observer, public, eim, edm, udp-blocked
+    python -m tests.natlab up --one-public-node --relay  # seed (203.0.113.10:7000), a-*, b-* sides
     python -m tests.natlab status                   # runs, their hosts, the WAN's counters
     python -m tests.natlab exec eim bash            # a shell on the host behind the EIM router
     python -m tests.natlab exec eim meshkey node list   # MESHKEY_HOME is the host's own
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from . import state as run_state
-from .lab import Lab, Wan, standard_lab_hosts
+from .lab import Lab, Wan, one_public_node_hosts, standard_lab_hosts
 
 
 def _live(run_id: str | None) -> run_state.RunState:
@@ -42,6 +43,7 @@ def up(args: argparse.Namespace) -> int:
     if args.detach:
         log = Path(f"/tmp/meshkey-natlab-up-{os.getpid()}.log")
         command = [sys.executable, "-m", "tests.natlab", "up"] + (["--relay"] if args.relay else [])
+        command += ["--one-public-node"] if args.one_public_node else []
         command += ["--delay-ms", str(args.delay_ms)]
         with open(log, "wb") as out:
             process = subprocess.Popen(
@@ -67,9 +69,14 @@ def up(args: argparse.Namespace) -> int:
         stop = True
 
     with Lab(delay_ms=args.delay_ms, purpose="manual") as lab:
-        hosts = standard_lab_hosts(lab)
-        if args.relay:
-            relay = hosts["relay"].create_node("relay")
+        if args.one_public_node:
+            hosts = one_public_node_hosts(lab)
+            if args.relay:
+                relay = hosts["seed"].create_seed_node()
+        else:
+            hosts = standard_lab_hosts(lab)
+            if args.relay:
+                relay = hosts["relay"].create_node("relay")
         lab.mark_ready()
         print(f"NAT lab {lab.run_id} is up (owner pid {os.getpid()}); work directory {lab.workdir}")
         for host in hosts.values():
@@ -77,6 +84,8 @@ def up(args: argparse.Namespace) -> int:
             print(f"  {host.name:<12} {host.address:<15} public {host.public_address:<15}{via}")
         if args.relay:
             print(f"  relay node: {relay.route('udp')}\n              {relay.route('tcp')}")
+            if args.one_public_node:
+                print(f"  join it:    meshkey node create NAME --seed {relay.seed_text}")
         print("shell: python -m tests.natlab exec HOST bash; stop: Ctrl-C or `... down`")
         sys.stdout.flush()
         signal.signal(signal.SIGTERM, on_signal)
@@ -184,6 +193,12 @@ def main() -> int:
     p = commands.add_parser("up", help="build the standard lab and hold it")
     p.add_argument("--detach", action="store_true", help="run in the background until `down`")
     p.add_argument("--relay", action="store_true", help="start a meshkey node on the relay host")
+    p.add_argument(
+        "--one-public-node",
+        action="store_true",
+        help="the seed issue's lab: one public host 'seed' (with --relay: the seed node on "
+        "0.0.0.0:7000, UDP and TCP) and sides a-KIND, b-KIND of each kind",
+    )
     p.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay per WAN port")
     p.set_defaults(func=up)
     p = commands.add_parser("down", help="tear down labs made by `up`")

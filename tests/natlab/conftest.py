@@ -11,7 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from .lab import Host, Lab, live_labs, standard_lab_hosts
+from .lab import (
+    SEED_ADDRESS,
+    Host,
+    Lab,
+    MeshkeyNode,
+    live_labs,
+    one_public_node_hosts,
+    standard_lab_hosts,
+)
 from .switch import open_tap
 
 MARKER = "natlab: runs real meshkey daemons behind real kernel NATs in network namespaces (root)"
@@ -82,3 +90,19 @@ def hosts(lab: Lab) -> dict[str, Host]:
     """The shared topology: relay (203.0.113.10) and observer (198.51.100.10) on the WAN, and
     one host of each kind: ``public``, ``eim``, ``edm``, ``udp-blocked``."""
     return standard_lab_hosts(lab)
+
+
+@pytest.fixture(scope="module")
+def seed(lab: Lab) -> MeshkeyNode:
+    """The one public node of the one-public-node lab: the seed at 203.0.113.10, UDP and TCP
+    on port 7000, which is also the only relay and observer the other nodes meet (the module
+    adds sides as it needs them; nodes join with ``host.join(NAME, seed)``)."""
+    host = lab.hosts.get("seed") or lab.add_public_host("seed", SEED_ADDRESS)
+    return host.create_seed_node()
+
+
+@pytest.fixture(scope="module")
+def reach_hosts(lab: Lab) -> dict[str, Host]:
+    """The one-public-node lab (``one_public_node_hosts``): ``seed`` and, for prefixes ``a``
+    and ``b``, one side of each kind (``a-eim``, ``b-udp-blocked``...)."""
+    return one_public_node_hosts(lab)

@@ -31,6 +31,16 @@ namespace routes *everything* on-link to the switch (``default dev wan0``), so t
 only ever reach the lab's own hosts; IPv6 is off inside the lab, so the counters show only
 the traffic a test made.
 
+Users' networks (NATLAB.md, "Shape the lab like users' networks"): ``one_public_node_hosts``
+builds the seed issue's topology (one public host, ``seed``, which is the seed, the relay and
+the only observer; no ``observer`` host) with sides of each kind; ``Host.create_seed_node``
+starts the seed on ``0.0.0.0:7000`` (UDP and TCP) and ``Host.join`` any other node with
+``--seed`` and nothing else. ``Lab.add_carrier_nat`` makes a carrier-grade NAT whose LAN is
+in 100.64.0.0/10, and ``add_router(..., behind=cgn)`` a home router on it (double NAT);
+``Router.renumber`` moves a router's WAN address (conntrack flushed), and
+``Namespace.blocking_udp`` drops UDP to or from one public address for a while (a punched
+path dies, the relay lives).
+
 The API: ``Lab`` (a context manager) owns a run; ``lab.add_public_host``,
 ``lab.add_router`` + ``lab.add_host``, or ``lab.add_side(name, kind)`` (a router of that kind
 with one host, or a public host for ``public``) build a topology. ``Host.run`` runs a command
@@ -55,7 +65,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -67,6 +77,8 @@ SWITCH_SCRIPT = Path(__file__).with_name("switch.py")
 DEFAULT_DELAY_MS = 10.0
 DEFAULT_TTL_FLOOR = 10
 FIRST_NODE_PORT = 4000
+SEED_ADDRESS = "203.0.113.10"  # the one public node of the one-public-node lab
+SEED_PORT = 7000
 
 
 class NatKind(enum.StrEnum):
@@ -74,6 +86,35 @@ class NatKind(enum.StrEnum):
     EIM = "eim"
     EDM = "edm"
     UDP_BLOCKED = "udp-blocked"
+
+
+#: NATLAB.md's matrix: the pairs of sides that must end on a direct path, and over what
+#: (either order); every other pair stays relayed and says why.
+DIRECT = {
+    (NatKind.PUBLIC, NatKind.PUBLIC): "udp",
+    (NatKind.PUBLIC, NatKind.EIM): "udp",
+    (NatKind.PUBLIC, NatKind.EDM): "udp",
+    (NatKind.PUBLIC, NatKind.UDP_BLOCKED): "tcp",
+    (NatKind.EIM, NatKind.EIM): "udp",
+    (NatKind.EIM, NatKind.EDM): "udp",
+}
+
+
+def expected_direct(a: NatKind, b: NatKind) -> str | None:
+    """The transport of the direct path a pair must end on, or None (it stays relayed)."""
+    return DIRECT.get((a, b)) or DIRECT.get((b, a))
+
+
+def on_final_path(paths: list[dict[str, Any]], want: str | None) -> bool:
+    """All of a node's channel ``paths`` to one peer (``secure-channel list``'s ``path``) are
+    on the path the matrix says: direct over ``want`` (udp, tcp), or (None) relayed with the
+    reason it is not direct."""
+    if not paths:
+        return False
+    if want is None:
+        return all(not p.get("direct") and p.get("upgrade") for p in paths)
+    over_tcp = all("over tcp" in str(p.get("now")) for p in paths)
+    return all(p.get("direct") for p in paths) and over_tcp == (want == "tcp")
 
 
 class LabError(RuntimeError):
@@ -262,6 +303,32 @@ class Namespace:
     def iptables(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run("iptables", "-w", *args, check=check)
 
+    @contextlib.contextmanager
+    def blocking_udp(self, remote: str, direction: str = "both") -> Iterator[None]:
+        """Drops UDP between this namespace's WAN side and the public address ``remote`` for
+        a ``with`` block (a router or a public host; both have ``wan0``): a punched path to
+        a peer at ``remote`` dies while the relay, at another address, lives. ``direction``:
+        ``out`` (packets to ``remote``), ``in`` (packets from it) or ``both``. Inbound is
+        dropped in the raw table (before conntrack and the NAT see it), outbound in mangle
+        POSTROUTING (before the NAT rewrites the source), so nothing dropped refreshes a
+        mapping."""
+        if direction not in ("in", "out", "both"):
+            raise ValueError(f"direction is in, out or both: {direction!r}")
+        rules: list[tuple[str, str, list[str]]] = []
+        if direction in ("in", "both"):
+            rules.append(("raw", "PREROUTING", ["-i", "wan0", "-p", "udp", "-s", remote]))
+        if direction in ("out", "both"):
+            rules.append(("mangle", "POSTROUTING", ["-o", "wan0", "-p", "udp", "-d", remote]))
+        inserted: list[tuple[str, str, list[str]]] = []
+        try:
+            for table, chain, match in rules:
+                self.iptables("-t", table, "-I", chain, *match, "-j", "DROP")
+                inserted.append((table, chain, match))
+            yield
+        finally:
+            for table, chain, match in inserted:
+                self.iptables("-t", table, "-D", chain, *match, "-j", "DROP", check=False)
+
     def set_ttl_floor(self, floor: int) -> None:
         """Drops WAN packets arriving with TTL < ``floor`` (0: drop none), as the hops of a real
         internet path would."""
@@ -338,12 +405,42 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
 class Router(Namespace):
     kind: NatKind
     wan_address: str
-    lan_prefix: str  # "10.K.0"
+    lan_prefix: str  # "10.K.0" (a carrier-grade NAT's: "100.64.K")
     hosts: list[Host] = field(default_factory=list)
+    #: The carrier-grade NAT this router's WAN side is on (None: it is on the lab's WAN).
+    upstream: Router | None = None
+    routers: list[Router] = field(default_factory=list)  # routers on this one's LAN
+    lan_ports: int = 0  # veth ports on the LAN bridge so far (hosts and routers)
 
     @property
     def lan_address(self) -> str:
         return f"{self.lan_prefix}.1"
+
+    @property
+    def public_address(self) -> str:
+        """Where traffic through this router appears to come from on the lab's WAN (behind
+        a carrier-grade NAT: that NAT's WAN address)."""
+        return self.upstream.public_address if self.upstream is not None else self.wan_address
+
+    def renumber(self, new_address: str) -> str:
+        """Moves the WAN side to ``new_address`` now, as an ISP's new DHCP lease or a
+        network change would: the old address goes, the new one comes, the default route
+        is put back (behind a carrier-grade NAT it goes via that NAT's LAN address), and
+        every conntrack entry is flushed (the NAT mappings of the old address are dead).
+        Returns the old address."""
+        old, gateway = self.wan_address, self.upstream.lan_address if self.upstream else None
+        self.script(
+            [
+                f"ip addr del {old}/24 dev wan0",
+                f"ip addr add {new_address}/24 dev wan0",
+                f"ip route replace default {f'via {gateway}' if gateway else 'dev wan0'}",
+                "conntrack -F 2>/dev/null || true",
+            ]
+        )
+        self.wan_address = new_address
+        for host in self.hosts:
+            self.lab._record_host(host)
+        return old
 
     def conntrack_text(self, *args: str) -> str:
         """``conntrack -L`` (all protocols unless ``args`` filter, e.g. ``-p udp``)."""
@@ -419,7 +516,7 @@ class Host(Namespace):
     @property
     def public_address(self) -> str:
         """Where this host's traffic appears to come from on the WAN."""
-        return self.router.wan_address if self.router is not None else self.address
+        return self.router.public_address if self.router is not None else self.address
 
     def meshkey(
         self,
@@ -452,22 +549,25 @@ class Host(Namespace):
         tcp_port: int | None = None,
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        listen: str | None = None,
     ) -> MeshkeyNode:
         """``meshkey node create NAME --udp ADDR:PORT --tcp ADDR:PORT [ARGS]`` on this host
-        (``env``: for the daemon, e.g. MESHKEY_CAPTURE)."""
+        (``env``: for the daemon, e.g. MESHKEY_CAPTURE; ``listen``: the address to bind,
+        default the host's own, e.g. ``0.0.0.0``)."""
         if udp_port is None:
             udp_port = self.next_port
         if tcp_port is None:
             tcp_port = udp_port + 1
         self.next_port = max(self.next_port, udp_port, tcp_port) + 1
+        bind = listen or self.address
         command = [
             "node",
             "create",
             name,
             "--udp",
-            f"{self.address}:{udp_port}",
+            f"{bind}:{udp_port}",
             "--tcp",
-            f"{self.address}:{tcp_port}",
+            f"{bind}:{tcp_port}",
             *args,
             "--output",
             "json",
@@ -476,6 +576,72 @@ class Host(Namespace):
         node = MeshkeyNode(self, name, status["node_id"], udp_port, tcp_port)
         self.nodes[name] = node
         return node
+
+    def create_seed_node(self, name: str = "seed", port: int = SEED_PORT) -> MeshkeyNode:
+        """The network's first node on a public host, as its operator would start it: on
+        all interfaces, UDP and TCP on the same port number (so its address is known), no
+        seed of its own."""
+        return self.create_node(name, udp_port=port, tcp_port=port, listen="0.0.0.0")
+
+    def join(
+        self,
+        name: str,
+        seed: MeshkeyNode | str,
+        *,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> MeshkeyNode:
+        """``meshkey node create NAME --seed NODEID@HOST:PORT``, as the README tells users
+        (no listen addresses, no relay, no observer: the node finds all that out itself);
+        ``args`` only for what a test must change on purpose. The node's ports are the
+        ones it chose (its UDP and TCP addresses in ``node show``)."""
+        seed_text = seed if isinstance(seed, str) else seed.seed_text
+        command = ["node", "create", name, "--seed", seed_text, *args, "--output", "json"]
+        status = json.loads(self.meshkey(*command, env=env).stdout)
+        ports = {"udp": 0, "tcp": 0}
+        for address in status.get("addresses", []):
+            found = re.match(r"/ip4/[^/]+/(udp|tcp)/(\d+)", address)
+            if found:
+                ports[found.group(1)] = ports[found.group(1)] or int(found.group(2))
+        node = MeshkeyNode(self, name, status["node_id"], ports["udp"], ports["tcp"])
+        self.nodes[name] = node
+        return node
+
+    def serve_http(self, directory: Path, port: int) -> subprocess.Popen[bytes]:
+        """``python -m http.server PORT`` on 127.0.0.1 inside this host, serving
+        ``directory``; returns once it accepts connections (ended with the lab at the
+        latest; terminate it to end it sooner)."""
+        server: subprocess.Popen[bytes] = self.popen(
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(directory),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1).close()"
+        while self.run(sys.executable, "-c", probe, check=False).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise LabError(f"the HTTP server on {self.name}:{port} did not start")
+            time.sleep(0.1)
+        return server
+
+    def curl(
+        self, url: str, into: Path, *, max_time: float = 120, limit_rate: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``curl URL -o INTO`` inside this host (not checked: its returncode and stderr
+        say what went wrong)."""
+        command = ["curl", "--silent", "--show-error", "--max-time", str(max_time)]
+        if limit_rate:
+            command += ["--limit-rate", limit_rate]
+        return self.run(*command, "--output", str(into), url, check=False, timeout=max_time + 30)
 
     def logs(self, lines: int = 80) -> dict[str, str]:
         """The last ``lines`` of each daemon's log on this host."""
@@ -500,8 +666,117 @@ class MeshkeyNode:
         port = self.udp_port if protocol == "udp" else self.tcp_port
         return f"/ip4/{self.host.address}/{protocol}/{port}/id/{self.node_id}"
 
+    @property
+    def seed_text(self) -> str:
+        """``NODEID@HOST:PORT``, what ``--seed`` takes (the host's own address: reachable
+        from the WAN only where the host is public)."""
+        return f"{self.node_id}@{self.host.address}:{self.udp_port}"
+
     def meshkey(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return self.host.meshkey(*args, **kwargs)
+
+    def stop(self) -> None:
+        """``meshkey node stop NAME`` (the daemon ends cleanly)."""
+        self.host.meshkey("node", "stop", self.name)
+
+    def pid(self) -> int:
+        return int(self.show()["pid"])
+
+    def send(self, text: str, to: str, *, timeout: str = "10s") -> subprocess.CompletedProcess[str]:
+        """``meshkey message send TEXT --from NAME --to ROUTE`` (not checked: see the
+        result's returncode, stdout and stderr)."""
+        command = ["message", "send", text, "--from", self.name, "--to", to, "--timeout", timeout]
+        return self.host.meshkey(*command, check=False, timeout=120)
+
+    def control(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30) -> Any:
+        """One request to this node's daemon over its control socket (what the CLI sends,
+        without the CLI's start-up), e.g. ``control("channel.list")``; raises
+        ``meshkey.node.control_client.ControlError``."""
+        from meshkey.node.control_client import ControlClient
+        from meshkey.node.state import Home
+
+        client = ControlClient(Home(self.host.home).node(self.name).socket_path)
+        return client.call(op, args, timeout=timeout)
+
+    def control_send(self, route: str, payload: bytes, *, timeout: float = 10.0) -> bytes:
+        """Sends ``payload`` from this node's daemon to ``route`` over its control socket
+        (what ``message send --from`` asks, without the CLI's start-up, so a clock around it
+        times the daemon); the reply, or ``meshkey.node.control_client.ControlError``."""
+        args = {"route": route, "payload": payload, "timeout": timeout}
+        reply: bytes = self.control("message.send", args, timeout=timeout + 5)["payload"]
+        return reply
+
+    def send_until_answered(
+        self, text: str, to: str, within: float, *, timeout: str = "5s", pause: float = 0.5
+    ) -> tuple[subprocess.CompletedProcess[str], float, int]:
+        """Sends until one send is answered or ``within`` seconds passed: the last result,
+        the seconds from the first send to the answer (to the last failure if none) and
+        how many sends it took."""
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            result = self.send(text, to, timeout=timeout)
+            elapsed = time.monotonic() - started
+            if result.returncode == 0 or elapsed >= within:
+                return result, elapsed, attempts
+            time.sleep(pause)
+
+    def channels(self) -> list[dict[str, Any]]:
+        """``secure-channel list --at NAME``: each channel with its peer, state and path."""
+        listed: list[dict[str, Any]] = self.host.meshkey_json(
+            "secure-channel", "list", "--at", self.name
+        )
+        return listed
+
+    def channel(self, address: str) -> dict[str, Any]:
+        """``secure-channel show ADDRESS --at NAME``."""
+        shown: dict[str, Any] = self.host.meshkey_json(
+            "secure-channel", "show", address, "--at", self.name
+        )
+        return shown
+
+    def channel_paths(self, peer: str) -> list[dict[str, Any]]:
+        """The paths of this node's channels to ``peer`` (a NodeId), as ``secure-channel
+        list`` shows them (``now``, ``direct``, ``upgrade``: why not direct...)."""
+        return [dict(c.get("path") or {}) for c in self.channels() if c.get("peer") == peer]
+
+    def wait_paths(
+        self, peer: str, done: Callable[[list[dict[str, Any]]], bool], within: float
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """Polls this node's channels to ``peer`` until ``done(paths)`` or ``within`` seconds
+        passed: the last paths seen, and the seconds it took (None: not within)."""
+        started = time.monotonic()
+        while True:
+            paths = self.channel_paths(peer)
+            if done(paths):
+                return paths, time.monotonic() - started
+            if time.monotonic() - started > within:
+                return paths, None
+            time.sleep(0.2)
+
+    def open_channel(self, to: str, *, timeout: str = "30s") -> str:
+        """``secure-channel create --from NAME --to ROUTE``: the channel's address."""
+        created = self.meshkey(
+            "secure-channel", "create", "--from", self.name, "--to", to, "--timeout", timeout
+        )
+        return created.stdout.strip()
+
+    def relays(self) -> list[dict[str, Any]]:
+        """``relay list --at NAME``: the relays this node keeps (``automatic`` or not)."""
+        listed: list[dict[str, Any]] = self.host.meshkey_json("relay", "list", "--at", self.name)
+        return listed
+
+    def find(self, node_id: str) -> dict[str, Any]:
+        """``peer find NODEID --at NAME``: the lookup's answer with the signed record ({}
+        when the lookup failed)."""
+        result = self.meshkey(
+            "peer", "find", node_id, "--at", self.name, "--output", "json", check=False
+        )
+        if result.returncode != 0 or not result.stdout.strip():
+            return {}
+        found: dict[str, Any] = json.loads(result.stdout)
+        return found
 
     def show(self) -> Any:
         return self.host.meshkey_json("node", "show", self.name)
@@ -735,51 +1010,91 @@ class Lab:
         self._record_host(host)
         return host
 
-    def add_router(self, name: str, kind: NatKind | str, wan_address: str | None = None) -> Router:
+    def add_router(
+        self,
+        name: str,
+        kind: NatKind | str,
+        wan_address: str | None = None,
+        *,
+        behind: Router | None = None,
+        lan_prefix: str | None = None,
+    ) -> Router:
+        """A NAT of ``kind``: on the lab's WAN (at ``wan_address``, default 203.0.113.K), or
+        ``behind`` another router (a home router behind a carrier-grade NAT: its WAN side is
+        a port on that router's LAN, its address the next free one there). ``lan_prefix``:
+        the first three octets of its LAN (default ``10.K.0``; a carrier-grade NAT's is in
+        100.64.0.0/10, see :meth:`add_carrier_nat`)."""
         kind = NatKind(kind)
         if kind is NatKind.PUBLIC:
             raise ValueError("a public side has no router: use add_public_host")
         self._lans += 1
-        if wan_address is None:
-            wan_address = f"203.0.113.{self._lans}"
         netns = self._netns(name)
-        tap = self._wan_port(name, netns)
-        router = Router(self, name, netns, kind, wan_address, f"10.{self._lans}.0")
+        if lan_prefix is None:
+            lan_prefix = f"10.{self._lans}.0"
+        if behind is None:
+            if wan_address is None:
+                wan_address = f"203.0.113.{self._lans}"
+            tap = self._wan_port(name, netns)
+            wan_lines = self._wan_lines(tap, wan_address)
+        else:
+            port_address = self._lan_port(behind, netns, "wan0")
+            if wan_address is None:
+                wan_address = port_address
+            wan_lines = [
+                f"ip addr add {wan_address}/24 dev wan0",
+                "ip link set wan0 up",
+                f"ip route add default via {behind.lan_address}",
+            ]
+        router = Router(self, name, netns, kind, wan_address, lan_prefix, upstream=behind)
         masquerade = "iptables -w -t nat -A POSTROUTING -o wan0 -j MASQUERADE"
         lines = [
             *_NO_IPV6,
             "ip link set lo up",
-            *self._wan_lines(tap, wan_address),
+            *wan_lines,
             "sysctl -qw net.ipv4.ip_forward=1",
             masquerade + (" --random-fully" if kind is NatKind.EDM else ""),
         ]
         if kind is NatKind.UDP_BLOCKED:
             lines.append("iptables -w -A FORWARD -p udp -j DROP")
         router.script(lines)
+        if behind is not None:
+            behind.routers.append(router)
         self.routers[name] = router
         return router
 
-    def add_host(self, name: str, behind: Router) -> Host:
-        """A host on ``behind``'s LAN (10.K.0.2, .3, ...), its default route via the router."""
-        netns = self._netns(name)
-        index = len(behind.hosts)
-        address = f"{behind.lan_prefix}.{2 + index}"
+    def add_carrier_nat(self, name: str, kind: NatKind | str) -> Router:
+        """A carrier-grade NAT on the WAN whose LAN is shared address space (RFC 6598,
+        100.64.K.0/24 out of 100.64.0.0/10): home routers go behind it with
+        ``add_router(..., behind=cgn)``."""
+        return self.add_router(name, kind, lan_prefix=f"100.64.{self._lans + 1}")
+
+    def _lan_port(self, router: Router, netns: str, device: str) -> str:
+        """A veth pair from ``device`` in ``netns`` to ``router``'s LAN bridge (made with the
+        first port); returns the address that side gets (``PREFIX.2``, ``.3``, ...)."""
+        index = router.lan_ports
+        router.lan_ports += 1
         lan = f"lan{index}"
-        peer = ["peer", "name", lan, "netns", behind.netns]
+        peer = ["peer", "name", lan, "netns", router.netns]
         subprocess.run(
-            ["ip", "link", "add", "eth0", "netns", netns, "type", "veth", *peer],
+            ["ip", "link", "add", device, "netns", netns, "type", "veth", *peer],
             check=True,
             capture_output=True,
         )
         if index == 0:
-            behind.script(
+            router.script(
                 [
                     "ip link add lanbr type bridge mcast_snooping 0",
                     "ip link set lanbr up",
-                    f"ip addr add {behind.lan_address}/24 dev lanbr",
+                    f"ip addr add {router.lan_address}/24 dev lanbr",
                 ]
             )
-        behind.script([f"ip link set {lan} master lanbr", f"ip link set {lan} up"])
+        router.script([f"ip link set {lan} master lanbr", f"ip link set {lan} up"])
+        return f"{router.lan_prefix}.{2 + index}"
+
+    def add_host(self, name: str, behind: Router) -> Host:
+        """A host on ``behind``'s LAN (10.K.0.2, .3, ...), its default route via the router."""
+        netns = self._netns(name)
+        address = self._lan_port(behind, netns, "eth0")
         host = Host(self, name, netns, behind.kind, address, behind, self.workdir / "homes" / name)
         host.script(
             [
@@ -842,4 +1157,20 @@ def standard_lab_hosts(lab: Lab) -> dict[str, Host]:
     }
     for kind in NatKind:
         hosts[str(kind)] = lab.add_side(str(kind), kind)
+    return hosts
+
+
+def one_public_node_hosts(lab: Lab, prefixes: Sequence[str] = ("a", "b")) -> dict[str, Host]:
+    """The seed issue's topology, shaped like users' networks (NATLAB.md): ONE public host,
+    ``seed`` at 203.0.113.10, which is the seed, the relay and the only observer a node
+    meets (there is no ``observer`` host, so nothing offers a second IP), and one side of
+    each kind per prefix, named ``PREFIX-KIND`` (``a-eim`` behind router ``a-eim-nat``;
+    ``PREFIX-public`` a public host at 203.0.113.100 and up: public nodes join as servers,
+    as a user's public machine would). Two prefixes give each pair of kinds, the same kind
+    included, two different routers."""
+    hosts = {"seed": lab.hosts.get("seed") or lab.add_public_host("seed", SEED_ADDRESS)}
+    for prefix in prefixes:
+        for kind in NatKind:
+            name = f"{prefix}-{kind}"
+            hosts[name] = lab.add_side(name, kind)
     return hosts
