@@ -14,6 +14,8 @@
                                # (root; --tries N fresh punches per pair, default 50)
     python -m bench hyperdht   # HyperDHT 6.34 (npm, bench/hyperdht) punching in the same lab
                                # (root; node; --tries N per pair, default 20)
+    python -m bench reach      # reach by NodeId with one public node: first reply, final path,
+                               # fallback, renumbering, per pair kind (root)
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -34,6 +36,7 @@ from bench import (
     natlab,
     portal,
     punch,
+    reach,
     rtt,
     udp,
 )
@@ -50,6 +53,7 @@ SUITES = {
     "dht-daemons": dht_daemons.main,  # peer find on 30 real daemons via the CLI
     "punch": punch.main,  # hole punching in the NAT lab vs the reference schedules (root)
     "hyperdht": hyperdht.main,  # HyperDHT's hole punching in the same lab (root, node)
+    "reach": reach.main,  # reach by NodeId, one public node (root)
 }
 
 
