@@ -263,6 +263,26 @@ def test_keepalive_pings_when_quiet_and_declares_a_silent_peer_dead() -> None:
     assert isinstance(dead, HopUnresponsive) and "keepalives" in dead.reason
 
 
+def test_a_watched_hop_pings_often_and_a_silent_peer_is_dead_in_seconds() -> None:
+    """A hop that carries a relay registration: its death must be seen in seconds (the
+    client then moves its relay), not after the minute of plain keepalives."""
+    server, client = live_pair()
+    client.keepalive = True
+    client.watch_interval = 2.0
+    assert client.next_deadline() == 2.0
+    assert client.on_timer(2.0) == []
+    ping = client.data_to_send()
+    assert [type(f).__name__ for f in frames(ping)] == ["Ping"]
+    server.receive_data(ping, 2.01)
+    assert client.receive_data(server.data_to_send(), 2.02)  # answered: alive
+    next_ping = client.next_deadline()
+    assert next_ping is not None and next_ping <= 4.02
+    client.on_timer(next_ping)  # this one is never answered (the relay node died)
+    client.data_to_send()
+    [dead] = client.on_timer(next_ping + client.liveness.answer_timeout)
+    assert isinstance(dead, HopUnresponsive) and "keepalive" in dead.reason
+
+
 def test_keepalive_answered_keeps_the_hop_and_measures_rtt() -> None:
     server, client = live_pair()
     client.keepalive = True

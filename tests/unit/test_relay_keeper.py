@@ -56,8 +56,8 @@ def test_a_relay_that_dies_is_replaced_within_grace_and_the_dead_one_goes_once_r
     k.on_relay_state(SEED.node_id, AutoRelayState.ACTIVE, 0.5)
     assert k.next_deadline() is None  # an active relay needs no timer
     k.on_relay_state(SEED.node_id, AutoRelayState.DOWN, 10.0)  # the relay node died
-    assert k.commands() == [] and k.next_deadline() == 10.0 + k.grace
-    k.on_timer(10.0 + k.grace)
+    assert k.commands() == [] and k.next_deadline() == 10.0 + k.down_grace
+    k.on_timer(10.0 + k.down_grace)
     assert k.commands() == [CreateAutoRelay(FAST.node_id, FAST.endpoint)]
     k.on_relay_state(FAST.node_id, AutoRelayState.ACTIVE, 13.4)
     assert k.commands() == [DeleteAutoRelay(SEED.node_id, "replaced")]

@@ -65,6 +65,7 @@ ServiceFunction = Callable[[bytes], bytes | Awaitable[bytes]]
 __all__ = ["Node", "RemoteError"]
 
 
+RELAY_WATCH_INTERVAL = 2.0
 _RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -440,7 +441,10 @@ class Node:
         return resolved
 
     def _watch(self, address: TransportAddress) -> asyncio.Future[str]:
-        return (self.udp if address.protocol == "udp" else self.tcp).watch(address)
+        """The hop to a relay node: a relay that died is noticed within seconds (a PING every
+        RELAY_WATCH_INTERVAL, each expecting its answer), so its clients move on quickly."""
+        transport = self.udp if address.protocol == "udp" else self.tcp
+        return transport.watch(address, interval=RELAY_WATCH_INTERVAL)
 
     async def whoami(self, via: str | Route, *, timeout: float = 3.0) -> TransportAddress:
         """This node's UDP socket as the node at ``via`` (a UDP address) sees it."""

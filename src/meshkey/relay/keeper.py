@@ -15,11 +15,13 @@ deletes the relays and reports how they fare.
   last). A candidate that failed is skipped for a while (``retry_after``, doubling per
   failure up to ``retry_max``), so a dead seed does not stall the choice.
 - **Failover.** The glue reports each relay's state (:meth:`RelayKeeper.on_relay_state`): an
-  automatic relay that is not active ``grace`` seconds after it was created (or after it last
-  was active) counts as failed: a replacement is created on the next candidate at once, and
-  the failed one is deleted once the replacement is active (until then it keeps trying in the
-  background, and may come back first). So a relay node that dies is replaced within
-  ``grace`` plus one registration, seconds.
+  automatic relay that is not active ``grace`` seconds after it was created, or
+  ``down_grace`` after it stopped being active (short: the hop to a relay node is watched,
+  so "down" already means seconds of silence), counts as failed: a replacement is created on
+  the next candidate at once, and the failed one is deleted once the replacement is active
+  (until then it keeps trying in the background, and may come back first). So a relay node
+  that dies is replaced within its hop's watch (a PING every 2 s, answered within 2 s),
+  ``down_grace`` and one registration: seconds.
 
 Inputs return nothing; drain :meth:`RelayKeeper.commands` and re-read
 :meth:`RelayKeeper.next_deadline`.
@@ -38,6 +40,7 @@ from meshkey.identity.node_id import NodeId
 from meshkey.wire.net import Endpoint
 
 GRACE = 3.0  # an automatic relay not active this long after creation counts as failed
+DOWN_GRACE = 1.5  # one that was active and went down: its node is watched, so this is short
 RETRY_AFTER = 10.0
 RETRY_MAX = 300.0
 
@@ -91,6 +94,7 @@ class _Failure:
 class RelayKeeper:
     wanted: int = 1
     grace: float = GRACE
+    down_grace: float = DOWN_GRACE
     retry_after: float = RETRY_AFTER
     retry_max: float = RETRY_MAX
     enabled: bool = True
@@ -145,7 +149,7 @@ class RelayKeeper:
 
     def next_deadline(self) -> float | None:
         deadlines = [
-            held.since + self.grace
+            held.since + self._grace(held)
             for held in self._held.values()
             if held.state in (AutoRelayState.PENDING, AutoRelayState.DOWN)
         ]
@@ -178,6 +182,9 @@ class RelayKeeper:
             if held.state is AutoRelayState.ACTIVE or (held.state is AutoRelayState.PENDING)
         )
 
+    def _grace(self, held: _Held) -> float:
+        return self.down_grace if held.state is AutoRelayState.DOWN else self.grace
+
     def _failed(self, at: NodeId, now: float) -> None:
         failure = self._failures.get(at)
         count = failure.count + 1 if failure else 1
@@ -200,7 +207,7 @@ class RelayKeeper:
             return
         # Relays that never became active, or stopped being active, for ``grace``: failed.
         for at, held in list(self._held.items()):
-            overdue = now >= held.since + self.grace
+            overdue = now >= held.since + self._grace(held)
             waiting = held.state in (AutoRelayState.PENDING, AutoRelayState.DOWN)
             if overdue and waiting and at not in self._failures:
                 self._failed(at, now)
@@ -209,7 +216,7 @@ class RelayKeeper:
             a
             for a, h in self._held.items()
             if h.state in (AutoRelayState.PENDING, AutoRelayState.DOWN)
-            and now < h.since + self.grace
+            and now < h.since + self._grace(h)
         ]
         # Replace what failed: one new candidate per missing relay.
         missing = self.wanted - len(working) - len(trying)

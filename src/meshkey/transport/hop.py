@@ -224,6 +224,9 @@ class HopConnection:
         self.peer: NodeId | None = None
         self.liveness = liveness
         self.keepalive = False
+        #: A watched hop (it carries a relay registration): keepalives this often, each
+        #: expecting its answer, so a peer that died is noticed in seconds, not a minute.
+        self.watch_interval: float | None = None
         self.ping_rtt = RttEstimate()  # PING -> PONG round trips (RFC 6298 smoothing)
         self._identity = identity
         self._transport = transport
@@ -357,7 +360,10 @@ class HopConnection:
                 quiet = now - self.last_received
                 return [HopUnresponsive(f"no answer to keepalives for {quiet:.0f}s")]
             if now >= self._next_ping():
-                self.ping(now)
+                if self.watch_interval is not None:
+                    self._expect_answer(now, self._answer_timeout(), "no answer to a keepalive")
+                else:
+                    self.ping(now)
         elif now >= self._last_activity + live.idle_timeout:
             return [HopIdle()]
         return []
@@ -403,10 +409,13 @@ class HopConnection:
         """Keepalive: when nothing was received for an interval, and at most one ping per
         interval (a third of dead_after, if shorter, so a dead peer gets three chances)."""
         live = self.liveness
+        interval = live.keepalive_interval
+        if self.watch_interval is not None:
+            interval = min(interval, self.watch_interval)
         last_ping = max(self._ping_times.values(), default=float("-inf"))
         return max(
-            self.last_received + live.keepalive_interval,
-            last_ping + min(live.keepalive_interval, live.dead_after / 3),
+            self.last_received + interval,
+            last_ping + min(interval, live.dead_after / 3),
         )
 
     def _queue(self, frame: HopFrame) -> None:

@@ -212,15 +212,18 @@ class LinkTransport:
         await link.enqueue(message)
         return True
 
-    def watch(self, address: TransportAddress) -> asyncio.Future[str]:
+    def watch(
+        self, address: TransportAddress, *, interval: float | None = None
+    ) -> asyncio.Future[str]:
         """Keeps the link to ``address`` alive (pings instead of idle close) and returns a
-        future that resolves, with the reason, when it closes."""
+        future that resolves, with the reason, when it closes; ``interval``: ping this often,
+        each expecting its answer (see :meth:`HopLink.set_keepalive`)."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         link = self._outbound.get((address.host, address.port, address.node_id))
         if link is None or link.closed:
             future.set_result("not connected")
         else:
-            link.set_keepalive(True)
+            link.set_keepalive(True, watch=interval)
             link.watchers.append(future)
         return future
 
@@ -334,8 +337,11 @@ class HopLink:
             "keepalive": self.core.keepalive,
         }
 
-    def set_keepalive(self, on: bool) -> None:
+    def set_keepalive(self, on: bool, *, watch: float | None = None) -> None:
+        """Keepalives on (the hop is not closed when idle); ``watch``: every this many
+        seconds, each expecting its answer (a hop whose death must be seen in seconds)."""
         self.core.keepalive = on
+        self.core.watch_interval = watch if on else None
         self._rearm()
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], what: str) -> None:
