@@ -9,8 +9,9 @@ default ``random.SystemRandom()``: an off-path attacker must not guess it and fo
 answer).
 
 An observer may also answer on an *alternate port* (:meth:`ReflexiveAddressService.open_alternate`,
-STUN's OTHER-ADDRESS; DESIGN.md decision 16): a second socket on the same IP, the main port
-plus one when it is free, that does nothing but answer WHOAMI, from itself. Every answer names
+STUN's OTHER-ADDRESS; DESIGN.md decision 16): a second socket on the same IP, on a port the
+system picks (a fixed offset such as the main port + 1 would take the port of the next node a
+user starts), that does nothing but answer WHOAMI, from itself. Every answer names
 it, so a node whose only rendezvous is this one observer can still compare two mappings (an
 endpoint-dependent NAT gives the two destinations two ports). The asking side never uses a
 second socket: only the observer has one.
@@ -70,19 +71,14 @@ class ReflexiveAddressService:
             udp.register_control(kind, self._on_packet)
 
     def open_alternate(self) -> int:
-        """Opens the alternate WHOAMI port (the main port + 1 if free, else any); returns it,
-        0 if no port could be had (the node then simply has none)."""
-        if self.alternate_port:
+        """Opens the alternate WHOAMI port (one the system picks); returns it, 0 if none
+        could be had (the node then simply has none)."""
+        if self.alternate_port or self.udp.address is None:
             return self.alternate_port
-        address = self.udp.address
-        if address is None:
-            return 0
-        for port in (address.port + 1 if address.port < 65535 else 0, 0):
-            try:
-                self.alternate_port = self.udp.open_socket(ALTERNATE_SOCKET, port)[1]
-                break
-            except OSError:
-                continue
+        try:
+            self.alternate_port = self.udp.open_socket(ALTERNATE_SOCKET)[1]
+        except OSError as exc:
+            log.warning("whoami.no_alternate_port", reason=str(exc))
         return self.alternate_port
 
     def _on_packet(self, data: bytes, source: Endpoint, socket_id: int = 0) -> None:
