@@ -452,9 +452,11 @@ class FrameReader:
                 frames, position = _scan(view, position)
         except WireError as exc:
             self._error = exc
-            self._buffer.clear()
+            # A new buffer, never a resize: the error's traceback may still hold slices of
+            # the old one (a frame's body), and a bytearray with live views cannot shrink.
+            self._buffer = bytearray()
             raise
-        del self._buffer[:position]
+        del self._buffer[:position]  # no view outlives _scan on success: frames hold copies
         return frames
 
 
