@@ -57,7 +57,7 @@ from meshkey.portal.session import (
     ShutdownAppWrite,
     WriteToApp,
 )
-from meshkey.routing.address import Route, ServiceAddress
+from meshkey.routing.address import Address, Route, ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
@@ -75,6 +75,16 @@ READ_SIZE = 512 * 1024
 MIN_READ = 64 * 1024
 #: Queued packets smaller than this are joined into one message before sending.
 COALESCE_BELOW = 4096
+#: Every multiplexer's worker is ``/service/_portal.<hex>``: a node's own plumbing (no user
+#: service may take a name starting with ``_``), and the only worker that sends portal packets.
+PORTAL_WORKER_PREFIX = "_portal."
+
+
+def is_portal_worker(address: Address) -> bool:
+    """Is ``address`` a portal multiplexer's worker (on whichever node it names)?"""
+    return isinstance(address, ServiceAddress) and address.name.startswith(PORTAL_WORKER_PREFIX)
+
+
 #: What a socket end reads before its session exists (then it stops reading).
 EARLY_READ = 16 * 1024
 _EARLY_BUFFER: list[memoryview] = []
@@ -162,7 +172,7 @@ class MuxDriver:
             )
         self.mux = mux
         self.counters = counters or PortalCounters()
-        self.worker = f"_portal.{secrets.token_hex(8)}"
+        self.worker = f"{PORTAL_WORKER_PREFIX}{secrets.token_hex(8)}"
         self._reply_to = (ServiceAddress(self.worker),)
         self._ends: dict[int, AppEnd] = {}
         self._on_requested = on_requested
