@@ -7,11 +7,15 @@ import random
 
 import pytest
 
+from meshkey.portal.budget import BudgetLimits, PortalBudget
 from meshkey.portal.mux import Multiplexer, SendPacket, SessionRequested
-from meshkey.portal.session import Closed, Outcome, PortalLocalError, Role
+from meshkey.portal.session import Closed, Outcome, PauseReading, PortalLocalError, Role
 from meshkey.wire.portal import (
+    MAX_PACKET,
+    MAX_WINDOW,
     Data,
     Open,
+    OpenOk,
     OpenRefused,
     Ping,
     Pong,
@@ -72,6 +76,52 @@ def test_the_acceptor_holds_a_bounded_number_of_sessions_per_peer() -> None:
     assert all(c.outcome is not None and c.outcome.outcome is Outcome.REFUSED for c in refused)
     assert all("holds 3 sessions" in (c.outcome.reason if c.outcome else "") for c in refused)
     assert len(pair.b) == 3
+
+
+def test_opens_past_a_peers_share_of_the_budget_are_refused_until_its_sessions_end() -> None:
+    budget = PortalBudget(BudgetLimits(sessions_per_peer=3))
+    pair = Pair(budget=budget)
+    clients = [SimApp(outgoing=b"x", eof_after=False) for _ in range(5)]
+    sessions = [pair.open(client) for client in clients]
+    pair.run(lambda: sum(c.outcome is not None for c in clients) == 2)
+    refused = [c.outcome for c in clients if c.outcome is not None]
+    assert all(c.outcome is Outcome.REFUSED for c in refused)
+    assert all("too_many): this peer holds 3 portal sessions" in c.reason for c in refused)
+    assert budget.held_by("peer a") == (3, 0)  # and nothing more was made for the others
+    served = [s for s, c in zip(sessions, clients, strict=True) if c.outcome is None]
+    pair.a.app_reset(served[0], pair.now, "the client left")
+    pair.run(lambda: budget.held_by("peer a")[0] == 2)
+    late = SimApp(outgoing=b"y", eof_after=False)
+    session = pair.open(late)
+    pair.run(lambda: session in pair.apps["b"] and pair.apps["b"][session].received == b"y")
+    assert budget.held_by("peer a") == (3, 0)
+
+
+def test_a_resend_of_data_still_waiting_to_be_sent_is_not_queued_twice() -> None:
+    """A route that does not take packets: what waits is frames, each segment once."""
+    mux = Multiplexer(Role.OPENER)
+    session = mux.open(0.0)
+    mux.frames_received([OpenOk(session, MAX_WINDOW)], 0.1)
+    mux.app_data(session, random.Random(1).randbytes(200_000), 0.1)
+    assert [c.command for c in mux.app_commands()] == [PauseReading()]  # its buffer is full
+    assert mux.has_packets  # and its frames wait, unpacked
+    for _ in range(3):  # retransmission timeouts while the route is stuck
+        deadline = mux.next_deadline()
+        assert deadline is not None
+        mux.on_timer(deadline)
+        mux.app_commands()
+    packets = []
+    while (packet := mux.next_packet()) is not None:
+        assert len(packet) <= MAX_PACKET
+        packets.append(packet)
+    data = [f for p in packets for f in decode_packet(p) if isinstance(f, Data)]
+    assert sorted((f.offset, len(f.data)) for f in data) == [
+        (0, 65536),
+        (65536, 65536),
+        (131072, 65536),
+        (196608, 3392),
+    ]
+    assert not mux.has_packets
 
 
 def test_the_opener_allocates_ids_without_collision_and_bounds_its_sessions() -> None:

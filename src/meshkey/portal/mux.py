@@ -9,7 +9,11 @@ Inputs take ``now`` and return nothing; outputs are drained: :meth:`Multiplexer.
 gives :class:`SendPacket` (a routing payload, frames of any sessions packed up to
 :data:`~meshkey.wire.portal.MAX_PACKET`) and :class:`ToApp` (a command for one session's
 local socket); :meth:`Multiplexer.events` gives :class:`SessionEvent` and, on an acceptor,
-:class:`SessionRequested` (connect, then :meth:`accept` or :meth:`refuse`).
+:class:`SessionRequested` (connect, then :meth:`accept` or :meth:`refuse`). A sender that
+must wait for its route drains the two apart: :meth:`app_commands` at once, and
+:meth:`next_packet` only when it can send, so what waits for a slow route is frames (which
+share the bytes the sessions hold anyway), never packed copies; a DATA frame a timeout
+resends while its first copy still waits is not queued twice.
 :meth:`next_deadline` is the earliest of all sessions', kept in a heap so thousands of
 sessions cost a logarithm per change, not a scan.
 
@@ -17,6 +21,13 @@ Frames for a session this end does not have are answered with RST (unknown sessi
 most once per session per input, and never in answer to RST or OPEN_REFUSED, so two ends
 cannot bounce resets forever. An acceptor holds at most ``max_sessions`` sessions per
 remote inlet (a peer cannot make it hold more); further OPENs are refused (TOO_MANY).
+
+Every session is admitted by the node's :class:`~meshkey.portal.budget.PortalBudget` for the
+multiplexer's ``owner`` (an acceptor's: the remote identity, bounded per peer; an opener's:
+its inlet) and holds the :class:`~meshkey.portal.budget.Credit` it got, which its window and
+send buffer grow from and which it gives back when it ends. An OPEN the budget does not
+admit is refused (TOO_MANY, saying which bound); an opener's :meth:`Multiplexer.open` raises
+PortalLocalError.
 
 An opener made with ``route_keepalive`` PINGs its route (session 0) while it has no session,
 so an inlet nobody uses keeps its hops, NAT mappings and secure channel alive and learns of
@@ -27,8 +38,11 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
+from meshkey.portal.budget import UNLIMITED, BudgetExceeded, PortalBudget
 from meshkey.portal.session import (
     DEFAULT_LIMITS,
     AppCommand,
@@ -41,6 +55,7 @@ from meshkey.portal.session import (
 )
 from meshkey.wire.portal import (
     MAX_PACKET,
+    Data,
     Frame,
     Open,
     OpenRefused,
@@ -50,6 +65,7 @@ from meshkey.wire.portal import (
     Reset,
     ResetReason,
     pack_frames,
+    take_packet,
 )
 
 #: Sessions one end holds per route (per remote inlet on an outlet): thousands of TCP
@@ -101,10 +117,15 @@ class Multiplexer:
         rng: random.Random | None = None,
         route_keepalive: float | None = None,
         now: float = 0.0,
+        budget: PortalBudget | None = None,
+        owner: Hashable = None,
     ) -> None:
         """``route_keepalive`` (an opener's): while no session is open, PING the route
-        that often (sessions keep it alive themselves while there are any)."""
+        that often (sessions keep it alive themselves while there are any). ``budget``
+        admits sessions for ``owner`` (none given: no bound but ``max_sessions``)."""
         self.role = role
+        self.budget = budget if budget is not None else PortalBudget(UNLIMITED)
+        self.owner = owner
         self.limits = limits
         self.max_sessions = max_sessions
         self.max_packet = max_packet
@@ -112,7 +133,8 @@ class Multiplexer:
         self._sessions: dict[int, PortalSession] = {}
         self._next_id = 1
         self._dirty: dict[int, None] = {}  # sessions that may have output (ordered set)
-        self._frames: list[Frame] = []  # the multiplexer's own (RSTs, refusals)
+        self._frames: deque[Frame] = deque()  # to pack: its own (RSTs, refusals), sessions'
+        self._queued_data: set[tuple[int, int, int]] = set()  # (session, offset, size) in it
         self._events: list[MuxEvent] = []
         self._pending_app: list[ToApp] = []
         self._deadlines: dict[int, float] = {}
@@ -149,12 +171,16 @@ class Multiplexer:
         self._now = now
         if len(self._sessions) >= self.max_sessions:
             raise PortalLocalError(f"{self.max_sessions} portal sessions are open on this route")
+        try:
+            credit = self.budget.open(self.owner, remote=False)
+        except BudgetExceeded as exc:
+            raise PortalLocalError(str(exc)) from None
         while self._next_id in self._sessions or self._next_id == 0:
             self._next_id = self._next_id % 0xFFFFFFFF + 1
         session_id = self._next_id
         self._next_id = self._next_id % 0xFFFFFFFF + 1
         self._sessions[session_id] = PortalSession(
-            Role.OPENER, session_id, now, limits=self.limits, rng=self._rng
+            Role.OPENER, session_id, now, limits=self.limits, rng=self._rng, credit=credit
         )
         self.opened += 1
         self._touch(session_id)
@@ -233,15 +259,17 @@ class Multiplexer:
                 )
 
     def _requested(self, frame: Open, now: float) -> None:
+        refusal = None
         if len(self._sessions) >= self.max_sessions:
+            refusal = f"the outlet holds {self.max_sessions} sessions for this peer"
+        else:
+            try:
+                credit = self.budget.open(self.owner, remote=True)
+            except BudgetExceeded as exc:
+                refusal = str(exc)
+        if refusal is not None:
             self.refused += 1
-            self._frames.append(
-                OpenRefused(
-                    frame.session,
-                    RefuseReason.TOO_MANY,
-                    f"the outlet holds {self.max_sessions} sessions for this peer",
-                )
-            )
+            self._frames.append(OpenRefused(frame.session, RefuseReason.TOO_MANY, refusal))
             return
         self._sessions[frame.session] = PortalSession(
             Role.ACCEPTOR,
@@ -250,6 +278,7 @@ class Multiplexer:
             limits=self.limits,
             rng=self._rng,
             peer_window=frame.window,
+            credit=credit,
         )
         self._events.append(SessionRequested(frame.session))
         self._touch(frame.session)
@@ -318,7 +347,7 @@ class Multiplexer:
                 continue
             for command in session.commands():
                 if isinstance(command, SendFrames):
-                    self._frames.extend(command.frames)  # packed with other sessions' frames
+                    self._queue(command.frames)  # packed with other sessions' frames
                 else:
                     self._pending_app.append(ToApp(session_id, command))
             self._events.extend(SessionEvent(session_id, e) for e in session.events())
@@ -335,15 +364,54 @@ class Multiplexer:
         if self._route_keepalive and not self._sessions and self._idle_since is None:
             self._idle_since = self._now
 
+    def _queue(self, frames: tuple[Frame, ...]) -> None:
+        queued = self._queued_data
+        for frame in frames:
+            if isinstance(frame, Data):
+                key = (frame.session, frame.offset, len(frame.data))
+                if key in queued:
+                    continue  # resent while the first copy still waits: the same bytes
+                queued.add(key)
+            self._frames.append(frame)
+
     def commands(self) -> list[MuxCommand]:
         """Commands for local sockets (in each session's order), then packets to send."""
-        self._refresh()
-        out: list[MuxCommand] = list(self._pending_app)
-        self._pending_app.clear()
+        out: list[MuxCommand] = list(self.app_commands())
         if self._frames:
             out.extend(SendPacket(p) for p in pack_frames(self._frames, self.max_packet))
             self._frames.clear()
+            self._queued_data.clear()
         return out
+
+    def app_commands(self) -> list[ToApp]:
+        """Commands for local sockets only, in each session's order (frames stay queued)."""
+        self._refresh()
+        out, self._pending_app = self._pending_app, []
+        return out
+
+    @property
+    def has_packets(self) -> bool:
+        """Frames wait to be packed (after the sessions' latest output was collected)."""
+        self._refresh()
+        return bool(self._frames)
+
+    @property
+    def has_app_output(self) -> bool:
+        """Commands for local sockets or events wait to be drained."""
+        self._refresh()
+        return bool(self._pending_app or self._events)
+
+    def next_packet(self) -> bytes | None:
+        """The next packet to send (the oldest frames that fit in one), or None."""
+        self._refresh()
+        if not self._frames:
+            return None
+        packet, taken = take_packet(self._frames, self.max_packet)
+        for _ in range(taken):
+            frame = self._frames.popleft()
+            if isinstance(frame, Data):
+                self._queued_data.discard((frame.session, frame.offset, len(frame.data)))
+        return packet
 
     def events(self) -> list[MuxEvent]:
         self._refresh()

@@ -16,6 +16,11 @@ state is created, on the identity authenticated end to end (:func:`end_to_end_id
 * with ``allow``, only those identities are served (never a packet without an identity).
 
 A refused OPEN is answered with OPEN_REFUSED (NOT_ALLOWED) saying why, and logged.
+
+What the sessions may hold is the node's :class:`~meshkey.portal.budget.PortalBudget`'s to
+say, by identity: at most 64 sessions per identity (an OPEN beyond is refused, TOO_MANY, and
+no connection to the server is made for it) and 1024 on the node, each starting with 64 KiB
+of buffer each way and growing only while its far side reads.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.portal.budget import PortalBudget
 from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd, is_portal_worker
 from meshkey.portal.mux import MAX_SESSIONS, ROUTE_SESSION
 from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, SessionLimits
@@ -93,8 +99,12 @@ class Outlet:
         max_sessions: int = MAX_SESSIONS,
         connect_timeout: float = CONNECT_TIMEOUT,
         rng: random.Random | None = None,
+        budget: PortalBudget | None = None,
     ) -> None:
+        """``budget``: the node's (shared by its portals); one of the outlet's own if not
+        given, with the default bounds."""
         self.router = router
+        self.budget = budget if budget is not None else PortalBudget()
         self.host = host
         self.port = port
         self.name = name
@@ -141,7 +151,8 @@ class Outlet:
             return
         identity = end_to_end_identity(message, self.router.node_id)
         refusal = self._refusal(identity)
-        key = (identity or message.local.hop_peer, message.return_route[-1])
+        owner = identity or message.local.hop_peer
+        key = (owner, message.return_route[-1])
         driver = self._remotes.get(key)
         if driver is None:
             if refusal is None and len(self._remotes) >= MAX_REMOTES:
@@ -168,6 +179,8 @@ class Outlet:
                 on_requested=self._requested,
                 on_idle=self._idle,
                 rng=self._rng,
+                budget=self.budget,
+                owner=owner,
             )
             self._remotes[key] = driver
         await driver.receive(message)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from meshkey.wire.errors import (
@@ -297,6 +297,25 @@ def pack_frames(frames: Iterable[Frame], limit: int = MAX_PACKET) -> list[bytes]
     if batch:
         packets.append(b"".join(batch))
     return packets
+
+
+def take_packet(frames: Sequence[Frame], limit: int = MAX_PACKET) -> tuple[bytes, int]:
+    """One packet of the first of ``frames`` that fit in ``limit`` bytes (at least one), and
+    how many it holds: a sender packs only when it can send, so frames wait unpacked."""
+    parts = [bytes([PORTAL_VERSION])]
+    size = 1
+    taken = 0
+    for frame in frames:
+        head, body = _frame_parts(frame)
+        length = len(head) + len(body)
+        if taken and size + length > limit:
+            break
+        parts += (head, body)
+        size += length
+        taken += 1
+    if not taken:
+        raise MalformedError("a portal packet needs at least one frame")
+    return b"".join(parts), taken
 
 
 # -- decoding ---------------------------------------------------------------------------
