@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
-from collections.abc import AsyncIterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +39,11 @@ from meshkey.wire.portal import (
     encode_packet,
 )
 
+from .conftest import Cli
+
 pytestmark = pytest.mark.integration
 
+MIB = 1024 * 1024
 BANNER = b"SSH-2.0-private-server\r\n"
 
 
@@ -266,3 +274,202 @@ async def test_a_stranger_with_its_own_secure_channel_to_the_outlet_is_refused()
         catcher = Catcher(m.stranger)
         route = parse_route(f"{channel}/service/outlet")
         assert_refused(m, await catcher.open(route, (ServiceAddress(catcher.worker),)))
+
+
+# -- memory: what a peer can make a portal hold is bounded, and given back ---------------
+#
+# Real daemons; their RSS is read from /proc/PID/status before, during and after each
+# attack. The bounds are generous (loaded machines, allocator noise) yet far below what the
+# attacks cost before portals had a budget: 200 clients that never read made the outlet
+# grow by 540 MB and keep 330 MB; 1,000 OPENs that read nothing, by 5 GB (3.4 GB kept).
+
+#: What an attack may add to a daemon's RSS while it lasts, and what may stay once the
+#: sessions it opened have ended (with the heaps trimmed, RSS returns to within a few MiB).
+GROWTH_DURING = 100 * MIB
+KEPT_AFTER = 24 * MIB
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class Firehose:
+    """A TCP server that writes to every connection as fast as it takes it, until it fails
+    (threads: the test's event loop, if any, must not carry it)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
+        self.port = int(self.listener.getsockname()[1])
+        self.connections = 0
+        self._sockets: list[socket.socket] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        chunk = os.urandom(256 * 1024)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._sockets.append(conn)
+            threading.Thread(target=self._pour, args=(conn, chunk), daemon=True).start()
+
+    @staticmethod
+    def _pour(conn: socket.socket, chunk: bytes) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn.sendall(chunk)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        for conn in self._sockets:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+@contextlib.contextmanager
+def firehose() -> Iterator[Firehose]:
+    server = Firehose()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def drink(port: int, size: int = MIB, timeout: float = 20) -> int:
+    """A legitimate client: connects to 127.0.0.1:PORT and reads ``size`` bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        got = 0
+        while got < size:
+            data = sock.recv(min(1 << 16, size - got))
+            if not data:
+                break
+            got += len(data)
+    return got
+
+
+def sessions_open(cli: Cli, kind: str, node: str) -> int:
+    return sum(int(p["sessions_open"]) for p in cli.json(kind, "list", "--at", node))
+
+
+def sample_peak(pids: dict[str, int], seconds: float) -> dict[str, int]:
+    peak = dict.fromkeys(pids, 0)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for name, pid in pids.items():
+            peak[name] = max(peak[name], rss(pid))
+        time.sleep(0.25)
+    return peak
+
+
+def test_clients_that_never_read_through_one_inlet_are_bounded_and_given_back(cli: Cli) -> None:
+    """200 TCP clients connect to one inlet and never read while the server behind the
+    outlet writes as fast as it can: the outlet serves the inlet's identity 64 sessions,
+    each holding what its reader took (nothing) plus 64 KiB each way, and a client of
+    another node is still served; when the clients leave, the memory goes back."""
+    for node in ("inlet", "outlet", "friend"):
+        cli.ok("node", "create", node)
+    with firehose() as server:
+        cli.ok("tcp-outlet", "create", "--at", "outlet", "--to", f"127.0.0.1:{server.port}")
+        ports = {}
+        for node in ("inlet", "friend"):
+            listening = cli.ok(
+                "tcp-inlet", "create", "--at", node, "--to", "/node/outlet/service/outlet"
+            )
+            ports[node] = int(listening.strip().rpartition(":")[2])
+        assert drink(ports["friend"]) == MIB  # warm: every code path has run once
+        pids = {node: int(cli.json("node", "show", node)["pid"]) for node in ("inlet", "outlet")}
+        before = {node: rss(pid) for node, pid in pids.items()}
+        clients = []
+        for _ in range(200):
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", ports["inlet"]))
+            clients.append(client)
+        peak = sample_peak(pids, 6.0)
+        assert drink(ports["friend"]) == MIB  # another identity is still served
+        peak = {node: max(peak[node], value) for node, value in sample_peak(pids, 2.0).items()}
+        assert server.connections <= 64 + 2  # the inlet's 64, and the friend's two
+        for client in clients:
+            client.close()
+        cli.wait_for(
+            lambda: (
+                sessions_open(cli, "tcp-outlet", "outlet") == 0
+                and sessions_open(cli, "tcp-inlet", "inlet") == 0
+            ),
+            "the sessions to end",
+            30,
+        )
+        time.sleep(2.0)  # the heaps are trimmed a second after the last session ended
+        after = {node: rss(pid) for node, pid in pids.items()}
+    for node in pids:
+        assert peak[node] - before[node] <= GROWTH_DURING, (node, before, peak)
+        assert after[node] - before[node] <= KEPT_AFTER, (node, before, after)
+
+
+async def test_opens_that_never_read_from_one_allowed_identity_are_bounded_and_given_back(
+    cli: Cli,
+) -> None:
+    """An allowed identity sends 1,000 OPENs (1 MiB windows) and then reads nothing: the
+    outlet connects to its server for 64 of them, refuses the rest (TOO_MANY), holds 64 KiB
+    for each of the 64 (never the 1 MiB the OPEN offered), serves another allowed identity
+    meanwhile, and gives the memory back once the silent sessions time out."""
+    async with (
+        Node(tcp=None, name="attacker") as attacker,
+        Node(tcp=None, name="friend") as friend,
+    ):
+        await asyncio.to_thread(cli.ok, "node", "create", "outlet")
+        with firehose() as server:
+            allow = [arg for n in (attacker, friend) for arg in ("--allow", str(n.node_id))]
+            await asyncio.to_thread(
+                cli.ok, "tcp-outlet", "create", "--at", "outlet",
+                "--to", f"127.0.0.1:{server.port}", *allow,
+            )  # fmt: skip
+            shown = await asyncio.to_thread(cli.json, "node", "show", "outlet")
+            pid = int(shown["pid"])
+            address = next(a for a in shown["addresses"] if "/udp/" in a)
+            route = parse_route(f"{address}/service/outlet")
+
+            async def friend_reads() -> int:
+                reader, writer = await friend.open_portal_stream(route, timeout=20)
+                data = await asyncio.wait_for(reader.readexactly(MIB), 20)
+                writer.close()
+                return len(data)
+
+            assert await friend_reads() == MIB  # warm: every code path has run once
+            await asyncio.sleep(0.5)
+            before = rss(pid)
+            catcher = Catcher(attacker)
+            opens = [Open(session, 1 << 20) for session in range(1, 1001)]
+            for start in range(0, len(opens), 200):
+                payload = encode_packet(opens[start : start + 200])
+                await attacker.router.route(
+                    Message(route, (ServiceAddress(catcher.worker),), payload)
+                )
+            peak = await asyncio.to_thread(sample_peak, {"outlet": pid}, 6.0)
+            assert await friend_reads() == MIB  # another allowed identity is still served
+            accepted = sum(isinstance(f, OpenOk) for f in catcher.frames)
+            too_many = [
+                f
+                for f in catcher.frames
+                if isinstance(f, OpenRefused) and f.reason is RefuseReason.TOO_MANY
+            ]
+            assert accepted <= 64 and len(too_many) >= 1000 - 64
+            assert "holds 64 portal sessions" in too_many[0].text
+            assert server.connections <= 64 + 2  # the attacker's 64, and the friend's two
+            await asyncio.to_thread(
+                cli.wait_for,
+                lambda: sessions_open(cli, "tcp-outlet", "outlet") == 0,
+                "the silent sessions to time out",
+                60,
+            )
+            await asyncio.sleep(2.0)  # the heaps are trimmed a second after the last session
+            after = rss(pid)
+    assert peak["outlet"] - before <= GROWTH_DURING, (before, peak)
+    assert after - before <= KEPT_AFTER, (before, after)
