@@ -176,6 +176,8 @@ class Catcher:
     worker: str = field(default_factory=lambda: f"_portal.{secrets.token_hex(8)}")
     frames: list[Frame] = field(default_factory=list)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_bytes: int = 0  # on the wire, routing header included
+    received_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.node.router.capture = self._capture
@@ -194,14 +196,19 @@ class Catcher:
             frames = decode_packet(message.payload)
         except WireError:
             return
+        self.received_bytes += len(message.to_wire())
         self.frames += frames
         if any(isinstance(f, OpenOk | OpenRefused) for f in frames):
             self.answered.set()
 
-    async def open(self, onward: Route, return_route: Route = ()) -> list[Frame]:
-        """Sends an OPEN along ``onward`` and returns what came back within 5 s."""
-        payload = encode_packet([Open(1, 1 << 20)])
-        await self.node.router.route(Message(onward, return_route, payload))
+    async def open(
+        self, onward: Route, return_route: Route = (), *, sessions: int = 1
+    ) -> list[Frame]:
+        """Sends OPENs (one packet) along ``onward``; returns what came back within 5 s."""
+        payload = encode_packet([Open(s, 1 << 20) for s in range(1, sessions + 1)])
+        message = Message(onward, return_route, payload)
+        self.sent_bytes += len(message.to_wire())
+        await self.node.router.route(message)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.answered.wait(), 5)
         await asyncio.sleep(0.2)  # a banner would follow the OPEN_OK
@@ -230,6 +237,18 @@ async def test_a_stranger_routing_through_an_allowed_node_is_refused() -> None:
     async with mesh() as m:
         route = parse_route(f"{udp(m.allowed)}{udp(m.outlet_node)}/service/outlet")
         assert_refused(m, await Catcher(m.stranger).open(route))
+
+
+async def test_refusing_a_stranger_never_sends_more_than_it_sent() -> None:
+    """However many OPENs a packet holds, the refusals weigh less (decision 20): the reason
+    is said once per packet."""
+    async with mesh() as m:
+        catcher = Catcher(m.stranger)
+        route = parse_route(f"{udp(m.allowed)}{udp(m.outlet_node)}/service/outlet")
+        frames = await catcher.open(route, sessions=300)
+        assert_refused(m, frames)
+        assert len([f for f in frames if isinstance(f, OpenRefused)]) == 300
+        assert 0 < catcher.received_bytes <= catcher.sent_bytes
 
 
 async def test_a_stranger_naming_its_portal_worker_through_an_allowed_node_is_refused() -> None:

@@ -14,6 +14,7 @@ from meshkey.wire.portal import (
     MAX_PACKET,
     MAX_WINDOW,
     Data,
+    Frame,
     Open,
     OpenOk,
     OpenRefused,
@@ -23,6 +24,7 @@ from meshkey.wire.portal import (
     Reset,
     ResetReason,
     decode_packet,
+    encode_packet,
 )
 
 from .test_portal_sim import Pair, SimApp
@@ -142,7 +144,7 @@ def test_frames_for_unknown_sessions_get_one_reset_and_resets_get_none() -> None
     assert isinstance(packet, SendPacket)
     assert decode_packet(packet.payload) == [
         Reset(9, ResetReason.UNKNOWN_SESSION, "no such portal session"),
-        Reset(10, ResetReason.UNKNOWN_SESSION, "no such portal session"),
+        Reset(10, ResetReason.UNKNOWN_SESSION, ""),  # said once per packet
     ]
     mux.frames_received(
         [Reset(9, ResetReason.APP_RESET, "x"), OpenRefused(3, RefuseReason.REFUSED, "")], 0.0
@@ -153,6 +155,29 @@ def test_frames_for_unknown_sessions_get_one_reset_and_resets_get_none() -> None
     (packet,) = opener.commands()
     assert isinstance(packet, SendPacket)
     assert isinstance(decode_packet(packet.payload)[0], Reset)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [Ping(session, 1) for session in range(1, 501)],  # unknown sessions: RSTs
+        [Open(session, MAX_WINDOW) for session in range(1, 501)],  # past the cap: refusals
+    ],
+    ids=["pings-of-unknown-sessions", "opens-past-the-cap"],
+)
+def test_what_one_packet_makes_a_multiplexer_answer_never_outweighs_it(
+    frames: list[Frame],
+) -> None:
+    mux = Multiplexer(Role.ACCEPTOR, max_sessions=10)
+    packet = encode_packet(frames)
+    mux.frames_received(decode_packet(packet), 0.0)
+    answers = [c.payload for c in mux.commands() if isinstance(c, SendPacket)]
+    assert sum(len(a) for a in answers) <= len(packet)
+    answered = [f for a in answers for f in decode_packet(a)]
+    assert all(isinstance(f, Reset | OpenRefused) for f in answered)
+    assert len(answered) >= 490  # each answered (but the ten admitted)
+    first = answered[0]
+    assert isinstance(first, Reset | OpenRefused) and first.text  # and the first says why
 
 
 def test_the_deadline_is_the_earliest_of_all_sessions() -> None:

@@ -147,6 +147,7 @@ class Multiplexer:
         self.opened = 0  # sessions opened or accepted, ever
         self.refused = 0
         self.unknown_frames = 0
+        self._explained = False  # this packet's own answers said why once already
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -233,8 +234,13 @@ class Multiplexer:
     # -- inputs for the whole route ---------------------------------------------------
 
     def frames_received(self, frames: list[Frame], now: float) -> None:
-        """Frames from the peer (one packet's). Then drain and re-read the deadline."""
+        """Frames from the peer (one packet's). Then drain and re-read the deadline.
+
+        What the multiplexer answers on its own (an RST for an unknown session, a refused
+        OPEN) says why only once per packet: the answers to one packet never outweigh it,
+        however many frames it holds (decision 20)."""
         answered: set[int] = set()
+        self._explained = False
         self._now = now
         if self._idle_since is not None:
             self._idle_since = now  # the route just carried something
@@ -254,9 +260,8 @@ class Multiplexer:
             elif not isinstance(frame, Reset | OpenRefused) and frame.session not in answered:
                 self.unknown_frames += 1
                 answered.add(frame.session)
-                self._frames.append(
-                    Reset(frame.session, ResetReason.UNKNOWN_SESSION, "no such portal session")
-                )
+                text = self._explain("no such portal session")
+                self._frames.append(Reset(frame.session, ResetReason.UNKNOWN_SESSION, text))
 
     def _requested(self, frame: Open, now: float) -> None:
         refusal = None
@@ -269,7 +274,8 @@ class Multiplexer:
                 refusal = str(exc)
         if refusal is not None:
             self.refused += 1
-            self._frames.append(OpenRefused(frame.session, RefuseReason.TOO_MANY, refusal))
+            text = self._explain(refusal)
+            self._frames.append(OpenRefused(frame.session, RefuseReason.TOO_MANY, text))
             return
         self._sessions[frame.session] = PortalSession(
             Role.ACCEPTOR,
@@ -282,6 +288,13 @@ class Multiplexer:
         )
         self._events.append(SessionRequested(frame.session))
         self._touch(frame.session)
+
+    def _explain(self, reason: str) -> str:
+        """``reason`` for the first of this packet's own answers, nothing for the rest."""
+        if self._explained:
+            return ""
+        self._explained = True
+        return reason
 
     def route_error(self, text: str, now: float) -> None:
         """A node on the route could not deliver one of our packets (which sessions' frames

@@ -217,13 +217,16 @@ class Outlet:
             frames = decode_packet(message.payload)
         except WireError:
             return
+        # The reason once per packet: an answer never outweighs the OPENs it answers (13
+        # bytes each; an OPEN_REFUSED without text is 11), however many one packet holds.
         refusals = [
-            OpenRefused(f.session, RefuseReason.NOT_ALLOWED, reason)
+            OpenRefused(f.session, RefuseReason.NOT_ALLOWED, "")
             for f in frames
             if isinstance(f, Open)
         ]
         if not refusals:
             return
+        refusals[0] = OpenRefused(refusals[0].session, RefuseReason.NOT_ALLOWED, reason)
         self.refused_identities += 1
         self.counters.last_error = reason
         log.warning("portal.refused", service=self.name, peer=identity or "-", reason=reason)

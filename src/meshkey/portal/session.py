@@ -404,7 +404,8 @@ class PortalSession:
             self._terminate(
                 State.FAILED,
                 Outcome.REFUSED,
-                f"refused by the outlet ({frame.reason.name.lower()}): {frame.text}",
+                f"refused by the outlet ({frame.reason.name.lower()})"
+                + (f": {frame.text}" if frame.text else ""),
                 close_app=True,
                 abort=False,
             )
