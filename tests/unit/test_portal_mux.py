@@ -8,7 +8,7 @@ import random
 import pytest
 
 from meshkey.portal.budget import BudgetLimits, PortalBudget
-from meshkey.portal.mux import Multiplexer, SendPacket, SessionRequested
+from meshkey.portal.mux import MAX_ANSWERS, Multiplexer, SendPacket, SessionRequested
 from meshkey.portal.session import Closed, Outcome, PauseReading, PortalLocalError, Role
 from meshkey.wire.portal import (
     MAX_PACKET,
@@ -124,6 +124,31 @@ def test_a_resend_of_data_still_waiting_to_be_sent_is_not_queued_twice() -> None
         (196608, 3392),
     ]
     assert not mux.has_packets
+
+
+def test_a_peer_that_sends_but_never_lets_us_send_cannot_grow_what_waits() -> None:
+    """The route is stuck (nothing is ever packed) while the peer pings an open session,
+    pings the route, and pings sessions that do not exist: what waits stays bounded."""
+    mux = Multiplexer(Role.ACCEPTOR)
+    mux.frames_received([Open(1, MAX_WINDOW)], 0.0)
+    mux.accept(1, 0.0)
+    mux.app_commands()
+    for round_ in range(50):
+        now = 1.0 + round_ * 0.01
+        pings: list[Frame] = [Ping(1, round_ * 100 + i) for i in range(100)]
+        pings.append(Ping(0, round_))
+        unknown: list[Frame] = [Ping(2 + round_ * 1000 + i, 1) for i in range(1000)]
+        mux.frames_received(pings, now)
+        mux.frames_received(unknown, now)
+        mux.app_commands()
+    assert mux.unknown_frames == 50_000
+    assert mux.waiting <= MAX_ANSWERS + 8  # an OPEN_OK, an ACK, two PONGs, our answers
+    packets = []
+    while (packet := mux.next_packet()) is not None:
+        packets.append(packet)
+    pongs = [f for p in packets for f in decode_packet(p) if isinstance(f, Pong)]
+    assert sorted(pongs, key=lambda f: f.session) == [Pong(0, 49), Pong(1, 4999)]  # newest
+    assert mux.waiting == 0
 
 
 def test_the_opener_allocates_ids_without_collision_and_bounds_its_sessions() -> None:

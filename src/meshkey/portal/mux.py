@@ -12,8 +12,12 @@ local socket); :meth:`Multiplexer.events` gives :class:`SessionEvent` and, on an
 :class:`SessionRequested` (connect, then :meth:`accept` or :meth:`refuse`). A sender that
 must wait for its route drains the two apart: :meth:`app_commands` at once, and
 :meth:`next_packet` only when it can send, so what waits for a slow route is frames (which
-share the bytes the sessions hold anyway), never packed copies; a DATA frame a timeout
-resends while its first copy still waits is not queued twice.
+share the bytes the sessions hold anyway), never packed copies. What waits stays bounded
+however long the route is stuck and whatever the peer sends meanwhile: a DATA frame a
+timeout resends while its first copy still waits is not queued twice; only the latest ACK
+and PONG of each session wait (each supersedes the one before); and the multiplexer's own
+answers (RSTs for unknown sessions, refused OPENs) wait at most :data:`MAX_ANSWERS` at a
+time, later ones are dropped (the peer's timers cover them, as they cover a lossy path).
 :meth:`next_deadline` is the earliest of all sessions', kept in a heap so thousands of
 sessions cost a logarithm per change, not a scan.
 
@@ -37,9 +41,10 @@ a broken route (a route error) before its next client does.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
 from meshkey.portal.budget import UNLIMITED, BudgetExceeded, PortalBudget
@@ -55,8 +60,10 @@ from meshkey.portal.session import (
 )
 from meshkey.wire.portal import (
     MAX_PACKET,
+    Ack,
     Data,
     Frame,
+    FrameKind,
     Open,
     OpenRefused,
     Ping,
@@ -64,6 +71,7 @@ from meshkey.wire.portal import (
     RefuseReason,
     Reset,
     ResetReason,
+    frame_kind,
     pack_frames,
     take_packet,
 )
@@ -72,6 +80,8 @@ from meshkey.wire.portal import (
 #: connections over one channel, while a peer can make it hold no more than this many
 #: windows.
 MAX_SESSIONS = 4096
+#: The multiplexer's own answers waiting for a stuck route at most (the rest are dropped).
+MAX_ANSWERS = 1024
 #: Never a session: frames of session 0 are about the route itself (an idle opener's
 #: keepalive PING, answered with PONG), so an inlet with no connections keeps its route
 #: (hops, NAT mappings, a secure channel's learned path) alive and learns when it breaks.
@@ -133,7 +143,10 @@ class Multiplexer:
         self._sessions: dict[int, PortalSession] = {}
         self._next_id = 1
         self._dirty: dict[int, None] = {}  # sessions that may have output (ordered set)
-        self._frames: deque[Frame] = deque()  # to pack: its own (RSTs, refusals), sessions'
+        self._frames: deque[Frame] = deque()  # to pack, in order: the sessions' frames
+        # Packed first: the latest ACK and PONG of each session, and our own answers.
+        self._small: dict[tuple[FrameKind, int], Frame] = {}
+        self._answers = 0  # RSTs and refusals of ours in _small
         self._queued_data: set[tuple[int, int, int]] = set()  # (session, offset, size) in it
         self._events: list[MuxEvent] = []
         self._pending_app: list[ToApp] = []
@@ -247,7 +260,7 @@ class Multiplexer:
         for frame in frames:
             if frame.session == ROUTE_SESSION:
                 if isinstance(frame, Ping):
-                    self._frames.append(Pong(ROUTE_SESSION, frame.nonce))
+                    self._small[(FrameKind.PONG, ROUTE_SESSION)] = Pong(ROUTE_SESSION, frame.nonce)
                 elif isinstance(frame, Pong):
                     self.route_answered_at = now
                 continue  # nothing about the route is ever answered with RST
@@ -261,7 +274,7 @@ class Multiplexer:
                 self.unknown_frames += 1
                 answered.add(frame.session)
                 text = self._explain("no such portal session")
-                self._frames.append(Reset(frame.session, ResetReason.UNKNOWN_SESSION, text))
+                self._answer(Reset(frame.session, ResetReason.UNKNOWN_SESSION, text))
 
     def _requested(self, frame: Open, now: float) -> None:
         refusal = None
@@ -275,7 +288,7 @@ class Multiplexer:
         if refusal is not None:
             self.refused += 1
             text = self._explain(refusal)
-            self._frames.append(OpenRefused(frame.session, RefuseReason.TOO_MANY, text))
+            self._answer(OpenRefused(frame.session, RefuseReason.TOO_MANY, text))
             return
         self._sessions[frame.session] = PortalSession(
             Role.ACCEPTOR,
@@ -288,6 +301,14 @@ class Multiplexer:
         )
         self._events.append(SessionRequested(frame.session))
         self._touch(frame.session)
+
+    def _answer(self, frame: Reset | OpenRefused) -> None:
+        key = (frame_kind(frame), frame.session)
+        if key not in self._small:
+            if self._answers >= MAX_ANSWERS:
+                return  # the route is stuck and the peer keeps asking: it times out instead
+            self._answers += 1
+        self._small[key] = frame
 
     def _explain(self, reason: str) -> str:
         """``reason`` for the first of this packet's own answers, nothing for the rest."""
@@ -380,6 +401,11 @@ class Multiplexer:
     def _queue(self, frames: tuple[Frame, ...]) -> None:
         queued = self._queued_data
         for frame in frames:
+            if isinstance(frame, Ack | Pong):
+                # The latest says all the earlier ones did (an ACK is cumulative; a PONG
+                # answers the newest PING): one per session waits, whatever the peer sends.
+                self._small[(frame_kind(frame), frame.session)] = frame
+                continue
             if isinstance(frame, Data):
                 key = (frame.session, frame.offset, len(frame.data))
                 if key in queued:
@@ -387,11 +413,16 @@ class Multiplexer:
                 queued.add(key)
             self._frames.append(frame)
 
+    def _waiting(self) -> Iterator[Frame]:
+        return itertools.chain(self._small.values(), self._frames)
+
     def commands(self) -> list[MuxCommand]:
         """Commands for local sockets (in each session's order), then packets to send."""
         out: list[MuxCommand] = list(self.app_commands())
-        if self._frames:
-            out.extend(SendPacket(p) for p in pack_frames(self._frames, self.max_packet))
+        if self._small or self._frames:
+            out.extend(SendPacket(p) for p in pack_frames(self._waiting(), self.max_packet))
+            self._small.clear()
+            self._answers = 0
             self._frames.clear()
             self._queued_data.clear()
         return out
@@ -406,7 +437,13 @@ class Multiplexer:
     def has_packets(self) -> bool:
         """Frames wait to be packed (after the sessions' latest output was collected)."""
         self._refresh()
-        return bool(self._frames)
+        return bool(self._small or self._frames)
+
+    @property
+    def waiting(self) -> int:
+        """Frames waiting to be packed (what a stuck route makes this end hold)."""
+        self._refresh()
+        return len(self._small) + len(self._frames)
 
     @property
     def has_app_output(self) -> bool:
@@ -417,10 +454,15 @@ class Multiplexer:
     def next_packet(self) -> bytes | None:
         """The next packet to send (the oldest frames that fit in one), or None."""
         self._refresh()
-        if not self._frames:
+        if not self._small and not self._frames:
             return None
-        packet, taken = take_packet(self._frames, self.max_packet)
-        for _ in range(taken):
+        packet, taken = take_packet(self._waiting(), self.max_packet)
+        small = min(taken, len(self._small))
+        for key in list(itertools.islice(self._small, small)):
+            if key[0] in (FrameKind.RST, FrameKind.OPEN_REFUSED):
+                self._answers -= 1
+            del self._small[key]
+        for _ in range(taken - small):
             frame = self._frames.popleft()
             if isinstance(frame, Data):
                 self._queued_data.discard((frame.session, frame.offset, len(frame.data)))

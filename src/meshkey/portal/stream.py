@@ -66,8 +66,14 @@ class PortalTransport(asyncio.Transport):
 
     def close(self) -> None:
         """Like a socket's close: our direction ends; if more data arrives, the session is
-        reset (as a kernel answers data for a closed socket with RST)."""
+        reset (as a kernel answers data for a closed socket with RST). A reader that had
+        stopped taking data (its buffer full) resets at once, as a kernel resets a socket
+        closed with unread data: no more data would come to reset it, and the session
+        would stay open, half-closed, for as long as the peer answers."""
         if self._closing:
+            return
+        if not self._reading or self._unreported:
+            self.abort()
             return
         self.write_eof()
         self._closing = True

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshkey.wire.errors import (
@@ -299,7 +299,7 @@ def pack_frames(frames: Iterable[Frame], limit: int = MAX_PACKET) -> list[bytes]
     return packets
 
 
-def take_packet(frames: Sequence[Frame], limit: int = MAX_PACKET) -> tuple[bytes, int]:
+def take_packet(frames: Iterable[Frame], limit: int = MAX_PACKET) -> tuple[bytes, int]:
     """One packet of the first of ``frames`` that fit in ``limit`` bytes (at least one), and
     how many it holds: a sender packs only when it can send, so frames wait unpacked."""
     parts = [bytes([PORTAL_VERSION])]
