@@ -482,6 +482,8 @@ async def test_opens_that_never_read_from_one_allowed_identity_are_bounded_and_g
             assert accepted <= 64 and len(too_many) >= 1000 - 64
             assert "holds 64 portal sessions" in too_many[0].text
             assert server.connections <= 64 + 2  # the attacker's 64, and the friend's two
+            (listed,) = await asyncio.to_thread(cli.json, "tcp-outlet", "list", "--at", "outlet")
+            assert listed["refused"] >= 1000 - 64  # and the operator sees them
             await asyncio.to_thread(
                 cli.wait_for,
                 lambda: sessions_open(cli, "tcp-outlet", "outlet") == 0,

@@ -145,6 +145,7 @@ class PortalCounters:
     bytes_out: int = 0  # from local sockets into sessions
     bytes_in: int = 0  # from sessions into local sockets
     bad_packets: int = 0
+    sessions_refused: int = 0  # OPENs refused because a bound was reached (TOO_MANY)
     last_error: str | None = None
 
 
@@ -290,7 +291,17 @@ class MuxDriver:
     def handle_frames(self, frames: list[Any], return_route: Route | None = None) -> None:
         if return_route is not None and self.mux.role is Role.ACCEPTOR:
             self.route = return_route  # authenticated: follow the path it came by
+        too_many = self.mux.too_many
         self.mux.frames_received(frames, self._loop.time())
+        if self.mux.too_many > too_many:
+            self.counters.sessions_refused += self.mux.too_many - too_many
+            self.counters.last_error = self.mux.last_refusal
+            log.warning(
+                "portal.too_many",
+                portal=self.label,
+                refused=self.mux.too_many - too_many,
+                reason=self.mux.last_refusal,
+            )
         self.pump()
 
     # -- output -----------------------------------------------------------------------

@@ -159,6 +159,8 @@ class Multiplexer:
         self.route_answered_at: float | None = None  # the last PONG on the route
         self.opened = 0  # sessions opened or accepted, ever
         self.refused = 0
+        self.too_many = 0  # OPENs refused because a bound was reached (TOO_MANY)
+        self.last_refusal: str | None = None
         self.unknown_frames = 0
         self._explained = False  # this packet's own answers said why once already
 
@@ -287,6 +289,8 @@ class Multiplexer:
                 refusal = str(exc)
         if refusal is not None:
             self.refused += 1
+            self.too_many += 1
+            self.last_refusal = refusal
             text = self._explain(refusal)
             self._answer(OpenRefused(frame.session, RefuseReason.TOO_MANY, text))
             return

@@ -140,7 +140,7 @@ class Outlet:
             "sessions_failed": self.counters.sessions_failed,
             "bytes_to_server": self.counters.bytes_in,
             "bytes_from_server": self.counters.bytes_out,
-            "refused": self.refused_identities,
+            "refused": self.refused_identities + self.counters.sessions_refused,
             "last_error": self.counters.last_error,
         }
 
