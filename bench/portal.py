@@ -107,7 +107,7 @@ def _outlet_node(sink: int, echo: int, relay: str, ports: Any, stop: Any) -> Non
             sink_outlet = Outlet(node.router, "127.0.0.1", sink, name="sink")
             # 1000 idle sessions of one inlet are measured through it: past the 64 sessions
             # an identity may hold by default.
-            many = PortalBudget(BudgetLimits(sessions_per_peer=1024))
+            many = PortalBudget(BudgetLimits(sessions=2048, sessions_per_peer=1024))
             echo_outlet = Outlet(node.router, "127.0.0.1", echo, name="echo_outlet", budget=many)
             await node.create_relay("outlet", relay)  # for the relayed row
             ports.put(([str(a) for a in node.addresses], os.getpid()))

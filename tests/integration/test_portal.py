@@ -436,7 +436,7 @@ async def test_new_connections_work_again_once_the_route_is_back() -> None:
 async def test_a_thousand_concurrent_sessions_on_one_secure_channel() -> None:
     # One identity may hold 64 sessions by default (test_portal_attacks shows it): this
     # outlet's node lets it hold all of them.
-    budget = PortalBudget(BudgetLimits(sessions_per_peer=1024))
+    budget = PortalBudget(BudgetLimits(sessions=2048, sessions_per_peer=1024))
     async with portal("udp", echo, secure=True, budget=budget) as p:
         payloads = [os.urandom(random.Random(i).randrange(1, 5000)) for i in range(1000)]
 

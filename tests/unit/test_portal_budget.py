@@ -25,23 +25,28 @@ def digest(data: bytes | bytearray) -> str:
 
 
 def test_a_peer_holds_at_most_its_sessions_and_the_node_at_most_its_total() -> None:
-    budget = PortalBudget(BudgetLimits(sessions=6, sessions_per_peer=2))
+    budget = PortalBudget(BudgetLimits(sessions=7, kept_for_local=2, sessions_per_peer=2))
     first = budget.open("peer a", remote=True)
     budget.open("peer a", remote=True)
     with pytest.raises(BudgetExceeded, match="this peer holds 2 portal sessions"):
         budget.open("peer a", remote=True)
     budget.open("peer b", remote=True)  # another peer has its own share
-    for _ in range(3):  # a local inlet's clients are bounded by the node's count only
+    budget.open("peer b", remote=True)
+    budget.open("peer c", remote=True)
+    # Peers, however many identities they make, leave the node's own inlets two places.
+    with pytest.raises(BudgetExceeded, match="holds 5 portal sessions for its peers"):
+        budget.open("peer d", remote=True)
+    for _ in range(2):  # a local inlet's clients are bounded by the node's count only
         budget.open("inlet", remote=False)
-    with pytest.raises(BudgetExceeded, match="this node holds 6 portal sessions"):
-        budget.open("peer c", remote=True)
+    with pytest.raises(BudgetExceeded, match="this node holds 7 portal sessions"):
+        budget.open("inlet", remote=False)
     first.release()
     first.release()  # idempotent: one place back, not two
-    assert budget.sessions == 5 and budget.held_by("peer a") == (1, 0)
+    assert budget.sessions == 6 and budget.held_by("peer a") == (1, 0)
     budget.open("peer a", remote=True)
     with pytest.raises(BudgetExceeded):
         budget.open("peer a", remote=True)
-    assert budget.refused == 3
+    assert budget.refused == 4
 
 
 def test_growth_is_bounded_per_peer_and_in_total_and_given_back() -> None:
@@ -66,6 +71,8 @@ def test_the_limits_refuse_nonsense() -> None:
         BudgetLimits(sessions=0)
     with pytest.raises(ValueError):
         BudgetLimits(growth=-1)
+    with pytest.raises(ValueError):
+        BudgetLimits(sessions=100, kept_for_local=100)  # nothing left for peers
 
 
 # -- sessions grow from it, and only while their reader reads -------------------------

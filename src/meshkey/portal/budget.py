@@ -13,7 +13,9 @@ Theory of operation
 -------------------
 :meth:`PortalBudget.open` admits a session for an ``owner`` (the authenticated identity of a
 remote inlet, or a local inlet, whose clients are local) or raises :class:`BudgetExceeded`
-saying why: the node holds :attr:`BudgetLimits.sessions` sessions, or a remote peer holds
+saying why: the node holds :attr:`BudgetLimits.sessions` sessions, or its peers hold all but
+:attr:`BudgetLimits.kept_for_local` of them (so peers, however many identities they make,
+never take the last places from the node's own inlets and streams), or a remote peer holds
 :attr:`BudgetLimits.sessions_per_peer` (local owners are bounded by the node's count only).
 The session's first :data:`INITIAL_CREDIT` each way is not drawn from any pool: the session
 counts bound it (1024 sessions hold at most 128 MiB of it). :meth:`Credit.grow` grants what
@@ -23,7 +25,8 @@ gets nothing keeps its size and still works, more slowly. :meth:`Credit.release`
 it back (once; later calls do nothing).
 
 Why these values: 64 sessions per peer is more than a browser opens to one host, and makes
-a peer that opens sessions and never reads cost at most 64 x 128 KiB; 16 MiB of growth per
+a peer that opens sessions and never reads cost at most 64 x 128 KiB; a quarter of the
+node's 1024 sessions is kept for its own inlets and streams; 16 MiB of growth per
 peer lets 16 sessions of one peer run at full speed (1 MiB windows) at once; 64 MiB in total
 keeps four such peers from starving everyone else of memory while the node stays under about
 200 MiB of portal buffers whatever its peers do.
@@ -45,6 +48,7 @@ class BudgetLimits:
     """The node's bounds (see the module docstring for why these values)."""
 
     sessions: int = 1024
+    kept_for_local: int = 256
     sessions_per_peer: int = 64
     growth: int = 64 * MiB
     growth_per_peer: int = 16 * MiB
@@ -52,13 +56,15 @@ class BudgetLimits:
     def __post_init__(self) -> None:
         if min(self.sessions, self.sessions_per_peer) < 1:
             raise ValueError("a portal budget admits at least one session")
+        if not 0 <= self.kept_for_local < self.sessions:
+            raise ValueError("kept_for_local must leave peers at least one session")
         if min(self.growth, self.growth_per_peer) < 0:
             raise ValueError("growth bounds cannot be negative")
 
 
 #: No bound at all: for a core used on its own (a node always passes its budget).
 UNLIMITED = BudgetLimits(
-    sessions=2**62, sessions_per_peer=2**62, growth=2**62, growth_per_peer=2**62
+    sessions=2**62, kept_for_local=0, sessions_per_peer=2**62, growth=2**62, growth_per_peer=2**62
 )
 
 
@@ -67,10 +73,11 @@ class BudgetExceeded(Exception):
 
 
 class _Owner:
-    __slots__ = ("grown", "key", "sessions")
+    __slots__ = ("grown", "key", "remote", "sessions")
 
-    def __init__(self, key: Hashable) -> None:
+    def __init__(self, key: Hashable, remote: bool) -> None:
         self.key = key
+        self.remote = remote
         self.sessions = 0
         self.grown = 0
 
@@ -126,6 +133,7 @@ class PortalBudget:
     def __init__(self, limits: BudgetLimits | None = None) -> None:
         self.limits = limits or BudgetLimits()
         self.sessions = 0
+        self.remote_sessions = 0  # of them, held for peers
         self.grown = 0
         self.refused = 0
         self._owners: dict[Hashable, _Owner] = {}
@@ -134,17 +142,22 @@ class PortalBudget:
         """A credit for one more session of ``owner``; BudgetExceeded when the node, or a
         ``remote`` owner, holds as many sessions as it may."""
         limits = self.limits
-        if self.sessions >= limits.sessions:
-            self.refused += 1
-            raise BudgetExceeded(f"this node holds {limits.sessions} portal sessions")
         entry = self._owners.get(owner)
-        if remote and entry is not None and entry.sessions >= limits.sessions_per_peer:
+        refusal = None
+        if self.sessions >= limits.sessions:
+            refusal = f"this node holds {limits.sessions} portal sessions"
+        elif remote and self.remote_sessions >= limits.sessions - limits.kept_for_local:
+            refusal = f"this node holds {self.remote_sessions} portal sessions for its peers"
+        elif remote and entry is not None and entry.sessions >= limits.sessions_per_peer:
+            refusal = f"this peer holds {limits.sessions_per_peer} portal sessions"
+        if refusal is not None:
             self.refused += 1
-            raise BudgetExceeded(f"this peer holds {limits.sessions_per_peer} portal sessions")
+            raise BudgetExceeded(refusal)
         if entry is None:
-            entry = self._owners[owner] = _Owner(owner)
+            entry = self._owners[owner] = _Owner(owner, remote)
         entry.sessions += 1
         self.sessions += 1
+        self.remote_sessions += entry.remote
         return Credit(self, entry)
 
     def held_by(self, owner: Hashable) -> tuple[int, int]:
@@ -164,6 +177,7 @@ class PortalBudget:
         entry.sessions -= 1
         entry.grown -= grown
         self.sessions -= 1
+        self.remote_sessions -= entry.remote
         self.grown -= grown
         if entry.sessions == 0:  # forget owners without sessions: the table stays small
             self._owners.pop(entry.key, None)

@@ -19,8 +19,8 @@ A refused OPEN is answered with OPEN_REFUSED (NOT_ALLOWED) saying why, and logge
 
 What the sessions may hold is the node's :class:`~meshkey.portal.budget.PortalBudget`'s to
 say, by identity: at most 64 sessions per identity (an OPEN beyond is refused, TOO_MANY, and
-no connection to the server is made for it) and 1024 on the node, each starting with 64 KiB
-of buffer each way and growing only while its far side reads.
+no connection to the server is made for it) and 768 for all peers of the node, each starting
+with 64 KiB of buffer each way and growing only while its far side reads.
 """
 
 from __future__ import annotations
