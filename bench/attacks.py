@@ -15,6 +15,7 @@ found (issue 8), bounded in time and count and sent only to loopback:
 
 The table gives the legitimate client's success rate and p50/p99 latency in each window and
 the daemon's RSS before and after. Run: ``python -m bench attacks`` (``--quick``: shorter).
+Issue 19's attacks on portals follow, on daemons of their own (the section at the end).
 """
 
 from __future__ import annotations
@@ -273,10 +274,319 @@ def main(*, quick: bool = False) -> None:
         )
     network = network_attacks(quick=quick)  # issue 19's section, below
     save("attacks", {"window_s": window, "rows": rows, "network": network})
+    portal_main(quick=quick)
 
 
-if __name__ == "__main__":
-    main()
+# -- portal attacks (issue 19) ------------------------------------------------------------
+#
+# Three daemons: "outlet", next to an echo server (its /service/outlet allows only "legit")
+# and a firehose server (its /service/firehose takes anyone authenticated); "legit", the
+# legitimate client's node, with an inlet to /service/outlet; "inlet", with an inlet to
+# /service/firehose. The servers run in a process of their own and count connections. The
+# legitimate client opens a new connection through its inlet for every 64-byte echo, so
+# each request is a new portal session (admission included). The attacks:
+#
+# * ``portal-deputy``: a stranger routes packets of 300 OPENs through "legit" (forwarding
+#   is open by default) to the outlet that allows only "legit", with an empty return route
+#   (it was served as "legit" before issue 19); amplification: the bytes that came back to
+#   it over the bytes it sent;
+# * ``portal-slow-clients``: 200 TCP clients through the inlet of "inlet" that never read,
+#   while the firehose writes as fast as it is let;
+# * ``portal-open-flood``: one identity sends 1,000 OPENs (1 MiB windows) to the firehose's
+#   outlet and reads nothing (no ACK, no window); what it is sent is the server's data, to
+#   itself, resent until its sessions time out: not a reflection, so no factor.
+#
+# Each row: the legitimate client's success and latency before, during and after; each
+# daemon's RSS before, at its peak during, and after the attack's sessions ended; the
+# connections the servers saw during it.
+
+PORTAL_DAEMONS = ("outlet", "legit", "inlet")
+
+
+def _portal_servers(ports: Any, stop: Any) -> None:
+    import threading as _threading
+
+    counts = {"echo": 0, "firehose": 0}
+    listeners = {name: socket.create_server(("127.0.0.1", 0), backlog=2048) for name in counts}
+    chunk = os.urandom(256 * 1024)
+
+    def echo(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def pour(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while True:
+                conn.sendall(chunk)
+
+    def accept(name: str) -> None:
+        while True:
+            try:
+                conn, _ = listeners[name].accept()
+            except OSError:
+                return
+            counts[name] += 1
+            serve = echo if name == "echo" else pour
+            _threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    for name in counts:
+        _threading.Thread(target=accept, args=(name,), daemon=True).start()
+    ports.put({name: listener.getsockname()[1] for name, listener in listeners.items()})
+    while True:  # answers "how many connections so far?" until told to stop
+        request = stop.get()
+        if request is True:
+            break
+        ports.put(dict(counts))
+    for listener in listeners.values():
+        listener.close()
+
+
+def _portal_client(port: int, seconds: float, pids: dict[str, int]) -> tuple[Any, dict[str, int]]:
+    """The legitimate client's window: (success, p50/p99 ms), and each daemon's peak RSS."""
+    latencies, failures = [], 0
+    peaks = dict.fromkeys(pids, 0)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for name, pid in pids.items():
+            peaks[name] = max(peaks[name], int(_rss_mib(pid) * 1024))
+        started = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"x" * 64)
+                got = b""
+                while len(got) < 64:
+                    data = sock.recv(64 - len(got))
+                    if not data:
+                        break
+                    got += data
+            if len(got) != 64:
+                raise ConnectionError("short echo")
+            latencies.append((time.perf_counter() - started) * 1000)
+        except OSError:
+            failures += 1
+        time.sleep(0.01)
+    total = len(latencies) + failures
+    window = {
+        "success": len(latencies) / total if total else 0.0,
+        "p50_ms": round(percentile(latencies, 0.5), 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99), 2) if latencies else None,
+        "n": total,
+    }
+    return window, peaks
+
+
+def _portal_deputy(info: dict[str, Any], stop: Any, results: Any) -> None:
+    from meshkey.wire.errors import WireError
+    from meshkey.wire.portal import Open, OpenOk, OpenRefused, decode_packet, encode_packet
+
+    async def main() -> None:
+        tally = {"sent": 0, "received": 0, "open_ok": 0, "refused": 0}
+        async with Node(tcp=None) as stranger:
+
+            def capture(message: Message) -> None:
+                if message.local.hop_peer is None or message.onward:
+                    return  # its own sends, and what is not an answer to them
+                try:
+                    frames = decode_packet(message.payload)
+                except WireError:
+                    return
+                tally["received"] += len(message.to_wire())
+                tally["open_ok"] += sum(isinstance(f, OpenOk) for f in frames)
+                tally["refused"] += sum(isinstance(f, OpenRefused) for f in frames)
+
+            stranger.router.capture = capture
+            route = parse_route(f"{info['legit_udp']}{info['outlet_udp']}/service/outlet")
+            session = 1
+            while not stop.is_set():
+                opens = [Open(session + i, 1 << 20) for i in range(300)]
+                session += 300
+                message = Message(route, (), encode_packet(opens))
+                tally["sent"] += len(message.to_wire())
+                await stranger.router.route(message)
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # the last answers
+        results.put(tally)
+
+    uvloop.run(main())
+
+
+def _portal_slow_clients(info: dict[str, Any], stop: Any, results: Any) -> None:
+    clients = []
+    for _ in range(200):
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with contextlib.suppress(OSError):
+            client.connect(("127.0.0.1", info["inlet_port"]))
+            clients.append(client)
+    stop.wait()
+    for client in clients:
+        client.close()
+    results.put({"clients": len(clients)})
+
+
+def _portal_open_flood(info: dict[str, Any], stop: Any, results: Any) -> None:
+    from meshkey.wire.errors import WireError
+    from meshkey.wire.portal import (
+        Open,
+        OpenOk,
+        OpenRefused,
+        RefuseReason,
+        decode_packet,
+        encode_packet,
+    )
+
+    async def main() -> None:
+        tally = {"sent": 0, "received": 0, "open_ok": 0, "too_many": 0}
+        async with Node(tcp=None) as flooder:
+            worker = "_portal.flood"
+
+            async def drop(message: Message) -> None:  # reads nothing: no ACK, no window
+                try:
+                    frames = decode_packet(message.payload)
+                except WireError:
+                    return
+                tally["received"] += len(message.to_wire())
+                tally["open_ok"] += sum(isinstance(f, OpenOk) for f in frames)
+                tally["too_many"] += sum(
+                    isinstance(f, OpenRefused) and f.reason is RefuseReason.TOO_MANY for f in frames
+                )
+
+            flooder.router.register(worker, drop, inline=True)
+            route = parse_route(f"{info['outlet_udp']}/service/firehose")
+            opens = [Open(session, 1 << 20) for session in range(1, 1001)]
+            for start in range(0, len(opens), 200):
+                message = Message(
+                    route, (ServiceAddress(worker),), encode_packet(opens[start : start + 200])
+                )
+                tally["sent"] += len(message.to_wire())
+                await flooder.router.route(message)
+            await asyncio.to_thread(stop.wait)
+        results.put(tally)
+
+    uvloop.run(main())
+
+
+PORTAL_ATTACKS: dict[str, Callable[[dict[str, Any], Any, Any], None]] = {
+    "portal-deputy": _portal_deputy,
+    "portal-slow-clients": _portal_slow_clients,
+    "portal-open-flood": _portal_open_flood,
+}
+
+
+def _control(home: Home, node: str, op: str, args: dict[str, Any] | None = None) -> Any:
+    from meshkey.node.control_client import ControlClient
+
+    return ControlClient(home.node(node).socket_path, timeout=30).call(op, args)
+
+
+def _portal_sessions_open(home: Home) -> int:
+    return sum(int(o["sessions_open"]) for o in _control(home, "outlet", "tcp_outlet.list"))
+
+
+def _run_portal(home: Home, window: float) -> list[dict[str, Any]]:
+    summaries = {name: node_summary(home, name) for name in PORTAL_DAEMONS}
+    udp = {n: next(a for a in s["addresses"] if "/udp/" in a) for n, s in summaries.items()}
+    pids = {name: int(summaries[name]["pid"]) for name in ("outlet", "inlet")}
+    context = multiprocessing.get_context("spawn")
+    ports_queue, control = context.Queue(), context.Queue()
+    servers = context.Process(target=_portal_servers, args=(ports_queue, control))
+    servers.start()
+    rows = []
+    try:
+        ports = ports_queue.get(timeout=30)
+        legit_id = summaries["legit"]["node_id"]
+        echo = {"to": f"127.0.0.1:{ports['echo']}", "allow": [legit_id]}
+        _control(home, "outlet", "tcp_outlet.create", echo)
+        firehose = {"to": f"127.0.0.1:{ports['firehose']}", "name": "firehose"}
+        _control(home, "outlet", "tcp_outlet.create", firehose)
+        inlets = {}
+        for node, service in (("legit", "outlet"), ("inlet", "firehose")):
+            to = f"{udp['outlet']}/service/{service}"
+            created = _control(home, node, "tcp_inlet.create", {"from": "127.0.0.1:0", "to": to})
+            inlets[node] = int(str(created["address"]).rpartition(":")[2])
+        info = {
+            "outlet_udp": udp["outlet"],
+            "legit_udp": udp["legit"],
+            "inlet_port": inlets["inlet"],
+        }
+        _portal_client(inlets["legit"], 1.0, pids)  # warm-up
+
+        def connections() -> dict[str, int]:
+            control.put("count")
+            counts: dict[str, int] = ports_queue.get(timeout=10)
+            return counts
+
+        for name, attack in PORTAL_ATTACKS.items():
+            rss_before = {n: _rss_mib(pid) for n, pid in pids.items()}
+            before, _ = _portal_client(inlets["legit"], window, pids)
+            counted = connections()
+            stop, results = context.Event(), context.Queue()
+            process = context.Process(target=attack, args=(info, stop, results))
+            process.start()
+            time.sleep(1.0)  # spawning, then letting it build up
+            during, peaks = _portal_client(inlets["legit"], window, pids)
+            stop.set()
+            tally = results.get(timeout=60)
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+            made = {k: v - counted[k] for k, v in connections().items()}
+            deadline = time.monotonic() + 60
+            while _portal_sessions_open(home) > 0 and time.monotonic() < deadline:
+                time.sleep(0.5)  # silent sessions time out (15 s)
+            time.sleep(1.5)  # the heaps are trimmed a second after the last session ended
+            after, _ = _portal_client(inlets["legit"], window, pids)
+            factor = None
+            if name == "portal-deputy" and tally["sent"]:
+                factor = round(tally["received"] / tally["sent"], 2)
+            rows.append(
+                {
+                    "attack": name,
+                    "before": before,
+                    "during": during,
+                    "after": after,
+                    "rss_before_mib": {n: round(v, 1) for n, v in rss_before.items()},
+                    "rss_peak_mib": {n: round(v / 1024, 1) for n, v in peaks.items()},
+                    "rss_after_mib": {n: round(_rss_mib(pid), 1) for n, pid in pids.items()},
+                    "server_connections": made,
+                    "attacker": tally,
+                    "amplification": factor,
+                }
+            )
+    finally:
+        control.put(True)
+        servers.join(10)
+        if servers.is_alive():
+            servers.kill()
+    return rows
+
+
+def portal_main(*, quick: bool = False) -> None:
+    window = 1.5 if quick else 3.0
+    with daemons(*PORTAL_DAEMONS) as home:
+        rows = _run_portal(home, window)
+    print("\nportal attacks; legit: a new session per 64 B echo: success, p50/p99 ms")
+    print(
+        f"{'attack':<20} {'before':<18} {'during':<18} {'after':<18} "
+        f"{'outlet RSS MiB':<18} {'inlet RSS MiB':<18} {'conns':<8} factor"
+    )
+    for row in rows:
+        rss = {
+            n: f"{row['rss_before_mib'][n]}/{row['rss_peak_mib'][n]}/{row['rss_after_mib'][n]}"
+            for n in ("outlet", "inlet")
+        }
+        conns = sum(row["server_connections"].values())
+        factor = row["amplification"]
+        print(
+            f"{row['attack']:<20} {_cell(row['before']):<18} {_cell(row['during']):<18} "
+            f"{_cell(row['after']):<18} {rss['outlet']:<18} {rss['inlet']:<18} {conns:<8} "
+            f"{factor if factor is not None else '-'}"
+        )
+    print("(RSS: before/peak during/after the attack's sessions ended; conns: made to the")
+    print(" servers during the attack, the legitimate client's included; factor: bytes sent")
+    print(" to the attacker on its say-so / bytes it sent, where it applies)")
+    save("attacks_portal", {"window_s": window, "rows": rows})
 
 
 # -- issue 19: amplifiers and open doors (punching, forwarding, relays, strangers) --------
@@ -568,3 +878,7 @@ def network_attacks(*, quick: bool = False) -> list[dict[str, Any]]:
             f"{row['factor'] if row['factor'] is not None else '-'}"
         )
     return rows
+
+
+if __name__ == "__main__":
+    main()

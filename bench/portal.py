@@ -98,13 +98,17 @@ def _outlet_node(sink: int, echo: int, relay: str, ports: Any, stop: Any) -> Non
     from meshkey.log import configure_logging
     from meshkey.node.core import Node
     from meshkey.portal import Outlet
+    from meshkey.portal.budget import BudgetLimits, PortalBudget
 
     configure_logging("warning")  # failed sessions say why, on stderr
 
     async def main() -> None:
         async with Node() as node:
             sink_outlet = Outlet(node.router, "127.0.0.1", sink, name="sink")
-            echo_outlet = Outlet(node.router, "127.0.0.1", echo, name="echo_outlet")
+            # 1000 idle sessions of one inlet are measured through it: past the 64 sessions
+            # an identity may hold by default.
+            many = PortalBudget(BudgetLimits(sessions=2048, sessions_per_peer=1024))
+            echo_outlet = Outlet(node.router, "127.0.0.1", echo, name="echo_outlet", budget=many)
             await node.create_relay("outlet", relay)  # for the relayed row
             ports.put(([str(a) for a in node.addresses], os.getpid()))
             await asyncio.get_running_loop().run_in_executor(None, stop.get)

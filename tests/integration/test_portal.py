@@ -20,6 +20,8 @@ import pytest
 
 from meshkey import Node
 from meshkey.portal import Inlet, InsecureRouteError, Outlet, SessionLimits, open_portal_stream
+from meshkey.portal.budget import BudgetLimits, PortalBudget
+from meshkey.portal.stream import PortalTransport
 from meshkey.routing.address import Route, parse_route
 
 from .udp_forwarder import LossyForwarder
@@ -114,6 +116,7 @@ async def portal(
     secure: bool = False,
     limits: SessionLimits | None = None,
     allow_self: bool = False,
+    budget: PortalBudget | None = None,
 ) -> AsyncIterator[Portal]:
     async with (
         tcp_server(handler) as server_port,
@@ -127,6 +130,7 @@ async def portal(
             server_port,
             allow=allow,
             limits=limits or SessionLimits(),
+            budget=budget,
         )
         route = single_hop(outlet_node, protocol)
         if secure:
@@ -181,6 +185,33 @@ async def test_a_portal_stream_without_a_local_listener() -> None:
         writer.close()
         echoing = await open_portal_stream(p.inlet_node.router, p.inlet.route)
         assert echoing is not None
+
+
+async def test_closing_a_stream_whose_reader_stopped_reading_ends_the_session() -> None:
+    """As a kernel resets a socket closed with unread data: no more data could come to
+    reset it later, and the session would stay open, half-closed, while the peer pinged."""
+
+    async def firehose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        chunk = os.urandom(256 * 1024)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+
+    async with portal("udp", firehose) as p:
+        reader, writer = await open_portal_stream(p.inlet_node.router, p.inlet.route)
+        await asyncio.wait_for(reader.readexactly(100_000), 10)
+        transport = writer.transport
+        assert isinstance(transport, PortalTransport)
+        (core,) = transport.driver.mux.sessions()
+        async with asyncio.timeout(10):  # the StreamReader filled up and paused reading,
+            while transport.is_reading() or core.buffered_received < core.receive_window:
+                await asyncio.sleep(0.01)  # and what it holds fills the window: no more comes
+        writer.close()
+        async with asyncio.timeout(10):
+            while p.outlet.describe()["sessions_open"]:
+                await asyncio.sleep(0.05)
+        assert p.outlet.describe()["sessions_failed"] == 1  # reset, as a socket would be
 
 
 async def test_reset_reaches_the_other_end_promptly_both_ways() -> None:
@@ -403,7 +434,10 @@ async def test_new_connections_work_again_once_the_route_is_back() -> None:
 
 
 async def test_a_thousand_concurrent_sessions_on_one_secure_channel() -> None:
-    async with portal("udp", echo, secure=True) as p:
+    # One identity may hold 64 sessions by default (test_portal_attacks shows it): this
+    # outlet's node lets it hold all of them.
+    budget = PortalBudget(BudgetLimits(sessions=2048, sessions_per_peer=1024))
+    async with portal("udp", echo, secure=True, budget=budget) as p:
         payloads = [os.urandom(random.Random(i).randrange(1, 5000)) for i in range(1000)]
 
         async def one(payload: bytes) -> bytes:

@@ -14,9 +14,7 @@ from meshkey.identity.keys import Identity
 from meshkey.portal.driver import MuxDriver
 from meshkey.portal.mux import (
     Multiplexer,
-    MuxCommand,
     MuxEvent,
-    SendPacket,
     SessionEvent,
     SessionRequested,
     ToApp,
@@ -92,7 +90,8 @@ class ScriptedMux(Multiplexer):
         self.deadline: float | None = None
         self.fired: list[float] = []
         self.on_fire: Callable[[float], None] = lambda now: None
-        self.queued_commands: list[MuxCommand] = []
+        self.queued_commands: list[ToApp] = []
+        self.queued_packets: list[bytes] = []
         self.queued_events: list[MuxEvent] = []
         self.shut_down_with: str | None = None
 
@@ -107,9 +106,20 @@ class ScriptedMux(Multiplexer):
     def shut_down(self, reason: str, now: float) -> None:
         self.shut_down_with = reason
 
-    def commands(self) -> list[MuxCommand]:
+    def app_commands(self) -> list[ToApp]:
         commands, self.queued_commands = self.queued_commands, []
         return commands
+
+    @property
+    def has_packets(self) -> bool:
+        return bool(self.queued_packets)
+
+    @property
+    def has_app_output(self) -> bool:
+        return bool(self.queued_commands or self.queued_events)
+
+    def next_packet(self) -> bytes | None:
+        return self.queued_packets.pop(0) if self.queued_packets else None
 
     def events(self) -> list[MuxEvent]:
         events, self.queued_events = self.queued_events, []
@@ -189,8 +199,8 @@ async def test_output_drained_with_a_failing_local_end_is_still_handled() -> Non
     mux.queued_commands = [
         ToApp(1, WriteToApp(b"lost")),  # raises in the end
         ToApp(2, WriteToApp(b"kept")),
-        SendPacket(packet),
     ]
+    mux.queued_packets = [packet]
     mux.queued_events = [
         SessionRequested(5),  # raises in the callback
         SessionEvent(1, Closed(Outcome.RESET_LOCALLY, "the local connection was reset")),

@@ -7,11 +7,16 @@ import random
 
 import pytest
 
-from meshkey.portal.mux import Multiplexer, SendPacket, SessionRequested
-from meshkey.portal.session import Closed, Outcome, PortalLocalError, Role
+from meshkey.portal.budget import BudgetLimits, PortalBudget
+from meshkey.portal.mux import MAX_ANSWERS, Multiplexer, SendPacket, SessionRequested
+from meshkey.portal.session import Closed, Outcome, PauseReading, PortalLocalError, Role
 from meshkey.wire.portal import (
+    MAX_PACKET,
+    MAX_WINDOW,
     Data,
+    Frame,
     Open,
+    OpenOk,
     OpenRefused,
     Ping,
     Pong,
@@ -19,6 +24,7 @@ from meshkey.wire.portal import (
     Reset,
     ResetReason,
     decode_packet,
+    encode_packet,
 )
 
 from .test_portal_sim import Pair, SimApp
@@ -74,6 +80,77 @@ def test_the_acceptor_holds_a_bounded_number_of_sessions_per_peer() -> None:
     assert len(pair.b) == 3
 
 
+def test_opens_past_a_peers_share_of_the_budget_are_refused_until_its_sessions_end() -> None:
+    budget = PortalBudget(BudgetLimits(sessions_per_peer=3))
+    pair = Pair(budget=budget)
+    clients = [SimApp(outgoing=b"x", eof_after=False) for _ in range(5)]
+    sessions = [pair.open(client) for client in clients]
+    pair.run(lambda: sum(c.outcome is not None for c in clients) == 2)
+    refused = [c.outcome for c in clients if c.outcome is not None]
+    assert all(c.outcome is Outcome.REFUSED for c in refused)
+    assert all("too_many): this peer holds 3 portal sessions" in c.reason for c in refused)
+    assert budget.held_by("peer a") == (3, 0)  # and nothing more was made for the others
+    served = [s for s, c in zip(sessions, clients, strict=True) if c.outcome is None]
+    pair.a.app_reset(served[0], pair.now, "the client left")
+    pair.run(lambda: budget.held_by("peer a")[0] == 2)
+    late = SimApp(outgoing=b"y", eof_after=False)
+    session = pair.open(late)
+    pair.run(lambda: session in pair.apps["b"] and pair.apps["b"][session].received == b"y")
+    assert budget.held_by("peer a") == (3, 0)
+
+
+def test_a_resend_of_data_still_waiting_to_be_sent_is_not_queued_twice() -> None:
+    """A route that does not take packets: what waits is frames, each segment once."""
+    mux = Multiplexer(Role.OPENER)
+    session = mux.open(0.0)
+    mux.frames_received([OpenOk(session, MAX_WINDOW)], 0.1)
+    mux.app_data(session, random.Random(1).randbytes(200_000), 0.1)
+    assert [c.command for c in mux.app_commands()] == [PauseReading()]  # its buffer is full
+    assert mux.has_packets  # and its frames wait, unpacked
+    for _ in range(3):  # retransmission timeouts while the route is stuck
+        deadline = mux.next_deadline()
+        assert deadline is not None
+        mux.on_timer(deadline)
+        mux.app_commands()
+    packets = []
+    while (packet := mux.next_packet()) is not None:
+        assert len(packet) <= MAX_PACKET
+        packets.append(packet)
+    data = [f for p in packets for f in decode_packet(p) if isinstance(f, Data)]
+    assert sorted((f.offset, len(f.data)) for f in data) == [
+        (0, 65536),
+        (65536, 65536),
+        (131072, 65536),
+        (196608, 3392),
+    ]
+    assert not mux.has_packets
+
+
+def test_a_peer_that_sends_but_never_lets_us_send_cannot_grow_what_waits() -> None:
+    """The route is stuck (nothing is ever packed) while the peer pings an open session,
+    pings the route, and pings sessions that do not exist: what waits stays bounded."""
+    mux = Multiplexer(Role.ACCEPTOR)
+    mux.frames_received([Open(1, MAX_WINDOW)], 0.0)
+    mux.accept(1, 0.0)
+    mux.app_commands()
+    for round_ in range(50):
+        now = 1.0 + round_ * 0.01
+        pings: list[Frame] = [Ping(1, round_ * 100 + i) for i in range(100)]
+        pings.append(Ping(0, round_))
+        unknown: list[Frame] = [Ping(2 + round_ * 1000 + i, 1) for i in range(1000)]
+        mux.frames_received(pings, now)
+        mux.frames_received(unknown, now)
+        mux.app_commands()
+    assert mux.unknown_frames == 50_000
+    assert mux.waiting <= MAX_ANSWERS + 8  # an OPEN_OK, an ACK, two PONGs, our answers
+    packets = []
+    while (packet := mux.next_packet()) is not None:
+        packets.append(packet)
+    pongs = [f for p in packets for f in decode_packet(p) if isinstance(f, Pong)]
+    assert sorted(pongs, key=lambda f: f.session) == [Pong(0, 49), Pong(1, 4999)]  # newest
+    assert mux.waiting == 0
+
+
 def test_the_opener_allocates_ids_without_collision_and_bounds_its_sessions() -> None:
     mux = Multiplexer(Role.OPENER, max_sessions=3)
     mux._next_id = 0xFFFFFFFF  # wrap around: 0 is never used, open ids are skipped
@@ -92,7 +169,7 @@ def test_frames_for_unknown_sessions_get_one_reset_and_resets_get_none() -> None
     assert isinstance(packet, SendPacket)
     assert decode_packet(packet.payload) == [
         Reset(9, ResetReason.UNKNOWN_SESSION, "no such portal session"),
-        Reset(10, ResetReason.UNKNOWN_SESSION, "no such portal session"),
+        Reset(10, ResetReason.UNKNOWN_SESSION, ""),  # said once per packet
     ]
     mux.frames_received(
         [Reset(9, ResetReason.APP_RESET, "x"), OpenRefused(3, RefuseReason.REFUSED, "")], 0.0
@@ -103,6 +180,29 @@ def test_frames_for_unknown_sessions_get_one_reset_and_resets_get_none() -> None
     (packet,) = opener.commands()
     assert isinstance(packet, SendPacket)
     assert isinstance(decode_packet(packet.payload)[0], Reset)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [Ping(session, 1) for session in range(1, 501)],  # unknown sessions: RSTs
+        [Open(session, MAX_WINDOW) for session in range(1, 501)],  # past the cap: refusals
+    ],
+    ids=["pings-of-unknown-sessions", "opens-past-the-cap"],
+)
+def test_what_one_packet_makes_a_multiplexer_answer_never_outweighs_it(
+    frames: list[Frame],
+) -> None:
+    mux = Multiplexer(Role.ACCEPTOR, max_sessions=10)
+    packet = encode_packet(frames)
+    mux.frames_received(decode_packet(packet), 0.0)
+    answers = [c.payload for c in mux.commands() if isinstance(c, SendPacket)]
+    assert sum(len(a) for a in answers) <= len(packet)
+    answered = [f for a in answers for f in decode_packet(a)]
+    assert all(isinstance(f, Reset | OpenRefused) for f in answered)
+    assert len(answered) >= 490  # each answered (but the ten admitted)
+    first = answered[0]
+    assert isinstance(first, Reset | OpenRefused) and first.text  # and the first says why
 
 
 def test_the_deadline_is_the_earliest_of_all_sessions() -> None:

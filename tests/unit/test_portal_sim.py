@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from meshkey.portal.budget import PortalBudget
 from meshkey.portal.mux import Multiplexer, SendPacket, SessionEvent, SessionRequested, ToApp
 from meshkey.portal.session import (
     CloseApp,
@@ -112,15 +113,26 @@ class Pair:
         max_sessions: int = 4096,
         accept: Callable[[int], tuple[RefuseReason, str] | None] = lambda session: None,
         acceptor_app: Callable[[], SimApp] = lambda: SimApp(echo=True),
+        budget: PortalBudget | None = None,
     ) -> None:
+        """``budget``: one node budget both ends draw from (the opener as a local inlet,
+        the acceptor for the peer "a"); none: unbounded."""
         self.now = 1000.0
         self.path = SimPath(seed, loss, duplicate, reorder)
-        self.a = Multiplexer(Role.OPENER, limits=limits or SessionLimits(), rng=random.Random(seed))
+        self.a = Multiplexer(
+            Role.OPENER,
+            limits=limits or SessionLimits(),
+            rng=random.Random(seed),
+            budget=budget,
+            owner="inlet",
+        )
         self.b = Multiplexer(
             Role.ACCEPTOR,
             limits=acceptor_limits or limits or SessionLimits(),
             max_sessions=max_sessions,
             rng=random.Random(seed + 1),
+            budget=budget,
+            owner="peer a",
         )
         self.apps: dict[str, dict[int, SimApp]] = {"a": {}, "b": {}}
         self.accept = accept

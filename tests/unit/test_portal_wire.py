@@ -240,3 +240,48 @@ def test_corrupted_packets_only_ever_raise_typed_errors(
     packet[position : position + len(junk)] = junk
     with contextlib.suppress(WireError):
         decode_packet(bytes(packet))
+
+
+@given(
+    st.lists(frames_strategy, min_size=1, max_size=4),
+    st.integers(0, 400),
+    st.binary(min_size=1, max_size=4),
+    st.lists(st.integers(0, 500), max_size=6),
+)
+def test_corrupted_input_fed_in_pieces_only_ever_raises_typed_errors(
+    frames: list[Frame], at: int, junk: bytes, cuts: list[int]
+) -> None:
+    """The reader holds a partial frame between feeds; a bad frame found then must still be a
+    WireError (it was a BufferError: the error's traceback kept a view of the buffer)."""
+    packet = bytearray(encode_packet(frames))
+    position = at % len(packet)
+    packet[position : position + len(junk)] = junk
+    reader, start, failure = FrameReader(), 0, None
+    for cut in [*sorted(c % (len(packet) + 1) for c in cuts), len(packet)]:
+        try:
+            reader.feed(bytes(packet[start:cut]))
+        except WireError as exc:
+            failure = exc
+            break
+        start = max(start, cut)
+    if failure is not None:  # and a failed reader stays failed, with the same error
+        with pytest.raises(type(failure)):
+            reader.feed(encode_packet([Ping(1, 1)]))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        header(FrameKind.RST, 1, 2) + b"\x01\xff",  # reason text not UTF-8
+        header(FrameKind.DATA, 1, 9) + struct.pack("!Q", 2**64 - 1) + b"x",  # past 2**64
+        header(FrameKind.ACK, 1, 30)
+        + struct.pack("!QIBB", 10, 0, 0, 1)
+        + struct.pack("!QQ", 5, 20),
+    ],
+    ids=["rst-text-not-utf8", "data-past-2**64", "ack-range-before-acked"],
+)
+def test_a_bad_frame_body_is_a_typed_error_for_the_reader_too(body: bytes) -> None:
+    reader = FrameReader()
+    with pytest.raises(WireError):
+        reader.feed(b"\x01" + body)
+    assert reader.buffered == 0

@@ -206,7 +206,12 @@ class NodePortals:
         check_authorizable(route, authorized, insecure)
         resolved = await self.portals.resolve(route, authorized)
         return await open_portal_stream(
-            self.router, resolved, insecure=True, timeout=timeout, channels=self.channels
+            self.router,
+            resolved,
+            insecure=True,
+            timeout=timeout,
+            channels=self.channels,
+            budget=self.portals.budget,
         )
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from meshkey.portal.budget import INITIAL_CREDIT
 from meshkey.wire.portal import MAX_CHUNK, MAX_WINDOW, Frame, ResetReason
 
 
@@ -58,10 +59,15 @@ def violation(reason: str) -> PortalPeerError:
 class SessionLimits:
     """Every bound and timer of a session; the defaults are what a node uses.
 
-    ``receive_window`` (1 MiB): what the session may hold for a slow local reader, and the
+    ``receive_window`` (1 MiB): the most the session may hold for a slow local reader, and the
     most a peer may have in flight to it; 1 MiB over a 5 ms path still allows 200 MB/s.
-    ``send_buffer`` (1 MiB): bytes read from the local socket and not yet acknowledged;
-    reading pauses at it and resumes at half. ``min_rto`` is RFC 6298's 1 s: hops are
+    ``send_buffer`` (1 MiB): the most it reads from the local socket ahead of the peer's
+    acknowledgements; reading pauses when the buffer is full and resumes at half.
+    Both start at ``initial_window`` and ``initial_send_buffer`` (64 KiB,
+    :data:`~meshkey.portal.budget.INITIAL_CREDIT`: one DATA frame) and double while the
+    reader keeps up, each growth drawn from the node's
+    :class:`~meshkey.portal.budget.PortalBudget`, so a session whose far side never reads
+    costs 128 KiB, not 2 MiB. ``min_rto`` is RFC 6298's 1 s: hops are
     reliable, so a resend only helps after a path loss, and a shorter floor would resend
     what is merely queued; ``max_rto`` (10 s) keeps a backed-off sender probing often enough
     to notice a path that came back. ``peer_timeout`` (15 s): how long a session waiting for
@@ -78,6 +84,8 @@ class SessionLimits:
 
     receive_window: int = MAX_WINDOW
     send_buffer: int = MAX_WINDOW
+    initial_window: int = INITIAL_CREDIT
+    initial_send_buffer: int = INITIAL_CREDIT
     initial_rto: float = 1.0
     min_rto: float = 1.0
     max_rto: float = 10.0
@@ -93,8 +101,20 @@ class SessionLimits:
             raise ValueError(f"receive_window must be in 1..{MAX_WINDOW}")
         if self.send_buffer < MAX_CHUNK:
             raise ValueError(f"send_buffer must be at least {MAX_CHUNK}")
+        if self.initial_window < 1 or self.initial_send_buffer < 1:
+            raise ValueError("initial_window and initial_send_buffer must be at least 1")
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise ValueError("session timers need 0 < min_rto <= initial_rto <= max_rto")
+
+    @property
+    def first_window(self) -> int:
+        """The receive window a session grants first (never above ``receive_window``)."""
+        return min(self.initial_window, self.receive_window)
+
+    @property
+    def first_send_buffer(self) -> int:
+        """The send buffer a session starts with (never above ``send_buffer``)."""
+        return min(self.initial_send_buffer, self.send_buffer)
 
 
 DEFAULT_LIMITS = SessionLimits()

@@ -3,11 +3,12 @@
 A :class:`MuxDriver` registers an inline worker (``/service/_portal.<hex>``) that decodes
 each portal packet and hands its frames to the multiplexer, so a packet is handled in the
 task that delivered it and never waits: nothing the worker does blocks (writes to local
-sockets are buffered by their transports, bounded by the session windows). What the
-multiplexer wants sent goes on a queue that one sender task drains with ``router.route``,
-so a slow hop makes only this driver's sender wait. One
-:class:`~meshkey.timing.DeadlineTimer` follows the multiplexer's deadline (re-armed only when
-it changes, never fired early).
+sockets are buffered by their transports, bounded by the session windows). Commands for
+local sockets are applied at once; packets are pulled by one sender task, which packs the
+next one only when ``router.route`` took the last, so a slow hop makes only this driver's
+sender wait, and what waits meanwhile is frames sharing the sessions' own bytes (bounded by
+their credit), not packed copies. One :class:`~meshkey.timing.DeadlineTimer` follows the
+multiplexer's deadline (re-armed only when it changes, never fired early).
 
 The local end of each session is an :class:`AppEnd`: a TCP socket (:class:`SocketEnd`) or
 an in-process stream (:mod:`meshkey.portal.stream`). Socket ends keep water marks: the
@@ -15,10 +16,14 @@ transport's write buffer pauses at :data:`WRITE_HIGH_WATER`, and bytes count as 
 (opening the session's window) only once they left that buffer, so a slow local reader
 closes the window instead of growing a buffer; reading stops when the session says
 ``PauseReading`` (its send buffer is full) and resumes with ``ResumeReading``. A socket end
-reads into its own buffer (``asyncio.BufferedProtocol``), up to :data:`READ_SIZE` but never
-much more than the session's send buffer has room for: large reads make fewer, larger
-messages (the per-message cost of routing and the hop is what limits throughput), and the
-room limit keeps a session's buffer within ``send_buffer`` + :data:`MIN_READ`.
+reads into a buffer shared by every socket end of the thread (a read is copied out in the
+callback that filled it), up to :data:`READ_SIZE` but never more than the session's send
+buffer has room for (at least :data:`SMALL_READ`): large reads make fewer, larger messages
+(the per-message cost of routing and the hop is what limits throughput), and the room limit
+keeps a session's buffer within its capacity + :data:`SMALL_READ`.
+
+When sessions end, what they held is freed, and :func:`meshkey.portal.memory.give_back_soon`
+asks the allocator to return it to the system (glibc keeps freed heap pages otherwise).
 """
 
 from __future__ import annotations
@@ -29,16 +34,17 @@ import random
 import secrets
 import socket
 import struct
-from collections import deque
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from meshkey.log import EventLogger
+from meshkey.portal.budget import PortalBudget
+from meshkey.portal.memory import give_back_soon
 from meshkey.portal.mux import (
     MAX_SESSIONS,
     Multiplexer,
-    SendPacket,
     SessionEvent,
     SessionRequested,
     ToApp,
@@ -57,12 +63,12 @@ from meshkey.portal.session import (
     ShutdownAppWrite,
     WriteToApp,
 )
-from meshkey.routing.address import Route, ServiceAddress
+from meshkey.routing.address import Address, Route, ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
 from meshkey.wire.errors import WireError
-from meshkey.wire.portal import MAX_PACKET, RefuseReason, ResetReason, decode_packet
+from meshkey.wire.portal import RefuseReason, ResetReason, decode_packet
 
 log = EventLogger("portal")
 
@@ -72,9 +78,18 @@ WRITE_LOW_WATER = 64 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 #: The most one read from a local socket takes (the session cuts it into DATA frames).
 READ_SIZE = 512 * 1024
-MIN_READ = 64 * 1024
-#: Queued packets smaller than this are joined into one message before sending.
-COALESCE_BELOW = 4096
+#: The least one read takes (a session nearly full still reads a useful amount).
+SMALL_READ = 4096
+#: Every multiplexer's worker is ``/service/_portal.<hex>``: a node's own plumbing (no user
+#: service may take a name starting with ``_``), and the only worker that sends portal packets.
+PORTAL_WORKER_PREFIX = "_portal."
+
+
+def is_portal_worker(address: Address) -> bool:
+    """Is ``address`` a portal multiplexer's worker (on whichever node it names)?"""
+    return isinstance(address, ServiceAddress) and address.name.startswith(PORTAL_WORKER_PREFIX)
+
+
 #: What a socket end reads before its session exists (then it stops reading).
 EARLY_READ = 16 * 1024
 _EARLY_BUFFER: list[memoryview] = []
@@ -86,6 +101,19 @@ def _early_buffer() -> memoryview:
     if not _EARLY_BUFFER:
         _EARLY_BUFFER.append(memoryview(bytearray(EARLY_READ)))
     return _EARLY_BUFFER[0]
+
+
+_READ_BUFFERS = threading.local()
+
+
+def shared_read_buffer() -> memoryview:
+    """One read buffer for all socket ends of this thread's event loop: a read is copied out
+    of it in the callback that filled it, so no two sockets ever use it at once (one per
+    driver cost 512 KiB for each remote inlet an outlet served)."""
+    view: memoryview | None = getattr(_READ_BUFFERS, "view", None)
+    if view is None:
+        view = _READ_BUFFERS.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 class AppEnd(Protocol):
@@ -117,6 +145,7 @@ class PortalCounters:
     bytes_out: int = 0  # from local sockets into sessions
     bytes_in: int = 0  # from sessions into local sockets
     bad_packets: int = 0
+    sessions_refused: int = 0  # OPENs refused because a bound was reached (TOO_MANY)
     last_error: str | None = None
 
 
@@ -144,9 +173,12 @@ class MuxDriver:
         rng: random.Random | None = None,
         route_keepalive: bool = False,
         mux: Multiplexer | None = None,
+        budget: PortalBudget | None = None,
+        owner: Hashable = None,
     ) -> None:
         """``mux``: the core to drive; made from ``role``, ``limits``, ``max_sessions``,
-        ``rng`` and ``route_keepalive`` when not given (a test gives a scripted one)."""
+        ``rng``, ``route_keepalive``, ``budget`` and ``owner`` when not given (a test gives a
+        scripted one)."""
         self.router = router
         self.route = route
         self.label = label
@@ -159,22 +191,22 @@ class MuxDriver:
                 rng=rng,
                 route_keepalive=limits.keepalive_interval if route_keepalive else None,
                 now=self._loop.time(),
+                budget=budget,
+                owner=owner,
             )
         self.mux = mux
         self.counters = counters or PortalCounters()
-        self.worker = f"_portal.{secrets.token_hex(8)}"
+        self.worker = f"{PORTAL_WORKER_PREFIX}{secrets.token_hex(8)}"
         self._reply_to = (ServiceAddress(self.worker),)
         self._ends: dict[int, AppEnd] = {}
         self._on_requested = on_requested
         self._on_idle = on_idle
-        self._outgoing: deque[tuple[Route, bytes]] = deque()
         self._wake = asyncio.Event()
-        self._drained = asyncio.Event()  # set whenever the outgoing queue is empty
+        self._drained = asyncio.Event()  # set whenever no frame waits to be sent
         self._drained.set()
         self._timer = DeadlineTimer(self._fire, self._loop)
         self._pumping = False
         self._again = False
-        self._read_buffer: memoryview | None = None
         self.closed = False
         router.register(self.worker, self.receive, inline=True)
         self._sender = self._loop.create_task(self._send_loop(), name=f"{self.worker}:send")
@@ -227,18 +259,10 @@ class MuxDriver:
         self.mux.app_consumed(session, count, self._loop.time())
         self.pump()
 
-    @property
-    def read_buffer(self) -> memoryview:
-        """One read buffer for all of this driver's sockets: a read is copied out of it in
-        the same callback that filled it, so sockets never share it at the same time."""
-        if self._read_buffer is None:
-            self._read_buffer = memoryview(bytearray(READ_SIZE))
-        return self._read_buffer
-
     def send_room(self, session: int) -> int:
-        """Bytes the session takes before its send buffer is full."""
+        """Bytes the session takes before its send buffer is full (its capacity grows)."""
         core = self.mux.session(session)
-        return core.limits.send_buffer - core.buffered_to_send if core is not None else 0
+        return core.send_capacity - core.buffered_to_send if core is not None else 0
 
     def buffered_to_send(self, session: int) -> int:
         core = self.mux.session(session)
@@ -267,7 +291,17 @@ class MuxDriver:
     def handle_frames(self, frames: list[Any], return_route: Route | None = None) -> None:
         if return_route is not None and self.mux.role is Role.ACCEPTOR:
             self.route = return_route  # authenticated: follow the path it came by
+        too_many = self.mux.too_many
         self.mux.frames_received(frames, self._loop.time())
+        if self.mux.too_many > too_many:
+            self.counters.sessions_refused += self.mux.too_many - too_many
+            self.counters.last_error = self.mux.last_refusal
+            log.warning(
+                "portal.too_many",
+                portal=self.label,
+                refused=self.mux.too_many - too_many,
+                reason=self.mux.last_refusal,
+            )
         self.pump()
 
     # -- output -----------------------------------------------------------------------
@@ -281,12 +315,7 @@ class MuxDriver:
         try:
             while True:
                 self._again = False
-                for command in self.mux.commands():
-                    if isinstance(command, SendPacket):
-                        self._outgoing.append((self.route, command.payload))
-                        self._wake.set()
-                        self._drained.clear()
-                        continue
+                for command in self.mux.app_commands():
                     try:
                         self._apply(command)
                     except Exception:  # one end's failure must not lose the others' output
@@ -301,7 +330,10 @@ class MuxDriver:
         finally:
             self._pumping = False
             self._rearm()
-        if not len(self.mux) and not self._outgoing and self._on_idle is not None:
+        if self.mux.has_packets:
+            self._drained.clear()
+            self._wake.set()  # the sender packs them when the route takes them
+        elif not len(self.mux) and self._on_idle is not None:
             self._on_idle(self)
 
     def _apply(self, command: ToApp) -> None:
@@ -334,6 +366,7 @@ class MuxDriver:
             log.debug("portal.session_opened", portal=self.label, session=event.session)
         elif isinstance(event.event, Closed):
             self._ends.pop(event.session, None)
+            give_back_soon()  # what the session held is free now
             closed = event.event
             if closed.outcome is Outcome.CLOSED:
                 log.debug("portal.session_closed", portal=self.label, session=event.session)
@@ -363,39 +396,26 @@ class MuxDriver:
         self.pump()
 
     async def _send_loop(self) -> None:
-        while not self.closed or self._outgoing:
-            while not self._outgoing:
+        while True:
+            if self.mux.has_app_output:
+                self.pump()  # what a refresh collected for the local sockets goes first
+            payload = self.mux.next_packet()
+            if payload is None:
                 self._drained.set()
+                if not self.closed and not len(self.mux) and self._on_idle is not None:
+                    self._on_idle(self)  # may retire us
+                if self.closed:
+                    return
                 self._wake.clear()
                 await self._wake.wait()
-            route, payload = self._outgoing.popleft()
-            if not route:
                 continue
-            if len(payload) < COALESCE_BELOW:
-                payload = self._coalesce(route, payload)
+            self._drained.clear()
+            if not self.route:
+                continue
             try:
-                await self.router.route(Message(route, self._reply_to, payload))
+                await self.router.route(Message(self.route, self._reply_to, payload))
             except Exception:  # the router answers failures itself; never lose the loop
                 log.exception("portal.send_failed", portal=self.label)
-            if not self._outgoing and not len(self.mux) and self._on_idle is not None:
-                self._on_idle(self)  # may retire us: the loop then ends
-        self._drained.set()
-
-    def _coalesce(self, route: Route, payload: bytes) -> bytes:
-        """Joins the small packets queued behind ``payload`` (ACKs, pings of many sessions)
-        into one message: packets are a version byte and frames, so frames concatenate."""
-        parts: list[bytes | memoryview] = [payload]
-        size = len(payload)
-        while self._outgoing:
-            next_route, following = self._outgoing[0]
-            if len(following) >= COALESCE_BELOW or size + len(following) > MAX_PACKET:
-                break
-            if next_route is not route and next_route != route:
-                break
-            self._outgoing.popleft()
-            parts.append(memoryview(following)[1:])
-            size += len(following) - 1
-        return payload if len(parts) == 1 else b"".join(parts)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -423,11 +443,13 @@ class MuxDriver:
                 then(driver)
 
         self._on_idle = idle
-        if not len(self.mux) and not self._outgoing:
+        if not len(self.mux) and not self.mux.has_packets:
             idle(self)
 
     def retire(self) -> None:
         """Stops at once (nothing left to say): unregisters the worker, ends the sender."""
+        if not self.closed:
+            give_back_soon()
         self.closed = True
         self._timer.cancel()
         self.router.unregister(self.worker)
@@ -505,10 +527,9 @@ class SocketEnd(asyncio.BufferedProtocol):
         if self.session is None:
             return _early_buffer()
         # Never read much past what the session may hold: its send buffer stays bounded by
-        # send_buffer + MIN_READ, not + READ_SIZE.
-        view = self.driver.read_buffer
+        # its capacity + SMALL_READ, not + READ_SIZE.
         room = self.driver.send_room(self.session)
-        return view[: min(READ_SIZE, max(MIN_READ, room))]
+        return shared_read_buffer()[: min(READ_SIZE, max(SMALL_READ, room))]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._ended:
@@ -518,7 +539,7 @@ class SocketEnd(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.pause_reading()
             return
-        self.driver.app_data(self.session, bytes(self.driver.read_buffer[:nbytes]))
+        self.driver.app_data(self.session, bytes(shared_read_buffer()[:nbytes]))
 
     def eof_received(self) -> bool:
         if self.session is None:

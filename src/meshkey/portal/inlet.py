@@ -35,6 +35,7 @@ from typing import Any
 
 from meshkey.channel.manager import ChannelState, SecureChannels
 from meshkey.log import EventLogger
+from meshkey.portal.budget import PortalBudget
 from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd
 from meshkey.portal.mux import MAX_SESSIONS
 from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, SessionLimits
@@ -120,11 +121,14 @@ class Inlet:
         rng: random.Random | None = None,
         channels: SecureChannels | None = None,
         resolve: RouteResolver | None = None,
+        budget: PortalBudget | None = None,
     ) -> None:
         """``channels`` (the node's) lets the route check know its secure channels exactly;
         ``insecure`` allows a route whose middle nodes see the bytes. With ``resolve``,
         ``route`` is the route as given (it may hold ``/node/NAME`` and ``/secure/X``) and
-        ``resolve()`` gives the route to send along (see the module's docstring)."""
+        ``resolve()`` gives the route to send along (see the module's docstring).
+        ``budget``: the node's, which admits the inlet's sessions and bounds what they
+        hold together (one of the inlet's own if not given)."""
         if not insecure:
             check_end_to_end(route, router if resolve is None else None, channels)
         self.router = router
@@ -133,6 +137,7 @@ class Inlet:
         self.counters = PortalCounters()
         self._limits = limits
         self._max_sessions = max_sessions
+        self._budget = budget if budget is not None else PortalBudget()
         self._rng = rng or random.Random()
         self._channels = channels
         self._resolve = resolve
@@ -169,6 +174,8 @@ class Inlet:
             counters=self.counters,
             rng=self._rng,
             route_keepalive=True,  # an idle inlet keeps its route, and hears if it breaks
+            budget=self._budget,
+            owner=self,  # its clients are local: bounded together, by the node's counts
         )
 
     @property

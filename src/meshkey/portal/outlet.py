@@ -4,15 +4,23 @@
 (an authenticated identity and the inlet's portal worker) gets its own multiplexer, created
 on its first packet and retired when its last session is gone, so sessions of different
 inlets never share ids or windows. Who may use the outlet is decided per packet, before any
-state is created:
+state is created, on the identity authenticated end to end (:func:`end_to_end_identity`):
 
-* the identity is the secure channel's peer (``message.local.channel_peer``) or, when the
-  packet came over one hop (a hop is mutually authenticated end to end), the hop's peer;
-* a packet that crossed other nodes without a secure channel has no end-to-end identity: it
-  is refused unless the outlet was created ``insecure`` (its bytes were visible on the way);
-* with ``allow``, only those identities are served.
+* the secure channel's peer, or the hop's peer, or this node, only for a packet that
+  provably started there: its return route is exactly (that channel or hop, the sender's
+  portal worker). A node that forwarded the packet for someone else shows in the return
+  route (its link or channel to that someone), so an allowed node cannot be made a deputy;
+* a packet without such an identity (it crossed other nodes without a secure channel, or
+  was forwarded) is refused unless the outlet was created ``insecure`` (its bytes were
+  visible on the way);
+* with ``allow``, only those identities are served (never a packet without an identity).
 
 A refused OPEN is answered with OPEN_REFUSED (NOT_ALLOWED) saying why, and logged.
+
+What the sessions may hold is the node's :class:`~meshkey.portal.budget.PortalBudget`'s to
+say, by identity: at most 64 sessions per identity (an OPEN beyond is refused, TOO_MANY, and
+no connection to the server is made for it) and 768 for all peers of the node, each starting
+with 64 KiB of buffer each way and growing only while its far side reads.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from typing import Any
 
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd
+from meshkey.portal.budget import PortalBudget
+from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd, is_portal_worker
 from meshkey.portal.mux import MAX_SESSIONS, ROUTE_SESSION
 from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, SessionLimits
 from meshkey.routing.address import Address, ServiceAddress
@@ -51,17 +60,29 @@ CONNECT_TIMEOUT = 10.0
 
 
 def end_to_end_identity(message: Message, own: NodeId) -> NodeId | None:
-    """Who sent ``message``, if that is authenticated end to end: the secure channel's peer,
-    the hop's peer when it came over a single hop (return route: that hop, the sender), or
-    this node (``own``) when it was sent here (return route: the sender only)."""
+    """Who sent ``message``, if that is authenticated end to end; None otherwise.
+
+    Every node a message enters records where it came from at the front of its return route:
+    a link prepends itself when a message arrives over a hop, a secure channel when one comes
+    out of it, a forwarding service (``hop``) when it passes one on, and nothing takes an
+    address away. A portal packet's sender names its portal worker as the whole return
+    route it starts with. So the packet started at the node that vouches for it (the
+    channel's peer, the hop's peer, or this node) only when its return route is exactly
+    (that channel or hop, a portal worker), or (a portal worker) when it was sent here. A
+    stranger that routes through an allowed node with an empty return route arrives with
+    (hop, the allowed node's link to the stranger): two addresses, the hop's peer allowed,
+    yet the second is a link, not a portal worker, so it has no identity here. The same
+    holds for a packet fed into the allowed node's secure channel by someone else.
+    """
     local = message.local
+    route = message.return_route
+    if not route or not is_portal_worker(route[-1]):
+        return None
     if local.channel_peer is not None:
-        return local.channel_peer
-    if local.hop_peer is not None and len(message.return_route) == 2:
-        return local.hop_peer
-    if local.hop_peer is None and len(message.return_route) == 1:
-        return own
-    return None
+        return local.channel_peer if len(route) == 2 else None
+    if local.hop_peer is not None:
+        return local.hop_peer if len(route) == 2 else None
+    return own if len(route) == 1 else None
 
 
 class Outlet:
@@ -78,8 +99,12 @@ class Outlet:
         max_sessions: int = MAX_SESSIONS,
         connect_timeout: float = CONNECT_TIMEOUT,
         rng: random.Random | None = None,
+        budget: PortalBudget | None = None,
     ) -> None:
+        """``budget``: the node's (shared by its portals); one of the outlet's own if not
+        given, with the default bounds."""
         self.router = router
+        self.budget = budget if budget is not None else PortalBudget()
         self.host = host
         self.port = port
         self.name = name
@@ -115,7 +140,7 @@ class Outlet:
             "sessions_failed": self.counters.sessions_failed,
             "bytes_to_server": self.counters.bytes_in,
             "bytes_from_server": self.counters.bytes_out,
-            "refused": self.refused_identities,
+            "refused": self.refused_identities + self.counters.sessions_refused,
             "last_error": self.counters.last_error,
         }
 
@@ -126,7 +151,8 @@ class Outlet:
             return
         identity = end_to_end_identity(message, self.router.node_id)
         refusal = self._refusal(identity)
-        key = (identity or message.local.hop_peer, message.return_route[-1])
+        owner = identity or message.local.hop_peer
+        key = (owner, message.return_route[-1])
         driver = self._remotes.get(key)
         if driver is None:
             if refusal is None and len(self._remotes) >= MAX_REMOTES:
@@ -153,6 +179,8 @@ class Outlet:
                 on_requested=self._requested,
                 on_idle=self._idle,
                 rng=self._rng,
+                budget=self.budget,
+                owner=owner,
             )
             self._remotes[key] = driver
         await driver.receive(message)
@@ -176,8 +204,9 @@ class Outlet:
     def _refusal(self, identity: NodeId | None) -> str | None:
         if identity is None and not self.insecure:
             return (
-                "the route to this outlet crosses other nodes without a secure channel; "
-                "open one to this node and send through it"
+                "no identity is authenticated end to end on the way to this outlet (the route "
+                "crosses other nodes without a secure channel, or a node forwarded it for "
+                "someone else); open a secure channel to this node and send through it"
             )
         if self.allow is not None and (identity is None or identity not in self.allow):
             return f"{identity.short() if identity else 'an unauthenticated peer'} is not allowed"
@@ -188,13 +217,16 @@ class Outlet:
             frames = decode_packet(message.payload)
         except WireError:
             return
+        # The reason once per packet: an answer never outweighs the OPENs it answers (13
+        # bytes each; an OPEN_REFUSED without text is 11), however many one packet holds.
         refusals = [
-            OpenRefused(f.session, RefuseReason.NOT_ALLOWED, reason)
+            OpenRefused(f.session, RefuseReason.NOT_ALLOWED, "")
             for f in frames
             if isinstance(f, Open)
         ]
         if not refusals:
             return
+        refusals[0] = OpenRefused(refusals[0].session, RefuseReason.NOT_ALLOWED, reason)
         self.refused_identities += 1
         self.counters.last_error = reason
         log.warning("portal.refused", service=self.name, peer=identity or "-", reason=reason)

@@ -33,6 +33,7 @@ from meshkey.channel.manager import SecureChannels
 from meshkey.errors import MeshkeyError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
+from meshkey.portal.budget import PortalBudget
 from meshkey.portal.inlet import Inlet, InsecureRouteError, check_end_to_end
 from meshkey.portal.outlet import DEFAULT_OUTLET, Outlet
 from meshkey.portal.secure_routes import SecureRoutes, has_secure
@@ -209,11 +210,15 @@ class Portals:
         routes: SecureRoutes,
         *,
         limits: SessionLimits = DEFAULT_LIMITS,
+        budget: PortalBudget | None = None,
     ) -> None:
+        """``budget``: what the node's portal sessions may hold, shared by every inlet,
+        outlet and stream (:class:`~meshkey.portal.budget.PortalBudget`)."""
         self.router = router
         self.channels = channels
         self.routes = routes
         self.limits = limits
+        self.budget = budget if budget is not None else PortalBudget()
         self._outlets: dict[str, OutletEntry] = {}
         self._inlets: dict[str, InletEntry] = {}
 
@@ -258,7 +263,14 @@ class Portals:
         if allow is not None and not allow:
             raise PortalError("--allow needs at least one identity (or none: anyone)")
         outlet = Outlet(
-            self.router, host, port, name=name, allow=allow, insecure=insecure, limits=self.limits
+            self.router,
+            host,
+            port,
+            name=name,
+            allow=allow,
+            insecure=insecure,
+            limits=self.limits,
+            budget=self.budget,
         )
         entry = OutletEntry(alias, outlet, created_at or _now())
         self._outlets[alias] = entry
@@ -327,6 +339,7 @@ class Portals:
             limits=self.limits,
             channels=self.channels,
             resolve=resolve,
+            budget=self.budget,
         )
         error = None
         try:

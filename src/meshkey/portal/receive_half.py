@@ -4,11 +4,16 @@
 (``WriteToApp``), holds what arrives past a gap (at most :data:`MAX_HELD_SEGMENTS`
 segments, never beyond the window) until the gap fills, drops duplicates, and turns the
 peer's FIN into ``ShutdownAppWrite`` once every byte before it was written. It grants the
-window: the right edge is ``consumed + receive_window``, where ``consumed`` is what the
-local socket accepted.
+window: the right edge is ``consumed + window``, where ``consumed`` is what the local socket
+accepted. The window starts at ``limits.first_window`` and doubles (up to
+``receive_window``) each time the local socket consumed a whole window within
+:data:`GROWTH_PERIOD`: growth follows a reader that keeps up with a fast sender (a reader
+that stops, or a trickle, leaves the window as it is), is drawn from the session's
+:class:`~meshkey.portal.budget.Credit` (which may grant less, or nothing), and never shrinks
+(the right edge already promised stays promised).
 
-ACK policy: in-order data is acknowledged every quarter window at once, otherwise within
-:data:`ACK_DELAY` or with the next frame the session sends; gaps, duplicates, FIN and
+ACK policy: in-order data is acknowledged every quarter (current) window at once, otherwise
+within :data:`ACK_DELAY` or with the next frame the session sends; gaps, duplicates, FIN and
 PING are acknowledged at once; a window that opened by a quarter (or from almost shut) is
 announced at once. Commands go to ``app`` (the session's list); :meth:`ack_frame` builds
 the ACK when the session sends one (see :mod:`meshkey.portal.session`).
@@ -16,6 +21,7 @@ the ACK when the session sends one (see :mod:`meshkey.portal.session`).
 
 from __future__ import annotations
 
+from meshkey.portal.budget import Credit, unlimited_credit
 from meshkey.portal.contract import (
     AppCommand,
     PortalLocalError,
@@ -34,18 +40,34 @@ from meshkey.wire.portal import MAX_CHUNK, MAX_SACK_RANGES, Ack, Data, Fin
 ACK_DELAY = 0.005
 #: Out-of-order segments a receiver holds at most (bytes are bounded by the window anyway).
 MAX_HELD_SEGMENTS = 64
+#: A window consumed whole within this many seconds doubles. Whether the window is what
+#: holds the sender back cannot be seen from here (a window-limited sender turns it over
+#: about once per round trip, one that has little to send far more slowly), so the rate
+#: decides: at 64 KiB it takes a flow of 64 KB/s to grow, at 512 KiB one of 512 KB/s. A
+#: flow that grows without needing to costs budget, never correctness: the budget bounds it.
+GROWTH_PERIOD = 1.0
 
 
 class ReceiveHalf:
     """The peer's direction of a session; commands for the socket go to ``app``."""
 
-    def __init__(self, limits: SessionLimits, stats: SessionStats, app: list[AppCommand]) -> None:
+    def __init__(
+        self,
+        limits: SessionLimits,
+        stats: SessionStats,
+        app: list[AppCommand],
+        credit: Credit | None = None,
+    ) -> None:
         self.limits = limits
         self.stats = stats
         self._app = app
+        self._credit = credit if credit is not None else unlimited_credit()
+        self.window = limits.first_window  # what we grant beyond ``consumed`` now
+        self._grown_at = 0  # ``consumed`` when the window last grew (or was last refused)
+        self._grown_when: float | None = None  # and then (None: before the first byte)
         self.nxt = 0  # every byte before it was delivered
         self.consumed = 0  # what the local socket accepted of it
-        self.advertised_right = limits.receive_window  # the right edge the peer knows
+        self.advertised_right = self.window  # the right edge the peer knows
         self.held: dict[int, bytes] = {}  # past a gap, by offset
         self.held_bytes = 0
         self.peer_final: int | None = None  # where the peer's FIN said its bytes end
@@ -56,7 +78,7 @@ class ReceiveHalf:
 
     @property
     def right_edge(self) -> int:
-        return self.consumed + self.limits.receive_window
+        return self.consumed + self.window
 
     @property
     def buffered(self) -> int:
@@ -84,7 +106,7 @@ class ReceiveHalf:
         # In order: acknowledge every quarter window at once, else within ACK_DELAY, or
         # sooner with whatever we send first (a reply carries the ACK for free).
         self._unacked_bytes += len(frame.data)
-        if self._unacked_bytes >= self.limits.receive_window // 4:
+        if self._unacked_bytes >= self.window // 4:
             self.ack_needed = True
         elif self.ack_deadline is None:
             self.ack_deadline = now + ACK_DELAY
@@ -123,12 +145,21 @@ class ReceiveHalf:
                 f"app_consumed({count}): only {self.nxt - self.consumed} bytes unconsumed"
             )
 
-    def on_consumed(self, count: int) -> None:
-        """The socket accepted ``count`` more bytes (checked): the window moves on."""
+    def on_consumed(self, count: int, now: float) -> None:
+        """The socket accepted ``count`` more bytes (checked): the window moves on, and
+        grows when a whole window was consumed within :data:`GROWTH_PERIOD`."""
         self.consumed += count
+        if self._grown_when is None:
+            self._grown_when = now
+        elif self.consumed - self._grown_at >= self.window:
+            if now - self._grown_when <= GROWTH_PERIOD and self.window < self.limits.receive_window:
+                wanted = min(self.window, self.limits.receive_window - self.window)
+                self.window += self._credit.grow(wanted)
+            self._grown_at = self.consumed
+            self._grown_when = now
         right = self.right_edge
         open_before = self.advertised_right - self.nxt
-        if right - self.advertised_right >= self.limits.receive_window // 4 or (
+        if right - self.advertised_right >= self.window // 4 or (
             open_before < MAX_CHUNK and right > self.advertised_right
         ):
             self.ack_needed = True

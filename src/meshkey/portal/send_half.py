@@ -6,7 +6,11 @@ kept for resending). It sends only below the peer's right edge (its window), cut
 stream into segments of at most :data:`~meshkey.wire.portal.MAX_CHUNK`, and sends FIN
 after the last byte once the application ended its direction. An ACK moves the
 acknowledged offset and the right edge on; its ranges mark segments the peer holds past a
-gap, so a timeout resends only the others.
+gap, so a timeout resends only the others. What it holds is bounded by its ``capacity``
+(the application is told to pause there): ``limits.first_send_buffer`` at first, doubling
+up to ``send_buffer`` each time the peer's window moved on by a whole buffer (its reader
+consumed that much) while ours had filled, drawn from the session's
+:class:`~meshkey.portal.budget.Credit`; a peer that reads nothing keeps it at its first size.
 
 :class:`RetransmitTimer` is the retransmission timeout: RFC 6298's RTO from a
 :class:`~meshkey.timing.RttEstimate` (one segment timed at a time; Karn: nothing resent is
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from meshkey.portal.budget import Credit, unlimited_credit
 from meshkey.portal.contract import PortalLocalError, SessionLimits, SessionStats, violation
 from meshkey.timing import RttEstimate
 from meshkey.wire.portal import MAX_CHUNK, Ack, Data, Fin, Frame
@@ -85,12 +90,21 @@ class SendHalf:
     """This end's direction of a session; frames go to ``frames`` (the session's list)."""
 
     def __init__(
-        self, session_id: int, limits: SessionLimits, stats: SessionStats, frames: list[Frame]
+        self,
+        session_id: int,
+        limits: SessionLimits,
+        stats: SessionStats,
+        frames: list[Frame],
+        credit: Credit | None = None,
     ) -> None:
         self.session_id = session_id
         self.limits = limits
         self.stats = stats
         self._frames = frames
+        self._credit = credit if credit is not None else unlimited_credit()
+        self.capacity = limits.first_send_buffer  # the application pauses at this
+        self._grown_at = 0  # ``peer_right`` when the capacity last grew (or was refused)
+        self._filled = False  # the buffer filled since then: it is what limits us
         self.unsent = bytearray()
         self.inflight: deque[Segment] = deque()
         self.una = 0  # lowest unacknowledged offset
@@ -101,6 +115,11 @@ class SendHalf:
         self.fin_acked = False
         self.paused = False  # the application was told to stop (PauseReading)
         self._timed: tuple[int, float] | None = None  # (end offset, sent at) of an RTT probe
+
+    def first_window(self, window: int) -> None:
+        """The peer's first grant (its OPEN or OPEN_OK): growth counts from there."""
+        self.peer_right = max(self.peer_right, window)
+        self._grown_at = self.peer_right
 
     @property
     def buffered(self) -> int:
@@ -131,14 +150,15 @@ class SendHalf:
 
     def pause_if_full(self) -> bool:
         """True when the application must now stop producing (the buffer is full)."""
-        if not self.paused and self.buffered >= self.limits.send_buffer:
+        if not self.paused and self.buffered >= self.capacity:
             self.paused = True
+            self._filled = True
             return True
         return False
 
     def resume_if_drained(self) -> bool:
         """True when the application may produce again (half the buffer was acknowledged)."""
-        if self.paused and self.buffered <= self.limits.send_buffer // 2:
+        if self.paused and self.buffered <= self.capacity // 2:
             self.paused = False
             return True
         return False
@@ -199,10 +219,23 @@ class SendHalf:
                     start <= segment.offset and segment.end <= end for start, end in frame.ranges
                 )
         self.peer_right = max(self.peer_right, frame.acked + frame.window)
+        self._grow()
         if frame.fin and not self.fin_acked:
             self.fin_acked = True
             progress = True
         return progress, rtt
+
+    def _grow(self) -> None:
+        """The peer's window moved on by a whole buffer (its reader consumed that much; an
+        acknowledgement alone only says it arrived) while ours had filled: it keeps up, so
+        may we."""
+        if self.peer_right - self._grown_at < self.capacity:
+            return
+        if self._filled and self.capacity < self.limits.send_buffer:
+            wanted = min(self.capacity, self.limits.send_buffer - self.capacity)
+            self.capacity += self._credit.grow(wanted)
+        self._grown_at = self.peer_right
+        self._filled = False
 
     def resend(self) -> None:
         """The retransmission timeout expired: every segment the peer does not hold goes

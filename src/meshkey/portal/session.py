@@ -22,12 +22,22 @@ acknowledged at once. The timeout is RFC 6298's:
 expiry, between :attr:`SessionLimits.min_rto` and :attr:`SessionLimits.max_rto`.
 
 Flow control is credit: the receiver grants a window (ACK ``window``: bytes it takes beyond
-``acked``), whose right edge is ``consumed + receive_window`` where ``consumed`` is what the
-local socket accepted (:meth:`app_consumed`). The sender never sends past the right edge.
-When the local application is slow the right edge stops moving, the peer's sender stops, its
+``acked``), whose right edge is ``consumed + window`` where ``consumed`` is what the local
+socket accepted (:meth:`app_consumed`). The sender never sends past the right edge. When
+the local application is slow the right edge stops moving, the peer's sender stops, its
 send buffer fills, and its core tells its glue to stop reading its socket (``PauseReading``;
 ``ResumeReading`` once half of it is acknowledged). No congestion control: each hop's QUIC
 or TCP does that (DESIGN.md decision 13).
+
+What a session holds is credit too (DESIGN.md decision 20). The window it grants and the
+send buffer it fills start small (``SessionLimits.initial_window``, ``initial_send_buffer``:
+64 KiB) and double, up to ``receive_window`` and ``send_buffer``, only while the far side
+reads: a window grows when the local socket consumed a whole one within a second, a send
+buffer when the peer's window moved on by a whole buffer (its reader consumed that much)
+while the buffer had filled. Each growth is drawn from the session's
+:class:`~meshkey.portal.budget.Credit` (the node's budget, which may grant less), and the
+session gives it all back when it ends. So an OPEN costs little until someone reads, and a
+peer cannot make a node hold more than the budget allows.
 
 States and transitions
 ----------------------
@@ -75,6 +85,7 @@ from __future__ import annotations
 import math
 import random
 
+from meshkey.portal.budget import Credit, unlimited_credit
 from meshkey.portal.contract import (
     DEFAULT_LIMITS,
     AppCommand,
@@ -157,10 +168,12 @@ class PortalSession:
         limits: SessionLimits = DEFAULT_LIMITS,
         rng: random.Random | None = None,
         peer_window: int | None = None,
+        credit: Credit | None = None,
     ) -> None:
         """An opener starts in OPENING with an OPEN to send; an acceptor (made from the
         peer's OPEN, whose window is ``peer_window``) starts in ACCEPTING and waits for
-        :meth:`accept` or :meth:`refuse`."""
+        :meth:`accept` or :meth:`refuse`. ``credit``: what the session's window and send
+        buffer grow from (unlimited when not given), released when the session ends."""
         self.role = role
         self.session_id = session_id
         self.limits = limits
@@ -173,8 +186,9 @@ class PortalSession:
         self._frames: list[Frame] = []
         self._app: list[AppCommand] = []
         self._events: list[Event] = []
-        self._sending = SendHalf(session_id, limits, self.stats, self._frames)
-        self._receiving = ReceiveHalf(limits, self.stats, self._app)
+        self._credit = credit if credit is not None else unlimited_credit()
+        self._sending = SendHalf(session_id, limits, self.stats, self._frames, self._credit)
+        self._receiving = ReceiveHalf(limits, self.stats, self._app, self._credit)
         self._rtx = RetransmitTimer(limits)
         # liveness
         self._last_heard = now
@@ -191,11 +205,11 @@ class PortalSession:
         self._linger_until: float | None = None
         if role is Role.OPENER:
             self.state = State.OPENING
-            self._frames.append(Open(session_id, limits.receive_window))
+            self._frames.append(Open(session_id, self._receiving.window))
             self._rtx.arm(now)
         else:
             self.state = State.ACCEPTING
-            self._sending.peer_right = peer_window if peer_window is not None else 0
+            self._sending.first_window(peer_window if peer_window is not None else 0)
         self._update_waiting(now)
 
     # -- introspection ----------------------------------------------------------------
@@ -219,6 +233,16 @@ class PortalSession:
     def buffered_to_send(self) -> int:
         """Bytes from the application not yet acknowledged (held for resending)."""
         return self._sending.buffered
+
+    @property
+    def send_capacity(self) -> int:
+        """What the send buffer holds before the application is told to pause (it grows)."""
+        return self._sending.capacity
+
+    @property
+    def receive_window(self) -> int:
+        """The window this end grants now (it grows)."""
+        return self._receiving.window
 
     @property
     def buffered_received(self) -> int:
@@ -271,13 +295,13 @@ class PortalSession:
         self._receiving.check_consumed(count)
         if self.terminal or not count:
             return
-        self._receiving.on_consumed(count)
+        self._receiving.on_consumed(count, now)
 
     def accept(self, now: float) -> None:
         """Acceptor: the TCP connection is up; OPEN_OK goes out and data may flow."""
         self._check(Local.ACCEPT)
         self.state = State.OPEN
-        self._frames.append(OpenOk(self.session_id, self.limits.receive_window))
+        self._frames.append(OpenOk(self.session_id, self._receiving.window))
         self._events.append(Opened())
         self._last_heard = now
         self._transmit(now)
@@ -369,10 +393,10 @@ class PortalSession:
         elif isinstance(frame, Open):  # to an acceptor
             if self.state is State.OPEN:
                 # Our OPEN_OK was lost: say it again (the window it grants is unchanged).
-                self._frames.append(OpenOk(self.session_id, self.limits.receive_window))
+                self._frames.append(OpenOk(self.session_id, self._receiving.window))
         elif isinstance(frame, OpenOk):  # to an opener
             if self.state is State.OPENING:
-                self._sending.peer_right = max(self._sending.peer_right, frame.window)
+                self._sending.first_window(frame.window)
                 self._opened(now)
                 self._receiving.ack_needed = True  # tells the acceptor its OPEN_OK arrived
                 self._transmit(now)
@@ -380,7 +404,8 @@ class PortalSession:
             self._terminate(
                 State.FAILED,
                 Outcome.REFUSED,
-                f"refused by the outlet ({frame.reason.name.lower()}): {frame.text}",
+                f"refused by the outlet ({frame.reason.name.lower()})"
+                + (f": {frame.text}" if frame.text else ""),
                 close_app=True,
                 abort=False,
             )
@@ -467,7 +492,7 @@ class PortalSession:
             return
         if self._open_retry_at is not None and now >= self._open_retry_at:
             self._open_retry_at = None
-            self._frames.append(Open(self.session_id, self.limits.receive_window))
+            self._frames.append(Open(self.session_id, self._receiving.window))
             self._sent(now)
         if self._rtx.deadline is not None and now >= self._rtx.deadline:
             self._retransmit(now)
@@ -480,7 +505,7 @@ class PortalSession:
         self.stats.retransmit_timeouts += 1
         self._rtx.back_off()
         if self.state is State.OPENING:
-            self._frames.append(Open(self.session_id, self.limits.receive_window))
+            self._frames.append(Open(self.session_id, self._receiving.window))
         self._sending.resend()
         if self.state is State.OPEN and (self._sending.window_closed or self._ping_outstanding):
             self._ping(now)  # probes a closed window (the answer carries an ACK)
@@ -581,6 +606,7 @@ class PortalSession:
         if state is State.FAILED:
             self._sending.clear()
             self._receiving.clear()
+        self._credit.release()  # nothing more will be held past what is buffered now
         if close_app:
             self._app.append(CloseApp(outcome, reason, abort))
         peer_reset = self.error.code if outcome is Outcome.RESET_BY_PEER and self.error else None

@@ -15,6 +15,7 @@ import asyncio
 import random
 from typing import TYPE_CHECKING, Any
 
+from meshkey.portal.budget import PortalBudget
 from meshkey.portal.driver import MuxDriver
 from meshkey.portal.inlet import check_end_to_end
 from meshkey.portal.session import DEFAULT_LIMITS, Outcome, Role, SessionLimits
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from meshkey.channel.manager import SecureChannels
 
 STREAM_LIMIT = 256 * 1024  # the StreamReader's buffer limit (it pauses at twice this)
+#: The owner of a node's portal streams in its budget (they are all the node's own).
+STREAMS = "portal streams"
 
 
 class PortalTransport(asyncio.Transport):
@@ -63,8 +66,14 @@ class PortalTransport(asyncio.Transport):
 
     def close(self) -> None:
         """Like a socket's close: our direction ends; if more data arrives, the session is
-        reset (as a kernel answers data for a closed socket with RST)."""
+        reset (as a kernel answers data for a closed socket with RST). A reader that had
+        stopped taking data (its buffer full) resets at once, as a kernel resets a socket
+        closed with unread data: no more data would come to reset it, and the session
+        would stay open, half-closed, for as long as the peer answers."""
         if self._closing:
+            return
+        if not self._reading or self._unreported:
+            self.abort()
             return
         self.write_eof()
         self._closing = True
@@ -149,8 +158,10 @@ async def open_portal_stream(
     timeout: float = 30.0,
     rng: random.Random | None = None,
     channels: SecureChannels | None = None,
+    budget: PortalBudget | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Opens a portal session to the outlet at ``route`` (end to end, as for an inlet).
+    ``budget``: the node's (every stream of a node is one owner in it).
 
     Raises ConnectionRefusedError when the outlet refuses (its server refused, or we are not
     allowed), ConnectionError when the route fails, TimeoutError after ``timeout``.
@@ -163,7 +174,15 @@ async def open_portal_stream(
         driver.retire()
 
     driver = MuxDriver(
-        router, Role.OPENER, route=route, label="stream", limits=limits, rng=rng, on_idle=retire
+        router,
+        Role.OPENER,
+        route=route,
+        label="stream",
+        limits=limits,
+        rng=rng,
+        on_idle=retire,
+        budget=budget,
+        owner=STREAMS,
     )
     reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)

@@ -299,6 +299,25 @@ def pack_frames(frames: Iterable[Frame], limit: int = MAX_PACKET) -> list[bytes]
     return packets
 
 
+def take_packet(frames: Iterable[Frame], limit: int = MAX_PACKET) -> tuple[bytes, int]:
+    """One packet of the first of ``frames`` that fit in ``limit`` bytes (at least one), and
+    how many it holds: a sender packs only when it can send, so frames wait unpacked."""
+    parts = [bytes([PORTAL_VERSION])]
+    size = 1
+    taken = 0
+    for frame in frames:
+        head, body = _frame_parts(frame)
+        length = len(head) + len(body)
+        if taken and size + length > limit:
+            break
+        parts += (head, body)
+        size += length
+        taken += 1
+    if not taken:
+        raise MalformedError("a portal packet needs at least one frame")
+    return b"".join(parts), taken
+
+
 # -- decoding ---------------------------------------------------------------------------
 
 
@@ -452,9 +471,11 @@ class FrameReader:
                 frames, position = _scan(view, position)
         except WireError as exc:
             self._error = exc
-            self._buffer.clear()
+            # A new buffer, never a resize: the error's traceback may still hold slices of
+            # the old one (a frame's body), and a bytearray with live views cannot shrink.
+            self._buffer = bytearray()
             raise
-        del self._buffer[:position]
+        del self._buffer[:position]  # no view outlives _scan on success: frames hold copies
         return frames
 
 
