@@ -270,6 +270,9 @@ async def test_a_stranger_forwarded_out_of_its_secure_channel_to_an_allowed_node
     """The allowed node decrypts the stranger's message and forwards it: the outlet sees a
     hop from the allowed node, and (that node's channel to the stranger) behind it."""
     async with mesh() as m:
+        # The allowed node has a hop to the outlet's node open already (it forwards over open
+        # hops for anyone; a new dial it would refuse a stranger before the outlet sees it).
+        await m.allowed.send(f"{udp(m.outlet_node)}/service/echo", b"hop")
         channel = await m.stranger.create_secure_channel(f"{udp(m.allowed)}/service/api")
         route = parse_route(f"{channel}{udp(m.outlet_node)}/service/outlet")
         assert_refused(m, await Catcher(m.stranger).open(route))

@@ -53,6 +53,23 @@ def test_open_channel_knows_both_identities_and_carries_data() -> None:
         assert alice.receive(bob.seal(b"r%d" % index)).plaintext == b"r%d" % index
 
 
+def test_the_responders_data_may_overtake_its_confirm() -> None:
+    """XX: the responder opens at FINISH and may send at once; its DATA can take a direct
+    path while its CONFIRM crosses the relay. Sealed under the session's keys, it confirms."""
+    alice = SecureSession(True, StaticKey(ALICE))
+    bob = SecureSession(False, StaticKey(BOB))
+    hello_reply = bob.receive(alice.start()).reply
+    assert hello_reply is not None
+    finish = alice.receive(hello_reply).reply
+    assert finish is not None
+    confirmed = bob.receive(finish)
+    assert confirmed.opened and confirmed.reply is not None
+    early = alice.receive(bob.seal(b"first"))  # before the CONFIRM
+    assert early.opened and early.plaintext == b"first" and alice.state is State.OPEN
+    assert not alice.receive(confirmed.reply).opened  # the late CONFIRM changes nothing
+    assert bob.receive(alice.seal(b"back")).plaintext == b"back"
+
+
 def test_the_initiator_refuses_an_unauthorized_responder() -> None:
     alice = SecureSession(True, StaticKey(ALICE), authorized=frozenset({MALLORY.node_id}))
     bob = SecureSession(False, StaticKey(BOB))

@@ -94,7 +94,7 @@ from meshkey.log import EventLogger
 from meshkey.routing.address import PeerAddress, Route, ServiceAddress, format_route
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
-from meshkey.routing.router import Router
+from meshkey.routing.router import Router, is_loopback_host
 from meshkey.timing import DeadlineTimer
 from meshkey.wire.channel import (
     MAX_EARLY_DATA,
@@ -264,7 +264,8 @@ class SecureChannels:
             self.static,
             authorized=authorized,
             responder_key=responder_key,
-            hooks=self._handshake_hooks(),
+            # A channel kept off direct paths asks for no punch in its handshake either.
+            hooks=None if no_direct else self._handshake_hooks(),
         )
         channel = self._new_channel(session, initiator=True)
         channel.no_direct = no_direct
@@ -469,7 +470,7 @@ class SecureChannels:
             True,
             self.static,
             authorized=frozenset({channel.peer}),
-            hooks=self._handshake_hooks(),
+            hooks=None if channel.no_direct else self._handshake_hooks(),
         )
         channel.route = channel.listener_route
         channel.opened = self._loop.create_future()
@@ -572,6 +573,15 @@ class SecureChannels:
         )
 
     async def _encrypt(self, channel: Channel, message: Message) -> None:
+        if not _starts_here(message):
+            # Whoever learned the channel's address must not send through it as its owner
+            # (the peer would take them for this node): like Ockam's LocalOriginOnly.
+            await self.router.fail(
+                message,
+                ErrorCode.REFUSED,
+                f"secure channel {channel.address} carries only messages that start on its node",
+            )
+            return
         state = channel.state
         waiting = state in (ChannelState.UNREACHABLE, ChannelState.RECONNECTING)
         if waiting and channel.held_bytes + len(message.payload) <= MAX_HELD_BYTES:
@@ -742,6 +752,18 @@ class SecureChannels:
             self.paths.channel_closed(channel.peer, channel.address)
         if notify and goodbye is not None and channel.route:
             await self.router.route(Message(self._current_route(channel), (), goodbye))
+
+
+def _starts_here(message: Message) -> bool:
+    """Whether ``message`` started on this node: not forwarded in over a hop or out of a
+    channel (a program on this host, reaching it over loopback, counts as here)."""
+    local = message.local
+    if local.channel_peer is not None:
+        return False
+    if local.hop_peer is None:
+        return True
+    remote = local.hop_remote
+    return remote is not None and is_loopback_host(remote[0])
 
 
 def _peer_of(route: Route) -> NodeId | None:

@@ -60,7 +60,7 @@ An allowed input can still fail on its content (authentication, identity, author
 Errors are split as in STYLE.md: :class:`ChannelError` is what the peer (or the route) did,
 :class:`ChannelUseError` what the owner did; a failed handshake is terminal and says why.
 
-    initiator  START -start-> SENT_HELLO -HELLO_REPLY-> SENT_FINISH -CONFIRM-> OPEN
+    initiator  START -start-> SENT_HELLO -HELLO_REPLY-> SENT_FINISH -CONFIRM, DATA, PING-> OPEN
                START -start_ik-> SENT_IK_HELLO -IK_REPLY-> OPEN
                                  SENT_IK_HELLO -USE_XX-> SENT_HELLO (and on as XX)
     responder  AWAIT_HELLO -HELLO-> SENT_REPLY -FINISH-> OPEN
@@ -323,6 +323,11 @@ TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
     },
     Phase.SENT_FINISH: {
         ChannelKind.CONFIRM: Phase.OPEN,
+        # The responder's first sealed messages may overtake its CONFIRM (they can take a
+        # direct path to this node while the CONFIRM crosses the relay): sealed under this
+        # session's keys, they confirm it as well.
+        ChannelKind.DATA: Phase.OPEN,
+        ChannelKind.PING: Phase.OPEN,
         ChannelKind.REFUSE: Phase.CLOSED,  # the listener does not want this identity
         Local.CLOSE: Phase.CLOSED,
     },
@@ -683,7 +688,8 @@ class SecureSession:
         plaintext = self._receiver.open(sealed)
         before = self._phase
         self._phase = self._allowed(sealed.kind)
-        # Opened: an XX initiator by the CONFIRM, an IK responder by any first sealed message.
+        # Opened: an XX initiator by the CONFIRM (or a sealed message that overtook it), an IK
+        # responder by any first sealed message.
         opened = self._phase is Phase.OPEN and before is not Phase.OPEN
         nonce = sealed.nonce
         if sealed.kind == ChannelKind.CONFIRM:

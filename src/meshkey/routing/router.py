@@ -156,7 +156,7 @@ async def _no_peer_resolver(node_id: NodeId) -> Route | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -410,7 +410,11 @@ class Router:
         if self.admission is not None and self.admission(FORWARD_DIAL, sender) is None:
             return True  # a forward policy names it
         remote = message.local.hop_remote
-        if message.local.channel_peer is None and remote is not None and _is_loopback(remote[0]):
+        if (
+            message.local.channel_peer is None
+            and remote is not None
+            and is_loopback_host(remote[0])
+        ):
             return True  # a program on this host
         return self.known_destination is not None and self.known_destination(address)
 
