@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -17,7 +18,6 @@ from meshkey.cli.common import (
     node_name,
     pick_node,
     read_route,
-    resolve_identities,
     timeout_option,
 )
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
@@ -88,15 +88,17 @@ def node() -> None:
 @click.option(
     "--configuration",
     "configuration",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A node configuration file (.toml or .yaml): identity, listeners, relays, policies.",
+    metavar="FILE|YAML",
+    help="A node configuration: a .toml or .yaml file, or inline YAML ('{name: n, "
+    "tcp-outlets: {db: {to: 5432}}}'): identity, listeners, relays, policies, portals. "
+    "Applied whole or not at all; again on a running node, it adds what the node lacks.",
 )
 @click.option(
     "--variable",
     "variables",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A value for ${KEY} in the configuration file (repeatable).",
+    help="A value for ${KEY} in the configuration (repeatable; an empty value is refused).",
 )
 @click.option("--foreground", "-f", is_flag=True, help="Run in this process until interrupted.")
 @output_option
@@ -112,7 +114,7 @@ def node_create(
     seeds: tuple[str, ...],
     no_auto_relay: bool,
     dht_mode: str | None,
-    configuration: Path | None,
+    configuration: str | None,
     variables: tuple[str, ...],
     foreground: bool,
     output: str,
@@ -120,17 +122,21 @@ def node_create(
     """Create node NAME [default: default] and start it (in the background unless
     --foreground).
 
-    The node listens on UDP (QUIC) and TCP; /node/NAME in a route means its UDP address. As in
-    Ockam, create is idempotent: a node that exists is started if it is stopped, and left as
-    it is if it runs (options that disagree with its configuration are refused).
+    The node listens on UDP (QUIC) and TCP; /node/NAME in a route means its UDP address. A
+    node that exists and is stopped is started; one that runs is refused (exit code 4),
+    unless a --configuration is given: then the node gets what the configuration declares
+    and it lacks, or, if its settings differ, the command says which and changes nothing.
     """
+    from meshkey.cli.configure import apply, prepare
     from meshkey.node import launcher
     from meshkey.node.configuration import NodeConfiguration, load_configuration
 
     home = get_home(ctx)
+    if name is not None and configuration is None and _is_configuration_file(name):
+        configuration, name = name, None  # `node create node.yaml`, as in Ockam
     config = (
         load_configuration(configuration, _variables(variables))
-        if configuration
+        if configuration is not None
         else NodeConfiguration()
     )
     name = node_name(name or config.name or DEFAULT_NODE)
@@ -138,27 +144,42 @@ def node_create(
     identity_name = identity_name or config.identity
     seed_list = [_seed(text) for text in seeds or config.seeds]
     dht_mode = dht_mode or config.dht_mode
+    settings = {
+        "identity": identity_name,
+        "udp": udp,
+        "tcp": tcp,
+        "seeds": json.dumps(seed_list) if seed_list else None,
+        "dht_mode": dht_mode,
+        "auto_relay": None if config.auto_relay is None else "on" if config.auto_relay else "off",
+    }
     existing = home.node(name)
     if existing.exists():
-        _check_same(
-            home,
-            name,
-            udp=udp,
-            tcp=tcp,
-            identity=identity_name,
-            seeds=json.dumps(seed_list) if seed_list else None,
-            dht_mode=dht_mode,
-        )
+        _check_same(home, name, settings, configuration)
+        wanted = prepare(ctx, config, name) if configuration is not None else None
         if foreground:
-            _run_foreground(home, name)
+            _run_foreground(home, name, wanted, ctx)
             return
-        if existing.is_running():
-            _print_node(output, "is already running", launcher.node_summary(home, name, live=True))
-            return
-        launcher.start_node(home, name)
-        _apply(ctx, name, config)
-        _print_node(output, "started", launcher.node_summary(home, name, live=True))
+        running = existing.is_running()
+        if running and wanted is None:
+            raise CliError(
+                f"node {name!r} is already running (to change what it has, give it a "
+                f"--configuration; to restart it, `meshkey node stop {name}` first)",
+                ExitCode.CONFLICT,
+            )
+        if not running:
+            launcher.start_node(home, name)
+        try:
+            changes = apply(ctx, name, wanted) if wanted is not None else []
+        except CliError:
+            if not running:  # left as it was found: stopped
+                launcher.stop_node(home, name)
+            raise
+        verb = "started" if not running else "is running"
+        _print_node(output, verb, launcher.node_summary(home, name, live=True), changes, wanted)
         return
+    _check_new_name(name)
+    wanted = prepare(ctx, config, name) if configuration is not None else None
+    had_identity = home.identities.exists(identity_name or name)
     launcher.create_node(
         home,
         name,
@@ -172,16 +193,52 @@ def node_create(
         auto_relay=not no_auto_relay and config.auto_relay is not False,
     )
     if foreground:
-        _run_foreground(home, name)
+        _run_foreground(home, name, wanted, ctx, undo_create=not had_identity)
         return
     try:
         launcher.start_node(home, name)
+        changes = apply(ctx, name, wanted) if wanted is not None else []
     except NodeStateError as exc:
-        if exc.code != "conflict":
-            home.node(name).delete()  # a node that never ran is not left half-made
+        if exc.code != "conflict":  # a racing create started it: that one is not ours
+            _undo_create(home, name, delete_identity=not had_identity)
         raise
-    _apply(ctx, name, config)
-    _print_node(output, "created", launcher.node_summary(home, name, live=True))
+    except CliError:
+        _undo_create(home, name, delete_identity=not had_identity)
+        raise
+    _print_node(output, "created", launcher.node_summary(home, name, live=True), changes, wanted)
+
+
+def _is_configuration_file(name: str) -> bool:
+    return Path(name).suffix in (".yaml", ".yml", ".toml") and Path(name).is_file()
+
+
+def _check_new_name(name: str) -> None:
+    """A new node's name: what Ockam accepts too (no '.', which also keeps names apart from
+    configuration files, `node create node.yaml`)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        hint = " (nor a configuration file)" if "." in name or "/" in name else ""
+        raise CliError(
+            f"invalid node name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
+            f"letter or digit{hint}",
+            ExitCode.USAGE,
+        )
+
+
+def _undo_create(home: Home, name: str, *, delete_identity: bool) -> None:
+    """A node whose creation failed half-way is not left behind (nor the identity made for
+    it)."""
+    from meshkey.identity.errors import IdentityError
+    from meshkey.node import launcher
+
+    node = home.node(name)
+    if not node.exists():
+        return
+    identity = node.config().get("identity")
+    with contextlib.suppress(NodeStateError):
+        launcher.delete_node(home, name, force=True)
+    if delete_identity and identity:
+        with contextlib.suppress(IdentityError):
+            home.identities.delete(identity)
 
 
 def _observer(text: str) -> str:
@@ -220,58 +277,95 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     return variables
 
 
-def _check_same(home: Home, name: str, **wanted: str | None) -> None:
-    """Creating an existing node again is fine, unless it is asked to be different."""
-    config = home.node(name).config()
-    for key, value in wanted.items():
-        if value is not None and config.get(key) != value:
-            raise CliError(
-                f"node {name!r} already exists with {key} {config.get(key)}, not {value} "
-                f"(delete it first to change that: `meshkey node delete {name}`)",
-                ExitCode.CONFLICT,
-            )
+def _check_same(
+    home: Home, name: str, settings: dict[str, str | None], configuration: str | None
+) -> None:
+    """Creating an existing node again is fine, unless it is asked to be different: its
+    settings are fixed at creation, so every difference is named and nothing is done."""
+    from meshkey.node.configuration import node_differences
+
+    differences = node_differences(home.node(name).config(), settings)
+    if differences:
+        given = " (by the configuration)" if configuration else ""
+        raise CliError(
+            f"node {name!r} already exists with other settings{given}: "
+            f"{'; '.join(differences)}; nothing was changed (to change these, delete the "
+            f"node first: `meshkey node delete {name}`)",
+            ExitCode.CONFLICT,
+        )
 
 
-def _apply(ctx: click.Context, name: str, config: Any) -> None:
-    """Sets up what a configuration file declares on the running node (what already exists,
-    from an earlier run of the same file, is left as it is)."""
-    for address in config.tcp_listeners:
-        _ignore_conflict(lambda a=address: call(ctx, name, "tcp_listener.create", {"address": a}))
-    for address, authorized in config.listeners:
-        args = {"name": address, "authorized": resolve_identities(ctx, authorized)}
-        _ignore_conflict(lambda a=args: call(ctx, name, "listener.create", a))
-    for relay, at in config.relays:
-        args = {"name": relay, "at": read_route(at)}
-        _ignore_conflict(lambda a=args: call(ctx, name, "relay.create", a, timeout=20))
-    for resource, allow in config.policies:
-        args = {"resource": resource, "allow": resolve_identities(ctx, allow)}
-        call(ctx, name, "policy.create", args)
+def _run_foreground(
+    home: Home,
+    name: str,
+    wanted: Any = None,
+    ctx: click.Context | None = None,
+    *,
+    undo_create: bool = False,
+) -> None:
+    """Runs the daemon in this process; a configuration is applied from another thread once
+    the node answers (and, if it cannot be, the node stops and the command fails)."""
+    import threading
 
-
-def _ignore_conflict(step: Any) -> None:
-    from meshkey.node.control_client import ControlError
-
-    try:
-        step()
-    except ControlError as exc:
-        if exc.code != "conflict":
-            raise
-
-
-def _run_foreground(home: Home, name: str) -> None:
     from meshkey.node.daemon import run
 
+    failure: list[str] = []
+    if wanted is not None and ctx is not None:
+        threading.Thread(
+            target=_apply_when_up, args=(ctx, home, name, wanted, failure), daemon=True
+        ).start()
     code = run(home, name)
+    if failure:
+        if undo_create:
+            _undo_create(home, name, delete_identity=True)
+        click.echo(f"error: {failure[0]}", err=True)
+        sys.exit(int(ExitCode.FAILURE))
     if code:
         sys.exit(code)
 
 
-def _print_node(output: str, verb: str, summary: dict[str, Any]) -> None:
+def _apply_when_up(
+    ctx: click.Context, home: Home, name: str, wanted: Any, failure: list[str]
+) -> None:
+    from meshkey.cli.configure import apply, describe_changes
+    from meshkey.node.control_client import ControlClient, ControlError
+    from meshkey.node.launcher import START_TIMEOUT
+
+    client = ControlClient(home.node(name).socket_path, timeout=1.0)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            client.call("status")
+            break
+        except ControlError:
+            time.sleep(0.05)
+    try:
+        changes = apply(ctx, name, wanted)
+    except CliError as exc:
+        failure.append(exc.message)
+        with contextlib.suppress(ControlError):
+            client.call("stop")
+        return
+    click.echo(f"Node {name}: {describe_changes(changes)}", err=True)
+
+
+def _print_node(
+    output: str,
+    verb: str,
+    summary: dict[str, Any],
+    changes: list[Any] | None = None,
+    wanted: Any = None,
+) -> None:
+    from meshkey.cli.configure import describe_changes
+
+    configured = f"; configuration: {describe_changes(changes or [])}" if wanted else ""
+    if wanted is not None:
+        summary = {**summary, "changes": [c.describe() for c in changes or []]}
     emit(
         output,
         summary,
         lambda: (
-            f"Node {summary['name']} {verb}\n"
+            f"Node {summary['name']} {verb}{configured}\n"
             + fields(
                 [
                     ("node id", summary["node_id"]),
