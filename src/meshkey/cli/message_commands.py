@@ -31,7 +31,18 @@ def message() -> None:
 
 def _payload(text: str | None, path: str | None, hex_mode: bool) -> bytes:
     if (text is None) == (path is None):
-        raise CliError("give the MESSAGE, or --file PATH ('-' for standard input)", ExitCode.USAGE)
+        raise CliError(
+            "give the MESSAGE ('-' reads it from standard input), or --file PATH",
+            ExitCode.USAGE,
+        )
+    if text == "-":  # as everywhere, '-' is standard input: a line's newline is not sent
+        data = sys.stdin.buffer.read(MAX_PAYLOAD + 2)
+        data = data[:-2] if data.endswith(b"\r\n") else data.removesuffix(b"\n")
+        if len(data) > MAX_PAYLOAD:
+            raise CliError(f"MESSAGE -: over the {MAX_PAYLOAD}-byte limit", ExitCode.USAGE)
+        if not hex_mode:
+            return data
+        text = data.decode(errors="replace").strip()
     if path is not None:
         if path == "-":
             data = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
@@ -85,7 +96,7 @@ def _show(reply: bytes, hex_mode: bool, output: str, route: str, elapsed: float)
 
 
 @message.command("send")
-@click.argument("text", metavar="MESSAGE", required=False)
+@click.argument("text", metavar="MESSAGE|-", required=False)
 @click.option(
     "--to",
     "to",
@@ -121,7 +132,8 @@ def message_send(
     hex_mode: bool,
     output: str,
 ) -> None:
-    """Send MESSAGE (or --file PATH) along a route and print the reply.
+    """Send MESSAGE (or --file PATH; '-' for either reads standard input) along a route and
+    print the reply.
 
     A reply that is not UTF-8 text is written as it is when the output is a file or a pipe
     (and refused on a terminal: use --hex); with --output json it is base64.
@@ -131,10 +143,14 @@ def message_send(
       meshkey message send hello --to /node/blue/service/uppercase
       meshkey message send hello --to /node/green/node/blue/service/echo
       meshkey message send --file photo.jpg --to /node/blue/service/echo > copy.jpg
+      date | meshkey message send - --to /node/blue/service/uppercase
       meshkey message send hello --from yellow --to /ip4/127.0.0.1/tcp/4000/service/echo
     """
-    if path == "-" and "-" in to.split("/"):
-        raise CliError("--file - and a '-' in --to cannot both read stdin", ExitCode.USAGE)
+    if "-" in (path, text) and "-" in to.split("/"):
+        raise CliError(
+            "the message and a '-' in --to cannot both be read from standard input",
+            ExitCode.USAGE,
+        )
     route = read_route(to)
     check_destination(parse_route(route), route)
     payload = _payload(text, path, hex_mode)
