@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from meshkey.cli.errors import ExitCode
@@ -18,3 +20,21 @@ def test_a_dash_message_is_read_from_standard_input(blue_green: Cli) -> None:
     assert cli.ok("message", "send", "--hex", "-", "--to", route, input="6869\n") == "4849\n"
     message = cli.fails(ExitCode.USAGE, "message", "send", "-", "--to", "-/service/echo")
     assert "standard input" in message
+
+
+def test_json_errors_cover_argument_errors_and_o_is_global(blue_green: Cli) -> None:
+    cli = blue_green
+    for args in (
+        ("message", "send", "hi", "-o", "json"),
+        ("-o", "json", "message", "send", "hi"),
+        ("message", "send", "--output=json"),
+    ):
+        result = cli.run(*args)
+        assert result.returncode == ExitCode.USAGE
+        error = json.loads(result.stderr)
+        assert error["code"] == "invalid" and "--to" in error["error"], args
+    listed = json.loads(cli.ok("-o", "json", "node", "list"))
+    assert [n["name"] for n in listed] == ["blue", "green"]
+    assert "NAME" in cli.ok("-o", "json", "node", "list", "-o", "text")  # the command's wins
+    result = cli.run("-o", "json", "node", "show", "nosuch")
+    assert json.loads(result.stderr)["exit"] == ExitCode.NOT_FOUND

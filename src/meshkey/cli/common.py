@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -24,8 +24,14 @@ class MeshkeyGroup(click.Group):
     mapping, from the error's kind, whichever command met it)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        """Click's own usage errors become one line too (and the help, exit 0)."""
+        """Click's own usage errors become one line too (and the help, exit 0); with
+        ``--output json`` anywhere on the line, a JSON line, even when the arguments around
+        it could not be parsed."""
         kwargs["standalone_mode"] = False
+        argv = kwargs.get("args")
+        if argv is None:
+            argv = args[0] if args else sys.argv[1:]
+        set_json_errors(wants_json(argv))
         try:
             return super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
@@ -54,10 +60,33 @@ class MeshkeyGroup(click.Group):
             fail("interrupted", ExitCode.FAILURE, kind="failure")
 
 
+_json_errors = False
+
+
+def set_json_errors(value: bool) -> None:
+    global _json_errors
+    _json_errors = value
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON (``-o json``, ``--output json``,
+    ``--output=json``, ``-ojson``), wherever it stands."""
+    for index, token in enumerate(argv):
+        if token == "--":
+            break
+        if token in ("-o", "--output") and index + 1 < len(argv):
+            if argv[index + 1] == "json":
+                return True
+        elif token in ("-ojson", "--output=json"):
+            return True
+    return False
+
+
 def fail(message: str, code: ExitCode, *, kind: str = "failure") -> NoReturn:
     """One line on stderr (a JSON object with ``--output json``), then exit ``code``."""
     context = click.get_current_context(silent=True)
-    if context is not None and context.meta.get("meshkey.output") == "json":
+    meta = context.meta.get("meshkey.output") if context is not None else None
+    if meta == "json" or (meta is None and _json_errors):
         click.echo(json.dumps({"error": message, "code": kind, "exit": int(code)}), err=True)
     else:
         click.echo(f"error: {message}", err=True)

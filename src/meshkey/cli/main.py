@@ -12,6 +12,7 @@ import click
 from meshkey import __version__
 from meshkey.cli.common import MeshkeyGroup
 from meshkey.cli.errors import EXIT_CODES_HELP
+from meshkey.cli.output import global_output_option
 
 #: command -> (module, attribute, the one-line help shown by `meshkey --help`)
 COMMANDS = {
@@ -69,6 +70,7 @@ class LazyGroup(MeshkeyGroup):
     envvar="MESHKEY_HOME",
     help="State directory (default: $MESHKEY_HOME or ~/.meshkey).",
 )
+@global_output_option
 @click.version_option(__version__, message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None) -> None:
