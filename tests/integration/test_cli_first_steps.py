@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -38,3 +43,36 @@ def test_json_errors_cover_argument_errors_and_o_is_global(blue_green: Cli) -> N
     assert "NAME" in cli.ok("-o", "json", "node", "list", "-o", "text")  # the command's wins
     result = cli.run("-o", "json", "node", "show", "nosuch")
     assert json.loads(result.stderr)["exit"] == ExitCode.NOT_FOUND
+
+
+def test_ctrl_c_exits_130_and_leaves_no_warning_in_the_daemon(blue_green: Cli) -> None:
+    cli = blue_green
+    green = cli.json("node", "show", "green")["pid"]
+    os.kill(green, signal.SIGSTOP)  # green never answers: blue's send waits
+    try:
+        command = [sys.executable, "-m", "meshkey", "message", "send", "hi", "--from", "blue"]
+        command += ["--to", "/node/green/service/echo", "--timeout", "2s"]
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "MESHKEY_HOME": str(cli.home)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+        assert process.returncode == int(ExitCode.INTERRUPTED) == 130, stderr
+        assert stderr.strip() == "error: interrupted"
+        time.sleep(2.5)  # blue's send times out and its answer finds nobody
+    finally:
+        os.kill(green, signal.SIGCONT)
+    assert "control.bad_request" not in cli.log("blue")
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "meshkey", "node", "logs", "blue", "--follow"],
+        env={**os.environ, "MESHKEY_HOME": str(cli.home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    follow.send_signal(signal.SIGINT)
+    assert follow.wait(timeout=10) == 130

@@ -41,8 +41,8 @@ class MeshkeyGroup(click.Group):
             fail(f"{exc.format_message()}{where}", ExitCode.USAGE, kind="invalid")
         except click.ClickException as exc:
             fail(exc.format_message(), ExitCode.FAILURE, kind="failure")
-        except click.Abort:
-            fail("interrupted", ExitCode.FAILURE, kind="failure")
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", ExitCode.INTERRUPTED, kind="interrupted")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -56,8 +56,8 @@ class MeshkeyGroup(click.Group):
         except OSError as exc:  # e.g. a state directory that cannot be created or read
             where = f" ({exc.filename})" if exc.filename else ""
             fail(f"{exc.strerror or exc}{where}", ExitCode.USAGE, kind="invalid")
-        except KeyboardInterrupt:
-            fail("interrupted", ExitCode.FAILURE, kind="failure")
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT
+            fail("interrupted", ExitCode.INTERRUPTED, kind="interrupted")
 
 
 _json_errors = False

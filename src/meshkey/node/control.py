@@ -44,6 +44,10 @@ class ControlServer:
                 for body in decoder.feed(data):
                     writer.write(encode_frame(encode_control(await self._answer(body))))
                     await writer.drain()
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            # The CLI went away before its answer (Ctrl-C, a timeout of its own): nothing
+            # wrong with the request, and nobody left to tell.
+            log.debug("control.client_gone", reason=str(exc))
         except (WireError, OSError) as exc:
             log.warning("control.bad_request", reason=str(exc))
         finally:
