@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from meshkey.cli.errors import ExitCode
 
 from .conftest import Cli
+from .programs import echo_server
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +78,52 @@ def test_ctrl_c_exits_130_and_leaves_no_warning_in_the_daemon(blue_green: Cli) -
     time.sleep(1.0)
     follow.send_signal(signal.SIGINT)
     assert follow.wait(timeout=10) == 130
+
+
+def _round_trip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while data := sock.recv(1 << 16):
+            received += data
+    return bytes(received)
+
+
+def _works(port: int) -> bool:
+    try:
+        return _round_trip(port, b"ping") == b"ping"
+    except OSError:
+        return False
+
+
+def test_a_peer_restarted_under_portals_keeps_one_channel_and_closed_ones_leave_the_list(
+    blue_green: Cli,
+) -> None:
+    cli = blue_green
+    with echo_server() as port:
+        cli.ok("tcp-outlet", "create", "--at", "blue", "--to", str(port))
+        listen = cli.ok(
+            "tcp-inlet", "create", "--at", "green", "--to", "/node/blue/secure/api/service/outlet"
+        )
+        inlet_port = int(listen.strip().rpartition(":")[2])
+        assert _round_trip(inlet_port, b"hello") == b"hello"
+        os.kill(cli.json("node", "show", "blue")["pid"], signal.SIGKILL)
+        cli.ok("node", "start", "blue")
+        cli.wait_for(lambda: _works(inlet_port), "the portal works again", timeout=20)
+        for _ in range(5):
+            assert _round_trip(inlet_port, b"again") == b"again"
+        live = cli.json("secure-channel", "list", "--at", "green")
+        assert len(live) == 1 and live[0]["state"] == "open", live
+
+    # a channel its peer closed (`node stop` tells it) leaves the list; --all still has it
+    channel = cli.ok(
+        "secure-channel", "create", "--from", "blue", "--to", "/node/green/service/api"
+    )
+    cli.ok("node", "stop", "green")
+    cli.wait_for(
+        lambda: channel.strip() not in [c["address"] for c in cli.json("secure-channel", "list")],
+        "the closed channel gone from the list",
+    )
+    closed = [c for c in cli.json("secure-channel", "list", "--all") if c["state"] == "closed"]
+    assert channel.strip() in [c["address"] for c in closed]

@@ -103,13 +103,20 @@ def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
 @click.option(
     "--at", "at", metavar="NODE", help="Only this node's channels [default: every running node]."
 )
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Closed channels too (kept a while so `secure-channel show` can say why).",
+)
 @output_option
 @click.pass_context
-def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
-    """List secure channels of running nodes."""
+def channel_list(ctx: click.Context, at: str | None, show_all: bool, output: str) -> None:
+    """List the secure channels of running nodes that are not closed (--all: those too)."""
+    channels = _channels(ctx, at)
     emit_table(
         output,
-        _channels(ctx, at),
+        channels if show_all else [c for c in channels if c.get("state") != "closed"],
         [
             ("NODE", "node"),
             ("ADDRESS", "address"),
