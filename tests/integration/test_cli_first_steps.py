@@ -127,3 +127,26 @@ def test_a_peer_restarted_under_portals_keeps_one_channel_and_closed_ones_leave_
     )
     closed = [c for c in cli.json("secure-channel", "list", "--all") if c["state"] == "closed"]
     assert channel.strip() in [c["address"] for c in closed]
+
+
+def test_microsecond_round_trips_empty_log_tails_hosted_relays_and_not_found(cli: Cli) -> None:
+    cli.ok("node", "create", "green")
+    udp = cli.address("green", "udp").split("/")
+    cli.ok("node", "create", "blue", "--seed", f"{cli.node_id('green')}@{udp[2]}:{udp[4]}")
+    # round trips in microseconds (the loop's clock ticks in whole milliseconds)
+    pongs = [cli.json("peer", "ping", "green", "--at", "blue") for _ in range(5)]
+    assert all(p["success"] and p["path"]["kind"] == "direct" for p in pongs), pongs
+    assert any(round(p["rtt_ms"] * 1000) % 1000 for p in pongs), pongs
+    assert " ms" in cli.ok("peer", "ping", "green", "--at", "blue")
+
+    assert cli.ok("node", "logs", "blue", "-n", "0") == ""
+    assert len(cli.ok("node", "logs", "blue", "-n", "1").splitlines()) == 1
+
+    cli.ok("relay", "create", "blue", "--at", "/node/green", "--to", "blue")
+    [hosted] = cli.json("relay", "list", "--at", "green")
+    assert (hosted["kind"], hosted["name"], hosted["to"]) == ("hosted", "blue", "blue")
+    assert "hosted" in cli.ok("relay", "list", "--at", "green")
+    assert cli.json("relay", "list", "--to", "green") == []
+    assert [r["kind"] for r in cli.json("relay", "list", "--to", "blue")] == ["manual"]
+    assert "relay named 'nosuch'" in cli.fails(ExitCode.NOT_FOUND, "relay", "show", "nosuch")
+    assert cli.json("relay", "show", "blue")["node"] == "blue"

@@ -156,31 +156,53 @@ def call(
         raise
 
 
-def across_nodes(
-    ctx: click.Context, node: str | None, option: str, op: str, key: str | None = None
-) -> list[dict[str, Any]]:
-    """``op``'s list from ``node``, or from every running node, each item tagged with it."""
+def per_node(
+    ctx: click.Context, node: str | None, option: str, op: str, args: dict[str, Any] | None = None
+) -> list[tuple[str, Any]]:
+    """``op``'s answer from ``node``, or from every running node, with the node's name."""
     home = get_home(ctx)
     if node:
         name = pick_node(ctx, node, option)
-        result = call(ctx, name, op)
-        return [{**item, "node": name} for item in (result[key] if key else result)]
+        return [(name, call(ctx, name, op, args))]
     names = [n for n in home.node_names() if home.node(n).is_running()]
     # All at once, each with a short timeout: one node that does not answer (stopped with
     # SIGSTOP, overloaded) is named on stderr, and the others are listed all the same.
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
-        futures = {name: pool.submit(call, ctx, name, op, None, 2.0) for name in names}
-    items: list[dict[str, Any]] = []
+        futures = {name: pool.submit(call, ctx, name, op, args, 2.0) for name in names}
+    answers: list[tuple[str, Any]] = []
     for name, future in futures.items():
         try:
-            result = future.result()
+            answers.append((name, future.result()))
         except MeshkeyError as exc:
             click.echo(f"warning: node {name}: {exc}", err=True)
+    return answers
+
+
+def across_nodes(
+    ctx: click.Context, node: str | None, option: str, op: str, key: str | None = None
+) -> list[dict[str, Any]]:
+    """``op``'s list from ``node``, or from every running node, each item tagged with it."""
+    return [
+        {**item, "node": name}
+        for name, result in per_node(ctx, node, option, op)
+        for item in (result[key] if key else result)
+    ]
+
+
+def local_names(ctx: click.Context) -> dict[str, str]:
+    """NodeId -> the local node's name, for every node here."""
+    home = get_home(ctx)
+    names = {}
+    for name in home.node_names():
+        try:
+            node_id = home.node(name).config().get("node_id")
+        except MeshkeyError:
             continue
-        items.extend({**item, "node": name} for item in (result[key] if key else result))
-    return items
+        if node_id:
+            names[node_id] = name
+    return names
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -580,10 +580,10 @@ def _log_record(line: str) -> dict[str, str]:
 @click.option(
     "--lines",
     "-n",
-    type=click.IntRange(min=0),
-    default=50,
+    default="50",
     show_default=True,
-    help="How many of the last lines to show (0: all).",
+    metavar="N|all",
+    help="How many of the last lines to show (0: none, as in tail -n 0 --follow; all: all).",
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option(
@@ -596,9 +596,11 @@ def _log_record(line: str) -> dict[str, str]:
 @output_option
 @click.pass_context
 def node_logs(
-    ctx: click.Context, name: str | None, lines: int, follow: bool, level: str, output: str
+    ctx: click.Context, name: str | None, lines: str, follow: bool, level: str, output: str
 ) -> None:
     """Show the log of node NAME (with --output json, one JSON object per line)."""
+    if lines != "all" and not lines.isdigit():
+        raise CliError(f"--lines {lines}: a number of lines, or all", ExitCode.USAGE)
     node_dir = get_home(ctx).node(pick_node(ctx, name, "NAME"))
     minimum = _LEVELS.index(level)
 
@@ -615,7 +617,8 @@ def node_logs(
     if not node_dir.log_path.exists():
         return
     with open(node_dir.log_path, errors="replace") as handle:
-        for line in handle.readlines()[-lines:] if lines else handle.readlines():
+        last = handle.readlines()
+        for line in last if lines == "all" else last[len(last) - int(lines) :]:
             show(line)
         while follow:
             line = handle.readline()

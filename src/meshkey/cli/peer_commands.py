@@ -155,17 +155,22 @@ def peer_list(ctx: click.Context, at: str | None, output: str) -> None:
 def peer_ping(
     ctx: click.Context, node_id: str, at: str | None, timeout: float, output: str
 ) -> None:
-    """An authenticated round trip to NODEID (over a hop pinned to its NodeId), and the
-    path it took."""
+    """An authenticated round trip to NODEID (its echo service, through a secure channel to
+    it) and the path it took: direct, punched or via a relay."""
     node = pick_node(ctx, at, "--at")
     result = call(ctx, node, "peer.ping", {"node_id": _node_id(ctx, node_id)}, timeout=timeout)
     path = result.get("path") or {}
-    via = f" over {path['transport']} to {path['remote']}" if path else ""
+    via = f" {path['description']}" if path else ""
     emit(
         output,
         {**result, "node": node},
-        f"Pong from {result['node_id']}{via}: {result['rtt_ms']:.2f} ms",
+        f"Pong from {result['node_id']}{via}: {_milliseconds(result['rtt_ms'])}",
     )
+
+
+def _milliseconds(value: float) -> str:
+    """Three significant digits at least, down to the microsecond: 0.084 ms, 1.27 ms."""
+    return f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
 
 
 @peer.command("connections")

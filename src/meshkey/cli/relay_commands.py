@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import across_nodes, call, pick_node, read_route
+from meshkey.cli.common import call, get_home, local_names, per_node, pick_node, read_route
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
@@ -49,8 +49,31 @@ def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output:
     emit(output, {**result, "node": node}, result["address"])
 
 
-def _relays_of(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
-    return across_nodes(ctx, at, "--at", "relay.list", "relays")
+def _relays_of(ctx: click.Context, at: str | None, *, hosted: bool) -> list[dict[str, Any]]:
+    """The relays ``at`` (or every running node) created, and with ``hosted`` those it
+    hosts for others (kind ``hosted``, ``to`` the owner: a local node's name if it is one)."""
+    names = local_names(ctx) if hosted else {}
+    relays: list[dict[str, Any]] = []
+    for node, result in per_node(ctx, at, "--at", "relay.list"):
+        relays += [{**r, "node": node, "to": node} for r in result["relays"]]
+        if not hosted:
+            continue
+        for item in result.get("hosted", []):
+            relays.append(
+                {
+                    "node": node,
+                    "name": item["name"],
+                    "kind": "hosted",
+                    "status": "active"
+                    if item["online"]
+                    else "offline (its owner is not connected)",
+                    "at": f"/node/{node}",
+                    "address": item["address"],
+                    "to": names.get(item["owner"], item["owner"]),
+                    "owner": item["owner"],
+                }
+            )
+    return relays
 
 
 def relay_node_option(function: Any) -> Any:
@@ -65,21 +88,33 @@ def relay_node_option(function: Any) -> Any:
 
 
 @relay.command("list")
-@relay_node_option
+@click.option(
+    "--at",
+    "at",
+    metavar="NODE",
+    help="This node's relays: those it created and those it hosts [default: every running node].",
+)
+@click.option(
+    "--to", "to", metavar="NODE", help="Only the relays NODE created (that forward to it)."
+)
 @output_option
 @click.pass_context
-def relay_list(ctx: click.Context, at: str | None, output: str) -> None:
-    """List relays that running nodes created, with their status (active only while the
-    relay node holds the registration)."""
+def relay_list(ctx: click.Context, at: str | None, to: str | None, output: str) -> None:
+    """List relays: those running nodes created (kind manual or automatic, AT the node that
+    hosts it) and those they host for others (kind hosted, TO the node it forwards to), with
+    their status (active only while the relay node holds the registration)."""
+    if at and to:
+        raise CliError("give --at NODE or --to NODE, not both", ExitCode.USAGE)
     emit_table(
         output,
-        _relays_of(ctx, at),
+        _relays_of(ctx, at or to, hosted=not to),
         [
             ("NODE", "node"),
             ("NAME", "name"),
             ("KIND", "kind"),
             ("STATUS", "status"),
             ("AT", "at"),
+            ("TO", "to"),
             ("ADDRESS", "address"),
         ],
         "No relays.",
@@ -92,13 +127,43 @@ def relay_list(ctx: click.Context, at: str | None, output: str) -> None:
 @output_option
 @click.pass_context
 def relay_show(ctx: click.Context, name: str, at: str | None, output: str) -> None:
-    """Show relay NAME: where it is, its status and its last error."""
-    node = pick_node(ctx, at, "--at", hint=name)
-    found = [r for r in _relays_of(ctx, node) if r["name"] == name]
-    if not found:
-        raise CliError(f"node {node!r} has no relay named {name!r}", ExitCode.NOT_FOUND)
-    relay = found[0]
+    """Show relay NAME (one a node created): where it is, its status and its last error."""
+    relay = _find_relay(ctx, name, at)
     emit(output, relay, lambda: fields([(k.replace("_", " "), v) for k, v in relay.items()]))
+
+
+def _find_relay(ctx: click.Context, name: str, at: str | None) -> dict[str, Any]:
+    """Relay NAME of node ``at``; without it, of a node named NAME, else of whichever running
+    node has it (none: exit 3; several: they are named)."""
+    home = get_home(ctx)
+    places: list[str | None] = [at]
+    if not at:
+        places = [name, None] if _valid(name) and home.node(name).exists() else [None]
+    found: list[dict[str, Any]] = []
+    for place in places:
+        found = [r for r in _relays_of(ctx, place, hosted=False) if r["name"] == name]
+        if found:
+            break
+    if not found:
+        whose = f"node {pick_node(ctx, at, '--at')!r} has no" if at else "no running node has a"
+        raise CliError(f"{whose} relay named {name!r}", ExitCode.NOT_FOUND)
+    nodes = sorted({r["node"] for r in found})
+    if len(nodes) > 1:
+        raise CliError(
+            f"relay {name!r} is on several nodes ({', '.join(nodes)}): give --at NODE",
+            ExitCode.USAGE,
+        )
+    return found[0]
+
+
+def _valid(name: str) -> bool:
+    from meshkey.identity.names import check_name
+
+    try:
+        check_name("node", name)
+    except ValueError:
+        return False
+    return True
 
 
 @relay.command("delete")
@@ -107,6 +172,6 @@ def relay_show(ctx: click.Context, name: str, at: str | None, output: str) -> No
 @click.pass_context
 def relay_delete(ctx: click.Context, name: str, at: str | None) -> None:
     """Delete relay NAME: unregister it from its host and stop keeping it alive."""
-    node = pick_node(ctx, at, "--at", hint=name)
+    node = _find_relay(ctx, name, at)["node"]
     call(ctx, node, "relay.delete", {"name": name}, timeout=20)
-    click.echo(f"Relay {name} deleted")
+    click.echo(f"Relay {name} on {node} deleted")
