@@ -150,3 +150,44 @@ def test_microsecond_round_trips_empty_log_tails_hosted_relays_and_not_found(cli
     assert [r["kind"] for r in cli.json("relay", "list", "--to", "blue")] == ["manual"]
     assert "relay named 'nosuch'" in cli.fails(ExitCode.NOT_FOUND, "relay", "show", "nosuch")
     assert cli.json("relay", "show", "blue")["node"] == "blue"
+
+
+def test_an_open_channel_carries_a_message_through_a_stopped_node_and_peer_takes_names(
+    cli: Cli,
+) -> None:
+    for name in ("green", "blue", "yellow"):
+        cli.ok("node", "create", name)
+    cli.ok("relay", "create", "blue", "--at", "/node/green", "--to", "blue")
+    route = "/node/green/service/forward_to_blue/secure/api/service/uppercase"
+    assert cli.ok("message", "send", "hello", "--from", "yellow", "--to", route) == "HELLO\n"
+
+    def direct() -> bool:
+        channels = cli.json("secure-channel", "list", "--at", "yellow")
+        return any((c.get("path") or {}).get("direct") for c in channels)
+
+    cli.wait_for(direct, "the channel on a direct path")
+    cli.ok("node", "stop", "green")
+    assert cli.ok("message", "send", "again", "--from", "yellow", "--to", route) == "AGAIN\n"
+    # without an open channel, a stopped node is still what it was: not running
+    other = "/node/green/service/forward_to_blue/secure/other/service/echo"
+    assert "not running" in cli.fails(
+        ExitCode.CONFLICT, "message", "send", "x", "--from", "yellow", "--to", other
+    )
+
+    # /peer/NAME: a local node's name, as `peer find NAME` takes it
+    cli.ok("node", "start", "green")
+    assert (
+        cli.ok("message", "send", "hi", "--from", "yellow", "--to", "/peer/blue/service/echo")
+        == "hi\n"
+    )
+    message = cli.fails(
+        ExitCode.USAGE,
+        "message",
+        "send",
+        "x",
+        "--from",
+        "yellow",
+        "--to",
+        "/peer/nosuch/service/echo",
+    )
+    assert "'nosuch' is neither a NodeId" in message

@@ -314,10 +314,22 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def read_route(text: str) -> str:
-    """Expands ``-`` segments from stdin, then checks the route parses."""
+def read_route(text: str, ctx: click.Context | None = None) -> str:
+    """Expands ``-`` segments from stdin and ``/peer/NAME`` (a local node or identity, as
+    ``peer find NAME`` takes it) to ``/peer/NODEID``, then checks the route parses."""
+    from meshkey.identity.node_id import NodeId
     from meshkey.routing.address import expand_placeholders, parse_route
 
     expanded = expand_placeholders(text, sys.stdin.readline)
+    segments = expanded.split("/")
+    context = ctx or click.get_current_context(silent=True)
+    for index in range(1, len(segments) - 1, 2):  # a route is /KIND/VALUE pairs
+        if segments[index] != "peer" or context is None or not segments[index + 1]:
+            continue
+        try:
+            NodeId.parse(segments[index + 1])
+        except ValueError:
+            segments[index + 1] = resolve_identities(context, [segments[index + 1]])[0]
+    expanded = "/".join(segments)
     parse_route(expanded)
     return expanded

@@ -31,12 +31,21 @@ from meshkey.nat.strategy import STRATEGIES, PunchConfig
 from meshkey.node.control import ControlServer
 from meshkey.node.control_client import ControlError
 from meshkey.node.core import Node
-from meshkey.node.state import Home, NodeDir, NodeStateError, listen_default, parse_listen
+from meshkey.node.state import (
+    Home,
+    NodeDir,
+    NodeStateError,
+    listen_default,
+    parse_listen,
+    resolve_route,
+)
 from meshkey.node.store import NodeStore
 from meshkey.relay.registry import PREFIX as RELAY_PREFIX
 from meshkey.routing.address import (
     PeerAddress,
+    Route,
     RouteError,
+    SecureAddress,
     ServiceAddress,
     TransportAddress,
     parse_address,
@@ -214,11 +223,31 @@ class Daemon:
         payload = args.get("payload")
         if not isinstance(payload, bytes):
             raise ControlError("invalid", "message.send needs a payload")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()
         with _control_errors():
-            reply = await self._node.send(route, payload, timeout=_timeout(args))
-        return {"payload": reply, "elapsed": loop.time() - started}
+            try:
+                reply = await self._node.send(route, payload, timeout=_timeout(args))
+            except NodeStateError as exc:
+                # /node/NAME/.../secure/X with NAME stopped: a channel opened through it may
+                # live on (on a direct path); then it carries the message.
+                through = self._through_open_channel(route)
+                if exc.code != "conflict" or through is None:
+                    raise
+                reply = await self._node.send(through, payload, timeout=_timeout(args))
+        return {"payload": reply, "elapsed": time.perf_counter() - started}
+
+    def _through_open_channel(self, text: str) -> Route | None:
+        """``text`` with its node names as they were last (stopped nodes too), if its first
+        ``/secure/`` hop has an open channel; else None."""
+        try:
+            route = resolve_route(text, self.home, last_known=True)
+        except (RouteError, NodeStateError):
+            return None
+        for position, address in enumerate(route):
+            if isinstance(address, SecureAddress):
+                listener = (*route[:position], ServiceAddress(address.listener))
+                return route if self._node.channels.find_open(listener) is not None else None
+        return None
 
     async def _whoami(self, args: dict[str, Any]) -> dict[str, Any]:
         via = _text(args, "via")

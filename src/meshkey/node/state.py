@@ -118,14 +118,18 @@ class Home:
             return []
         return sorted(p.name for p in self.nodes_dir.iterdir() if (p / "state.db").exists())
 
-    def resolve_node(self, name: str, protocol: str = "udp") -> TransportAddress:
-        """``/node/NAME`` -> the running node's UDP (or TCP) address, pinned to its NodeId."""
+    def resolve_node(
+        self, name: str, protocol: str = "udp", *, last_known: bool = False
+    ) -> TransportAddress:
+        """``/node/NAME`` -> the running node's UDP (or TCP) address, pinned to its NodeId;
+        with ``last_known``, a stopped node's last one (what a channel opened through it
+        was keyed by)."""
         from meshkey.routing.address import TransportAddress, parse_address
 
         node = self.node(name)
         if not node.exists():
             raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
-        if not node.is_running():
+        if not last_known and not node.is_running():
             raise NodeStateError(
                 f"node {name!r} is not running (start it with `meshkey node start {name}`)",
                 "conflict",
@@ -273,8 +277,9 @@ class NodeDir:
             return None
 
 
-def resolve_route(route: str | Route, home: Home | None) -> Route:
-    """Parses route text and replaces each ``/node/NAME`` with that node's pinned address."""
+def resolve_route(route: str | Route, home: Home | None, *, last_known: bool = False) -> Route:
+    """Parses route text and replaces each ``/node/NAME`` with that node's pinned address
+    (``last_known``: see :meth:`Home.resolve_node`)."""
     from meshkey.routing.address import NodeNameAddress, parse_route
     from meshkey.routing.errors import RemoteError
     from meshkey.wire.message import ErrorCode
@@ -287,7 +292,10 @@ def resolve_route(route: str | Route, home: Home | None) -> Route:
                     ErrorCode.UNSUPPORTED, f"{address}: this node has no home to look names up in"
                 )
         return parsed
-    return tuple(home.resolve_node(a.name) if isinstance(a, NodeNameAddress) else a for a in parsed)
+    return tuple(
+        home.resolve_node(a.name, last_known=last_known) if isinstance(a, NodeNameAddress) else a
+        for a in parsed
+    )
 
 
 def seed_host(seed: str) -> str:
