@@ -191,3 +191,30 @@ def test_an_open_channel_carries_a_message_through_a_stopped_node_and_peer_takes
         "/peer/nosuch/service/echo",
     )
     assert "'nosuch' is neither a NodeId" in message
+
+
+def test_node_list_shows_nat_and_what_is_wrong_and_encrypt_needs_a_passphrase(
+    blue_green: Cli,
+) -> None:
+    cli = blue_green
+    listed = {n["name"]: n for n in cli.json("node", "list")}
+    assert listed["blue"]["nat"]["class"] and "NAT" in cli.ok("node", "list").splitlines()[0]
+
+    os.kill(listed["blue"]["pid"] or cli.json("node", "show", "blue")["pid"], signal.SIGKILL)
+    cli.wait_for(lambda: cli.json("node", "show", "blue")["status"] != "running", "blue dead")
+    blue = {n["name"]: n for n in cli.json("node", "list")}["blue"]
+    assert blue["status"] == "stopped" and "ended without stopping" in blue["error"]
+    assert "ended without stopping" in cli.ok("node", "list")
+    cli.ok("node", "start", "blue")
+    assert {n["name"]: n for n in cli.json("node", "list")}["blue"]["error"] is None
+
+    cli.ok("node", "stop", "green")
+    key = cli.home / "identities" / "green.pem"
+    key.write_text(key.read_text().replace("A", "B", 3)[:60] + "\n-----END PRIVATE KEY-----\n")
+    green = {n["name"]: n for n in cli.json("node", "list")}["green"]
+    assert green["status"] == "broken" and "green.pem is corrupted" in green["error"]
+
+    result = cli.run("identity", "create", "secret", "--encrypt", input="")
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stderr.startswith("error: ") and "MESHKEY_PASSPHRASE" in result.stderr
+    assert "Warning" not in result.stderr and len(result.stderr.splitlines()) == 1

@@ -35,9 +35,15 @@ def _described(ctx: click.Context, info: IdentityInfo) -> dict[str, object]:
 
 
 def _passphrase(confirm: bool) -> bytes:
-    text = os.environ.get("MESHKEY_PASSPHRASE") or click.prompt(
-        "Passphrase", hide_input=True, confirmation_prompt=confirm
-    )
+    given = os.environ.get("MESHKEY_PASSPHRASE")
+    if given:
+        return given.encode()
+    if not sys.stdin.isatty():
+        raise CliError(
+            "a passphrase is needed and there is no terminal to ask it on: set $MESHKEY_PASSPHRASE",
+            ExitCode.USAGE,
+        )
+    text = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm)
     return str(text).encode()
 
 

@@ -445,22 +445,51 @@ def node_list(ctx: click.Context, output: str) -> None:
     from meshkey.node.launcher import node_summary
 
     home = get_home(ctx)
+    summaries = [node_summary(home, n) for n in home.node_names()]
+    nats = _nat_classes(home, [s["name"] for s in summaries if s["status"] == "running"])
+    for summary in summaries:
+        summary["nat"] = nats.get(summary["name"])
     emit_table(
         output,
-        [node_summary(home, n) for n in home.node_names()],
+        summaries,
         [
             ("NAME", "name"),
             ("STATUS", _status_cell),
             ("NODE ID", "node_id"),
+            ("NAT", lambda n: (n["nat"] or {}).get("class")),
             ("ADDRESS", lambda n: _without_id((n["addresses"] or [""])[0])),
         ],
         "No nodes (create one with `meshkey node create NAME`).",
     )
 
 
+def _nat_classes(home: Home, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each running node's NAT classification, asked of all at once (one that does not
+    answer within a second is left out: `node show` says why)."""
+    import concurrent.futures
+
+    from meshkey.node.control_client import ControlClient, ControlError
+
+    def nat_of(name: str) -> dict[str, Any] | None:
+        try:
+            status = ControlClient(home.node(name).socket_path, timeout=1.0).call("status")
+        except ControlError:
+            return None
+        nat: dict[str, Any] | None = status.get("nat")
+        return nat
+
+    if not names:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        found = dict(zip(names, pool.map(nat_of, names), strict=True))
+    return {name: nat for name, nat in found.items() if nat is not None}
+
+
 def _status_cell(summary: dict[str, Any]) -> str:
     status: str = summary["status"]
-    return f"broken: {summary['error']}" if status == "broken" else status
+    if summary.get("error"):
+        return f"{status}: {summary['error']}"
+    return status
 
 
 def _without_id(address: str) -> str:

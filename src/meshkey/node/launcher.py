@@ -207,11 +207,12 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
             "listen": {},
             "created_at": None,
         }
+    problem = _problem(home, node, config, running)
     summary: dict[str, Any] = {
         "name": name,
         "node_id": config.get("node_id"),
         "identity": config.get("identity"),
-        "status": "running" if running else "stopped",
+        "status": "running" if running else "broken" if problem and problem[1] else "stopped",
         "pid": node.pid() if running else None,
         "addresses": [
             address
@@ -221,7 +222,7 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
         ],
         "listen": {"udp": config.get("udp") or "auto", "tcp": config.get("tcp") or "auto"},
         "created_at": config.get("created_at"),
-        "error": None,
+        "error": problem[0] if problem else None,
     }
     if live and running:
         try:
@@ -238,6 +239,27 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
             summary["control"] = "ok"
             summary.update({key: status[key] for key in LIVE_FIELDS if key in status})
     return summary
+
+
+def _problem(
+    home: Home, node: NodeDir, config: dict[str, str], running: bool
+) -> tuple[str, bool] | None:
+    """What is wrong with a node, and whether it keeps the node from starting: an identity
+    whose files are unusable, or a daemon that ended without stopping (killed, or it
+    crashed: it leaves its pid file behind)."""
+    identity = config.get("identity")
+    trouble = home.identity_problem(identity) if identity else "it has no identity"
+    if trouble:
+        later = " (it cannot start again)" if running else ""
+        return f"identity {identity!r}: {trouble}{later}", True
+    pid = node.pid()
+    if not running and pid is not None:
+        return (
+            f"its daemon (pid {pid}) ended without stopping: killed, or it crashed (see "
+            f"`meshkey node logs {node.name}`); `meshkey node start {node.name}` starts it",
+            False,
+        )
+    return None
 
 
 def _wait_stopped(node: NodeDir, timeout: float) -> bool:

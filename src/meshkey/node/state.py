@@ -101,6 +101,14 @@ class Home:
 
         return IdentityStore(self.path / "identities")
 
+    def identity_problem(self, name: str) -> str | None:
+        """What is wrong with identity ``name``'s files, if anything (read cheaply: without
+        loading cryptography)."""
+        from meshkey.identity.keyfile import key_file_problem
+
+        directory = self.path / "identities"
+        return key_file_problem(directory / f"{name}.pem", directory / f"{name}.json")
+
     @property
     def nodes_dir(self) -> Path:
         return self.path / "nodes"
