@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from meshkey.cli.errors import ExitCode
 
 from .conftest import Cli
-from .programs import echo_server
+from .programs import echo_server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +219,28 @@ def test_node_list_shows_nat_and_what_is_wrong_and_encrypt_needs_a_passphrase(
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert result.stderr.startswith("error: ") and "MESHKEY_PASSPHRASE" in result.stderr
     assert "Warning" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_one_convention_for_names_ports_and_help(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("node", "create", "blue")
+    cli.ok("policy", "create", "--at", "blue", "--resource", "echo", "--allow", "blue")
+    assert cli.json("policy", "show", "echo", "--at", "blue")["allow"] == [cli.node_id("blue")]
+    cli.ok("policy", "delete", "echo", "--at", "blue")
+    cli.fails(ExitCode.NOT_FOUND, "policy", "show", "echo", "--at", "blue")
+
+    port = free_port()
+    assert f"/tcp/{port}" in cli.ok("tcp-listener", "create", str(port), "--at", "blue")
+    cli.ok("tcp-listener", "delete", str(port), "--at", "blue")
+
+    for group in ("node", "identity", "relay", "peer", "secure-channel", "tcp-inlet"):
+        commands = cli.ok(group, "--help").split("Commands:")[1]
+        assert "..." not in commands, commands
+
+    export = tmp_path / "alice.json"
+    cli.ok("identity", "create", "alice")
+    cli.ok("identity", "export", "alice", "--file", str(export))
+    assert cli.json("identity", "import", "bob", "--file", str(export))["name"] == "bob"
+    assert (
+        cli.json("identity", "show", "bob")["node_id"]
+        == cli.json("identity", "show", "alice")["node_id"]
+    )

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from meshkey.cli.common import (
+    CommandGroup,
     across_nodes,
     at_option,
     call,
@@ -19,7 +20,7 @@ from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
-@click.group("secure-channel")
+@click.group("secure-channel", cls=CommandGroup)
 def secure_channel() -> None:
     """Secure channels (Noise XX) between node identities, end to end over any route.
 
@@ -172,7 +173,7 @@ def channel_delete(ctx: click.Context, address: str, at: str | None) -> None:
     click.echo(f"Secure channel {wanted} deleted")
 
 
-@click.group("secure-channel-listener")
+@click.group("secure-channel-listener", cls=CommandGroup)
 def secure_channel_listener() -> None:
     """Secure channel listeners: where other nodes open channels to (every node has api)."""
 

@@ -82,6 +82,32 @@ def wants_json(argv: Sequence[str]) -> bool:
     return False
 
 
+class CommandGroup(click.Group):
+    """A command group whose list shows each command's first sentence whole (click's own
+    cuts it at the width left over, with '...')."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, first_sentence(command)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def first_sentence(command: click.Command) -> str:
+    """A command's summary: its short help, else its help's first sentence."""
+    if command.short_help:
+        return command.short_help
+    import inspect
+    import re
+
+    paragraph = inspect.cleandoc(command.help or "").split("\n\n")[0].replace("\n", " ")
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
+
+
 def fail(message: str, code: ExitCode, *, kind: str = "failure") -> NoReturn:
     """One line on stderr (a JSON object with ``--output json``), then exit ``code``."""
     context = click.get_current_context(silent=True)

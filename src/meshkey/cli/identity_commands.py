@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from meshkey.cli.common import get_home
+from meshkey.cli.common import CommandGroup, get_home
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DEFAULT_IDENTITY = "default"
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def identity() -> None:
     """Ed25519 identities; a node's NodeId is its identity's public key.
 
@@ -174,6 +174,7 @@ def identity_export(ctx: click.Context, name: str | None, path: Path | None) -> 
 
 
 @identity.command("import")
+@click.argument("name_given", metavar="[NAME]", required=False)
 @click.option(
     "--file",
     "path",
@@ -184,8 +185,14 @@ def identity_export(ctx: click.Context, name: str | None, path: Path | None) -> 
 @click.option("--name", metavar="NAME", help="Store it under this name [default: its own].")
 @output_option
 @click.pass_context
-def identity_import(ctx: click.Context, path: str, name: str | None, output: str) -> None:
-    """Import an identity exported with `meshkey identity export`."""
+def identity_import(
+    ctx: click.Context, name_given: str | None, path: str, name: str | None, output: str
+) -> None:
+    """Import an identity exported with `meshkey identity export` [as NAME; default: the
+    name it was exported under]."""
+    if name_given and name and name_given != name:
+        raise CliError(f"two names given: {name_given} and --name {name}", ExitCode.USAGE)
+    name = name_given or name
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
         bundle = json.loads(text)

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from meshkey.cli.common import call, get_home, node_name, read_route, timeout_option
+from meshkey.cli.common import CommandGroup, call, get_home, node_name, read_route, timeout_option
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, output_option
 from meshkey.node.state import Home, resolve_route
@@ -24,7 +24,7 @@ from meshkey.routing.errors import RemoteError
 from meshkey.wire.frames import MAX_PAYLOAD
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def message() -> None:
     """Send messages along routes."""
 

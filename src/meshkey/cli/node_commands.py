@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from meshkey.cli.common import (
+    CommandGroup,
     call,
     get_home,
     node_name,
@@ -27,7 +28,7 @@ from meshkey.node.state import Home, NodeStateError
 DEFAULT_NODE = "default"
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def node() -> None:
     """Node daemons: create, list, show, start, stop, delete, logs, whoami."""
 

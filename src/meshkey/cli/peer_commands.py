@@ -6,12 +6,19 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import at_option, call, pick_node, resolve_identities, timeout_option
+from meshkey.cli.common import (
+    CommandGroup,
+    at_option,
+    call,
+    pick_node,
+    resolve_identities,
+    timeout_option,
+)
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def peer() -> None:
     """The node graph: the peers a node knows, found by lookups and joined through seeds.
 

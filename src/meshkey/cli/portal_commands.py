@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from meshkey.cli.common import (
+    CommandGroup,
     across_nodes,
     at_option,
     call,
@@ -64,7 +65,7 @@ def _show(output: str, record: dict[str, Any]) -> None:
 # -- tcp-outlet ---------------------------------------------------------------------------
 
 
-@click.group("tcp-outlet")
+@click.group("tcp-outlet", cls=CommandGroup)
 def tcp_outlet() -> None:
     """TCP outlets: a worker on the node next to a TCP server that connects to it for each
     portal session.
@@ -189,7 +190,7 @@ def outlet_delete(ctx: click.Context, name: str, at: str | None) -> None:
 # -- tcp-inlet ----------------------------------------------------------------------------
 
 
-@click.group("tcp-inlet")
+@click.group("tcp-inlet", cls=CommandGroup)
 def tcp_inlet() -> None:
     """TCP inlets: a local TCP listener whose every connection is carried to a TCP outlet.
 

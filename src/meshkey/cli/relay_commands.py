@@ -6,12 +6,20 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import call, get_home, local_names, per_node, pick_node, read_route
+from meshkey.cli.common import (
+    CommandGroup,
+    call,
+    get_home,
+    local_names,
+    per_node,
+    pick_node,
+    read_route,
+)
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def relay() -> None:
     """Relays: let nodes that cannot be reached directly be reached through another node.
 

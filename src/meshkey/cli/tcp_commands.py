@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import click
 
-from meshkey.cli.common import at_option, call, pick_node
+from meshkey.cli.common import CommandGroup, at_option, call, pick_node
 from meshkey.cli.output import emit, emit_table, output_option
 
 
-@click.group("tcp-listener")
+@click.group("tcp-listener", cls=CommandGroup)
 def tcp_listener() -> None:
     """More TCP listeners on a running node (its own is set with `node create --tcp`).
     They are kept and listen again after a restart."""
 
 
+def listen_address(text: str) -> str:
+    """``HOST:PORT``, or a bare ``PORT`` meaning 127.0.0.1:PORT (as inlets take it)."""
+    return f"127.0.0.1:{text}" if text.isdigit() else text
+
+
 @tcp_listener.command("create")
-@click.argument("address", metavar="HOST:PORT")
+@click.argument("address", metavar="HOST:PORT|PORT")
 @at_option
 @output_option
 @click.pass_context
 def tcp_listener_create(ctx: click.Context, address: str, at: str | None, output: str) -> None:
-    """Listen on HOST:PORT too (port 0: the system chooses); prints the route to it."""
+    """Listen on HOST:PORT too (a bare PORT means 127.0.0.1:PORT; port 0: the system
+    chooses); prints the route to it."""
     node = pick_node(ctx, at, "--at")
-    result = call(ctx, node, "tcp_listener.create", {"address": address})
+    result = call(ctx, node, "tcp_listener.create", {"address": listen_address(address)})
     emit(output, {**result, "node": node}, result["route"])
 
 
@@ -52,11 +58,12 @@ def tcp_listener_list(ctx: click.Context, at: str | None, output: str) -> None:
 def tcp_listener_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Stop listening on HOST:PORT."""
     node = pick_node(ctx, at, "--at")
+    address = listen_address(address)
     call(ctx, node, "tcp_listener.delete", {"address": address})
     click.echo(f"TCP listener {address} on {node} deleted")
 
 
-@click.group("tcp-connection")
+@click.group("tcp-connection", cls=CommandGroup)
 def tcp_connection() -> None:
     """Live TCP hops of a node (`peer connections` lists every transport's)."""
 
