@@ -32,6 +32,7 @@ COMMANDS = {
         "Where secure channels are opened to.",
     ),
     "peer": ("meshkey.cli.peer_commands", "peer", "The node graph: peers, lookups, pings."),
+    "status": ("meshkey.cli.status_command", "status", "Every node at a glance."),
     "policy": ("meshkey.cli.policy_commands", "policy", "Who may use which service."),
     "tcp-listener": ("meshkey.cli.tcp_commands", "tcp_listener", "More TCP listeners."),
     "tcp-connection": ("meshkey.cli.tcp_commands", "tcp_connection", "Live TCP hops."),

@@ -19,7 +19,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -203,6 +203,7 @@ class Daemon:
             "peer.ping": self._peer_ping,
             "peer.connections": self._peer_connections,
             "peer.remove": self._peer_remove,
+            "overview": self._overview,
         }
 
     @property
@@ -213,6 +214,40 @@ class Daemon:
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.node is not None
         return {**self.node.info(), "pid": os.getpid(), "started_at": self.started_at}
+
+    def _local_name(self, node_id: NodeId) -> str | None:
+        """The name of the local node with this NodeId, if there is one."""
+        for name in self.home.node_names():
+            try:
+                if self.home.node(name).config().get("node_id") == str(node_id):
+                    return name
+            except (NodeStateError, OSError):
+                continue
+        return None
+
+    async def _overview(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Everything ``meshkey status`` shows of this node, in one answer."""
+        node = self._node
+        links = [*node.udp.links, *node.tcp.links]
+        channels = []
+        for channel in node.channels.channels():
+            described = node.channels.describe(channel)
+            if described["state"] == "closed":
+                continue
+            way = describe_hops(parse_route(described["route"]), links, self._local_name)
+            path = described.get("path") or {}
+            if path.get("direct"):
+                way.update(
+                    kind="direct", description=path["now"], punched="(punched)" in path["now"]
+                )
+            channels.append({**described, "way": way})
+        return {
+            **(await self._status(args)),
+            "relays": await self._relay_list(args),
+            "channels": channels,
+            "tcp_inlets": await self._tcp_inlet_list(args),
+            "tcp_outlets": await self._tcp_outlet_list(args),
+        }
 
     async def _request_stop(self, args: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self._stop.set)
@@ -540,7 +575,7 @@ class Daemon:
         hops = parse_route(node.channels.describe(channel)["route"]) if channel else route
         if hops and isinstance(hops[0], PeerAddress):  # where /peer/NODEID leads now
             hops = (*(await node.path_service.resolve_peer(hops[0].node_id) or ()), *hops[1:])
-        described = describe_hops(hops, [*node.udp.links, *node.tcp.links])
+        described = describe_hops(hops, [*node.udp.links, *node.tcp.links], self._local_name)
         info = node.path_service.path_info(peer)
         if info is not None and info["direct"]:  # a direct path under a relayed channel
             described.update(
@@ -560,9 +595,14 @@ class Daemon:
         return {"removed": node_id}
 
 
-def describe_hops(hops: Sequence[Any], links: Iterable[HopLink]) -> dict[str, Any]:
-    """A route's way to its far end in words: through a relay (``via relay blue at
-    127.0.0.1:4000``) or straight there (``direct 127.0.0.1:4000``)."""
+def describe_hops(
+    hops: Sequence[Any],
+    links: Iterable[HopLink],
+    name_of: Callable[[NodeId], str | None] = lambda _: None,
+) -> dict[str, Any]:
+    """A route's way to its far end in words: through a relay (``via relay green
+    (127.0.0.1:4000)``, naming the relay node if it is a local one) or straight there
+    (``direct 127.0.0.1:4000``)."""
     first = hops[0] if hops else None
     relay = next(
         (
@@ -573,20 +613,30 @@ def describe_hops(hops: Sequence[Any], links: Iterable[HopLink]) -> dict[str, An
         None,
     )
     transport = remote = None
+    hop_peer: NodeId | None = None
     if isinstance(first, ServiceAddress):
         link = next((each for each in links if each.name == first.name), None)
         if link is not None:
             transport, remote = link.transport.protocol, "{}:{}".format(*link.remote)
+            hop_peer = link.core.peer
     elif isinstance(first, TransportAddress):
         transport, remote = first.protocol, f"{first.host}:{first.port}"
-    where = f" at {remote}" if remote else ""
+        hop_peer = first.node_id
     over = f" over {transport}" if transport == "tcp" else ""
+    relay_node = name_of(hop_peer) if relay and hop_peer is not None else None
+    if relay_node:
+        description = f"via relay {relay_node} ({remote}{over})"
+    elif relay:
+        description = f"via relay {remote}{over}" if remote else f"via relay {relay}"
+    else:
+        description = f"direct {remote}{over}"
     return {
         "kind": "relay" if relay else "direct",
-        "description": f"via relay {relay}{where}" if relay else f"direct {remote}{over}",
+        "description": description,
         "transport": transport,
         "remote": remote,
         "relay": relay,
+        "relay_node": str(hop_peer) if relay and hop_peer is not None else None,
         "punched": False,
     }
 
