@@ -33,6 +33,16 @@ COMMANDS = {
     ),
     "peer": ("meshkey.cli.peer_commands", "peer", "The node graph: peers, lookups, pings."),
     "status": ("meshkey.cli.status_command", "status", "Every node at a glance."),
+    "share": (
+        "meshkey.cli.share_commands",
+        "share",
+        "Share a TCP server: prints a ticket for `connect`.",
+    ),
+    "connect": (
+        "meshkey.cli.share_commands",
+        "connect",
+        "Connect to what a `share` ticket shares, by NodeId.",
+    ),
     "policy": ("meshkey.cli.policy_commands", "policy", "Who may use which service."),
     "tcp-listener": ("meshkey.cli.tcp_commands", "tcp_listener", "More TCP listeners."),
     "tcp-connection": ("meshkey.cli.tcp_commands", "tcp_connection", "Live TCP hops."),

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import signal
 import struct
 import sys
@@ -29,7 +30,7 @@ from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger, configure_logging
 from meshkey.nat.strategy import STRATEGIES, PunchConfig
 from meshkey.node.control import ControlServer
-from meshkey.node.control_client import ControlError
+from meshkey.node.control_client import TICKET_SIGNATURE_CONTEXT, ControlError
 from meshkey.node.core import Node
 from meshkey.node.state import (
     Home,
@@ -40,6 +41,7 @@ from meshkey.node.state import (
     resolve_route,
 )
 from meshkey.node.store import NodeStore
+from meshkey.portal.portals import parse_endpoint
 from meshkey.relay.registry import PREFIX as RELAY_PREFIX
 from meshkey.routing.address import (
     PeerAddress,
@@ -204,6 +206,8 @@ class Daemon:
             "peer.connections": self._peer_connections,
             "peer.remove": self._peer_remove,
             "overview": self._overview,
+            "share": self._share,
+            "ticket.sign": self._ticket_sign,
         }
 
     @property
@@ -248,6 +252,43 @@ class Daemon:
             "tcp_inlets": await self._tcp_inlet_list(args),
             "tcp_outlets": await self._tcp_outlet_list(args),
         }
+
+    async def _share(self, args: dict[str, Any]) -> dict[str, Any]:
+        """An outlet to ``to`` for ``meshkey share`` (the one shared before, if there is one
+        to the same place), and what a ticket may hint at: this node's seeds, the routes of
+        its relays, and its own addresses when others can dial it."""
+        to = _text(args, "to")
+        node = self._node
+        with self._portal_errors():
+            host, port = parse_endpoint(to, what="address to share")
+            target = f"{host}:{port}"
+            entry = next(
+                (
+                    e
+                    for e in node.tcp_outlets()
+                    if e.alias.startswith(SHARE_PREFIX) and e.describe()["to"] == target
+                ),
+                None,
+            )
+            if entry is None:
+                name = f"{SHARE_PREFIX}{secrets.token_hex(3)}"
+                entry = await node.create_tcp_outlet(
+                    target, name=name, alias=name, allow=_node_ids(args.get("allow"))
+                )
+        record = node.record_content()
+        return {
+            "outlet": entry.describe(),
+            "node_id": str(node.node_id),
+            "seeds": node.info()["graph"]["seeds"],
+            "relays": list(record.relays),
+            "direct": [f"{h}:{p}" for h, p in record.direct],
+        }
+
+    async def _ticket_sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        body = args.get("body")
+        if not isinstance(body, bytes) or len(body) > 1024:
+            raise ControlError("invalid", "ticket.sign needs a body of at most 1024 bytes")
+        return {"signature": self._node.identity.sign(TICKET_SIGNATURE_CONTEXT + body)}
 
     async def _request_stop(self, args: dict[str, Any]) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self._stop.set)
@@ -640,6 +681,9 @@ def describe_hops(
         "punched": False,
     }
 
+
+#: The outlets ``meshkey share`` makes are named after it (and a random suffix).
+SHARE_PREFIX = "share-"
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
