@@ -11,6 +11,8 @@ from meshkey.cli.common import (
     across_nodes,
     at_option,
     call,
+    call_waiting,
+    peer_in,
     pick_node,
     read_route,
     resolve_identities,
@@ -76,18 +78,15 @@ def channel_create(
     keeps itself alive and reconnects (same address) when its peer restarts.
     """
     node = pick_node(ctx, from_node, "--from")
-    result = call(
-        ctx,
-        node,
-        "channel.create",
-        {
-            "route": read_route(to),
-            "authorized": resolve_identities(ctx, authorized),
-            "timeout": timeout,
-            "no_direct": no_direct,
-        },
-        timeout=timeout + 5,
-    )
+    route = read_route(to)
+    args = {
+        "route": route,
+        "authorized": resolve_identities(ctx, authorized),
+        "timeout": timeout,
+        "no_direct": no_direct,
+    }
+    what = f"opening a secure channel to {route}"
+    result = call_waiting(ctx, node, "channel.create", args, timeout + 5, what, peer_in(route))
     emit(output, {**result, "node": node}, result["address"])
 
 

@@ -182,6 +182,37 @@ def call(
         raise
 
 
+def call_waiting(
+    ctx: click.Context,
+    node: str,
+    op: str,
+    args: dict[str, Any],
+    timeout: float,
+    what: str,
+    peer: str | None = None,
+) -> Any:
+    """:func:`call`, showing ``what`` on a terminal if it takes over a second (and, for a
+    ``peer`` NodeId, how reaching it stands: looking up, punching, via relay)."""
+    from meshkey.cli.progress import peer_stage, progress
+
+    def stage() -> str | None:
+        if peer is None:
+            return None
+        return peer_stage(call(ctx, node, "peer.progress", {"node_id": peer}, 1.0))
+
+    with progress(what, stage if peer else None):
+        return call(ctx, node, op, args, timeout)
+
+
+def peer_in(route: str) -> str | None:
+    """The NodeId of a route's first ``/peer/NODEID`` hop, if it has one."""
+    segments = route.split("/")
+    for index in range(1, len(segments) - 1, 2):
+        if segments[index] == "peer":
+            return segments[index + 1]
+    return None
+
+
 def per_node(
     ctx: click.Context, node: str | None, option: str, op: str, args: dict[str, Any] | None = None
 ) -> list[tuple[str, Any]]:

@@ -8,7 +8,15 @@ import time
 
 import click
 
-from meshkey.cli.common import CommandGroup, call, get_home, node_name, read_route, timeout_option
+from meshkey.cli.common import (
+    CommandGroup,
+    call_waiting,
+    get_home,
+    node_name,
+    peer_in,
+    read_route,
+    timeout_option,
+)
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, output_option
 from meshkey.node.state import Home, resolve_route
@@ -158,13 +166,9 @@ def message_send(
     started = time.perf_counter()
     sender, onward = _sender(home, from_node, route)
     if sender is not None:
-        result = call(
-            ctx,
-            sender,
-            "message.send",
-            {"route": onward, "payload": payload, "timeout": timeout},
-            timeout=timeout + 5,
-        )
+        args = {"route": onward, "payload": payload, "timeout": timeout}
+        what = f"waiting for the reply from {route}"
+        result = call_waiting(ctx, sender, "message.send", args, timeout + 5, what, peer_in(route))
         reply: bytes = result["payload"]
     else:
         reply = _send_embedded(home, route, payload, timeout)

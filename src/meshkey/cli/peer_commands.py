@@ -13,6 +13,7 @@ from meshkey.cli.common import (
     CommandGroup,
     at_option,
     call,
+    call_waiting,
     local_names,
     pick_node,
     resolve_identities,
@@ -93,7 +94,8 @@ def peer_find(
     peer record if it published one). Exit code 3 when the network has no such node."""
     node = pick_node(ctx, at, "--at")
     target = _node_id(ctx, node_id)
-    result = call(ctx, node, "peer.find", {"node_id": target, "timeout": timeout}, timeout + 2)
+    args = {"node_id": target, "timeout": timeout}
+    result = call_waiting(ctx, node, "peer.find", args, timeout + 2, f"looking up {target[:16]}…")
     lookup = result["lookup"]
     if not result["found"]:
         if output == "json":
@@ -193,7 +195,10 @@ def peer_ping(
     name = local_names(ctx).get(target)
     who = f"{name} ({target[:12]}…)" if name else target
     if count is None and not watch:
-        result = call(ctx, node, "peer.ping", {"node_id": target, "timeout": timeout}, timeout + 5)
+        args = {"node_id": target, "timeout": timeout}
+        result = call_waiting(
+            ctx, node, "peer.ping", args, timeout + 5, f"reaching {who}", peer=target
+        )
         path = result.get("path") or {}
         via = f" {path['description']}" if path else ""
         emit(
@@ -211,7 +216,8 @@ def peer_ping(
             sent += 1
             try:
                 args = {"node_id": target, "timeout": timeout}
-                pings.reply(call(ctx, node, "peer.ping", args, timeout + 5))
+                what = f"reaching {who}"
+                pings.reply(call_waiting(ctx, node, "peer.ping", args, timeout + 5, what, target))
             except MeshkeyError as exc:
                 pings.failure(exc)
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ from meshkey.cli.common import (
     across_nodes,
     at_option,
     call,
+    call_waiting,
+    peer_in,
     pick_node,
     read_route,
     resolve_identities,
@@ -262,7 +264,10 @@ def inlet_create(
         "insecure": insecure,
         "timeout": timeout,
     }
-    record = {**call(ctx, node, "tcp_inlet.create", args, timeout=timeout + 5), "node": node}
+    what = f"reaching {args['to']}"
+    peer = peer_in(str(args["to"]))
+    inlet = call_waiting(ctx, node, "tcp_inlet.create", args, timeout + 5, what, peer)
+    record = {**inlet, "node": node}
     if output != "json":
         _warn_last_error(record)
     emit(output, record, record["address"])

@@ -9,6 +9,7 @@ import click
 from meshkey.cli.common import (
     CommandGroup,
     call,
+    call_waiting,
     get_home,
     local_names,
     per_node,
@@ -53,7 +54,9 @@ def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output:
     relay registered, re-registering whenever its connection to the host comes back.
     """
     node = pick_node(ctx, to, "--to", hint=name)
-    result = call(ctx, node, "relay.create", {"name": name, "at": read_route(at)}, timeout=20)
+    route = read_route(at)
+    what = f"registering relay {name} at {route}"
+    result = call_waiting(ctx, node, "relay.create", {"name": name, "at": route}, 20, what)
     emit(output, {**result, "node": node}, result["address"])
 
 

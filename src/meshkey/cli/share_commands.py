@@ -16,9 +16,17 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import call, get_home, pick_node, resolve_identities, timeout_option
+from meshkey.cli.common import (
+    call,
+    call_waiting,
+    get_home,
+    pick_node,
+    resolve_identities,
+    timeout_option,
+)
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, output_option
+from meshkey.cli.progress import progress
 from meshkey.cli.ticket import MAX_HINTS, RELAY, SEED, Hint, Ticket, TicketError, parse_ticket
 
 
@@ -193,7 +201,8 @@ def connect(
     except TicketError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from exc
     node = pick_node(ctx, at, "--at")
-    joined = _join_through(ctx, node, ticket)
+    with progress("joining the node graph through the ticket's hints"):
+        joined = _join_through(ctx, node, ticket)
     route = f"/peer/{ticket.node}/secure/api/service/{ticket.service}"
     args = {
         "from": listen,
@@ -203,7 +212,9 @@ def connect(
         "insecure": False,
         "timeout": timeout,
     }
-    record = {**call(ctx, node, "tcp_inlet.create", args, timeout=timeout + 5), "node": node}
+    what = f"finding and reaching {ticket.node[:16]}…"
+    inlet = call_waiting(ctx, node, "tcp_inlet.create", args, timeout + 5, what, ticket.node)
+    record = {**inlet, "node": node}
     record["joined_through"] = joined
     if output != "json":
         click.echo(

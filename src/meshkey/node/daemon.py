@@ -207,6 +207,7 @@ class Daemon:
             "peer.remove": self._peer_remove,
             "overview": self._overview,
             "share": self._share,
+            "peer.progress": self._peer_progress,
             "ticket.sign": self._ticket_sign,
         }
 
@@ -251,6 +252,18 @@ class Daemon:
             "channels": channels,
             "tcp_inlets": await self._tcp_inlet_list(args),
             "tcp_outlets": await self._tcp_outlet_list(args),
+        }
+
+    async def _peer_progress(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Where reaching a peer stands (for the CLI's progress line): in the graph, a live
+        hop to it, the path manager's view."""
+        with _control_errors():
+            peer = NodeId.parse(_text(args, "node_id"))
+        node = self._node
+        return {
+            "in_graph": node.graph.knows(peer),
+            "live": node.graph.live_link(peer) is not None,
+            "path": node.path_service.path_info(peer),
         }
 
     async def _share(self, args: dict[str, Any]) -> dict[str, Any]:
