@@ -149,7 +149,7 @@ def test_microsecond_round_trips_empty_log_tails_hosted_relays_and_not_found(cli
     assert "hosted" in cli.ok("relay", "list", "--at", "green")
     assert cli.json("relay", "list", "--to", "green") == []
     assert [r["kind"] for r in cli.json("relay", "list", "--to", "blue")] == ["manual"]
-    assert "relay named 'nosuch'" in cli.fails(ExitCode.NOT_FOUND, "relay", "show", "nosuch")
+    assert "relay 'nosuch' not found" in cli.fails(ExitCode.NOT_FOUND, "relay", "show", "nosuch")
     assert cli.json("relay", "show", "blue")["node"] == "blue"
 
 

@@ -17,6 +17,7 @@ from meshkey.cli.common import (
     read_route,
     resolve_identities,
     timeout_option,
+    yes_option,
 )
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
@@ -161,6 +162,7 @@ def channel_show(ctx: click.Context, address: str, at: str | None, output: str) 
 @secure_channel.command("delete")
 @click.argument("address")
 @click.option("--at", "at", metavar="NODE", help="The node that holds the channel [default: any].")
+@yes_option
 @click.pass_context
 def channel_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Close and delete the secure channel at ADDRESS (the peer is told)."""
@@ -193,7 +195,7 @@ def listener_create(
     ctx: click.Context, address: str, at: str | None, authorized: tuple[str, ...], output: str
 ) -> None:
     """Create a secure channel listener at ADDRESS (e.g. /service/private, or private)."""
-    node = pick_node(ctx, at, "--at")
+    node = pick_node(ctx, at, "--at", create=True)
     args = {"name": address, "authorized": resolve_identities(ctx, authorized)}
     result = call(ctx, node, "listener.create", args)
     emit(output, {**result, "node": node}, result["address"])
@@ -220,6 +222,7 @@ def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
 @secure_channel_listener.command("delete")
 @click.argument("address")
 @at_option
+@yes_option
 @click.pass_context
 def listener_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Delete the secure channel listener at ADDRESS."""

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The node `node create` makes without a NAME, and commands make when there is none.
+DEFAULT_NODE = "default"
+
 
 class MeshkeyGroup(click.Group):
     """Turns every expected failure into one line on stderr and a documented exit code (one
@@ -136,9 +139,18 @@ def existing_node(ctx: click.Context, name: str) -> NodeDir:
     return node
 
 
-def pick_node(ctx: click.Context, given: str | None, option: str, hint: str | None = None) -> str:
+def pick_node(
+    ctx: click.Context,
+    given: str | None,
+    option: str,
+    hint: str | None = None,
+    *,
+    create: bool = False,
+) -> str:
     """The node a command acts on: ``given`` (``NAME`` or ``/node/NAME``); else a node named
-    ``hint``; else the only node."""
+    ``hint``; else the only node; else the default node (the first created, or `node default
+    NAME`). With ``create``, where there is no node at all, one named ``default`` is created
+    and started (Ockam's implicit default node)."""
     home = get_home(ctx)
     if given:
         return existing_node(ctx, given).name
@@ -147,9 +159,25 @@ def pick_node(ctx: click.Context, given: str | None, option: str, hint: str | No
     names = home.node_names()
     if len(names) == 1:
         return names[0]
+    default = home.default_node()
+    if default is not None:
+        return default
+    if not names and create:
+        from meshkey.node import launcher
+
+        launcher.create_node(home, DEFAULT_NODE, tcp=None, identity=None)
+        launcher.start_node(home, DEFAULT_NODE)
+        click.echo(f"Node {DEFAULT_NODE} created and started (there was no node)", err=True)
+        return DEFAULT_NODE
     known = ", ".join(names) if names else "none yet"
     wanted = "its NAME" if option == "NAME" else f"{option} NODE"
     raise CliError(f"which node? give {wanted} (nodes: {known})", ExitCode.USAGE)
+
+
+def prefer_default(ctx: click.Context, nodes: list[str]) -> str | None:
+    """Of several nodes that have what a command names, the default node, if it is one."""
+    default = get_home(ctx).default_node()
+    return default if default in nodes else None
 
 
 def call(
@@ -319,6 +347,13 @@ def at_option(function: F) -> F:
         "at",
         metavar="NODE",
         help="The local node (name or /node/NAME) [default: the only node].",
+    )(function)
+
+
+def yes_option(function: F) -> F:
+    """``--yes``/``-y``: Ockam's confirmation skip; meshkey never asks, so it changes nothing."""
+    return click.option(
+        "--yes", "-y", "_yes", is_flag=True, expose_value=False, help="Do not ask (nothing does)."
     )(function)
 
 

@@ -44,6 +44,12 @@ COMMANDS = {
         "Connect to what a `share` ticket shares, by NodeId.",
     ),
     "policy": ("meshkey.cli.policy_commands", "policy", "Who may use which service."),
+    "service": ("meshkey.cli.service_commands", "service", "A node's services."),
+    "rendezvous": (
+        "meshkey.cli.rendezvous_command",
+        "rendezvous",
+        "A rendezvous node: tells others how their NAT maps them.",
+    ),
     "tcp-listener": ("meshkey.cli.tcp_commands", "tcp_listener", "More TCP listeners."),
     "tcp-connection": ("meshkey.cli.tcp_commands", "tcp_connection", "Live TCP hops."),
     "tcp-outlet": ("meshkey.cli.portal_commands", "tcp_outlet", "TCP portals: the server side."),

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from meshkey.cli.common import (
+    DEFAULT_NODE,
     CommandGroup,
     call,
     get_home,
@@ -24,8 +25,6 @@ from meshkey.cli.common import (
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, emit_table, fields, output_option
 from meshkey.node.state import Home, NodeStateError
-
-DEFAULT_NODE = "default"
 
 
 @click.group(cls=CommandGroup)
@@ -101,6 +100,17 @@ def node() -> None:
     metavar="KEY=VALUE",
     help="A value for ${KEY} in the configuration (repeatable; an empty value is refused).",
 )
+@click.option(
+    "--http-server",
+    is_flag=True,
+    help="Serve HTTP status endpoints (GET / and /show) on 127.0.0.1 and a port the system "
+    "chooses (`node show` says where).",
+)
+@click.option(
+    "--http-server-port",
+    type=click.IntRange(1, 65535),
+    help="Serve the HTTP status endpoints on 127.0.0.1:PORT.",
+)
 @click.option("--foreground", "-f", is_flag=True, help="Run in this process until interrupted.")
 @output_option
 @click.pass_context
@@ -117,6 +127,8 @@ def node_create(
     dht_mode: str | None,
     configuration: str | None,
     variables: tuple[str, ...],
+    http_server: bool,
+    http_server_port: int | None,
     foreground: bool,
     output: str,
 ) -> None:
@@ -187,11 +199,14 @@ def node_create(
         udp=udp,
         tcp=tcp,
         identity=identity_name,
-        observers=[_observer(text) for text in observers],
+        observers=[_observer(text) for text in (*observers, *_rendezvous())],
         direct=not no_direct,
         seeds=seed_list,
         dht_mode=dht_mode or "auto",
         auto_relay=not no_auto_relay and config.auto_relay is not False,
+        http_server=f"127.0.0.1:{http_server_port or 0}"
+        if http_server or http_server_port
+        else None,
     )
     if foreground:
         _run_foreground(home, name, wanted, ctx, undo_create=not had_identity)
@@ -240,6 +255,14 @@ def _undo_create(home: Home, name: str, *, delete_identity: bool) -> None:
     if delete_identity and identity:
         with contextlib.suppress(IdentityError):
             home.identities.delete(identity)
+
+
+def _rendezvous() -> list[str]:
+    """$MESHKEY_RENDEZVOUS: rendezvous nodes (`meshkey rendezvous create`) every new node
+    asks how its NAT maps its socket (as Ockam's $OCKAM_RENDEZVOUS_SERVER)."""
+    import os
+
+    return os.environ.get("MESHKEY_RENDEZVOUS", "").replace(",", " ").split()
 
 
 def _observer(text: str) -> str:
@@ -378,6 +401,24 @@ def _print_node(
     )
 
 
+@node.command("default")
+@click.argument("name", required=False)
+@output_option
+@click.pass_context
+def node_default(ctx: click.Context, name: str | None, output: str) -> None:
+    """Print the default node (what commands act on when not told, with several nodes: the
+    first created), or make NAME the default."""
+    home = get_home(ctx)
+    if name:
+        home.set_default_node(node_name(name))
+    current = home.default_node()
+    if current is None:
+        raise CliError(
+            "there is no node yet (create one: `meshkey node create`)", ExitCode.NOT_FOUND
+        )
+    emit(output, {"default": current}, current)
+
+
 @node.command("start")
 @click.argument("name", required=False)
 @click.option("--foreground", "-f", is_flag=True, help="Run in this process until interrupted.")
@@ -411,7 +452,9 @@ def node_stop(ctx: click.Context, name: str | None) -> None:
 @node.command("delete")
 @click.argument("name", required=False)
 @click.option("--all", "all_nodes", is_flag=True, help="Delete every node.")
-@click.option("--force", "-y", is_flag=True, help="Stop running nodes first instead of refusing.")
+@click.option(
+    "--force", "--yes", "-y", is_flag=True, help="Stop running nodes first instead of refusing."
+)
 @click.pass_context
 def node_delete(ctx: click.Context, name: str | None, all_nodes: bool, force: bool) -> None:
     """Delete node NAME (or --all). A running node is refused unless --force.

@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from meshkey.cli.common import CommandGroup, at_option, call, pick_node, resolve_identities
+from meshkey.cli.common import (
+    CommandGroup,
+    at_option,
+    call,
+    pick_node,
+    resolve_identities,
+    yes_option,
+)
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
@@ -44,7 +51,7 @@ def policy_create(
     ctx: click.Context, at: str | None, resource: str, allow: tuple[str, ...], output: str
 ) -> None:
     """Create (or replace) the policy for SERVICE on NODE."""
-    node = pick_node(ctx, at, "--at")
+    node = pick_node(ctx, at, "--at", create=True)
     args = {"resource": resource, "allow": resolve_identities(ctx, allow)}
     result = call(ctx, node, "policy.create", args)
     _warn(result)
@@ -124,6 +131,7 @@ def policy_show(
 @policy.command("delete")
 @resource_arguments
 @at_option
+@yes_option
 @click.pass_context
 def policy_delete(
     ctx: click.Context, resource: str | None, resource_option: str | None, at: str | None

@@ -15,6 +15,7 @@ from meshkey.cli.common import (
     per_node,
     pick_node,
     read_route,
+    yes_option,
 )
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
@@ -31,7 +32,7 @@ def relay() -> None:
 
 
 @relay.command("create")
-@click.argument("name")
+@click.argument("name", default="default")
 @click.option(
     "--at",
     "at",
@@ -48,7 +49,7 @@ def relay() -> None:
 @output_option
 @click.pass_context
 def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output: str) -> None:
-    """Create relay NAME on the node at ROUTE, forwarding to NODE.
+    """Create relay NAME [default: default] on the node at ROUTE, forwarding to NODE.
 
     Prints the relay's address on the hosting node, /service/forward_to_NAME. NODE keeps the
     relay registered, re-registering whenever its connection to the host comes back.
@@ -156,8 +157,8 @@ def _find_relay(ctx: click.Context, name: str, at: str | None) -> dict[str, Any]
         if found:
             break
     if not found:
-        whose = f"node {pick_node(ctx, at, '--at')!r} has no" if at else "no running node has a"
-        raise CliError(f"{whose} relay named {name!r}", ExitCode.NOT_FOUND)
+        where = f"on node {pick_node(ctx, at, '--at')!r}" if at else "on any running node"
+        raise CliError(f"relay {name!r} not found {where}", ExitCode.NOT_FOUND)
     nodes = sorted({r["node"] for r in found})
     if len(nodes) > 1:
         raise CliError(
@@ -180,6 +181,7 @@ def _valid(name: str) -> bool:
 @relay.command("delete")
 @click.argument("name")
 @relay_node_option
+@yes_option
 @click.pass_context
 def relay_delete(ctx: click.Context, name: str, at: str | None) -> None:
     """Delete relay NAME: unregister it from its host and stop keeping it alive."""

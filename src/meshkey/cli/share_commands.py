@@ -115,7 +115,7 @@ def share(
     meshkey connect mk1... --listen 127.0.0.1:15432   # there
     psql -h 127.0.0.1 -p 15432
     """
-    node = pick_node(ctx, at, "--at")
+    node = pick_node(ctx, at, "--at", create=True)
     args = {"to": target, "allow": resolve_identities(ctx, allow)}
     shared = call(ctx, node, "share", args, timeout=15)
     ticket = Ticket(
@@ -200,7 +200,7 @@ def connect(
         ticket.verify()
     except TicketError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from exc
-    node = pick_node(ctx, at, "--at")
+    node = pick_node(ctx, at, "--at", create=True)
     with progress("joining the node graph through the ticket's hints"):
         joined = _join_through(ctx, node, ticket)
     route = f"/peer/{ticket.node}/secure/api/service/{ticket.service}"

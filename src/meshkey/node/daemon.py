@@ -29,9 +29,10 @@ from meshkey.identity.errors import IdentityError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger, configure_logging
 from meshkey.nat.strategy import STRATEGIES, PunchConfig
-from meshkey.node.control import ControlServer
+from meshkey.node.control import ControlServer, HttpStatusServer
 from meshkey.node.control_client import TICKET_SIGNATURE_CONTEXT, ControlError
 from meshkey.node.core import Node
+from meshkey.node.services import uppercase
 from meshkey.node.state import (
     Home,
     NodeDir,
@@ -58,6 +59,7 @@ from meshkey.routing.message import Message
 from meshkey.routing.router import is_internal_worker
 from meshkey.transport.link import HopLink
 from meshkey.wire.dht import Mode
+from meshkey.wire.hop import CloseCode
 from meshkey.wire.net import Endpoint
 
 log = EventLogger("node.daemon")
@@ -76,6 +78,7 @@ class Daemon:
         self.store: NodeStore | None = None
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._stop = asyncio.Event()
+        self.http_address: str | None = None
         self._lock_fd: int | None = None
 
     def _lock(self) -> None:
@@ -134,6 +137,7 @@ class Daemon:
             self.dir.pid_path.write_text(f"{os.getpid()}\n")
             control = ControlServer(self._handlers())
             await control.start(self.dir.socket_path)
+            http = await self._start_http(config)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
@@ -141,10 +145,39 @@ class Daemon:
             await self._stop.wait()
             log.info("daemon.stopping", name=self.name)
             await control.close()
+            if http is not None:
+                await http.close()
         finally:
             await self.node.stop()
             self.dir.socket_path.unlink(missing_ok=True)
             self.dir.pid_path.unlink(missing_ok=True)
+
+    async def _start_http(self, config: dict[str, str]) -> HttpStatusServer | None:
+        """The HTTP status endpoints, if the node was created with them (``--http-server``);
+        where they listen is written to the node's configuration for ``node show``."""
+        given = config.get("http_server")
+        if not given:
+            return None
+
+        async def alive() -> tuple[bytes, str]:
+            return b"Alive\n", "text/plain"
+
+        async def show() -> tuple[bytes, str]:
+            overview = await self._overview({})
+            return json.dumps(overview, default=str, indent=2).encode(), "application/json"
+
+        http = HttpStatusServer(
+            {"/": (alive, frozenset({"GET", "HEAD"})), "/show": (show, frozenset({"GET"}))}
+        )
+        try:
+            host, port = await http.start(*parse_listen(given))
+        except OSError as exc:
+            log.warning("http.listen_failed", address=given, reason=str(exc))
+            self.dir.set_config({"http_server_bound": ""})
+            return None
+        self.dir.set_config({"http_server_bound": f"{host}:{port}"})
+        self.http_address = f"{host}:{port}"
+        return http
 
     async def _listen(self, config: dict[str, str], protocol: str) -> TransportAddress:
         assert self.node is not None
@@ -208,6 +241,9 @@ class Daemon:
             "overview": self._overview,
             "share": self._share,
             "peer.progress": self._peer_progress,
+            "service.start": self._service_start,
+            "tcp_connection.create": self._tcp_connection_create,
+            "tcp_connection.delete": self._tcp_connection_delete,
             "ticket.sign": self._ticket_sign,
         }
 
@@ -218,7 +254,12 @@ class Daemon:
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.node is not None
-        return {**self.node.info(), "pid": os.getpid(), "started_at": self.started_at}
+        return {
+            **self.node.info(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "http_server_address": self.http_address,
+        }
 
     def _local_name(self, node_id: NodeId) -> str | None:
         """The name of the local node with this NodeId, if there is one."""
@@ -253,6 +294,66 @@ class Daemon:
             "tcp_inlets": await self._tcp_inlet_list(args),
             "tcp_outlets": await self._tcp_outlet_list(args),
         }
+
+    async def _service_start(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Another instance of a built-in service at an address of its own (Ockam's ``service
+        start``); not kept across restarts."""
+        kind = _text(args, "kind")
+        address = _text(args, "address").removeprefix("/service/")
+        node = self._node
+        with _control_errors():
+            if kind not in STARTABLE_SERVICES:
+                raise ValueError(
+                    f"no service kind {kind!r} (one of {', '.join(sorted(STARTABLE_SERVICES))})"
+                )
+            if not _SERVICE_NAME.fullmatch(address) or is_internal_worker(address):
+                raise ValueError(f"invalid service address /service/{address}")
+            if node.router.has_worker(address):
+                raise ControlError("conflict", f"/service/{address} is already in use on this node")
+            if kind == "hop":
+
+                async def hop(message: Message) -> None:
+                    here = ServiceAddress(address)
+                    await node.router.route(message.step().with_return(here))
+
+                node.register_worker(address, hop, inline=True)
+            else:
+                node.register_service(address, uppercase if kind == "uppercase" else _echo)
+        return {"kind": kind, "address": f"/service/{address}"}
+
+    async def _tcp_connection_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A TCP hop to ``to`` (HOST:PORT, or a /ip4/.../tcp/... address), authenticated."""
+        text = _text(args, "to")
+        with _control_errors():
+            if text.startswith("/"):
+                address = parse_address(text)
+                if not isinstance(address, TransportAddress) or address.protocol != "tcp":
+                    raise ValueError(f"{text}: one TCP address, e.g. /ip4/127.0.0.1/tcp/4000")
+            else:
+                address = TransportAddress.from_socket("tcp", *parse_listen(text))
+            link = self._node.tcp.outbound(address)
+            try:
+                await asyncio.wait_for(link.settled.wait(), _timeout(args))
+            except TimeoutError:
+                raise ControlError("timeout", f"no TCP hop to {text} within the timeout") from None
+            if not link.core.is_open:
+                raise ControlError(
+                    "unreachable", f"cannot connect to {text}: {link.describe()['state']}"
+                )
+        return link.describe()
+
+    async def _tcp_connection_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        text = _text(args, "address")
+        with _control_errors():
+            host, port = parse_listen(text)
+        closed = []
+        for link in list(self._node.tcp.links):
+            if not link.closed and (link.remote[0], link.remote[1]) == (host, port):
+                await link.close(CloseCode.NORMAL, "closed by `tcp-connection delete`")
+                closed.append(link.name)
+        if not closed:
+            raise ControlError("not_found", f"TCP connection {text} not found")
+        return {"deleted": text, "connections": len(closed)}
 
     async def _peer_progress(self, args: dict[str, Any]) -> dict[str, Any]:
         """Where reaching a peer stands (for the CLI's progress line): in the graph, a live
@@ -695,10 +796,17 @@ def describe_hops(
     }
 
 
+#: The built-in services ``service start KIND`` starts more of.
+STARTABLE_SERVICES = frozenset({"echo", "uppercase", "hop"})
+
 #: The outlets ``meshkey share`` makes are named after it (and a random suffix).
 SHARE_PREFIX = "share-"
 
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _echo(payload: bytes) -> bytes:
+    return payload
 
 
 def _seeds(config: dict[str, str]) -> list[tuple[NodeId, Endpoint]]:

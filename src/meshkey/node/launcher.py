@@ -43,6 +43,7 @@ def create_node(
     seeds: list[str] | None = None,
     dht_mode: str = "auto",
     auto_relay: bool = True,
+    http_server: str | None = None,
 ) -> NodeDir:
     """Writes a new node's configuration (creating its identity if it has none yet)."""
     home.ensure()
@@ -85,6 +86,7 @@ def create_node(
             "seeds": json.dumps(seeds or []),
             "dht_mode": dht_mode,
             "auto_relay": "on" if auto_relay else "off",
+            "http_server": http_server or "",
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
@@ -181,6 +183,11 @@ LIVE_FIELDS = (
     "nat",
     "peers",
     "graph",
+    "http_server_address",
+    "relays",
+    "channels",
+    "tcp_inlets",
+    "tcp_outlets",
 )
 
 
@@ -223,10 +230,11 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
         "listen": {"udp": config.get("udp") or "auto", "tcp": config.get("tcp") or "auto"},
         "created_at": config.get("created_at"),
         "error": problem[0] if problem else None,
+        "http_server_address": None,
     }
     if live and running:
         try:
-            status = ControlClient(node.socket_path, timeout=3.0).call("status")
+            status = ControlClient(node.socket_path, timeout=3.0).call("overview")
         except ControlError as exc:
             reason = (
                 "its control socket is missing (restart it: `meshkey node stop "

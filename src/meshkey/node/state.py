@@ -121,6 +121,38 @@ class Home:
         check_name("node", name)
         return NodeDir(name, self.nodes_dir / name)
 
+    @property
+    def default_node_path(self) -> Path:
+        return self.path / "default_node"
+
+    def default_node(self) -> str | None:
+        """The default node: the one `node default NAME` set, else the first created."""
+        try:
+            name = self.default_node_path.read_text().strip()
+        except OSError:
+            name = ""
+        if name:
+            try:
+                if self.node(name).exists():
+                    return name
+            except ValueError:
+                pass
+        oldest: tuple[str, str] | None = None
+        for each in self.node_names():
+            try:
+                created = self.node(each).config().get("created_at") or ""
+            except NodeStateError:
+                continue
+            if oldest is None or (created, each) < oldest:
+                oldest = (created, each)
+        return oldest[1] if oldest else None
+
+    def set_default_node(self, name: str) -> None:
+        if not self.node(name).exists():
+            raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
+        self.ensure()
+        self.default_node_path.write_text(f"{name}\n")
+
     def node_names(self) -> list[str]:
         if not self.nodes_dir.is_dir():
             return []
