@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from meshkey.node.configuration import (
-    ConfigurationError,
-    Current,
-    Wanted,
-    load_configuration,
-    node_differences,
-    plan,
-    resolve,
-)
+from meshkey.node.configuration import ConfigurationError, load_configuration
+from meshkey.node.convergence import Current, Wanted, node_differences, plan, resolve
 
 YELLOW = "mk" + "a" * 52
 

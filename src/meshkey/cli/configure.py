@@ -1,7 +1,7 @@
 """Applying a node configuration (``node create --configuration``) whole or not at all.
 
 Everything is checked first (:func:`prepare`: identities, routes, addresses, the nodes
-named). Then the running node's lists are read, :func:`meshkey.node.configuration.plan` says
+named). Then the running node's lists are read, :func:`meshkey.node.convergence.plan` says
 what it lacks, and the changes are made one by one; when one fails, those already made are
 undone in reverse order and the error says which step failed and why. A configuration
 applied again to a node that has everything changes nothing.
@@ -16,14 +16,8 @@ import click
 from meshkey.cli.common import call, get_home, resolve_identities
 from meshkey.cli.errors import CliError, exit_code_for
 from meshkey.errors import MeshkeyError
-from meshkey.node.configuration import (
-    Change,
-    Current,
-    NodeConfiguration,
-    Wanted,
-    plan,
-    resolve,
-)
+from meshkey.node.configuration import NodeConfiguration
+from meshkey.node.convergence import Change, Current, Wanted, plan, resolve
 
 
 def prepare(ctx: click.Context, config: NodeConfiguration, node: str) -> Wanted:

@@ -306,7 +306,7 @@ def _check_same(
 ) -> None:
     """Creating an existing node again is fine, unless it is asked to be different: its
     settings are fixed at creation, so every difference is named and nothing is done."""
-    from meshkey.node.configuration import node_differences
+    from meshkey.node.convergence import node_differences
 
     differences = node_differences(home.node(name).config(), settings)
     if differences:
