@@ -114,7 +114,7 @@ def test_status_shows_every_node_on_one_screen(relayed: Cli) -> None:
     assert set(blocks) == {"blue", "green", "yellow"}
     assert "stopped" in blocks["green"].splitlines()[0]
     assert "NAT " in blocks["blue"] and "graph client" in blocks["blue"]
-    assert "yellow at /node/green" in blocks["yellow"]
+    assert "yellow at /node/green" in blocks["yellow"] and "auto relay" in blocks["yellow"]
     assert "channel" in blocks["blue"] and "yellow (" in blocks["blue"]
     assert "inlet" in blocks["blue"] and "open of 1" in blocks["blue"]
     assert "outlet" in blocks["yellow"] and "5 B to the server" in blocks["yellow"]

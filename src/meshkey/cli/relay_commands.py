@@ -63,7 +63,8 @@ def relay_create(ctx: click.Context, name: str, at: str, to: str | None, output:
 
 def _relays_of(ctx: click.Context, at: str | None, *, hosted: bool) -> list[dict[str, Any]]:
     """The relays ``at`` (or every running node) created, and with ``hosted`` those it
-    hosts for others (kind ``hosted``, ``to`` the owner: a local node's name if it is one)."""
+    hosts for others (kind ``hosted``, ``to`` the owner: a local node's name if it is one);
+    across every node, a relay whose owner is a node here is listed once, as its own."""
     names = local_names(ctx) if hosted else {}
     relays: list[dict[str, Any]] = []
     for node, result in per_node(ctx, at, "--at", "relay.list"):
@@ -71,6 +72,8 @@ def _relays_of(ctx: click.Context, at: str | None, *, hosted: bool) -> list[dict
         if not hosted:
             continue
         for item in result.get("hosted", []):
+            if at is None and item["owner"] in names:
+                continue  # listed once: as the relay its owner, a node here, created
             relays.append(
                 {
                     "node": node,
@@ -113,8 +116,9 @@ def relay_node_option(function: Any) -> Any:
 @click.pass_context
 def relay_list(ctx: click.Context, at: str | None, to: str | None, output: str) -> None:
     """List relays: those running nodes created (kind manual or automatic, AT the node that
-    hosts it) and those they host for others (kind hosted, TO the node it forwards to), with
-    their status (active only while the relay node holds the registration)."""
+    hosts it) and those they host for others (kind hosted, TO the node it forwards to; without
+    --at, only for nodes not here), with their status (active only while the relay node holds
+    the registration)."""
     if at and to:
         raise CliError("give --at NODE or --to NODE, not both", ExitCode.USAGE)
     emit_table(

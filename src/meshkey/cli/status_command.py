@@ -87,6 +87,9 @@ def _node_text(node: dict[str, Any], names: dict[str, str]) -> list[str]:
     rows: list[tuple[str, str]] = []
     rows.append(("addresses", ", ".join(_without_id(a) for a in node.get("addresses", []))))
     relays = node.get("relays") or {}
+    auto = relays.get("auto") or {}
+    if auto:
+        rows.append(("auto relay", auto["status"] if auto.get("enabled") else "off"))
     for relay in relays.get("relays", []):
         state = relay["status"] + (f" ({relay['error']})" if relay.get("error") else "")
         rows.append(("relay", f"{relay['name']} at {relay['at']}: {state} ({relay['kind']})"))
