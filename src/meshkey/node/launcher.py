@@ -65,14 +65,14 @@ def create_node(
                 f"{identity}`)",
                 "not_found",
             )
-        try:
+        with contextlib.suppress(IdentityExists):  # a racing `node create` made it first
             store.create(identity_name)
-        except IdentityExists:  # a racing `node create` made it first: wait for it to finish
-            for _ in range(50):
-                with contextlib.suppress(IdentityError):
-                    store.info(identity_name)
-                    break
-                time.sleep(0.02)
+    # A racing creator writes the key, then its metadata: wait for it to finish.
+    for _ in range(50):
+        with contextlib.suppress(IdentityError):
+            store.info(identity_name)
+            break
+        time.sleep(0.02)
     info = store.info(identity_name)
     node.create(
         {
