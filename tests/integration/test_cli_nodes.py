@@ -37,10 +37,10 @@ def test_node_lifecycle(cli: Cli) -> None:
     udp, tcp = created["addresses"]
     assert udp.startswith("/ip4/127.0.0.1/udp/") and f"/id/{created['node_id']}" in udp
     assert tcp.startswith("/ip4/127.0.0.1/tcp/") and f"/id/{created['node_id']}" in tcp
-    # Create is idempotent (Ockam's): again on a running node, it says so and succeeds...
-    assert "already running" in cli.ok("node", "create", "blue")
-    # ...unless asked for something else than the node is.
-    assert "already exists with udp" in cli.fails(
+    # Create again on a running node is refused, as in Ockam (a configuration converges it)...
+    assert "already running" in cli.fails(ExitCode.CONFLICT, "node", "create", "blue")
+    # ...and so is one that asks for something else than the node is.
+    assert "udp is" in cli.fails(
         ExitCode.CONFLICT, "node", "create", "blue", "--udp", "127.0.0.1:1"
     )
 

@@ -7,19 +7,23 @@ from typing import Any
 import click
 
 from meshkey.cli.common import (
+    CommandGroup,
     across_nodes,
     at_option,
     call,
+    call_waiting,
+    peer_in,
     pick_node,
     read_route,
     resolve_identities,
     timeout_option,
+    yes_option,
 )
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
 
 
-@click.group("secure-channel")
+@click.group("secure-channel", cls=CommandGroup)
 def secure_channel() -> None:
     """Secure channels (Noise XX) between node identities, end to end over any route.
 
@@ -75,18 +79,15 @@ def channel_create(
     keeps itself alive and reconnects (same address) when its peer restarts.
     """
     node = pick_node(ctx, from_node, "--from")
-    result = call(
-        ctx,
-        node,
-        "channel.create",
-        {
-            "route": read_route(to),
-            "authorized": resolve_identities(ctx, authorized),
-            "timeout": timeout,
-            "no_direct": no_direct,
-        },
-        timeout=timeout + 5,
-    )
+    route = read_route(to)
+    args = {
+        "route": route,
+        "authorized": resolve_identities(ctx, authorized),
+        "timeout": timeout,
+        "no_direct": no_direct,
+    }
+    what = f"opening a secure channel to {route}"
+    result = call_waiting(ctx, node, "channel.create", args, timeout + 5, what, peer_in(route))
     emit(output, {**result, "node": node}, result["address"])
 
 
@@ -103,13 +104,20 @@ def _channels(ctx: click.Context, at: str | None) -> list[dict[str, Any]]:
 @click.option(
     "--at", "at", metavar="NODE", help="Only this node's channels [default: every running node]."
 )
+@click.option(
+    "--all",
+    "show_all",
+    is_flag=True,
+    help="Closed channels too (kept a while so `secure-channel show` can say why).",
+)
 @output_option
 @click.pass_context
-def channel_list(ctx: click.Context, at: str | None, output: str) -> None:
-    """List secure channels of running nodes."""
+def channel_list(ctx: click.Context, at: str | None, show_all: bool, output: str) -> None:
+    """List the secure channels of running nodes that are not closed (--all: those too)."""
+    channels = _channels(ctx, at)
     emit_table(
         output,
-        _channels(ctx, at),
+        channels if show_all else [c for c in channels if c.get("state") != "closed"],
         [
             ("NODE", "node"),
             ("ADDRESS", "address"),
@@ -154,6 +162,7 @@ def channel_show(ctx: click.Context, address: str, at: str | None, output: str) 
 @secure_channel.command("delete")
 @click.argument("address")
 @click.option("--at", "at", metavar="NODE", help="The node that holds the channel [default: any].")
+@yes_option
 @click.pass_context
 def channel_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Close and delete the secure channel at ADDRESS (the peer is told)."""
@@ -165,7 +174,7 @@ def channel_delete(ctx: click.Context, address: str, at: str | None) -> None:
     click.echo(f"Secure channel {wanted} deleted")
 
 
-@click.group("secure-channel-listener")
+@click.group("secure-channel-listener", cls=CommandGroup)
 def secure_channel_listener() -> None:
     """Secure channel listeners: where other nodes open channels to (every node has api)."""
 
@@ -186,7 +195,7 @@ def listener_create(
     ctx: click.Context, address: str, at: str | None, authorized: tuple[str, ...], output: str
 ) -> None:
     """Create a secure channel listener at ADDRESS (e.g. /service/private, or private)."""
-    node = pick_node(ctx, at, "--at")
+    node = pick_node(ctx, at, "--at", create=True)
     args = {"name": address, "authorized": resolve_identities(ctx, authorized)}
     result = call(ctx, node, "listener.create", args)
     emit(output, {**result, "node": node}, result["address"])
@@ -213,6 +222,7 @@ def listener_list(ctx: click.Context, at: str | None, output: str) -> None:
 @secure_channel_listener.command("delete")
 @click.argument("address")
 @at_option
+@yes_option
 @click.pass_context
 def listener_delete(ctx: click.Context, address: str, at: str | None) -> None:
     """Delete the secure channel listener at ADDRESS."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -18,14 +18,23 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The node `node create` makes without a NAME, and commands make when there is none.
+DEFAULT_NODE = "default"
+
 
 class MeshkeyGroup(click.Group):
     """Turns every expected failure into one line on stderr and a documented exit code (one
     mapping, from the error's kind, whichever command met it)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        """Click's own usage errors become one line too (and the help, exit 0)."""
+        """Click's own usage errors become one line too (and the help, exit 0); with
+        ``--output json`` anywhere on the line, a JSON line, even when the arguments around
+        it could not be parsed."""
         kwargs["standalone_mode"] = False
+        argv = kwargs.get("args")
+        if argv is None:
+            argv = args[0] if args else sys.argv[1:]
+        set_json_errors(wants_json(argv))
         try:
             return super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
@@ -35,8 +44,8 @@ class MeshkeyGroup(click.Group):
             fail(f"{exc.format_message()}{where}", ExitCode.USAGE, kind="invalid")
         except click.ClickException as exc:
             fail(exc.format_message(), ExitCode.FAILURE, kind="failure")
-        except click.Abort:
-            fail("interrupted", ExitCode.FAILURE, kind="failure")
+        except (click.Abort, KeyboardInterrupt):
+            fail("interrupted", ExitCode.INTERRUPTED, kind="interrupted")
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -50,14 +59,63 @@ class MeshkeyGroup(click.Group):
         except OSError as exc:  # e.g. a state directory that cannot be created or read
             where = f" ({exc.filename})" if exc.filename else ""
             fail(f"{exc.strerror or exc}{where}", ExitCode.USAGE, kind="invalid")
-        except KeyboardInterrupt:
-            fail("interrupted", ExitCode.FAILURE, kind="failure")
+        except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT
+            fail("interrupted", ExitCode.INTERRUPTED, kind="interrupted")
+
+
+_json_errors = False
+
+
+def set_json_errors(value: bool) -> None:
+    global _json_errors
+    _json_errors = value
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON (``-o json``, ``--output json``,
+    ``--output=json``, ``-ojson``), wherever it stands."""
+    for index, token in enumerate(argv):
+        if token == "--":
+            break
+        if token in ("-o", "--output") and index + 1 < len(argv):
+            if argv[index + 1] == "json":
+                return True
+        elif token in ("-ojson", "--output=json"):
+            return True
+    return False
+
+
+class CommandGroup(click.Group):
+    """A command group whose list shows each command's first sentence whole (click's own
+    cuts it at the width left over, with '...')."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, first_sentence(command)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def first_sentence(command: click.Command) -> str:
+    """A command's summary: its short help, else its help's first sentence."""
+    if command.short_help:
+        return command.short_help
+    import inspect
+    import re
+
+    paragraph = inspect.cleandoc(command.help or "").split("\n\n")[0].replace("\n", " ")
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
 
 
 def fail(message: str, code: ExitCode, *, kind: str = "failure") -> NoReturn:
     """One line on stderr (a JSON object with ``--output json``), then exit ``code``."""
     context = click.get_current_context(silent=True)
-    if context is not None and context.meta.get("meshkey.output") == "json":
+    meta = context.meta.get("meshkey.output") if context is not None else None
+    if meta == "json" or (meta is None and _json_errors):
         click.echo(json.dumps({"error": message, "code": kind, "exit": int(code)}), err=True)
     else:
         click.echo(f"error: {message}", err=True)
@@ -81,9 +139,18 @@ def existing_node(ctx: click.Context, name: str) -> NodeDir:
     return node
 
 
-def pick_node(ctx: click.Context, given: str | None, option: str, hint: str | None = None) -> str:
+def pick_node(
+    ctx: click.Context,
+    given: str | None,
+    option: str,
+    hint: str | None = None,
+    *,
+    create: bool = False,
+) -> str:
     """The node a command acts on: ``given`` (``NAME`` or ``/node/NAME``); else a node named
-    ``hint``; else the only node."""
+    ``hint``; else the only node; else the default node (the first created, or `node default
+    NAME`). With ``create``, where there is no node at all, one named ``default`` is created
+    and started (Ockam's implicit default node)."""
     home = get_home(ctx)
     if given:
         return existing_node(ctx, given).name
@@ -92,9 +159,25 @@ def pick_node(ctx: click.Context, given: str | None, option: str, hint: str | No
     names = home.node_names()
     if len(names) == 1:
         return names[0]
+    default = home.default_node()
+    if default is not None:
+        return default
+    if not names and create:
+        from meshkey.node import launcher
+
+        launcher.create_node(home, DEFAULT_NODE, tcp=None, identity=None)
+        launcher.start_node(home, DEFAULT_NODE)
+        click.echo(f"Node {DEFAULT_NODE} created and started (there was no node)", err=True)
+        return DEFAULT_NODE
     known = ", ".join(names) if names else "none yet"
     wanted = "its NAME" if option == "NAME" else f"{option} NODE"
     raise CliError(f"which node? give {wanted} (nodes: {known})", ExitCode.USAGE)
+
+
+def prefer_default(ctx: click.Context, nodes: list[str]) -> str | None:
+    """Of several nodes that have what a command names, the default node, if it is one."""
+    default = get_home(ctx).default_node()
+    return default if default in nodes else None
 
 
 def call(
@@ -127,31 +210,84 @@ def call(
         raise
 
 
-def across_nodes(
-    ctx: click.Context, node: str | None, option: str, op: str, key: str | None = None
-) -> list[dict[str, Any]]:
-    """``op``'s list from ``node``, or from every running node, each item tagged with it."""
+def call_waiting(
+    ctx: click.Context,
+    node: str,
+    op: str,
+    args: dict[str, Any],
+    timeout: float,
+    what: str,
+    peer: str | None = None,
+) -> Any:
+    """:func:`call`, showing ``what`` on a terminal if it takes over a second (and, for a
+    ``peer`` NodeId, how reaching it stands: looking up, punching, via relay)."""
+    from meshkey.cli.progress import peer_stage, progress
+
+    def stage() -> str | None:
+        if peer is None:
+            return None
+        return peer_stage(call(ctx, node, "peer.progress", {"node_id": peer}, 1.0))
+
+    with progress(what, stage if peer else None):
+        return call(ctx, node, op, args, timeout)
+
+
+def peer_in(route: str) -> str | None:
+    """The NodeId of a route's first ``/peer/NODEID`` hop, if it has one."""
+    segments = route.split("/")
+    for index in range(1, len(segments) - 1, 2):
+        if segments[index] == "peer":
+            return segments[index + 1]
+    return None
+
+
+def per_node(
+    ctx: click.Context, node: str | None, option: str, op: str, args: dict[str, Any] | None = None
+) -> list[tuple[str, Any]]:
+    """``op``'s answer from ``node``, or from every running node, with the node's name."""
     home = get_home(ctx)
     if node:
         name = pick_node(ctx, node, option)
-        result = call(ctx, name, op)
-        return [{**item, "node": name} for item in (result[key] if key else result)]
+        return [(name, call(ctx, name, op, args))]
     names = [n for n in home.node_names() if home.node(n).is_running()]
     # All at once, each with a short timeout: one node that does not answer (stopped with
     # SIGSTOP, overloaded) is named on stderr, and the others are listed all the same.
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
-        futures = {name: pool.submit(call, ctx, name, op, None, 2.0) for name in names}
-    items: list[dict[str, Any]] = []
+        futures = {name: pool.submit(call, ctx, name, op, args, 2.0) for name in names}
+    answers: list[tuple[str, Any]] = []
     for name, future in futures.items():
         try:
-            result = future.result()
+            answers.append((name, future.result()))
         except MeshkeyError as exc:
             click.echo(f"warning: node {name}: {exc}", err=True)
+    return answers
+
+
+def across_nodes(
+    ctx: click.Context, node: str | None, option: str, op: str, key: str | None = None
+) -> list[dict[str, Any]]:
+    """``op``'s list from ``node``, or from every running node, each item tagged with it."""
+    return [
+        {**item, "node": name}
+        for name, result in per_node(ctx, node, option, op)
+        for item in (result[key] if key else result)
+    ]
+
+
+def local_names(ctx: click.Context) -> dict[str, str]:
+    """NodeId -> the local node's name, for every node here."""
+    home = get_home(ctx)
+    names = {}
+    for name in home.node_names():
+        try:
+            node_id = home.node(name).config().get("node_id")
+        except MeshkeyError:
             continue
-        items.extend({**item, "node": name} for item in (result[key] if key else result))
-    return items
+        if node_id:
+            names[node_id] = name
+    return names
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -214,6 +350,13 @@ def at_option(function: F) -> F:
     )(function)
 
 
+def yes_option(function: F) -> F:
+    """``--yes``/``-y``: Ockam's confirmation skip; meshkey never asks, so it changes nothing."""
+    return click.option(
+        "--yes", "-y", "_yes", is_flag=True, expose_value=False, help="Do not ask (nothing does)."
+    )(function)
+
+
 def timeout_option(default: str, what: str) -> Callable[[F], F]:
     return click.option(
         "--timeout",
@@ -263,10 +406,22 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def read_route(text: str) -> str:
-    """Expands ``-`` segments from stdin, then checks the route parses."""
+def read_route(text: str, ctx: click.Context | None = None) -> str:
+    """Expands ``-`` segments from stdin and ``/peer/NAME`` (a local node or identity, as
+    ``peer find NAME`` takes it) to ``/peer/NODEID``, then checks the route parses."""
+    from meshkey.identity.node_id import NodeId
     from meshkey.routing.address import expand_placeholders, parse_route
 
     expanded = expand_placeholders(text, sys.stdin.readline)
+    segments = expanded.split("/")
+    context = ctx or click.get_current_context(silent=True)
+    for index in range(1, len(segments) - 1, 2):  # a route is /KIND/VALUE pairs
+        if segments[index] != "peer" or context is None or not segments[index + 1]:
+            continue
+        try:
+            NodeId.parse(segments[index + 1])
+        except ValueError:
+            segments[index + 1] = resolve_identities(context, [segments[index + 1]])[0]
+    expanded = "/".join(segments)
     parse_route(expanded)
     return expanded

@@ -16,6 +16,7 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 5  # nothing listens there, the connection broke
     TIMEOUT = 6  # no answer in time
     REFUSED = 7  # authentication failed, access refused
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
 
 
 _BY_CODE = {
@@ -50,6 +51,7 @@ _KIND_OF_EXIT = {
     ExitCode.UNREACHABLE: "unreachable",
     ExitCode.TIMEOUT: "timeout",
     ExitCode.REFUSED: "refused",
+    ExitCode.INTERRUPTED: "interrupted",
 }
 
 
@@ -69,4 +71,5 @@ Exit codes:
   0 success            4 conflict (exists, running, not running)
   1 failure            5 unreachable
   2 bad arguments      6 timeout
-  3 not found          7 refused (authentication, policy)"""
+  3 not found          7 refused (authentication, policy)
+                     130 interrupted (Ctrl-C)"""

@@ -12,6 +12,7 @@ import click
 from meshkey import __version__
 from meshkey.cli.common import MeshkeyGroup
 from meshkey.cli.errors import EXIT_CODES_HELP
+from meshkey.cli.output import global_output_option
 
 #: command -> (module, attribute, the one-line help shown by `meshkey --help`)
 COMMANDS = {
@@ -31,7 +32,24 @@ COMMANDS = {
         "Where secure channels are opened to.",
     ),
     "peer": ("meshkey.cli.peer_commands", "peer", "The node graph: peers, lookups, pings."),
+    "status": ("meshkey.cli.status_command", "status", "Every node at a glance."),
+    "share": (
+        "meshkey.cli.share_commands",
+        "share",
+        "Share a TCP server: prints a ticket for `connect`.",
+    ),
+    "connect": (
+        "meshkey.cli.share_commands",
+        "connect",
+        "Connect to what a `share` ticket shares, by NodeId.",
+    ),
     "policy": ("meshkey.cli.policy_commands", "policy", "Who may use which service."),
+    "service": ("meshkey.cli.service_commands", "service", "A node's services."),
+    "rendezvous": (
+        "meshkey.cli.rendezvous_command",
+        "rendezvous",
+        "A rendezvous node: tells others how their NAT maps them.",
+    ),
     "tcp-listener": ("meshkey.cli.tcp_commands", "tcp_listener", "More TCP listeners."),
     "tcp-connection": ("meshkey.cli.tcp_commands", "tcp_connection", "Live TCP hops."),
     "tcp-outlet": ("meshkey.cli.portal_commands", "tcp_outlet", "TCP portals: the server side."),
@@ -69,6 +87,7 @@ class LazyGroup(MeshkeyGroup):
     envvar="MESHKEY_HOME",
     help="State directory (default: $MESHKEY_HOME or ~/.meshkey).",
 )
+@global_output_option
 @click.version_option(__version__, message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, home: Path | None) -> None:

@@ -8,7 +8,15 @@ import time
 
 import click
 
-from meshkey.cli.common import call, get_home, node_name, read_route, timeout_option
+from meshkey.cli.common import (
+    CommandGroup,
+    call_waiting,
+    get_home,
+    node_name,
+    peer_in,
+    read_route,
+    timeout_option,
+)
 from meshkey.cli.errors import CliError, ExitCode, exit_code_for
 from meshkey.cli.output import emit, output_option
 from meshkey.node.state import Home, resolve_route
@@ -24,14 +32,25 @@ from meshkey.routing.errors import RemoteError
 from meshkey.wire.frames import MAX_PAYLOAD
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def message() -> None:
     """Send messages along routes."""
 
 
 def _payload(text: str | None, path: str | None, hex_mode: bool) -> bytes:
     if (text is None) == (path is None):
-        raise CliError("give the MESSAGE, or --file PATH ('-' for standard input)", ExitCode.USAGE)
+        raise CliError(
+            "give the MESSAGE ('-' reads it from standard input), or --file PATH",
+            ExitCode.USAGE,
+        )
+    if text == "-":  # as everywhere, '-' is standard input: a line's newline is not sent
+        data = sys.stdin.buffer.read(MAX_PAYLOAD + 2)
+        data = data[:-2] if data.endswith(b"\r\n") else data.removesuffix(b"\n")
+        if len(data) > MAX_PAYLOAD:
+            raise CliError(f"MESSAGE -: over the {MAX_PAYLOAD}-byte limit", ExitCode.USAGE)
+        if not hex_mode:
+            return data
+        text = data.decode(errors="replace").strip()
     if path is not None:
         if path == "-":
             data = sys.stdin.buffer.read(MAX_PAYLOAD + 1)
@@ -85,7 +104,7 @@ def _show(reply: bytes, hex_mode: bool, output: str, route: str, elapsed: float)
 
 
 @message.command("send")
-@click.argument("text", metavar="MESSAGE", required=False)
+@click.argument("text", metavar="MESSAGE|-", required=False)
 @click.option(
     "--to",
     "to",
@@ -121,7 +140,8 @@ def message_send(
     hex_mode: bool,
     output: str,
 ) -> None:
-    """Send MESSAGE (or --file PATH) along a route and print the reply.
+    """Send MESSAGE (or --file PATH; '-' for either reads standard input) along a route and
+    print the reply.
 
     A reply that is not UTF-8 text is written as it is when the output is a file or a pipe
     (and refused on a terminal: use --hex); with --output json it is base64.
@@ -131,10 +151,14 @@ def message_send(
       meshkey message send hello --to /node/blue/service/uppercase
       meshkey message send hello --to /node/green/node/blue/service/echo
       meshkey message send --file photo.jpg --to /node/blue/service/echo > copy.jpg
+      date | meshkey message send - --to /node/blue/service/uppercase
       meshkey message send hello --from yellow --to /ip4/127.0.0.1/tcp/4000/service/echo
     """
-    if path == "-" and "-" in to.split("/"):
-        raise CliError("--file - and a '-' in --to cannot both read stdin", ExitCode.USAGE)
+    if "-" in (path, text) and "-" in to.split("/"):
+        raise CliError(
+            "the message and a '-' in --to cannot both be read from standard input",
+            ExitCode.USAGE,
+        )
     route = read_route(to)
     check_destination(parse_route(route), route)
     payload = _payload(text, path, hex_mode)
@@ -142,13 +166,9 @@ def message_send(
     started = time.perf_counter()
     sender, onward = _sender(home, from_node, route)
     if sender is not None:
-        result = call(
-            ctx,
-            sender,
-            "message.send",
-            {"route": onward, "payload": payload, "timeout": timeout},
-            timeout=timeout + 5,
-        )
+        args = {"route": onward, "payload": payload, "timeout": timeout}
+        what = f"waiting for the reply from {route}"
+        result = call_waiting(ctx, sender, "message.send", args, timeout + 5, what, peer_in(route))
         reply: bytes = result["payload"]
     else:
         reply = _send_embedded(home, route, payload, timeout)

@@ -11,9 +11,18 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _remember_output(ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    ctx.meta["meshkey.output"] = value  # errors, too, are JSON then (on stderr)
+def _remember_output(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The format for results and errors (JSON on stderr); a command's own ``-o`` wins over
+    the one given before the command (``meshkey -o json node list``)."""
+    given_before = ctx.meta.get("meshkey.output")
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if given_before and source is click.core.ParameterSource.DEFAULT:
+        return str(given_before)
+    ctx.meta["meshkey.output"] = value
     return value
+
+
+OUTPUT_HELP = "Output format; json is stable for scripts (errors too: a JSON object on stderr)."
 
 
 def output_option(function: F) -> F:
@@ -25,8 +34,27 @@ def output_option(function: F) -> F:
         show_default=True,
         is_eager=True,
         callback=_remember_output,
-        help="Output format; json is stable for scripts (errors too: a JSON object on stderr).",
+        help=OUTPUT_HELP,
     )(function)
+
+
+def global_output_option(function: F) -> F:
+    """``meshkey -o json COMMAND``: every command's output (and errors) as JSON."""
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        is_eager=True,
+        expose_value=False,
+        callback=_remember_global_output,
+        help=OUTPUT_HELP,
+    )(function)
+
+
+def _remember_global_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta["meshkey.output"] = value
 
 
 def emit(output: str, data: Any, text: Callable[[], str] | str) -> None:

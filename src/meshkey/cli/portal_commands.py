@@ -14,13 +14,18 @@ from typing import Any
 import click
 
 from meshkey.cli.common import (
+    CommandGroup,
     across_nodes,
     at_option,
     call,
+    call_waiting,
+    peer_in,
     pick_node,
+    prefer_default,
     read_route,
     resolve_identities,
     timeout_option,
+    yes_option,
 )
 from meshkey.cli.errors import CliError, ExitCode
 from meshkey.cli.output import emit, emit_table, fields, output_option
@@ -47,8 +52,11 @@ def _find(
     found = [item for item in across_nodes(ctx, at, "--at", op) if matches(item, wanted)]
     if not found:
         where = f" on {pick_node(ctx, at, '--at')}" if at else " on any running node"
-        raise CliError(f"no {what} {wanted!r}{where}", ExitCode.NOT_FOUND)
+        raise CliError(f"{what} {wanted!r} not found{where}", ExitCode.NOT_FOUND)
     nodes = sorted({item["node"] for item in found})
+    default = prefer_default(ctx, nodes) if len(nodes) > 1 else None
+    if default is not None:
+        return next(item for item in found if item["node"] == default)
     if len(nodes) > 1:
         raise CliError(
             f"{what} {wanted!r} is on several nodes ({', '.join(nodes)}): give --at NODE",
@@ -64,7 +72,7 @@ def _show(output: str, record: dict[str, Any]) -> None:
 # -- tcp-outlet ---------------------------------------------------------------------------
 
 
-@click.group("tcp-outlet")
+@click.group("tcp-outlet", cls=CommandGroup)
 def tcp_outlet() -> None:
     """TCP outlets: a worker on the node next to a TCP server that connects to it for each
     portal session.
@@ -120,8 +128,18 @@ def outlet_create(
     insecure: bool,
     output: str,
 ) -> None:
-    """Create a TCP outlet to HOST:PORT at /service/NAME on NODE; prints its address."""
-    node = pick_node(ctx, at, "--at")
+    """Create a TCP outlet to HOST:PORT at /service/NAME on NODE; prints its address.
+
+    Without --from, the first outlet on a node is /service/outlet and the next ones get a
+    name of their own (as in Ockam); an address given with --from that is taken is refused."""
+    node = pick_node(ctx, at, "--at", create=True)
+    if ctx.get_parameter_source("from_name") is click.core.ParameterSource.DEFAULT:
+        taken = {o["address"] for o in call(ctx, node, "tcp_outlet.list")}
+        taken |= {f"/service/{o['alias']}" for o in call(ctx, node, "tcp_outlet.list")}
+        if f"/service/{from_name}" in taken:
+            import secrets
+
+            from_name = f"tcp-outlet-{secrets.token_hex(3)}"
     args = {
         "to": to,
         "name": from_name,
@@ -178,6 +196,7 @@ def outlet_show(ctx: click.Context, name: str, at: str | None, output: str) -> N
 @tcp_outlet.command("delete")
 @click.argument("name", metavar="ALIAS")
 @click.option("--at", "at", metavar="NODE", help="The node that has it [default: any].")
+@yes_option
 @click.pass_context
 def outlet_delete(ctx: click.Context, name: str, at: str | None) -> None:
     """Delete a TCP outlet: its sessions are reset and it is forgotten."""
@@ -189,7 +208,7 @@ def outlet_delete(ctx: click.Context, name: str, at: str | None) -> None:
 # -- tcp-inlet ----------------------------------------------------------------------------
 
 
-@click.group("tcp-inlet")
+@click.group("tcp-inlet", cls=CommandGroup)
 def tcp_inlet() -> None:
     """TCP inlets: a local TCP listener whose every connection is carried to a TCP outlet.
 
@@ -235,6 +254,18 @@ def tcp_inlet() -> None:
     is_flag=True,
     help="Allow a route through other nodes without a secure channel: they see the bytes.",
 )
+@click.option(
+    "--udp",
+    "udp",
+    is_flag=True,
+    help="Reach the outlet over UDP (QUIC, punched where a NAT is in the way): refuse a route "
+    "whose first hop is TCP (/node/NAME and /peer/NODEID hops are UDP already).",
+)
+@click.option(
+    "--no-tcp-fallback",
+    is_flag=True,
+    help="Refuse a route with any TCP hop: over UDP, or not at all.",
+)
 @timeout_option("10s", "How long to wait for the route (its secure channels) to answer")
 @output_option
 @click.pass_context
@@ -246,25 +277,48 @@ def inlet_create(
     authorized: tuple[str, ...],
     alias: str | None,
     insecure: bool,
+    udp: bool,
+    no_tcp_fallback: bool,
     timeout: float,
     output: str,
 ) -> None:
     """Create a TCP inlet on NODE listening on HOST:PORT, to the outlet at ROUTE; prints the
     address it listens on. A route that does not answer yet is not an error (its clients
     try again when they connect): the warning says why."""
-    node = pick_node(ctx, at, "--at")
+    node = pick_node(ctx, at, "--at", create=True)
+    route = read_route(to)
+    if udp or no_tcp_fallback:
+        _only_udp(route, first_only=not no_tcp_fallback)
     args = {
         "from": listen,
-        "to": read_route(to),
+        "to": route,
         "alias": alias,
         "authorized": resolve_identities(ctx, authorized),
         "insecure": insecure,
         "timeout": timeout,
     }
-    record = {**call(ctx, node, "tcp_inlet.create", args, timeout=timeout + 5), "node": node}
+    what = f"reaching {args['to']}"
+    peer = peer_in(str(args["to"]))
+    inlet = call_waiting(ctx, node, "tcp_inlet.create", args, timeout + 5, what, peer)
+    record = {**inlet, "node": node}
     if output != "json":
         _warn_last_error(record)
     emit(output, record, record["address"])
+
+
+def _only_udp(route: str, *, first_only: bool) -> None:
+    """Refuses a route whose first hop (or, not ``first_only``, any hop) is a TCP one."""
+    from meshkey.routing.address import TransportAddress, parse_route
+
+    hops = [a for a in parse_route(route) if isinstance(a, TransportAddress)]
+    for hop in hops[:1] if first_only else hops:
+        if hop.protocol == "tcp":
+            option = "--udp" if first_only else "--no-tcp-fallback"
+            raise CliError(
+                f"{option}: {route} goes over TCP ({hop}); give a UDP route (e.g. /node/NAME, "
+                "/peer/NODEID or /ip4/A/udp/P)",
+                ExitCode.USAGE,
+            )
 
 
 def _inlet_matches(item: dict[str, Any], wanted: str) -> bool:
@@ -313,6 +367,7 @@ def inlet_show(ctx: click.Context, name: str, at: str | None, output: str) -> No
 @tcp_inlet.command("delete")
 @click.argument("name", metavar="ALIAS")
 @click.option("--at", "at", metavar="NODE", help="The node that has it [default: any].")
+@yes_option
 @click.pass_context
 def inlet_delete(ctx: click.Context, name: str, at: str | None) -> None:
     """Delete a TCP inlet: it stops listening, its sessions are reset, it is forgotten."""

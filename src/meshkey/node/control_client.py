@@ -13,6 +13,10 @@ from meshkey.wire.control import decode_control, encode_control
 from meshkey.wire.errors import WireError
 from meshkey.wire.frames import FrameDecoder, encode_frame
 
+#: What a node signs a share ticket's body after (``meshkey share``): never the start of
+#: anything else it signs, so a ticket signature proves nothing but the ticket.
+TICKET_SIGNATURE_CONTEXT = b"meshkey share ticket v1\x00"
+
 
 class ControlError(MeshkeyError):
     """A control request failed. ``code``: invalid, not_found, conflict, unreachable, timeout,

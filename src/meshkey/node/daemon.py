@@ -1,41 +1,48 @@
 """The node daemon: ``python -m meshkey.node.daemon --home DIR --name NAME``.
 
 Holds the node's lock for its whole life, listens where it listened before when it can,
-serves the control API, and shuts down cleanly on SIGTERM/SIGINT or a ``stop`` request.
+serves the control API (its operations: :mod:`meshkey.node.handlers`) and, if the node was
+created with them, the HTTP status endpoints, and shuts down cleanly on SIGTERM/SIGINT or a
+``stop`` request.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import errno
 import fcntl
 import json
 import os
-import re
 import signal
 import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from meshkey.dht.peers import PeerNotFoundError, parse_seed
+from meshkey.dht.peers import parse_seed
 from meshkey.identity.errors import IdentityError
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger, configure_logging
 from meshkey.nat.strategy import STRATEGIES, PunchConfig
-from meshkey.node.control import ControlServer
-from meshkey.node.control_client import ControlError
+from meshkey.node.control import ControlServer, HttpStatusServer
 from meshkey.node.core import Node
-from meshkey.node.state import Home, NodeDir, NodeStateError, listen_default, parse_listen
+from meshkey.node.handlers import ControlHandlers
+from meshkey.node.state import (
+    Home,
+    NodeDir,
+    NodeStateError,
+    listen_default,
+    parse_listen,
+)
 from meshkey.node.store import NodeStore
-from meshkey.routing.address import RouteError, TransportAddress, parse_address
-from meshkey.routing.errors import RemoteError
+from meshkey.routing.address import (
+    RouteError,
+    TransportAddress,
+    parse_address,
+)
 from meshkey.routing.message import Message
-from meshkey.routing.router import is_internal_worker
 from meshkey.wire.dht import Mode
 from meshkey.wire.net import Endpoint
 
@@ -55,7 +62,13 @@ class Daemon:
         self.store: NodeStore | None = None
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._stop = asyncio.Event()
+        self.http_address: str | None = None
+        self.handlers: ControlHandlers | None = None
         self._lock_fd: int | None = None
+
+    def request_stop(self) -> None:
+        """Stops the daemon (the control API's ``stop``, SIGTERM, SIGINT)."""
+        self._stop.set()
 
     def _lock(self) -> None:
         fd = os.open(self.dir.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -111,8 +124,10 @@ class Daemon:
                 except OSError as exc:
                     log.warning("listen.failed", transport="tcp", address=extra, reason=str(exc))
             self.dir.pid_path.write_text(f"{os.getpid()}\n")
-            control = ControlServer(self._handlers())
+            self.handlers = ControlHandlers(self)
+            control = ControlServer(self.handlers.table())
             await control.start(self.dir.socket_path)
+            http = await self._start_http(config)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
@@ -120,10 +135,40 @@ class Daemon:
             await self._stop.wait()
             log.info("daemon.stopping", name=self.name)
             await control.close()
+            if http is not None:
+                await http.close()
         finally:
             await self.node.stop()
             self.dir.socket_path.unlink(missing_ok=True)
             self.dir.pid_path.unlink(missing_ok=True)
+
+    async def _start_http(self, config: dict[str, str]) -> HttpStatusServer | None:
+        """The HTTP status endpoints, if the node was created with them (``--http-server``);
+        where they listen is written to the node's configuration for ``node show``."""
+        given = config.get("http_server")
+        if not given:
+            return None
+
+        async def alive() -> tuple[bytes, str]:
+            return b"Alive\n", "text/plain"
+
+        async def show() -> tuple[bytes, str]:
+            assert self.handlers is not None
+            overview = await self.handlers.overview({})
+            return json.dumps(overview, default=str, indent=2).encode(), "application/json"
+
+        http = HttpStatusServer(
+            {"/": (alive, frozenset({"GET", "HEAD"})), "/show": (show, frozenset({"GET"}))}
+        )
+        try:
+            host, port = await http.start(*parse_listen(given))
+        except OSError as exc:
+            log.warning("http.listen_failed", address=given, reason=str(exc))
+            self.dir.set_config({"http_server_bound": ""})
+            return None
+        self.dir.set_config({"http_server_bound": f"{host}:{port}"})
+        self.http_address = f"{host}:{port}"
+        return http
 
     async def _listen(self, config: dict[str, str], protocol: str) -> TransportAddress:
         assert self.node is not None
@@ -149,333 +194,6 @@ class Daemon:
                 f"cannot listen on {protocol.upper()} {host}:{port}: {reason}"
             ) from exc
 
-    def _handlers(self) -> dict[str, Any]:
-        return {
-            "status": self._status,
-            "stop": self._request_stop,
-            "message.send": self._message_send,
-            "udp.whoami": self._whoami,
-            "relay.create": self._relay_create,
-            "relay.list": self._relay_list,
-            "relay.delete": self._relay_delete,
-            "nat.classify": self._nat_classify,
-            "channel.create": self._channel_create,
-            "channel.list": self._channel_list,
-            "channel.delete": self._channel_delete,
-            "listener.create": self._listener_create,
-            "listener.list": self._listener_list,
-            "listener.delete": self._listener_delete,
-            "tcp_listener.create": self._tcp_listener_create,
-            "tcp_listener.list": self._tcp_listener_list,
-            "tcp_listener.delete": self._tcp_listener_delete,
-            "tcp_connection.list": self._tcp_connection_list,
-            "policy.create": self._policy_create,
-            "policy.list": self._policy_list,
-            "policy.delete": self._policy_delete,
-            "tcp_outlet.create": self._tcp_outlet_create,
-            "tcp_outlet.list": self._tcp_outlet_list,
-            "tcp_outlet.delete": self._tcp_outlet_delete,
-            "tcp_inlet.create": self._tcp_inlet_create,
-            "tcp_inlet.list": self._tcp_inlet_list,
-            "tcp_inlet.delete": self._tcp_inlet_delete,
-            "peer.add": self._peer_add,
-            "peer.find": self._peer_find,
-            "peer.list": self._peer_list,
-            "peer.ping": self._peer_ping,
-            "peer.connections": self._peer_connections,
-            "peer.remove": self._peer_remove,
-        }
-
-    @property
-    def _node(self) -> Node:
-        assert self.node is not None
-        return self.node
-
-    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
-        assert self.node is not None
-        return {**self.node.info(), "pid": os.getpid(), "started_at": self.started_at}
-
-    async def _request_stop(self, args: dict[str, Any]) -> dict[str, Any]:
-        asyncio.get_running_loop().call_soon(self._stop.set)
-        return {"stopping": True}
-
-    async def _message_send(self, args: dict[str, Any]) -> dict[str, Any]:
-        route = _text(args, "route")
-        payload = args.get("payload")
-        if not isinstance(payload, bytes):
-            raise ControlError("invalid", "message.send needs a payload")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with _control_errors():
-            reply = await self._node.send(route, payload, timeout=_timeout(args))
-        return {"payload": reply, "elapsed": loop.time() - started}
-
-    async def _whoami(self, args: dict[str, Any]) -> dict[str, Any]:
-        via = _text(args, "via")
-        with _control_errors():
-            observed = await self._node.whoami(via, timeout=_timeout(args))
-        return {"observed": str(observed), "local": str(self._node.udp.address), "via": via}
-
-    async def _relay_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        with _control_errors():
-            relay = await self._node.create_relay(_text(args, "name"), _text(args, "at"))
-        return relay.describe()
-
-    async def _relay_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        auto = self._node.auto_relays
-        return {
-            "relays": [
-                {
-                    **r.describe(),
-                    "automatic": auto.is_automatic(r.name),
-                    "kind": "automatic" if auto.is_automatic(r.name) else "manual",
-                }
-                for r in self._node.relays.relays()
-            ],
-            "hosted": self._node.relay_registry.describe(),
-            "auto": auto.describe(),
-        }
-
-    async def _relay_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _text(args, "name")
-        try:
-            await self._node.delete_relay(name)
-        except KeyError:
-            raise ControlError("not_found", f"this node has no relay named {name!r}") from None
-        return {"deleted": name}
-
-    async def _nat_classify(self, args: dict[str, Any]) -> dict[str, Any]:
-        via = args.get("via") or []
-        if not isinstance(via, list) or not all(isinstance(v, str) for v in via):
-            raise ControlError("invalid", "via must be a list of UDP addresses")
-        with _control_errors():
-            try:
-                return await self._node.classify_nat(via, timeout=_timeout(args))
-            except TimeoutError:
-                raise ControlError("timeout", "the NAT classification did not finish") from None
-
-    async def _channel_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        with _control_errors():
-            address = await self._node.create_secure_channel(
-                _text(args, "route"),
-                authorized=_node_ids(args.get("authorized")),
-                timeout=_timeout(args),
-                no_direct=bool(args.get("no_direct")),
-            )
-        channel = self._node.channels.get(address)
-        assert channel is not None
-        return self._node.channels.describe(channel)
-
-    async def _channel_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [self._node.channels.describe(c) for c in self._node.channels.channels()]
-
-    async def _channel_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        address = _text(args, "address")
-        try:
-            await self._node.channels.delete(address)
-        except KeyError:
-            raise ControlError("not_found", f"no secure channel at {address}") from None
-        return {"deleted": address}
-
-    async def _listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _text(args, "name").removeprefix("/service/")
-        with _control_errors():
-            if not _SERVICE_NAME.fullmatch(name) or is_internal_worker(name):
-                raise ValueError(f"invalid listener address /service/{name}")
-            if self._node.router.has_worker(name):
-                raise ControlError("conflict", f"/service/{name} is already in use on this node")
-            self._node.add_listener(name, _node_ids(args.get("authorized")))
-        return {"address": f"/service/{name}"}
-
-    async def _listener_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [listener.describe() for listener in self._node.channels.listeners()]
-
-    async def _listener_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _text(args, "name").removeprefix("/service/")
-        try:
-            with _control_errors():
-                self._node.remove_listener(name)
-        except KeyError:
-            raise ControlError(
-                "not_found", f"no secure channel listener at /service/{name}"
-            ) from None
-        return {"deleted": f"/service/{name}"}
-
-    async def _tcp_listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = _text(args, "address")
-        with _control_errors():
-            host, port = parse_listen(text)
-            for address in self._node.tcp.listen_addresses:
-                if (address.host, address.port) == (host, port):
-                    raise ControlError("conflict", f"this node already listens on TCP {text}")
-            try:
-                address = await self._node.tcp.listen(host, port)
-            except OSError as exc:
-                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-                raise ControlError("conflict", f"cannot listen on TCP {text}: {reason}") from exc
-        assert self.store is not None
-        await asyncio.to_thread(self.store.save_tcp_listener, f"{address.host}:{address.port}")
-        return self._describe_tcp_listener(address, primary=False)
-
-    def _describe_tcp_listener(self, address: TransportAddress, *, primary: bool) -> dict[str, Any]:
-        return {
-            "address": f"{address.host}:{address.port}",
-            "route": str(address),
-            "primary": primary,
-        }
-
-    async def _tcp_listener_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        tcp = self._node.tcp
-        return [
-            self._describe_tcp_listener(address, primary=address == tcp.address)
-            for address in tcp.listen_addresses
-        ]
-
-    async def _tcp_listener_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = _text(args, "address")
-        with _control_errors():
-            host, port = parse_listen(text)
-        tcp = self._node.tcp
-        for address in tcp.listen_addresses:
-            if (address.host, address.port) == (host, port):
-                if address == tcp.address:
-                    raise ControlError(
-                        "conflict", "the node's own TCP listener cannot be deleted (see --tcp)"
-                    )
-                await tcp.stop_listening(address)
-                assert self.store is not None
-                await asyncio.to_thread(self.store.delete_tcp_listener, text)
-                return {"deleted": text}
-        raise ControlError("not_found", f"this node has no TCP listener on {text}")
-
-    async def _tcp_connection_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._node.tcp.connections()
-
-    async def _policy_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        resource = _text(args, "resource").removeprefix("/service/")
-        allow = _node_ids(args.get("allow"))
-        with _control_errors():
-            if not allow:
-                raise ValueError("a policy needs at least one --allow NODEID")
-            policy = self._node.set_policy(resource, allow)
-        warning = self._node.policy_warning(resource)
-        return {"resource": policy.resource, **policy.document(), "warning": warning}
-
-    async def _policy_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "resource": p.resource,
-                **p.document(),
-                "warning": self._node.policy_warning(p.resource),
-            }
-            for p in self._node.policies.list()
-        ]
-
-    async def _policy_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        resource = _text(args, "resource").removeprefix("/service/")
-        try:
-            self._node.delete_policy(resource)
-        except KeyError:
-            raise ControlError("not_found", f"no policy for {resource!r}") from None
-        return {"deleted": resource}
-
-    # -- TCP portals ----------------------------------------------------------------------
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _portal_errors() -> Iterator[None]:
-        """Every typed error (portals' too) as a control error of its kind; the rest as
-        everywhere else."""
-        from meshkey.errors import MeshkeyError
-
-        with _control_errors():
-            try:
-                yield
-            except ControlError:
-                raise
-            except MeshkeyError as exc:
-                raise ControlError(exc.kind, str(exc)) from exc
-
-    async def _tcp_outlet_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        with self._portal_errors():
-            entry = await self._node.create_tcp_outlet(
-                _text(args, "to"),
-                name=str(args.get("name") or "outlet"),
-                alias=args.get("alias") or None,
-                allow=_node_ids(args.get("allow")),
-                insecure=bool(args.get("insecure")),
-            )
-        return entry.describe()
-
-    async def _tcp_outlet_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [entry.describe() for entry in self._node.tcp_outlets()]
-
-    async def _tcp_outlet_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        with self._portal_errors():
-            entry = await self._node.delete_tcp_outlet(_text(args, "alias"))
-        return {"deleted": entry.alias}
-
-    async def _tcp_inlet_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        with self._portal_errors():
-            entry = await self._node.create_tcp_inlet(
-                _text(args, "from"),
-                route=_text(args, "to"),
-                authorized=_node_ids(args.get("authorized")),
-                alias=args.get("alias") or None,
-                insecure=bool(args.get("insecure")),
-                timeout=_timeout(args),
-            )
-        return entry.describe()
-
-    async def _tcp_inlet_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [entry.describe() for entry in self._node.tcp_inlets()]
-
-    async def _tcp_inlet_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        with self._portal_errors():
-            entry = await self._node.delete_tcp_inlet(_text(args, "alias"))
-        return {"deleted": entry.alias}
-
-    # the node graph
-    async def _peer_add(self, args: dict[str, Any]) -> dict[str, Any]:
-        with _control_errors():
-            return await self._node.peers.add(
-                _text(args, "node_id"),
-                _text(args, "address"),
-                force=bool(args.get("force")),
-                ping=not args.get("no_ping"),
-            )
-
-    async def _peer_find(self, args: dict[str, Any]) -> dict[str, Any]:
-        with _control_errors():
-            result = await self._node.peers.find(_text(args, "node_id"), timeout=_timeout(args))
-        return result.describe()
-
-    async def _peer_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        graph = self._node.graph
-        return {
-            "node_id": str(self._node.node_id),
-            "mode": graph.mode.name.lower(),
-            "peers": self._node.peers.list(),
-        }
-
-    async def _peer_ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        with _control_errors():
-            return await self._node.peers.ping(_text(args, "node_id"))
-
-    async def _peer_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._node.peers.connections()
-
-    async def _peer_remove(self, args: dict[str, Any]) -> dict[str, Any]:
-        node_id = _text(args, "node_id")
-        with _control_errors():
-            removed = self._node.peers.remove(node_id)
-        if not removed:
-            raise ControlError("not_found", f"{node_id} is not in this node's graph")
-        return {"removed": node_id}
-
-
-_SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-
 
 def _seeds(config: dict[str, str]) -> list[tuple[NodeId, Endpoint]]:
     """The node's seeds (``node create --seed``) and those of ``MESHKEY_SEEDS`` (separated
@@ -491,48 +209,6 @@ def _seeds(config: dict[str, str]) -> list[tuple[NodeId, Endpoint]]:
 def _dht_mode(config: dict[str, str]) -> Mode | None:
     """``auto`` (the default): dial-backs decide whether this node answers DHT queries."""
     return {"server": Mode.SERVER, "client": Mode.CLIENT}.get(config.get("dht_mode", "auto"))
-
-
-def _text(args: dict[str, Any], key: str) -> str:
-    value = args.get(key)
-    if not isinstance(value, str) or not value:
-        raise ControlError("invalid", f"missing {key!r}")
-    return value
-
-
-def _timeout(args: dict[str, Any]) -> float:
-    timeout = args.get("timeout", 10.0)
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        raise ControlError("invalid", "timeout must be between 0 and 3600 seconds")
-    return float(timeout)
-
-
-def _node_ids(values: Any) -> list[NodeId] | None:
-    if not values:
-        return None
-    if not isinstance(values, list):
-        raise ControlError("invalid", "expected a list of NodeIds")
-    try:
-        return [NodeId.parse(str(value)) for value in values]
-    except ValueError as exc:
-        raise ControlError("invalid", str(exc)) from exc
-
-
-@contextlib.contextmanager
-def _control_errors() -> Iterator[None]:
-    """Turns the node's typed errors into control errors the CLI maps to exit codes."""
-    try:
-        yield
-    except RouteError as exc:
-        raise ControlError("invalid", str(exc)) from exc
-    except NodeStateError as exc:
-        raise ControlError(exc.code, str(exc)) from exc
-    except RemoteError as exc:
-        raise ControlError(exc.code.name.lower(), exc.text) from exc
-    except PeerNotFoundError as exc:
-        raise ControlError(exc.kind, str(exc)) from exc
-    except ValueError as exc:
-        raise ControlError("conflict" if "already" in str(exc) else "invalid", str(exc)) from exc
 
 
 def _punch_strategy() -> PunchConfig:

@@ -43,6 +43,7 @@ def create_node(
     seeds: list[str] | None = None,
     dht_mode: str = "auto",
     auto_relay: bool = True,
+    http_server: str | None = None,
 ) -> NodeDir:
     """Writes a new node's configuration (creating its identity if it has none yet)."""
     home.ensure()
@@ -64,14 +65,14 @@ def create_node(
                 f"{identity}`)",
                 "not_found",
             )
-        try:
+        with contextlib.suppress(IdentityExists):  # a racing `node create` made it first
             store.create(identity_name)
-        except IdentityExists:  # a racing `node create` made it first: wait for it to finish
-            for _ in range(50):
-                with contextlib.suppress(IdentityError):
-                    store.info(identity_name)
-                    break
-                time.sleep(0.02)
+    # A racing creator writes the key, then its metadata: wait for it to finish.
+    for _ in range(50):
+        with contextlib.suppress(IdentityError):
+            store.info(identity_name)
+            break
+        time.sleep(0.02)
     info = store.info(identity_name)
     node.create(
         {
@@ -85,6 +86,7 @@ def create_node(
             "seeds": json.dumps(seeds or []),
             "dht_mode": dht_mode,
             "auto_relay": "on" if auto_relay else "off",
+            "http_server": http_server or "",
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
@@ -181,6 +183,11 @@ LIVE_FIELDS = (
     "nat",
     "peers",
     "graph",
+    "http_server_address",
+    "relays",
+    "channels",
+    "tcp_inlets",
+    "tcp_outlets",
 )
 
 
@@ -207,11 +214,12 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
             "listen": {},
             "created_at": None,
         }
+    problem = _problem(home, node, config, running)
     summary: dict[str, Any] = {
         "name": name,
         "node_id": config.get("node_id"),
         "identity": config.get("identity"),
-        "status": "running" if running else "stopped",
+        "status": "running" if running else "broken" if problem and problem[1] else "stopped",
         "pid": node.pid() if running else None,
         "addresses": [
             address
@@ -221,11 +229,12 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
         ],
         "listen": {"udp": config.get("udp") or "auto", "tcp": config.get("tcp") or "auto"},
         "created_at": config.get("created_at"),
-        "error": None,
+        "error": problem[0] if problem else None,
+        "http_server_address": None,
     }
     if live and running:
         try:
-            status = ControlClient(node.socket_path, timeout=3.0).call("status")
+            status = ControlClient(node.socket_path, timeout=3.0).call("overview")
         except ControlError as exc:
             reason = (
                 "its control socket is missing (restart it: `meshkey node stop "
@@ -238,6 +247,27 @@ def node_summary(home: Home, name: str, *, live: bool = False) -> dict[str, Any]
             summary["control"] = "ok"
             summary.update({key: status[key] for key in LIVE_FIELDS if key in status})
     return summary
+
+
+def _problem(
+    home: Home, node: NodeDir, config: dict[str, str], running: bool
+) -> tuple[str, bool] | None:
+    """What is wrong with a node, and whether it keeps the node from starting: an identity
+    whose files are unusable, or a daemon that ended without stopping (killed, or it
+    crashed: it leaves its pid file behind)."""
+    identity = config.get("identity")
+    trouble = home.identity_problem(identity) if identity else "it has no identity"
+    if trouble:
+        later = " (it cannot start again)" if running else ""
+        return f"identity {identity!r}: {trouble}{later}", True
+    pid = node.pid()
+    if not running and pid is not None:
+        return (
+            f"its daemon (pid {pid}) ended without stopping: killed, or it crashed (see "
+            f"`meshkey node logs {node.name}`); `meshkey node start {node.name}` starts it",
+            False,
+        )
+    return None
 
 
 def _wait_stopped(node: NodeDir, timeout: float) -> bool:

@@ -101,6 +101,14 @@ class Home:
 
         return IdentityStore(self.path / "identities")
 
+    def identity_problem(self, name: str) -> str | None:
+        """What is wrong with identity ``name``'s files, if anything (read cheaply: without
+        loading cryptography)."""
+        from meshkey.identity.keyfile import key_file_problem
+
+        directory = self.path / "identities"
+        return key_file_problem(directory / f"{name}.pem", directory / f"{name}.json")
+
     @property
     def nodes_dir(self) -> Path:
         return self.path / "nodes"
@@ -113,19 +121,55 @@ class Home:
         check_name("node", name)
         return NodeDir(name, self.nodes_dir / name)
 
+    @property
+    def default_node_path(self) -> Path:
+        return self.path / "default_node"
+
+    def default_node(self) -> str | None:
+        """The default node: the one `node default NAME` set, else the first created."""
+        try:
+            name = self.default_node_path.read_text().strip()
+        except OSError:
+            name = ""
+        if name:
+            try:
+                if self.node(name).exists():
+                    return name
+            except ValueError:
+                pass
+        oldest: tuple[str, str] | None = None
+        for each in self.node_names():
+            try:
+                created = self.node(each).config().get("created_at") or ""
+            except NodeStateError:
+                continue
+            if oldest is None or (created, each) < oldest:
+                oldest = (created, each)
+        return oldest[1] if oldest else None
+
+    def set_default_node(self, name: str) -> None:
+        if not self.node(name).exists():
+            raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
+        self.ensure()
+        self.default_node_path.write_text(f"{name}\n")
+
     def node_names(self) -> list[str]:
         if not self.nodes_dir.is_dir():
             return []
         return sorted(p.name for p in self.nodes_dir.iterdir() if (p / "state.db").exists())
 
-    def resolve_node(self, name: str, protocol: str = "udp") -> TransportAddress:
-        """``/node/NAME`` -> the running node's UDP (or TCP) address, pinned to its NodeId."""
+    def resolve_node(
+        self, name: str, protocol: str = "udp", *, last_known: bool = False
+    ) -> TransportAddress:
+        """``/node/NAME`` -> the running node's UDP (or TCP) address, pinned to its NodeId;
+        with ``last_known``, a stopped node's last one (what a channel opened through it
+        was keyed by)."""
         from meshkey.routing.address import TransportAddress, parse_address
 
         node = self.node(name)
         if not node.exists():
             raise NodeStateError(f"no node named {name!r} (see `meshkey node list`)", "not_found")
-        if not node.is_running():
+        if not last_known and not node.is_running():
             raise NodeStateError(
                 f"node {name!r} is not running (start it with `meshkey node start {name}`)",
                 "conflict",
@@ -273,8 +317,9 @@ class NodeDir:
             return None
 
 
-def resolve_route(route: str | Route, home: Home | None) -> Route:
-    """Parses route text and replaces each ``/node/NAME`` with that node's pinned address."""
+def resolve_route(route: str | Route, home: Home | None, *, last_known: bool = False) -> Route:
+    """Parses route text and replaces each ``/node/NAME`` with that node's pinned address
+    (``last_known``: see :meth:`Home.resolve_node`)."""
     from meshkey.routing.address import NodeNameAddress, parse_route
     from meshkey.routing.errors import RemoteError
     from meshkey.wire.message import ErrorCode
@@ -287,7 +332,10 @@ def resolve_route(route: str | Route, home: Home | None) -> Route:
                     ErrorCode.UNSUPPORTED, f"{address}: this node has no home to look names up in"
                 )
         return parsed
-    return tuple(home.resolve_node(a.name) if isinstance(a, NodeNameAddress) else a for a in parsed)
+    return tuple(
+        home.resolve_node(a.name, last_known=last_known) if isinstance(a, NodeNameAddress) else a
+        for a in parsed
+    )
 
 
 def seed_host(seed: str) -> str:
