@@ -59,18 +59,6 @@ UDP_BLOCKED_NEVER_JOINS = (
     "dht.join_retry forever; its router sees no TCP at all) although the seed listens on "
     "TCP at the same port, so it has no graph, no relay and no record"
 )
-PUBLIC_NODE_UNREACHABLE = (
-    "a public node joining a network whose only server is its seed is never found "
-    "reachable: nobody can dial it back (dht.mode client 'behind a NAT, no third node') and "
-    "one observer IP leaves its NAT class unknown, so its record has no direct address, and "
-    "the relay keeper (its reflexive address is its local one: reachable unknown) keeps no "
-    "relay: its record names no way in and /peer/ to it fails 'knows no path'"
-)
-NO_BIRTHDAY_WITH_ONE_OBSERVER = (
-    "with one observer IP both nodes stay NAT class unknown and the punch is a plain one "
-    "(punch.failed reason=timeout, sprayed=0: no birthday strategy), which the "
-    "endpoint-dependent router defeats: the channel stays relayed"
-)
 
 
 def _missing() -> dict[tuple[str, NatKind, NatKind], str]:
@@ -79,12 +67,8 @@ def _missing() -> dict[tuple[str, NatKind, NatKind], str]:
         reason = None
         if NatKind.UDP_BLOCKED in (a, b):
             reason = UDP_BLOCKED_NEVER_JOINS
-        elif b is NatKind.PUBLIC:
-            reason = PUBLIC_NODE_UNREACHABLE
         if reason:
             missing.update({(name, a, b): reason for name in STEPS})
-    for pair in ((NatKind.EIM, NatKind.EDM), (NatKind.EDM, NatKind.EIM)):
-        missing[("final_path", *pair)] = NO_BIRTHDAY_WITH_ONE_OBSERVER
     return missing
 
 

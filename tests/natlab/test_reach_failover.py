@@ -82,21 +82,14 @@ def kill_node(node: MeshkeyNode, how: str) -> None:
         os.kill(node.pid(), signal.SIGKILL)
 
 
-SECOND_SERVER_NO_CANDIDATE = (
-    "the second public node, joined with --seed only, is never found reachable (no third "
-    "node dials it back, one observer IP: dht.mode client, NAT unknown), so it is no relay "
-    "candidate: once the seed dies the client keeps no relay at all (relay list: []) and its "
-    "record names none"
-)
 IDLE_CLIENT_NOTICES_LATE = (
-    "after a SIGKILL of its relay node (no goodbye) an idle client notices only ~21 s later "
-    "(relay.connection_lost 'the peer is gone (ICMP) for 21.0s', although ICMP came back at "
-    "once); the replacement follows within ~3 s, so the record names a new relay 25-30 s after "
-    "the kill, not within 10 s"
+    "after a SIGKILL of its relay node the client notices within ~3 s (its hop to the relay "
+    "node is watched), has a new relay ~5 s after the kill and publishes its record at once, "
+    "but the finder's `peer find` sees the new record only 10.2-11.7 s after the kill: its "
+    "lookups keep asking the dead seed first (not yet diagnosed further)"
 )
 MISSING = {
-    ("stop", "auto"): SECOND_SERVER_NO_CANDIDATE,
-    ("sigkill", "auto"): SECOND_SERVER_NO_CANDIDATE,
+    ("sigkill", "auto"): IDLE_CLIENT_NOTICES_LATE,
     ("sigkill", "server"): IDLE_CLIENT_NOTICES_LATE,
 }
 

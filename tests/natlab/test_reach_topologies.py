@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from .lab import Host, Lab, MeshkeyNode, NatKind
-from .test_reach import NO_BIRTHDAY_WITH_ONE_OBSERVER, UDP_BLOCKED_NEVER_JOINS
+from .test_reach import UDP_BLOCKED_NEVER_JOINS
 
 pytestmark = [pytest.mark.natlab, pytest.mark.timeout(300)]
 
@@ -140,7 +140,6 @@ def test_eim_behind_an_edm_carrier_nat_is_reached(behind_edm_carrier: dict[str, 
     assert behind_edm_carrier["error"] is None, behind_edm_carrier["error"]
 
 
-@pytest.mark.xfail(reason=NO_BIRTHDAY_WITH_ONE_OBSERVER, strict=True)
 def test_eim_behind_an_edm_carrier_nat_goes_direct_by_birthday(
     behind_edm_carrier: dict[str, Any], double: dict[str, Host]
 ) -> None:

@@ -412,3 +412,22 @@ def test_the_join_status_says_whom_nobody_answered_and_for_how_long() -> None:
     rig.tick(rig.upkeep.next_deadline() or 0.0)
     rig.answer_engine(13.0)
     assert rig.upkeep.status(14.0) == "joined"
+
+
+def test_a_change_told_during_a_publish_supersedes_it_at_once() -> None:
+    """A relay that died and was replaced: the record without it may still be on its way
+    (waiting on the dead node's STORE) when the one with the new relay is ready."""
+    rig = Rig()
+    joined(rig)
+    rig.engine.set_mode(Mode.CLIENT)
+    rig.upkeep.record_changed(1.0)
+    rig.pump(1.0)
+    assert phase(rig.upkeep) == Phase.PUBLISHING
+    first = rig.engine.publisher.sequence
+    relay = "/ip4/203.0.113.33/udp/7000/service/forward_to_x"
+    rig.record = lambda: RecordContent(relays=(relay,))  # type: ignore[method-assign]
+    rig.upkeep._record = rig.record  # the node's record now names a new relay
+    rig.upkeep.record_changed(1.1)
+    rig.pump(1.1)
+    assert phase(rig.upkeep) == Phase.PUBLISHING and rig.engine.publisher.sequence > first
+    assert rig.engine.publisher.content == RecordContent(relays=(relay,))

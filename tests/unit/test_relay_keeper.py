@@ -114,3 +114,16 @@ def test_an_active_relay_made_by_hand_makes_the_automatic_one_unneeded() -> None
     ]
     k.set_manual_active(0, 9.0)  # the manual one went down: an automatic one again
     assert k.commands() == [CreateAutoRelay(SEED.node_id, SEED.endpoint)]
+
+
+def test_registering_again_after_being_active_is_down_and_keeps_its_clock() -> None:
+    """The relay client re-registers (REGISTERING) before it gives up (RETRYING): both are
+    "down" for a relay that was active, and the 1.5 s grace runs from the first."""
+    k = keeper(SEED, FAST)
+    k.commands()
+    k.on_relay_state(SEED.node_id, AutoRelayState.ACTIVE, 0.5)
+    k.on_relay_state(SEED.node_id, AutoRelayState.PENDING, 10.0)  # connection lost
+    k.on_relay_state(SEED.node_id, AutoRelayState.DOWN, 11.0)  # the re-dial failed
+    assert k.next_deadline() == 10.0 + k.down_grace
+    k.on_timer(10.0 + k.down_grace)
+    assert k.commands() == [CreateAutoRelay(FAST.node_id, FAST.endpoint)]

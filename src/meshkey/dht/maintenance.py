@@ -248,6 +248,7 @@ class Maintenance:
         self._joining_since: float | None = None  # the upkeep's first attempt began
         self._joined = False
         self._failed_attempts = 0
+        self._changed = False  # record_changed() came while a publish or a check ran
         self._upkeep = False  # the attempt under way is the upkeep's (retried), not join()'s
         self._seeds: list[tuple[NodeId, Endpoint]] = []
         self._join_timeout = JOIN_TIMEOUT
@@ -309,9 +310,14 @@ class Maintenance:
 
     def record_changed(self, now: float) -> None:
         """What the record would say may have changed (a relay came up or went, the NAT
-        mapping moved): compare and publish now instead of at the next tick."""
+        mapping moved): compare and publish now instead of at the next tick (or, while a
+        publish or a check runs, as soon as it ends)."""
         if self.phase is Phase.WAITING:
             self._tick(now)
+        elif self.phase is Phase.PUBLISHING:
+            self._publish_step(now)  # a newer record supersedes the one on its way
+        else:
+            self._changed = True
 
     def status(self, now: float) -> str:
         """Where the node stands in the graph, for ``node show``: ``first node``,
@@ -449,6 +455,9 @@ class Maintenance:
     def _wait(self, now: float) -> None:
         self.phase = Phase.WAITING
         self._deadline = now + RECORD_CHECK_INTERVAL
+        if self._changed:  # the record changed while a publish or a check ran: now
+            self._changed = False
+            self._deadline = now
 
     # -- the reachability check -----------------------------------------------------------
 

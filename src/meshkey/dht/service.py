@@ -390,6 +390,12 @@ class DhtService:
             if event.purpose == Purpose.USER:
                 log.debug("dht.lookup", target=event.result.target.short())
         elif isinstance(event, Published):
+            log.info(
+                "dht.published",
+                sequence=event.sequence,
+                stored_at=event.stored_at,
+                asked=event.asked,
+            )
             future_published = self._published.pop(event.sequence, None)
             if future_published is not None and not future_published.done():
                 future_published.set_result(event)

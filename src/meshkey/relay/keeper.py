@@ -129,7 +129,14 @@ class RelayKeeper:
 
     def on_relay_state(self, at: NodeId, state: AutoRelayState, now: float) -> None:
         held = self._held.get(at)
-        if held is None or held.state is state:
+        if held is None:
+            return
+        if state is AutoRelayState.PENDING and held.state in (
+            AutoRelayState.ACTIVE,
+            AutoRelayState.DOWN,
+        ):
+            state = AutoRelayState.DOWN  # registering again after it was active: it is down
+        if held.state is state:
             return
         if state is AutoRelayState.ACTIVE:
             self._failures.pop(at, None)
