@@ -11,6 +11,7 @@ from meshkey.nat.punch import PunchFailed
 from meshkey.paths.classifier import NatClassified, NetworkChanged
 from meshkey.paths.engine import (
     PathEngine,
+    PingHop,
     SendPathSignal,
 )
 from meshkey.wire.net import NatClass
@@ -143,3 +144,30 @@ def test_no_early_punch_before_this_node_knows_its_nat() -> None:
     e = engine()  # not classified yet, a round is due at once
     assert e.handshake_payload(PEER, True, 0.0) == b""
     assert e.puncher.session(PEER) is None
+
+
+def test_a_silent_direct_path_is_passed_over_before_it_is_declared_dead() -> None:
+    """Traffic went out on the punched path and nothing came back for half a second: new
+    traffic takes the relay at once (the path is declared dead at 1.5 s)."""
+    e = classified_engine(ME, LOCAL, ("203.0.113.1", 5000))
+    e.channel_opened(PEER, "c1", 1.0, initiator=True, relay="/ip4/203.0.113.10/udp/7000")
+    e.on_hop_up(
+        "hop1",
+        PEER,
+        transport="udp",
+        remote=("203.0.113.2", 5000),
+        outbound=True,
+        socket=0,
+        now=1.1,
+    )
+    assert e.hop_link(PEER, 1.2) == "hop1"
+    e.on_hop_traffic("hop1", sent=100, now=2.0)
+    assert e.hop_link(PEER, 2.4) == "hop1"  # not silent for long yet
+    assert e.hop_link(PEER, 2.6) is None  # silent for 0.6 s: the relay carries new traffic
+    e.on_hop_traffic("hop1", received=40, now=2.7)  # the peer's packets still arrive...
+    assert e.hop_link(PEER, 2.8) is None  # ...which a path broken one way also does
+    e.on_timer(2.8)
+    pings = [c for c in e.commands() if isinstance(c, PingHop) and c.link == "hop1"]
+    assert pings  # the manager asks the path itself
+    e.on_hop_pong("hop1", pings[-1].token, 2.85)  # and the PONG proves it both ways
+    assert e.hop_link(PEER, 2.9) == "hop1"

@@ -182,18 +182,38 @@ def test_unanswered_traffic_kills_a_direct_path_within_two_seconds_and_falls_bac
     assert upgrade is not None and 11.5 + 36.0 <= upgrade <= 11.5 + 44.0
 
 
-def test_any_answer_keeps_a_path_alive() -> None:
+def test_an_answer_keeps_a_path_alive_and_under_suspicion_only_a_pong_does() -> None:
     paths = manager()
     on_direct(paths)
     paths.on_sent(PEER, DIRECT, 1000, 10.0)
-    paths.on_timer(10.5)
-    commands, _ = drain(paths)
-    paths.on_received(PEER, DIRECT, 40, 11.9)
+    paths.on_received(PEER, DIRECT, 40, 10.1)  # the answer, in time: no suspicion at all
     paths.on_timer(12.0)
     _, events = drain(paths)
     assert not any(isinstance(e, PathFailed) for e in events)
+    paths.on_sent(PEER, DIRECT, 1000, 20.0)
+    paths.on_timer(20.5)
+    commands, _ = drain(paths)  # suspect: a PING went out on the path
+    paths.on_received(PEER, DIRECT, 40, 21.0)  # the peer's traffic, not an answer to us
+    pong_all(paths, commands, 21.2)  # the PONG to our PING: it works both ways
+    paths.on_timer(21.6)
+    _, events = drain(paths)
+    assert not any(isinstance(e, PathFailed) for e in events)
     assert paths.current_path(PEER) == DIRECT
-    pong_all(paths, commands, 12.1)  # a late pong is still a sign of life
+
+
+def test_a_path_broken_one_way_dies_although_the_peers_traffic_still_arrives() -> None:
+    """Our message died on the way; the peer, which never got it, sends us other things on
+    the same path (a PONG to a channel probe that went another way, say): they arrive, but
+    after the path came under suspicion they do not clear it."""
+    paths = manager()
+    on_direct(paths)
+    paths.on_sent(PEER, DIRECT, 1000, 10.0)
+    for step in range(4, 16):  # from 10.4 s, after suspect_after (0.3 s)
+        paths.on_received(PEER, DIRECT, 40, 10.0 + step * 0.1)
+        paths.on_timer(10.0 + step * 0.1)
+    _, events = drain(paths)
+    assert any(isinstance(e, PathFailed) and e.path == DIRECT for e in events)
+    assert paths.current_path(PEER) == RELAY
 
 
 def test_idle_paths_get_keepalives_below_the_nat_timeout() -> None:

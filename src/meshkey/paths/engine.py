@@ -82,6 +82,9 @@ from meshkey.wire.udp import WhoamiResponse
 #: A punch's hop may be accepted this long after the punch started (an inbound hop from the
 #: peer then is the punched path, not a stranger's).
 PUNCH_HOP_WINDOW = 30.0
+#: A direct path silent this long after traffic went out on it is passed over for new
+#: traffic (it is declared dead a little later: PathConfig.dead_after).
+SUSPECT_AFTER = 0.5
 MAX_EARLY_SIGNALS = 4  # punch messages kept for a peer whose channel is not open yet
 #: A punch waits for this node's own classification when a round is due this soon.
 CLASSIFY_SOON = 1.0
@@ -321,11 +324,21 @@ class PathEngine:
         hop = self._hops.get(link)
         return hop is not None and hop.key is not None
 
-    def hop_link(self, peer: NodeId) -> str | None:
-        """The link of ``peer``'s current path, when that path is a direct hop."""
+    def hop_link(self, peer: NodeId, now: float | None = None) -> str | None:
+        """The link of ``peer``'s current path, when that path is a direct hop, unless (given
+        ``now``) it is under suspicion: nothing came back for :data:`SUSPECT_AFTER` (and two
+        round trips) since traffic went out on it. The path manager declares it dead only
+        later; meanwhile new traffic takes the next rung (the relay), so a message sent as the
+        path dies is the only one that waits (issue 18: answered within 2 s of a block)."""
         key = self.paths.current_path(peer)
         if key is None or not key.kind.is_direct:
             return None
+        if now is not None:
+            path = next((p for p in self.paths.paths(peer) if p.key == key), None)
+            if path is not None and path.waiting_since is not None:
+                allowance = max(SUSPECT_AFTER, 2 * (path.srtt or 0.0) + 0.3)
+                if now - path.waiting_since > allowance:
+                    return None
         for name, hop in self._hops.items():
             if hop.peer == peer and hop.key == key:
                 return name

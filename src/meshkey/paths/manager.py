@@ -12,7 +12,9 @@ faster. Every change is a :class:`PathSwitched` event with its reason.
 
 Liveness. The glue reports what it sends (:meth:`PathManager.on_sent`) and receives
 (:meth:`PathManager.on_received`, :meth:`PathManager.on_pong`) on each path. The first send
-after the last receive starts the path's *unanswered* clock: after ``suspect_after`` (0.3 s)
+after the last receive starts the path's *unanswered* clock (which anything received stops
+until ``suspect_after``; after that only a PONG to a PING on the path does, since a path
+broken one way still carries the peer's packets): after ``suspect_after`` (0.3 s)
 the manager pings, again every ``suspect_ping_interval``, and if nothing at all came back
 ``dead_after`` (1.5 s) after that first unanswered send, the path is FAILED and traffic falls
 back (the relay): a message sent into a path that just died is answered over the relay
@@ -360,7 +362,15 @@ class PathManager:
             state.paths[key] = path
         if path.state is PathState.FAILED:
             return
-        path.record_received(size, now)
+        # Once a path is under suspicion (silent for suspect_after after we sent), traffic
+        # from the peer no longer clears it: a path broken one way still carries the peer's
+        # packets to us. Only a PONG to a PING sent on it does (on_pong).
+        suspect = (
+            path.waiting_since is not None
+            and path.key.kind.is_direct
+            and now - path.waiting_since >= self.config.suspect_after
+        )
+        path.record_received(size, now, answers=not suspect)
         self._service(state, now)
 
     def on_pong(self, peer: NodeId, key: PathKey, token: int, now: float) -> None:

@@ -106,10 +106,13 @@ class Path:
         if self.waiting_since is None:
             self.waiting_since = now
 
-    def record_received(self, size: int, now: float) -> None:
+    def record_received(self, size: int, now: float, *, answers: bool = True) -> None:
+        """Traffic came back; ``answers`` False: it does not prove the path works both ways
+        (the path is under suspicion: only a PONG to a PING sent on it clears that)."""
         self.bytes_received += size
         self.last_received = now
-        self.waiting_since = None
+        if answers:
+            self.waiting_since = None
 
     def remember_token(self, token: int, now: float) -> None:
         if len(self.outstanding) >= MAX_OUTSTANDING:

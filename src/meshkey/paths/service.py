@@ -314,7 +314,7 @@ class PathService:
         return record.channel_key or None if record is not None else None
 
     def direct_route(self, peer: NodeId) -> Route | None:
-        name = self.engine.hop_link(peer)
+        name = self.engine.hop_link(peer, self.now())
         link = self._links.get(name) if name is not None else None
         if link is None or link.closed:
             return None
@@ -363,6 +363,7 @@ class PathService:
                 continue
             if self.resolver.wants_refresh(peer, now):
                 self._spawn(self._look_up(peer, timeout))
+            log.debug("paths.resolved", peer=peer, way=type(verdict).__name__, why=verdict)
             if isinstance(verdict, UseLink):
                 return (ServiceAddress(verdict.link),)
             if isinstance(verdict, Dial):
