@@ -7,8 +7,10 @@
   was observed at (with one UDP socket, the address a peer's packets come from is where it
   can be reached, if its NAT lets us). That is the only way into the table. Requests arrive
   at the worker ``/service/dht`` over authenticated hops (``message.local.hop_peer``); the
-  address is the remote address of the UDP hop they came over. RPCs over other transports
-  are answered UNSUPPORTED: a TCP address is no DHT contact.
+  address is the remote address of the UDP hop they came over. Only requests the hop's peer
+  sent itself count (:func:`~meshkey.dht.hops.sent_by_hop_peer`); one routed through it is
+  dropped unanswered. RPCs over other transports are answered UNSUPPORTED: a TCP address is
+  no DHT contact.
 - **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
   pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how); its
   answer or failure goes back to the engine (a refused hop: another NodeId is at that
@@ -47,7 +49,14 @@ from meshkey.dht.engine import (
     Purpose,
     SendRequest,
 )
-from meshkey.dht.hops import DHT_SERVICE, REQUEST_TIMEOUT, DhtHops, Hop, UdpHops
+from meshkey.dht.hops import (
+    DHT_SERVICE,
+    REQUEST_TIMEOUT,
+    DhtHops,
+    Hop,
+    UdpHops,
+    sent_by_hop_peer,
+)
 from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
 from meshkey.dht.maintenance import (
     Announce,
@@ -273,13 +282,18 @@ class DhtService:
         peer = message.local.hop_peer
         if peer is None or message.is_error:
             return  # local senders have no NodeId to answer; errors are never answered
+        if not sent_by_hop_peer(message):
+            # Passed on by the hop's peer, not sent by it: whoever sent it may not speak in
+            # its name (a mode, a dial-back), and is not answered through it either.
+            log.debug("dht.routed_request", via=peer.short())
+            return
         try:
             rpc = decode_rpc(message.payload)
         except WireError as exc:
             answer: Answer = DhtError(b"\0" * 8, self.mode, DhtErrorCode.MALFORMED, str(exc))
             await self._reply(message, answer)
             return
-        if not is_request(rpc):
+        if not is_request(rpc) or not sent_by_hop_peer(message, rpc.txid):
             return  # answers come to the per-request reply addresses, not here
         link = self.hops.link_of(message)
         if link is None:

@@ -1,0 +1,176 @@
+"""The node graph attacked on the wire (issue 19, item 5): real nodes, real DhtService
+instances, real QUIC hops on loopback, and a UDP socket that counts what reaches a victim
+address where no meshkey runs. Each test mounts the attack and checks the bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshkey import Node
+from meshkey.dht.budget import AMPLIFICATION, DIAL_COST, HELPER_PADDING
+from meshkey.dht.hops import reply_slot
+from meshkey.dht.service import DhtService
+from meshkey.identity.keys import Identity
+from meshkey.routing.address import ServiceAddress, TransportAddress
+from meshkey.routing.message import Message
+from meshkey.wire.dht import (
+    DhtError,
+    DhtErrorCode,
+    DialBack,
+    DialBackResult,
+    Mode,
+    Ping,
+    WireContact,
+    encode_rpc,
+)
+from meshkey.wire.net import Endpoint
+
+pytestmark = pytest.mark.integration
+
+
+def endpoint(node: Node) -> Endpoint:
+    address = node.udp.address
+    assert address is not None
+    return address.host, address.port
+
+
+def hop_to(node: Node) -> TransportAddress:
+    return TransportAddress.from_socket("udp", *endpoint(node), node.node_id)
+
+
+async def start_graph(node: Node, **options: object) -> DhtService:
+    """A graph service (a server) in place of the node's own."""
+    await node.graph.close()
+    options.setdefault("mode", Mode.SERVER)
+    service = DhtService(
+        node.router,
+        node.identity,
+        node.udp,
+        rng=random.Random(len(str(node.node_id))),
+        **options,  # type: ignore[arg-type]
+    )
+    node.events.subscribe(service.on_transport_event)
+    return await service.start()
+
+
+class Sink:
+    """A UDP socket where no meshkey runs: it only counts what arrives (the victim)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.datagrams = 0
+        self.bytes = 0
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
+
+    @property
+    def address(self) -> Endpoint:
+        host, port = self.sock.getsockname()
+        return host, port
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            self.datagrams += 1
+            self.bytes += len(data)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+@contextlib.asynccontextmanager
+async def sink(host: str = "127.0.0.1") -> AsyncIterator[Sink]:
+    victim = Sink(host)
+    try:
+        yield victim
+    finally:
+        victim.close()
+
+
+@contextlib.asynccontextmanager
+async def three_nodes() -> AsyncIterator[tuple[tuple[Node, DhtService], ...]]:
+    """C (whose graph is attacked), B (a server in C's graph: C dialled it) and S (a
+    stranger who may open hops to both, as anyone may)."""
+    async with contextlib.AsyncExitStack() as stack:
+        members = []
+        for _ in range(3):
+            node = await stack.enter_async_context(Node(tcp=None))
+            service = await start_graph(node)
+            stack.push_async_callback(service.close)
+            members.append((node, service))
+        (_, c_graph), (b, _), _ = members
+        await c_graph.join([(b.node_id, endpoint(b))], timeout=10)
+        assert c_graph.engine.table.get(b.node_id) is not None
+        yield tuple(members)
+
+
+async def route_through(sender: Node, via: Node, to: Node, payload: bytes, txid: bytes) -> None:
+    """``sender`` routes a DHT request to ``to`` through ``via``, with its own reply slot."""
+    onward = (hop_to(via), hop_to(to), ServiceAddress("dht"))
+    await sender.router.route(Message(onward, (ServiceAddress(reply_slot(txid)),), payload))
+
+
+async def test_a_ping_routed_through_a_server_cannot_make_others_demote_it() -> None:
+    """A stranger routes a PING claiming ``Mode.CLIENT`` through server B to C: C must not
+    take it as B's claim (B would stop being handed out)."""
+    async with three_nodes() as ((c, c_graph), (b, _), (s, _)):
+        assert c_graph.engine.table.get(b.node_id).mode == Mode.SERVER  # type: ignore[union-attr]
+        # The route works: forwarding through B to C carries messages (an echo comes back).
+        assert await s.send(f"{hop_to(b)}{hop_to(c)}/service/echo", b"canary") == b"canary"
+        for number in range(5):
+            txid = bytes([number]) * 8
+            await route_through(s, b, c, encode_rpc(Ping(txid, Mode.CLIENT)), txid)
+        await asyncio.sleep(0.5)  # let C's DHT worker read them (nothing to wait on: dropped)
+        entry = c_graph.engine.table.get(b.node_id)
+        assert entry is not None and entry.claimed != Mode.CLIENT and entry.mode == Mode.SERVER
+        assert b.node_id in {e.node_id for e in c_graph.engine.table.closest(b.node_id)}
+
+
+async def test_a_dial_back_routed_through_a_server_dials_nobody() -> None:
+    """A DIAL_BACK naming a victim's address, routed through B (a server in C's graph, so a
+    helper dial would be a favour C does for it): C must not dial the victim."""
+    async with three_nodes() as ((c, _), (b, _), (s, _)), sink() as victim:
+        for number in range(3):
+            txid = bytes([0x40 + number]) * 8
+            target = WireContact(Identity.generate().node_id.raw, Mode.CLIENT, (victim.address,))
+            ask = DialBack(txid, Mode.SERVER, bytes(16), target, padding=HELPER_PADDING)
+            await route_through(s, b, c, encode_rpc(ask), txid)
+        assert await s.send(f"{hop_to(b)}{hop_to(c)}/service/echo", b"canary") == b"canary"
+        await asyncio.sleep(1.5)  # longer than a helper's dial would take to start
+        assert victim.datagrams == 0
+
+
+async def test_a_helper_dial_back_costs_at_most_three_times_the_ask() -> None:
+    """A server of C's graph (here: B, turned attacker) asks C to dial a victim directly:
+    refused without the padding; with it, C's dial to the victim is closed after its first
+    flight, within 3x the bytes of the ask."""
+    async with three_nodes() as ((c, _), (_, b_graph), _), sink() as victim:
+        target = WireContact(Identity.generate().node_id.raw, Mode.CLIENT, (victim.address,))
+        bare = DialBack(b"bare0001", Mode.SERVER, bytes(16), target)
+        answer = await b_graph.request(c.node_id, endpoint(c), bare, timeout=10)
+        assert isinstance(answer, DhtError) and answer.code == DhtErrorCode.MALFORMED
+        assert victim.datagrams == 0
+        padded = DialBack(b"padd0001", Mode.SERVER, bytes(16), target, padding=HELPER_PADDING)
+        answer = await b_graph.request(c.node_id, endpoint(c), padded, timeout=10)
+        assert isinstance(answer, DialBackResult) and not answer.ok
+        await asyncio.sleep(1.0)  # the close comes right after the answer; let it land
+        assert 0 < victim.bytes <= DIAL_COST
+        assert victim.bytes <= AMPLIFICATION * len(encode_rpc(padded))
+        # The asker's bucket is nearly spent: asking again and again is refused, not dialled.
+        refused = 0
+        for number in range(4):
+            again = DialBack(bytes([number]) * 8, Mode.SERVER, bytes(16), target, padding=2000)
+            answer = await b_graph.request(c.node_id, endpoint(c), again, timeout=10)
+            refused += isinstance(answer, DhtError) and answer.code == DhtErrorCode.RATE_LIMITED
+        assert refused >= 2
