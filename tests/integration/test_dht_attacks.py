@@ -8,14 +8,19 @@ import asyncio
 import contextlib
 import random
 import socket
+import sqlite3
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from meshkey import Node
 from meshkey.dht.budget import AMPLIFICATION, DIAL_COST, HELPER_PADDING
 from meshkey.dht.hops import reply_slot
+from meshkey.dht.records import sign_record
 from meshkey.dht.service import DhtService
+from meshkey.dht.store import DDL, SqliteGraphStore
 from meshkey.identity.keys import Identity
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.message import Message
@@ -26,6 +31,8 @@ from meshkey.wire.dht import (
     DialBackResult,
     Mode,
     Ping,
+    Store,
+    Stored,
     WireContact,
     encode_rpc,
 )
@@ -174,3 +181,48 @@ async def test_a_helper_dial_back_costs_at_most_three_times_the_ask() -> None:
             answer = await b_graph.request(c.node_id, endpoint(c), again, timeout=10)
             refused += isinstance(answer, DhtError) and answer.code == DhtErrorCode.RATE_LIMITED
         assert refused >= 2
+
+
+async def test_a_superseded_record_replayed_by_the_only_answerer_is_refused_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """F kept the owner's record of sequence 1; the reader has since seen sequence 2, then
+    restarted. When F alone answers the reader's lookup with sequence 1 (validly signed, not
+    expired), the reader refuses it; a reader that never saw sequence 2 takes it."""
+    owner = Identity.generate()
+    wall = time.time()
+    old = sign_record(owner, 1, wall + 3600, direct=(("192.0.2.1", 4000),))
+    new = sign_record(owner, 2, wall + 3600, direct=(("192.0.2.2", 4000),))
+    database = sqlite3.connect(tmp_path / "state.db")
+    database.executescript(DDL)
+    async with Node(tcp=None) as reader, Node(tcp=None) as forger, Node(tcp=None) as naive:
+        forger_graph = await start_graph(forger)
+        first = await start_graph(reader, store=SqliteGraphStore(database))
+        try:
+            stored = await first.request(
+                forger.node_id, endpoint(forger), Store(b"store001", Mode.SERVER, old.raw)
+            )
+            assert isinstance(stored, Stored)  # the forger holds sequence 1
+            stored = await forger_graph.request(
+                reader.node_id, endpoint(reader), Store(b"store002", Mode.SERVER, new.raw)
+            )
+            assert isinstance(stored, Stored)  # the reader saw sequence 2
+        finally:
+            await first.close()
+        again = await start_graph(reader, store=SqliteGraphStore(database))
+        naive_graph = await start_graph(naive)
+        try:
+            for graph in (again, naive_graph):
+                graph.remove(forger.node_id)
+                await graph.add(forger.node_id, endpoint(forger))
+                assert graph.size == 1  # the forger is the only one to ask
+            control = await naive_graph.find(owner.node_id, timeout=10)
+            assert control.record is not None and control.record.sequence == 1
+            result = await again.find(owner.node_id, timeout=10)
+            assert result.record is None and not result.found
+            assert result.stats.bad_records == 1
+        finally:
+            await again.close()
+            await naive_graph.close()
+            await forger_graph.close()
+    database.close()

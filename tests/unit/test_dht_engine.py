@@ -20,7 +20,10 @@ from meshkey.dht.engine import (
     Purpose,
     SendRequest,
 )
-from meshkey.dht.records import PersistSequence, RecordContent
+from meshkey.dht.lookup import LookupKind
+from meshkey.dht.persistence import GraphPersistence
+from meshkey.dht.records import PersistSequence, RecordContent, sign_record
+from meshkey.dht.store import MemoryGraphStore
 from meshkey.dht.table import RECENT, REFRESH_INTERVAL, BucketFull, K, Learned
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -276,3 +279,31 @@ def test_lookups_for_callers_past_max_lookups_are_refused_and_the_engines_own_go
     assert len(sends(core)) == 1
     with pytest.raises(LookupLimitError):
         core.start_lookup(Identity.generate().node_id, 0.1)
+
+
+def test_a_lookup_ignores_a_record_older_than_the_newest_seen_even_after_a_restart() -> None:
+    """Sequence 2 was read (not held) and then expired; sequence 1, signed to live longer,
+    is still valid. The floor is persisted with the records and comes back at start."""
+    owner = Identity.generate()
+    newer = sign_record(owner, 2, 3600.0)
+    older = sign_record(owner, 1, 80_000.0)
+    core = engine()
+    assert core._verify_record(newer.raw, owner.node_id, 0.0) == newer
+    assert core._verify_record(older.raw, owner.node_id, 0.0) is None
+    store = MemoryGraphStore()
+    GraphPersistence(core, store, 0.0).flush()
+    restarted = engine(seed=2)
+    GraphPersistence(restarted, store, 0.0).restore(5000.0)  # sequence 2 expired meanwhile
+    assert restarted.records.floor(owner.node_id, 5000.0) == 2
+    assert restarted._verify_record(older.raw, owner.node_id, 5000.0) is None
+    # Answered to a FIND_VALUE lookup by the only node asked: no record found.
+    forger = Identity.generate().node_id
+    restarted.on_authenticated(forger, ("192.0.2.9", 4000), "outbound", 5000.0)
+    lookup_id = restarted.start_lookup(owner.node_id, 5000.0, kind=LookupKind.FIND_VALUE)
+    (ask,) = sends(restarted)
+    restarted.on_answer(
+        ask.txid, forger, Value(ask.request.txid, Mode.SERVER, older.raw, ()), 5000.1
+    )
+    (finished,) = [e for e in restarted.events() if isinstance(e, LookupFinished)]
+    assert finished.lookup_id == lookup_id and finished.result.record is None
+    assert finished.result.stats.bad_records == 1

@@ -413,7 +413,13 @@ class DhtEngine:
         return lookup_id
 
     def _verify_record(self, data: bytes, owner: NodeId, now: float) -> object:
-        return record_or_none(data, owner, now + self.wall_offset)
+        """A record a lookup read: None (ignored) unless it verifies and is no older than the
+        newest this node has seen of ``owner`` (a superseded record, replayed, is refused)."""
+        wall_now = now + self.wall_offset
+        record = record_or_none(data, owner, wall_now)
+        if record is None or not self.records.saw(record, wall_now):
+            return None
+        return record
 
     def _after_lookup(self, lookup_id: int, now: float) -> None:
         entry = self.lookups.get(lookup_id)
