@@ -10,18 +10,21 @@ import random
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from meshkey import Node
 from meshkey.dht.budget import AMPLIFICATION, DIAL_COST, HELPER_PADDING
+from meshkey.dht.diversity import PER_ANSWER, PER_BUCKET, PER_TABLE, Diversity
 from meshkey.dht.hops import reply_slot
 from meshkey.dht.records import sign_record
 from meshkey.dht.service import DhtService
 from meshkey.dht.store import DDL, SqliteGraphStore
 from meshkey.identity.keys import Identity
+from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.message import Message
 from meshkey.wire.dht import (
@@ -29,7 +32,9 @@ from meshkey.wire.dht import (
     DhtErrorCode,
     DialBack,
     DialBackResult,
+    FindNode,
     Mode,
+    Nodes,
     Ping,
     Store,
     Stored,
@@ -226,3 +231,60 @@ async def test_a_superseded_record_replayed_by_the_only_answerer_is_refused_afte
             await naive_graph.close()
             await forger_graph.close()
     database.close()
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(1000):  # a generous bound on waiting, not a measure of speed
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_identities_from_one_host_take_two_places_of_a_bucket_and_of_an_answer() -> None:
+    """150 identities from one IP (127.0.99.1) and 6 nodes on networks of their own dial a
+    node and claim to be servers (it checks each claim with a dial of its own). With the
+    limits enforced on loopback (exempt by default), the one host holds at most 2 places
+    of any bucket, 10 of the graph and 2 of an answer; every other node keeps its place."""
+    strict = Diversity(exempt=lambda ip: False)
+    async with contextlib.AsyncExitStack() as stack:
+        victim = await stack.enter_async_context(Node(tcp=None, udp="127.0.1.1:0"))
+        victim_graph = await start_graph(victim, diversity=strict)
+        stack.push_async_callback(victim_graph.close)
+        members: list[tuple[Node, DhtService]] = []
+        for index in range(156):
+            host = "127.0.99.1" if index < 150 else f"127.0.{index - 148}.1"
+            node = await stack.enter_async_context(Node(tcp=None, udp=f"{host}:0"))
+            graph = await start_graph(node)
+            stack.push_async_callback(graph.close)
+            members.append((node, graph))
+        sybils, honest = members[:150], members[150:]
+        for number, (_, graph) in enumerate(members):
+            answer = await graph.request(
+                victim.node_id, endpoint(victim), Ping(number.to_bytes(8, "big"), Mode.SERVER)
+            )
+            assert answer is not None
+        table = victim_graph.engine.table
+        await until(
+            lambda: all(
+                (entry := table.get(node.node_id)) is not None and entry.mode == Mode.SERVER
+                for node, _ in honest
+            ),
+            "every honest node checked and taken as a server",
+        )
+        sybil_ids = {node.node_id for node, _ in sybils}
+        held = [e for e in table.entries() if e.node_id in sybil_ids]
+        assert 0 < len(held) <= PER_TABLE
+        per_bucket = Counter(table.bucket_of(e.node_id) for e in held)
+        assert max(per_bucket.values()) <= PER_BUCKET
+        _, asker = honest[0]
+        for target in [node.node_id for node, _ in sybils[:5]] + [Identity.generate().node_id]:
+            answer = await asker.request(
+                victim.node_id,
+                endpoint(victim),
+                FindNode(b"find" + target.raw[:4], Mode.SERVER, target.raw),
+            )
+            assert isinstance(answer, Nodes)
+            handed = {NodeId(c.node_id) for c in answer.contacts}
+            assert len(handed & sybil_ids) <= PER_ANSWER
+            assert {node.node_id for node, _ in honest[1:]} <= handed

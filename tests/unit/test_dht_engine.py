@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from meshkey.dht.diversity import PER_ANSWER, PER_TABLE
 from meshkey.dht.engine import (
     MAX_LOOKUPS,
     MAX_REFRESHES,
@@ -151,6 +152,28 @@ def test_answers_hand_out_servers_only_and_never_the_asker() -> None:
     assert handed == set(servers)
     pong = core.on_request(client, ("127.0.0.1", 2999), Ping(b"p" * 8, Mode.CLIENT), 1.0)
     assert isinstance(pong, Pong) and pong.observed == ("127.0.0.1", 2999)
+
+
+def test_an_answer_hands_out_at_most_two_nodes_of_one_network() -> None:
+    """150 identities on one host (their hops authenticated, so they are real servers) and
+    30 on hosts of their own: the one network holds 10 places of the graph and 2 of an
+    answer, whatever the target."""
+    core = engine()
+    sybils = [Identity.generate().node_id for _ in range(150)]
+    others = [Identity.generate().node_id for _ in range(30)]
+    for serial, node_id in enumerate(sybils):
+        core.on_authenticated(node_id, ("11.0.66.6", 2000 + serial), "outbound", 0.0)
+    for serial, node_id in enumerate(others):
+        core.on_authenticated(node_id, (f"11.{serial}.1.1", 4000), "outbound", 0.0)
+    in_graph = [e for e in core.table.entries() if e.node_id in set(sybils)]
+    assert len(in_graph) == PER_TABLE
+    asker = others[0]
+    for target in [s.raw for s in sybils[:10]] + [bytes(32)]:
+        answer = core.on_request(
+            asker, ("11.0.1.1", 4000), FindNode(b"t" * 8, Mode.SERVER, target), 1.0
+        )
+        assert isinstance(answer, Nodes) and len(answer.contacts) == K
+        assert sum(NodeId(c.node_id) in set(sybils) for c in answer.contacts) <= PER_ANSWER
 
 
 def test_a_client_answers_pings_only_and_requests_are_rate_limited() -> None:

@@ -3,6 +3,8 @@
 Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 
 - :mod:`meshkey.dht.table`   k-buckets, XOR metric, replacement caches, refresh deadlines
+- :mod:`meshkey.dht.diversity` how many places of a bucket, the table and an answer one
+  network (/24, /48) may take
 - :mod:`meshkey.dht.lookup`  the iterative lookup (alpha in flight, RTT-derived timeouts)
 - :mod:`meshkey.dht.records` signed peer records, the holder's store, rate limits, publisher
 - :mod:`meshkey.dht.rtt`     per-peer round-trip estimates

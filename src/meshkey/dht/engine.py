@@ -55,6 +55,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from meshkey.dht.diversity import DEFAULT as DEFAULT_DIVERSITY
+from meshkey.dht.diversity import Diversity
 from meshkey.dht.events import (
     EngineCommand,
     EngineEvent,
@@ -152,6 +154,7 @@ class DhtEngine:
         sequence: int = 0,
         record_capacity: int | None = None,
         refresh_interval: float | None = None,
+        diversity: Diversity = DEFAULT_DIVERSITY,
     ) -> None:
         self.identity = identity
         self.own = identity.node_id
@@ -163,7 +166,13 @@ class DhtEngine:
         table_options: dict[str, float] = {}
         if refresh_interval is not None:
             table_options["refresh_interval"] = refresh_interval
-        self.table = RoutingTable(self.own, k=k, rng=self.rng, **table_options)  # type: ignore[arg-type]
+        self.table = RoutingTable(
+            self.own,
+            k=k,
+            rng=self.rng,
+            diversity=diversity,
+            **table_options,  # type: ignore[arg-type]
+        )
         self.rtt = RttEstimator()
         self.records = (
             RecordStore(self.own)

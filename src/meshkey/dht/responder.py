@@ -14,7 +14,9 @@ a :class:`DialBackJob` for the glue (dialling takes seconds). In this order:
    reach through it, and a dial-back from it proves nothing). A request kind in a mode the
    table does not list is answered NOT_SERVER; a kind that is no request at all,
    UNSUPPORTED.
-3. **The answer.** FIND_NODE hands out servers only, never the requester itself. FIND_VALUE
+3. **The answer.** FIND_NODE hands out servers only, never the requester itself, and at most
+   :data:`~meshkey.dht.diversity.PER_ANSWER` of one network (the table's diversity rule:
+   the next closest from other networks take the other places). FIND_VALUE
    gives the record held (this node's own included), else the closest servers. A STORE also
    counts against a slower bucket (:data:`STORE_RATE`) and is verified by the
    :class:`~meshkey.dht.records.RecordStore`. A DIAL_BACK counts against a slower one still
@@ -36,6 +38,7 @@ not that node's, so nobody can claim a mode or ask a dial-back in another node's
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -197,10 +200,20 @@ class Responder:
         return DialBackJob(peer, address, request, helper)
 
     def _contacts_for(self, target: NodeId, requester: NodeId) -> tuple[WireContact, ...]:
-        return tuple(
-            WireContact(e.node_id.raw, Mode.SERVER, (e.address,))
-            for e in self.table.closest(target, self.k, exclude=requester)
-        )
+        diversity = self.table.diversity
+        taken: Counter[str] = Counter()
+        contacts: list[WireContact] = []
+        # More than k: some of the closest may belong to a network that has its share.
+        for entry in self.table.closest(target, 3 * self.k, exclude=requester):
+            group = diversity.group(entry.address)
+            if group is not None:
+                if taken[group] >= diversity.per_answer:
+                    continue
+                taken[group] += 1
+            contacts.append(WireContact(entry.node_id.raw, Mode.SERVER, (entry.address,)))
+            if len(contacts) == self.k:
+                break
+        return tuple(contacts)
 
     def _record_for(self, key: NodeId, now: float) -> bytes | None:
         wall_now = now + self.wall_offset

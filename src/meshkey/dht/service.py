@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from meshkey.dht.diversity import DEFAULT as DEFAULT_DIVERSITY
+from meshkey.dht.diversity import Diversity
 from meshkey.dht.engine import (
     DhtEngine,
     DialBackJob,
@@ -145,6 +147,7 @@ class DhtService:
         alpha: int = 3,
         request_timeout: float = REQUEST_TIMEOUT,
         behind_nat: Callable[[], bool | None] | None = None,
+        diversity: Diversity = DEFAULT_DIVERSITY,
     ) -> None:
         self.router = router
         self.identity = identity
@@ -164,6 +167,7 @@ class DhtService:
             mode=mode if mode is not None else self._restored_mode(),
             wall_offset=self.wall_offset,
             sequence=self.store.load_sequence(),
+            diversity=diversity,
         )
         self._timer = DeadlineTimer(self._on_timer, self._loop)
         # ``behind_nat``: True behind a NAT, False public, None unknown (the node's NAT
