@@ -15,7 +15,9 @@ by insertion) drives everything, so a run with the same seed is the same run.
   authenticate (``on_authenticated``: inbound for the receiver with the sender's address,
   outbound for the sender). A node at the address with another NodeId fails the handshake:
   the sender hears ``on_failure`` after one round trip, and neither side inserts anything.
-  A dead node (``kill``) or an empty address answers nothing, without warning.
+  A dead node (``kill``) or an empty address answers nothing, without warning; a dial on
+  someone's say-so there is given up after its patience (``dial_timeout``), as the glue
+  closes it, and the engine hears the failure then.
 - **Poisoners** answer FIND_NODE and FIND_VALUE with forged contacts: made-up NodeIds next to
   the target at real nodes' addresses, and the real NodeIds closest to the target at wrong
   addresses (other nodes' or nobody's), and FIND_VALUE with forged and stale records.
@@ -312,18 +314,28 @@ class SimNet:
         target = self.by_address.get(command.address)
         if target is None or not target.alive:
             self.dropped += 1
+            self._give_up(source, command)
             return  # silence: nobody there (any more)
         delay = self._delay(source, target)
         if target.node_id != command.peer or not target.reachable:
             if target.node_id != command.peer:
                 self.auth_failures += 1
                 self.at(self.now + 2 * delay, self._failed, source, command.txid)
+            else:
+                self._give_up(source, command)
             return  # a NAT drops an unsolicited dial: silence
         self.at(self.now + self._transit(delay), self._arrive, source, target, command)
 
-    def _failed(self, source: SimNode, txid: bytes) -> None:
+    def _give_up(self, source: SimNode, command: SendRequest) -> None:
+        """A dial on someone's say-so that nothing answers is closed after its patience, as
+        the daemon's glue does (``dial_timeout``): the engine hears the failure then."""
+        if command.dial_timeout is not None:
+            when = self.now + command.dial_timeout
+            self.at(when, self._failed, source, command.txid, False)
+
+    def _failed(self, source: SimNode, txid: bytes, refused: bool = True) -> None:
         if source.alive:
-            source.engine.on_failure(txid, self.now, refused=True)
+            source.engine.on_failure(txid, self.now, refused=refused)
             self._service(source)
 
     def _arrive(self, source: SimNode, target: SimNode, command: SendRequest) -> None:

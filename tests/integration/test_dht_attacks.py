@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,17 +29,22 @@ from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import ServiceAddress, TransportAddress
 from meshkey.routing.message import Message
 from meshkey.wire.dht import (
+    Answer,
     DhtError,
     DhtErrorCode,
     DialBack,
     DialBackResult,
     FindNode,
+    FindValue,
     Mode,
     Nodes,
     Ping,
+    Pong,
     Store,
     Stored,
+    Value,
     WireContact,
+    decode_rpc,
     encode_rpc,
 )
 from meshkey.wire.net import Endpoint
@@ -288,3 +294,104 @@ async def test_identities_from_one_host_take_two_places_of_a_bucket_and_of_an_an
             handed = {NodeId(c.node_id) for c in answer.contacts}
             assert len(handed & sybil_ids) <= PER_ANSWER
             assert {node.node_id for node, _ in honest[1:]} <= handed
+
+
+class CountingRelay(asyncio.DatagramProtocol):
+    """A UDP relay in front of one node: counts what that node sends through it."""
+
+    def __init__(self, target: Endpoint) -> None:
+        self.target = target
+        self.client: Endpoint | None = None
+        self.sent_by_target = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        assert self.transport is not None
+        source = (str(addr[0]), int(addr[1]))
+        if source == self.target:
+            self.sent_by_target += len(data)
+            if self.client is not None:
+                self.transport.sendto(data, self.client)
+        else:
+            self.client = source
+            self.transport.sendto(data, self.target)
+
+
+def forged_contacts(sinks: list[Sink]) -> tuple[WireContact, ...]:
+    """20 made-up NodeIds with 5 addresses each, all where no meshkey runs (issue 19)."""
+    return tuple(
+        WireContact(
+            Identity.generate().node_id.raw,
+            Mode.SERVER,
+            tuple(sink.address for sink in sinks[5 * i : 5 * i + 5]),
+        )
+        for i in range(20)
+    )
+
+
+def forge_answers(node: Node, sinks: list[Sink]) -> list[int]:
+    """Turns ``node``'s DHT service into a forger's: it answers PINGs as a server would, and
+    every FIND_NODE or FIND_VALUE with 20 made-up contacts. Returns the answers' sizes."""
+    sizes: list[int] = []
+
+    async def forge(message: Message) -> None:
+        rpc = decode_rpc(message.payload)
+        answer: Answer
+        if isinstance(rpc, Ping):
+            answer = Pong(rpc.txid, Mode.SERVER, None)
+        elif isinstance(rpc, FindNode):
+            answer = Nodes(rpc.txid, Mode.SERVER, forged_contacts(sinks))
+        elif isinstance(rpc, FindValue):
+            answer = Value(rpc.txid, Mode.SERVER, None, forged_contacts(sinks))
+        else:
+            return
+        payload = encode_rpc(answer)
+        sizes.append(len(payload))
+        await node.router.reply(message, payload)
+
+    node.router.register("dht", forge, admit=False)
+    return sizes
+
+
+async def test_forged_find_node_answers_make_a_node_dial_at_most_three_times_what_came() -> None:
+    """A server of the victim's graph answers every FIND_NODE with 20 made-up NodeIds x 5
+    addresses of a host running no meshkey (1,100 QUIC Initials, 1.34 MB, 852x before).
+    Now: only the first address of a contact, each dial closed after its first flight, an
+    address found dead never dialled again, and in all at most 3x the bytes the forger sent
+    (counted on the wire, by a relay in front of it). A real node is still found."""
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        sinks = [Sink() for _ in range(100)]
+        for one in sinks:
+            stack.callback(one.close)
+        victim = await stack.enter_async_context(Node(tcp=None))
+        victim_graph = await start_graph(victim)
+        stack.push_async_callback(victim_graph.close)
+        honest = await stack.enter_async_context(Node(tcp=None))
+        honest_graph = await start_graph(honest)
+        stack.push_async_callback(honest_graph.close)
+        forger = await stack.enter_async_context(Node(tcp=None))
+        await forger.graph.close()
+        answers = forge_answers(forger, sinks)
+        transport, relay = await loop.create_datagram_endpoint(
+            lambda: CountingRelay(endpoint(forger)), local_addr=("127.0.0.1", 0)
+        )
+        stack.callback(transport.close)
+        relay_address = transport.get_extra_info("sockname")[:2]
+        await victim_graph.add(forger.node_id, relay_address)
+        await victim_graph.add(honest.node_id, endpoint(honest))
+        assert victim_graph.engine.table.get(forger.node_id).mode == Mode.SERVER  # type: ignore[union-attr]
+        for _ in range(5):
+            await victim_graph.lookup(Identity.generate().node_id, timeout=15)
+        found = await victim_graph.find(honest.node_id, timeout=15)
+        assert found.found  # the legitimate lookup is still served
+        await asyncio.sleep(1.5)  # the last dials' closes
+        reached = sum(sink.bytes for sink in sinks)
+        assert len(answers) >= 5 and relay.sent_by_target > 0
+        assert reached <= AMPLIFICATION * relay.sent_by_target
+        # Per dial: the first flight and the close, never QUIC's retransmissions.
+        assert all(sink.bytes <= DIAL_COST for sink in sinks)
+        assert sum(sink.bytes > 0 for sink in sinks) <= 20  # one address per contact at most

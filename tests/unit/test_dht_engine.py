@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from meshkey.dht.budget import AMPLIFICATION, DIAL_COST, HOP_BYTES
 from meshkey.dht.diversity import PER_ANSWER, PER_TABLE
 from meshkey.dht.engine import (
     MAX_LOOKUPS,
@@ -42,6 +43,7 @@ from meshkey.wire.dht import (
     Stored,
     Value,
     WireContact,
+    encode_rpc,
 )
 
 
@@ -201,15 +203,23 @@ def test_forged_contacts_in_answers_never_enter_the_table() -> None:
     core.on_authenticated(honest, ("127.0.0.1", 1), "outbound", 0.0)
     core.start_lookup(Identity.generate().node_id, 0.0)
     (ask,) = sends(core)
-    made_up = [WireContact(Identity.generate().node_id.raw, Mode.SERVER, (("127.0.0.1", 1),))]
+    made_up = [
+        WireContact(Identity.generate().node_id.raw, Mode.SERVER, (("127.0.0.1", 2 + i),))
+        for i in range(5)
+    ]
     core.on_answer(ask.txid, honest, Nodes(ask.request.txid, Mode.SERVER, tuple(made_up)), 0.1)
     assert len(core.table) == 1
-    (forged_ask,) = sends(core)  # a candidate: asked over a hop pinned to the made-up id...
-    assert forged_ask.peer == NodeId(made_up[0].node_id)
+    # A candidate: asked over a hop pinned to the made-up id, one at a time on the answer's
+    # credit (the others wait for it)...
+    (forged_ask,) = sends(core)
+    assert forged_ask.peer in {NodeId(c.node_id) for c in made_up}
+    assert forged_ask.dial_timeout is not None
     core.on_failure(forged_ask.txid, 0.2)  # ...which fails to authenticate
     assert len(core.table) == 1
+    assert sends(core) == []  # the answer's credit is spent: the rest are never dialled
     done = [e for e in core.events() if isinstance(e, LookupFinished)]
     assert done and [c.node_id for c in done[0].result.closest] == [honest]
+    assert core.budget.dead(forged_ask.address, 0.3)
 
 
 def test_an_inbound_peer_claiming_server_is_checked_over_a_fresh_hop() -> None:
@@ -330,3 +340,50 @@ def test_a_lookup_ignores_a_record_older_than_the_newest_seen_even_after_a_resta
     (finished,) = [e for e in restarted.events() if isinstance(e, LookupFinished)]
     assert finished.lookup_id == lookup_id and finished.result.record is None
     assert finished.result.stats.bad_records == 1
+
+
+def test_forged_answers_make_a_node_dial_at_most_three_times_what_the_forger_sent() -> None:
+    """Issue 19: 20 made-up NodeIds x 5 addresses of a host where no meshkey runs, in every
+    answer of a forger this node asks (it is a server of its graph). Whatever it names, the
+    dials on its word (each closed after its first flight: DIAL_COST) stay within 3x of
+    what it sent, and an address found dead is not dialled again on anyone's word."""
+    core = engine()
+    forger = Identity.generate().node_id
+    core.on_authenticated(forger, ("203.0.113.1", 4000), "outbound", 0.0)
+    sent_by_forger, dials, now = HOP_BYTES, 0, 0.0
+    dialled: set[tuple[str, int]] = set()
+    for round_number in range(10):
+        core.start_lookup(Identity.generate().node_id, now)
+        pending = sends(core)
+        while pending:
+            for command in pending:
+                if command.peer == forger:
+                    addresses = [
+                        ("198.51.100.7", 1000 + 100 * (round_number % 3) + 5 * i + j)
+                        for i in range(20)
+                        for j in range(5)
+                    ]
+                    contacts = tuple(
+                        WireContact(
+                            Identity.generate().node_id.raw,
+                            Mode.SERVER,
+                            tuple(addresses[5 * i : 5 * i + 5]),
+                        )
+                        for i in range(20)
+                    )
+                    answer = Nodes(command.request.txid, Mode.SERVER, contacts)
+                    size = len(encode_rpc(answer))
+                    sent_by_forger += size
+                    core.on_answer(command.txid, forger, answer, now, size=size)
+                else:  # a made-up contact: nobody answers; the glue gives the dial up
+                    assert command.dial_timeout is not None
+                    assert command.address not in dialled  # never twice
+                    dialled.add(command.address)
+                    dials += 1
+                    core.on_failure(command.txid, now + command.dial_timeout)
+            now += 1.0
+            core.on_timer(now)
+            pending = sends(core)
+        core.events()
+    assert dials * DIAL_COST <= AMPLIFICATION * sent_by_forger
+    assert dials >= 1  # the forger's bytes did buy something: the bound is what holds

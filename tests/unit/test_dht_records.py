@@ -165,8 +165,9 @@ def test_restored_records_are_floors_and_held_only_while_valid() -> None:
     store.restore(verify_signed(record(2, owner=other)), NOW)
     held = store.get(other.node_id, NOW)
     assert held is not None and held.sequence == 2
+    signed = record(2)
     with pytest.raises(RecordError):
-        verify_signed(record(2)[:-1] + b"\0")
+        verify_signed(signed[:-1] + bytes([signed[-1] ^ 1]))
 
 
 def test_per_peer_rate_limits_with_an_injected_clock() -> None:

@@ -21,16 +21,20 @@ it (their own observation, which needs no say-so). A dial that authenticates as 
 named proves the address true: what it sent went to the node named, which wanted it.
 
 **Credit** (:class:`DialBudget`). Each peer's say-so is paid for with what that peer sent:
-:data:`AMPLIFICATION` times the bytes of its answers, plus :data:`HOP_BYTES` for each of its
-hops that authenticated (a peer that dials in sends at least one padded Initial; one this
-node dials sends its ServerHello, with the 1,120-byte post-quantum key share, and its
-certificate). A dial on its word may start only when its credit covers :data:`DIAL_COST`,
-which is then charged; it is given back when the dial authenticates and kept when the dial
-fails. So the bytes sent to addresses that never proved themselves stay within 3x of what
-the peers who named them sent, whatever they name and however often they are asked. Credit
-is capped at :data:`MAX_CREDIT` (a peer that answered well for hours cannot bank a flood),
-and at most :data:`CAPACITY` peers are remembered (the least recently active go; a peer
-forgotten starts again from nothing, which only makes it poorer).
+:data:`AMPLIFICATION` times the bytes of its requests and answers, plus :data:`HOP_BYTES`
+for each of its hops that authenticated (RFC 9000 14.1: whoever sends an ack-eliciting
+Initial, client or server, pads its datagram to at least 1,200 bytes; with the
+post-quantum key share and the certificates it is several times that). A dial on its word
+may start only when its credit covers :data:`DIAL_COST`, which is then charged; it is given
+back when the dial authenticates and kept when the dial fails. An address named by several
+peers may be paid for by them together (what one cannot cover alone), so an address
+several answerers agree on is dialled sooner; a forger gains nothing by it, each of its
+identities pays from what it sent. So the bytes sent to addresses that never proved
+themselves stay within 3x of what the peers who named them sent, whatever they name and
+however often they are asked. Credit is capped at :data:`MAX_CREDIT` (a peer that answered
+well for hours cannot bank a flood), and at most :data:`CAPACITY` peers are remembered (the
+least recently active go; a peer forgotten starts again from nothing, which only makes it
+poorer).
 
 **Dead addresses.** An address where a dial on someone's say-so failed is not dialled again
 on anyone's say-so for :data:`DEAD_FOR` seconds, whatever NodeId is named with it (a forged
@@ -62,6 +66,9 @@ MAX_CREDIT = 8 * DIAL_COST
 DEAD_FOR = 600.0
 CAPACITY = 4096
 
+#: Who paid for one dial, and how much each: (peer, bytes) pairs.
+Charge = tuple[tuple[NodeId, float], ...]
+
 
 class DialBudget:
     """Per-peer credit for dials on that peer's word, and the addresses found dead."""
@@ -81,18 +88,28 @@ class DialBudget:
         """``peer`` sent this node ``size`` bytes (an answer, or a hop's handshake)."""
         self._set(peer, min(MAX_CREDIT, self.credit(peer) + AMPLIFICATION * size))
 
-    def charge(self, namers: Iterable[NodeId]) -> NodeId | None:
-        """Charges one dial to whichever of ``namers`` (the peers who named the address) has
-        the most credit, if that covers it; returns who paid, or None (no dial now)."""
-        best = max(namers, key=self.credit, default=None)
-        if best is None or self.credit(best) < DIAL_COST:
+    def charge(self, namers: Iterable[NodeId]) -> Charge | None:
+        """Charges one dial to the peers who named the address: to the one with the most
+        credit if that covers it, else shared among them (several peers vouching for the
+        same address pay together); None when even together they cannot (no dial now)."""
+        ranked = sorted(namers, key=lambda n: (self.credit(n), n.raw), reverse=True)
+        if not ranked or sum(self.credit(n) for n in ranked) < DIAL_COST:
             return None
-        self._set(best, self.credit(best) - DIAL_COST)
-        return best
+        shares: list[tuple[NodeId, float]] = []
+        owed = float(DIAL_COST)
+        for namer in ranked:
+            share = min(owed, self.credit(namer))
+            self._set(namer, self.credit(namer) - share)
+            shares.append((namer, share))
+            owed -= share
+            if owed <= 0:
+                break
+        return tuple(shares)
 
-    def refund(self, payer: NodeId) -> None:
-        """A dial charged to ``payer`` authenticated: the address was true."""
-        self._set(payer, min(MAX_CREDIT, self.credit(payer) + DIAL_COST))
+    def refund(self, charge: Charge) -> None:
+        """A dial charged as ``charge`` authenticated: the address was true."""
+        for payer, share in charge:
+            self._set(payer, min(MAX_CREDIT, self.credit(payer) + share))
 
     def _set(self, peer: NodeId, credit: float) -> None:
         self._credit.pop(peer, None)
@@ -133,5 +150,6 @@ __all__ = [
     "HELPER_PADDING",
     "HOP_BYTES",
     "MAX_CREDIT",
+    "Charge",
     "DialBudget",
 ]

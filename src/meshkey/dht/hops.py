@@ -178,6 +178,22 @@ class DhtHops:
         ``peer`` if there is one (and not ``fresh``), else over a new hop to ``address``
         pinned to ``peer``, closed unless it authenticated within ``dial_timeout`` (when
         given). RemoteError when it cannot be delivered or answered."""
+        answer, _ = await self.exchange(
+            peer, address, request, timeout=timeout, fresh=fresh, dial_timeout=dial_timeout
+        )
+        return answer
+
+    async def exchange(
+        self,
+        peer: NodeId,
+        address: Endpoint | None,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        fresh: bool = False,
+        dial_timeout: float | None = None,
+    ) -> tuple[Answer, int]:
+        """:meth:`request`, and the size in bytes of the answer as it came."""
         slot = reply_slot(request.txid)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
@@ -220,7 +236,7 @@ class DhtHops:
             raise RemoteError(ErrorCode.MALFORMED, f"bad DHT answer: {exc}") from exc
         if is_request(answer) or answer.txid != request.txid:
             raise RemoteError(ErrorCode.MALFORMED, "the DHT answer does not match the request")
-        return answer  # type: ignore[return-value]
+        return answer, len(reply.payload)  # type: ignore[return-value]
 
     def _give_up_dial(self, hop: TransportAddress) -> None:
         """Closes the dial to ``hop`` if it has not authenticated yet: its queued request is

@@ -12,9 +12,11 @@
   dropped unanswered. RPCs over other transports are answered UNSUPPORTED: a TCP address is
   no DHT contact.
 - **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
-  pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how); its
-  answer or failure goes back to the engine (a refused hop: another NodeId is at that
-  address).
+  pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how; a dial on
+  someone's say-so is closed after its patience); its answer, with its size (what the peer
+  sent is what it may have this node dial, :mod:`meshkey.dht.budget`), or its failure goes
+  back to the engine (a refused hop: another NodeId is at that address). The engine asks
+  whether a hop to a peer is up (:meth:`DhtHops.live_link`) before it counts a dial.
 - **Time.** One :class:`~meshkey.timing.DeadlineTimer` follows the engine's next deadline
   (re-armed only when it changes, fired no earlier than it) — STYLE pattern 1.
 - **Upkeep.** The join (retried with backoff), the reachability checks that decide the
@@ -168,6 +170,7 @@ class DhtService:
             wall_offset=self.wall_offset,
             sequence=self.store.load_sequence(),
             diversity=diversity,
+            connected=lambda peer: self.hops.live_link(peer) is not None,
         )
         self._timer = DeadlineTimer(self._on_timer, self._loop)
         # ``behind_nat``: True behind a NAT, False public, None unknown (the node's NAT
@@ -308,7 +311,9 @@ class DhtService:
             return
         if isinstance(rpc, Ping) and rpc.nonce is not None:
             self.maintenance.on_ping_nonce(rpc.nonce, inbound=link.direction == "inbound")
-        result = self.engine.on_request(peer, link.remote, rpc, self._loop.time())  # type: ignore[arg-type]
+        now = self._loop.time()
+        size = len(message.payload)
+        result = self.engine.on_request(peer, link.remote, rpc, now, size=size)  # type: ignore[arg-type]
         self._pump()
         if isinstance(result, DialBackJob):
             # Dialling takes seconds: never hold the worker's mailbox for it.
@@ -346,15 +351,20 @@ class DhtService:
 
     async def _execute(self, command: SendRequest) -> None:
         try:
-            answer = await self.request(
-                command.peer, command.address, command.request, fresh=command.fresh
+            answer, size = await self.hops.exchange(
+                command.peer,
+                command.address,
+                command.request,
+                fresh=command.fresh,
+                dial_timeout=command.dial_timeout,
             )
         except RemoteError as exc:
             log.debug("dht.request_failed", peer=command.peer.short(), reason=exc.text)
             refused = exc.code == ErrorCode.AUTH_FAILED
             self.engine.on_failure(command.txid, self._loop.time(), refused=refused)
         else:
-            self.engine.on_answer(command.txid, command.peer, answer, self._loop.time())
+            now = self._loop.time()
+            self.engine.on_answer(command.txid, command.peer, answer, now, size=size)
         self._pump()
 
     async def _quiet_ping(self, node_id: NodeId) -> None:
