@@ -217,8 +217,9 @@ class SimNet:
     def add_sybils(self, count: int, host: str, *, seeds: int = 2) -> list[SimNode]:
         """``count`` identities on one host join through the protocol (and so dial into
         whatever their lookups visit, claiming to be servers)."""
+        living = [n for n in self.nodes if n.alive and n.reachable]
+        contacts = [(s.node_id, s.address) for s in living[:seeds]]
         sybils = [self.add_node(host=host) for _ in range(count)]
-        contacts = [(s.node_id, s.address) for s in self.nodes[:seeds]]
         for node in sybils:
             node.engine.join(contacts, self.now)
             self._service(node)
