@@ -14,8 +14,30 @@ found (issue 8), bounded in time and count and sent only to loopback:
 * ``malformed``: malformed messages on an authenticated hop (the log must not explode).
 
 The table gives the legitimate client's success rate and p50/p99 latency in each window and
-the daemon's RSS before and after. Run: ``python -m bench attacks`` (``--quick``: shorter).
-Issue 19's attacks on portals follow, on daemons of their own (the section at the end).
+the daemon's RSS before and after.
+
+Then the node graph's attacks (issue 19, item 5), on embedded nodes with their own
+DhtService (so each attack can place its attacker: a server of the victim's graph, a
+stranger beside one...), with real QUIC hops on loopback. What the victim sends on the
+attacker's say-so is counted where it lands (UDP sockets where no meshkey runs), what the
+attacker sends by a relay in front of it; the *amplification* is the one over the other.
+The legitimate user's operation is measured before, during and after each:
+
+* ``dht-forged-answers``: a server of the graph answers every FIND_NODE with 20 made-up
+  NodeIds x 5 addresses of a host running no meshkey (legit: ``peer find`` of real nodes);
+* ``dht-routed-ping``: a stranger routes PINGs claiming to be a client through a server
+  (legit: that server is still handed out in FIND_NODE answers);
+* ``dht-routed-dial-back``: a stranger routes DIAL_BACKs naming a victim through a server;
+* ``dht-helper-dial-back``: a server of the graph asks for helper dials to a victim;
+* ``dht-sybils``: 150 identities from one IP dial in and claim to be servers (the
+  diversity limits enforced on loopback; legit: FIND_NODE answers of honest nodes);
+* ``dht-stale-record``: the only node answering replays a superseded record (legit: the
+  reader never takes it).
+
+Run: ``python -m bench attacks`` (``--quick``: shorter; ``BENCH_ATTACKS=dht`` or
+``BENCH_ATTACKS=daemon`` for one part).
+Issue 19's attacks on punching, forwarding and relays, and on portals, follow, on daemons of
+their own (the sections at the end; ``BENCH_ATTACKS=network`` or ``portal`` for one).
 """
 
 from __future__ import annotations
@@ -31,6 +53,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +61,13 @@ from typing import Any
 import uvloop
 
 from bench.common import daemons, percentile, save
+from meshkey.dht.budget import HELPER_PADDING
+from meshkey.dht.diversity import Diversity
+from meshkey.dht.hops import reply_slot
+from meshkey.dht.records import sign_record
+from meshkey.dht.service import DhtService
 from meshkey.identity import Identity
+from meshkey.identity.node_id import NodeId
 from meshkey.node import launcher
 from meshkey.node.core import Node
 from meshkey.node.launcher import node_summary
@@ -48,6 +77,22 @@ from meshkey.routing.message import Message
 from meshkey.transport.blocking import BlockingHop
 from meshkey.transport.interfaces import interface_addresses
 from meshkey.transport.tls import SERVER_NAME, client_context
+from meshkey.wire.dht import (
+    Answer,
+    DialBack,
+    FindNode,
+    FindValue,
+    Mode,
+    Nodes,
+    Ping,
+    Pong,
+    Store,
+    Value,
+    WireContact,
+    decode_rpc,
+    encode_rpc,
+)
+from meshkey.wire.net import Endpoint
 
 
 def _rss_mib(pid: int) -> float:
@@ -260,21 +305,497 @@ def _cell(window: dict[str, Any]) -> str:
     return f"{window['success']:.0%} {window['p50_ms']}/{window['p99_ms']}"
 
 
+# -- the node graph's attacks (issue 19, item 5) ----------------------------------------
+
+
+class _Sink:
+    """A UDP socket where no meshkey runs (a victim of reflection): counts what lands."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.bytes = 0
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
+
+    @property
+    def address(self) -> Endpoint:
+        host, port = self.sock.getsockname()
+        return host, port
+
+    def _read(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.bytes += len(self.sock.recv(65536))
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class _Relay(asyncio.DatagramProtocol):
+    """A UDP relay in front of one node, for one client: counts what each sends through."""
+
+    def __init__(self, target: Endpoint) -> None:
+        self.target = target
+        self.client: Endpoint | None = None
+        self.sent_by_target = 0
+        self.sent_by_client = 0
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        source = (str(addr[0]), int(addr[1]))
+        if source == self.target:
+            self.sent_by_target += len(data)
+            if self.client is not None:
+                self.transport.sendto(data, self.client)
+        else:
+            self.client = source
+            self.sent_by_client += len(data)
+            self.transport.sendto(data, self.target)
+
+
+def _endpoint(node: Node) -> Endpoint:
+    address = node.udp.address
+    assert address is not None
+    return address.host, address.port
+
+
+def _hop(node: Node) -> TransportAddress:
+    return TransportAddress.from_socket("udp", *_endpoint(node), node.node_id)
+
+
+class _Lab:
+    """Embedded nodes, their graphs, sinks and relays; all closed at the end."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack) -> None:
+        self.stack = stack
+
+    async def bare(self, host: str = "127.0.0.1") -> Node:
+        """A node without a graph service (an attacker's own /service/dht goes there)."""
+        node = await self.stack.enter_async_context(Node(tcp=None, udp=f"{host}:0"))
+        await node.graph.close()
+        return node
+
+    async def node(self, host: str = "127.0.0.1", **options: Any) -> tuple[Node, DhtService]:
+        node = await self.bare(host)
+        options.setdefault("mode", Mode.SERVER)
+        graph = DhtService(node.router, node.identity, node.udp, **options)
+        node.events.subscribe(graph.on_transport_event)
+        self.stack.push_async_callback(graph.close)
+        return node, await graph.start()
+
+    def sinks(self, count: int) -> list[_Sink]:
+        sinks = [_Sink() for _ in range(count)]
+        for sink in sinks:
+            self.stack.callback(sink.close)
+        return sinks
+
+    async def relay(self, target: Node) -> tuple[_Relay, Endpoint]:
+        loop = asyncio.get_running_loop()
+        transport, relay = await loop.create_datagram_endpoint(
+            lambda: _Relay(_endpoint(target)), local_addr=("127.0.0.1", 0)
+        )
+        self.stack.callback(transport.close)
+        host, port = transport.get_extra_info("sockname")[:2]
+        return relay, (host, port)
+
+
+async def _legit(operation: Callable[[], Awaitable[bool]], seconds: float) -> dict[str, Any]:
+    """The legitimate user's operation, again and again for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    latencies, failures = [], 0
+    while loop.time() < end:
+        started = time.perf_counter()
+        try:
+            ok = await asyncio.wait_for(operation(), 10.0)
+        except Exception:
+            ok = False
+        if ok:
+            latencies.append((time.perf_counter() - started) * 1000)
+        else:
+            failures += 1
+        await asyncio.sleep(0.02)
+    total = len(latencies) + failures
+    return {
+        "success": len(latencies) / total if total else 0.0,
+        "p50_ms": round(percentile(latencies, 0.5), 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+        "n": total,
+    }
+
+
+async def _windows(
+    window: float,
+    legit: Callable[[], Awaitable[bool]],
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    before = await _legit(legit, window)
+    await start()
+    during = await _legit(legit, window)
+    await stop()
+    await asyncio.sleep(1.0)  # the last dials' closes land
+    after = await _legit(legit, window)
+    return {"before": before, "during": during, "after": after}
+
+
+def _forged(sinks: list[_Sink]) -> tuple[WireContact, ...]:
+    return tuple(
+        WireContact(
+            Identity.generate().node_id.raw,
+            Mode.SERVER,
+            tuple(s.address for s in sinks[5 * i : 5 * i + 5]),
+        )
+        for i in range(20)
+    )
+
+
+async def _running(work: Callable[[], Awaitable[None]], flag: asyncio.Event) -> None:
+    while not flag.is_set():
+        with contextlib.suppress(Exception):
+            await work()
+
+
+async def dht_forged_answers(lab: _Lab, window: float) -> dict[str, Any]:
+    sinks = lab.sinks(100)
+    _, victim_graph = await lab.node()
+    honest = [await lab.node() for _ in range(5)]
+    forger = await lab.bare()
+    forging = asyncio.Event()
+    answered = [0]
+
+    async def forge(message: Message) -> None:
+        rpc = decode_rpc(message.payload)
+        contacts = _forged(sinks) if forging.is_set() else ()
+        answer: Answer
+        if isinstance(rpc, Ping):
+            answer = Pong(rpc.txid, Mode.SERVER, None)
+        elif isinstance(rpc, FindNode):
+            answer = Nodes(rpc.txid, Mode.SERVER, contacts)
+            answered[0] += 1
+        elif isinstance(rpc, FindValue):
+            answer = Value(rpc.txid, Mode.SERVER, None, contacts)
+            answered[0] += 1
+        else:
+            return
+        await forger.router.reply(message, encode_rpc(answer))
+
+    forger.router.register("dht", forge, admit=False)
+    relay, relay_address = await lab.relay(forger)
+    await victim_graph.add(forger.node_id, relay_address)
+    for node, _ in honest:
+        await victim_graph.add(node.node_id, _endpoint(node))
+    refreshing = asyncio.Event()
+
+    # The victim's own lookups (refreshes, /peer/ routes): each asks the forger too.
+    async def refresh() -> None:
+        await victim_graph.lookup(Identity.generate().node_id, timeout=10)
+        await asyncio.sleep(0.2)  # five a second: well within every peer's request rate
+
+    refresher = asyncio.ensure_future(_running(refresh, refreshing))
+    marks: dict[str, int] = {}
+
+    async def start() -> None:
+        marks["sent"], marks["reached"] = relay.sent_by_target, sum(s.bytes for s in sinks)
+        marks["answers"] = answered[0]
+        forging.set()
+
+    async def stop() -> None:
+        forging.clear()
+        marks["answers"] = answered[0] - marks["answers"]
+
+    async def legit() -> bool:
+        target, _ = random.choice(honest)
+        return (await victim_graph.find(target.node_id, timeout=10)).found
+
+    windows = await _windows(window, legit, start, stop)
+    refreshing.set()
+    await refresher
+    sent = relay.sent_by_target - marks["sent"]
+    reached = sum(s.bytes for s in sinks) - marks["reached"]
+    return {
+        **windows,
+        "amplification": round(reached / sent, 2) if sent else None,
+        "detail": f"{marks['answers']} forged answers, {sent} B from the forger, "
+        f"{reached} B to {sum(s.bytes > 0 for s in sinks)} of 100 addresses",
+    }
+
+
+async def _three(lab: _Lab) -> tuple[tuple[Node, DhtService], ...]:
+    """C (the victim), B (a server of C's graph), L (a legitimate asker), all joined."""
+    victim = await lab.node()
+    server = await lab.node()
+    asker = await lab.node()
+    await victim[1].join([(server[0].node_id, _endpoint(server[0]))], timeout=10)
+    await asker[1].add(victim[0].node_id, _endpoint(victim[0]))
+    return victim, server, asker
+
+
+async def _route_through(
+    sender: Node, via: TransportAddress, to: Node, rpc: Ping | DialBack
+) -> None:
+    """``sender`` routes ``rpc`` to ``to``'s DHT service through the node at ``via``."""
+    onward = (via, _hop(to), ServiceAddress("dht"))
+    route = (ServiceAddress(reply_slot(rpc.txid)),)
+    await sender.router.route(Message(onward, route, encode_rpc(rpc)))
+
+
+async def _through_relay(lab: _Lab, node: Node) -> tuple[_Relay, TransportAddress]:
+    """A relay in front of ``node`` and the hop address that reaches it through the relay
+    (pinned to its NodeId): what a stranger sends that way is counted."""
+    relay, (host, port) = await lab.relay(node)
+    return relay, TransportAddress.from_socket("udp", host, port, node.node_id)
+
+
+async def _find_node(asker: DhtService, victim: Node, target: NodeId) -> Answer:
+    ask = FindNode(random.randbytes(8), Mode.SERVER, target.raw)
+    return await asker.request(victim.node_id, _endpoint(victim), ask)
+
+
+def _flood(
+    work: Callable[[], Awaitable[None]],
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """``start`` and ``stop`` of ``work`` done again and again in the background."""
+    flag = asyncio.Event()
+    task: list[asyncio.Future[None]] = []
+
+    async def start() -> None:
+        task.append(asyncio.ensure_future(_running(work, flag)))
+
+    async def stop() -> None:
+        flag.set()
+        await task[0]
+
+    return start, stop
+
+
+async def dht_routed_ping(lab: _Lab, window: float) -> dict[str, Any]:
+    (victim, victim_graph), (server, _), (_, asker) = await _three(lab)
+    stranger, _ = await lab.node()
+    relay, via = await _through_relay(lab, server)
+
+    async def ping() -> None:
+        await _route_through(stranger, via, victim, Ping(random.randbytes(8), Mode.CLIENT))
+        await asyncio.sleep(0.02)
+
+    async def legit() -> bool:
+        answer = await _find_node(asker, victim, server.node_id)
+        return isinstance(answer, Nodes) and any(
+            c.node_id == server.node_id.raw for c in answer.contacts
+        )
+
+    start, stop = _flood(ping)
+    windows = await _windows(window, legit, start, stop)
+    entry = victim_graph.engine.table.get(server.node_id)
+    demoted = entry is None or entry.mode != Mode.SERVER
+    return {
+        **windows,
+        "amplification": 0.0,  # dropped unanswered: nothing is sent on its say-so
+        "detail": f"{relay.sent_by_client} B of routed PINGs; server demoted: {demoted}",
+    }
+
+
+async def dht_routed_dial_back(lab: _Lab, window: float) -> dict[str, Any]:
+    (victim, _), (server, _), (_, asker) = await _three(lab)
+    stranger, _ = await lab.node()
+    (sink,) = lab.sinks(1)
+    relay, via = await _through_relay(lab, server)
+    target = WireContact(Identity.generate().node_id.raw, Mode.CLIENT, (sink.address,))
+
+    async def ask() -> None:
+        rpc = DialBack(random.randbytes(8), Mode.SERVER, bytes(16), target, HELPER_PADDING)
+        await _route_through(stranger, via, victim, rpc)
+        await asyncio.sleep(0.05)
+
+    async def legit() -> bool:
+        return isinstance(await _find_node(asker, victim, server.node_id), Nodes)
+
+    start, stop = _flood(ask)
+    windows = await _windows(window, legit, start, stop)
+    sent = relay.sent_by_client
+    return {
+        **windows,
+        "amplification": round(sink.bytes / sent, 3) if sent else None,
+        "detail": f"{sent} B from the stranger, {sink.bytes} B to the address it named",
+    }
+
+
+async def dht_helper_dial_back(lab: _Lab, window: float) -> dict[str, Any]:
+    (victim, victim_graph), (_, _), (_, asker) = await _three(lab)
+    attacker, attacker_graph = await lab.node()
+    (sink,) = lab.sinks(1)
+    relay, relay_address = await lab.relay(attacker)
+    await victim_graph.add(attacker.node_id, relay_address)  # a server of the graph
+    target = WireContact(Identity.generate().node_id.raw, Mode.CLIENT, (sink.address,))
+    marks: dict[str, int] = {}
+
+    async def ask() -> None:
+        rpc = DialBack(random.randbytes(8), Mode.SERVER, bytes(16), target, HELPER_PADDING)
+        # Over the victim's own hop to it (the one the relay counts).
+        await attacker_graph.request(victim.node_id, None, rpc, timeout=5)
+        await asyncio.sleep(0.05)
+
+    async def legit() -> bool:
+        return isinstance(await _find_node(asker, victim, attacker.node_id), Nodes)
+
+    begin, end = _flood(ask)
+
+    async def start() -> None:
+        marks["sent"] = relay.sent_by_target
+        await begin()
+
+    async def stop() -> None:
+        await end()
+
+    windows = await _windows(window, legit, start, stop)
+    sent = relay.sent_by_target - marks["sent"]
+    return {
+        **windows,
+        "amplification": round(sink.bytes / sent, 3) if sent else None,
+        "detail": f"{sent} B from the asker, {sink.bytes} B to the address it named",
+    }
+
+
+async def dht_sybils(lab: _Lab, window: float) -> dict[str, Any]:
+    strict = Diversity(exempt=lambda ip: False)  # loopback is exempt by default
+    victim, victim_graph = await lab.node("127.0.1.1", diversity=strict)
+    honest = [await lab.node(f"127.0.{2 + i}.1") for i in range(6)]
+    for _, graph in honest:
+        await graph.request(victim.node_id, _endpoint(victim), Ping(b"hello000", Mode.SERVER))
+    for _ in range(500):  # the victim checks each claim with a dial of its own
+        entries = [victim_graph.engine.table.get(node.node_id) for node, _ in honest]
+        if all(e is not None and e.mode == Mode.SERVER for e in entries):
+            break
+        await asyncio.sleep(0.01)
+    sybils = [await lab.node("127.0.99.1") for _ in range(150)]
+    sybil_ids = {node.node_id for node, _ in sybils}
+    _, asker = honest[0]
+    shares: list[int] = []
+
+    async def start() -> None:
+        for number, (_, graph) in enumerate(sybils):
+            txid = number.to_bytes(8, "big")
+            await graph.request(victim.node_id, _endpoint(victim), Ping(txid, Mode.SERVER))
+        await asyncio.sleep(0.5)  # the victim checks their claims with dials of its own
+
+    async def stop() -> None:
+        pass
+
+    async def legit() -> bool:
+        answer = await _find_node(asker, victim, NodeId(random.randbytes(32)))
+        if not isinstance(answer, Nodes):
+            return False
+        handed = {NodeId(c.node_id) for c in answer.contacts}
+        shares.append(len(handed & sybil_ids))
+        return {node.node_id for node, _ in honest[1:]} <= handed
+
+    windows = await _windows(window, legit, start, stop)
+    table = victim_graph.engine.table
+    held = [e for e in table.entries() if e.node_id in sybil_ids]
+    per_bucket = Counter(table.bucket_of(e.node_id) for e in held)
+    return {
+        **windows,
+        "amplification": None,
+        "detail": f"150 identities on one IP: {len(held)} places in the graph, at most "
+        f"{max(per_bucket.values(), default=0)} in a bucket, at most {max(shares, default=0)} "
+        f"of an answer",
+    }
+
+
+async def dht_stale_record(lab: _Lab, window: float) -> dict[str, Any]:
+    owner = Identity.generate()
+    wall = time.time()
+    old = sign_record(owner, 1, wall + 3600, direct=(("192.0.2.1", 4000),))
+    new = sign_record(owner, 2, wall + 3600, direct=(("192.0.2.2", 4000),))
+    reader, reader_graph = await lab.node()
+    forger, forger_graph = await lab.node()
+    await reader_graph.request(
+        forger.node_id, _endpoint(forger), Store(b"stale001", Mode.SERVER, old.raw)
+    )
+    await forger_graph.request(
+        reader.node_id, _endpoint(reader), Store(b"fresh001", Mode.SERVER, new.raw)
+    )
+    taken = [0]
+
+    async def legit() -> bool:
+        found = await reader_graph.find(owner.node_id, timeout=10)
+        stale = found.record is not None and found.record.sequence < 2
+        taken[0] += stale
+        return not stale
+
+    async def nothing() -> None:
+        pass
+
+    windows = await _windows(window, legit, nothing, nothing)
+    return {
+        **windows,
+        "amplification": None,
+        "detail": f"superseded record taken {taken[0]} times (the forger the only one asked)",
+    }
+
+
+DHT_ATTACKS: dict[str, Callable[[_Lab, float], Awaitable[dict[str, Any]]]] = {
+    "dht-forged-answers": dht_forged_answers,
+    "dht-routed-ping": dht_routed_ping,
+    "dht-routed-dial-back": dht_routed_dial_back,
+    "dht-helper-dial-back": dht_helper_dial_back,
+    "dht-sybils": dht_sybils,
+    "dht-stale-record": dht_stale_record,
+}
+
+
+async def _run_dht(window: float) -> list[dict[str, Any]]:
+    rows = []
+    for name, attack in DHT_ATTACKS.items():
+        async with contextlib.AsyncExitStack() as stack:
+            row = await attack(_Lab(stack), window)
+        rows.append({"attack": name, **row})
+        print(f"  {name}: {row['detail']}", flush=True)
+    return rows
+
+
+def _factor(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def main(*, quick: bool = False) -> None:
     window = 1.5 if quick else 3.0
-    with daemons("target") as home:
-        rows = uvloop.run(_run(home, window))
-    print("\nattacks on one daemon; legit echo over QUIC: success, p50/p99 ms")
-    print(f"{'attack':<16} {'before':<18} {'during':<18} {'after':<18} {'RSS MiB':<13} log KiB")
-    for row in rows:
-        print(
-            f"{row['attack']:<16} {_cell(row['before']):<18} {_cell(row['during']):<18} "
-            f"{_cell(row['after']):<18} {row['rss_before_mib']:>5}->{row['rss_after_mib']:<6} "
-            f"{row['log_growth_kib']}"
-        )
-    network = network_attacks(quick=quick)  # issue 19's section, below
-    save("attacks", {"window_s": window, "rows": rows, "network": network})
-    portal_main(quick=quick)
+    parts = os.environ.get("BENCH_ATTACKS", "daemon,dht,network,portal").split(",")
+    results: dict[str, Any] = {"window_s": window}
+    if "daemon" in parts:
+        with daemons("target") as home:
+            rows = uvloop.run(_run(home, window))
+        print("\nattacks on one daemon; legit echo over QUIC: success, p50/p99 ms")
+        print(f"{'attack':<16} {'before':<18} {'during':<18} {'after':<18} {'RSS MiB':<13} log KiB")
+        for row in rows:
+            print(
+                f"{row['attack']:<16} {_cell(row['before']):<18} {_cell(row['during']):<18} "
+                f"{_cell(row['after']):<18} {row['rss_before_mib']:>5}->{row['rss_after_mib']:<6} "
+                f"{row['log_growth_kib']}"
+            )
+        results["rows"] = rows
+    if "dht" in parts:
+        print("\nthe node graph's attacks (issue 19, item 5), embedded nodes on loopback")
+        dht_rows = uvloop.run(_run_dht(window))
+        print("legit operation: success, p50/p99 ms; amplification = bytes sent on the")
+        print("attacker's say-so / bytes the attacker sent (target <= 3x)")
+        print(f"{'attack':<22} {'before':<18} {'during':<18} {'after':<18} amplification")
+        for row in dht_rows:
+            print(
+                f"{row['attack']:<22} {_cell(row['before']):<18} {_cell(row['during']):<18} "
+                f"{_cell(row['after']):<18} {_factor(row['amplification'])}"
+            )
+        results["dht"] = dht_rows
+    if "network" in parts:
+        results["network"] = network_attacks(quick=quick)  # issue 19's section, below
+    save("attacks", results)
+    if "portal" in parts:
+        portal_main(quick=quick)
 
 
 # -- portal attacks (issue 19) ------------------------------------------------------------

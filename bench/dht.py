@@ -17,7 +17,9 @@ each implementation's own insertion path, with up to k random nodes from every b
 range: what a long-running network converges to; the only way to reach 10,000 nodes in
 minutes). Then: lookups of random live nodes from random live nodes, before and after 30 %
 of the nodes are killed without warning, and with 10 % of the nodes poisoning their
-answers with forged contacts.
+answers with forged contacts; and (at 1,000 nodes) 150 identities on one IP joining: the
+most places they take in a bucket, a table and an answer of any node (the diversity
+limits: 2, 10 and 2).
 
 Success is the reference's own measure: a lookup of a random key returns, first, the live
 node truly closest to it (kademlia's FIND_NODE never hands out the node whose id is the key,
@@ -48,7 +50,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import save
-from bench.dhtsim import SimNet, forged_entries, run_lookups
+from bench.dhtsim import SimNet, forged_entries, run_lookups, sybil_clustering
 
 try:  # the reference; `pip install kademlia==2.2.3` (the test extra)
     from kademlia.crawling import NodeSpiderCrawl  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -385,6 +387,12 @@ def _meshkey(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
     out["peer_search_10pct_poisoners"] = searched.as_dict()
     out["forged_entries_with_poisoners"] = forged_entries(poisoned)
     out["forged_contacts_tried_and_refused"] = poisoned.auth_failures
+    if n <= 1000:  # (a join of 150 more through the protocol: minutes at 10,000 nodes)
+        sybils = _timed("meshkey sybils", lambda: net.add_sybils(150, "11.250.0.66"))
+        out["sybils_150_on_one_ip"] = sybil_clustering(net, sybils)
+        honest = [node for node in net.living() if node not in sybils]
+        report = run_lookups(net, lookups, stop_at_target=True, sources=honest, targets=honest)
+        out["peer_search_with_sybils"] = report.as_dict()
     return out
 
 

@@ -15,7 +15,9 @@ by insertion) drives everything, so a run with the same seed is the same run.
   authenticate (``on_authenticated``: inbound for the receiver with the sender's address,
   outbound for the sender). A node at the address with another NodeId fails the handshake:
   the sender hears ``on_failure`` after one round trip, and neither side inserts anything.
-  A dead node (``kill``) or an empty address answers nothing, without warning.
+  A dead node (``kill``) or an empty address answers nothing, without warning; a dial on
+  someone's say-so there is given up after its patience (``dial_timeout``), as the glue
+  closes it, and the engine hears the failure then.
 - **Poisoners** answer FIND_NODE and FIND_VALUE with forged contacts: made-up NodeIds next to
   the target at real nodes' addresses, and the real NodeIds closest to the target at wrong
   addresses (other nodes' or nobody's), and FIND_VALUE with forged and stale records.
@@ -119,10 +121,17 @@ class SimNet:
 
     # -- building -----------------------------------------------------------------------
 
-    def add_node(self, *, poisoner: bool = False, reachable: bool = True) -> SimNode:
+    def add_node(
+        self, *, poisoner: bool = False, reachable: bool = True, host: str | None = None
+    ) -> SimNode:
+        """A node at an address of its own (a /24 of its own), or on ``host`` (a port each)."""
         index = len(self.nodes)
         identity = identity_from_seed(self.rng)
-        address = (f"127.{1 + (index >> 16) % 250}.{(index >> 8) & 255}.{index & 255}", 4000)
+        # Global addresses, each node in a /24 of its own, so the graph's diversity limits
+        # apply as on the Internet (loopback and private addresses are exempt from them).
+        address = (f"{11 + (index >> 16)}.{(index >> 8) & 255}.{index & 255}.1", 4000)
+        if host is not None:
+            address = (host, 10000 + index)
         engine = DhtEngine(
             identity,
             self.now,
@@ -204,6 +213,18 @@ class SimNet:
             node.engine.commands()
             node.engine.events()
             self._service(node)
+
+    def add_sybils(self, count: int, host: str, *, seeds: int = 2) -> list[SimNode]:
+        """``count`` identities on one host join through the protocol (and so dial into
+        whatever their lookups visit, claiming to be servers)."""
+        living = [n for n in self.nodes if n.alive and n.reachable]
+        contacts = [(s.node_id, s.address) for s in living[:seeds]]
+        sybils = [self.add_node(host=host) for _ in range(count)]
+        for node in sybils:
+            node.engine.join(contacts, self.now)
+            self._service(node)
+        self.run_until(lambda: all(n.engine.phase == Phase.READY for n in sybils), 600)
+        return sybils
 
     def kill(self, fraction: float, *, keep: Iterable[SimNode] = ()) -> list[SimNode]:
         """Kills ``fraction`` of the live nodes at once, without warning."""
@@ -312,18 +333,28 @@ class SimNet:
         target = self.by_address.get(command.address)
         if target is None or not target.alive:
             self.dropped += 1
+            self._give_up(source, command)
             return  # silence: nobody there (any more)
         delay = self._delay(source, target)
         if target.node_id != command.peer or not target.reachable:
             if target.node_id != command.peer:
                 self.auth_failures += 1
                 self.at(self.now + 2 * delay, self._failed, source, command.txid)
+            else:
+                self._give_up(source, command)
             return  # a NAT drops an unsolicited dial: silence
         self.at(self.now + self._transit(delay), self._arrive, source, target, command)
 
-    def _failed(self, source: SimNode, txid: bytes) -> None:
+    def _give_up(self, source: SimNode, command: SendRequest) -> None:
+        """A dial on someone's say-so that nothing answers is closed after its patience, as
+        the daemon's glue does (``dial_timeout``): the engine hears the failure then."""
+        if command.dial_timeout is not None:
+            when = self.now + command.dial_timeout
+            self.at(when, self._failed, source, command.txid, False)
+
+    def _failed(self, source: SimNode, txid: bytes, refused: bool = True) -> None:
         if source.alive:
-            source.engine.on_failure(txid, self.now, refused=True)
+            source.engine.on_failure(txid, self.now, refused=refused)
             self._service(source)
 
     def _arrive(self, source: SimNode, target: SimNode, command: SendRequest) -> None:
@@ -381,7 +412,7 @@ class SimNet:
                 self.rng.choice(self.nodes).address
                 if self.rng.random() < 0.5
                 else (
-                    "127.254.0.1",
+                    "198.18.0.1",  # nobody
                     self.rng.randrange(1024, 65535),
                 )
             )
@@ -398,6 +429,38 @@ class SimNet:
             expired = sign_record(owner_node.identity, 10**15, self.now + WALL_OFFSET - 10)
             return Value(request.txid, Mode.SERVER, expired.raw, contacts)
         return Value(request.txid, Mode.SERVER, None, contacts)
+
+
+def sybil_clustering(net: SimNet, sybils: list[SimNode], asks: int = 200) -> dict[str, int]:
+    """Over every other live node: the most places the ``sybils`` (one host) took in one
+    bucket and in one table, and in one FIND_NODE answer of ``asks`` random ones."""
+    ids = {s.node_id for s in sybils}
+    others = [n for n in net.nodes if n.alive and n.node_id not in ids]
+    per_bucket = per_table = 0
+    for node in others:
+        table = node.engine.table
+        held = [e for e in table.entries() if e.node_id in ids]
+        per_table = max(per_table, len(held))
+        buckets: dict[int, int] = {}
+        for entry in held:
+            index = table.bucket_of(entry.node_id)
+            buckets[index] = buckets.get(index, 0) + 1
+        per_bucket = max([per_bucket, *buckets.values()])
+    per_answer = 0
+    for _ in range(asks):
+        node, asker = net.rng.sample(others, 2)
+        target = FindNode(b"sybil000", Mode.SERVER, net.rng.randbytes(32))
+        answer = node.engine.responder.answer(
+            asker.node_id, asker.address, target, node.engine.mode, net.now
+        )
+        if isinstance(answer, Nodes):
+            per_answer = max(per_answer, sum(NodeId(c.node_id) in ids for c in answer.contacts))
+    return {
+        "sybils": len(sybils),
+        "max_in_a_bucket": per_bucket,
+        "max_in_a_table": per_table,
+        "max_in_an_answer": per_answer,
+    }
 
 
 def forged_entries(net: SimNet) -> int:

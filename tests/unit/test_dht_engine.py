@@ -6,6 +6,8 @@ import random
 
 import pytest
 
+from meshkey.dht.budget import AMPLIFICATION, DIAL_COST, HOP_BYTES
+from meshkey.dht.diversity import PER_ANSWER, PER_TABLE
 from meshkey.dht.engine import (
     MAX_LOOKUPS,
     MAX_REFRESHES,
@@ -20,7 +22,10 @@ from meshkey.dht.engine import (
     Purpose,
     SendRequest,
 )
-from meshkey.dht.records import PersistSequence, RecordContent
+from meshkey.dht.lookup import LookupKind
+from meshkey.dht.persistence import GraphPersistence
+from meshkey.dht.records import PersistSequence, RecordContent, sign_record
+from meshkey.dht.store import MemoryGraphStore
 from meshkey.dht.table import RECENT, REFRESH_INTERVAL, BucketFull, K, Learned
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -38,6 +43,7 @@ from meshkey.wire.dht import (
     Stored,
     Value,
     WireContact,
+    encode_rpc,
 )
 
 
@@ -150,6 +156,28 @@ def test_answers_hand_out_servers_only_and_never_the_asker() -> None:
     assert isinstance(pong, Pong) and pong.observed == ("127.0.0.1", 2999)
 
 
+def test_an_answer_hands_out_at_most_two_nodes_of_one_network() -> None:
+    """150 identities on one host (their hops authenticated, so they are real servers) and
+    30 on hosts of their own: the one network holds 10 places of the graph and 2 of an
+    answer, whatever the target."""
+    core = engine()
+    sybils = [Identity.generate().node_id for _ in range(150)]
+    others = [Identity.generate().node_id for _ in range(30)]
+    for serial, node_id in enumerate(sybils):
+        core.on_authenticated(node_id, ("11.0.66.6", 2000 + serial), "outbound", 0.0)
+    for serial, node_id in enumerate(others):
+        core.on_authenticated(node_id, (f"11.{serial}.1.1", 4000), "outbound", 0.0)
+    in_graph = [e for e in core.table.entries() if e.node_id in set(sybils)]
+    assert len(in_graph) == PER_TABLE
+    asker = others[0]
+    for target in [s.raw for s in sybils[:10]] + [bytes(32)]:
+        answer = core.on_request(
+            asker, ("11.0.1.1", 4000), FindNode(b"t" * 8, Mode.SERVER, target), 1.0
+        )
+        assert isinstance(answer, Nodes) and len(answer.contacts) == K
+        assert sum(NodeId(c.node_id) in set(sybils) for c in answer.contacts) <= PER_ANSWER
+
+
 def test_a_client_answers_pings_only_and_requests_are_rate_limited() -> None:
     client = engine(Mode.CLIENT)
     peer = Identity.generate().node_id
@@ -175,15 +203,23 @@ def test_forged_contacts_in_answers_never_enter_the_table() -> None:
     core.on_authenticated(honest, ("127.0.0.1", 1), "outbound", 0.0)
     core.start_lookup(Identity.generate().node_id, 0.0)
     (ask,) = sends(core)
-    made_up = [WireContact(Identity.generate().node_id.raw, Mode.SERVER, (("127.0.0.1", 1),))]
+    made_up = [
+        WireContact(Identity.generate().node_id.raw, Mode.SERVER, (("127.0.0.1", 2 + i),))
+        for i in range(5)
+    ]
     core.on_answer(ask.txid, honest, Nodes(ask.request.txid, Mode.SERVER, tuple(made_up)), 0.1)
     assert len(core.table) == 1
-    (forged_ask,) = sends(core)  # a candidate: asked over a hop pinned to the made-up id...
-    assert forged_ask.peer == NodeId(made_up[0].node_id)
+    # A candidate: asked over a hop pinned to the made-up id, one at a time on the answer's
+    # credit (the others wait for it)...
+    (forged_ask,) = sends(core)
+    assert forged_ask.peer in {NodeId(c.node_id) for c in made_up}
+    assert forged_ask.dial_timeout is not None
     core.on_failure(forged_ask.txid, 0.2)  # ...which fails to authenticate
     assert len(core.table) == 1
+    assert sends(core) == []  # the answer's credit is spent: the rest are never dialled
     done = [e for e in core.events() if isinstance(e, LookupFinished)]
     assert done and [c.node_id for c in done[0].result.closest] == [honest]
+    assert core.budget.dead(forged_ask.address, 0.3)
 
 
 def test_an_inbound_peer_claiming_server_is_checked_over_a_fresh_hop() -> None:
@@ -276,3 +312,78 @@ def test_lookups_for_callers_past_max_lookups_are_refused_and_the_engines_own_go
     assert len(sends(core)) == 1
     with pytest.raises(LookupLimitError):
         core.start_lookup(Identity.generate().node_id, 0.1)
+
+
+def test_a_lookup_ignores_a_record_older_than_the_newest_seen_even_after_a_restart() -> None:
+    """Sequence 2 was read (not held) and then expired; sequence 1, signed to live longer,
+    is still valid. The floor is persisted with the records and comes back at start."""
+    owner = Identity.generate()
+    newer = sign_record(owner, 2, 3600.0)
+    older = sign_record(owner, 1, 80_000.0)
+    core = engine()
+    assert core._verify_record(newer.raw, owner.node_id, 0.0) == newer
+    assert core._verify_record(older.raw, owner.node_id, 0.0) is None
+    store = MemoryGraphStore()
+    GraphPersistence(core, store, 0.0).flush()
+    restarted = engine(seed=2)
+    GraphPersistence(restarted, store, 0.0).restore(5000.0)  # sequence 2 expired meanwhile
+    assert restarted.records.floor(owner.node_id, 5000.0) == 2
+    assert restarted._verify_record(older.raw, owner.node_id, 5000.0) is None
+    # Answered to a FIND_VALUE lookup by the only node asked: no record found.
+    forger = Identity.generate().node_id
+    restarted.on_authenticated(forger, ("192.0.2.9", 4000), "outbound", 5000.0)
+    lookup_id = restarted.start_lookup(owner.node_id, 5000.0, kind=LookupKind.FIND_VALUE)
+    (ask,) = sends(restarted)
+    restarted.on_answer(
+        ask.txid, forger, Value(ask.request.txid, Mode.SERVER, older.raw, ()), 5000.1
+    )
+    (finished,) = [e for e in restarted.events() if isinstance(e, LookupFinished)]
+    assert finished.lookup_id == lookup_id and finished.result.record is None
+    assert finished.result.stats.bad_records == 1
+
+
+def test_forged_answers_make_a_node_dial_at_most_three_times_what_the_forger_sent() -> None:
+    """Issue 19: 20 made-up NodeIds x 5 addresses of a host where no meshkey runs, in every
+    answer of a forger this node asks (it is a server of its graph). Whatever it names, the
+    dials on its word (each closed after its first flight: DIAL_COST) stay within 3x of
+    what it sent, and an address found dead is not dialled again on anyone's word."""
+    core = engine()
+    forger = Identity.generate().node_id
+    core.on_authenticated(forger, ("203.0.113.1", 4000), "outbound", 0.0)
+    sent_by_forger, dials, now = HOP_BYTES, 0, 0.0
+    dialled: set[tuple[str, int]] = set()
+    for round_number in range(10):
+        core.start_lookup(Identity.generate().node_id, now)
+        pending = sends(core)
+        while pending:
+            for command in pending:
+                if command.peer == forger:
+                    addresses = [
+                        ("198.51.100.7", 1000 + 100 * (round_number % 3) + 5 * i + j)
+                        for i in range(20)
+                        for j in range(5)
+                    ]
+                    contacts = tuple(
+                        WireContact(
+                            Identity.generate().node_id.raw,
+                            Mode.SERVER,
+                            tuple(addresses[5 * i : 5 * i + 5]),
+                        )
+                        for i in range(20)
+                    )
+                    answer = Nodes(command.request.txid, Mode.SERVER, contacts)
+                    size = len(encode_rpc(answer))
+                    sent_by_forger += size
+                    core.on_answer(command.txid, forger, answer, now, size=size)
+                else:  # a made-up contact: nobody answers; the glue gives the dial up
+                    assert command.dial_timeout is not None
+                    assert command.address not in dialled  # never twice
+                    dialled.add(command.address)
+                    dials += 1
+                    core.on_failure(command.txid, now + command.dial_timeout)
+            now += 1.0
+            core.on_timer(now)
+            pending = sends(core)
+        core.events()
+    assert dials * DIAL_COST <= AMPLIFICATION * sent_by_forger
+    assert dials >= 1  # the forger's bytes did buy something: the bound is what holds

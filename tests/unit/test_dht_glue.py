@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from meshkey.dht.engine import MAX_LOOKUPS
+from meshkey.dht.hops import reply_slot
 from meshkey.dht.maintenance import Phase
 from meshkey.dht.records import PeerRecord, RecordContent
 from meshkey.dht.service import DHT_SERVICE, DhtService
@@ -27,6 +28,7 @@ from meshkey.routing.message import LocalInfo, Message
 from meshkey.routing.router import Router
 from meshkey.transport.events import HopAuthenticated
 from meshkey.wire.dht import DhtError, DhtErrorCode, Mode, Ping, Pong, decode_rpc, encode_rpc
+from meshkey.wire.hop import CloseCode
 from meshkey.wire.message import ErrorCode
 from meshkey.wire.net import Endpoint
 
@@ -52,6 +54,7 @@ class FakeLink:
         self.created = asyncio.get_running_loop().time()
         self.core = FakeHopState(peer)
         self.other: FakeLink | None = None
+        self.target: TransportAddress | None = None
         udp.router.register(self.name, self._send_from_router, inline=True)
         udp.links.add(self)
 
@@ -66,6 +69,9 @@ class FakeLink:
 
     def describe(self) -> dict[str, Any]:
         return {"peer": str(self.core.peer), "direction": self.direction}
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        self.closed = True
 
 
 class FakeUdp:
@@ -117,6 +123,7 @@ class FakeUdp:
     def _dial(self, target: FakeUdp) -> FakeLink:
         self.dials += 1
         mine = FakeLink(self, target.node_id, "outbound", target.endpoint)
+        mine.target = TransportAddress.from_socket("udp", *target.endpoint, target.node_id)
         theirs = FakeLink(target, self.node_id, "inbound", self.endpoint)
         mine.other, theirs.other = theirs, mine
         self._outbound[(target.endpoint, target.node_id)] = mine
@@ -223,13 +230,14 @@ async def test_rpcs_that_did_not_come_over_a_udp_hop_are_answered_unsupported() 
         async def receive(reply: Message) -> None:
             replies.append(reply)
 
-        a.router.register("asker", receive, inline=True)
+        # As over a TCP hop: the hop's worker first, then the sender's reply slot.
+        a.router.register("_tcp.fake", receive, inline=True)
         for payload in (encode_rpc(Ping(b"ping0001", Mode.SERVER)), b"\x01garbage"):
             message = Message(
                 (ServiceAddress(DHT_SERVICE),),
-                (ServiceAddress("asker"),),
+                (ServiceAddress("_tcp.fake"), ServiceAddress(reply_slot(b"ping0001"))),
                 payload,
-                local=LocalInfo(hop_peer=Identity.generate().node_id),  # as over a TCP hop
+                local=LocalInfo(hop_peer=Identity.generate().node_id),
             )
             await a.router.route(message)
         await until(lambda: len(replies) == 2, "two answers")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 
+from meshkey.dht.budget import Charge
 from meshkey.dht.lookup import (
     ALPHA,
     HARD_FACTOR,
     HARD_MINIMUM,
+    MAX_DIALS_PER_ANSWER,
     PATIENCE_MINIMUM,
+    Admission,
     Contact,
     Lookup,
     LookupDone,
@@ -290,3 +293,88 @@ def test_a_round_without_progress_asks_the_rest_of_the_window_at_once() -> None:
     for command in search.commands():
         search.on_reply(command.peer, [], 0.01)
     assert len(search.commands()) == ALPHA
+
+
+# -- dials on someone's say-so: what ``admit`` lets go --------------------------------
+
+
+class Gate:
+    """An ``admit`` that lets through what ``allow`` says and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.allow: dict[NodeId, Charge | Admission | None] = {}
+        self.default: Charge | Admission | None = None
+        self.asked: list[tuple[NodeId, tuple[str, int], frozenset[NodeId]]] = []
+
+    def __call__(
+        self, peer: NodeId, address: tuple[str, int], namers: frozenset[NodeId], now: float
+    ) -> Charge | Admission | None:
+        self.asked.append((peer, address, namers))
+        return self.allow.get(peer, self.default)
+
+
+def test_an_answer_gives_one_address_per_contact_and_the_tables_own_go_free() -> None:
+    gate = Gate()
+    answerer = peers(1)[0]
+    lookup = Lookup(OWN, TARGET, [contact(answerer)], 0.0, rtt=RttEstimator(), admit=gate)
+    (ask,) = lookup.commands()
+    assert gate.asked == [] and ask.charge is None  # from our own table: no say-so
+    named = peers(3)
+    five = tuple(("192.0.2.1", port) for port in range(1, 6))
+    lookup.on_reply(answerer, [Contact(n, five) for n in named], 0.1)
+    sent = lookup.commands()
+    assert {c.address for c in sent} == {five[0]}  # only the first address of each
+    assert {a for _, a, _ in gate.asked} == {five[0]}
+    assert all(namers == {answerer} for _, _, namers in gate.asked)
+
+
+def test_one_answer_is_charged_a_few_dials_of_a_lookup_at_most() -> None:
+    gate = Gate()
+    answerer = peers(1)[0]
+    gate.default = ((answerer, 1.0),)  # it has all the credit in the world
+    lookup = Lookup(OWN, TARGET, [contact(answerer)], 0.0, rtt=RttEstimator(), admit=gate)
+    lookup.commands()
+    forged = peers(20)
+    lookup.on_reply(answerer, [contact(n, 100 + i) for i, n in enumerate(forged)], 0.1)
+    now, dialled = 0.1, 0
+    while lookup.done is None:
+        sent = lookup.commands()
+        dialled += len(sent)
+        for command in sent:
+            lookup.on_failure(command.peer, now)
+        now += 0.1
+        lookup.on_timer(now)
+    assert dialled == MAX_DIALS_PER_ANSWER
+    assert lookup.done.stats.skipped == 20 - MAX_DIALS_PER_ANSWER
+
+
+def test_a_dial_that_may_go_only_later_waits_and_a_dead_address_is_dropped() -> None:
+    gate = Gate()
+    answerer, other = peers(2)
+    lookup = Lookup(
+        OWN, TARGET, [contact(answerer), contact(other, 2)], 0.0, rtt=RttEstimator(), admit=gate
+    )
+    lookup.commands()
+    close, dead = by_distance(peers(2))
+    gate.allow = {close: Admission.LATER, dead: Admission.NEVER}
+    lookup.on_reply(answerer, [contact(close, 10), contact(dead, 11)], 0.1)
+    assert lookup.commands() == []  # nothing it may dial now; `other` is still out
+    assert lookup.done is None
+    gate.allow[close] = ((answerer, 1.0),)  # the credit came back (an answer, a refund)
+    lookup.on_reply(other, [], 0.2)
+    (ask,) = lookup.commands()
+    assert ask.peer == close and ask.charge == ((answerer, 1.0),)
+    lookup.on_reply(close, [], 0.3)
+    result = done_of(lookup)
+    assert dead not in {c.node_id for c in result.closest} and result.stats.skipped == 1
+
+
+def test_a_lookup_ends_without_what_it_cannot_afford_once_nothing_is_out() -> None:
+    gate = Gate()
+    answerer = peers(1)[0]
+    lookup = Lookup(OWN, TARGET, [contact(answerer)], 0.0, rtt=RttEstimator(), admit=gate)
+    lookup.commands()
+    gate.default = Admission.LATER
+    lookup.on_reply(answerer, [contact(n, 10 + i) for i, n in enumerate(peers(4))], 0.1)
+    result = done_of(lookup)
+    assert [c.node_id for c in result.closest] == [answerer]

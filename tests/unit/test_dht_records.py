@@ -20,6 +20,7 @@ from meshkey.dht.records import (
     record_or_none,
     sign_record,
     verify_record,
+    verify_signed,
 )
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
@@ -106,6 +107,67 @@ def test_the_store_is_capped_and_keeps_what_is_closest() -> None:
     # Expired records go first.
     assert store.next_deadline() == NOW + 600
     assert store.expire(NOW + 601) and len(store) == 0
+
+
+def test_a_superseded_record_is_refused_after_the_newer_one_expired() -> None:
+    """Sequence 6 lived a minute, sequence 5 an hour: once 6 expired, 5 is still validly
+    signed, and whoever kept a copy could replay it. The floor (6) outlives 6's expiry."""
+    store = RecordStore(Identity.generate().node_id)
+    store.put(record(5, NOW + 3600), NOW)
+    store.put(record(6, NOW + 60), NOW)
+    later = NOW + 120  # 6 expired, 5 did not
+    assert store.get(OWNER.node_id, later) is None
+    with pytest.raises(RecordError) as caught:
+        store.put(record(5, NOW + 3600), later)
+    assert caught.value.code == DhtErrorCode.STALE_RECORD
+    five = verify_record(record(5, NOW + 3600), later)
+    assert not store.saw(five, later)  # a reader ignores it too
+    assert store.floor(OWNER.node_id, later) == 6
+    # Gone only when nothing it could have superseded can still be valid.
+    assert store.floor(OWNER.node_id, NOW + 60 + MAX_LIFETIME) is None
+    assert store.saw(five, NOW + 60 + MAX_LIFETIME)
+
+
+def test_a_record_read_raises_the_floor_and_replaces_an_older_one_held() -> None:
+    store = RecordStore(Identity.generate().node_id)
+    store.put(record(5), NOW)
+    assert store.saw(verify_record(record(7), NOW), NOW)
+    held = store.get(OWNER.node_id, NOW)
+    assert held is not None and held.sequence == 7  # a holder keeps the newest
+    with pytest.raises(RecordError):
+        store.put(record(6), NOW)
+    assert not store.saw(verify_record(record(6), NOW), NOW)
+    assert store.saw(verify_record(record(7), NOW), NOW)  # the same one again: fine
+
+
+def test_floors_are_bounded_and_held_records_keep_their_own() -> None:
+    store = RecordStore(Identity.generate().node_id, floors=4)
+    owners = [Identity.generate() for _ in range(10)]
+    for owner in owners:
+        store.saw(verify_record(record(3, owner=owner), NOW), NOW)
+    assert len(store.newest()) == 4  # the least recently raised went
+    assert store.floor(owners[0].node_id, NOW) is None
+    assert store.floor(owners[-1].node_id, NOW) == 3
+    held = Identity.generate()
+    store.put(record(9, owner=held), NOW)
+    for owner in owners:
+        store.saw(verify_record(record(4, owner=owner), NOW), NOW)
+    assert store.floor(held.node_id, NOW) == 9
+    assert held.node_id in {r.node_id for r in store.newest()}  # persisted with the rest
+
+
+def test_restored_records_are_floors_and_held_only_while_valid() -> None:
+    store = RecordStore(Identity.generate().node_id)
+    store.restore(verify_signed(record(8, NOW + 60)), NOW + 120)  # expired while down
+    assert store.get(OWNER.node_id, NOW + 120) is None
+    assert store.floor(OWNER.node_id, NOW + 120) == 8
+    other = Identity.generate()
+    store.restore(verify_signed(record(2, owner=other)), NOW)
+    held = store.get(other.node_id, NOW)
+    assert held is not None and held.sequence == 2
+    signed = record(2)
+    with pytest.raises(RecordError):
+        verify_signed(signed[:-1] + bytes([signed[-1] ^ 1]))
 
 
 def test_per_peer_rate_limits_with_an_injected_clock() -> None:

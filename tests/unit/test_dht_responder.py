@@ -7,9 +7,16 @@ import random
 
 import pytest
 
+from meshkey.dht.budget import AMPLIFICATION, DIAL_COST, HELPER_PADDING
 from meshkey.dht.engine import DhtEngine
 from meshkey.dht.records import sign_record
-from meshkey.dht.responder import ANSWERED, DialBackJob, answered
+from meshkey.dht.responder import (
+    ANSWERED,
+    DIAL_BACK_BURST,
+    DIAL_BACK_TOTAL_BURST,
+    DialBackJob,
+    answered,
+)
 from meshkey.identity.keys import Identity
 from meshkey.wire.dht import (
     REQUEST_KINDS,
@@ -28,6 +35,7 @@ from meshkey.wire.dht import (
     Store,
     Stored,
     Value,
+    WireContact,
     kind_of,
 )
 
@@ -99,3 +107,55 @@ def test_every_pair_not_in_the_table_is_refused(kind: RpcKind, mode: Mode) -> No
 @pytest.mark.parametrize(("kind", "mode"), ALLOWED)
 def test_every_pair_in_the_table_is_answered(kind: RpcKind, mode: Mode) -> None:
     assert isinstance(answer_of(kind, mode), EXPECTED[kind])
+
+
+# -- dial-backs: who may make this node dial where, and how often -----------------------
+
+
+def server_engine() -> DhtEngine:
+    return DhtEngine(Identity.generate(), 0.0, rng=random.Random(2), mode=Mode.SERVER)
+
+
+def helper_ask(padding: int) -> DialBack:
+    target = WireContact(Identity.generate().node_id.raw, Mode.CLIENT, (("198.51.100.9", 53),))
+    return DialBack(TXID, Mode.SERVER, b"n" * 16, target, padding)
+
+
+def test_a_dial_back_for_the_asker_goes_to_the_address_its_hop_came_from() -> None:
+    engine = server_engine()
+    job = engine.on_request(ASKER.node_id, ("192.0.2.1", 4000), sample(RpcKind.DIAL_BACK), 1.0)  # type: ignore[arg-type]
+    assert isinstance(job, DialBackJob) and job.address == ("192.0.2.1", 4000)
+    assert job.peer == ASKER.node_id and job.request.target is None
+
+
+def test_a_helper_dial_is_a_favour_for_servers_of_the_graph_that_pay_in_padding() -> None:
+    engine = server_engine()
+    stranger = ("192.0.2.1", 4000)
+    # Unknown, and then known only inbound (a client): refused either way.
+    answer = engine.on_request(ASKER.node_id, stranger, helper_ask(HELPER_PADDING), 1.0)
+    assert isinstance(answer, DhtError) and answer.code == DhtErrorCode.UNAVAILABLE
+    engine.on_authenticated(ASKER.node_id, stranger, "inbound", 1.0)
+    answer = engine.on_request(ASKER.node_id, stranger, helper_ask(HELPER_PADDING), 1.0)
+    assert isinstance(answer, DhtError) and answer.code == DhtErrorCode.UNAVAILABLE
+    # A server of the graph (this node dialled it) that does not pad: refused.
+    engine.on_authenticated(ASKER.node_id, stranger, "outbound", 1.0)
+    answer = engine.on_request(ASKER.node_id, stranger, helper_ask(HELPER_PADDING - 1), 1.0)
+    assert isinstance(answer, DhtError) and answer.code == DhtErrorCode.MALFORMED
+    job = engine.on_request(ASKER.node_id, stranger, helper_ask(HELPER_PADDING), 1.0)
+    assert isinstance(job, DialBackJob) and job.request.target is not None
+    # The padding pays for the dial: a third of what it may cost.
+    assert AMPLIFICATION * (HELPER_PADDING + 1) >= DIAL_COST
+
+
+def test_dial_backs_are_limited_per_asker_and_in_total() -> None:
+    engine = server_engine()
+    ask = sample(RpcKind.DIAL_BACK)
+    jobs = [engine.on_request(ASKER.node_id, ("192.0.2.1", 4000), ask, 1.0) for _ in range(10)]  # type: ignore[arg-type]
+    assert sum(isinstance(j, DialBackJob) for j in jobs) == DIAL_BACK_BURST
+    # Many askers (Sybils) at once: the total bucket holds.
+    sybils = [Identity.generate().node_id for _ in range(100)]
+    jobs = [engine.on_request(s, ("192.0.2.7", 4000), ask, 2.0) for s in sybils]  # type: ignore[arg-type]
+    granted = sum(isinstance(j, DialBackJob) for j in jobs)
+    assert granted <= DIAL_BACK_TOTAL_BURST
+    refused = [j for j in jobs if isinstance(j, DhtError)]
+    assert refused and all(j.code == DhtErrorCode.RATE_LIMITED for j in refused)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bench.dhtsim import SimNet, forged_entries, run_lookups
+from bench.dhtsim import SimNet, forged_entries, run_lookups, sybil_clustering
 
+from meshkey.dht.diversity import PER_ANSWER, PER_BUCKET, PER_TABLE
 from meshkey.dht.lookup import LookupKind
 
 
@@ -83,3 +84,19 @@ def test_clients_are_never_handed_out() -> None:
             assert entry.node_id not in clients
     report = run_lookups(net, 30, stop_at_target=True)
     assert report.success == 1.0
+
+
+def test_identities_on_one_host_take_no_more_than_their_networks_share() -> None:
+    """40 identities on one IP join a network of 200 through the protocol (their lookups
+    dial into the graphs they visit, claiming to be servers): no graph holds more than 2 of
+    them in a bucket or 10 in all, no answer more than 2, and lookups still succeed."""
+    net = SimNet(seed=10)
+    net.build_converged(200)
+    sybils = net.add_sybils(40, "11.200.0.66")
+    clustering = sybil_clustering(net, sybils)
+    assert clustering["max_in_a_table"] > 0  # they did get in: the limits are what holds
+    assert clustering["max_in_a_bucket"] <= PER_BUCKET
+    assert clustering["max_in_a_table"] <= PER_TABLE
+    assert clustering["max_in_an_answer"] <= PER_ANSWER
+    honest = [n for n in net.nodes if n not in sybils]
+    assert run_lookups(net, 60, sources=honest, targets=honest).success == 1.0

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from meshkey.dht.diversity import PER_BUCKET, PER_TABLE, Diversity
 from meshkey.dht.table import (
     PING_BATCH,
     RECENT,
@@ -242,3 +243,71 @@ def test_strangers_seen_inbound_never_start_a_ping_round_and_rounds_are_a_minute
         in_bucket(80, 903), address(93), "outbound", later + RECENT + 1
     )
     assert isinstance(after, BucketFull)
+
+
+# -- diversity: how many places one network may take ---------------------------------
+
+
+def public(network: int, host: int) -> tuple[str, int]:
+    """An address in the global /24 number ``network`` (198.51.100.0/24 is documentation
+    space, not global, so these are built from 11.0.0.0/8, which is)."""
+    return (f"11.0.{network}.{host}", 4000)
+
+
+def test_one_network_takes_at_most_two_places_of_a_bucket_and_ten_of_the_table() -> None:
+    table = RoutingTable(OWN)
+    verdicts = [
+        table.observe_authenticated(in_bucket(200, i), public(7, i % 3), "outbound", 1.0)
+        for i in range(20)
+    ]
+    assert sum(isinstance(v, Added) for v in verdicts) == PER_BUCKET
+    refused = [v for v in verdicts if isinstance(v, Refused)]
+    assert len(refused) == 20 - PER_BUCKET and "11.0.7.0/24" in refused[0].reason
+    # The same network across many buckets: ten places in the whole table.
+    for index in range(100, 140):
+        for serial in range(3):
+            table.observe_authenticated(in_bucket(index, serial), public(7, 9), "outbound", 1.0)
+    assert sum(e.group == "11.0.7.0/24" for e in table.entries()) == PER_TABLE
+    # Others are not crowded out: each of 18 other networks takes its place in bucket 200.
+    for network in range(18):
+        node_id = in_bucket(200, 100 + network)
+        verdict = table.observe_authenticated(node_id, public(50 + network, 1), "outbound", 1.0)
+        assert isinstance(verdict, Added)
+    assert len(table.bucket_entries(200)) == K
+
+
+def test_places_come_back_when_entries_go_and_replacements_must_fit_too() -> None:
+    table = RoutingTable(OWN)
+    first, second = in_bucket(10, 1), in_bucket(10, 2)
+    for node_id in (first, second):
+        assert isinstance(table.observe_authenticated(node_id, public(1, 1), "outbound", 0), Added)
+    third = in_bucket(10, 3)
+    assert isinstance(table.observe_authenticated(third, public(1, 2), "outbound", 0), Refused)
+    table.remove(first)
+    assert isinstance(table.observe_authenticated(third, public(1, 2), "outbound", 0), Added)
+    # A full bucket's replacement from a network that has its share stays in the cache.
+    full = RoutingTable(OWN, k=3)
+    for serial, network in enumerate((1, 2, 1)):
+        full.observe_authenticated(in_bucket(9, serial), public(network, serial), "outbound", 0)
+    full.observe_authenticated(in_bucket(9, 8), public(3, 8), "outbound", 0)  # cached
+    full.observe_authenticated(in_bucket(9, 7), public(1, 7), "outbound", 0)  # cached, newest
+    full.record_failure(in_bucket(9, 1), 0)
+    full.record_failure(in_bucket(9, 1), 0)  # stale: replaced from the cache
+    members = {e.node_id for e in full.bucket_entries(9)}
+    assert in_bucket(9, 8) in members and in_bucket(9, 7) not in members
+
+
+def test_non_global_addresses_are_exempt_unless_told_otherwise_and_a_forced_add_wins() -> None:
+    table = RoutingTable(OWN)
+    assert len(fill(table, 50, K, 0.0)) == K  # 20 nodes on 127.0.0.1: a test network
+    strict = RoutingTable(OWN, diversity=Diversity(exempt=lambda ip: False))
+    verdicts = [
+        strict.observe_authenticated(in_bucket(50, i), address(i), "outbound", 0.0)
+        for i in range(5)
+    ]
+    assert [type(v) for v in verdicts] == [Added, Added, Refused, Refused, Refused]
+    forced = strict.force(in_bucket(50, 9), address(9), "outbound", 0.0)
+    assert isinstance(forced, Added) and forced.entry.learned == Learned.MANUAL
+    assert Diversity().group(("::ffff:11.0.3.4", 1)) == "11.0.3.0/24"
+    assert Diversity().group(("2001:4860:1:2::9", 1)) == "2001:4860:1::/48"
+    assert Diversity().group(("192.168.1.9", 1)) is None

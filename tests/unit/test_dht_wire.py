@@ -61,7 +61,14 @@ rpcs = st.one_of(
     st.builds(Value, txids, modes, st.one_of(st.none(), records), contact_lists),
     st.builds(Store, txids, modes, records),
     st.builds(Stored, txids, modes),
-    st.builds(DialBack, txids, modes, nonces, st.one_of(st.none(), contacts)),
+    st.builds(
+        DialBack,
+        txids,
+        modes,
+        nonces,
+        st.one_of(st.none(), contacts),
+        st.integers(min_value=0, max_value=2048),
+    ),
     st.builds(DialBackResult, txids, modes, st.booleans(), st.booleans(), reasons),
     st.builds(DhtError, txids, modes, st.sampled_from(list(DhtErrorCode)), reasons),
 )

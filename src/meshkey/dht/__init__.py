@@ -3,6 +3,8 @@
 Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 
 - :mod:`meshkey.dht.table`   k-buckets, XOR metric, replacement caches, refresh deadlines
+- :mod:`meshkey.dht.diversity` how many places of a bucket, the table and an answer one
+  network (/24, /48) may take
 - :mod:`meshkey.dht.lookup`  the iterative lookup (alpha in flight, RTT-derived timeouts)
 - :mod:`meshkey.dht.records` signed peer records, the holder's store, rate limits, publisher
 - :mod:`meshkey.dht.rtt`     per-peer round-trip estimates
@@ -11,6 +13,8 @@ Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 - :mod:`meshkey.dht.responder` answers to others' requests (the table of what is answered
   in which mode), rate limits, dial-back jobs
 - :mod:`meshkey.dht.rounds` bucket-full ping rounds and the store rounds of a publish
+- :mod:`meshkey.dht.budget`  what a dial on another node's say-so costs, each peer's credit
+  for them (3x what it sent) and the addresses found dead (DESIGN.md decision 20)
 - :mod:`meshkey.dht.engine`  one node's cores together: join, refresh, publishing — what the
   daemon and the simulator (``bench/dhtsim.py``) both run; :mod:`meshkey.dht.events` is
   what it emits

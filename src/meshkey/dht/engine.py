@@ -17,8 +17,8 @@ tag). The upkeep around it (joining again, the mode, what the record says) is
 Inputs (each takes ``now``, monotonic seconds; records are judged at ``now + wall_offset``)::
 
     on_authenticated(node_id, address, direction, now)  the transport's HopAuthenticated
-    on_request(peer, address, request, now) -> answer   a request that came over a hop
-    on_answer(txid, peer, answer, now)                  the answer to one of our requests
+    on_request(peer, address, request, now, size=) -> answer   a request over a hop
+    on_answer(txid, peer, answer, now, size=)           the answer to one of our requests
     on_failure(txid, now, refused=)                     our request failed (hop refused...)
     on_timer(now)                                       at next_deadline()
     start_lookup / join / publish / expect_manual / set_mode
@@ -41,6 +41,16 @@ restarted node re-joins from the graph it restored).
 **Answers** are the :class:`~meshkey.dht.responder.Responder`'s (which request kinds are
 answered in which mode is its table, :data:`~meshkey.dht.responder.ANSWERED`).
 
+**Dials on someone's say-so** (DESIGN.md decision 20, :mod:`meshkey.dht.budget`). A lookup
+asking a candidate at an address only answers named (not this node's own table, and no hop
+to it is up: the ``connected`` sensor) dials on the namers' word: the engine charges the
+dial to them (:class:`~meshkey.dht.budget.DialBudget`: 3x the bytes each sent), marks
+the request for the glue to close the dial after
+:data:`~meshkey.dht.budget.DIAL_PATIENCE`, gives the charge back when the answer comes (the
+address was true) and keeps it, and the address as dead, when the request fails. Every
+request and answer earns its sender credit (its size, given by the glue), every hop that
+authenticates too (:data:`~meshkey.dht.budget.HOP_BYTES`).
+
 **Modes.** A peer's claimed mode comes with each of its RPCs. A peer that claims to be a
 server, but that this node has only seen inbound, is pinged once over a new outbound hop
 (:data:`VERIFY_INTERVAL` apart at most): if that hop authenticates, the table has seen it
@@ -52,9 +62,12 @@ from __future__ import annotations
 import enum
 import random
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from meshkey.dht.budget import DIAL_PATIENCE, HOP_BYTES, Charge, DialBudget
+from meshkey.dht.diversity import DEFAULT as DEFAULT_DIVERSITY
+from meshkey.dht.diversity import Diversity
 from meshkey.dht.events import (
     EngineCommand,
     EngineEvent,
@@ -66,6 +79,7 @@ from meshkey.dht.events import (
 )
 from meshkey.dht.lookup import (
     ALPHA,
+    Admission,
     Contact,
     Lookup,
     LookupDone,
@@ -111,6 +125,7 @@ from meshkey.wire.dht import (
     Stored,
     Value,
     WireContact,
+    encode_rpc,
 )
 from meshkey.wire.net import Endpoint
 
@@ -152,7 +167,11 @@ class DhtEngine:
         sequence: int = 0,
         record_capacity: int | None = None,
         refresh_interval: float | None = None,
+        diversity: Diversity = DEFAULT_DIVERSITY,
+        connected: Callable[[NodeId], bool] | None = None,
     ) -> None:
+        """``connected(peer)``: whether a hop to ``peer`` is up (a request to it then needs
+        no dial); without it, every request to an address only others named is a dial."""
         self.identity = identity
         self.own = identity.node_id
         self.rng = rng or random.Random()
@@ -163,7 +182,13 @@ class DhtEngine:
         table_options: dict[str, float] = {}
         if refresh_interval is not None:
             table_options["refresh_interval"] = refresh_interval
-        self.table = RoutingTable(self.own, k=k, rng=self.rng, **table_options)  # type: ignore[arg-type]
+        self.table = RoutingTable(
+            self.own,
+            k=k,
+            rng=self.rng,
+            diversity=diversity,
+            **table_options,  # type: ignore[arg-type]
+        )
         self.rtt = RttEstimator()
         self.records = (
             RecordStore(self.own)
@@ -187,6 +212,9 @@ class DhtEngine:
         self._manual: dict[NodeId, bool] = {}
         self._verified: OrderedDict[NodeId, float] = OrderedDict()
         self._hints: OrderedDict[NodeId, Endpoint] = OrderedDict()
+        self.budget = DialBudget()
+        self._connected = connected or (lambda peer: False)
+        self._charged: dict[bytes, Charge] = {}  # txid of a dial on someone's word -> who paid
         self.started = now
 
     # -- output -----------------------------------------------------------------------
@@ -217,7 +245,11 @@ class DhtEngine:
         self, node_id: NodeId, address: Endpoint, direction: str, now: float
     ) -> Verdict:
         """A hop to ``node_id`` authenticated at ``address``: the only way into the table."""
-        force = self._manual.pop(node_id, None)
+        self.budget.earned(node_id, HOP_BYTES)
+        self.budget.alive(address)
+        # A manual add waits for the hop it dials (outbound); the peer dialling in meanwhile
+        # (say, to check this node's own claim to be a server) is not that proof.
+        force = self._manual.pop(node_id, None) if direction == "outbound" else None
         if force is not None:
             verdict = (
                 self.table.force(node_id, address, direction, now)
@@ -264,10 +296,18 @@ class DhtEngine:
     # -- answering ---------------------------------------------------------------------
 
     def on_request(
-        self, peer: NodeId, address: Endpoint, request: Request, now: float
+        self,
+        peer: NodeId,
+        address: Endpoint,
+        request: Request,
+        now: float,
+        *,
+        size: int | None = None,
     ) -> Answer | DialBackJob:
-        """The answer to ``request`` from ``peer`` (authenticated, seen at ``address``), or a
-        dial-back job for the glue; a peer claiming to be a server may be checked first."""
+        """The answer to ``request`` from ``peer`` (authenticated, seen at ``address``; its
+        ``size`` in bytes as it came, None: as encoded here), or a dial-back job for the
+        glue; a peer claiming to be a server may be checked first."""
+        self.budget.earned(peer, len(encode_rpc(request)) if size is None else size)
         self._peer_claims(peer, address, request.mode, now)
         return self.responder.answer(peer, address, request, self.mode, now)
 
@@ -294,10 +334,18 @@ class DhtEngine:
 
     # -- our requests' outcomes --------------------------------------------------------
 
-    def on_answer(self, txid: bytes, peer: NodeId, answer: Answer, now: float) -> None:
+    def on_answer(
+        self, txid: bytes, peer: NodeId, answer: Answer, now: float, *, size: int | None = None
+    ) -> None:
+        """``peer`` answered request ``txid`` (``size``: the answer's bytes as received;
+        None: as encoded here)."""
         pending = self.tx.get(txid)
         if pending is None or pending.peer != peer:
             return  # unknown, late past its deadline, or from someone else
+        self.budget.earned(peer, len(encode_rpc(answer)) if size is None else size)
+        charge = self._charged.pop(txid, None)
+        if charge is not None:
+            self.budget.refund(charge)  # it answered over a hop proven to be it: a true address
         if isinstance(answer, DhtError):
             self.on_failure(txid, now)
             return
@@ -333,6 +381,9 @@ class DhtEngine:
         pending = self.tx.close(txid)
         if pending is None:
             return
+        charged = self._charged.pop(txid, None) is not None
+        if charged and not refused and pending.address is not None:
+            self.budget.failed(pending.address, now)  # nobody there: never again on a say-so
         wanted = pending.tag
         if wanted.lookup is not None:
             if not self.lookups.settled(wanted.lookup, pending.peer, txid):
@@ -407,13 +458,35 @@ class DhtEngine:
             alpha=self.alpha,
             stop_at_target=stop_at_target,
             verify=self._verify_record,
+            admit=self._admit,
         )
         lookup_id = self.lookups.add(lookup, purpose)
         self._after_lookup(lookup_id, now)
         return lookup_id
 
+    def _admit(
+        self, peer: NodeId, address: Endpoint, namers: frozenset[NodeId], now: float
+    ) -> Charge | Admission | None:
+        """Whether a lookup may ask ``peer`` at ``address``, which only ``namers`` named: free
+        over a hop that is up or where this node's own graph has seen it; never at an
+        address found dead; else charged to a namer whose credit covers the dial (later,
+        when none's does)."""
+        entry = self.table.get(peer)
+        if (entry is not None and address in entry.addresses) or self._connected(peer):
+            return None
+        if self.budget.dead(address, now):
+            return Admission.NEVER
+        charge = self.budget.charge(namers)
+        return Admission.LATER if charge is None else charge
+
     def _verify_record(self, data: bytes, owner: NodeId, now: float) -> object:
-        return record_or_none(data, owner, now + self.wall_offset)
+        """A record a lookup read: None (ignored) unless it verifies and is no older than the
+        newest this node has seen of ``owner`` (a superseded record, replayed, is refused)."""
+        wall_now = now + self.wall_offset
+        record = record_or_none(data, owner, wall_now)
+        if record is None or not self.records.saw(record, wall_now):
+            return None
+        return record
 
     def _after_lookup(self, lookup_id: int, now: float) -> None:
         entry = self.lookups.get(lookup_id)
@@ -426,13 +499,26 @@ class DhtEngine:
             else:
                 request = FindValue(self.tx.new_txid(), self.mode, command.key.raw)
             wanted = _RequestFor(lookup=lookup_id)
-            self._send(command.peer, command.address, request, now, wanted, deadline=False)
+            patience = None if command.charge is None else DIAL_PATIENCE
+            self._send(
+                command.peer,
+                command.address,
+                request,
+                now,
+                wanted,
+                deadline=False,
+                dial_timeout=patience,
+            )
+            if command.charge is not None:
+                self._charged[request.txid] = command.charge
             self.lookups.sent(lookup_id, command.peer, request.txid)
         for event in lookup.events():
             if isinstance(event, PeerUnresponsive):
                 txid_gone = self.lookups.given_up(lookup_id, event.peer)
                 if txid_gone is not None:
-                    self.tx.close(txid_gone)
+                    gone = self.tx.close(txid_gone)
+                    if self._charged.pop(txid_gone, None) and gone and gone.address:
+                        self.budget.failed(gone.address, now)  # silent to the end: dead
                 self.table.record_failure(event.peer, lookup.started)
             elif isinstance(event, PeerAnswered):
                 continue
@@ -442,6 +528,7 @@ class DhtEngine:
         if lookup.finished:
             for txid in self.lookups.finish(lookup_id):
                 self.tx.close(txid)
+                self._charged.pop(txid, None)  # abandoned: its charge is spent
 
     # -- bucket-full ping rounds -------------------------------------------------------
 
@@ -574,11 +661,21 @@ class DhtEngine:
         *,
         deadline: bool = True,
         fresh: bool = False,
+        dial_timeout: float | None = None,
     ) -> bytes:
         """Sends ``request``, due (``deadline``) within a few of the peer's RTT timeouts;
         without, whoever sent it (a lookup) owns its timeout."""
         timeout = self.rtt.timeout(peer) * PING_TIMEOUT_FACTOR if deadline else None
-        command = self.tx.open(peer, address, request, wanted, now, timeout=timeout, fresh=fresh)
+        command = self.tx.open(
+            peer,
+            address,
+            request,
+            wanted,
+            now,
+            timeout=timeout,
+            fresh=fresh,
+            dial_timeout=dial_timeout,
+        )
         self._commands.append(command)
         return request.txid
 

@@ -24,14 +24,26 @@ neither FAILED nor SLOW.
   (:class:`PeerUnresponsive`), so the table can learn.
 - **Candidates only.** Contacts named in answers are candidates: a request to one goes over
   a hop pinned to its NodeId, so a forged contact fails authentication there (the glue
-  reports :meth:`Lookup.on_refused`) and never answers. A refused hop is proof that whoever
-  named that address lied: they become *suspects*, the addresses only they named are
-  dropped from the candidates not yet asked, and their later answers add nothing — so a
-  poisoner who floods an answer with made-up NodeIds next to the target costs one failed
-  hop, not twenty, and cannot crowd the real nodes out of the candidate list. A candidate
-  learned with several addresses (from several answers) is tried at the next address when
-  one fails or passes its soft timeout, so a poisoner who names a real NodeId at a wrong
-  address costs one message, not the node.
+  reports :meth:`Lookup.on_refused`) and never answers. Only the first address of a
+  contact in an answer is taken (an answer says where a node is, not five places to try).
+  A refused hop is proof that whoever named that address lied: they become *suspects*,
+  the addresses only they named are dropped from the candidates not yet asked, and their
+  later answers add nothing — so a poisoner who floods an answer with made-up NodeIds next
+  to the target costs one failed hop, not twenty, and cannot crowd the real nodes out of
+  the candidate list. A candidate learned with several addresses (from several answers) is
+  tried at the next address when one fails or passes its soft timeout, so a poisoner who
+  names a real NodeId at a wrong address costs one message, not the node. An address that
+  failed is never tried again for that candidate.
+- **Dials on someone's say-so.** Asking a candidate at an address only answers named means
+  dialling an address this node never observed, on the answerers' word: the caller's
+  ``admit`` decides (:mod:`meshkey.dht.budget`, DESIGN.md decision 20). It may let the
+  request go free (an address of our own table, or a peer we hold a hop to), charge it to
+  the answerers who named the address, say *later* (their credit does not cover a
+  dial now: the candidate waits, and the lookup ends without it if nothing it waits on is
+  still out) or *never* (the address was found dead: it is dropped). Besides, at most
+  :data:`MAX_DIALS_PER_ANSWER` dials of one lookup are charged to one answerer, so one
+  answer never makes a lookup dial the whole of it; an address whose namers have all used
+  their share is dropped.
 - **The end.** FIND_NODE ends when every candidate of the window has ANSWERED (the k
   closest known nodes all answered), or when nothing is left to ask — except that a SLOW
   candidate closer than every answer (most often: the target itself, behind a lossy or
@@ -57,6 +69,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkey.dht.budget import Charge
 from meshkey.dht.rtt import RttEstimator
 from meshkey.dht.table import key_of
 from meshkey.identity.node_id import NodeId
@@ -73,6 +86,10 @@ HARD_FACTOR = 4.0
 HARD_MINIMUM = 2.0
 PATIENCE_MINIMUM = 1.0
 MAX_CANDIDATES = 8 * K
+#: Dials of one lookup charged to one answerer: a lookup asks the alpha closest, then (in
+#: its tail) the rest of its k-window, so one answer's contacts are rarely more than a few
+#: of those asked; a forged answer of 20 made-up ones gets this many dials, not 20.
+MAX_DIALS_PER_ANSWER = 6
 
 
 class LookupKind(enum.Enum):
@@ -92,6 +109,7 @@ class SendFindNode:
     peer: NodeId
     address: Endpoint
     target: NodeId
+    charge: Charge | None = None  # who paid for a dial on their word, if it is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +117,18 @@ class SendFindValue:
     peer: NodeId
     address: Endpoint
     key: NodeId
+    charge: Charge | None = None
+
+
+class Admission(enum.Enum):
+    """What ``admit`` says of a dial it does not let go now."""
+
+    LATER = "later"  # the namers' credit does not cover it now
+    NEVER = "never"  # not at this address (found dead)
+
+
+#: ``admit(peer, address, namers, now)``: None (free), the namers' charge, or an Admission.
+Admit = Callable[[NodeId, Endpoint, frozenset[NodeId], float], "Charge | Admission | None"]
 
 
 LookupCommand = SendFindNode | SendFindValue
@@ -116,6 +146,7 @@ class LookupStats:
     bad_records: int
     suspects: int  # answerers caught naming a wrong NodeId for an address
     distrusted: int  # candidates dropped because only suspects named them
+    skipped: int  # addresses not dialled: found dead, or their namers' share spent
     duration: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -191,6 +222,7 @@ class Lookup:
         alpha: int = ALPHA,
         stop_at_target: bool = False,
         verify: Verifier | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.own = own
         self.target = target
@@ -202,6 +234,9 @@ class Lookup:
         self._goal = key_of(target)
         self._rtt = rtt
         self._verify = verify
+        self._admit = admit
+        self._dials: dict[NodeId, int] = {}  # dials charged to each answerer
+        self._skipped = 0
         self._candidates: dict[NodeId, _Candidate] = {}
         self._order: list[tuple[int, bytes]] = []
         self._by_sort: dict[tuple[int, bytes], _Candidate] = {}
@@ -394,6 +429,8 @@ class Lookup:
     def _add(self, contact: Contact, round_number: int, source: NodeId | None) -> None:
         if contact.node_id == self.own or not contact.addresses:
             return
+        if source is not None:
+            contact = Contact(contact.node_id, contact.addresses[:1], contact.mode)
         candidate = self._candidates.get(contact.node_id)
         if candidate is not None:
             for address in contact.addresses:
@@ -457,15 +494,29 @@ class Lookup:
     def _pump(self, now: float) -> None:
         if self.done is not None:
             return
-        window = self._window()
         parallel = self.k if self._tail else self.alpha
-        for candidate in window:
-            if self._in_flight >= parallel:
+        waiting: set[_Candidate] = set()  # NEW, but their dial may not go now
+        while True:
+            window = self._window()
+            dropped = False
+            for candidate in window:
+                if self._in_flight >= parallel:
+                    break
+                if candidate.state == _State.NEW and candidate not in waiting:
+                    outcome = self._send(candidate, now)
+                    if outcome is Admission.LATER:
+                        waiting.add(candidate)
+                    elif outcome is Admission.NEVER:
+                        dropped = True  # it left the window: another may take its place
+            if not dropped:
                 break
-            if candidate.state == _State.NEW:
-                self._send(candidate, now)
-        if any(c.state in (_State.NEW, _State.IN_FLIGHT) for c in window):
+        if any(
+            c.state == _State.IN_FLIGHT or (c.state == _State.NEW and c not in waiting)
+            for c in window
+        ):
             return
+        if waiting and self._outstanding:
+            return  # an answer may bring the credit to ask them
         if not window and self._outstanding:
             return  # only slow requests remain: their answers may still bring candidates
         if self._slow_beats_answered(window):
@@ -485,14 +536,46 @@ class Lookup:
         answered = [c.distance for c in window if c.state == _State.ANSWERED]
         return not answered or min(slow) < min(answered)
 
-    def _send(self, candidate: _Candidate, now: float) -> None:
+    def _send(self, candidate: _Candidate, now: float) -> Admission | None:
+        """Asks ``candidate`` at its best untried address that ``admit`` lets go; LATER when
+        the best may go only later, NEVER when no address is left (it failed, unblamed)."""
         # Of the addresses not tried yet, the one most answerers agree on goes first (our
         # own table's counts most): a lone poisoner's address is the last resort.
         untried = candidate.addresses[candidate.tried :]
         if len(untried) > 1:
             untried.sort(key=lambda a: -(len(candidate.named_by.get(a) or ()) or 1000))
             candidate.addresses[candidate.tried :] = untried
-        address = candidate.addresses[candidate.tried]
+        while candidate.tried < len(candidate.addresses):
+            address = candidate.addresses[candidate.tried]
+            verdict = self._admission(candidate, address, now)
+            if verdict is Admission.LATER:
+                return Admission.LATER
+            if verdict is Admission.NEVER:
+                del candidate.addresses[candidate.tried]
+                candidate.named_by.pop(address, None)
+                self._skipped += 1
+                continue
+            self._dispatch(candidate, address, verdict, now)
+            return None
+        candidate.state = _State.FAILED  # nowhere left to ask it: no one's fault
+        return Admission.NEVER
+
+    def _admission(
+        self, candidate: _Candidate, address: Endpoint, now: float
+    ) -> Charge | Admission | None:
+        namers = candidate.named_by.get(address)
+        if not namers or self._admit is None:
+            return None  # our own table's address (or nobody counts): no say-so
+        allowed = frozenset(n for n in namers if self._dials.get(n, 0) < MAX_DIALS_PER_ANSWER)
+        if not allowed:
+            return Admission.NEVER
+        return self._admit(candidate.node_id, address, allowed, now)
+
+    def _dispatch(
+        self, candidate: _Candidate, address: Endpoint, charge: Charge | None, now: float
+    ) -> None:
+        for payer, _ in charge or ():
+            self._dials[payer] = self._dials.get(payer, 0) + 1
         candidate.tried += 1
         candidate.state = _State.IN_FLIGHT
         candidate.sent_at = now
@@ -507,9 +590,9 @@ class Lookup:
         self._asked.add(candidate.node_id)
         self._rounds = max(self._rounds, candidate.round)
         if self.kind == LookupKind.FIND_VALUE:
-            self._commands.append(SendFindValue(candidate.node_id, address, self.target))
+            self._commands.append(SendFindValue(candidate.node_id, address, self.target, charge))
         else:
-            self._commands.append(SendFindNode(candidate.node_id, address, self.target))
+            self._commands.append(SendFindNode(candidate.node_id, address, self.target, charge))
 
     def _finish(self, now: float, *, found: bool, record: Any = None) -> None:
         answered = [
@@ -527,6 +610,7 @@ class Lookup:
             bad_records=self._bad_records,
             suspects=len(self._suspects),
             distrusted=self._distrusted,
+            skipped=self._skipped,
             duration=now - self.started,
         )
         self.done = LookupDone(self.target, self.kind, closest, found, record, stats)

@@ -13,7 +13,7 @@ close. (The sequence number and the mode are written when they change, by the gl
 from __future__ import annotations
 
 from meshkey.dht.engine import DhtEngine
-from meshkey.dht.records import RecordError, verify_record
+from meshkey.dht.records import RecordError, verify_signed
 from meshkey.dht.store import GraphStore, StoredPeer
 from meshkey.dht.table import Entry, Learned
 from meshkey.identity.node_id import NodeId
@@ -34,11 +34,11 @@ class GraphPersistence:
             self.engine.table.restore(self._entry_from_store(peer, now))
         self._written_peers = {p.node_id: p for p in self._stored_entries()}
         for raw in self.store.load_records():
-            try:  # checked again: it may have expired while the node was down
-                record = verify_record(raw, now + self.wall_offset)
+            try:
+                record = verify_signed(raw)
             except RecordError:
-                continue
-            self.engine.records.restore(record)
+                continue  # a row that does not verify is no proof of anything
+            self.engine.records.restore(record, now + self.wall_offset)
             self._written_records[record.node_id] = record.sequence
 
     def flush(self) -> None:
@@ -49,7 +49,7 @@ class GraphPersistence:
         if changed or removed:
             self.store.save_peers(changed, removed)
         self._written_peers = current
-        held = {r.node_id: r for r in self.engine.records.records()}
+        held = {r.node_id: r for r in self.engine.records.newest()}
         new = [
             (n, r.raw, r.expiry)
             for n, r in held.items()

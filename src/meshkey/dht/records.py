@@ -15,6 +15,19 @@ records are held — expired ones go first, then, when a newcomer is closer to t
 the farthest record held, the farthest goes (Kademlia's holders are the closest nodes; a
 node far from a key has the least reason to hold it).
 
+**The newest seen.** A record that was superseded is still validly signed until it expires,
+so whoever kept a copy can replay it, and a reader to whom only that node answers would
+take it. The store therefore remembers, for each NodeId, the record of the highest sequence
+it has seen (:meth:`RecordStore.saw`: every record it holds, every record a lookup of this
+node read and accepted, every record restored at start), and refuses anything lower — a
+STORE (STALE) as much as a record read (the lookup's verifier ignores it). That record is
+kept :data:`MAX_LIFETIME` past its own expiry (no record signed before it can live longer:
+lifetimes are capped), even after it expired, for at most ``floors`` NodeIds (the least
+recently raised go first; a held record is a floor of its own whatever happens to them).
+It is the proof of the floor, so the floors are persisted as records, checked again at
+start (:func:`verify_signed`: a floor outlives its record's expiry), and survive restarts.
+A record read that is newer than the one held replaces it: a holder keeps the newest.
+
 :class:`Publisher` (sans-IO) keeps this node's own record fresh: it hands out a new record
 (sequence + 1, never below the wall clock in milliseconds, so a node that lost its state
 still moves forward) whenever the content changes and again at
@@ -53,6 +66,7 @@ MAX_LIFETIME = 24 * 3600.0
 REPUBLISH_FRACTION = 0.5
 REPUBLISH_JITTER = 0.1
 STORE_CAPACITY = 2048
+FLOOR_CAPACITY = 4096
 
 
 class RecordError(Exception):
@@ -146,9 +160,9 @@ def _typed(fields: WirePeerRecord, raw: bytes) -> PeerRecord:
     )
 
 
-def verify_record(data: bytes, now: float, owner: NodeId | None = None) -> PeerRecord:
-    """The record in ``data`` if it is well formed, signed by its NodeId, unexpired and not
-    too long-lived (and owned by ``owner`` when given); RecordError otherwise."""
+def verify_signed(data: bytes, owner: NodeId | None = None) -> PeerRecord:
+    """The record in ``data`` if it is well formed and signed by its NodeId (and owned by
+    ``owner`` when given), whatever its expiry; RecordError otherwise."""
     if len(data) > MAX_PEER_RECORD:
         raise RecordError(DhtErrorCode.BAD_RECORD, f"record of {len(data)} bytes")
     try:
@@ -160,11 +174,18 @@ def verify_record(data: bytes, now: float, owner: NodeId | None = None) -> PeerR
         raise RecordError(DhtErrorCode.BAD_RECORD, "the record belongs to another node")
     if not verify_signature(node_id, signed_bytes(fields), fields.signature):
         raise RecordError(DhtErrorCode.BAD_RECORD, "the record's signature does not verify")
-    if fields.expiry <= now:
-        raise RecordError(DhtErrorCode.BAD_RECORD, "the record has expired")
-    if fields.expiry > now + MAX_LIFETIME:
-        raise RecordError(DhtErrorCode.BAD_RECORD, "the record claims to live too long")
     return _typed(fields, data)
+
+
+def verify_record(data: bytes, now: float, owner: NodeId | None = None) -> PeerRecord:
+    """The record in ``data`` if it is well formed, signed by its NodeId, unexpired and not
+    too long-lived (and owned by ``owner`` when given); RecordError otherwise."""
+    record = verify_signed(data, owner)
+    if record.expiry <= now:
+        raise RecordError(DhtErrorCode.BAD_RECORD, "the record has expired")
+    if record.expiry > now + MAX_LIFETIME:
+        raise RecordError(DhtErrorCode.BAD_RECORD, "the record claims to live too long")
+    return record
 
 
 def record_or_none(data: bytes, owner: NodeId, now: float) -> PeerRecord | None:
@@ -179,10 +200,16 @@ def record_or_none(data: bytes, owner: NodeId, now: float) -> PeerRecord | None:
 
 
 class RecordStore:
-    def __init__(self, own: NodeId, *, capacity: int = STORE_CAPACITY) -> None:
+    def __init__(
+        self, own: NodeId, *, capacity: int = STORE_CAPACITY, floors: int = FLOOR_CAPACITY
+    ) -> None:
         self.own_key = key_of(own)
         self.capacity = capacity
+        self.floors = floors
         self._records: dict[NodeId, PeerRecord] = {}
+        #: per NodeId, the record of the highest sequence seen (perhaps expired), the least
+        #: recently raised first
+        self._newest: OrderedDict[NodeId, PeerRecord] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -197,6 +224,39 @@ class RecordStore:
     def records(self) -> list[PeerRecord]:
         return list(self._records.values())
 
+    def newest(self) -> list[PeerRecord]:
+        """The newest record seen of every NodeId remembered (held ones included): what is
+        persisted, so the floors survive a restart."""
+        newest = dict(self._newest)
+        for node_id, record in self._records.items():
+            known = newest.get(node_id)
+            if known is None or known.sequence < record.sequence:
+                newest[node_id] = record
+        return list(newest.values())
+
+    def floor(self, key: NodeId, now: float) -> int | None:
+        """The highest sequence seen for ``key`` that still counts: nothing lower is taken."""
+        held = self._records.get(key)
+        seen = self._newest.get(key)
+        if seen is not None and seen.expiry + MAX_LIFETIME <= now:
+            del self._newest[key]
+            seen = None
+        sequences = [r.sequence for r in (held, seen) if r is not None]
+        return max(sequences) if sequences else None
+
+    def saw(self, record: PeerRecord, now: float) -> bool:
+        """A verified record of ``record.node_id`` was seen (read by a lookup, or restored):
+        False when it is older than the newest seen (refuse it); otherwise it is the newest
+        now, and replaces a held record of a lower sequence."""
+        floor = self.floor(record.node_id, now)
+        if floor is not None and record.sequence < floor:
+            return False
+        self._raise(record)
+        held = self._records.get(record.node_id)
+        if held is not None and held.sequence < record.sequence and record.expiry > now:
+            self._records[record.node_id] = record
+        return True
+
     def put(self, data: bytes, now: float) -> PeerRecord:
         """Holds the record in ``data``; RecordError (BAD_RECORD, STALE_RECORD, UNAVAILABLE
         when full of closer records) when it is refused."""
@@ -207,6 +267,12 @@ class RecordStore:
                 DhtErrorCode.STALE_RECORD,
                 f"sequence {record.sequence} is not above the {held.sequence} held",
             )
+        floor = self.floor(record.node_id, now)
+        if floor is not None and record.sequence < floor:
+            raise RecordError(
+                DhtErrorCode.STALE_RECORD,
+                f"sequence {record.sequence} is below the {floor} seen (superseded)",
+            )
         if held is None and len(self._records) >= self.capacity:
             self.expire(now)
         if held is None and len(self._records) >= self.capacity:
@@ -216,21 +282,36 @@ class RecordStore:
                 raise RecordError(DhtErrorCode.UNAVAILABLE, "full of records closer to this node")
             del self._records[farthest.node_id]
         self._records[record.node_id] = record
+        self._raise(record)
         return record
 
-    def restore(self, record: PeerRecord) -> None:
-        """Puts back a record loaded from persistent state (verified when it was stored)."""
-        if len(self._records) < self.capacity:
+    def restore(self, record: PeerRecord, now: float) -> None:
+        """Puts back a record loaded from persistent state (its signature checked again): it
+        is a floor while it counts, and held while it is valid and there is room."""
+        if not self.saw(record, now):
+            return
+        room = len(self._records) < self.capacity
+        if record.expiry > now and record.node_id not in self._records and room:
             self._records[record.node_id] = record
 
     def expire(self, now: float) -> list[NodeId]:
         gone = [n for n, r in self._records.items() if r.expiry <= now]
         for node_id in gone:
             del self._records[node_id]
+        for node_id in [n for n, r in self._newest.items() if r.expiry + MAX_LIFETIME <= now]:
+            del self._newest[node_id]
         return gone
 
     def next_deadline(self) -> float | None:
         return min((r.expiry for r in self._records.values()), default=None)
+
+    def _raise(self, record: PeerRecord) -> None:
+        known = self._newest.pop(record.node_id, None)
+        if known is not None and known.sequence > record.sequence:
+            record = known
+        self._newest[record.node_id] = record  # the most recently raised last
+        while len(self._newest) > self.floors:
+            self._newest.popitem(last=False)
 
 
 # -- rate limits ----------------------------------------------------------------------

@@ -14,25 +14,40 @@ a :class:`DialBackJob` for the glue (dialling takes seconds). In this order:
    reach through it, and a dial-back from it proves nothing). A request kind in a mode the
    table does not list is answered NOT_SERVER; a kind that is no request at all,
    UNSUPPORTED.
-3. **The answer.** FIND_NODE hands out servers only, never the requester itself. FIND_VALUE
+3. **The answer.** FIND_NODE hands out servers only, never the requester itself, and at most
+   :data:`~meshkey.dht.diversity.PER_ANSWER` of one network (the table's diversity rule:
+   the next closest from other networks take the other places). FIND_VALUE
    gives the record held (this node's own included), else the closest servers. A STORE also
    counts against a slower bucket (:data:`STORE_RATE`) and is verified by the
    :class:`~meshkey.dht.records.RecordStore`. A DIAL_BACK counts against a slower one still
-   (:data:`DIAL_BACK_RATE`); one naming a third node as the target is a favour done only for
-   nodes in this node's graph; one for the asker itself names a helper (a random server of
-   the graph, not the asker) for the glue to ask first.
+   (:data:`DIAL_BACK_RATE`), and against one bucket for all askers together
+   (:data:`DIAL_BACK_TOTAL_RATE`: Sybils cannot multiply it). One for the asker itself is
+   answered by dialling the address its hop came from (observed, never an address it names)
+   and names a helper (a random server of the graph, not the asker) for the glue to ask
+   first. One naming a third node as the target is a favour done only for servers of this
+   node's graph (nodes it dialled itself), and only when the ask carries
+   :data:`~meshkey.dht.budget.HELPER_PADDING` bytes of padding: the helper dials an address
+   it never observed, so the asker pays for that dial (at most
+   :data:`~meshkey.dht.budget.DIAL_COST`, 3x the padding) in what it sends.
+
+Requests reach this only when the hop's peer sent them itself (the glue checks the return
+route, :func:`~meshkey.dht.hops.sent_by_hop_peer`): a request routed *through* a node is
+not that node's, so nobody can claim a mode or ask a dial-back in another node's name.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshkey.dht.budget import HELPER_PADDING
 from meshkey.dht.lookup import Contact
 from meshkey.dht.records import PeerRecord, RateLimiter, RecordError, RecordStore
 from meshkey.dht.table import RoutingTable
 from meshkey.identity.node_id import NodeId
+from meshkey.ratelimit import TokenBucket
 from meshkey.wire.dht import (
     Answer,
     DhtError,
@@ -62,6 +77,10 @@ STORE_BURST = 10.0
 #: asker names): rare and slow, or a node could be used to spray handshakes at a victim.
 DIAL_BACK_RATE = 0.1
 DIAL_BACK_BURST = 3.0
+#: All askers together: a node checks its reachability a few times an hour, so a server of
+#: a thousand nodes sees about one ask a second; more is someone making it dial.
+DIAL_BACK_TOTAL_RATE = 2.0
+DIAL_BACK_TOTAL_BURST = 20.0
 
 _SERVER_ONLY = frozenset({Mode.SERVER})
 
@@ -114,6 +133,7 @@ class Responder:
         self.requests = RateLimiter(REQUEST_RATE, REQUEST_BURST)
         self.stores = RateLimiter(STORE_RATE, STORE_BURST)
         self.dial_backs = RateLimiter(DIAL_BACK_RATE, DIAL_BACK_BURST)
+        self.all_dial_backs = TokenBucket(DIAL_BACK_TOTAL_RATE, DIAL_BACK_TOTAL_BURST)
 
     def answer(
         self, peer: NodeId, address: Endpoint, request: Request, mode: Mode, now: float
@@ -153,11 +173,20 @@ class Responder:
         self, peer: NodeId, address: Endpoint, request: DialBack, mode: Mode, now: float
     ) -> Answer | DialBackJob:
         txid = request.txid
+        if request.target is not None:
+            # Dialling for someone else is a favour to the servers of our graph only, and the
+            # asker pays for the dial (to an address we never saw) with its padding.
+            entry = self.table.get(peer)
+            if entry is None or entry.mode != Mode.SERVER:
+                return DhtError(txid, mode, DhtErrorCode.UNAVAILABLE, "unknown asker")
+            if request.padding < HELPER_PADDING:
+                return DhtError(
+                    txid, mode, DhtErrorCode.MALFORMED, f"pad the ask to {HELPER_PADDING} bytes"
+                )
         if not self.dial_backs.allow(peer, now):
             return DhtError(txid, mode, DhtErrorCode.RATE_LIMITED, "too many dial-backs")
-        if request.target is not None and self.table.get(peer) is None:
-            # Dialling for someone else is a favour to nodes in our graph only.
-            return DhtError(txid, mode, DhtErrorCode.UNAVAILABLE, "unknown asker")
+        if not self.all_dial_backs.allow(now):
+            return DhtError(txid, mode, DhtErrorCode.RATE_LIMITED, "too many dial-backs")
         helper = None
         if request.target is None:
             choices = [
@@ -171,10 +200,20 @@ class Responder:
         return DialBackJob(peer, address, request, helper)
 
     def _contacts_for(self, target: NodeId, requester: NodeId) -> tuple[WireContact, ...]:
-        return tuple(
-            WireContact(e.node_id.raw, Mode.SERVER, (e.address,))
-            for e in self.table.closest(target, self.k, exclude=requester)
-        )
+        diversity = self.table.diversity
+        taken: Counter[str] = Counter()
+        contacts: list[WireContact] = []
+        # More than k: some of the closest may belong to a network that has its share.
+        for entry in self.table.closest(target, 3 * self.k, exclude=requester):
+            group = diversity.group(entry.address)
+            if group is not None:
+                if taken[group] >= diversity.per_answer:
+                    continue
+                taken[group] += 1
+            contacts.append(WireContact(entry.node_id.raw, Mode.SERVER, (entry.address,)))
+            if len(contacts) == self.k:
+                break
+        return tuple(contacts)
 
     def _record_for(self, key: NodeId, now: float) -> bytes | None:
         wall_now = now + self.wall_offset
@@ -189,6 +228,8 @@ __all__ = [
     "ANSWERED",
     "DIAL_BACK_BURST",
     "DIAL_BACK_RATE",
+    "DIAL_BACK_TOTAL_BURST",
+    "DIAL_BACK_TOTAL_RATE",
     "REQUEST_BURST",
     "REQUEST_RATE",
     "STORE_BURST",

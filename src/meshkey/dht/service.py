@@ -7,12 +7,16 @@
   was observed at (with one UDP socket, the address a peer's packets come from is where it
   can be reached, if its NAT lets us). That is the only way into the table. Requests arrive
   at the worker ``/service/dht`` over authenticated hops (``message.local.hop_peer``); the
-  address is the remote address of the UDP hop they came over. RPCs over other transports
-  are answered UNSUPPORTED: a TCP address is no DHT contact.
+  address is the remote address of the UDP hop they came over. Only requests the hop's peer
+  sent itself count (:func:`~meshkey.dht.hops.sent_by_hop_peer`); one routed through it is
+  dropped unanswered. RPCs over other transports are answered UNSUPPORTED: a TCP address is
+  no DHT contact.
 - **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
-  pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how); its
-  answer or failure goes back to the engine (a refused hop: another NodeId is at that
-  address).
+  pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how; a dial on
+  someone's say-so is closed after its patience); its answer, with its size (what the peer
+  sent is what it may have this node dial, :mod:`meshkey.dht.budget`), or its failure goes
+  back to the engine (a refused hop: another NodeId is at that address). The engine asks
+  whether a hop to a peer is up (:meth:`DhtHops.live_link`) before it counts a dial.
 - **Time.** One :class:`~meshkey.timing.DeadlineTimer` follows the engine's next deadline
   (re-armed only when it changes, fired no earlier than it) — STYLE pattern 1.
 - **Upkeep.** The join (retried with backoff), the reachability checks that decide the
@@ -37,6 +41,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from meshkey.dht.diversity import DEFAULT as DEFAULT_DIVERSITY
+from meshkey.dht.diversity import Diversity
 from meshkey.dht.engine import (
     DhtEngine,
     DialBackJob,
@@ -47,7 +53,14 @@ from meshkey.dht.engine import (
     Purpose,
     SendRequest,
 )
-from meshkey.dht.hops import DHT_SERVICE, REQUEST_TIMEOUT, DhtHops, Hop, UdpHops
+from meshkey.dht.hops import (
+    DHT_SERVICE,
+    REQUEST_TIMEOUT,
+    DhtHops,
+    Hop,
+    UdpHops,
+    sent_by_hop_peer,
+)
 from meshkey.dht.lookup import LookupDone, LookupKind, LookupStats
 from meshkey.dht.maintenance import (
     Announce,
@@ -136,6 +149,7 @@ class DhtService:
         alpha: int = 3,
         request_timeout: float = REQUEST_TIMEOUT,
         behind_nat: Callable[[], bool | None] | None = None,
+        diversity: Diversity = DEFAULT_DIVERSITY,
     ) -> None:
         self.router = router
         self.identity = identity
@@ -155,6 +169,8 @@ class DhtService:
             mode=mode if mode is not None else self._restored_mode(),
             wall_offset=self.wall_offset,
             sequence=self.store.load_sequence(),
+            diversity=diversity,
+            connected=lambda peer: self.hops.live_link(peer) is not None,
         )
         self._timer = DeadlineTimer(self._on_timer, self._loop)
         # ``behind_nat``: True behind a NAT, False public, None unknown (the node's NAT
@@ -273,13 +289,18 @@ class DhtService:
         peer = message.local.hop_peer
         if peer is None or message.is_error:
             return  # local senders have no NodeId to answer; errors are never answered
+        if not sent_by_hop_peer(message):
+            # Passed on by the hop's peer, not sent by it: whoever sent it may not speak in
+            # its name (a mode, a dial-back), and is not answered through it either.
+            log.debug("dht.routed_request", via=peer.short())
+            return
         try:
             rpc = decode_rpc(message.payload)
         except WireError as exc:
             answer: Answer = DhtError(b"\0" * 8, self.mode, DhtErrorCode.MALFORMED, str(exc))
             await self._reply(message, answer)
             return
-        if not is_request(rpc):
+        if not is_request(rpc) or not sent_by_hop_peer(message, rpc.txid):
             return  # answers come to the per-request reply addresses, not here
         link = self.hops.link_of(message)
         if link is None:
@@ -290,7 +311,9 @@ class DhtService:
             return
         if isinstance(rpc, Ping) and rpc.nonce is not None:
             self.maintenance.on_ping_nonce(rpc.nonce, inbound=link.direction == "inbound")
-        result = self.engine.on_request(peer, link.remote, rpc, self._loop.time())  # type: ignore[arg-type]
+        now = self._loop.time()
+        size = len(message.payload)
+        result = self.engine.on_request(peer, link.remote, rpc, now, size=size)  # type: ignore[arg-type]
         self._pump()
         if isinstance(result, DialBackJob):
             # Dialling takes seconds: never hold the worker's mailbox for it.
@@ -328,15 +351,20 @@ class DhtService:
 
     async def _execute(self, command: SendRequest) -> None:
         try:
-            answer = await self.request(
-                command.peer, command.address, command.request, fresh=command.fresh
+            answer, size = await self.hops.exchange(
+                command.peer,
+                command.address,
+                command.request,
+                fresh=command.fresh,
+                dial_timeout=command.dial_timeout,
             )
         except RemoteError as exc:
             log.debug("dht.request_failed", peer=command.peer.short(), reason=exc.text)
             refused = exc.code == ErrorCode.AUTH_FAILED
             self.engine.on_failure(command.txid, self._loop.time(), refused=refused)
         else:
-            self.engine.on_answer(command.txid, command.peer, answer, self._loop.time())
+            now = self._loop.time()
+            self.engine.on_answer(command.txid, command.peer, answer, now, size=size)
         self._pump()
 
     async def _quiet_ping(self, node_id: NodeId) -> None:

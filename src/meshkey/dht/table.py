@@ -28,6 +28,14 @@ for an hour is likely to stay up (Polykey issue 359 lost exactly that). While a 
 ping round is out, further newcomers only join the cache. :meth:`RoutingTable.force` (a
 manual ``peer add --force``) evicts the oldest at once.
 
+**Diversity.** Identities are free, addresses are not: each entry counts against the
+network its address belongs to (:mod:`meshkey.dht.diversity`: a /24 or /48), which may hold
+at most :data:`~meshkey.dht.diversity.PER_BUCKET` places of a bucket and
+:data:`~meshkey.dht.diversity.PER_TABLE` of the table. A newcomer past either is refused
+(:class:`Refused`); one waiting in a replacement cache is promoted only if it fits then;
+an entry restored at start must fit too. A manual ``peer add --force`` is the user's choice
+and is not counted against. The network is that of the address the entry came in with.
+
 **Modes.** An entry is a *server* (reachable at its address, answers DHT queries, handed out
 in FIND_NODE answers) only when this node reached it itself (an outbound hop authenticated
 at that address: ``reachable_at``) and the peer does not claim to be a client. A peer seen
@@ -53,10 +61,11 @@ from __future__ import annotations
 import enum
 import itertools
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from meshkey.dht.diversity import DEFAULT, Diversity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.dht import (
     MAX_ADDRESSES,
@@ -107,6 +116,7 @@ class Entry:
     reachable_at: Endpoint | None = None  # where this node reached it (an outbound hop)
     claimed: Mode | None = None  # what the peer says it is, in its RPCs
     failures: int = 0
+    group: str | None = None  # the network it counts against (None: exempt), see Diversity
 
     @property
     def mode(self) -> Mode:
@@ -180,6 +190,7 @@ class RoutingTable:
         rng: random.Random | None = None,
         refresh_interval: float = REFRESH_INTERVAL,
         replacements: int = REPLACEMENTS,
+        diversity: Diversity = DEFAULT,
     ) -> None:
         self.own = own
         self.own_key = key_of(own)
@@ -187,8 +198,10 @@ class RoutingTable:
         self.rng = rng or random.Random()
         self.refresh_interval = refresh_interval
         self.replacement_size = replacements
+        self.diversity = diversity
         self._buckets: dict[int, _Bucket] = {}
         self._index: dict[NodeId, int] = {}
+        self._groups: Counter[str] = Counter()  # entries of the table per network
 
     # -- queries --------------------------------------------------------------------
 
@@ -272,10 +285,12 @@ class RoutingTable:
         now: float,
         *,
         learned: Learned | None = None,
+        manual: bool = False,
     ) -> Verdict:
         """A hop to ``node_id`` at ``address`` authenticated (``direction`` "inbound" or
         "outbound"). Adds or refreshes the entry; a full bucket returns :class:`BucketFull`
-        (ping those, then :meth:`settle`) or :class:`Cached`."""
+        (ping those, then :meth:`settle`) or :class:`Cached`; a newcomer whose network holds
+        its share already, :class:`Refused` (unless ``manual``: the user's own add)."""
         if node_id == self.own:
             return Refused("this node's own NodeId")
         outbound = direction == "outbound"
@@ -293,9 +308,12 @@ class RoutingTable:
             bucket.entries[node_id] = entry  # most recently seen last
             return Updated(entry)
         entry = Entry(node_id, key_of(node_id), [address], how, now, now)
+        entry.group = self.diversity.group(address)
         if outbound:
             entry.reachable_at = address
         if len(bucket.entries) < self.k:
+            if not manual and not self._fits(bucket, entry):
+                return Refused(f"its network {entry.group} holds its share of the graph")
             self._insert(bucket, index, entry)
             return Added(entry)
         cached = bucket.replacements.pop(node_id, None)
@@ -350,7 +368,9 @@ class RoutingTable:
 
     def force(self, node_id: NodeId, address: Endpoint, direction: str, now: float) -> Verdict:
         """A manual add of an authenticated peer: a full bucket evicts its oldest at once."""
-        verdict = self.observe_authenticated(node_id, address, direction, now, learned=None)
+        verdict = self.observe_authenticated(
+            node_id, address, direction, now, learned=None, manual=True
+        )
         if isinstance(verdict, BucketFull | Cached):
             bucket = self._buckets[verdict.bucket]
             bucket.pinging = ()
@@ -416,7 +436,8 @@ class RoutingTable:
             bucket = self._buckets[index] = _Bucket()
             bucket.touched = entry.last_seen
             self._schedule_refresh(bucket, entry.last_seen)
-        if len(bucket.entries) >= self.k:
+        entry.group = self.diversity.group(entry.address)
+        if len(bucket.entries) >= self.k or not self._fits(bucket, entry):
             return False
         self._insert(bucket, index, entry)
         return True
@@ -472,21 +493,40 @@ class RoutingTable:
         entry.last_seen = now
         entry.failures = 0
 
+    def _fits(self, bucket: _Bucket, entry: Entry) -> bool:
+        """Whether ``entry``'s network may take one more place in ``bucket`` and the table."""
+        group = entry.group
+        if group is None:
+            return True
+        if self._groups[group] >= self.diversity.per_table:
+            return False
+        in_bucket = sum(1 for e in bucket.entries.values() if e.group == group)
+        return in_bucket < self.diversity.per_bucket
+
     def _insert(self, bucket: _Bucket, index: int, entry: Entry) -> None:
         bucket.entries[entry.node_id] = entry
         self._index[entry.node_id] = index
+        if entry.group is not None:
+            self._groups[entry.group] += 1
 
     def _remove(self, bucket: _Bucket, node_id: NodeId) -> None:
-        del bucket.entries[node_id]
+        entry = bucket.entries.pop(node_id)
         del self._index[node_id]
+        if entry.group is not None:
+            self._groups[entry.group] -= 1
+            if not self._groups[entry.group]:
+                del self._groups[entry.group]
         if bucket.pinging and node_id in bucket.pinging:
             bucket.pinging = tuple(n for n in bucket.pinging if n != node_id)
 
     def _pop_replacement(self, bucket: _Bucket) -> Entry | None:
-        if not bucket.replacements:
-            return None
-        _, entry = bucket.replacements.popitem(last=True)
-        return entry
+        """The newest replacement whose network may take a place now (the others wait)."""
+        for node_id in reversed(bucket.replacements):
+            entry = bucket.replacements[node_id]
+            if self._fits(bucket, entry):
+                del bucket.replacements[node_id]
+                return entry
+        return None
 
     def _cached(self, node_id: NodeId) -> Entry | None:
         index = bucket_index(self.own_key, key_of(node_id))

@@ -34,6 +34,9 @@ class SendRequest:
     address: Endpoint
     request: Request
     fresh: bool = False  # dial a new hop to ``address``; do not reuse a hop to ``peer``
+    #: A dial on someone's say-so: a new hop to ``address`` that has not authenticated
+    #: within this many seconds is closed (see :mod:`meshkey.dht.budget`).
+    dial_timeout: float | None = None
 
 
 @dataclass(slots=True)
@@ -42,6 +45,7 @@ class Pending(Generic[Tag]):
     sent_at: float
     deadline: float | None  # None: whoever sent it (a lookup) owns the timeout
     tag: Tag
+    address: Endpoint | None = None  # where it was sent (if no hop to the peer was up)
 
 
 class Transactions(Generic[Tag]):
@@ -70,14 +74,15 @@ class Transactions(Generic[Tag]):
         *,
         timeout: float | None,
         fresh: bool = False,
+        dial_timeout: float | None = None,
     ) -> SendRequest:
         """Records ``request`` (its txid from :meth:`new_txid`) as in flight to ``peer``, due
         within ``timeout`` (None: no deadline of its own); returns the command to send it."""
         deadline = None if timeout is None else now + timeout
-        self._pending[request.txid] = Pending(peer, now, deadline, tag)
+        self._pending[request.txid] = Pending(peer, now, deadline, tag, address)
         if deadline is not None:
             self._timed.add(request.txid)
-        return SendRequest(request.txid, peer, address, request, fresh)
+        return SendRequest(request.txid, peer, address, request, fresh, dial_timeout)
 
     def get(self, txid: bytes) -> Pending[Tag] | None:
         return self._pending.get(txid)

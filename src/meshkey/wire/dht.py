@@ -17,7 +17,8 @@ PING            ``n``: optional nonce (16)            PONG ``o``: the sender's o
 FIND_NODE       ``t``: target NodeId (32)             NODES ``c``: up to k contacts
 FIND_VALUE      ``t``: key = the record owner's id    VALUE ``r``: record or nil, ``c``: contacts
 STORE           ``r``: signed peer record             STORED
-DIAL_BACK       ``n``: nonce (16), ``c``: [target]    DIAL_BACK_RESULT ``ok``, ``h``: helper
+DIAL_BACK       ``n``: nonce (16), ``c``: [target],   DIAL_BACK_RESULT ``ok``, ``h``: helper
+                ``p``: optional zero padding
 (any)                                                 ERROR ``e``: DhtErrorCode, ``s``: reason
 =============== ===================================== ========================================
 
@@ -189,12 +190,15 @@ class Stored:
 class DialBack:
     """Asks the receiver to open a *new* hop to the requester's observed address and ping it
     with ``nonce``. With ``target`` set, the requester is a node asking on behalf of
-    ``target`` (a helper dial: it comes from an address ``target`` never sent to)."""
+    ``target`` (a helper dial: it comes from an address ``target`` never sent to); such an
+    ask carries ``padding`` zero bytes, so that the dial it causes (to an address the helper
+    never observed) costs the helper no more than a small multiple of what the asker sent."""
 
     txid: bytes
     mode: Mode
     nonce: bytes
     target: WireContact | None = None
+    padding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +339,8 @@ def encode_rpc(rpc: Rpc) -> bytes:
     elif isinstance(rpc, DialBack):
         body["n"] = rpc.nonce
         body["c"] = [] if rpc.target is None else [_contact_body(rpc.target)]
+        if rpc.padding:
+            body["p"] = bytes(rpc.padding)
     elif isinstance(rpc, DialBackResult):
         body["ok"], body["h"], body["s"] = rpc.ok, rpc.helper, rpc.reason[:MAX_REASON]
     elif isinstance(rpc, DhtError):
@@ -385,7 +391,10 @@ def decode_rpc(data: bytes) -> Rpc:
         if len(targets) > 1:
             raise MalformedError("a dial-back names at most one target")
         nonce = _bytes(body, "n", NONCE_SIZE, "dial-back nonce")
-        return DialBack(txid, mode, nonce, targets[0] if targets else None)
+        padding = body.get("p", b"")
+        if not isinstance(padding, bytes):
+            raise MalformedError("a dial-back's padding is bytes")
+        return DialBack(txid, mode, nonce, targets[0] if targets else None, len(padding))
     if kind == RpcKind.DIAL_BACK_RESULT:
         ok, helper = body.get("ok"), body.get("h")
         if not isinstance(ok, bool) or not isinstance(helper, bool):
