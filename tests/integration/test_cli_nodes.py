@@ -230,3 +230,23 @@ def test_a_seed_on_another_machine_makes_the_node_listen_where_it_can_be_reached
     else:
         raise AssertionError(f"blue never joined through {seed_arg}: {peers}")
     cli.ok("node", "delete", "--all", "--force")
+
+
+def test_a_join_nobody_answers_is_warned_about_at_create_and_shown_by_node_show(
+    cli: Cli,
+) -> None:
+    """Issue 18: a seed that does not answer is visible at once, never retried in silence."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # a UDP port where nobody answers
+        port = silent.getsockname()[1]
+        ghost = cli.json("identity", "create", "ghost")["node_id"]  # a NodeId nobody runs
+        seed = f"{ghost}@127.0.0.1:{port}"
+        result = cli.run("node", "create", "lonely", "--seed", seed)
+        assert result.returncode == 0, result.stderr
+        assert "has not joined the node graph yet" in result.stderr
+        assert f"127.0.0.1:{port}: no answer for" in result.stderr
+        shown = cli.ok("node", "show", "lonely")
+        assert "graph" in shown and "joining (seed 127.0.0.1:" in shown
+    cli.ok("node", "delete", "--all", "--force")

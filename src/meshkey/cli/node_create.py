@@ -207,7 +207,36 @@ def node_create(
     except CliError:
         _undo_create(home, name, delete_identity=not had_identity)
         raise
-    print_node(output, "created", launcher.node_summary(home, name, live=True), changes, wanted)
+    summary = launcher.node_summary(home, name, live=True)
+    if seed_list:
+        summary = _warn_if_not_joined(home, name, summary)
+    print_node(output, "created", summary, changes, wanted)
+
+
+#: How long `node create` waits to see the first join through the seeds succeed.
+JOIN_WAIT = 3.0
+
+
+def _warn_if_not_joined(home: Any, name: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Waits a moment for the first join attempt; if nobody answered, says so on stderr with
+    the reason (issue 18: a join that fails is visible, never retried in silence)."""
+    from meshkey.node import launcher
+
+    deadline = time.monotonic() + JOIN_WAIT
+    while True:
+        state = str((summary.get("graph") or {}).get("state") or "joined")
+        if not state.startswith(("joining", "not started")) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+        summary = launcher.node_summary(home, name, live=True)
+    if state.startswith("joining"):
+        click.echo(
+            f"warning: node {name} has not joined the node graph yet: {state}; it keeps "
+            "trying with backoff (see `meshkey node show " + name + "`): check the seed's "
+            "address, and that the seed can reach this node",
+            err=True,
+        )
+    return summary
 
 
 def _is_configuration_file(name: str) -> bool:
