@@ -112,6 +112,8 @@ def readme_blocks() -> list[Block]:
 def sessions() -> dict[str, list[Block]]:
     grouped: dict[str, list[Block]] = {}
     for block in readme_blocks():
+        if block.language == "text":  # output shown, nothing to run
+            continue
         name = SESSIONS.get(block.heading, block.heading)
         if block.language == "toml":  # its own nodes: it declares a blue of its own
             name = "configuration example"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -16,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from meshkey.channel.manager import DEFAULT_LISTENER, SecureChannels
-from meshkey.channel.policy import RELAY_RESOURCE, SPECIAL_RESOURCES, Policies, Policy
+from meshkey.channel.policy import RELAY_RESOURCE, Policies
 from meshkey.dht.peers import PeerGraph, parse_seed
 from meshkey.dht.records import RecordContent
 from meshkey.dht.service import DhtService
@@ -27,14 +26,13 @@ from meshkey.nat.reflexive import ReflexiveAddressService
 from meshkey.nat.strategy import MESHKEY, PunchConfig
 from meshkey.node.autorelay import AutoRelays
 from meshkey.node.events import EventBus
-from meshkey.node.portals import NodePortals
+from meshkey.node.policy_api import PolicyMethods
+from meshkey.node.portal_api import PortalMethods
 from meshkey.node.record import behind_nat, record_content, relay_routes
 from meshkey.node.services import install_builtin_services
 from meshkey.node.state import Home, NodeStateError, listen_default, parse_listen, resolve_route
 from meshkey.node.store import NodeStore
 from meshkey.paths.service import PathService
-from meshkey.portal import DEFAULT_OUTLET
-from meshkey.portal.portals import InletEntry, OutletEntry, Portals
 from meshkey.relay.client import Relay, RelayClient
 from meshkey.relay.registry import RelayRegistry
 from meshkey.routing.address import (
@@ -45,11 +43,10 @@ from meshkey.routing.address import (
     TransportAddress,
     check_destination,
     format_route,
-    parse_route,
 )
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
-from meshkey.routing.router import Handler, Router, is_internal_worker
+from meshkey.routing.router import Handler, Router
 from meshkey.transport.interfaces import concrete_endpoints
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
@@ -66,7 +63,6 @@ __all__ = ["Node", "RemoteError"]
 
 
 RELAY_WATCH_INTERVAL = 2.0
-_RESOURCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 def _udp_endpoint(text: str, home: Home | None = None) -> tuple[str, int]:
@@ -80,7 +76,7 @@ def _udp_endpoint(text: str, home: Home | None = None) -> tuple[str, int]:
     return parse_listen(text)
 
 
-class Node:
+class Node(PortalMethods, PolicyMethods):
     """A meshkey node: identity, router, transports, services, secure channels and relays.
 
     ``udp`` and ``tcp`` are listen addresses (``"127.0.0.1:0"`` lets the OS choose a port;
@@ -553,46 +549,6 @@ class Node:
         if self._store:
             self._store.delete_listener(name)
 
-    def set_policy(self, resource: str, allow: Iterable[NodeId | str]) -> Policy:
-        """Only ``allow`` (NodeIds, or their text) may use ``resource`` from now on;
-        InvalidNodeIdError (a ValueError) for anything that is not a NodeId, ValueError for a
-        resource that cannot have a policy. :meth:`policy_warning` says whether it applies
-        to anything yet."""
-        if not _RESOURCE.fullmatch(resource) or is_internal_worker(resource):
-            raise ValueError(
-                f"invalid resource {resource!r}: a service name (letters, digits, '_', '.', "
-                f"'-'), or one of {', '.join(sorted(SPECIAL_RESOURCES))}"
-            )
-        if self.channels.is_listener(resource):
-            raise ValueError(
-                f"{resource!r} is a secure channel listener: a policy on it would refuse every "
-                "channel (handshakes do not come through a channel); choose who may open "
-                "channels with `meshkey secure-channel-listener create ... --authorized ID`"
-            )
-        policy = Policy(resource, node_ids(allow))
-        if not policy.allow:
-            raise ValueError("a policy needs at least one allowed identity")
-        self.policies.set(policy)
-        if self._store:
-            self._store.save_policy(policy)
-        log.info("policy.set", resource=resource, allow=",".join(sorted(map(str, policy.allow))))
-        return policy
-
-    def policy_warning(self, resource: str) -> str | None:
-        """Why a policy on ``resource`` protects nothing yet, if it does not."""
-        if resource in SPECIAL_RESOURCES or self.router.has_worker(resource):
-            return None
-        return (
-            f"there is no service {resource!r} on this node (yet): the policy applies once there is"
-        )
-
-    def delete_policy(self, resource: str) -> None:
-        if not self.policies.delete(resource):
-            raise KeyError(resource)
-        if self._store:
-            self._store.delete_policy(resource)
-        log.info("policy.deleted", resource=resource)
-
     @property
     def path_service(self) -> PathService:
         paths: PathService = self._require(self._paths)
@@ -633,129 +589,3 @@ class Node:
                 "tcp": sum(self.tcp.unauthenticated.values()),
             },
         }
-
-    # == portals: TCP inlets and outlets, portal streams, /secure/ routes ================
-    # (one region, delegating to NodePortals: the node's other parts only call
-    # _start_portals, _stop_portals and resolve_secure)
-
-    _portal_part: NodePortals | None = None
-
-    @property
-    def _portals(self) -> NodePortals:
-        part: NodePortals = self._require(self._portal_part)
-        return part
-
-    @property
-    def portals(self) -> Portals:
-        return self._portals.portals
-
-    async def resolve_secure(
-        self,
-        route: str | Route,
-        *,
-        authorized: Iterable[NodeId | str] | None = None,
-        timeout: float = 10.0,
-    ) -> Route:
-        """:meth:`resolve`, and every ``/secure/X`` replaced by a secure channel to the
-        listener X on the node reached so far (an open one is reused), so the rest of the
-        route travels inside it; ``authorized`` applies to the last channel."""
-        portals = self._portals
-        parsed = parse_route(route) if isinstance(route, str) else route
-        allowed = node_ids(authorized) if authorized else None
-        return await portals.resolve_secure(parsed, authorized=allowed, timeout=timeout)
-
-    async def create_tcp_outlet(
-        self,
-        to: str,
-        *,
-        name: str = DEFAULT_OUTLET,
-        alias: str | None = None,
-        allow: Iterable[NodeId | str] | None = None,
-        insecure: bool = False,
-    ) -> OutletEntry:
-        """A worker ``/service/NAME`` that opens a TCP connection to ``to`` (``HOST:PORT``,
-        or a port on 127.0.0.1) for each portal session; only ``allow`` may use it (anyone
-        whose identity is authenticated end to end, if not given). ``insecure`` serves
-        sessions that crossed other nodes without a secure channel."""
-        return await self._portals.create_tcp_outlet(
-            to, name=name, alias=alias, allow=node_ids(allow) if allow else None, insecure=insecure
-        )
-
-    def tcp_outlets(self) -> list[OutletEntry]:
-        return self._portals.tcp_outlets()
-
-    def tcp_outlet(self, alias: str) -> OutletEntry:
-        """By alias or address; PortalNotFound (a KeyError) if there is none."""
-        return self._portals.tcp_outlet(alias)
-
-    async def delete_tcp_outlet(self, alias: str) -> OutletEntry:
-        return await self._portals.delete_tcp_outlet(alias)
-
-    async def create_tcp_inlet(
-        self,
-        listen: str = "127.0.0.1:0",
-        *,
-        route: str | Route,
-        authorized: Iterable[NodeId | str] | None = None,
-        alias: str | None = None,
-        insecure: bool = False,
-        timeout: float = 10.0,
-    ) -> InletEntry:
-        """A TCP listener on ``listen``; each connection becomes a portal session to the
-        outlet at ``route``, which must be end to end (a ``/secure/`` channel, a channel's
-        address, or one hop) unless ``insecure``. Its route is resolved (and its secure
-        channels opened) now, for up to ``timeout``: a route that does not answer yet is
-        no error, its reason is the inlet's ``last_error``, and clients that connect later
-        try again."""
-        return await self._portals.create_tcp_inlet(
-            listen,
-            route=route,
-            authorized=node_ids(authorized) if authorized else None,
-            alias=alias,
-            insecure=insecure,
-            timeout=timeout,
-        )
-
-    def tcp_inlets(self) -> list[InletEntry]:
-        return self._portals.tcp_inlets()
-
-    def tcp_inlet(self, alias: str) -> InletEntry:
-        """By alias or listen address; PortalNotFound (a KeyError) if there is none."""
-        return self._portals.tcp_inlet(alias)
-
-    async def delete_tcp_inlet(self, alias: str) -> InletEntry:
-        return await self._portals.delete_tcp_inlet(alias)
-
-    async def open_portal_stream(
-        self,
-        route: str | Route,
-        *,
-        authorized: Iterable[NodeId | str] | None = None,
-        insecure: bool = False,
-        timeout: float = 30.0,
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """One portal session to the outlet at ``route`` as an asyncio stream pair, with no
-        local listener (the route as for an inlet). ConnectionRefusedError when the outlet
-        refuses, ConnectionError when the route fails, TimeoutError after ``timeout``."""
-        given = parse_route(route) if isinstance(route, str) else route
-        allowed = node_ids(authorized) if authorized else None
-        return await self._portals.open_portal_stream(
-            given, authorized=allowed, insecure=insecure, timeout=timeout
-        )
-
-    async def _start_portals(self, store: NodeStore | None) -> None:
-        """Portals, and those the store kept (inlets listen again where they listened)."""
-        self._portal_part = NodePortals(
-            self.router,
-            self.channels,
-            resolve_names=lambda route: resolve_route(route, self._home),
-            store=store,
-            listening=lambda: bool(self.addresses),
-        )
-        await self._portal_part.restore()
-
-    async def _stop_portals(self) -> None:
-        if self._portal_part is not None:
-            await self._portal_part.close()
-
-    # == end of portals =================================================================

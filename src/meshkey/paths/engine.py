@@ -171,6 +171,7 @@ class _Hop:
     outbound: bool
     key: PathKey | None  # the path it is, if it is a path of a relayed peer
     socket: int = 0  # the local socket it lives on (a birthday punch's, or the main one)
+    up_at: float = 0.0
 
 
 class PathEngine:
@@ -285,7 +286,7 @@ class PathEngine:
             )
             kind = PathKind.PUNCHED if punched else PathKind.DIRECT
             key = PathKey(kind, remote, socket, transport)
-        self._hops[link] = _Hop(peer, transport, remote, outbound, key, socket)
+        self._hops[link] = _Hop(peer, transport, remote, outbound, key, socket, now)
         self._hops_changed()
         if key is not None:
             self.paths.add_path(peer, key, now, validated=True)
@@ -397,6 +398,8 @@ class PathEngine:
             return b""
         if initiator and self._must_wait_for_class(now):
             return b""  # the strategy needs this node's class: the punch comes after opening
+        if initiator and any(hop.peer == peer for hop in self._hops.values()):
+            return b""  # a hop to the peer is up already: there is nothing to punch
         state = self._peers.setdefault(peer, _Peer())
         if initiator and self.puncher.session(peer) is None:
             self.paths.add_peer(peer, now, initiates=True)
@@ -429,16 +432,22 @@ class PathEngine:
         self._drain_cores(now)
 
     def _adopt_hops(self, peer: NodeId, state: _Peer, now: float) -> None:
-        """A punched hop that came up before the channel opened (a punch negotiated in the
-        handshake is that fast) is the peer's path from now on."""
-        punched = self.puncher.session(peer) is not None or (
+        """The hops already up to a peer now reached through a relay are its direct paths: a
+        punched one (a punch negotiated in the handshake is that fast) if it came up after
+        the punch started, a plain direct one if it was there before (a dialled server)."""
+        punching = self.puncher.session(peer) is not None or (
             state.punch_started is not None and now - state.punch_started < PUNCH_HOP_WINDOW
         )
         for hop in self._hops.values():
-            if hop.peer == peer and hop.key is None and punched:
-                hop.key = PathKey(PathKind.PUNCHED, hop.remote, hop.socket, hop.transport)
-                self.paths.add_path(peer, hop.key, now, validated=True)
-                self._events.append(DirectHopAdded(peer, hop.key))
+            if hop.peer != peer or hop.key is not None:
+                continue
+            punched = (
+                punching and state.punch_started is not None and hop.up_at >= state.punch_started
+            )
+            kind = PathKind.PUNCHED if punched else PathKind.DIRECT
+            hop.key = PathKey(kind, hop.remote, hop.socket, hop.transport)
+            self.paths.add_path(peer, hop.key, now, validated=True)
+            self._events.append(DirectHopAdded(peer, hop.key))
 
     def channel_closed(self, peer: NodeId, channel: str, now: float) -> None:
         """A channel to ``peer`` closed for good; with its last one, its state goes."""

@@ -62,7 +62,8 @@ class PathKey:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         extra = "" if self.transport == "udp" else f" over {self.transport}"
         socket = f" (birthday socket {self.local_socket})" if self.local_socket else ""
-        return f"direct {where}{extra} ({self.kind.value}){socket}"
+        kind = " (punched)" if self.kind is PathKind.PUNCHED else ""
+        return f"direct {where}{extra}{kind}{socket}"
 
 
 @dataclass(slots=True)

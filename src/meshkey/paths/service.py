@@ -23,15 +23,12 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from typing import Any
 
 from meshkey.channel.manager import ChannelState, SecureChannels
-from meshkey.dht.records import PeerRecord
 from meshkey.dht.service import DhtService
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.nat.allowance import networks_of
 from meshkey.nat.classify import Classification, SendWhoami
 from meshkey.nat.punch import (
     CloseBirthdaySockets,
@@ -52,16 +49,14 @@ from meshkey.paths.engine import (
     SendPathSignal,
 )
 from meshkey.paths.manager import CloseSocket, PathConfig, PathSwitched
-from meshkey.paths.resolver import Dial, Known, LookUp, PeerResolver, RecordView, UseLink, UseRelay
+from meshkey.paths.resolution import PeerResolution
+from meshkey.paths.resolver import PeerResolver
 from meshkey.routing.address import (
     Route,
-    RouteError,
     ServiceAddress,
     TransportAddress,
     format_route,
-    parse_route,
 )
-from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.timing import DeadlineTimer
@@ -83,7 +78,6 @@ from meshkey.wire.udp import ControlKind, WhoamiResponse
 log = EventLogger("paths")
 
 PATHS_SERVICE = "_paths"
-PEER_LOOKUP_TIMEOUT = 10.0  # a /peer/NODEID route waits at most this long for a lookup
 
 
 @dataclass
@@ -107,7 +101,7 @@ class _Monitor:
 
 
 @dataclass
-class PathService:
+class PathService(PeerResolution):
     router: Router
     udp: QuicTransport
     tcp: TcpTransport
@@ -306,13 +300,6 @@ class PathService:
         self.engine.channel_closed(peer, address, self.now())
         self.wake()
 
-    async def peer_key(self, peer: NodeId) -> bytes | None:
-        record = self.resolver.record(peer)
-        if record is None:
-            await self._look_up(peer, PEER_LOOKUP_TIMEOUT)
-            record = self.resolver.record(peer)
-        return record.channel_key or None if record is not None else None
-
     def direct_route(self, peer: NodeId) -> Route | None:
         name = self.engine.hop_link(peer, self.now())
         link = self._links.get(name) if name is not None else None
@@ -326,126 +313,6 @@ class PathService:
                 if link.name == worker:
                     return link.core.peer == peer
         return False
-
-    # -- /peer/NODEID (paths/resolver.py decides) -------------------------------------------
-
-    def _known(self, peer: NodeId) -> Known:
-        """What the node knows of ``peer`` now, for the resolver."""
-        direct_allowed = not self.no_direct and self.engine.paths.direct_allowed(peer)
-        direct = self.direct_route(peer) if direct_allowed else None
-        open_links = tuple(
-            link.name
-            for transport in (self.udp, self.tcp)
-            for link in transport.links
-            if link.core.peer == peer
-            and link.core.is_open
-            and not link.closed
-            and not self.engine.is_path(link.name)  # a punched path only as the chosen one
-        )
-        dialled = self.graph.reached_at(peer) if self.graph is not None else None
-        first = direct[0] if direct else None
-        return Known(
-            direct_link=first.name if isinstance(first, ServiceAddress) else None,
-            open_links=open_links,
-            dialled_at=dialled,
-        )
-
-    async def resolve_peer(
-        self, peer: NodeId, *, timeout: float = PEER_LOOKUP_TIMEOUT
-    ) -> Route | None:
-        """``/peer/NODEID``: the way to ``peer`` now (the resolver's ladder), looking it up in
-        the node graph when needed; None when there is none."""
-        for _ in range(3):
-            now = self.now()
-            verdict = self.resolver.resolve(peer, self._known(peer), now, relay_only=self.no_direct)
-            if isinstance(verdict, LookUp):
-                await self._look_up(peer, timeout)
-                continue
-            if self.resolver.wants_refresh(peer, now):
-                self._spawn(self._look_up(peer, timeout))
-            log.debug("paths.resolved", peer=peer, way=type(verdict).__name__, why=verdict)
-            if isinstance(verdict, UseLink):
-                return (ServiceAddress(verdict.link),)
-            if isinstance(verdict, Dial):
-                host, port = verdict.endpoint
-                address = TransportAddress.from_socket("udp", host, port, peer)
-                self._watch_way(peer, address, None)
-                return (address,)
-            if isinstance(verdict, UseRelay):
-                try:
-                    route = parse_route(verdict.route)
-                except RouteError:
-                    self.resolver.on_relay_failed(peer, verdict.route, now)
-                    continue
-                first = route[0] if route else None
-                if isinstance(first, TransportAddress):
-                    self._watch_way(peer, first, verdict.route)
-                return route
-            log.debug("paths.no_path", peer=peer, reason=verdict.reason)
-            return None
-        return None
-
-    async def _look_up(self, peer: NodeId, timeout: float) -> None:
-        record: RecordView | None = None
-        if self.graph is not None:
-            try:
-                found = await self.graph.find(peer, timeout=timeout)
-            except RemoteError as exc:
-                log.debug("paths.lookup_failed", peer=peer, reason=str(exc))
-            else:
-                if found.record is not None:
-                    record = RecordView(
-                        found.record.direct,
-                        found.record.relays,
-                        self._on_this_lan(found.record),
-                        found.record.channel_key,
-                    )
-        self.resolver.on_record(peer, record, self.now())
-
-    def _on_this_lan(self, record: PeerRecord) -> tuple[Endpoint, ...]:
-        """The record's own addresses this node can reach on its LAN: only when both are
-        behind the same public IP (the same NAT), and only addresses in this host's
-        networks (two homes may both use 10.1.0.0/24)."""
-        found = self.classification
-        ours = found.public_ip if found is not None else None
-        theirs = {host for host, _ in record.reflexive}
-        if ours is None or ours not in theirs:
-            return ()
-        networks = networks_of((), interface_networks())
-        return tuple(
-            (host, port)
-            for host, port in record.local
-            if any(ip_address(host) in network for network in networks)
-        )
-
-    def _watch_way(self, peer: NodeId, address: TransportAddress, relay: str | None) -> None:
-        """Dials the first hop of a way (the router then uses that hop); if it fails, the
-        resolver skips that way for a while, so the next message takes the next rung."""
-        transport = self.udp if address.protocol == "udp" else self.tcp
-        try:
-            link = transport.outbound(address)
-        except (ValueError, OSError):
-            failed_at = self.now()
-            if relay is None:
-                self.resolver.on_dial_failed(peer, address.endpoint, failed_at)
-            else:
-                self.resolver.on_relay_failed(peer, relay, failed_at)
-            return
-        if link.core.is_open:
-            return
-        self._spawn(self._report_way(peer, link, address, relay))
-
-    async def _report_way(
-        self, peer: NodeId, link: HopLink, address: TransportAddress, relay: str | None
-    ) -> None:
-        await link.settled.wait()
-        if link.core.is_open:
-            return
-        if relay is None:
-            self.resolver.on_dial_failed(peer, address.endpoint, self.now())
-        else:
-            self.resolver.on_relay_failed(peer, relay, self.now())
-        log.info("paths.way_failed", peer=peer, way=relay or str(address))
 
     def path_info(self, peer: NodeId) -> dict[str, Any] | None:
         report = self.engine.paths.report(peer)
