@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from .lab import Host, Lab, MeshkeyNode, NatKind
-from .test_reach import UDP_BLOCKED_NEVER_JOINS
 
 pytestmark = [pytest.mark.natlab, pytest.mark.timeout(300)]
 
@@ -70,14 +69,7 @@ def lans(lab: Lab) -> dict[NatKind, tuple[Host, Host]]:
 
 @pytest.mark.parametrize(
     "kind",
-    [
-        NatKind.EIM,
-        NatKind.EDM,
-        pytest.param(
-            NatKind.UDP_BLOCKED,
-            marks=pytest.mark.xfail(reason=UDP_BLOCKED_NEVER_JOINS, strict=True),
-        ),
-    ],
+    [NatKind.EIM, NatKind.EDM, NatKind.UDP_BLOCKED],
     ids=str,
 )
 def test_two_hosts_behind_one_router_go_direct_on_the_lan(

@@ -1,6 +1,8 @@
-"""The node graph's glue (DhtService) on an in-memory UDP transport: real routers, real
-cores, real wire formats, no sockets. Hops authenticate when dialled (pinned to the NodeId
-at the address, else refused), can be undialable (a node behind a NAT) or silent."""
+"""The node graph's glue (DhtService) on an in-memory UDP transport (and, where a test asks,
+a TCP one beside it): real routers, real cores, real wire formats, no sockets. Hops
+authenticate when dialled (pinned to the NodeId at the address, else refused), can be
+undialable (a node behind a NAT) or silent, and a node's UDP can be blocked (what it sends
+and what is sent to it over UDP is lost)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from meshkey.wire.message import ErrorCode
 from meshkey.wire.net import Endpoint
 
 _names = itertools.count()
+FALLBACK_DELAY = 0.05  # the TCP fallback's delay here (real seconds: short)
 
 
 @dataclass
@@ -47,7 +50,7 @@ class FakeLink:
 
     def __init__(self, udp: FakeUdp, peer: NodeId, direction: str, remote: Endpoint) -> None:
         self.udp = udp
-        self.name = f"_udp.fake{next(_names)}"
+        self.name = f"_{udp.protocol}.fake{next(_names)}"
         self.closed = False
         self.direction = direction
         self.remote = remote
@@ -88,6 +91,7 @@ class FakeUdp:
         *,
         dialable: bool = True,
         silent: bool = False,
+        blocked: bool = False,
     ) -> None:
         self.net = net
         self.node_id = node_id
@@ -95,10 +99,14 @@ class FakeUdp:
         self.endpoint = endpoint
         self.dialable = dialable  # False: behind a NAT, a hop to it never authenticates
         self.silent = silent  # True: whatever is sent to it is lost
+        self.blocked = blocked  # True: whatever it sends, or is sent to it, is lost
         self.links: set[FakeLink] = set()
-        self.address: TransportAddress | None = TransportAddress.from_socket("udp", *endpoint)
+        self.address: TransportAddress | None = TransportAddress.from_socket(
+            self.protocol, *endpoint
+        )
         self.on_event: Callable[[object], None] = lambda event: None
         self.dials = 0
+        self.sends = 0  # messages handed to it (delivered or not)
         self._outbound: dict[tuple[Endpoint, NodeId], FakeLink] = {}
         net[endpoint] = self
         router.add_transport(self)
@@ -107,8 +115,9 @@ class FakeUdp:
         return [link.describe() for link in self.links if not link.closed]
 
     async def send(self, address: TransportAddress, message: Message) -> None:
+        self.sends += 1
         target = self.net.get(address.endpoint)
-        if target is not None and target.silent:
+        if self.blocked or (target is not None and (target.silent or target.blocked)):
             return
         if target is None or not target.dialable:
             raise RoutingError(ErrorCode.UNREACHABLE, f"nobody answers at {address}")
@@ -123,20 +132,29 @@ class FakeUdp:
     def _dial(self, target: FakeUdp) -> FakeLink:
         self.dials += 1
         mine = FakeLink(self, target.node_id, "outbound", target.endpoint)
-        mine.target = TransportAddress.from_socket("udp", *target.endpoint, target.node_id)
+        mine.target = TransportAddress.from_socket(self.protocol, *target.endpoint, target.node_id)
         theirs = FakeLink(target, self.node_id, "inbound", self.endpoint)
         mine.other, theirs.other = theirs, mine
         self._outbound[(target.endpoint, target.node_id)] = mine
-        self.on_event(HopAuthenticated(target.node_id, "udp", target.endpoint, "outbound"))
-        target.on_event(HopAuthenticated(self.node_id, "udp", self.endpoint, "inbound"))
+        self.on_event(HopAuthenticated(target.node_id, self.protocol, target.endpoint, "outbound"))
+        target.on_event(HopAuthenticated(self.node_id, self.protocol, self.endpoint, "inbound"))
         return mine
+
+
+class FakeTcp(FakeUdp):
+    """A node's TCP transport on the in-memory network of TCP listeners, at the same
+    endpoint as its UDP one (a node's TCP listener takes its UDP port number)."""
+
+    protocol = "tcp"
 
 
 class Network:
     def __init__(self, stack: contextlib.AsyncExitStack) -> None:
         self.stack = stack
         self.net: dict[Endpoint, FakeUdp] = {}
+        self.tcp_net: dict[Endpoint, FakeUdp] = {}
         self.udp: dict[NodeId, FakeUdp] = {}
+        self.tcp: dict[NodeId, FakeTcp] = {}
         self._hosts = itertools.count(1)
 
     async def node(
@@ -149,24 +167,41 @@ class Network:
         silent: bool = False,
         store: MemoryGraphStore | None = None,
         behind_nat: Callable[[], bool | None] | None = None,
+        tcp: bool = False,
+        udp_blocked: bool = False,
     ) -> DhtService:
+        """A node (``tcp``: with a TCP transport too; ``udp_blocked``: its UDP is lost)."""
         identity = identity or Identity.generate()
         endpoint = endpoint or (f"192.0.2.{next(self._hosts)}", 4000)
         router = Router(identity.node_id)
         udp = FakeUdp(
-            self.net, identity.node_id, router, endpoint, dialable=dialable, silent=silent
+            self.net,
+            identity.node_id,
+            router,
+            endpoint,
+            dialable=dialable,
+            silent=silent,
+            blocked=udp_blocked,
         )
         self.udp[identity.node_id] = udp
+        over_tcp = None
+        if tcp:
+            over_tcp = FakeTcp(self.tcp_net, identity.node_id, router, endpoint, dialable=dialable)
+            self.tcp[identity.node_id] = over_tcp
         service = DhtService(
             router,
             identity,
             udp,
+            tcp=over_tcp,
             mode=mode,
             rng=random.Random(len(self.net)),
             store=store,
             behind_nat=behind_nat,
         )
+        service.hops.fallback_delay = FALLBACK_DELAY
         udp.on_event = service.on_transport_event
+        if over_tcp is not None:
+            over_tcp.on_event = service.on_transport_event
         self.stack.push_async_callback(router.close)
         self.stack.push_async_callback(service.close)
         return await service.start()
@@ -222,7 +257,7 @@ async def test_another_node_id_at_the_address_is_refused_and_enters_no_graph() -
         assert not a.knows(made_up) and not b.knows(made_up) and a.size == 0
 
 
-async def test_rpcs_that_did_not_come_over_a_udp_hop_are_answered_unsupported() -> None:
+async def test_rpcs_that_did_not_come_over_a_hop_are_answered_unsupported() -> None:
     async with network() as net:
         a = await net.node()
         replies: list[Message] = []
@@ -230,7 +265,8 @@ async def test_rpcs_that_did_not_come_over_a_udp_hop_are_answered_unsupported() 
         async def receive(reply: Message) -> None:
             replies.append(reply)
 
-        # As over a TCP hop: the hop's worker first, then the sender's reply slot.
+        # As over a worker that is no hop of any transport (a secure channel's, say): that
+        # worker first, then the sender's reply slot.
         a.router.register("_tcp.fake", receive, inline=True)
         for payload in (encode_rpc(Ping(b"ping0001", Mode.SERVER)), b"\x01garbage"):
             message = Message(

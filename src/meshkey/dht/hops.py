@@ -1,18 +1,29 @@
-"""The node graph's RPCs over hops: what it needs of the node's UDP transport, and one
-request with its answer.
+"""The node graph's RPCs over hops: what it needs of the node's transports, and one request
+with its answer.
 
 - **What it needs** is written as protocols (:class:`UdpHops`, :class:`Hop`), which the
-  node's :class:`~meshkey.transport.udp.QuicTransport` and its links satisfy, and so does a
-  test's in-memory transport: the glue is tested without sockets.
+  node's :class:`~meshkey.transport.udp.QuicTransport` and
+  :class:`~meshkey.transport.tcp.TcpTransport` and their links satisfy, and so does a test's
+  in-memory transport: the glue is tested without sockets.
 - **Out.** A request goes to ``/ip4/H/udp/P/id/NODEID/service/dht``: the hop is pinned to the
   NodeId, so a contact that lies about its NodeId fails the hop's authentication and never
   answers (nor enters the table). A live hop to that NodeId is reused instead (it proved the
-  same NodeId), unless the caller asks for a fresh dial (reachability checks). Each request
-  has its own reply address, so an error coming back (unreachable, authentication failed)
-  names the request, and an answer must come from the NodeId asked, with its txid.
-- **In.** A request that arrived over a UDP hop names the hop it came over
-  (:meth:`DhtHops.link_of`: its address is where the peer was seen); one over any other
-  transport names none. A request counts only when the hop's peer sent it itself
+  same NodeId; a UDP one before a TCP one), unless the caller asks for a fresh dial
+  (reachability checks). Each request has its own reply address, so an error coming back
+  (unreachable, authentication failed) names the request, and an answer must come from the
+  NodeId asked, with its txid.
+- **TCP fallback** (:func:`dial_plan`, happy eyeballs, RFC 8305's idea): a node behind a
+  router that drops UDP must still join (issue 18). A node's TCP listener takes its UDP port
+  number, so a contact's address is dialled over UDP first and, when no answer came within
+  :data:`TCP_FALLBACK_DELAY` (or the UDP dial failed), over TCP at the same address too;
+  the first answer wins. A node whose only open hops are TCP ones (UDP is blocked here)
+  dials TCP at once. Reachability checks (``fresh``) stay on UDP (they test exactly that),
+  and so do dials on someone's say-so while UDP works (no second dial to an address only
+  someone else named). The TCP hops the graph dialled itself are remembered
+  (:meth:`DhtHops.dialled_over_tcp`): those enter the graph as UDP hops do.
+- **In.** A request that arrived over a hop (UDP or TCP) names the hop it came over
+  (:meth:`DhtHops.link_of`: its address is where the peer was seen); one over anything else
+  (a secure channel) names none. A request counts only when the hop's peer sent it itself
   (:func:`sent_by_hop_peer`): its return route is exactly that hop, then the reply slot the
   sender opened for it. Every node that passes a message on puts its own address in front
   of the return route (the hop or secure channel it came in by), so a request a stranger
@@ -34,14 +45,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Collection, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from meshkey.dht.budget import DIAL_PATIENCE, HELPER_PADDING
 from meshkey.dht.responder import DialBackJob
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import ServiceAddress, TransportAddress
-from meshkey.routing.errors import RemoteError
+from meshkey.routing.errors import RemoteError, RoutingError
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router
 from meshkey.wire.dht import (
@@ -66,6 +78,12 @@ from meshkey.wire.net import Endpoint
 DHT_SERVICE = "dht"
 REQUEST_TIMEOUT = 10.0  # backstop: the engine's own timeouts (from RTT) come first
 DIAL_BACK_TIMEOUT = 5.0  # one dial (a fresh hop and a ping), or one ask of a helper
+#: How long a request dialled over UDP waits for its answer before the same request is sent
+#: over TCP to the same address as well (a QUIC handshake and an answer take 2 RTT: a WAN's
+#: few hundred ms at most).
+TCP_FALLBACK_DELAY = 0.5
+#: TCP hops the graph dialled, remembered so their authentication enters the graph.
+MAX_TCP_DIALS = 256
 #: Every request's reply slot is this and its txid in hex: the one address a DHT request
 #: may name after the hop it came over (see :func:`sent_by_hop_peer`).
 REPLY_PREFIX = "_dht."
@@ -122,8 +140,10 @@ class Hop(Protocol):
 
 
 class UdpHops(Protocol):
-    """What the graph needs of the node's UDP transport."""
+    """What the graph needs of one of the node's transports (UDP, or TCP beside it)."""
 
+    @property
+    def protocol(self) -> str: ...  # "udp" or "tcp": the routes' transport name
     @property
     def links(self) -> Collection[Hop]: ...
     @property
@@ -131,38 +151,107 @@ class UdpHops(Protocol):
     def connections(self) -> list[dict[str, Any]]: ...
 
 
+def dial_plan(
+    *, fresh: bool, say_so: bool, has_tcp: bool, udp_up: bool, tcp_up: bool
+) -> tuple[str, ...]:
+    """The transports a request with no live hop dials its peer's address over, in order
+    (the second one :data:`TCP_FALLBACK_DELAY` later, or as soon as the first failed).
+    ``fresh``: a reachability check (UDP only: it checks exactly that); ``say_so``: an
+    address only someone else named; ``udp_up`` / ``tcp_up``: whether this node holds any
+    open hop over UDP / TCP now (only TCP ones: UDP is blocked here, TCP at once)."""
+    if fresh or not has_tcp:
+        return ("udp",)
+    if tcp_up and not udp_up:
+        return ("tcp",)
+    if say_so:
+        return ("udp",)
+    return ("udp", "tcp")
+
+
+class _Attempts:
+    """The dials one request makes (a plan of one or two transports): an answer over any
+    of them wins; an error counts only once every dial of the plan failed."""
+
+    def __init__(self, planned: int) -> None:
+        self.planned = planned
+        self.started = 0
+        self.failed = 0
+
+    def on_error(self) -> bool:
+        """One dial failed: whether the request failed for good (every dial did)."""
+        self.failed += 1
+        return self.failed >= self.planned
+
+
 class DhtHops:
     def __init__(
-        self, router: Router, udp: UdpHops, *, request_timeout: float = REQUEST_TIMEOUT
+        self,
+        router: Router,
+        udp: UdpHops,
+        *,
+        tcp: UdpHops | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+        fallback_delay: float = TCP_FALLBACK_DELAY,
     ) -> None:
         self.router = router
         self.udp = udp
+        self.tcp = tcp
         self.request_timeout = request_timeout
+        self.fallback_delay = fallback_delay
         self._closing: set[asyncio.Task[None]] = set()
+        self._tcp_dials: OrderedDict[tuple[NodeId, Endpoint], None] = OrderedDict()
+
+    @property
+    def pools(self) -> list[UdpHops]:
+        """The transports whose hops carry DHT RPCs: UDP, then TCP."""
+        return [self.udp] if self.tcp is None else [self.udp, self.tcp]
 
     def link_of(self, message: Message) -> Hop | None:
-        """The open UDP hop ``message`` arrived over, if it came over one."""
+        """The open hop (UDP or TCP) ``message`` arrived over, if it came over one."""
         first = message.return_route[0] if message.return_route else None
         if not isinstance(first, ServiceAddress):
             return None
-        for link in self.udp.links:
-            if link.name == first.name and not link.closed:
-                return link
+        for pool in self.pools:
+            for link in pool.links:
+                if link.name == first.name and not link.closed:
+                    return link
         return None
 
     def live_link(self, peer: NodeId) -> Hop | None:
-        """An open UDP hop to ``peer`` (it proved that NodeId), if there is one: the newest
-        that is not under suspicion (a peer that restarted dials in anew, and its old hop
-        talks to a process that is gone until it is found out)."""
-        links = [
-            link
-            for link in self.udp.links
-            if link.core.peer == peer
-            and link.core.is_open
-            and not link.closed
-            and not link.core.suspected
-        ]
-        return max(links, key=lambda link: link.created, default=None)
+        """An open hop to ``peer`` (it proved that NodeId), if there is one: a UDP one before
+        a TCP one, the newest that is not under suspicion (a peer that restarted dials in
+        anew, and its old hop talks to a process that is gone until it is found out)."""
+        for pool in self.pools:
+            links = [
+                link
+                for link in pool.links
+                if link.core.peer == peer
+                and link.core.is_open
+                and not link.closed
+                and not link.core.suspected
+            ]
+            if links:
+                return max(links, key=lambda link: link.created)
+        return None
+
+    def dialled_over_tcp(self, peer: NodeId, remote: Endpoint) -> bool:
+        """Whether the graph itself dialled ``peer`` over TCP at ``remote`` (its contact
+        address: a TCP hop there is as good as a UDP one for the graph)."""
+        return (peer, remote) in self._tcp_dials
+
+    def _open_over(self, pool: UdpHops | None) -> bool:
+        return pool is not None and any(
+            link.core.is_open and not link.closed for link in pool.links
+        )
+
+    def plan(self, *, fresh: bool, say_so: bool) -> tuple[str, ...]:
+        return dial_plan(
+            fresh=fresh,
+            say_so=say_so,
+            has_tcp=self.tcp is not None,
+            udp_up=self._open_over(self.udp),
+            tcp_up=self._open_over(self.tcp),
+        )
 
     async def request(
         self,
@@ -197,33 +286,65 @@ class DhtHops:
         slot = reply_slot(request.txid)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-
-        async def receive(reply: Message) -> None:
-            if not future.done():
-                future.set_result(reply)
-
         link = None if fresh else self.live_link(peer)
-        hop: TransportAddress | None = None
+        onwards: list[tuple[ServiceAddress | TransportAddress, ServiceAddress]]
         if link is not None:
-            onward: tuple[Any, ...] = (ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))
+            onwards = [(ServiceAddress(link.name), ServiceAddress(DHT_SERVICE))]
         elif address is not None:
             # Pinned to the NodeId: a contact that lies about it fails the hop's authentication.
-            hop = TransportAddress.from_socket("udp", *address, peer)
-            onward = (hop, ServiceAddress(DHT_SERVICE))
+            plan = self.plan(fresh=fresh, say_so=dial_timeout is not None)
+            onwards = [
+                (TransportAddress.from_socket(p, *address, peer), ServiceAddress(DHT_SERVICE))
+                for p in plan
+            ]
         else:
             raise RemoteError(ErrorCode.UNREACHABLE, f"no address for {peer.short()}")
+        attempts = _Attempts(len(onwards))
+        handles: list[asyncio.TimerHandle] = []
+
+        def start_next() -> None:
+            if future.done() or attempts.started >= len(onwards):
+                return
+            onward = onwards[attempts.started]
+            attempts.started += 1
+            first = onward[0]
+            if isinstance(first, TransportAddress) and first.protocol == "tcp":
+                self._remember_tcp_dial(peer, first.endpoint)
+            task = loop.create_task(self._send(onward, slot, request, failed))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            if dial_timeout is not None and isinstance(first, TransportAddress):
+                handles.append(loop.call_later(dial_timeout, self._give_up_dial, first))
+            if attempts.started < len(onwards):
+                handles.append(loop.call_later(self.fallback_delay, start_next))
+
+        def failed(reply: Message | RoutingError) -> None:
+            if future.done():
+                return
+            if not attempts.on_error():
+                start_next()  # the first dial failed: the next one now, not after the delay
+            elif isinstance(reply, Message):
+                future.set_result(reply)
+            else:
+                future.set_exception(RemoteError(reply.code, reply.text))
+
+        async def receive(reply: Message) -> None:
+            if future.done():
+                return
+            if reply.is_error:
+                failed(reply)
+            else:
+                future.set_result(reply)
+
         self.router.register(slot, receive, inline=True)
-        watchdog: asyncio.TimerHandle | None = None
         try:
-            await self.router.route(Message(onward, (ServiceAddress(slot),), encode_rpc(request)))
-            if hop is not None and dial_timeout is not None:
-                watchdog = loop.call_later(dial_timeout, self._give_up_dial, hop)
+            start_next()
             reply = await asyncio.wait_for(future, timeout or self.request_timeout)
         except TimeoutError:
             raise RemoteError(ErrorCode.TIMEOUT, f"no DHT answer from {peer.short()}") from None
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for handle in handles:
+                handle.cancel()
             self.router.unregister(slot)
         if reply.is_error:
             code, text = reply.error()
@@ -238,10 +359,31 @@ class DhtHops:
             raise RemoteError(ErrorCode.MALFORMED, "the DHT answer does not match the request")
         return answer, len(reply.payload)  # type: ignore[return-value]
 
+    async def _send(
+        self,
+        onward: tuple[Any, ...],
+        slot: str,
+        request: Request,
+        failed: Callable[[Message | RoutingError], None],
+    ) -> None:
+        """Routes one dial's copy of ``request``; a dial that cannot even start counts as a
+        failed one (an error reply comes back for those that start and fail)."""
+        try:
+            await self.router.route(Message(onward, (ServiceAddress(slot),), encode_rpc(request)))
+        except RoutingError as exc:
+            failed(exc)
+
+    def _remember_tcp_dial(self, peer: NodeId, endpoint: Endpoint) -> None:
+        self._tcp_dials[(peer, endpoint)] = None
+        self._tcp_dials.move_to_end((peer, endpoint))
+        while len(self._tcp_dials) > MAX_TCP_DIALS:
+            self._tcp_dials.popitem(last=False)
+
     def _give_up_dial(self, hop: TransportAddress) -> None:
         """Closes the dial to ``hop`` if it has not authenticated yet: its queued request is
         answered UNREACHABLE, and QUIC sends no more Initials there."""
-        for link in list(self.udp.links):
+        pool = self.tcp if hop.protocol == "tcp" else self.udp
+        for link in list(pool.links if pool is not None else ()):
             if link.direction == "outbound" and link.target == hop and not link.closed:
                 if link.core.is_open:
                     continue
@@ -322,10 +464,12 @@ __all__ = [
     "DIAL_BACK_TIMEOUT",
     "REPLY_PREFIX",
     "REQUEST_TIMEOUT",
+    "TCP_FALLBACK_DELAY",
     "DhtHops",
     "Hop",
     "HopState",
     "UdpHops",
+    "dial_plan",
     "reply_slot",
     "sent_by_hop_peer",
 ]

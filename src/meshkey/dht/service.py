@@ -5,12 +5,16 @@
 - **In.** The node subscribes :meth:`DhtService.on_transport_event` to its event bus; each
   ``HopAuthenticated`` over UDP becomes ``engine.on_authenticated`` with the address the hop
   was observed at (with one UDP socket, the address a peer's packets come from is where it
-  can be reached, if its NAT lets us). That is the only way into the table. Requests arrive
-  at the worker ``/service/dht`` over authenticated hops (``message.local.hop_peer``); the
-  address is the remote address of the UDP hop they came over. Only requests the hop's peer
-  sent itself count (:func:`~meshkey.dht.hops.sent_by_hop_peer`); one routed through it is
-  dropped unanswered. RPCs over other transports are answered UNSUPPORTED: a TCP address is
-  no DHT contact.
+  can be reached, if its NAT lets us). That is the only way into the table. Over TCP (a node
+  whose UDP is blocked: :mod:`meshkey.dht.hops`' fallback) only two kinds count: a hop the
+  graph dialled itself at a contact's address (a node's TCP listener takes its UDP port
+  number, so that address is the contact's either way), and a hop dialled in by a peer the
+  table does not hold yet (seen there, as a client is; a TCP hop's source port never
+  replaces a known peer's address). Requests arrive at the worker ``/service/dht`` over
+  authenticated hops (``message.local.hop_peer``), UDP or TCP; the address is the remote
+  address of the hop they came over. Only requests the hop's peer sent itself count
+  (:func:`~meshkey.dht.hops.sent_by_hop_peer`); one routed through it is dropped
+  unanswered. RPCs that came over no hop (a secure channel) are answered UNSUPPORTED.
 - **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
   pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how; a dial on
   someone's say-so is closed after its patience); its answer, with its size (what the peer
@@ -142,6 +146,7 @@ class DhtService:
         identity: Identity,
         udp: UdpHops,
         *,
+        tcp: UdpHops | None = None,
         store: GraphStore | None = None,
         mode: Mode | None = None,
         rng: random.Random | None = None,
@@ -157,7 +162,7 @@ class DhtService:
         self.store = store or MemoryGraphStore()
         self.fixed_mode = mode
         self._saved_mode = self.store.load_mode()  # what _save_mode last wrote
-        self.hops = DhtHops(router, udp, request_timeout=request_timeout)
+        self.hops = DhtHops(router, udp, tcp=tcp, request_timeout=request_timeout)
         self._loop = asyncio.get_running_loop()
         self.wall_offset = time.time() - self._loop.time()
         self.engine = DhtEngine(
@@ -275,8 +280,11 @@ class DhtService:
     # -- the way in -------------------------------------------------------------------
 
     def on_transport_event(self, event: object) -> None:
-        """Subscribe this to the node's event bus: authenticated UDP hops enter the graph."""
-        if self._closed or not isinstance(event, HopAuthenticated) or event.transport != "udp":
+        """Subscribe this to the node's event bus: authenticated hops enter the graph (UDP
+        ones; TCP ones as the module's docstring says)."""
+        if self._closed or not isinstance(event, HopAuthenticated):
+            return
+        if event.transport != "udp" and not self._tcp_counts(event):
             return
         # A hop dialled over a punched address reached the peer only through the hole its own
         # NAT opened for this node: it is seen there, as if it had dialled in, never proven
@@ -284,6 +292,11 @@ class DhtService:
         direction = "inbound" if event.punched else event.direction
         self.engine.on_authenticated(event.node_id, event.remote, direction, self._loop.time())
         self._pump()
+
+    def _tcp_counts(self, event: HopAuthenticated) -> bool:
+        if event.direction == "outbound":
+            return self.hops.dialled_over_tcp(event.node_id, event.remote)
+        return event.node_id not in self.engine.table
 
     async def _handle(self, message: Message) -> None:
         peer = message.local.hop_peer
@@ -306,7 +319,7 @@ class DhtService:
         if link is None:
             await self._reply(
                 message,
-                DhtError(rpc.txid, self.mode, DhtErrorCode.UNSUPPORTED, "DHT RPCs run over UDP"),
+                DhtError(rpc.txid, self.mode, DhtErrorCode.UNSUPPORTED, "DHT RPCs run over hops"),
             )
             return
         if isinstance(rpc, Ping) and rpc.nonce is not None:

@@ -220,6 +220,12 @@ class Node(PortalMethods, PolicyMethods):
         }
         self._tcp = TcpTransport(self.identity, router, **settings)
         self._udp = QuicTransport(self.identity, router, batching=self._udp_batching, **settings)
+        # A TCP listener on any port takes the UDP one's number when free: the one HOST:PORT
+        # a node is known by (a seed's) then reaches it over both (a UDP-blocked node's way in).
+        udp_transport = self._udp
+        self._tcp.port_hint = lambda: (
+            udp_transport.address.port if udp_transport.address is not None else None
+        )
         router.add_transport(self._tcp)
         router.add_transport(self._udp)
         self._reflexive = ReflexiveAddressService(self._udp)
@@ -254,6 +260,7 @@ class Node(PortalMethods, PolicyMethods):
             router,
             self.identity,
             self._udp,
+            tcp=self._tcp,
             store=store.graph_store() if store else None,
             mode=self._dht_mode,
             behind_nat=self._behind_nat,

@@ -6,7 +6,8 @@ paths/service.py keeps to the path engine's commands.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
+from dataclasses import replace
 from ipaddress import ip_address
 from typing import Any
 
@@ -30,7 +31,7 @@ from meshkey.transport.interfaces import interface_networks
 from meshkey.transport.link import HopLink
 from meshkey.transport.tcp import TcpTransport
 from meshkey.transport.udp import QuicTransport
-from meshkey.wire.net import Endpoint
+from meshkey.wire.net import Endpoint, NatClass
 
 log = EventLogger("paths")
 
@@ -106,7 +107,9 @@ class PeerResolution:
                 return (ServiceAddress(verdict.link),)
             if isinstance(verdict, Dial):
                 host, port = verdict.endpoint
-                address = TransportAddress.from_socket("udp", host, port, peer)
+                address = self._over_tcp_if_blocked(
+                    TransportAddress.from_socket("udp", host, port, peer)
+                )
                 self._watch_way(peer, address, None)
                 return (address,)
             if isinstance(verdict, UseRelay):
@@ -117,11 +120,34 @@ class PeerResolution:
                     continue
                 first = route[0] if route else None
                 if isinstance(first, TransportAddress):
+                    first = self._over_tcp_if_blocked(first)
+                    route = (first, *route[1:])
                     self._watch_way(peer, first, verdict.route)
                 return route
             log.debug("paths.no_path", peer=peer, reason=verdict.reason)
             return None
         return None
+
+    def _over_tcp_if_blocked(self, address: TransportAddress) -> TransportAddress:
+        """The first hop of a way, as this node can dial it: a UDP address over TCP at the
+        same address where UDP is blocked here (a node's TCP listener takes its UDP port
+        number: a peer's record and a relay route name only the UDP one)."""
+        if address.protocol != "udp" or not self._udp_blocked():
+            return address
+        return replace(address, protocol="tcp")
+
+    def _udp_blocked(self) -> bool:
+        """UDP is blocked here: the classification says so, or, before it knows, every hop
+        this node holds is a TCP one (the node graph's TCP fallback got it in; its first
+        seconds, before a classification round ends, are when a user tries it first)."""
+        found = self.classification
+        if found is not None and found.nat_class is not NatClass.UNKNOWN:
+            return found.nat_class is NatClass.UDP_BLOCKED
+
+        def any_open(links: Iterable[HopLink]) -> bool:
+            return any(link.core.is_open and not link.closed for link in links)
+
+        return any_open(self.tcp.links) and not any_open(self.udp.links)
 
     async def _look_up(self, peer: NodeId, timeout: float) -> None:
         record: RecordView | None = None

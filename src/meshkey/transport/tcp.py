@@ -3,15 +3,22 @@
 Every link is a worker at a local address (``/service/_tcp.<hex>``) that a message's return
 route names when it arrived over that link, so replies go back over the very connection the
 request came in on (which is what lets a node behind a NAT be answered).
+
+A listener asked for any port (port 0) takes :attr:`TcpTransport.port_hint`'s port when it is
+free: the node sets it to its UDP port, so the one ``HOST:PORT`` a seed is known by
+(``--seed NODEID@HOST:PORT``) reaches it over TCP too, which is how a node behind a router
+that drops UDP gets in (:mod:`meshkey.dht.hops`' fallback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from meshkey.identity.certificate import node_id_from_certificate
@@ -37,6 +44,8 @@ class TcpTransport(LinkTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._listeners: dict[TransportAddress, tuple[socket.socket, asyncio.Task[None]]] = {}
+        #: The port a listener asked for any port tries first (the node's UDP port).
+        self.port_hint: Callable[[], int | None] = lambda: None
 
     @functools.cached_property
     def client_ssl(self) -> ssl.SSLContext:
@@ -48,19 +57,20 @@ class TcpTransport(LinkTransport):
 
     async def listen(self, host: str, port: int) -> TransportAddress:
         """Listens on ``host:port`` (more than one listener is fine); the first is the
-        transport's address."""
+        transport's address. Port 0: :attr:`port_hint`'s port if it is free, else any."""
         if self._server_ssl is None:
             self._server_ssl = server_context(self.identity)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        hinted = self.port_hint() if port == 0 else None
+        if hinted:
+            try:
+                sock = _bound(host, hinted)
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+                log.info("tcp.port_hint_taken", port=hinted)
+                sock = _bound(host, port)
+        else:
+            sock = _bound(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         address = TransportAddress.from_socket("tcp", bound_host, bound_port, self.identity.node_id)
         task = asyncio.get_running_loop().create_task(self._accept_loop(sock), name="tcp:listen")
@@ -128,6 +138,21 @@ class TcpTransport(LinkTransport):
             raise
         link.attach(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
         await link.run()
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking TCP socket on ``host:port``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class TcpLink(HopLink):
