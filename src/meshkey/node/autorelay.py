@@ -47,13 +47,20 @@ _STATES = {
 
 
 def reachable_from(
-    mode: Mode, classification: Classification | None, local: list[Endpoint]
+    mode: Mode,
+    classification: Classification | None,
+    local: list[Endpoint],
+    *,
+    tcp_only: bool = False,
 ) -> bool | None:
     """What the node knows of being reachable: yes as a server (dial-backs said so); no
     behind a NAT (a class says so, or an observer saw another address than the socket's
-    own); unknown before either."""
+    own), nor when a client's only hops are TCP ones (``tcp_only``: UDP is blocked here,
+    seconds before a classification round says so); unknown before either."""
     if mode is Mode.SERVER:
         return True
+    if tcp_only and mode is Mode.CLIENT and udp_blocked(classification, tcp_only=True):
+        return False
     if classification is None:
         return None
     if classification.nat_class is NatClass.PUBLIC:
@@ -62,6 +69,14 @@ def reachable_from(
         return False
     seen = [o.reflexive for o in classification.observations if o.reflexive is not None]
     return False if any(address not in local for address in seen) else None
+
+
+def udp_blocked(classification: Classification | None, *, tcp_only: bool) -> bool:
+    """Whether UDP is blocked here: the classification says so or, while it knows nothing,
+    the node's only hops are TCP ones (``tcp_only``)."""
+    if classification is not None and classification.nat_class is not NatClass.UNKNOWN:
+        return classification.nat_class is NatClass.UDP_BLOCKED
+    return tcp_only
 
 
 class AutoRelays:
@@ -74,6 +89,7 @@ class AutoRelays:
         seeds: list[tuple[NodeId, Endpoint]],
         classification: Callable[[], Classification | None],
         local: Callable[[], list[Endpoint]],
+        tcp_only: Callable[[], bool] = lambda: False,
         enabled: bool = True,
     ) -> None:
         self.node_id = node_id
@@ -82,6 +98,7 @@ class AutoRelays:
         self.seeds = seeds
         self._classification = classification
         self._local = local
+        self._tcp_only = tcp_only
         self.keeper = RelayKeeper(enabled=enabled)
         self._names: dict[NodeId, str] = {}  # relay node -> the relay's name here
         self._active: set[str] = set()
@@ -128,7 +145,10 @@ class AutoRelays:
         """One turn: inputs to the keeper, its commands to the relay client."""
         keeper = self.keeper
         classification = self._classification()
-        keeper.set_reachable(reachable_from(self.graph.mode, classification, self._local()), now)
+        reachable = reachable_from(
+            self.graph.mode, classification, self._local(), tcp_only=self._tcp_only()
+        )
+        keeper.set_reachable(reachable, now)
         keeper.set_candidates(self._candidates(), now)
         manual = [
             r
@@ -166,8 +186,7 @@ class AutoRelays:
         return list(found.values())[:MAX_CANDIDATES]
 
     def _transport(self) -> str:
-        found = self._classification()
-        blocked = found is not None and found.nat_class is NatClass.UDP_BLOCKED
+        blocked = udp_blocked(self._classification(), tcp_only=self._tcp_only())
         return "tcp" if blocked else "udp"
 
     async def _create(self, command: CreateAutoRelay) -> None:

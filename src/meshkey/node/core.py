@@ -291,6 +291,7 @@ class Node(PortalMethods, PolicyMethods):
             seeds=self._seeds,
             classification=lambda: self.path_service.classification,
             local=self._local_udp_endpoints,
+            tcp_only=self._tcp_only,
             enabled=self._auto_relay,
         )
         if self._udp.address is not None:
@@ -304,6 +305,16 @@ class Node(PortalMethods, PolicyMethods):
     def auto_relays(self) -> AutoRelays:
         auto: AutoRelays = self._require(self._auto_relays)
         return auto
+
+    def _tcp_only(self) -> bool:
+        """Every hop this node holds is a TCP one (and it holds one): UDP gets nowhere here,
+        most likely, while no classification says so yet."""
+
+        def any_open(transport: TcpTransport | QuicTransport | None) -> bool:
+            links = transport.links if transport is not None else ()
+            return any(link.core.is_open and not link.closed for link in links)
+
+        return any_open(self._tcp) and not any_open(self._udp)
 
     def _local_udp_endpoints(self) -> list[Endpoint]:
         address = self._udp.address if self._udp is not None else None
