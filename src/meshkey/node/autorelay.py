@@ -101,7 +101,7 @@ class AutoRelays:
         self._tcp_only = tcp_only
         self.keeper = RelayKeeper(enabled=enabled)
         self._names: dict[NodeId, str] = {}  # relay node -> the relay's name here
-        self._active: set[str] = set()
+        self._listed: set[tuple[str, RelayStatus, str | None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     # -- what others ask ----------------------------------------------------------------
@@ -156,23 +156,22 @@ class AutoRelays:
             if not self.is_automatic(r.name) and r.status is RelayStatus.ACTIVE
         ]
         keeper.set_manual_active(len(manual), now)
-        active = set()
         for at, name in list(self._names.items()):
             relay = self.relays.get(name)
             if relay is not None:
                 keeper.on_relay_state(at, _STATES[relay.status], now)
-                if relay.status is RelayStatus.ACTIVE:
-                    active.add(name)
-        if active != self._active:
-            # The record lists active relays: publish the change now, not at the next tick.
-            self._active = active
-            self.graph.record_changed()
         keeper.on_timer(now)
         for command in keeper.commands():
             if isinstance(command, CreateAutoRelay):
                 await self._create(command)
             elif isinstance(command, DeleteAutoRelay):
                 await self._delete(command)
+        listed = {(r.name, r.status, r.address) for r in self.relays.relays()}
+        if listed != self._listed:
+            # The record names relays by their state (node/record.py): publish a change now,
+            # not at the next tick (a failover's new relay, or the dead one deleted).
+            self._listed = listed
+            self.graph.record_changed()
 
     def _candidates(self) -> list[RelayCandidate]:
         found: dict[NodeId, RelayCandidate] = {}

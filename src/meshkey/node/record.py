@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from meshkey.dht.records import RecordContent
 from meshkey.nat.classify import Classification
 from meshkey.node.state import NodeStateError
-from meshkey.relay.client import Relay
+from meshkey.relay.client import Relay, RelayStatus
 from meshkey.routing.address import Route, RouteError, TransportAddress, format_route, parse_route
 from meshkey.transport.interfaces import reachable_endpoints
 from meshkey.wire.dht import MAX_ADDRESSES, Mode
@@ -58,14 +58,17 @@ def record_content(
 
 def relay_routes(relays: Iterable[Relay], resolve: Callable[[str], Route]) -> tuple[str, ...]:
     """Active relays as routes another node can use: the relay node's pinned address, then
-    the relay's ``/service/forward_to_NAME``."""
+    the relay's ``/service/forward_to_NAME``. A relay registering again (its node went
+    silent: most likely dead) is named only while no relay is active: a record that names
+    a dead relay beside the live one sends finders to the dead one first (issue 18: the
+    failover's record named both until the dead one was deleted, seconds later)."""
+    registered = [(relay, relay.address) for relay in relays if relay.address]
+    active = [(r, a) for r, a in registered if r.status is RelayStatus.ACTIVE]
     routes = []
-    for relay in relays:
-        if not relay.address:
-            continue
+    for relay, address in active or registered:
         try:
             at = resolve(relay.at)
-            routes.append(format_route((*at, *parse_route(relay.address))))
+            routes.append(format_route((*at, *parse_route(address))))
         except (RouteError, NodeStateError):
             continue
     return tuple(routes)
