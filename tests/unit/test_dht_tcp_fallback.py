@@ -56,6 +56,7 @@ async def test_a_node_whose_udp_is_blocked_joins_over_tcp_at_its_seeds_address()
         # The seed entered the graph at its one address (the TCP hop the graph dialled there).
         assert newcomer.reached_at(seed.node_id) == endpoint_of(seed)
         assert seed.knows(newcomer.node_id)  # dialled in over TCP: seen there, as a client
+        assert newcomer.observed == endpoint_of(newcomer)  # where the seed saw it (its PONG)
         link = newcomer.live_link(seed.node_id)
         assert link is not None and link.name.startswith("_tcp.")
         assert net.tcp[newcomer.node_id].dials == 1

@@ -194,6 +194,9 @@ class DhtService:
         self._published: dict[int, asyncio.Future[Published]] = {}
         self.persistence = GraphPersistence(self.engine, self.store, self.wall_offset)
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: Where the last PONG said this node's request came from (over any hop): its public
+        #: address where no UDP observer can say (UDP blocked: a TCP hop's source).
+        self.observed: Endpoint | None = None
         self._started = False
         self._closed = False
 
@@ -377,8 +380,13 @@ class DhtService:
             self.engine.on_failure(command.txid, self._loop.time(), refused=refused)
         else:
             now = self._loop.time()
+            self._note_observed(answer)
             self.engine.on_answer(command.txid, command.peer, answer, now, size=size)
         self._pump()
+
+    def _note_observed(self, answer: Answer | None) -> None:
+        if isinstance(answer, Pong) and answer.observed is not None:
+            self.observed = answer.observed
 
     async def _quiet_ping(self, node_id: NodeId) -> None:
         with contextlib.suppress(RemoteError):
@@ -473,6 +481,7 @@ class DhtService:
             )
         except RemoteError:
             answer = None
+        self._note_observed(answer)
         self.maintenance.on_answer(command.txid, answer, self._loop.time())
         self._pump()
 

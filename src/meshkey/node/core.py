@@ -390,6 +390,7 @@ class Node(PortalMethods, PolicyMethods):
             self._paths.classification if self._paths is not None else None,
             self._relay_routes(),
             self.channels.static.public,
+            self.graph.observed,
         )
 
     def _relay_routes(self) -> tuple[str, ...]:

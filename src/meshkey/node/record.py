@@ -37,10 +37,14 @@ def record_content(
     found: Classification | None,
     relays: tuple[str, ...],
     channel_key: bytes = b"",
+    observed: Endpoint | None = None,
 ) -> RecordContent:
     """The record of a node whose UDP socket is ``udp``, in graph ``mode``, classified
     ``found``, with active relay routes ``relays`` and secure channels keyed ``channel_key``
-    (so a peer can dial it in one round trip, Noise IK)."""
+    (so a peer can dial it in one round trip, Noise IK). ``observed``: where a peer saw
+    this node's requests come from (a TCP hop's source where UDP is blocked), named as its
+    reflexive address while the classification found none: a peer behind the same public
+    IP then finds it on their LAN."""
     direct: tuple[Endpoint, ...] = ()
     if udp is not None and mode is Mode.SERVER:
         public = found.public_address if found is not None else None
@@ -52,6 +56,8 @@ def record_content(
     if found is not None:
         nat_class = found.nat_class
         reflexive = tuple(found.mappings[:2])
+    if not reflexive and observed is not None:
+        reflexive = (observed,)
     local = tuple(reachable_endpoints(udp.endpoint))[:MAX_LOCAL] if udp is not None else ()
     return RecordContent(nat_class, direct, reflexive, relays, channel_key, local)
 

@@ -107,6 +107,8 @@ class PeerResolution:
                 return (ServiceAddress(verdict.link),)
             if isinstance(verdict, Dial):
                 host, port = verdict.endpoint
+                # Over TCP where UDP is blocked, on the LAN too: what drops UDP may sit
+                # between two hosts of one LAN as well (a bridge's firewall, a host's own).
                 address = self._over_tcp_if_blocked(
                     TransportAddress.from_socket("udp", host, port, peer)
                 )
@@ -168,10 +170,14 @@ class PeerResolution:
 
     def _on_this_lan(self, record: PeerRecord) -> tuple[Endpoint, ...]:
         """The record's own addresses this node can reach on its LAN: only when both are
-        behind the same public IP (the same NAT), and only addresses in this host's
-        networks (two homes may both use 10.1.0.0/24)."""
+        behind the same public IP (the same NAT: the classification's mapping, or where UDP
+        is blocked the address the node graph's TCP hops were seen at, which such a peer's
+        record names as its reflexive one), and only addresses in this host's networks (two
+        homes may both use 10.1.0.0/24)."""
         found = self.classification
         ours = found.public_ip if found is not None else None
+        if ours is None and self.graph is not None and self.graph.observed is not None:
+            ours = self.graph.observed[0]  # UDP blocked: the public IP a TCP hop showed
         theirs = {host for host, _ in record.reflexive}
         if ours is None or ours not in theirs:
             return ()

@@ -12,7 +12,7 @@ signed record from the last lookup, and which ways failed lately). The ladder:
 2. an **open hop** to the peer (the peer dialled in, or a hop this node holds);
 3. its record's **own addresses on this node's LAN**, when both sit behind the same public IP
    (the glue works that out: same NAT, so the LAN is the way, not the relay, and not a
-   hairpin through the router);
+   hairpin through the router; where UDP is blocked, the public IP a TCP hop was seen at);
 4. where the graph **dialled** the peer as a server — unless its own signed record says it is
    a client: a punched address is a path of the peer, never evidence that it can be dialled;
 5. the record's **direct addresses** (a server's), then its **relay routes** (a client's);
