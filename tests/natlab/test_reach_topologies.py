@@ -155,3 +155,46 @@ def test_eim_behind_an_edm_carrier_nat_goes_direct_by_birthday(
     ]
     shown = [(p.get("now"), p.get("upgrade")) for p in paths]
     assert direct_remote(paths) == double["edm"].public_address, (shown, punches)
+
+
+# -- a router that drops UDP -----------------------------------------------------------------
+
+
+def test_a_udp_blocked_node_joins_over_tcp_and_is_reached_through_its_relay(
+    lab: Lab, seed: MeshkeyNode
+) -> None:
+    """B behind a router that drops UDP, created with ``--seed`` only (the seed's one
+    ``HOST:PORT``): it joins over TCP at that port, keeps its automatic relay on the seed
+    over TCP, publishes a record naming it, and A (behind an EIM router) reaches it by
+    ``/peer/B``. Prints how long each took (shown with -s)."""
+    started = time.monotonic()
+    b = lab.add_side("ub-b", NatKind.UDP_BLOCKED).join("ub-b", seed)
+    created = time.monotonic() - started
+    joined = relayed = None
+    while time.monotonic() - started < RECORD_WAIT and relayed is None:
+        shown = b.show()
+        if joined is None and shown["graph"]["state"] == "joined":
+            joined = time.monotonic() - started
+        active = [r for r in b.relays() if r.get("status") == "active"]
+        if active:
+            relayed = time.monotonic() - started
+            assert "/tcp/" in active[0]["at"], active
+        time.sleep(0.1)
+    assert joined is not None and relayed is not None, (b.show()["graph"], b.relays())
+    assert b.transports(seed.node_id) == {"tcp"}  # UDP gets nowhere: only TCP hops
+    while (nat := b.show()["nat"]["class"]) != "udp-blocked":  # node show says why
+        assert time.monotonic() - started < RECORD_WAIT, nat
+        time.sleep(0.2)
+    a = lab.add_side("ub-a", NatKind.EIM).join("ub-a", seed)
+    record = a.find(b.node_id).get("record") or {}
+    assert any("/tcp/" in route for route in record.get("relays", [])), record
+    to = f"/peer/{b.node_id}/service/uppercase"
+    result, seconds, sends = a.send_until_answered("hi", to, RECORD_WAIT)
+    assert result.stdout == "HI\n", f"{sends} sends in {seconds:.1f} s: {result.stderr.strip()}"
+    again = time.monotonic()
+    assert a.send("again", to).stdout == "AGAIN\n"
+    print(
+        f"UDP-blocked node: `node create` returned after {created:.2f} s, joined after "
+        f"{joined:.2f} s, relay active after {relayed:.2f} s; /peer/ from an EIM node answered "
+        f"after {seconds:.2f} s ({sends} sends), then {time.monotonic() - again:.2f} s"
+    )
