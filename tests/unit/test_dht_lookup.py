@@ -225,6 +225,62 @@ def test_find_value_ignores_bad_records_and_ends_at_a_good_one() -> None:
     assert result.stats.bad_records == 1
 
 
+def sequence_lookup(start: list[NodeId]) -> Lookup:
+    """A FIND_VALUE whose records are ``b"seq N"`` and rank by N."""
+
+    def verify(data: bytes, owner: NodeId, now: float) -> object:
+        return int(data.split()[1]) if data.startswith(b"seq ") else None
+
+    return Lookup(
+        OWN,
+        TARGET,
+        [contact(p) for p in start],
+        0.0,
+        rtt=RttEstimator(),
+        kind=LookupKind.FIND_VALUE,
+        verify=verify,
+        rank=int,
+    )
+
+
+def test_find_value_with_a_rank_keeps_the_newest_record_of_the_answers_in_flight() -> None:
+    lookup = sequence_lookup(peers(5))
+    first = lookup.commands()
+    assert len(first) == ALPHA
+    lookup.on_reply(first[0].peer, [], 0.01, record=b"seq 7")  # a holder the last STORE missed
+    assert lookup.done is None and lookup.commands() == []  # no new request once found
+    lookup.on_reply(first[1].peer, [], 0.02, record=b"seq 9")
+    assert lookup.done is None
+    lookup.on_reply(first[2].peer, [], 0.03, record=b"seq 8")
+    result = done_of(lookup)
+    assert result.found and result.record == 9
+    assert result.stats.messages == ALPHA
+
+
+def test_find_value_waits_for_those_in_flight_only_until_their_soft_timeout() -> None:
+    lookup = sequence_lookup(peers(5))
+    first = lookup.commands()
+    lookup.on_reply(first[0].peer, [], 0.01, record=b"seq 3")
+    lookup.on_failure(first[1].peer, 0.02)  # its hop failed: nothing to wait for
+    assert lookup.done is None and lookup.commands() == []
+    deadline = lookup.next_deadline()
+    assert deadline == DEFAULT_TIMEOUT  # the third one's soft timeout (never measured)
+    lookup.on_timer(deadline)  # silent: SLOW now, and a SLOW one is not waited for
+    result = done_of(lookup)
+    assert result.found and result.record == 3 and result.stats.duration == DEFAULT_TIMEOUT
+    lookup.on_reply(first[2].peer, [], deadline + 0.1, record=b"seq 4")  # too late: ignored
+    assert lookup.done is result
+
+
+def test_find_value_with_a_rank_still_ignores_bad_records() -> None:
+    lookup = sequence_lookup(peers(3))
+    first = lookup.commands()
+    for index, command in enumerate(first):
+        lookup.on_reply(command.peer, [], 0.01 * (index + 1), record=b"forged")
+    result = done_of(lookup)
+    assert not result.found and result.record is None and result.stats.bad_records == 3
+
+
 def test_an_empty_start_ends_at_once() -> None:
     lookup = Lookup(OWN, TARGET, [], 0.0, rtt=RttEstimator())
     result = done_of(lookup)

@@ -459,6 +459,7 @@ class DhtEngine:
             stop_at_target=stop_at_target,
             verify=self._verify_record,
             admit=self._admit,
+            rank=_sequence,
         )
         lookup_id = self.lookups.add(lookup, purpose)
         self._after_lookup(lookup_id, now)
@@ -678,6 +679,11 @@ class DhtEngine:
         )
         self._commands.append(command)
         return request.txid
+
+
+def _sequence(record: PeerRecord) -> int:
+    """A record found by a lookup ranks by its sequence number: the newest wins."""
+    return record.sequence
 
 
 def _contact(wire: WireContact) -> Contact:

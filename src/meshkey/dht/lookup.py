@@ -49,10 +49,14 @@ neither FAILED nor SLOW.
   candidate closer than every answer (most often: the target itself, behind a lossy or
   busy link) is waited for, up to 4 x its soft timeout and at least 1 s (its *patience*).
   A peer search (``stop_at_target``) ends as soon as the target itself answered.
-  FIND_VALUE ends at the first record that ``verify`` accepts (signature, expiry and
-  owner checked by the caller's verifier; a bad record is counted and ignored). The
-  lookup then emits one :class:`LookupDone` and stays alive only until its outstanding
-  requests are settled.
+  FIND_VALUE ends once a record that ``verify`` accepts (signature, expiry and owner
+  checked by the caller's verifier; a bad record is counted and ignored) is found — with
+  ``rank`` (a record's sequence number), not at the first one: no new request goes out,
+  the requests in flight are given until their soft timeouts, and the highest-ranked
+  record of all the answers wins (a holder the newest STORE missed, such as one that was
+  down for a moment, keeps an older record; taking whichever answered first made a finder
+  see a relay failover late). A SLOW request is not waited for. The lookup then emits one
+  :class:`LookupDone` and stays alive only until its outstanding requests are settled.
 
 Bounds: at most :data:`MAX_CANDIDATES` candidates are kept (the farthest NEW ones are
 dropped), at most :data:`~meshkey.wire.dht.MAX_CONTACTS` contacts are read per answer.
@@ -178,6 +182,8 @@ class PeerAnswered:
 
 LookupEvent = LookupDone | PeerUnresponsive | PeerAnswered
 Verifier = Callable[[bytes, NodeId, float], Any]
+#: What makes one verified record better than another (higher wins): its sequence number.
+Rank = Callable[[Any], int]
 
 
 class _State(enum.Enum):
@@ -223,6 +229,7 @@ class Lookup:
         stop_at_target: bool = False,
         verify: Verifier | None = None,
         admit: Admit | None = None,
+        rank: Rank | None = None,
     ) -> None:
         self.own = own
         self.target = target
@@ -235,6 +242,8 @@ class Lookup:
         self._rtt = rtt
         self._verify = verify
         self._admit = admit
+        self._rank = rank
+        self._best: Any = None  # the best verified record so far (FIND_VALUE with rank)
         self._dials: dict[NodeId, int] = {}  # dials charged to each answerer
         self._skipped = 0
         self._candidates: dict[NodeId, _Candidate] = {}
@@ -320,10 +329,14 @@ class Lookup:
             return
         if record is not None and self.kind == LookupKind.FIND_VALUE:
             verified = self._verify(record, self.target, now) if self._verify else None
-            if verified is not None:
+            rank = self._rank
+            if verified is not None and rank is None:
                 self._finish(now, found=True, record=verified)
                 return
-            self._bad_records += 1
+            if verified is None:
+                self._bad_records += 1
+            elif rank is not None and (self._best is None or rank(verified) > rank(self._best)):
+                self._best = verified
         next_round = candidate.round + 1
         closest_before = self._order[0][0] if self._order else None
         if peer not in self._suspects:
@@ -337,7 +350,7 @@ class Lookup:
         if self._no_progress >= self.alpha and not self.stop_at_target:
             self._tail = True  # a round brought nothing closer: ask the rest of the window
         if self.stop_at_target and peer == self.target:
-            self._finish(now, found=True)
+            self._finish(now, found=True, record=self._best)
             return
         self._pump(now)
 
@@ -493,6 +506,11 @@ class Lookup:
 
     def _pump(self, now: float) -> None:
         if self.done is not None:
+            return
+        if self._best is not None:
+            # A record is found: no new request; the ones in flight may bring a newer one.
+            if self._in_flight == 0:
+                self._finish(now, found=True, record=self._best)
             return
         parallel = self.k if self._tail else self.alpha
         waiting: set[_Candidate] = set()  # NEW, but their dial may not go now
