@@ -6,15 +6,15 @@
   ``HopAuthenticated`` over UDP becomes ``engine.on_authenticated`` with the address the hop
   was observed at (with one UDP socket, the address a peer's packets come from is where it
   can be reached, if its NAT lets us). That is the only way into the table. Over TCP (a node
-  whose UDP is blocked: :mod:`meshkey.dht.hops`' fallback) only two kinds count: a hop the
-  graph dialled itself at a contact's address (a node's TCP listener takes its UDP port
-  number, so that address is the contact's either way), and a hop dialled in by a peer the
-  table does not hold yet (seen there, as a client is; a TCP hop's source port never
-  replaces a known peer's address). Requests arrive at the worker ``/service/dht`` over
-  authenticated hops (``message.local.hop_peer``), UDP or TCP; the address is the remote
-  address of the hop they came over. Only requests the hop's peer sent itself count
-  (:func:`~meshkey.dht.hops.sent_by_hop_peer`); one routed through it is dropped
-  unanswered. RPCs that came over no hop (a secure channel) are answered UNSUPPORTED.
+  whose UDP is blocked: :mod:`meshkey.dht.hops`' fallback) only a hop the graph dialled
+  itself at a contact's address counts (a node's TCP listener takes its UDP port number, so
+  that address is the contact's either way); a TCP hop dialled in comes from a source port,
+  where nobody can dial its peer, so it is no contact. Requests arrive at the worker
+  ``/service/dht`` over authenticated hops (``message.local.hop_peer``), UDP or TCP; the
+  address is the remote address of the hop they came over. Only requests the hop's peer
+  sent itself count (:func:`~meshkey.dht.hops.sent_by_hop_peer`); one routed through it is
+  dropped unanswered. RPCs that came over no hop (a secure channel) are answered
+  UNSUPPORTED.
 - **Out.** Each :class:`~meshkey.dht.transactions.SendRequest` is one request over a hop
   pinned to the peer's NodeId (:class:`~meshkey.dht.hops.DhtHops`, which says how; a dial on
   someone's say-so is closed after its patience); its answer, with its size (what the peer
@@ -297,9 +297,8 @@ class DhtService:
         self._pump()
 
     def _tcp_counts(self, event: HopAuthenticated) -> bool:
-        if event.direction == "outbound":
-            return self.hops.dialled_over_tcp(event.node_id, event.remote)
-        return event.node_id not in self.engine.table
+        outbound = event.direction == "outbound"
+        return outbound and self.hops.dialled_over_tcp(event.node_id, event.remote)
 
     async def _handle(self, message: Message) -> None:
         peer = message.local.hop_peer
