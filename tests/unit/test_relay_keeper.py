@@ -43,6 +43,17 @@ def test_nothing_while_reachability_is_unknown_and_everything_dropped_once_reach
     assert k.held() == {}
 
 
+def test_a_relay_is_kept_while_reachability_goes_unknown_again() -> None:
+    k = keeper(SEED, FAST, reachable=False)
+    assert k.commands() == [CreateAutoRelay(SEED.node_id, SEED.endpoint)]
+    k.on_relay_state(SEED.node_id, AutoRelayState.ACTIVE, 0.5)
+    k.set_reachable(None, 1.0)  # e.g. the hint that said "not reachable" no longer holds
+    assert k.commands() == [] and k.held() == {SEED.node_id: AutoRelayState.ACTIVE}
+    k.on_relay_state(SEED.node_id, AutoRelayState.DOWN, 3.0)  # and it still fails over
+    k.on_timer(3.0 + k.down_grace)
+    assert k.commands() == [CreateAutoRelay(FAST.node_id, FAST.endpoint)]
+
+
 def test_turned_off_means_no_relay() -> None:
     k = RelayKeeper(enabled=False)
     k.set_candidates([SEED], 0.0)

@@ -9,7 +9,8 @@ deletes the relays and reports how they fare.
 
 - **Whether.** The glue says what the node knows of itself (:meth:`RelayKeeper.set_reachable`):
   reachable (a server: no relay, any automatic one is dropped), not reachable (keep
-  ``wanted`` relays, one by default), or not known yet (keep what there is, add nothing).
+  ``wanted`` relays, one by default), or not known (yet, or again): none before the first
+  is wanted, the ones held are kept (and replaced when they fail).
 - **Where.** Candidates are reachable nodes the glue knows (:meth:`RelayKeeper.set_candidates`):
   seeds first, then servers of the node graph, each by measured round trip (unmeasured ones
   last). A candidate that failed is skipped for a while (``retry_after``, doubling per
@@ -180,7 +181,11 @@ class RelayKeeper:
     # -- internals ------------------------------------------------------------------------
 
     def _needed(self) -> bool:
-        return self.enabled and self.reachable is False and self.manual_active < self.wanted
+        # Reachability gone unknown again (a hint that flipped, a new network) keeps the
+        # relays there are, failover included: dropping and re-creating them would churn.
+        kept = self.reachable is None and bool(self._held)
+        wanted = self.reachable is False or kept
+        return self.enabled and wanted and self.manual_active < self.wanted
 
     def _usable_count(self) -> int:
         return sum(
