@@ -49,6 +49,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.integration.networks import loopback_network
+
 from bench.common import save
 from bench.dhtsim import SimNet, forged_entries, run_lookups, sybil_clustering
 
@@ -277,28 +279,6 @@ class KademliaNet:
 
 
 # -- real nodes on loopback -------------------------------------------------------------------
-
-
-async def loopback_network(count: int, seeds: int = 2) -> tuple[list[Any], list[Any]]:
-    """``count`` embedded nodes (real QUIC hops on loopback) with their node graphs; the
-    first ``seeds`` are the seeds, every other node joins through them."""
-    from meshkey.node.core import Node
-    from meshkey.wire.dht import Mode
-
-    nodes, graphs = [], []
-    for _ in range(count):
-        node = await Node(tcp=None, dht_mode=Mode.SERVER).start()
-        nodes.append(node)
-        graphs.append(node.graph)
-    contacts = []
-    for seed in nodes[:seeds]:
-        address = seed.udp.address
-        assert address is not None
-        contacts.append((seed.node_id, (address.host, address.port)))
-    await graphs[1].join(contacts[:1], timeout=20)
-    for start in range(seeds, count, 10):
-        await asyncio.gather(*(g.join(contacts, timeout=30) for g in graphs[start : start + 10]))
-    return nodes, graphs
 
 
 async def _loopback(count: int, finds: int) -> dict[str, Any]:
