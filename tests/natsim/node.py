@@ -188,8 +188,7 @@ class SimNode:
         self.birthday_opened = 0
         self.birthday_closed = 0
         self.received_data: list[bytes] = []
-        self._timer_at: float | None = None
-        self._timer_generation = 0
+        self._timer = net.timer(self._fire)  # the daemon's DeadlineTimer, on the sim's clock
         self._tcp_sockets = 0
 
     @property
@@ -415,7 +414,7 @@ class SimNode:
                 self._execute(command)
             for event in events:
                 self._report(event)
-        self._arm()
+        self._timer.follow(self.engine.next_deadline())
 
     def _execute(self, command: object) -> None:
         if isinstance(command, SendWhoami):
@@ -466,23 +465,8 @@ class SimNode:
             elif event.new is not None:
                 self.timeline.relay_at = self.timeline.relay_at or event.at
 
-    # -- one timer for the engine ------------------------------------------------------
-
-    def _arm(self) -> None:
-        deadline = self.engine.next_deadline()
-        if deadline == self._timer_at:
-            return
-        self._timer_at = deadline
-        self._timer_generation += 1
-        if deadline is not None:
-            generation = self._timer_generation
-            self.net.call_at(deadline, lambda: self._fire(generation))
-
-    def _fire(self, generation: int) -> None:
-        if generation != self._timer_generation:
-            return
-        self._timer_at = None
-        self.engine.on_timer(max(self.net.now, self.engine.next_deadline() or 0.0))
+    def _fire(self, now: float) -> None:
+        self.engine.on_timer(now)
         self.pump()
 
     # -- summaries ------------------------------------------------------------------
