@@ -86,7 +86,7 @@ class SimHandle:
 
     __slots__ = ("args", "callback", "cancelled")
 
-    def __init__(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
+    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
         self.callback = callback
         self.args = args
         self.cancelled = False
@@ -114,12 +114,12 @@ class SimNet:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> SimHandle:
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> SimHandle:
         handle = SimHandle(callback, args)
         heapq.heappush(self._queue, (max(when, self.now), next(self._seq), handle))
         return handle
 
-    def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> SimHandle:
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> SimHandle:
         return self.call_at(self.now + delay, callback, *args)
 
     def timer(self, fire: Callable[[float], None]) -> DeadlineTimer:
