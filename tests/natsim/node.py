@@ -22,6 +22,7 @@ Channel messages through the relay: ``S`` + a path signal (:mod:`meshkey.wire.pa
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import struct
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ MAIN_PORT = 5000
 TCP_PORT = 6000
 OBSERVER_PORT = 3478
 RELAY_ROUTE = "/node/green/service/forward_to_blue"
+RESPONDER_RELAY = "the way the peer came"  # how the daemon's responder names the relay path
 
 INIT, INIT_ACK, FINISH, PING, PONG, DATA = 0xC0, 0xC1, 0xC2, 0x41, 0x42, 0x43
 HOP_RETRANSMIT = 0.3
@@ -178,8 +180,14 @@ class SimNode:
             self.tcp_listener = host.open_socket(TCP_PORT, proto="tcp")
             self.tcp_listener.receiver = lambda packet: self._on_hop_packet(-1, packet)
         self.engine = PathEngine(self.node_id, config=path_config, punch=config, rng=self.rng)
+        # As PathService._listening tells it: the sockets' addresses, the punch candidates
+        # (no loopback here), and the host's networks (its /24, and loopback's, which every
+        # host has).
         self.engine.set_listening(
-            (self.main.address,), ((host.ip, TCP_PORT),) if tcp_listener else ()
+            (self.main.address,),
+            ((host.ip, TCP_PORT),) if tcp_listener else (),
+            networks=("127.0.0.0/8", f"{ipaddress.ip_network(f'{host.ip}/24', strict=False)}"),
+            now=net.now,
         )
         self.relay: Relay | None = None
         self.peer: NodeId | None = None  # the peer of the channel through the relay
@@ -240,17 +248,21 @@ class SimNode:
 
     # -- the secure channel through the relay ---------------------------------------
 
-    def connect_via_relay(self, peer: NodeId, *, handshake_rtt: float | None = None) -> None:
+    def connect_via_relay(
+        self, peer: NodeId, *, handshake_rtt: float | None = None, initiator: bool = True
+    ) -> None:
         """The channel through the relay is open: it is the peer's first path.
         ``handshake_rtt``: the round trip its handshake measured (as the daemon's channel
-        does), or None (then a punch this node answers waits for SYNC)."""
+        does), or None (then a punch this node answers waits for SYNC). ``initiator``: this
+        node opened the channel (its paths start the punches; the responder's answer them,
+        as in the daemon, whose responder describes the relay as the way the peer came)."""
         self.peer = peer
         self.engine.channel_opened(
             peer,
             "relayed-channel",
             self.net.now,
-            initiator=True,
-            relay=RELAY_ROUTE,
+            initiator=initiator,
+            relay=RELAY_ROUTE if initiator else RESPONDER_RELAY,
             handshake_rtt=handshake_rtt,
         )
         self.pump()
@@ -262,9 +274,7 @@ class SimNode:
             with contextlib.suppress(WireError):  # the daemon logs it and goes on
                 self.engine.on_signal(sender, "relayed-channel", body, now)
         elif kind == b"D":
-            self.received_data.append(body)
-            key = PathKey(PathKind.RELAY, RELAY_ROUTE)
-            self.paths.on_received(sender, key, len(payload), now)
+            self.received_data.append(body)  # a channel's message: the paths hear nothing
         self.pump()
 
     def _channel_send(self, peer: NodeId, payload: bytes) -> None:
@@ -274,22 +284,22 @@ class SimNode:
     # -- application traffic --------------------------------------------------------
 
     def send_data(self, peer: NodeId, payload: bytes) -> PathKey | None:
-        """Sends ``payload`` to ``peer`` on its current path; returns the path used."""
-        key = self.paths.current_path(peer)
-        if key is None:
+        """Sends ``payload`` to ``peer`` as the daemon's secure channel does: over the
+        direct hop the engine names (``PathService.direct_route``: ``hop_link(peer, now)``,
+        None while that path is under suspicion), else through the relay. Returns the path
+        used (None: no path)."""
+        now = self.net.now
+        link = self.engine.hop_link(peer, now)
+        hop = self.hops.get(bytes.fromhex(link)) if link is not None else None
+        if link is not None and hop is not None and not hop.closed:
+            self._hop_send(hop, DATA, payload)
+            self.engine.on_hop_traffic(link, sent=len(payload), now=now)
+            self.pump()
+            return self.paths.current_path(peer)
+        if self.peer != peer or self.relay is None:
             return None
-        if key.kind is PathKind.RELAY:
-            self._channel_send(peer, b"D" + payload)
-            self.paths.on_sent(peer, key, len(payload), self.net.now)
-        else:
-            link = self.engine.hop_link(peer)
-            hop = self.hops.get(bytes.fromhex(link)) if link is not None else None
-            if hop is None:
-                return None
-            self._hop_send(hop, DATA, payload, key.remote)  # type: ignore[arg-type]
-            self.engine.on_hop_traffic(link, sent=len(payload), now=self.net.now)  # type: ignore[arg-type]
-        self.pump()
-        return key
+        self._channel_send(peer, b"D" + payload)
+        return next((p.key for p in self.paths.paths(peer) if p.key.kind is PathKind.RELAY), None)
 
     # -- the toy hop ----------------------------------------------------------------
 

@@ -123,7 +123,7 @@ def build_pair(
     # ``rtt_error`` makes the measurement wrong by that much).
     handshake_rtt = max(0.0, 2 * relay_one_way + rtt_error) if channel_rtt else None
     a.connect_via_relay(b.node_id, handshake_rtt=handshake_rtt)
-    b.connect_via_relay(a.node_id, handshake_rtt=handshake_rtt)
+    b.connect_via_relay(a.node_id, handshake_rtt=handshake_rtt, initiator=False)
     return SimPair(net, a, b, relay, requested_at)
 
 
