@@ -95,8 +95,11 @@ def build_pair(
     b_config: PunchConfig | None = None,
     channel_rtt: bool = True,
     rtt_error: float = 0.0,
+    net: SimNet | None = None,
 ) -> SimPair:
-    net = SimNet(seed, wan_hops=wan_hops)
+    """``net``: the simulation to build the pair in (it then shares the clock with whatever
+    else runs there; the lab's addresses must be free in it), else a new one."""
+    net = net or SimNet(seed, wan_hops=wan_hops)
     lab = build_lab(
         net,
         a_kind,
@@ -116,7 +119,10 @@ def build_pair(
     relay.join(b)
     a.classify(seen)
     b.classify(seen)
-    net.run_until(lambda: a.classification is not None and b.classification is not None, limit=5.0)
+    net.run_until(
+        lambda: a.classification is not None and b.classification is not None,
+        limit=net.now + 5.0,
+    )
     requested_at = net.now
     # The channel's handshake went through the relay: both ends know its round trip
     # (``channel_rtt`` False: neither does, and a punch falls back to the SYNC exchange;
