@@ -2,7 +2,17 @@
 (:class:`~meshkey.paths.engine.PathEngine`: classification, the puncher, the path manager and
 the decisions between them) driven by a small glue — the same mapping of commands to socket
 operations and of events to inputs that :class:`~meshkey.paths.service.PathService` does —
-over simulated sockets.
+over simulated sockets, with the daemon's :class:`~meshkey.timing.DeadlineTimer` following the
+engine's deadline on the simulator's clock.
+
+As in the daemon, only the channel's initiator starts punches (:meth:`SimNode.connect_via_relay`
+with ``initiator=False`` answers them), and a message takes the direct hop that
+``engine.hop_link(peer, now)`` names, else the relay (``PathService.direct_route``).
+What ``PathService`` decides itself and this glue cannot share (it is not in a core): whether
+a channel is relayed and how its relay is described (``channel_opened``, from the channel's
+route; here the relay is given), pinging every outbound hop on a network change, when to tell
+the engine where the sockets listen (here once), and dropping a signal for a channel that is
+not open.
 
 What is *not* real here: the QUIC hop is a 1.5-RTT toy handshake (INIT, INIT_ACK, FINISH
 with the NodeIds in clear) carrying PING/PONG/DATA, and the secure channel through the relay

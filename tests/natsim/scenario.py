@@ -3,10 +3,11 @@ behind a NAT of one kind, upgrade to a direct path (or stay relayed and say why)
 
 One run (:func:`run_pair`): both nodes classify their NAT with four public observers, open
 the channel through the relay (40 ms one way: 10 ms per WAN port, as the lab's switch, and
-the relay between them), and from then on everything is up to the cores: the path managers
-ask for a punch, the punchers signal through the relay, probe and dial, the hop comes up and
-the paths switch. ``time_to_direct`` is from the moment the relayed channel existed to the
-moment *both* sides' traffic moved to the direct path, in simulated seconds.
+the relay between them; node a opened it), and from then on everything is up to the cores:
+a's path manager asks for a punch, the punchers signal through the relay, probe and dial,
+the hop comes up and the paths switch. ``time_to_direct`` is from the moment the relayed
+channel existed to the moment *both* sides' traffic moved to the direct path, in simulated
+seconds.
 """
 
 from __future__ import annotations
