@@ -1,6 +1,6 @@
 """The node graph at 1,000 and 10,000 nodes, side by side with the reference Kademlia.
 
-meshkey: :mod:`bench.dhtsim` runs the daemon's own sans-IO engine on a simulated network
+meshkey: :mod:`tests.natsim.dht` runs the daemon's own sans-IO engine on a simulated network
 (per-node access latency 5-50 ms, so round trips of 20-200 ms) with a fake clock.
 
 Reference: ``kademlia`` 2.2.3 (bmuller's; asyncio, k = 20, alpha = 3, a fixed 5 s RPC
@@ -50,9 +50,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.integration.networks import loopback_network
+from tests.natsim.dht import DhtNetwork, forged_entries, run_lookups, sybil_clustering
 
 from bench.common import save
-from bench.dhtsim import SimNet, forged_entries, run_lookups, sybil_clustering
 
 try:  # the reference; `pip install kademlia==2.2.3` (the test extra)
     from kademlia.crawling import NodeSpiderCrawl  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -339,7 +339,7 @@ def _timed(what: str, function: Callable[[], Any]) -> Any:
 
 def _meshkey(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    net = SimNet(seed=seed, latency=LATENCY)
+    net = DhtNetwork(seed=seed, latency=LATENCY)
     if build == "join":
         _timed(f"meshkey build {n} ({build})", lambda: net.build(n))
     else:
@@ -355,7 +355,7 @@ def _meshkey(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
     measure("peer_search_30pct_killed", stop_at_target=True)
     measure("k_closest_30pct_killed", random_keys=True)
     out["forged_entries"] = forged_entries(net)
-    poisoned = SimNet(seed=seed + 1, latency=LATENCY)
+    poisoned = DhtNetwork(seed=seed + 1, latency=LATENCY)
     if build == "join":
         poisoned.build(n, poisoners=0.1)
     else:
