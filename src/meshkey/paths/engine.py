@@ -1,6 +1,10 @@
 """A node's paths as one sans-IO core: NAT classification, hole punching and path choice
 (DESIGN.md decisions 10-12), and the decisions that join them.
 
+(Over 600 lines on purpose: the composite that joins classification, punching and path
+choice; each of those is its own module, and what is left here is the decisions between
+them, which a split would scatter again.)
+
 Theory of operation
 -------------------
 :class:`PathEngine` composes three cores and owns what used to be decided in the asyncio glue:

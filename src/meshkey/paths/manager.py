@@ -1,6 +1,10 @@
 """The path manager: every peer's paths, which one carries its traffic, and when to look for
 a better one (DESIGN.md decision 12). Sans-IO.
 
+(Over 600 lines on purpose: one machine, the per-peer path choice, whose rules (probe,
+validate, fail, reselect, upgrade) read best together; its commands, events and reports are
+the small dataclasses above it, and the path itself is :mod:`~meshkey.paths.path`.)
+
 Theory of operation
 -------------------
 For each peer the manager keeps :class:`~meshkey.paths.path.Path` objects (a relay route,

@@ -1,5 +1,9 @@
 """Hop links: what every transport does once it has an encrypted byte pipe to a peer.
 
+(Over 600 lines on purpose: :class:`HopLink` is the one glue every transport's links share
+(two thirds of the file), beside the :class:`LinkTransport` they live in; the hop protocol
+itself is the sans-IO :mod:`~meshkey.transport.hop`.)
+
 A :class:`HopLink` drives the sans-IO hop protocol (authentication, frames, liveness) over a
 pipe its subclass provides (a TLS stream for TCP, a QUIC stream for UDP), registers itself
 as a worker so replies return over the link a request came in on, batches outgoing messages,
