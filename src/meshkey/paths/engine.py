@@ -178,6 +178,11 @@ class _Hop:
     up_at: float = 0.0
 
 
+def _suspect_allowance(srtt: float | None) -> float:
+    """How long a direct path may go unanswered before new traffic passes it over."""
+    return max(SUSPECT_AFTER, 2 * (srtt or 0.0) + 0.3)
+
+
 class PathEngine:
     """All of a node's paths. Inputs return nothing; drain :meth:`commands` and
     :meth:`events` after each, and re-read :meth:`next_deadline`."""
@@ -340,14 +345,34 @@ class PathEngine:
             return None
         if now is not None:
             path = next((p for p in self.paths.paths(peer) if p.key == key), None)
-            if path is not None and path.waiting_since is not None:
-                allowance = max(SUSPECT_AFTER, 2 * (path.srtt or 0.0) + 0.3)
-                if now - path.waiting_since > allowance:
-                    return None
+            if (
+                path is not None
+                and path.waiting_since is not None
+                and now - path.waiting_since > _suspect_allowance(path.srtt)
+            ):
+                return None
         for name, hop in self._hops.items():
             if hop.peer == peer and hop.key == key:
                 return name
         return None
+
+    def on_heard_elsewhere(self, peer: NodeId, link: str | None, now: float) -> None:
+        """Channel traffic from ``peer`` arrived over ``link`` (None: not over a hop of ours
+        to it, e.g. through its relay) while its current path is a direct hop: when that is
+        not the hop it came over, the peer is not reaching us on it, so the path is suspected
+        at once (new traffic takes the relay, and a ping asks whether it is alive) instead of
+        after our own sends go unanswered (issue 18: a path broken toward us)."""
+        current = self.hop_link(peer)
+        if current is None or link == current:
+            return
+        key = self.paths.current_path(peer)
+        path = next((p for p in self.paths.paths(peer) if p.key == key), None)
+        if path is None:
+            return
+        # Just past the allowance, so hop_link passes the path over from this instant.
+        unanswered = _suspect_allowance(path.srtt) + 0.001
+        self.paths.suspect_current(peer, now, unanswered_for=unanswered)
+        self._drain_cores(now)
 
     # -- punch packets ------------------------------------------------------------------
 

@@ -377,6 +377,23 @@ class PathManager:
         path.record_received(size, now, answers=not suspect)
         self._service(state, now)
 
+    def suspect_current(self, peer: NodeId, now: float, *, unanswered_for: float) -> None:
+        """Evidence that ``peer``'s current direct path is broken toward the peer (its traffic
+        came another way): treat the path as unanswered for ``unanswered_for`` already, so it
+        is under suspicion now and pinged at once. A PONG clears it (the other way was only a
+        straggler); silence makes it dead ``dead_after`` after that."""
+        state = self._peers.get(peer)
+        path = state.paths.get(state.current) if state and state.current else None
+        if state is None or path is None or not path.key.kind.is_direct:
+            return
+        if path.state is not PathState.VALIDATED:
+            return
+        since = now - unanswered_for
+        if path.waiting_since is None or path.waiting_since > since:
+            path.waiting_since = since
+        path.next_probe_at = now
+        self._service(state, now)
+
     def on_pong(self, peer: NodeId, key: PathKey, token: int, now: float) -> None:
         state = self._peers.get(peer)
         path = state.paths.get(key) if state else None

@@ -300,6 +300,16 @@ class PathService(PeerResolution):
         self.engine.channel_closed(peer, address, self.now())
         self.wake()
 
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        """A channel message from ``peer`` arrived over the hop link ``worker`` (its return
+        route's first hop; None if it came some other way): if that is not our current
+        direct hop to it, the engine suspects the hop (see ``on_heard_elsewhere``)."""
+        current = self.engine.hop_link(peer)
+        if current is None or current == worker:
+            return
+        self.engine.on_heard_elsewhere(peer, worker, self.now())
+        self.wake()
+
     def direct_route(self, peer: NodeId) -> Route | None:
         name = self.engine.hop_link(peer, self.now())
         link = self._links.get(name) if name is not None else None
