@@ -133,7 +133,7 @@ class ControlHandlers(PeerHandlers):
             path = described.get("path") or {}
             if path.get("direct"):
                 way.update(
-                    kind="direct", description=path["now"], punched="(punched)" in path["now"]
+                    kind="direct", description=path["now"], punched=bool(path.get("punched"))
                 )
             channels.append({**described, "way": way})
         return {

@@ -104,7 +104,7 @@ class PeerHandlers:
         info = node.path_service.path_info(peer)
         if info is not None and info["direct"]:  # a direct path under a relayed channel
             described.update(
-                kind="direct", description=info["now"], punched="(punched)" in info["now"]
+                kind="direct", description=info["now"], punched=bool(info.get("punched"))
             )
         return described
 

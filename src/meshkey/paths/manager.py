@@ -196,7 +196,8 @@ class PeerReport:
     switch_reason: SwitchReason | None
     previous: PathKey | None
     no_direct: bool
-    punch: str  # what the last upgrade attempt did, or why none is made
+    punch: str  # what the last upgrade attempt did, or why none is made (for people)
+    punching: bool  # a punch is asked for or under way now
     next_upgrade_at: float | None
     paths: tuple[PathReport, ...]
 
@@ -507,6 +508,7 @@ class PathManager:
             state.previous,
             state.no_direct,
             state.punch_status,
+            state.punching_since is not None,
             state.upgrade_at,
             tuple(
                 PathReport(

@@ -49,6 +49,7 @@ from meshkey.paths.engine import (
     SendPathSignal,
 )
 from meshkey.paths.manager import CloseSocket, PathConfig, PathSwitched
+from meshkey.paths.path import PathKind
 from meshkey.paths.resolution import PeerResolution
 from meshkey.paths.resolver import PeerResolver
 from meshkey.routing.address import (
@@ -331,6 +332,8 @@ class PathService(PeerResolution):
         return {
             "now": report.description,
             "direct": bool(report.current and report.current.kind.is_direct),
+            "punched": bool(report.current and report.current.kind is PathKind.PUNCHED),
+            "punching": report.punching,
             "rtt_ms": round(report.rtt * 1000, 2) if report.rtt is not None else None,
             "switched_at": self._wall(report.switched_at),
             "switch_reason": report.switch_reason.value if report.switch_reason else None,
