@@ -95,6 +95,33 @@ def test_new_host_addresses_are_a_network_change() -> None:
     assert e.nat.recheck.next_deadline() == 7.0  # a round at once
 
 
+def test_a_network_change_pings_every_udp_hop_this_node_dialled() -> None:
+    """From the new address, a PING lets each peer move the connection there (QUIC
+    migration) or shows at once that the hop is gone; hops dialled in, and TCP ones, are
+    the peer's to keep."""
+    e = engine()
+    e.on_timer(0.0)
+    answer(e, ("203.0.113.1", 5000), 0.05)
+    e.events()
+    for link, transport, outbound in (
+        ("out", "udp", True),
+        ("in", "udp", False),
+        ("t", "tcp", True),
+    ):
+        e.on_hop_up(
+            link,
+            PEER,
+            transport=transport,
+            remote=("203.0.113.2", 5000),
+            outbound=outbound,
+            socket=0,
+            now=1.0,
+        )
+    e.commands()
+    e.set_listening((("10.9.0.2", 5000),), (), now=7.0)
+    assert [c.link for c in e.commands() if isinstance(c, PingHop)] == ["out"]
+
+
 def test_a_peers_state_goes_with_its_last_channel() -> None:
     e = engine()
     e.channel_opened(PEER, "c1", 1.0, initiator=True, relay="/ip4/203.0.113.10/udp/7000")

@@ -27,8 +27,8 @@ Inputs return nothing; drain :meth:`PathEngine.commands` (what the glue must do:
 sockets, hop dials, pings, signals) and :meth:`PathEngine.events` (what happened:
 classifications, path switches, punch outcomes), then re-read :meth:`next_deadline`.
 
-A network change (the classifier's :class:`NetworkChanged`) is passed on, and a new
-classification re-sets what punches offer.
+A network change (the classifier's :class:`NetworkChanged`) is passed on, with a PING on
+every UDP hop this node dialled, and a new classification re-sets what punches offer.
 
 Hops are named by the glue's link name (a string, unique per hop), so the engine never holds
 a connection; the glue keeps the one map from names to links.
@@ -583,6 +583,12 @@ class PathEngine:
         self._commands.extend(self.nat.commands())
         for event in self.nat.events():
             self._events.append(event)
+            if isinstance(event, NetworkChanged):
+                # Every UDP hop this node dialled: a PING from the new address lets its peer
+                # move the connection there (QUIC migration) or shows at once it is gone.
+                for name, hop in self._hops.items():
+                    if hop.outbound and hop.transport == "udp":
+                        self._commands.append(PingHop(name, self.rng.getrandbits(64)))
             if isinstance(event, NatClassified):
                 self._update_local()
                 waiting, self._deferred_punches = self._deferred_punches, set()

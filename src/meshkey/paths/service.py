@@ -445,12 +445,7 @@ class PathService(PeerResolution):
                 for callback in list(self.network_listeners):
                     callback()
         elif isinstance(event, NetworkChanged):
-            log.info("network.changed", reason=event.reason)
-            # Every hop this node dialled: a PING from the new address lets its peer move the
-            # connection there (QUIC migration) or shows at once that it is gone.
-            for link in self.udp.links:
-                if link.direction == "outbound" and not link.closed:
-                    link.ping(self.rng.getrandbits(64))
+            log.info("network.changed", reason=event.reason)  # the engine pings the hops
         elif isinstance(event, PathSwitched):
             log.info(
                 "path.switched",
