@@ -1,6 +1,6 @@
 """Issue 21's copies: a GSO run leaves as its datagrams, each intact, without being joined
 first; a sealed payload decodes to a view that opens as the bytes did; the allocator's policy
-is set once per process."""
+is set once per process; qh3 does not parse each packet for a logger nobody configured."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import os
 import socket
 
 import pytest
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+from qh3.quic.logger import QuicLogger
 
 from meshkey.transport import udp_socket
+from meshkey.transport.quic import _no_packet_log, skip_packet_logs
 from meshkey.transport.udp_socket import UdpEndpoint
 from meshkey.wire.channel import (
     ChannelKind,
@@ -71,3 +75,14 @@ def _glibc() -> str:
         return os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (ValueError, OSError):
         return ""
+
+
+def test_qh3_skips_packet_logs_only_where_no_logger_would_read_them() -> None:
+    quiet = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    skip_packet_logs(quiet)
+    assert quiet._log_packets is _no_packet_log
+    logged = QuicConnection(
+        configuration=QuicConfiguration(is_client=True, quic_logger=QuicLogger())
+    )
+    skip_packet_logs(logged)
+    assert logged._log_packets is not _no_packet_log
