@@ -65,6 +65,17 @@ class PathHooks(Protocol):
         Noise IK dial to a ``/peer/NODEID`` route; None when it has none."""
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A payload sent on the channel, kept to go again on a new path (:data:`RESEND_WINDOW`).
+    A PLAIN one keeps only its nonce and data (``payload`` is empty): on a direct hop to the
+    peer it goes plain again, on any other path sealed (under that nonce), never plain."""
+
+    at: float  # loop time
+    payload: bytes
+    plain: tuple[int, bytes] | None = None
+
+
 class ChannelState(enum.StrEnum):
     HANDSHAKING = "handshaking"
     OPEN = "open"
@@ -120,7 +131,11 @@ class Channel:
     in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
     relay_route: Route = ()  # responder: the latest return route that did not come direct
     no_direct: bool = False  # keep this channel's traffic off direct paths
-    recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    recent: deque[Sent] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    #: DATA messages sent and received as PLAIN (on a direct hop to the peer, not sealed
+    #: again: DESIGN decision 19).
+    plain_sent: int = 0
+    plain_received: int = 0
     #: Messages sent while the channel is unreachable or reconnecting: they wait (a bounded
     #: time and amount) for the route to work again instead of failing at once (issue 18).
     held: deque[Message] = field(default_factory=deque)
@@ -129,7 +144,7 @@ class Channel:
     #: When the peer was last heard before it went unreachable: what was sealed since may
     #: have died on the way, and goes again once it is heard (the peer drops duplicates).
     unanswered_since: float | None = None
-    order: InOrder[bytes] = field(default_factory=InOrder)
+    order: InOrder[bytes | memoryview] = field(default_factory=InOrder)
     #: Follows ``order``'s deadline (a message held for its predecessors).
     order_timer: DeadlineTimer = field(init=False, repr=False)
     #: Follows ``liveness``'s deadline (and a half-open handshake's expiry).

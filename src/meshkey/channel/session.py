@@ -42,6 +42,16 @@ is asked with ``peer=None``). The session asks its :class:`HandshakeHooks` for t
 writes the message, and hands them the peer's once its sender is authenticated, before it
 writes its answer.
 
+One encryption layer on a direct hop (DESIGN decision 19): on a hop between the channel's two
+NodeIds (mutually authenticated and encrypted already), DATA may go PLAIN, not sealed again
+(:meth:`SecureSession.plain`), once the peer was heard open (:attr:`peer_open`). A PLAIN
+message takes its nonce from the same sequence, and passes the same replay window and key
+schedule, as a sealed one; it names its session by a tag from the handshake hash. The glue
+decides where it may go and tells :meth:`SecureSession.receive` whether a payload came over
+such a hop (``direct``): a PLAIN one from anywhere else is a tampering (:class:`ChannelError`).
+When the path moves to a relay, what went plain and is sent again goes sealed under its own
+nonce (:meth:`SecureSession.reseal`), so the peer takes it once, and the relay never sees it.
+
 Transport messages carry explicit 64-bit nonces. Every :data:`REKEY_INTERVAL` nonces the key
 moves on (Noise REKEY); a receiver accepts each nonce once, within :data:`REPLAY_WINDOW` of the
 newest, keeping the previous key for late arrivals. A message that fails authentication means
@@ -65,13 +75,14 @@ Errors are split as in STYLE.md: :class:`ChannelError` is what the peer (or the 
                                  SENT_IK_HELLO -USE_XX-> SENT_HELLO (and on as XX)
     responder  AWAIT_HELLO -HELLO-> SENT_REPLY -FINISH-> OPEN
                AWAIT_HELLO -IK_HELLO-> SENT_IK_REPLY -CONFIRM, DATA, PING-> OPEN
-    OPEN       DATA, PING, PONG, CONFIRM, seal: OPEN;  CLOSE: CLOSED
+    OPEN       DATA, PLAIN (direct hop only), PING, PONG, CONFIRM, seal: OPEN;  CLOSE: CLOSED
     any phase  close: CLOSED;  REFUSE (initiator, handshaking) and any failed handshake: CLOSED
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -95,10 +106,12 @@ from meshkey.identity.node_id import NodeId
 from meshkey.wire.channel import (
     CHANNEL_VERSION,
     MAX_EARLY_DATA,
+    PLAIN_TAG_SIZE,
     ChannelKind,
     Handshake,
     HandshakePayload,
     IdentityProof,
+    Plain,
     Refuse,
     Sealed,
     UseXX,
@@ -110,8 +123,11 @@ from meshkey.wire.channel import (
 from meshkey.wire.errors import WireError
 
 PROLOGUE = b"meshkey/secure-channel/v1"
+PLAIN_TAG_LABEL = b"meshkey/secure-channel/plain-session-tag"
 REKEY_INTERVAL = 32
 REPLAY_WINDOW = 32
+#: Earlier sending keys kept, to seal a plain message again for a relay under its own nonce.
+RESEAL_KEYS = 8
 #: How many keys ahead a nonce may jump (messages lost in a row / REKEY_INTERVAL); bounds the
 #: work a forged nonce can cost before its tag is checked.
 MAX_EPOCH_JUMP = 1024
@@ -200,17 +216,37 @@ class _Sender:
     def __init__(self, cipher: Cipher, key: bytes) -> None:
         self._cipher = cipher
         self._key = key
+        #: The last few keys before this one: a plain message resealed for a relay (the
+        #: glue keeps 128 messages to resend, four keys' worth) is sealed under its own.
+        self._earlier: dict[int, bytes] = {}
         self._epoch = 0
         self._next = 0
 
-    def seal(self, kind: ChannelKind, plaintext: bytes) -> Sealed:
+    def take_nonce(self) -> int:
+        """The next nonce, the key schedule moved on to it (a plain message takes one too,
+        so that sealed and plain messages share one sequence and one schedule)."""
         nonce = self._next
         self._next += 1
         epoch = nonce // REKEY_INTERVAL
         while self._epoch < epoch:
+            self._earlier[self._epoch] = self._key
+            self._earlier.pop(self._epoch - RESEAL_KEYS, None)
             self._key = rekey(self._cipher, self._key)
             self._epoch += 1
-        ciphertext = aead(self._cipher, self._key).encrypt(
+        return nonce
+
+    def seal(self, kind: ChannelKind, plaintext: bytes) -> Sealed:
+        return self.seal_at(self.take_nonce(), kind, plaintext)
+
+    def seal_at(self, nonce: int, kind: ChannelKind, plaintext: bytes) -> Sealed:
+        """Seals under ``nonce``, taken already (now, or by a plain message being sealed
+        for a relay: never sealed before, so no nonce is sealed twice with two contents);
+        LookupError if its key is gone (more than :data:`RESEAL_KEYS` keys back)."""
+        epoch = nonce // REKEY_INTERVAL
+        key = self._key if epoch == self._epoch else self._earlier.get(epoch)
+        if key is None or epoch > self._epoch:
+            raise LookupError(f"nonce {nonce}: its key is gone")
+        ciphertext = aead(self._cipher, key).encrypt(
             nonce_bytes(self._cipher, nonce), plaintext, bytes([CHANNEL_VERSION, kind])
         )
         return Sealed(kind, nonce, ciphertext)
@@ -227,12 +263,8 @@ class _Receiver:
 
     def open(self, sealed: Sealed) -> bytes:
         nonce = sealed.nonce
-        if nonce <= self._highest:
-            age = self._highest - nonce
-            if age >= REPLAY_WINDOW or self._seen >> age & 1:
-                raise ReplayedMessage(f"nonce {nonce} replayed or older than the window")
-        epoch = nonce // REKEY_INTERVAL
-        key, previous, new_epoch = self._key_for(epoch)
+        self._check_fresh(nonce)
+        key, previous, new_epoch = self._key_for(nonce // REKEY_INTERVAL)
         try:
             plaintext = aead(self._cipher, key).decrypt(
                 nonce_bytes(self._cipher, nonce),
@@ -243,6 +275,24 @@ class _Receiver:
             raise ChannelError(
                 "a message failed authentication (tampered with on the route?)"
             ) from None
+        self._advance(nonce, key, previous, new_epoch)
+        return plaintext
+
+    def accept_plain(self, nonce: int) -> None:
+        """A plain message's ``nonce`` (authentic: it came over a direct hop from the peer):
+        checked and counted as a sealed one's, so a copy of it sealed later (resent through a
+        relay) is a replay."""
+        self._check_fresh(nonce)
+        key, previous, new_epoch = self._key_for(nonce // REKEY_INTERVAL)
+        self._advance(nonce, key, previous, new_epoch)
+
+    def _check_fresh(self, nonce: int) -> None:
+        if nonce <= self._highest:
+            age = self._highest - nonce
+            if age >= REPLAY_WINDOW or self._seen >> age & 1:
+                raise ReplayedMessage(f"nonce {nonce} replayed or older than the window")
+
+    def _advance(self, nonce: int, key: bytes, previous: bytes | None, new_epoch: int) -> None:
         # Only an authentic message moves the key schedule and the window forward.
         if new_epoch > self._epoch:
             self._key, self._previous, self._epoch = key, previous, new_epoch
@@ -252,7 +302,6 @@ class _Receiver:
             self._highest = nonce
         else:
             self._seen |= 1 << (self._highest - nonce)
-        return plaintext
 
     def _key_for(self, epoch: int) -> tuple[bytes, bytes | None, int]:
         if epoch == self._epoch:
@@ -357,6 +406,7 @@ TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
         ChannelKind.PING: Phase.OPEN,
         ChannelKind.PONG: Phase.OPEN,
         ChannelKind.CONFIRM: Phase.OPEN,  # an IK initiator's, overtaken by its data
+        ChannelKind.PLAIN: Phase.OPEN,  # only from a direct hop to the peer (see receive)
         ChannelKind.CLOSE: Phase.CLOSED,
         Local.SEAL: Phase.OPEN,
         Local.CLOSE: Phase.CLOSED,
@@ -381,7 +431,8 @@ class Received:
 
     reply: bytes | None = None  # a channel payload to send back to the peer
     opened: bool = False  # the channel just became usable
-    plaintext: bytes | None = None  # a DATA message's contents
+    #: A DATA message's contents (from a PLAIN one: a view into the received payload).
+    plaintext: bytes | memoryview | None = None
     closed: str | None = None  # the peer closed the channel, with this reason
     pong: bool = False  # an answer to our PING
     nonce: int | None = None  # the sealed message's nonce (its place in the peer's order)
@@ -429,8 +480,12 @@ class SecureSession:
             self._noise = NoiseXX(initiator, static.private, prologue=PROLOGUE, cipher=cipher)
         self._sender: _Sender | None = None
         self._receiver: _Receiver | None = None
+        self._plain_tag = b""  # names this session in PLAIN payloads, once it has keys
         #: Why an IK handshake fell back to XX (the responder's USE_XX), if it did.
         self.fell_back: str | None = None
+        #: A sealed (or plain) message of this session came from the peer: it is open there,
+        #: so it takes plain messages (:meth:`plain`); before that, everything is sealed.
+        self.peer_open = False
 
     @property
     def phase(self) -> Phase:
@@ -477,6 +532,33 @@ class SecureSession:
         assert self._sender is not None  # OPEN has keys
         return encode_channel(self._sender.seal(kind, plaintext))
 
+    def plain(self, data: bytes) -> tuple[int, bytes]:
+        """A PLAIN payload carrying ``data`` unsealed, and its nonce: only for a direct hop
+        to the peer (the glue decides; the kind tells the peer). ChannelUseError unless the
+        channel is open at both ends (:attr:`peer_open`)."""
+        self._allowed_locally(Local.SEAL)
+        if not self.peer_open:
+            raise ChannelUseError("plain messages wait until the peer is heard open")
+        assert self._sender is not None  # OPEN has keys
+        nonce = self._sender.take_nonce()
+        return nonce, self.plain_at(nonce, data)
+
+    def plain_at(self, nonce: int, data: bytes) -> bytes:
+        """The PLAIN payload of a nonce :meth:`plain` took already (to send it again)."""
+        return encode_channel(Plain(nonce, self._plain_tag, data))
+
+    def reseal(self, nonce: int, data: bytes) -> bytes | None:
+        """The DATA payload a plain message of ``nonce`` would have been, sealed (it is resent
+        on a path that is not a direct hop: a relay must never see it plain); None when that
+        nonce's key is gone (the peer's replay window is past it anyway) or the session is
+        not open."""
+        if self._phase is not Phase.OPEN or self._sender is None:
+            return None
+        try:
+            return encode_channel(self._sender.seal_at(nonce, ChannelKind.DATA, data))
+        except LookupError:
+            return None
+
     def ping(self) -> bytes:
         """A sealed PING: the peer answers with a sealed PONG, proving it holds the session."""
         return self.seal(b"", ChannelKind.PING)
@@ -490,21 +572,23 @@ class SecureSession:
             return encode_channel(self._sender.seal(ChannelKind.CLOSE, reason.encode()[:256]))
         return None
 
-    def receive(self, data: bytes) -> Received:
+    def receive(self, data: bytes, *, direct: bool = False) -> Received:
         """What ``data`` (a channel payload from the peer) produced. ChannelError means the
         channel cannot go on: during the handshake it is then CLOSED (a failed handshake is
-        terminal, and says why); ReplayedMessage only drops the message."""
+        terminal, and says why); ReplayedMessage only drops the message. ``direct``: it came
+        over a hop to the peer itself (the glue knows the hop's authenticated NodeId), the
+        one place a PLAIN payload is taken from; from anywhere else one is a tampering."""
         if self._phase is Phase.CLOSED:
             raise UnexpectedMessage(self.failure or "the channel is closed")
         try:
-            return self._receive(data)
+            return self._receive(data, direct)
         except ChannelError as exc:
             if self.state is State.HANDSHAKING:
                 self._phase = Phase.CLOSED
                 self.failure = f"the handshake failed: {exc.reason}"
             raise
 
-    def _receive(self, data: bytes) -> Received:
+    def _receive(self, data: bytes, direct: bool) -> Received:
         try:
             payload = decode_channel(data)
         except WireError as exc:
@@ -516,6 +600,8 @@ class SecureSession:
             return self._fall_back(payload.reason)
         if isinstance(payload, Handshake):
             return self._handshake(payload)
+        if isinstance(payload, Plain):
+            return self._plain(payload, direct)
         return self._sealed(payload)
 
     # -- handshake --------------------------------------------------------------------
@@ -674,11 +760,28 @@ class SecureSession:
         return hello
 
     def _keys(self) -> None:
+        # Both ends hold the same handshake hash, and no other session does.
+        tag = hashlib.sha256(PLAIN_TAG_LABEL + self._noise.handshake_hash).digest()
+        self._plain_tag = tag[:PLAIN_TAG_SIZE]
         send, receive = self._noise.split()
         self._sender = _Sender(self._cipher, send)
         self._receiver = _Receiver(self._cipher, receive)
 
     # -- transport --------------------------------------------------------------------
+
+    def _plain(self, plain: Plain, direct: bool) -> Received:
+        if not direct:
+            raise ChannelError(
+                "a plain message came over a route that is not a direct hop to the peer "
+                "(tampered with on the route?)"
+            )
+        self._allowed(ChannelKind.PLAIN)  # OPEN only: a plain message opens nothing
+        assert self._receiver is not None  # OPEN has keys
+        if plain.session != self._plain_tag:  # late, from a session before a re-handshake
+            raise ReplayedMessage("a plain message of another session")
+        self._receiver.accept_plain(plain.nonce)
+        self.peer_open = True
+        return Received(plaintext=plain.data, nonce=plain.nonce)
 
     def _sealed(self, sealed: Sealed) -> Received:
         if self._receiver is None:  # no keys yet, and no phase without keys allows one
@@ -688,6 +791,7 @@ class SecureSession:
         plaintext = self._receiver.open(sealed)
         before = self._phase
         self._phase = self._allowed(sealed.kind)
+        self.peer_open = True
         # Opened: an XX initiator by the CONFIRM (or a sealed message that overtook it), an IK
         # responder by any first sealed message.
         opened = self._phase is Phase.OPEN and before is not Phase.OPEN
