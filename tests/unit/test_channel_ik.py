@@ -76,6 +76,9 @@ class Hooks:
     def is_direct_link(self, worker: str, peer: NodeId) -> bool:
         return False
 
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        pass
+
     def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
         self.calls.append(("opened", peer))
 
@@ -618,6 +621,9 @@ def test_a_path_manager_without_the_early_data_hooks_still_fits() -> None:
 
         def is_direct_link(self, worker: str, peer: NodeId) -> bool:
             return False
+
+        def heard_from(self, peer: NodeId, worker: str | None) -> None:
+            pass
 
         def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
             pass

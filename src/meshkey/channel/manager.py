@@ -717,6 +717,10 @@ class SecureChannels:
             hop_to_peer or (not plain and self._from_peer_hop(channel, first))
         )
         channel.heard_over(message.return_route, came_direct=came_direct)
+        if not plain and self.paths is not None and channel.peer is not None:
+            # (PLAIN is only ever taken over a hop to the peer: nothing to learn from it.)
+            worker = first.name if isinstance(first, ServiceAddress) else None
+            self.paths.heard_from(channel.peer, worker)
         channel.liveness.heard(now, pong=received.pong)
         if received.opened:
             channel.liveness.handshake_done()

@@ -51,6 +51,11 @@ class PathHooks(Protocol):
     def is_direct_link(self, worker: str, peer: NodeId) -> bool:
         """Whether local worker ``worker`` is a hop to ``peer`` itself (not a relay)."""
 
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        """An authentic sealed message from ``peer`` came over local worker ``worker`` (its
+        return route's first hop; None if none): if that is not the direct hop traffic to
+        the peer takes now, the peer is not reaching us there (see PathEngine)."""
+
     def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
         """A channel with ``peer`` is open (the relay path exists: look for a direct one)."""
 
