@@ -491,7 +491,7 @@ class SecureChannels:
         channel.reconnecting = True
         for plaintext in channel.order.reset():  # the old session's last held messages
             await self._deliver(channel, plaintext)
-        channel.recent.clear()
+        channel.forget_recent()
         channel.session = SecureSession(
             True,
             self.static,
@@ -612,7 +612,7 @@ class SecureChannels:
     ) -> None:
         # A plain one is kept as its data alone (it may go sealed), not twice.
         kept = Sent(self._loop.time(), b"", plain) if plain else Sent(self._loop.time(), sealed)
-        channel.recent.append(kept)
+        channel.remember(kept)
         await self._send(channel, sealed, route or self._current_route(channel))
 
     async def _send(self, channel: Channel, payload: bytes, route: Route | None = None) -> None:

@@ -36,6 +36,8 @@ MAX_IN_FLIGHT = 64
 #: Sealed messages kept to resend on a new path when the one they went on may have died with
 #: them in flight (the peer drops what it already has: the replay window), and for how long.
 MAX_RECENT = 128
+#: ...and at most this many bytes of them (128 full messages would be 128 MiB a channel).
+MAX_RECENT_BYTES = 4 * 1024 * 1024
 RESEND_WINDOW = 3.0
 
 
@@ -79,6 +81,10 @@ class Sent:
     at: float  # loop time
     payload: bytes
     plain: tuple[int, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + (len(self.plain[1]) if self.plain else 0)
 
 
 class ChannelState(enum.StrEnum):
@@ -136,7 +142,8 @@ class Channel:
     in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
     relay_route: Route = ()  # responder: the latest return route that did not come direct
     no_direct: bool = False  # keep this channel's traffic off direct paths
-    recent: deque[Sent] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    recent: deque[Sent] = field(default_factory=deque)  # see remember()
+    recent_bytes: int = 0
     #: DATA messages sent and received as PLAIN (on a direct hop to the peer, not sealed
     #: again: DESIGN decision 19).
     plain_sent: int = 0
@@ -183,6 +190,20 @@ class Channel:
         if self.liveness.health is Health.UNREACHABLE:
             return self.liveness.reason
         return self.route_error
+
+    def remember(self, sent: Sent) -> None:
+        """Keeps ``sent`` to resend after a path switch: the newest :data:`MAX_RECENT`, and no
+        more than :data:`MAX_RECENT_BYTES` of them (the newest one always)."""
+        self.recent.append(sent)
+        self.recent_bytes += sent.size
+        while len(self.recent) > 1 and (
+            len(self.recent) > MAX_RECENT or self.recent_bytes > MAX_RECENT_BYTES
+        ):
+            self.recent_bytes -= self.recent.popleft().size
+
+    def forget_recent(self) -> None:
+        self.recent.clear()
+        self.recent_bytes = 0
 
     def current_route(self, direct: Route | None, has_worker: Callable[[str], bool]) -> Route:
         """Where sealed traffic goes now: through ``direct`` (the path manager's hop to the
