@@ -13,13 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshkey.channel.freshness import MAX_PER_PEER, WINDOW_NS, ReplayGuard, Timestamps
+from meshkey.channel.keys import ChannelError, ReplayedMessage
 from meshkey.channel.liveness import HANDSHAKE_TIMEOUT
 from meshkey.channel.manager import ChannelState, SecureChannels
 from meshkey.channel.session import (
-    ChannelError,
     ChannelUseError,
     Phase,
-    ReplayedMessage,
     SecureSession,
     State,
     StaticKey,

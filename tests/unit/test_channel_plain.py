@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from meshkey.channel.session import (
+from meshkey.channel.keys import (
     REKEY_INTERVAL,
     REPLAY_WINDOW,
     RESEAL_KEYS,
     ChannelError,
-    ChannelUseError,
     ReplayedMessage,
-    SecureSession,
-    StaticKey,
 )
+from meshkey.channel.session import ChannelUseError, SecureSession, StaticKey
 from meshkey.identity import Identity
 from meshkey.wire.channel import ChannelKind, Plain, decode_channel, encode_channel, peek_kind
 from meshkey.wire.errors import TruncatedError

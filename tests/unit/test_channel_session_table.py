@@ -8,14 +8,13 @@ import itertools
 
 import pytest
 
+from meshkey.channel.keys import ChannelError, ReplayedMessage
 from meshkey.channel.session import (
     TRANSITIONS,
-    ChannelError,
     ChannelUseError,
     Input,
     Local,
     Phase,
-    ReplayedMessage,
     SecureSession,
     State,
     StaticKey,

@@ -67,6 +67,7 @@ from typing import Any
 
 from meshkey.channel.admission import HalfOpenLimits
 from meshkey.channel.freshness import ReplayGuard, Timestamps
+from meshkey.channel.keys import ChannelError, ReplayedMessage
 from meshkey.channel.liveness import (
     HANDSHAKE_TIMEOUT,
     BecameReachable,
@@ -87,14 +88,7 @@ from meshkey.channel.record import (
     Sent,
     utc_now,
 )
-from meshkey.channel.session import (
-    ChannelError,
-    HandshakeHooks,
-    ReplayedMessage,
-    SecureSession,
-    StaticKey,
-    UseXXInstead,
-)
+from meshkey.channel.session import HandshakeHooks, SecureSession, StaticKey, UseXXInstead
 from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId

@@ -86,25 +86,21 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshkey.channel.freshness import ReplayGuard
+from meshkey.channel.keys import ChannelError, ReceiveKeys, ReplayedMessage, SendKeys
 from meshkey.channel.noise import (
     Cipher,
     NoiseError,
     NoiseHandshake,
     NoiseIK,
     NoiseXX,
-    aead,
-    nonce_bytes,
-    rekey,
 )
 from meshkey.identity.attestation import attest_static_key, verify_static_key
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.channel import (
-    CHANNEL_VERSION,
     MAX_EARLY_DATA,
     PLAIN_TAG_SIZE,
     ChannelKind,
@@ -124,32 +120,12 @@ from meshkey.wire.errors import WireError
 
 PROLOGUE = b"meshkey/secure-channel/v1"
 PLAIN_TAG_LABEL = b"meshkey/secure-channel/plain-session-tag"
-REKEY_INTERVAL = 32
-REPLAY_WINDOW = 32
-#: Earlier sending keys kept, to seal a plain message again for a relay under its own nonce.
-RESEAL_KEYS = 8
-#: How many keys ahead a nonce may jump (messages lost in a row / REKEY_INTERVAL); bounds the
-#: work a forged nonce can cost before its tag is checked.
-MAX_EPOCH_JUMP = 1024
-
-
-class ChannelError(Exception):
-    """The channel cannot continue. ``refuse`` asks the glue to tell the peer why."""
-
-    def __init__(self, reason: str, *, refuse: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.refuse = refuse
 
 
 class UseXXInstead(ChannelError):
     """A responder cannot use this IK_HELLO (it does not hold the static key the initiator
     encrypted to, or the hello is a replay): the glue answers USE_XX, and the initiator starts
     again with XX."""
-
-
-class ReplayedMessage(Exception):
-    """A duplicate or too-old message: dropped, the channel goes on."""
 
 
 class UnexpectedMessage(ChannelError):
@@ -210,112 +186,6 @@ class HandshakeHooks(Protocol):
         and is fresh by its timestamp (:mod:`meshkey.channel.freshness`) but not yet proven
         live: act on it as on a hint (probe addresses seen, within a budget), not as on an open
         channel. An exception is logged and ignored."""
-
-
-class _Sender:
-    def __init__(self, cipher: Cipher, key: bytes) -> None:
-        self._cipher = cipher
-        self._key = key
-        #: The last few keys before this one: a plain message resealed for a relay (the
-        #: glue keeps 128 messages to resend, four keys' worth) is sealed under its own.
-        self._earlier: dict[int, bytes] = {}
-        self._epoch = 0
-        self._next = 0
-
-    def take_nonce(self) -> int:
-        """The next nonce, the key schedule moved on to it (a plain message takes one too,
-        so that sealed and plain messages share one sequence and one schedule)."""
-        nonce = self._next
-        self._next += 1
-        epoch = nonce // REKEY_INTERVAL
-        while self._epoch < epoch:
-            self._earlier[self._epoch] = self._key
-            self._earlier.pop(self._epoch - RESEAL_KEYS, None)
-            self._key = rekey(self._cipher, self._key)
-            self._epoch += 1
-        return nonce
-
-    def seal(self, kind: ChannelKind, plaintext: bytes) -> Sealed:
-        return self.seal_at(self.take_nonce(), kind, plaintext)
-
-    def seal_at(self, nonce: int, kind: ChannelKind, plaintext: bytes) -> Sealed:
-        """Seals under ``nonce``, taken already (now, or by a plain message being sealed
-        for a relay: never sealed before, so no nonce is sealed twice with two contents);
-        LookupError if its key is gone (more than :data:`RESEAL_KEYS` keys back)."""
-        epoch = nonce // REKEY_INTERVAL
-        key = self._key if epoch == self._epoch else self._earlier.get(epoch)
-        if key is None or epoch > self._epoch:
-            raise LookupError(f"nonce {nonce}: its key is gone")
-        ciphertext = aead(self._cipher, key).encrypt(
-            nonce_bytes(self._cipher, nonce), plaintext, bytes([CHANNEL_VERSION, kind])
-        )
-        return Sealed(kind, nonce, ciphertext)
-
-
-class _Receiver:
-    def __init__(self, cipher: Cipher, key: bytes) -> None:
-        self._cipher = cipher
-        self._epoch = 0
-        self._key = key
-        self._previous: bytes | None = None
-        self._highest = -1
-        self._seen = 0  # bit i: nonce (highest - i) was accepted
-
-    def open(self, sealed: Sealed) -> bytes:
-        nonce = sealed.nonce
-        self._check_fresh(nonce)
-        key, previous, new_epoch = self._key_for(nonce // REKEY_INTERVAL)
-        try:
-            plaintext = aead(self._cipher, key).decrypt(
-                nonce_bytes(self._cipher, nonce),
-                sealed.ciphertext,
-                bytes([CHANNEL_VERSION, sealed.kind]),
-            )
-        except InvalidTag:
-            raise ChannelError(
-                "a message failed authentication (tampered with on the route?)"
-            ) from None
-        self._advance(nonce, key, previous, new_epoch)
-        return plaintext
-
-    def accept_plain(self, nonce: int) -> None:
-        """A plain message's ``nonce`` (authentic: it came over a direct hop from the peer):
-        checked and counted as a sealed one's, so a copy of it sealed later (resent through a
-        relay) is a replay."""
-        self._check_fresh(nonce)
-        key, previous, new_epoch = self._key_for(nonce // REKEY_INTERVAL)
-        self._advance(nonce, key, previous, new_epoch)
-
-    def _check_fresh(self, nonce: int) -> None:
-        if nonce <= self._highest:
-            age = self._highest - nonce
-            if age >= REPLAY_WINDOW or self._seen >> age & 1:
-                raise ReplayedMessage(f"nonce {nonce} replayed or older than the window")
-
-    def _advance(self, nonce: int, key: bytes, previous: bytes | None, new_epoch: int) -> None:
-        # Only an authentic message moves the key schedule and the window forward.
-        if new_epoch > self._epoch:
-            self._key, self._previous, self._epoch = key, previous, new_epoch
-        if nonce > self._highest:
-            shift = nonce - self._highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
-            self._highest = nonce
-        else:
-            self._seen |= 1 << (self._highest - nonce)
-
-    def _key_for(self, epoch: int) -> tuple[bytes, bytes | None, int]:
-        if epoch == self._epoch:
-            return self._key, self._previous, self._epoch
-        if epoch == self._epoch - 1 and self._previous is not None:
-            return self._previous, None, self._epoch
-        if epoch < self._epoch:
-            raise ReplayedMessage(f"nonce from key epoch {epoch}, long gone")
-        if epoch - self._epoch > MAX_EPOCH_JUMP:
-            raise ChannelError(f"nonce jumps {epoch - self._epoch} keys ahead")
-        key, previous = self._key, self._previous
-        for _ in range(epoch - self._epoch):
-            previous, key = key, rekey(self._cipher, key)
-        return key, previous, epoch
 
 
 class State(enum.Enum):
@@ -478,8 +348,8 @@ class SecureSession:
             )
         else:
             self._noise = NoiseXX(initiator, static.private, prologue=PROLOGUE, cipher=cipher)
-        self._sender: _Sender | None = None
-        self._receiver: _Receiver | None = None
+        self._sender: SendKeys | None = None
+        self._receiver: ReceiveKeys | None = None
         self._plain_tag = b""  # names this session in PLAIN payloads, once it has keys
         #: Why an IK handshake fell back to XX (the responder's USE_XX), if it did.
         self.fell_back: str | None = None
@@ -764,8 +634,8 @@ class SecureSession:
         tag = hashlib.sha256(PLAIN_TAG_LABEL + self._noise.handshake_hash).digest()
         self._plain_tag = tag[:PLAIN_TAG_SIZE]
         send, receive = self._noise.split()
-        self._sender = _Sender(self._cipher, send)
-        self._receiver = _Receiver(self._cipher, receive)
+        self._sender = SendKeys(self._cipher, send)
+        self._receiver = ReceiveKeys(self._cipher, receive)
 
     # -- transport --------------------------------------------------------------------
 
