@@ -1,5 +1,11 @@
 """Secure channels on a node: listeners, initiators, and the workers that carry the traffic.
 
+(Over 600 lines on purpose: this is the asyncio glue of every channel, and what it decides is
+already in sans-IO cores beside it: :mod:`~meshkey.channel.session` and
+:mod:`~meshkey.channel.keys` (the protocol), :mod:`~meshkey.channel.liveness`,
+:mod:`~meshkey.channel.order`, :mod:`~meshkey.channel.admission` and
+:mod:`~meshkey.channel.record` (one channel's routes and what it keeps to resend).)
+
 A channel is two workers on each end:
 
 * the **encryptor**, ``/service/<32 hex>``: what users send to. ``THAT/service/X`` seals the
