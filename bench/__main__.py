@@ -16,6 +16,7 @@
                                # (root; node; --tries N per pair, default 20)
     python -m bench reach      # reach by NodeId with one public node: first reply, final path,
                                # fallback, renumbering, per pair kind (root)
+    python -m bench setup      # request -> first reply over a fresh channel vs iroh's connect()
 
 Figures go to stdout and to bench/results/<name>.json. Machines here are shared and noisy:
 read the ratios, and rerun before believing a small difference.
@@ -38,6 +39,7 @@ from bench import (
     punch,
     reach,
     rtt,
+    setup,
     udp,
 )
 
@@ -54,6 +56,7 @@ SUITES = {
     "punch": punch.main,  # hole punching in the NAT lab vs the reference schedules (root)
     "hyperdht": hyperdht.main,  # HyperDHT's hole punching in the same lab (root, node)
     "reach": reach.main,  # reach by NodeId, one public node (root)
+    "setup": setup.main,  # connection set-up on loopback vs iroh 1.2.0 (its own venv)
 }
 
 

@@ -1,6 +1,6 @@
 """The node graph at 1,000 and 10,000 nodes, side by side with the reference Kademlia.
 
-meshkey: :mod:`bench.dhtsim` runs the daemon's own sans-IO engine on a simulated network
+meshkey: :mod:`tests.natsim.dht` runs the daemon's own sans-IO engine on a simulated network
 (per-node access latency 5-50 ms, so round trips of 20-200 ms) with a fake clock.
 
 Reference: ``kademlia`` 2.2.3 (bmuller's; asyncio, k = 20, alpha = 3, a fixed 5 s RPC
@@ -49,8 +49,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.integration.networks import loopback_network
+from tests.natsim.dht import DhtNetwork, forged_entries, run_lookups, sybil_clustering
+
 from bench.common import save
-from bench.dhtsim import SimNet, forged_entries, run_lookups, sybil_clustering
 
 try:  # the reference; `pip install kademlia==2.2.3` (the test extra)
     from kademlia.crawling import NodeSpiderCrawl  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -279,28 +281,6 @@ class KademliaNet:
 # -- real nodes on loopback -------------------------------------------------------------------
 
 
-async def loopback_network(count: int, seeds: int = 2) -> tuple[list[Any], list[Any]]:
-    """``count`` embedded nodes (real QUIC hops on loopback) with their node graphs; the
-    first ``seeds`` are the seeds, every other node joins through them."""
-    from meshkey.node.core import Node
-    from meshkey.wire.dht import Mode
-
-    nodes, graphs = [], []
-    for _ in range(count):
-        node = await Node(tcp=None, dht_mode=Mode.SERVER).start()
-        nodes.append(node)
-        graphs.append(node.graph)
-    contacts = []
-    for seed in nodes[:seeds]:
-        address = seed.udp.address
-        assert address is not None
-        contacts.append((seed.node_id, (address.host, address.port)))
-    await graphs[1].join(contacts[:1], timeout=20)
-    for start in range(seeds, count, 10):
-        await asyncio.gather(*(g.join(contacts, timeout=30) for g in graphs[start : start + 10]))
-    return nodes, graphs
-
-
 async def _loopback(count: int, finds: int) -> dict[str, Any]:
     from bench.common import summary
     from meshkey.identity.keys import Identity
@@ -359,7 +339,7 @@ def _timed(what: str, function: Callable[[], Any]) -> Any:
 
 def _meshkey(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    net = SimNet(seed=seed, latency=LATENCY)
+    net = DhtNetwork(seed=seed, latency=LATENCY)
     if build == "join":
         _timed(f"meshkey build {n} ({build})", lambda: net.build(n))
     else:
@@ -375,7 +355,7 @@ def _meshkey(n: int, build: str, lookups: int, seed: int) -> dict[str, Any]:
     measure("peer_search_30pct_killed", stop_at_target=True)
     measure("k_closest_30pct_killed", random_keys=True)
     out["forged_entries"] = forged_entries(net)
-    poisoned = SimNet(seed=seed + 1, latency=LATENCY)
+    poisoned = DhtNetwork(seed=seed + 1, latency=LATENCY)
     if build == "join":
         poisoned.build(n, poisoners=0.1)
     else:

@@ -16,23 +16,30 @@ against the sink directly (the ceiling) and through ``ssh -L`` to a throwaway ``
 loopback port (temporary host and user keys). CPU seconds per GB are the inlet's and
 outlet's node processes' user+system time (from /proc) over the bytes moved.
 
+The reference for the mission's case (a portal through a secure channel over a punched
+UDP path) is iroh's core: one QUIC stream between two processes, through iroh's PyPI bindings
+in a venv of their own (:func:`iroh_python`; ``bench/iroh_peer.py`` runs there). Ratios to
+it, to ``ssh -L`` and between rows are issue 21's targets.
+
     python -m bench portal [--quick]
+    BENCH_PORTAL_ROWS=portal_secure_channel_udp python -m bench portal   # some rows only
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.integration.programs import free_port, ssh_command, throwaway_sshd, wait_for_port
 
 from bench.common import percentile, save, served_in_process
 
@@ -81,6 +88,11 @@ def _relay_node(ports: Any, stop: Any) -> None:
     from meshkey.node.core import Node
 
     configure_logging("warning")
+    # The relay node is the user's own here: its bound on what it forwards for one owner
+    # (4 MiB/s, against strangers' relays) would measure the bound, not the datapath.
+    from meshkey.relay import registry
+
+    registry.RELAY_BYTES_PER_SECOND = registry.RELAY_BURST_BYTES = 1 << 40
 
     async def main() -> None:
         async with Node(tcp=None) as node:
@@ -259,77 +271,6 @@ def round_trips(port: int, count: int) -> dict[str, float]:
     }
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    key: Path  # the user's private key (its public half is authorized)
-    user: str
-
-
-@contextlib.contextmanager
-def throwaway_sshd() -> Iterator[Sshd | None]:
-    """An sshd on a free loopback port with temporary host and user keys; None if impossible."""
-    sshd, keygen = "/usr/sbin/sshd", shutil.which("ssh-keygen")
-    if not (os.path.exists(sshd) and keygen and shutil.which("ssh")):
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="meshkey-sshd-") as directory:
-        base = Path(directory)
-        for name in ("host", "user"):
-            subprocess.run(
-                [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True
-            )
-        (base / "authorized_keys").write_text((base / "user.pub").read_text())
-        (base / "authorized_keys").chmod(0o600)
-        port = free_port()
-        config = base / "sshd_config"
-        config.write_text(
-            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\n"
-            f"AuthorizedKeysFile {base / 'authorized_keys'}\nPidFile {base / 'sshd.pid'}\n"
-            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\n"
-        )
-        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-        daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port(port)
-        except TimeoutError:
-            daemon.terminate()
-            daemon.wait(5)
-            yield None
-            return
-        try:
-            yield Sshd(port, base / "user", os.environ.get("USER") or "root")
-        finally:
-            daemon.terminate()
-            daemon.wait(5)
-
-
-def ssh_command(sshd: Sshd, port: int, *args: str) -> list[str]:
-    """``ssh`` to ``sshd``'s user at 127.0.0.1:PORT with its key and no host-key prompts."""
-    return [
-        "ssh", "-i", str(sshd.key), "-p", str(port),
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-        *args, f"{sshd.user}@127.0.0.1",
-    ]  # fmt: skip
-
-
 @contextlib.contextmanager
 def ssh_tunnel(target_port: int) -> Iterator[int | None]:
     """``ssh -L`` through a throwaway sshd to 127.0.0.1:TARGET; yields the local port."""
@@ -350,6 +291,48 @@ def ssh_tunnel(target_port: int) -> Iterator[int | None]:
         finally:
             tunnel.terminate()
             tunnel.wait(5)
+
+
+# -- iroh, the reference for the mission's case ---------------------------------------------
+
+IROH_VERSION = "1.2.0"
+IROH_VENV = Path.home() / ".cache" / "meshkey-bench" / f"iroh-{IROH_VERSION}"
+
+
+def iroh_python() -> Path | None:
+    """The interpreter of a venv of its own holding iroh's PyPI bindings (made on first use,
+    from the configured package index); None when they cannot be had."""
+    python = IROH_VENV / "bin" / "python"
+    if not python.exists():
+        made = subprocess.run(
+            f"python3 -m venv {IROH_VENV} && {IROH_VENV}/bin/pip install -q iroh=={IROH_VERSION}",
+            shell=True,
+            capture_output=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            shutil.rmtree(IROH_VENV, ignore_errors=True)
+            return None
+    return python
+
+
+def iroh_row(total: int, rtts: int) -> dict[str, Any]:
+    """iroh's core, one QUIC stream between two processes (bench/iroh_peer.py)."""
+    python = iroh_python()
+    if python is None:
+        return {"error": f"iroh {IROH_VERSION} (PyPI) could not be installed"}
+    script = Path(__file__).with_name("iroh_peer.py")
+    run = subprocess.run(
+        [str(python), str(script), "client", str(total), str(rtts)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if run.returncode != 0:
+        return {"error": f"iroh failed: {run.stderr.strip().splitlines()[-1:]}"}
+    row: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return row
 
 
 # -- the suite ----------------------------------------------------------------------------
@@ -377,10 +360,43 @@ def _through_portal(
                 results[name][f"MB_per_s_{streams}_streams"] = round(aggregate, 1)
 
 
+def _ratio(numerator: float | None, denominator: float | None, digits: int = 2) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, digits)
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    """Issue 21's targets, as ratios within this run (>= 1.0 meets a throughput target;
+    the RTT ratio meets its target at <= 1.0)."""
+
+    def rate(name: str) -> float | None:
+        value = results.get(name, {}).get("MB_per_s")
+        return float(value) if value is not None else None
+
+    def rtt(name: str) -> float | None:
+        value = results.get(name, {}).get("rtt_64B", {}).get("p50_ms")
+        return float(value) if value is not None else None
+
+    mission = "portal_secure_channel_udp"
+    return {
+        "secure_udp_vs_iroh": _ratio(rate(mission), rate("iroh_one_stream")),
+        "secure_udp_rtt_vs_iroh": _ratio(rtt(mission), rtt("iroh_one_stream")),
+        "tcp_vs_ssh_L": _ratio(rate("portal_direct_tcp"), rate("ssh_L")),
+        "secure_udp_vs_ssh_L": _ratio(rate(mission), rate("ssh_L")),
+        "relayed_vs_secure_udp": _ratio(rate("portal_secure_channel_relayed"), rate(mission)),
+        "udp_vs_quic_hop": _ratio(rate("portal_direct_udp"), rate("quic_hop_messages")),
+        "udp_vs_loopback": _ratio(rate("portal_direct_udp"), rate("plain_loopback_tcp"), 3),
+    }
+
+
 def main(*, quick: bool = False) -> None:
     total = (128 if quick else 512) * MiB
     rtts = 300 if quick else 2000
     results: dict[str, Any] = {"bytes": total}
+    # BENCH_PORTAL_ROWS=portal_secure_channel_udp,...: only those portal rows (a lever's
+    # before and after, without the whole sitting); the references always run.
+    selected = {row for row in os.environ.get("BENCH_PORTAL_ROWS", "").split(",") if row}
     with (
         spawned(_serve_blocking, "sink") as (sink, _),
         spawned(_serve_blocking, "echo") as (echo, _),
@@ -420,34 +436,27 @@ def main(*, quick: bool = False) -> None:
                 ("portal_secure_channel_udp", udp, "secure", [outlet_pid]),
                 ("portal_secure_channel_relayed", relayed, "relayed", [outlet_pid, relay_pid]),
             ):
+                if selected and name not in selected:
+                    continue
                 extras = name == "portal_direct_udp"
                 _through_portal(results, name, address, mode, pids, total, rtts, extras)
-    ssh_rate = results["ssh_L"].get("MB_per_s")
-    results["ratios"] = {
-        "udp_vs_target_100MBps": round(results["portal_direct_udp"]["MB_per_s"] / 100, 2),
-        "tcp_vs_ssh_L": round(results["portal_direct_tcp"]["MB_per_s"] / ssh_rate, 2)
-        if ssh_rate
-        else None,
-        "udp_vs_quic_hop": round(
-            results["portal_direct_udp"]["MB_per_s"] / results["quic_hop_messages"]["MB_per_s"], 2
-        ),
-        "udp_vs_loopback": round(
-            results["portal_direct_udp"]["MB_per_s"] / results["plain_loopback_tcp"]["MB_per_s"],
-            3,
-        ),
-    }
+    results["iroh_one_stream"] = iroh_row(total, rtts)
+    results["ratios"] = ratios(results)
     save("portal", results)
     print(f"one TCP stream, {total // MiB} MiB, client -> [inlet node] -> [outlet node] -> sink")
     print(f"  {'quic_hop_messages':<28} {results['quic_hop_messages']['MB_per_s']:8.1f} MB/s")
     for name in (
         "plain_loopback_tcp",
         "ssh_L",
+        "iroh_one_stream",
         "portal_direct_udp",
         "portal_direct_tcp",
         "portal_secure_channel_udp",
         "portal_secure_channel_relayed",
     ):
-        entry = results[name]
+        entry = results.get(name)
+        if entry is None:
+            continue
         if "error" in entry:
             print(f"  {name:<28} {entry['error']}")
             continue
@@ -458,7 +467,10 @@ def main(*, quick: bool = False) -> None:
             f"  {name:<28} {entry['MB_per_s']:8.1f} MB/s   64 B RTT p50 {rtt['p50_ms']:.3f} ms"
             f" p99 {rtt['p99_ms']:.3f} ms{extra}"
         )
-    udp_entry = results["portal_direct_udp"]
+    udp_entry = results.get("portal_direct_udp")
+    if udp_entry is None:
+        print(f"  ratios: {results['ratios']}")
+        return
     print(
         f"  portal_direct_udp, parallel streams: 8 -> {udp_entry['MB_per_s_8_streams']} MB/s,"
         f" 64 -> {udp_entry['MB_per_s_64_streams']} MB/s (aggregate)"

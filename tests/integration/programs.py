@@ -18,7 +18,9 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -143,3 +145,68 @@ def echo_server() -> Iterator[int]:
         stop.set()
         thread.join(2)
         listener.close()
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    key: Path  # the user's private key (its public half is authorized)
+    user: str
+
+
+@contextlib.contextmanager
+def throwaway_sshd() -> Iterator[Sshd | None]:
+    """An sshd on a free loopback port with temporary host and user keys; None if impossible."""
+    sshd, keygen = "/usr/sbin/sshd", shutil.which("ssh-keygen")
+    if not (os.path.exists(sshd) and keygen and shutil.which("ssh")):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="meshkey-sshd-") as directory:
+        base = Path(directory)
+        for name in ("host", "user"):
+            subprocess.run(
+                [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True
+            )
+        (base / "authorized_keys").write_text((base / "user.pub").read_text())
+        (base / "authorized_keys").chmod(0o600)
+        port = free_port()
+        config = base / "sshd_config"
+        config.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host'}\n"
+            f"AuthorizedKeysFile {base / 'authorized_keys'}\nPidFile {base / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin yes\nAllowTcpForwarding yes\n"
+        )
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
+        daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            daemon.terminate()
+            daemon.wait(5)
+            yield None
+            return
+        try:
+            yield Sshd(port, base / "user", os.environ.get("USER") or "root")
+        finally:
+            daemon.terminate()
+            daemon.wait(5)
+
+
+def ssh_command(sshd: Sshd, port: int, *args: str) -> list[str]:
+    """``ssh`` to ``sshd``'s user at 127.0.0.1:PORT with its key and no host-key prompts."""
+    return [
+        "ssh", "-i", str(sshd.key), "-p", str(port),
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        *args, f"{sshd.user}@127.0.0.1",
+    ]  # fmt: skip

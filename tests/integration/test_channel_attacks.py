@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from meshkey import Node, RemoteError
-from meshkey.channel.session import REPLAY_WINDOW
+from meshkey.channel.keys import REPLAY_WINDOW
 from meshkey.identity.node_id import NodeId
 from meshkey.routing.address import ServiceAddress, parse_route
 from meshkey.routing.message import Message

@@ -162,6 +162,9 @@ class EarlyData:
     def is_direct_link(self, worker: str, peer: NodeId) -> bool:
         return self.paths.is_direct_link(worker, peer)
 
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        self.paths.heard_from(peer, worker)
+
     def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
         self.paths.channel_opened(peer, address, no_direct)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -162,3 +163,27 @@ def test_timeout(cli: Cli) -> None:
             "300ms",
         )
     assert "within 0.3s" in message
+
+
+def test_a_hop_that_never_authenticates_is_a_timeout_not_a_refusal(cli: Cli) -> None:
+    """A server that accepts TCP and never says a word (TLS never completes): the hop's
+    authentication times out, and the command says timeout (exit 6) within its own
+    --timeout, not 'refused' (exit 7)."""
+    cli.ok("node", "create", "blue")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        message = cli.fails(
+            ExitCode.TIMEOUT,
+            "message",
+            "send",
+            "x",
+            "--from",
+            "blue",
+            "--to",
+            f"/ip4/127.0.0.1/tcp/{port}/service/echo",
+            "--timeout",
+            "30s",
+        )
+    assert "timed out" in message

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from bench.dht import loopback_network
 
 from meshkey.identity.keys import Identity
+from tests.integration.networks import loopback_network
 
 pytestmark = pytest.mark.integration
 

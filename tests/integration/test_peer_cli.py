@@ -10,9 +10,9 @@ import sqlite3
 import time
 
 import pytest
-from bench.dht_daemons import random_node_id
 
 from meshkey.cli.errors import ExitCode
+from tests.integration.networks import random_node_id
 
 from .conftest import Cli
 

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.dht_daemons import (
+
+from meshkey.node.control_client import ControlClient
+from tests.integration.networks import (
     Daemon,
     find,
     kill,
@@ -20,8 +22,6 @@ from bench.dht_daemons import (
     stop_network,
     wait_joined,
 )
-
-from meshkey.node.control_client import ControlClient
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.portal import ssh_command, throwaway_sshd
 
 from meshkey.cli.errors import ExitCode
 
 from .conftest import Cli
-from .programs import echo_server, free_port, http_server, postgres
+from .programs import echo_server, free_port, http_server, postgres, ssh_command, throwaway_sshd
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from bench.portal import ssh_command, throwaway_sshd
 
 from meshkey import Node
 from meshkey.portal import Inlet, Outlet
 from meshkey.routing.address import parse_route
 
-from .programs import http_server
+from .programs import http_server, ssh_command, throwaway_sshd
 
 pytestmark = pytest.mark.integration
 

@@ -84,6 +84,23 @@ def test_whoami_without_an_answer_times_out(blue_green: Cli) -> None:
     assert "no reflexive-address answer" in message
 
 
+def test_whoami_where_nothing_listens_fails_at_once_on_the_icmp_answer(blue_green: Cli) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: the kernel answers ICMP there
+    message = blue_green.fails(
+        ExitCode.UNREACHABLE,
+        "node",
+        "whoami",
+        "blue",
+        "--via",
+        f"/ip4/127.0.0.1/udp/{port}",
+        "--timeout",
+        "60s",
+    )
+    assert "nothing listens" in message and "(ICMP)" in message
+
+
 def test_bad_datagrams_do_not_disturb_a_node(blue_green: Cli) -> None:
     cli = blue_green
     port = int(cli.address("blue", "udp").split("/")[4])

@@ -1,5 +1,15 @@
-"""An in-process network with one fake clock, WAN links with delay and loss, and NAT boxes
-that behave like the Linux kernel's (what NATLAB.md measured), for the sans-IO cores.
+"""The simulator's clock and network: one fake clock with one event queue, WAN links with
+delay, loss, jitter and duplication, and NAT boxes that behave like the Linux kernel's (what
+NATLAB.md measured), for the sans-IO cores.
+
+**The clock.** :class:`SimNet` is the one event loop of every simulation in this package
+(paths and punching, the node graph, portals): ``call_at``/``call_later`` return a handle
+that can be cancelled, ``time()`` reads the clock, and :meth:`SimNet.timer` gives the
+daemon's own :class:`~meshkey.timing.DeadlineTimer` running on this clock, so a simulated
+node follows its cores' deadlines exactly as the daemon's glue does (re-armed only when the
+deadline changed, fired no earlier than it). Events at the same time run in the order they
+were scheduled, and all randomness comes from ``SimNet.rng`` (seeded) or the cores' own
+seeded rngs: a run with the same seed is the same run.
 
 Topology, as in NATLAB.md's lab::
 
@@ -27,10 +37,16 @@ A NAT box keeps a conntrack table of flows, keyed by protocol and both ends:
 - every entry expires ``timeout`` seconds after its last packet (30 s: the lab's sysctl).
 - UDP_BLOCKED drops every UDP packet in both directions (TCP passes, NATed); ``block(ip)``
   drops everything to and from one remote (an iptables rule a test adds and removes).
+
+Each WAN attachment may also ``duplicate`` a packet (with that probability) and delay each
+copy by up to ``jitter`` more seconds (so packets reorder); both are 0 in the NAT lab, and a
+zero rate draws nothing from the rng (a scenario without them is the same run as before they
+existed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import heapq
 import itertools
@@ -38,7 +54,9 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
+from meshkey.timing import DeadlineTimer
 from meshkey.wire.net import Endpoint
 
 Receiver = Callable[["Packet"], None]
@@ -62,37 +80,70 @@ class Packet:
     proto: str = "udp"
 
 
+class SimHandle:
+    """One scheduled callback; :meth:`cancel` keeps it from running (it still takes its
+    place in the queue: the clock passes its time as if it had run and done nothing)."""
+
+    __slots__ = ("args", "callback", "cancelled")
+
+    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class SimNet:
     """The clock, the event queue and the WAN."""
 
-    def __init__(self, seed: int = 1, *, wan_hops: int = 8) -> None:
-        self.now = 0.0
+    def __init__(self, seed: int = 1, *, wan_hops: int = 8, start: float = 0.0) -> None:
+        self.now = start
         self.rng = random.Random(seed)
         self.wan_hops = wan_hops
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._queue: list[tuple[float, int, SimHandle]] = []
         self._seq = itertools.count()
         self._wan: dict[str, Attachment] = {}
         self.dropped: Counter[str] = Counter()
         self.delivered = 0
+        self.duplicated = 0
 
     # -- clock ------------------------------------------------------------------------
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, (max(when, self.now), next(self._seq), callback))
+    def time(self) -> float:
+        return self.now
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        self.call_at(self.now + delay, callback)
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> SimHandle:
+        handle = SimHandle(callback, args)
+        heapq.heappush(self._queue, (max(when, self.now), next(self._seq), handle))
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> SimHandle:
+        return self.call_at(self.now + delay, callback, *args)
+
+    def timer(self, fire: Callable[[float], None]) -> DeadlineTimer:
+        """The daemon's :class:`~meshkey.timing.DeadlineTimer` on this clock: the one way a
+        simulated node follows a core's ``next_deadline()``."""
+        # DeadlineTimer needs only call_at(when, callback) -> handle.cancel() and time().
+        return DeadlineTimer(fire, cast(asyncio.AbstractEventLoop, self))
+
+    def next_time(self) -> float | None:
+        """When the next event is due (None: nothing will ever happen again)."""
+        return self._queue[0][0] if self._queue else None
 
     def step(self) -> bool:
         if not self._queue:
             return False
-        when, _, callback = heapq.heappop(self._queue)
+        when, _, handle = heapq.heappop(self._queue)
         self.now = when
-        callback()
+        if not handle.cancelled:
+            handle.callback(*handle.args)
         return True
 
     def run_until(self, done: Callable[[], bool], limit: float) -> bool:
-        """Runs events until ``done()`` or the clock passes ``limit``; returns ``done()``."""
+        """Runs events until ``done()`` or the clock passes ``limit`` (an absolute time);
+        returns ``done()``."""
         while not done():
             if not self._queue or self._queue[0][0] > limit:
                 self.now = max(self.now, limit)
@@ -127,15 +178,28 @@ class SimNet:
             self.drop("ttl expired on the WAN")
             return
         arriving = Packet(packet.src, packet.dst, packet.data, ttl, packet.proto)
-        self.call_later(sender.port_delay + target.port_delay, lambda: target.wan_receive(arriving))
+        copies = 1
+        for port in (sender, target):
+            if port.duplicate and self.rng.random() < port.duplicate:
+                copies += 1
+        self.duplicated += copies - 1
+        jitter = sender.jitter + target.jitter
+        for _ in range(copies):
+            delay = sender.port_delay + target.port_delay
+            if jitter:
+                delay += self.rng.random() * jitter
+            self.call_later(delay, target.wan_receive, arriving)
 
 
 class Attachment:
-    """Something with an address on the WAN: a public host or a NAT box."""
+    """Something with an address on the WAN: a public host or a NAT box. ``duplicate`` and
+    ``jitter`` are class-level zeros unless an attachment sets its own."""
 
     wan_ip: str
     port_delay: float
     loss: float
+    duplicate: float = 0.0
+    jitter: float = 0.0
 
     def wan_receive(self, packet: Packet) -> None:
         raise NotImplementedError

@@ -2,7 +2,17 @@
 (:class:`~meshkey.paths.engine.PathEngine`: classification, the puncher, the path manager and
 the decisions between them) driven by a small glue — the same mapping of commands to socket
 operations and of events to inputs that :class:`~meshkey.paths.service.PathService` does —
-over simulated sockets.
+over simulated sockets, with the daemon's :class:`~meshkey.timing.DeadlineTimer` following the
+engine's deadline on the simulator's clock.
+
+As in the daemon, only the channel's initiator starts punches (:meth:`SimNode.connect_via_relay`
+with ``initiator=False`` answers them), and a message takes the direct hop that
+``engine.hop_link(peer, now)`` names, else the relay (``PathService.direct_route``).
+What ``PathService`` decides itself and this glue cannot share (it is not in a core): whether
+a channel is relayed and how its relay is described (``channel_opened``, from the channel's
+route; here the relay is given), pinging every outbound hop on a network change, when to tell
+the engine where the sockets listen (here once), and dropping a signal for a channel that is
+not open.
 
 What is *not* real here: the QUIC hop is a 1.5-RTT toy handshake (INIT, INIT_ACK, FINISH
 with the NodeIds in clear) carrying PING/PONG/DATA, and the secure channel through the relay
@@ -22,6 +32,7 @@ Channel messages through the relay: ``S`` + a path signal (:mod:`meshkey.wire.pa
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import struct
 from dataclasses import dataclass, field
@@ -76,6 +87,7 @@ MAIN_PORT = 5000
 TCP_PORT = 6000
 OBSERVER_PORT = 3478
 RELAY_ROUTE = "/node/green/service/forward_to_blue"
+RESPONDER_RELAY = "the way the peer came"  # how the daemon's responder names the relay path
 
 INIT, INIT_ACK, FINISH, PING, PONG, DATA = 0xC0, 0xC1, 0xC2, 0x41, 0x42, 0x43
 HOP_RETRANSMIT = 0.3
@@ -178,8 +190,14 @@ class SimNode:
             self.tcp_listener = host.open_socket(TCP_PORT, proto="tcp")
             self.tcp_listener.receiver = lambda packet: self._on_hop_packet(-1, packet)
         self.engine = PathEngine(self.node_id, config=path_config, punch=config, rng=self.rng)
+        # As PathService._listening tells it: the sockets' addresses, the punch candidates
+        # (no loopback here), and the host's networks (its /24, and loopback's, which every
+        # host has).
         self.engine.set_listening(
-            (self.main.address,), ((host.ip, TCP_PORT),) if tcp_listener else ()
+            (self.main.address,),
+            ((host.ip, TCP_PORT),) if tcp_listener else (),
+            networks=("127.0.0.0/8", f"{ipaddress.ip_network(f'{host.ip}/24', strict=False)}"),
+            now=net.now,
         )
         self.relay: Relay | None = None
         self.peer: NodeId | None = None  # the peer of the channel through the relay
@@ -188,8 +206,7 @@ class SimNode:
         self.birthday_opened = 0
         self.birthday_closed = 0
         self.received_data: list[bytes] = []
-        self._timer_at: float | None = None
-        self._timer_generation = 0
+        self._timer = net.timer(self._fire)  # the daemon's DeadlineTimer, on the sim's clock
         self._tcp_sockets = 0
 
     @property
@@ -241,17 +258,21 @@ class SimNode:
 
     # -- the secure channel through the relay ---------------------------------------
 
-    def connect_via_relay(self, peer: NodeId, *, handshake_rtt: float | None = None) -> None:
+    def connect_via_relay(
+        self, peer: NodeId, *, handshake_rtt: float | None = None, initiator: bool = True
+    ) -> None:
         """The channel through the relay is open: it is the peer's first path.
         ``handshake_rtt``: the round trip its handshake measured (as the daemon's channel
-        does), or None (then a punch this node answers waits for SYNC)."""
+        does), or None (then a punch this node answers waits for SYNC). ``initiator``: this
+        node opened the channel (its paths start the punches; the responder's answer them,
+        as in the daemon, whose responder describes the relay as the way the peer came)."""
         self.peer = peer
         self.engine.channel_opened(
             peer,
             "relayed-channel",
             self.net.now,
-            initiator=True,
-            relay=RELAY_ROUTE,
+            initiator=initiator,
+            relay=RELAY_ROUTE if initiator else RESPONDER_RELAY,
             handshake_rtt=handshake_rtt,
         )
         self.pump()
@@ -263,9 +284,7 @@ class SimNode:
             with contextlib.suppress(WireError):  # the daemon logs it and goes on
                 self.engine.on_signal(sender, "relayed-channel", body, now)
         elif kind == b"D":
-            self.received_data.append(body)
-            key = PathKey(PathKind.RELAY, RELAY_ROUTE)
-            self.paths.on_received(sender, key, len(payload), now)
+            self.received_data.append(body)  # a channel's message: the paths hear nothing
         self.pump()
 
     def _channel_send(self, peer: NodeId, payload: bytes) -> None:
@@ -275,22 +294,22 @@ class SimNode:
     # -- application traffic --------------------------------------------------------
 
     def send_data(self, peer: NodeId, payload: bytes) -> PathKey | None:
-        """Sends ``payload`` to ``peer`` on its current path; returns the path used."""
-        key = self.paths.current_path(peer)
-        if key is None:
+        """Sends ``payload`` to ``peer`` as the daemon's secure channel does: over the
+        direct hop the engine names (``PathService.direct_route``: ``hop_link(peer, now)``,
+        None while that path is under suspicion), else through the relay. Returns the path
+        used (None: no path)."""
+        now = self.net.now
+        link = self.engine.hop_link(peer, now)
+        hop = self.hops.get(bytes.fromhex(link)) if link is not None else None
+        if link is not None and hop is not None and not hop.closed:
+            self._hop_send(hop, DATA, payload)
+            self.engine.on_hop_traffic(link, sent=len(payload), now=now)
+            self.pump()
+            return self.paths.current_path(peer)
+        if self.peer != peer or self.relay is None:
             return None
-        if key.kind is PathKind.RELAY:
-            self._channel_send(peer, b"D" + payload)
-            self.paths.on_sent(peer, key, len(payload), self.net.now)
-        else:
-            link = self.engine.hop_link(peer)
-            hop = self.hops.get(bytes.fromhex(link)) if link is not None else None
-            if hop is None:
-                return None
-            self._hop_send(hop, DATA, payload, key.remote)  # type: ignore[arg-type]
-            self.engine.on_hop_traffic(link, sent=len(payload), now=self.net.now)  # type: ignore[arg-type]
-        self.pump()
-        return key
+        self._channel_send(peer, b"D" + payload)
+        return next((p.key for p in self.paths.paths(peer) if p.key.kind is PathKind.RELAY), None)
 
     # -- the toy hop ----------------------------------------------------------------
 
@@ -415,7 +434,7 @@ class SimNode:
                 self._execute(command)
             for event in events:
                 self._report(event)
-        self._arm()
+        self._timer.follow(self.engine.next_deadline())
 
     def _execute(self, command: object) -> None:
         if isinstance(command, SendWhoami):
@@ -466,23 +485,8 @@ class SimNode:
             elif event.new is not None:
                 self.timeline.relay_at = self.timeline.relay_at or event.at
 
-    # -- one timer for the engine ------------------------------------------------------
-
-    def _arm(self) -> None:
-        deadline = self.engine.next_deadline()
-        if deadline == self._timer_at:
-            return
-        self._timer_at = deadline
-        self._timer_generation += 1
-        if deadline is not None:
-            generation = self._timer_generation
-            self.net.call_at(deadline, lambda: self._fire(generation))
-
-    def _fire(self, generation: int) -> None:
-        if generation != self._timer_generation:
-            return
-        self._timer_at = None
-        self.engine.on_timer(max(self.net.now, self.engine.next_deadline() or 0.0))
+    def _fire(self, now: float) -> None:
+        self.engine.on_timer(now)
         self.pump()
 
     # -- summaries ------------------------------------------------------------------

@@ -3,10 +3,11 @@ behind a NAT of one kind, upgrade to a direct path (or stay relayed and say why)
 
 One run (:func:`run_pair`): both nodes classify their NAT with four public observers, open
 the channel through the relay (40 ms one way: 10 ms per WAN port, as the lab's switch, and
-the relay between them), and from then on everything is up to the cores: the path managers
-ask for a punch, the punchers signal through the relay, probe and dial, the hop comes up and
-the paths switch. ``time_to_direct`` is from the moment the relayed channel existed to the
-moment *both* sides' traffic moved to the direct path, in simulated seconds.
+the relay between them; node a opened it), and from then on everything is up to the cores:
+a's path manager asks for a punch, the punchers signal through the relay, probe and dial,
+the hop comes up and the paths switch. ``time_to_direct`` is from the moment the relayed
+channel existed to the moment *both* sides' traffic moved to the direct path, in simulated
+seconds.
 """
 
 from __future__ import annotations
@@ -95,8 +96,11 @@ def build_pair(
     b_config: PunchConfig | None = None,
     channel_rtt: bool = True,
     rtt_error: float = 0.0,
+    net: SimNet | None = None,
 ) -> SimPair:
-    net = SimNet(seed, wan_hops=wan_hops)
+    """``net``: the simulation to build the pair in (it then shares the clock with whatever
+    else runs there; the lab's addresses must be free in it), else a new one."""
+    net = net or SimNet(seed, wan_hops=wan_hops)
     lab = build_lab(
         net,
         a_kind,
@@ -116,14 +120,17 @@ def build_pair(
     relay.join(b)
     a.classify(seen)
     b.classify(seen)
-    net.run_until(lambda: a.classification is not None and b.classification is not None, limit=5.0)
+    net.run_until(
+        lambda: a.classification is not None and b.classification is not None,
+        limit=net.now + 5.0,
+    )
     requested_at = net.now
     # The channel's handshake went through the relay: both ends know its round trip
     # (``channel_rtt`` False: neither does, and a punch falls back to the SYNC exchange;
     # ``rtt_error`` makes the measurement wrong by that much).
     handshake_rtt = max(0.0, 2 * relay_one_way + rtt_error) if channel_rtt else None
     a.connect_via_relay(b.node_id, handshake_rtt=handshake_rtt)
-    b.connect_via_relay(a.node_id, handshake_rtt=handshake_rtt)
+    b.connect_via_relay(a.node_id, handshake_rtt=handshake_rtt, initiator=False)
     return SimPair(net, a, b, relay, requested_at)
 
 

@@ -71,7 +71,8 @@ class Wiring:
             ("b", MAIN_SOCKET): _main(self.b_info),
         }
         self.open_sockets: dict[Side, set[int]] = {"a": {MAIN_SOCKET}, "b": {MAIN_SOCKET}}
-        self._armed: dict[Side, float | None] = {"a": None, "b": None}
+        # The daemon's DeadlineTimer, one per puncher, on the simulator's clock.
+        self._timers = {side: self.net.timer(self._firing(side)) for side in ("a", "b")}
 
     def _rng(self, salt: int) -> random.Random:
         return random.Random(self.seed * 10 + salt)
@@ -109,17 +110,14 @@ class Wiring:
             self._execute(side, command)
         for event in puncher.events():
             self.events[side].append((now, event))
-        deadline = puncher.next_deadline()
-        if deadline is not None and deadline != self._armed[side]:
-            self._armed[side] = deadline
-            self.net.call_at(deadline, lambda: self._fire(side, deadline))
+        self._timers[side].follow(puncher.next_deadline())
 
-    def _fire(self, side: Side, deadline: float) -> None:
-        if self._armed[side] != deadline:
-            return
-        self._armed[side] = None
-        self.puncher(side).on_timer(self.net.now)
-        self.pump(side)
+    def _firing(self, side: Side) -> Callable[[float], None]:
+        def fire(now: float) -> None:
+            self.puncher(side).on_timer(now)
+            self.pump(side)
+
+        return fire
 
     def _execute(self, side: Side, command: PunchCommand) -> None:
         other = self.other(side)

@@ -13,13 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshkey.channel.freshness import MAX_PER_PEER, WINDOW_NS, ReplayGuard, Timestamps
+from meshkey.channel.keys import ChannelError, ReplayedMessage
 from meshkey.channel.liveness import HANDSHAKE_TIMEOUT
 from meshkey.channel.manager import ChannelState, SecureChannels
 from meshkey.channel.session import (
-    ChannelError,
     ChannelUseError,
     Phase,
-    ReplayedMessage,
     SecureSession,
     State,
     StaticKey,
@@ -75,6 +74,9 @@ class Hooks:
 
     def is_direct_link(self, worker: str, peer: NodeId) -> bool:
         return False
+
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        pass
 
     def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
         self.calls.append(("opened", peer))
@@ -618,6 +620,9 @@ def test_a_path_manager_without_the_early_data_hooks_still_fits() -> None:
 
         def is_direct_link(self, worker: str, peer: NodeId) -> bool:
             return False
+
+        def heard_from(self, peer: NodeId, worker: str | None) -> None:
+            pass
 
         def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
             pass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from meshkey.channel.liveness import ChannelLiveness
-from meshkey.channel.record import Channel
+from meshkey.channel.record import MAX_RECENT, MAX_RECENT_BYTES, Channel, Sent
 from meshkey.channel.session import SecureSession, StaticKey
 from meshkey.identity import Identity
 from meshkey.routing.address import Route, ServiceAddress, TransportAddress
@@ -70,3 +70,20 @@ async def test_the_initiator_keeps_its_route_and_learns_only_the_peers_decryptor
     initiator.heard_over((ServiceAddress("_udp.2"), ServiceAddress("_sc.9")), came_direct=False)
     assert initiator.route == (RELAY, ServiceAddress("forward_to_bob"), DECRYPTOR)
     assert initiator.route_error is None  # an authentic message proves the route good
+
+
+async def test_what_is_kept_to_resend_is_bounded_in_count_and_bytes() -> None:
+    kept = channel(True, (RELAY, DECRYPTOR))
+    for index in range(MAX_RECENT + 10):
+        kept.remember(Sent(float(index), b"x" * 10))
+    assert len(kept.recent) == MAX_RECENT and kept.recent[0].at == 10.0
+    assert kept.recent_bytes == MAX_RECENT * 10
+    big = 1024 * 1024
+    for index in range(10):  # 1 MiB each, PLAIN ones count their data
+        kept.remember(Sent(100.0 + index, b"", (index, b"y" * big)))
+    assert kept.recent_bytes <= MAX_RECENT_BYTES
+    assert kept.recent[-1].at == 109.0 and kept.recent_bytes == sum(s.size for s in kept.recent)
+    kept.remember(Sent(200.0, b"z" * (MAX_RECENT_BYTES + 1)))  # the newest is always kept
+    assert [s.at for s in kept.recent] == [200.0]
+    kept.forget_recent()
+    assert not kept.recent and kept.recent_bytes == 0

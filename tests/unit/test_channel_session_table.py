@@ -8,21 +8,28 @@ import itertools
 
 import pytest
 
+from meshkey.channel.keys import ChannelError, ReplayedMessage
 from meshkey.channel.session import (
     TRANSITIONS,
-    ChannelError,
     ChannelUseError,
     Input,
     Local,
     Phase,
-    ReplayedMessage,
     SecureSession,
     State,
     StaticKey,
     UnexpectedMessage,
 )
 from meshkey.identity import Identity
-from meshkey.wire.channel import ChannelKind, Handshake, Refuse, Sealed, UseXX, encode_channel
+from meshkey.wire.channel import (
+    ChannelKind,
+    Handshake,
+    Plain,
+    Refuse,
+    Sealed,
+    UseXX,
+    encode_channel,
+)
 
 ALICE, BOB = Identity.generate(), Identity.generate()
 BOB_KEY = StaticKey(BOB)
@@ -95,6 +102,9 @@ def payload(
     if kind in HANDSHAKE:
         return encode_channel(Handshake(kind, b"\x00" * 48))
     sender = peer._sender
+    if kind is ChannelKind.PLAIN:  # as it comes over a direct hop (see act)
+        nonce = sender.take_nonce() if session._receiver is not None and sender else 0
+        return encode_channel(Plain(nonce, peer._plain_tag or bytes(8), b"data"))
     if session._receiver is not None and sender is not None:
         return encode_channel(sender.seal(kind, b""))
     return encode_channel(Sealed(kind, 0, b"\x00" * 32))
@@ -110,7 +120,8 @@ def act(
     if what is Local.CLOSE:
         return session.close("closed by its owner")
     assert isinstance(what, ChannelKind)
-    return session.receive(payload(what, session, peer, genuine))
+    # Over a hop to the peer itself: where PLAIN may come from (the table is what refuses).
+    return session.receive(payload(what, session, peer, genuine), direct=True)
 
 
 def test_the_table_covers_every_phase_and_closing_is_always_allowed() -> None:

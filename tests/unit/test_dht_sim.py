@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from bench.dhtsim import SimNet, forged_entries, run_lookups, sybil_clustering
-
 from meshkey.dht.diversity import PER_ANSWER, PER_BUCKET, PER_TABLE
 from meshkey.dht.lookup import LookupKind
+from tests.natsim.dht import DhtNetwork, forged_entries, run_lookups, sybil_clustering
 
 
 def test_a_network_built_by_joining_finds_every_node() -> None:
-    net = SimNet(seed=3)
+    net = DhtNetwork(seed=3)
     net.build(120, seeds=2, batch=20)
     assert all(n.engine.phase.value == "ready" for n in net.nodes)
     report = run_lookups(net, 60, stop_at_target=True)
@@ -18,7 +17,7 @@ def test_a_network_built_by_joining_finds_every_node() -> None:
 
 
 def test_500_nodes_all_found_and_30_percent_killed_still_99() -> None:
-    net = SimNet(seed=4)
+    net = DhtNetwork(seed=4)
     net.build_converged(500)
     assert run_lookups(net, 100).success == 1.0
     net.kill(0.3)
@@ -30,7 +29,7 @@ def test_500_nodes_all_found_and_30_percent_killed_still_99() -> None:
 
 
 def test_ten_percent_poisoners_insert_nothing_and_lookups_succeed() -> None:
-    net = SimNet(seed=5)
+    net = DhtNetwork(seed=5)
     net.build_converged(400, poisoners=0.1)
     assert sum(n.poisoner for n in net.nodes) >= 20
     honest = [n for n in net.nodes if not n.poisoner]
@@ -41,7 +40,7 @@ def test_ten_percent_poisoners_insert_nothing_and_lookups_succeed() -> None:
 
 
 def test_records_published_in_a_poisoned_network_are_found_and_forgeries_ignored() -> None:
-    net = SimNet(seed=6)
+    net = DhtNetwork(seed=6)
     net.build_converged(300, poisoners=0.1)
     owner, reader = net.nodes[10], net.nodes[200]
     owner.poisoner = reader.poisoner = False
@@ -58,14 +57,14 @@ def test_records_published_in_a_poisoned_network_are_found_and_forgeries_ignored
 
 def test_lossy_links_still_find_the_target() -> None:
     # 5 % datagram loss, which QUIC hops turn into retransmission delay.
-    net = SimNet(seed=7, loss=0.05)
+    net = DhtNetwork(seed=7, loss=0.05)
     net.build_converged(300)
     assert run_lookups(net, 80).success >= 0.99
 
 
 def test_the_simulation_is_deterministic() -> None:
     def run() -> tuple[float, float]:
-        net = SimNet(seed=8)
+        net = DhtNetwork(seed=8)
         net.build_converged(150)
         net.kill(0.3)
         report = run_lookups(net, 30)
@@ -75,7 +74,7 @@ def test_the_simulation_is_deterministic() -> None:
 
 
 def test_clients_are_never_handed_out() -> None:
-    net = SimNet(seed=9)
+    net = DhtNetwork(seed=9)
     net.build(60, seeds=2, clients=0.3, batch=20)
     clients = {n.node_id for n in net.nodes if not n.reachable}
     assert clients
@@ -90,7 +89,7 @@ def test_identities_on_one_host_take_no_more_than_their_networks_share() -> None
     """40 identities on one IP join a network of 200 through the protocol (their lookups
     dial into the graphs they visit, claiming to be servers): no graph holds more than 2 of
     them in a bucket or 10 in all, no answer more than 2, and lookups still succeed."""
-    net = SimNet(seed=10)
+    net = DhtNetwork(seed=10)
     net.build_converged(200)
     sybils = net.add_sybils(40, "11.200.0.66")
     clustering = sybil_clustering(net, sybils)

@@ -234,7 +234,7 @@ def test_authentication_must_finish_in_time() -> None:
     assert server.next_deadline() == 105.0
     assert server.on_timer(104.9) == []
     [failed] = server.on_timer(105.0)
-    assert failed == HopFailed(CloseCode.AUTH_FAILED, "authentication timed out")
+    assert failed == HopFailed(CloseCode.AUTH_FAILED, "authentication timed out", timed_out=True)
     assert server.state is State.CLOSED and server.next_deadline() is None
 
 

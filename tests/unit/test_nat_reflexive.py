@@ -5,7 +5,9 @@ with a typed error."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -30,11 +32,12 @@ MAPPED: Endpoint = ("198.51.100.1", 41000)
 
 
 class FakeUdp:
-    """The two calls the service makes on a QuicTransport; ``answer_after`` requests are lost
-    before the observer answers one (None: never)."""
+    """What the service uses of a QuicTransport; ``answer_after`` requests are lost before
+    the observer answers one (None: never)."""
 
     def __init__(self, answer_after: int | None = 0) -> None:
         self.handlers: dict[int, ControlHandler] = {}
+        self.unreachable_listeners: list[Callable[[Endpoint], None]] = []
         self.sent: list[tuple[bytes, Endpoint]] = []
         self.answer_after = answer_after
 
@@ -74,6 +77,26 @@ async def test_whoami_without_an_answer_times_out_and_forgets_its_request() -> N
     assert raised.value.code is ErrorCode.TIMEOUT
     assert len(udp.sent) >= 2  # the first request, and at least the one at the timeout
     assert reflexive._pending == {}
+
+
+async def test_an_icmp_error_for_the_observer_fails_the_question_at_once() -> None:
+    udp = FakeUdp(answer_after=None)
+    reflexive = service(udp)
+    asking = asyncio.ensure_future(
+        reflexive.whoami(TransportAddress.from_socket("udp", *OBSERVER), timeout=30)
+    )
+    while not udp.sent:  # asked (after resolving the address)
+        await asyncio.sleep(0.01)
+    for listener in udp.unreachable_listeners:
+        listener(("192.0.2.99", 1))  # someone else's: nothing happens
+    await asyncio.sleep(0)
+    assert not asking.done()
+    for listener in udp.unreachable_listeners:
+        listener(OBSERVER)
+    with pytest.raises(RemoteError, match="nothing listens") as raised:
+        await asking
+    assert raised.value.code is ErrorCode.UNREACHABLE
+    assert reflexive._pending == {} and reflexive._asking == {}
 
 
 async def test_whoami_needs_a_udp_target() -> None:

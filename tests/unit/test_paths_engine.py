@@ -95,6 +95,33 @@ def test_new_host_addresses_are_a_network_change() -> None:
     assert e.nat.recheck.next_deadline() == 7.0  # a round at once
 
 
+def test_a_network_change_pings_every_udp_hop_this_node_dialled() -> None:
+    """From the new address, a PING lets each peer move the connection there (QUIC
+    migration) or shows at once that the hop is gone; hops dialled in, and TCP ones, are
+    the peer's to keep."""
+    e = engine()
+    e.on_timer(0.0)
+    answer(e, ("203.0.113.1", 5000), 0.05)
+    e.events()
+    for link, transport, outbound in (
+        ("out", "udp", True),
+        ("in", "udp", False),
+        ("t", "tcp", True),
+    ):
+        e.on_hop_up(
+            link,
+            PEER,
+            transport=transport,
+            remote=("203.0.113.2", 5000),
+            outbound=outbound,
+            socket=0,
+            now=1.0,
+        )
+    e.commands()
+    e.set_listening((("10.9.0.2", 5000),), (), now=7.0)
+    assert [c.link for c in e.commands() if isinstance(c, PingHop)] == ["out"]
+
+
 def test_a_peers_state_goes_with_its_last_channel() -> None:
     e = engine()
     e.channel_opened(PEER, "c1", 1.0, initiator=True, relay="/ip4/203.0.113.10/udp/7000")
@@ -171,3 +198,54 @@ def test_a_silent_direct_path_is_passed_over_before_it_is_declared_dead() -> Non
     assert pings  # the manager asks the path itself
     e.on_hop_pong("hop1", pings[-1].token, 2.85)  # and the PONG proves it both ways
     assert e.hop_link(PEER, 2.9) == "hop1"
+
+
+def direct_pair() -> PathEngine:
+    """A channel to PEER through a relay, and a direct hop ``hop1`` to it, its current path."""
+    e = classified_engine(ME, LOCAL, ("203.0.113.1", 5000))
+    e.channel_opened(PEER, "c1", 1.0, initiator=True, relay="/ip4/203.0.113.10/udp/7000")
+    e.on_hop_up(
+        "hop1",
+        PEER,
+        transport="udp",
+        remote=("203.0.113.2", 5000),
+        outbound=True,
+        socket=0,
+        now=1.1,
+    )
+    e.commands()
+    assert e.hop_link(PEER, 1.2) == "hop1"
+    return e
+
+
+def test_the_peers_traffic_through_the_relay_passes_the_direct_path_over_at_once() -> None:
+    """The peer's channel traffic came through its relay while our current path to it is a
+    direct hop: it cannot reach us on that hop (broken toward us), so our reply takes the
+    relay now, and the hop is pinged at once instead of after our own sends go unanswered."""
+    e = direct_pair()
+    e.on_heard_elsewhere(PEER, None, 2.0)
+    assert e.hop_link(PEER, 2.0) is None
+    pings = [c for c in e.commands() if isinstance(c, PingHop) and c.link == "hop1"]
+    assert pings
+    e.on_timer(3.6)  # nothing came back on it: dead within dead_after of the suspicion
+    current = e.paths.current_path(PEER)
+    assert current is not None and not current.kind.is_direct
+
+
+def test_a_straggler_through_the_relay_costs_one_ping() -> None:
+    """A message the peer sent through the relay before it moved to the direct path arrives
+    after we did: the hop is suspected, and its PONG clears it."""
+    e = direct_pair()
+    e.on_heard_elsewhere(PEER, None, 2.0)
+    pings = [c for c in e.commands() if isinstance(c, PingHop) and c.link == "hop1"]
+    e.on_hop_pong("hop1", pings[-1].token, 2.05)
+    assert e.hop_link(PEER, 2.1) == "hop1"
+    e.on_timer(4.0)
+    assert e.hop_link(PEER, 4.0) == "hop1"
+
+
+def test_traffic_over_the_direct_hop_itself_suspects_nothing() -> None:
+    e = direct_pair()
+    e.on_heard_elsewhere(PEER, "hop1", 2.0)
+    assert e.hop_link(PEER, 2.0) == "hop1"
+    assert not [c for c in e.commands() if isinstance(c, PingHop)]

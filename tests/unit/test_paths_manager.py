@@ -134,7 +134,7 @@ def test_hysteresis_needs_five_ms_and_does_not_flap() -> None:
     one.rtt_sample(0.040)
     two.rtt_sample(0.037)
     assert choose([one, two], DIRECT, no_direct=False, rtt_gain=0.005).key == DIRECT
-    two.srtt = 0.034
+    two.rtt.srtt = 0.034
     choice = choose([one, two], DIRECT, no_direct=False, rtt_gain=0.005)
     assert choice.key == OTHER and choice.reason is SwitchReason.LOWER_RTT
     assert choose([one, two], OTHER, no_direct=False, rtt_gain=0.005).key == OTHER  # stays

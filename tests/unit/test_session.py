@@ -8,16 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkey.channel.session import (
-    REKEY_INTERVAL,
-    REPLAY_WINDOW,
-    ChannelError,
-    ChannelUseError,
-    ReplayedMessage,
-    SecureSession,
-    State,
-    StaticKey,
-)
+from meshkey.channel.keys import REKEY_INTERVAL, REPLAY_WINDOW, ChannelError, ReplayedMessage
+from meshkey.channel.session import ChannelUseError, SecureSession, State, StaticKey
 from meshkey.identity import Identity
 from meshkey.wire.channel import (
     ChannelKind,

@@ -1,5 +1,11 @@
 """Secure channels on a node: listeners, initiators, and the workers that carry the traffic.
 
+(Over 600 lines on purpose: this is the asyncio glue of every channel, and what it decides is
+already in sans-IO cores beside it: :mod:`~meshkey.channel.session` and
+:mod:`~meshkey.channel.keys` (the protocol), :mod:`~meshkey.channel.liveness`,
+:mod:`~meshkey.channel.order`, :mod:`~meshkey.channel.admission` and
+:mod:`~meshkey.channel.record` (one channel's routes and what it keeps to resend).)
+
 A channel is two workers on each end:
 
 * the **encryptor**, ``/service/<32 hex>``: what users send to. ``THAT/service/X`` seals the
@@ -18,6 +24,13 @@ close it. While it is unreachable or reconnecting, what users send waits, up to
 died and was replaced, a direct path that fell back): then it goes, with the last
 :data:`~meshkey.channel.record.RESEND_WINDOW` of sealed sends resent (the peer drops what it
 had), and only if the wait runs out do the senders hear why.
+
+One encryption layer on a direct hop (DESIGN decision 19): when the route a message takes is
+one hop to the channel's peer itself (the path manager's direct hop, or a transport address
+pinned to the peer's NodeId), DATA goes PLAIN; on any other route, sealed. A PLAIN payload is
+taken only when it came over a hop whose authenticated NodeId is the channel's peer
+(:meth:`PathHooks.is_direct_link`). What is resent after a path switch goes plain again only
+on such a hop, and sealed under its own nonce on any other.
 
 Handshakes (:mod:`~meshkey.channel.session`): Noise XX, or Noise IK when the caller of
 :meth:`SecureChannels.create` knows the listener's node's static key (``responder_key``, from
@@ -60,6 +73,7 @@ from typing import Any
 
 from meshkey.channel.admission import HalfOpenLimits
 from meshkey.channel.freshness import ReplayGuard, Timestamps
+from meshkey.channel.keys import ChannelError, ReplayedMessage
 from meshkey.channel.liveness import (
     HANDSHAKE_TIMEOUT,
     BecameReachable,
@@ -77,21 +91,22 @@ from meshkey.channel.record import (
     ChannelState,
     Listener,
     PathHooks,
+    Sent,
     utc_now,
 )
-from meshkey.channel.session import (
-    ChannelError,
-    HandshakeHooks,
-    ReplayedMessage,
-    SecureSession,
-    StaticKey,
-    UseXXInstead,
-)
+from meshkey.channel.session import HandshakeHooks, SecureSession, StaticKey, UseXXInstead
 from meshkey.channel.session import State as SessionState
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
-from meshkey.routing.address import PeerAddress, Route, ServiceAddress, format_route
+from meshkey.routing.address import (
+    Address,
+    PeerAddress,
+    Route,
+    ServiceAddress,
+    TransportAddress,
+    format_route,
+)
 from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import LocalInfo, Message, error_message
 from meshkey.routing.router import Router, is_loopback_host
@@ -205,13 +220,24 @@ class SecureChannels:
         now = self._loop.time()
         for channel in self._channels.values():
             if channel.peer == peer and channel.state is ChannelState.OPEN:
-                resend = [sealed for at, sealed in channel.recent if now - at <= RESEND_WINDOW]
+                resend = [sent for sent in channel.recent if now - sent.at <= RESEND_WINDOW]
                 if resend:
                     self._loop.create_task(self._resend(channel, resend))
 
-    async def _resend(self, channel: Channel, sealed: list[bytes]) -> None:
-        for payload in sealed:
-            await self._send(channel, payload, self._current_route(channel))
+    async def _resend(self, channel: Channel, resend: list[Sent]) -> None:
+        """Sends ``resend`` again on the current route; a PLAIN one is sealed (under its own
+        nonce) unless the route is a direct hop to the peer, so a relay never sees it."""
+        for sent in resend:
+            route = self._current_route(channel)
+            payload: bytes | None = sent.payload
+            if sent.plain is not None:
+                nonce, data = sent.plain
+                if self._direct_hop(channel, route):
+                    payload = channel.session.plain_at(nonce, data)
+                else:
+                    payload = channel.session.reseal(nonce, data)
+            if payload is not None:  # None: its key is gone, and the peer is past it
+                await self._send(channel, payload, route)
 
     def channels(self) -> list[Channel]:
         self._expire_closed()
@@ -423,7 +449,7 @@ class SecureChannels:
         since, channel.unanswered_since = channel.unanswered_since, None
         if since is None:
             since = self._loop.time() - RESEND_WINDOW
-        resend = [sealed for at, sealed in channel.recent if at >= since]
+        resend = [sent for sent in channel.recent if sent.at >= since]
         if resend:
             await self._resend(channel, resend)
         while channel.held and channel.state is ChannelState.OPEN:
@@ -465,7 +491,7 @@ class SecureChannels:
         channel.reconnecting = True
         for plaintext in channel.order.reset():  # the old session's last held messages
             await self._deliver(channel, plaintext)
-        channel.recent.clear()
+        channel.forget_recent()
         channel.session = SecureSession(
             True,
             self.static,
@@ -559,9 +585,35 @@ class SecureChannels:
             direct = self.paths.direct_route(peer)
         return channel.current_route(direct, self.router.has_worker)
 
-    async def _send_sealed(self, channel: Channel, sealed: bytes) -> None:
-        channel.recent.append((self._loop.time(), sealed))
-        await self._send(channel, sealed, self._current_route(channel))
+    def _direct_hop(self, channel: Channel, route: Route) -> bool:
+        """Whether ``route`` is one hop to the channel's peer itself (then the peer's
+        decryptor): a hop that is mutually authenticated between the channel's two NodeIds
+        and encrypted, so that DATA need not be sealed again on it (DESIGN decision 19), once
+        the peer was heard open (it takes PLAIN only then). A transport address pinned to the
+        peer's NodeId is such a hop: the transport opens it only to that NodeId. A node
+        without a path manager cannot tell such hops (:meth:`_from_peer_hop`) and so takes no
+        PLAIN: it sends none either (every node has one; the channels' unit tests do not)."""
+        peer = channel.peer
+        if peer is None or self.paths is None or len(route) != 2:
+            return False  # without a path manager, as at the peer's end, nothing goes plain
+        if not channel.session.peer_open:
+            return False
+        first = route[0]
+        if isinstance(first, TransportAddress):  # a hop dialled pinned to the peer's NodeId
+            return first.node_id == peer
+        return self._from_peer_hop(channel, first)
+
+    async def _send_sealed(
+        self,
+        channel: Channel,
+        sealed: bytes,
+        plain: tuple[int, bytes] | None = None,
+        route: Route | None = None,
+    ) -> None:
+        # A plain one is kept as its data alone (it may go sealed), not twice.
+        kept = Sent(self._loop.time(), b"", plain) if plain else Sent(self._loop.time(), sealed)
+        channel.remember(kept)
+        await self._send(channel, sealed, route or self._current_route(channel))
 
     async def _send(self, channel: Channel, payload: bytes, route: Route | None = None) -> None:
         await self.router.route(
@@ -608,14 +660,21 @@ class SecureChannels:
             )
             return
         inner = Message(message.onward[1:], message.return_route, message.payload, message.kind)
+        plain: tuple[int, bytes] | None = None
         try:
-            sealed = channel.session.seal(inner.to_wire())
+            wire = inner.to_wire()
+            if self._direct_hop(channel, current):
+                nonce, sealed = channel.session.plain(wire)
+                plain = (nonce, wire)
+                channel.plain_sent += 1
+            else:
+                sealed = channel.session.seal(wire)
         except (WireError, ValueError) as exc:
             await self.router.fail(message, ErrorCode.MALFORMED, str(exc))
             return
         if message.return_route:
             channel.in_flight.append(message.return_route)
-        await self._send_sealed(channel, sealed)
+        await self._send_sealed(channel, sealed, plain, current)
         channel.liveness.sent(self._loop.time())
         await self._after_liveness(channel)
 
@@ -627,8 +686,12 @@ class SecureChannels:
         reconnecting = channel.reconnecting and channel.session.state is SessionState.HANDSHAKING
         if reconnecting and peek_kind(message.payload) not in _NEW_SESSION_KINDS:
             return  # late traffic of the old session: its keys are gone
+        first = message.return_route[0] if message.return_route else None
+        plain = peek_kind(message.payload) is ChannelKind.PLAIN
+        # Whether it came over a hop to the peer itself: the one place PLAIN is taken from.
+        hop_to_peer = plain and self._from_peer_hop(channel, first)
         try:
-            received = channel.session.receive(message.payload)
+            received = channel.session.receive(message.payload, direct=hop_to_peer)
         except ReplayedMessage as exc:
             log.debug("channel.replay_dropped", address=channel.address, reason=str(exc))
             return
@@ -648,15 +711,16 @@ class SecureChannels:
             channel.handshake_sent_at = self._loop.time()
             return
         # Authentic from here on.
-        first = message.return_route[0] if message.return_route else None
-        came_direct = (
-            not channel.initiator
-            and isinstance(first, ServiceAddress)
-            and self.paths is not None
-            and channel.peer is not None
-            and self.paths.is_direct_link(first.name, channel.peer)
+        if plain:
+            channel.plain_received += 1
+        came_direct = not channel.initiator and (
+            hop_to_peer or (not plain and self._from_peer_hop(channel, first))
         )
         channel.heard_over(message.return_route, came_direct=came_direct)
+        if not plain and self.paths is not None and channel.peer is not None:
+            # (PLAIN is only ever taken over a hop to the peer: nothing to learn from it.)
+            worker = first.name if isinstance(first, ServiceAddress) else None
+            self.paths.heard_from(channel.peer, worker)
         channel.liveness.heard(now, pong=received.pong)
         if received.opened:
             channel.liveness.handshake_done()
@@ -675,6 +739,16 @@ class SecureChannels:
             channel.order_timer.follow(channel.order.next_deadline())
         await self._after_liveness(channel)
 
+    def _from_peer_hop(self, channel: Channel, first: Address | None) -> bool:
+        """Whether a message whose return route starts with ``first`` came over a hop to the
+        channel's peer itself (its authenticated NodeId), not through a relay."""
+        return (
+            isinstance(first, ServiceAddress)
+            and self.paths is not None
+            and channel.peer is not None
+            and self.paths.is_direct_link(first.name, channel.peer)
+        )
+
     def _order_due(self, channel: Channel, now: float) -> None:
         """A message waited for one sent before it (a path switch) until the hold ran out:
         what is held goes now, in order."""
@@ -683,7 +757,7 @@ class SecureChannels:
             self._loop.create_task(self._deliver_all(channel, ready))
         channel.order_timer.follow(channel.order.next_deadline())
 
-    async def _deliver_all(self, channel: Channel, plaintexts: list[bytes]) -> None:
+    async def _deliver_all(self, channel: Channel, plaintexts: list[bytes | memoryview]) -> None:
         for plaintext in plaintexts:
             await self._deliver(channel, plaintext)
 
@@ -723,7 +797,7 @@ class SecureChannels:
         if channel.route_failed(code, text, now):
             await self._after_liveness(channel)
 
-    async def _deliver(self, channel: Channel, plaintext: bytes) -> None:
+    async def _deliver(self, channel: Channel, plaintext: bytes | memoryview) -> None:
         try:
             inner = Message.from_wire(plaintext)
         except WireError as exc:

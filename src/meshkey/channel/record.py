@@ -36,6 +36,8 @@ MAX_IN_FLIGHT = 64
 #: Sealed messages kept to resend on a new path when the one they went on may have died with
 #: them in flight (the peer drops what it already has: the replay window), and for how long.
 MAX_RECENT = 128
+#: ...and at most this many bytes of them (128 full messages would be 128 MiB a channel).
+MAX_RECENT_BYTES = 4 * 1024 * 1024
 RESEND_WINDOW = 3.0
 
 
@@ -51,6 +53,11 @@ class PathHooks(Protocol):
     def is_direct_link(self, worker: str, peer: NodeId) -> bool:
         """Whether local worker ``worker`` is a hop to ``peer`` itself (not a relay)."""
 
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        """An authentic sealed message from ``peer`` came over local worker ``worker`` (its
+        return route's first hop; None if none): if that is not the direct hop traffic to
+        the peer takes now, the peer is not reaching us there (see PathEngine)."""
+
     def channel_opened(self, peer: NodeId, address: str, no_direct: bool) -> None:
         """A channel with ``peer`` is open (the relay path exists: look for a direct one)."""
 
@@ -63,6 +70,21 @@ class PathHooks(Protocol):
     async def peer_key(self, peer: NodeId) -> bytes | None:
         """``peer``'s channel key from its signed record (looked up if need be), for a
         Noise IK dial to a ``/peer/NODEID`` route; None when it has none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A payload sent on the channel, kept to go again on a new path (:data:`RESEND_WINDOW`).
+    A PLAIN one keeps only its nonce and data (``payload`` is empty): on a direct hop to the
+    peer it goes plain again, on any other path sealed (under that nonce), never plain."""
+
+    at: float  # loop time
+    payload: bytes
+    plain: tuple[int, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + (len(self.plain[1]) if self.plain else 0)
 
 
 class ChannelState(enum.StrEnum):
@@ -120,7 +142,12 @@ class Channel:
     in_flight: deque[Route] = field(default_factory=lambda: deque(maxlen=MAX_IN_FLIGHT))
     relay_route: Route = ()  # responder: the latest return route that did not come direct
     no_direct: bool = False  # keep this channel's traffic off direct paths
-    recent: deque[tuple[float, bytes]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT))
+    recent: deque[Sent] = field(default_factory=deque)  # see remember()
+    recent_bytes: int = 0
+    #: DATA messages sent and received as PLAIN (on a direct hop to the peer, not sealed
+    #: again: DESIGN decision 19).
+    plain_sent: int = 0
+    plain_received: int = 0
     #: Messages sent while the channel is unreachable or reconnecting: they wait (a bounded
     #: time and amount) for the route to work again instead of failing at once (issue 18).
     held: deque[Message] = field(default_factory=deque)
@@ -129,7 +156,7 @@ class Channel:
     #: When the peer was last heard before it went unreachable: what was sealed since may
     #: have died on the way, and goes again once it is heard (the peer drops duplicates).
     unanswered_since: float | None = None
-    order: InOrder[bytes] = field(default_factory=InOrder)
+    order: InOrder[bytes | memoryview] = field(default_factory=InOrder)
     #: Follows ``order``'s deadline (a message held for its predecessors).
     order_timer: DeadlineTimer = field(init=False, repr=False)
     #: Follows ``liveness``'s deadline (and a half-open handshake's expiry).
@@ -163,6 +190,20 @@ class Channel:
         if self.liveness.health is Health.UNREACHABLE:
             return self.liveness.reason
         return self.route_error
+
+    def remember(self, sent: Sent) -> None:
+        """Keeps ``sent`` to resend after a path switch: the newest :data:`MAX_RECENT`, and no
+        more than :data:`MAX_RECENT_BYTES` of them (the newest one always)."""
+        self.recent.append(sent)
+        self.recent_bytes += sent.size
+        while len(self.recent) > 1 and (
+            len(self.recent) > MAX_RECENT or self.recent_bytes > MAX_RECENT_BYTES
+        ):
+            self.recent_bytes -= self.recent.popleft().size
+
+    def forget_recent(self) -> None:
+        self.recent.clear()
+        self.recent_bytes = 0
 
     def current_route(self, direct: Route | None, has_worker: Callable[[str], bool]) -> Route:
         """Where sealed traffic goes now: through ``direct`` (the path manager's hop to the

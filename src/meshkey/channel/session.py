@@ -42,6 +42,16 @@ is asked with ``peer=None``). The session asks its :class:`HandshakeHooks` for t
 writes the message, and hands them the peer's once its sender is authenticated, before it
 writes its answer.
 
+One encryption layer on a direct hop (DESIGN decision 19): on a hop between the channel's two
+NodeIds (mutually authenticated and encrypted already), DATA may go PLAIN, not sealed again
+(:meth:`SecureSession.plain`), once the peer was heard open (:attr:`peer_open`). A PLAIN
+message takes its nonce from the same sequence, and passes the same replay window and key
+schedule, as a sealed one; it names its session by a tag from the handshake hash. The glue
+decides where it may go and tells :meth:`SecureSession.receive` whether a payload came over
+such a hop (``direct``): a PLAIN one from anywhere else is a tampering (:class:`ChannelError`).
+When the path moves to a relay, what went plain and is sent again goes sealed under its own
+nonce (:meth:`SecureSession.reseal`), so the peer takes it once, and the relay never sees it.
+
 Transport messages carry explicit 64-bit nonces. Every :data:`REKEY_INTERVAL` nonces the key
 moves on (Noise REKEY); a receiver accepts each nonce once, within :data:`REPLAY_WINDOW` of the
 newest, keeping the previous key for late arrivals. A message that fails authentication means
@@ -65,40 +75,39 @@ Errors are split as in STYLE.md: :class:`ChannelError` is what the peer (or the 
                                  SENT_IK_HELLO -USE_XX-> SENT_HELLO (and on as XX)
     responder  AWAIT_HELLO -HELLO-> SENT_REPLY -FINISH-> OPEN
                AWAIT_HELLO -IK_HELLO-> SENT_IK_REPLY -CONFIRM, DATA, PING-> OPEN
-    OPEN       DATA, PING, PONG, CONFIRM, seal: OPEN;  CLOSE: CLOSED
+    OPEN       DATA, PLAIN (direct hop only), PING, PONG, CONFIRM, seal: OPEN;  CLOSE: CLOSED
     any phase  close: CLOSED;  REFUSE (initiator, handshaking) and any failed handshake: CLOSED
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshkey.channel.freshness import ReplayGuard
+from meshkey.channel.keys import ChannelError, ReceiveKeys, ReplayedMessage, SendKeys
 from meshkey.channel.noise import (
     Cipher,
     NoiseError,
     NoiseHandshake,
     NoiseIK,
     NoiseXX,
-    aead,
-    nonce_bytes,
-    rekey,
 )
 from meshkey.identity.attestation import attest_static_key, verify_static_key
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
 from meshkey.wire.channel import (
-    CHANNEL_VERSION,
     MAX_EARLY_DATA,
+    PLAIN_TAG_SIZE,
     ChannelKind,
     Handshake,
     HandshakePayload,
     IdentityProof,
+    Plain,
     Refuse,
     Sealed,
     UseXX,
@@ -110,30 +119,13 @@ from meshkey.wire.channel import (
 from meshkey.wire.errors import WireError
 
 PROLOGUE = b"meshkey/secure-channel/v1"
-REKEY_INTERVAL = 32
-REPLAY_WINDOW = 32
-#: How many keys ahead a nonce may jump (messages lost in a row / REKEY_INTERVAL); bounds the
-#: work a forged nonce can cost before its tag is checked.
-MAX_EPOCH_JUMP = 1024
-
-
-class ChannelError(Exception):
-    """The channel cannot continue. ``refuse`` asks the glue to tell the peer why."""
-
-    def __init__(self, reason: str, *, refuse: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.refuse = refuse
+PLAIN_TAG_LABEL = b"meshkey/secure-channel/plain-session-tag"
 
 
 class UseXXInstead(ChannelError):
     """A responder cannot use this IK_HELLO (it does not hold the static key the initiator
     encrypted to, or the hello is a replay): the glue answers USE_XX, and the initiator starts
     again with XX."""
-
-
-class ReplayedMessage(Exception):
-    """A duplicate or too-old message: dropped, the channel goes on."""
 
 
 class UnexpectedMessage(ChannelError):
@@ -194,79 +186,6 @@ class HandshakeHooks(Protocol):
         and is fresh by its timestamp (:mod:`meshkey.channel.freshness`) but not yet proven
         live: act on it as on a hint (probe addresses seen, within a budget), not as on an open
         channel. An exception is logged and ignored."""
-
-
-class _Sender:
-    def __init__(self, cipher: Cipher, key: bytes) -> None:
-        self._cipher = cipher
-        self._key = key
-        self._epoch = 0
-        self._next = 0
-
-    def seal(self, kind: ChannelKind, plaintext: bytes) -> Sealed:
-        nonce = self._next
-        self._next += 1
-        epoch = nonce // REKEY_INTERVAL
-        while self._epoch < epoch:
-            self._key = rekey(self._cipher, self._key)
-            self._epoch += 1
-        ciphertext = aead(self._cipher, self._key).encrypt(
-            nonce_bytes(self._cipher, nonce), plaintext, bytes([CHANNEL_VERSION, kind])
-        )
-        return Sealed(kind, nonce, ciphertext)
-
-
-class _Receiver:
-    def __init__(self, cipher: Cipher, key: bytes) -> None:
-        self._cipher = cipher
-        self._epoch = 0
-        self._key = key
-        self._previous: bytes | None = None
-        self._highest = -1
-        self._seen = 0  # bit i: nonce (highest - i) was accepted
-
-    def open(self, sealed: Sealed) -> bytes:
-        nonce = sealed.nonce
-        if nonce <= self._highest:
-            age = self._highest - nonce
-            if age >= REPLAY_WINDOW or self._seen >> age & 1:
-                raise ReplayedMessage(f"nonce {nonce} replayed or older than the window")
-        epoch = nonce // REKEY_INTERVAL
-        key, previous, new_epoch = self._key_for(epoch)
-        try:
-            plaintext = aead(self._cipher, key).decrypt(
-                nonce_bytes(self._cipher, nonce),
-                sealed.ciphertext,
-                bytes([CHANNEL_VERSION, sealed.kind]),
-            )
-        except InvalidTag:
-            raise ChannelError(
-                "a message failed authentication (tampered with on the route?)"
-            ) from None
-        # Only an authentic message moves the key schedule and the window forward.
-        if new_epoch > self._epoch:
-            self._key, self._previous, self._epoch = key, previous, new_epoch
-        if nonce > self._highest:
-            shift = nonce - self._highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
-            self._highest = nonce
-        else:
-            self._seen |= 1 << (self._highest - nonce)
-        return plaintext
-
-    def _key_for(self, epoch: int) -> tuple[bytes, bytes | None, int]:
-        if epoch == self._epoch:
-            return self._key, self._previous, self._epoch
-        if epoch == self._epoch - 1 and self._previous is not None:
-            return self._previous, None, self._epoch
-        if epoch < self._epoch:
-            raise ReplayedMessage(f"nonce from key epoch {epoch}, long gone")
-        if epoch - self._epoch > MAX_EPOCH_JUMP:
-            raise ChannelError(f"nonce jumps {epoch - self._epoch} keys ahead")
-        key, previous = self._key, self._previous
-        for _ in range(epoch - self._epoch):
-            previous, key = key, rekey(self._cipher, key)
-        return key, previous, epoch
 
 
 class State(enum.Enum):
@@ -357,6 +276,7 @@ TRANSITIONS: dict[Phase, dict[Input, Phase]] = {
         ChannelKind.PING: Phase.OPEN,
         ChannelKind.PONG: Phase.OPEN,
         ChannelKind.CONFIRM: Phase.OPEN,  # an IK initiator's, overtaken by its data
+        ChannelKind.PLAIN: Phase.OPEN,  # only from a direct hop to the peer (see receive)
         ChannelKind.CLOSE: Phase.CLOSED,
         Local.SEAL: Phase.OPEN,
         Local.CLOSE: Phase.CLOSED,
@@ -381,7 +301,8 @@ class Received:
 
     reply: bytes | None = None  # a channel payload to send back to the peer
     opened: bool = False  # the channel just became usable
-    plaintext: bytes | None = None  # a DATA message's contents
+    #: A DATA message's contents (from a PLAIN one: a view into the received payload).
+    plaintext: bytes | memoryview | None = None
     closed: str | None = None  # the peer closed the channel, with this reason
     pong: bool = False  # an answer to our PING
     nonce: int | None = None  # the sealed message's nonce (its place in the peer's order)
@@ -427,10 +348,14 @@ class SecureSession:
             )
         else:
             self._noise = NoiseXX(initiator, static.private, prologue=PROLOGUE, cipher=cipher)
-        self._sender: _Sender | None = None
-        self._receiver: _Receiver | None = None
+        self._sender: SendKeys | None = None
+        self._receiver: ReceiveKeys | None = None
+        self._plain_tag = b""  # names this session in PLAIN payloads, once it has keys
         #: Why an IK handshake fell back to XX (the responder's USE_XX), if it did.
         self.fell_back: str | None = None
+        #: A sealed (or plain) message of this session came from the peer: it is open there,
+        #: so it takes plain messages (:meth:`plain`); before that, everything is sealed.
+        self.peer_open = False
 
     @property
     def phase(self) -> Phase:
@@ -477,6 +402,33 @@ class SecureSession:
         assert self._sender is not None  # OPEN has keys
         return encode_channel(self._sender.seal(kind, plaintext))
 
+    def plain(self, data: bytes) -> tuple[int, bytes]:
+        """A PLAIN payload carrying ``data`` unsealed, and its nonce: only for a direct hop
+        to the peer (the glue decides; the kind tells the peer). ChannelUseError unless the
+        channel is open at both ends (:attr:`peer_open`)."""
+        self._allowed_locally(Local.SEAL)
+        if not self.peer_open:
+            raise ChannelUseError("plain messages wait until the peer is heard open")
+        assert self._sender is not None  # OPEN has keys
+        nonce = self._sender.take_nonce()
+        return nonce, self.plain_at(nonce, data)
+
+    def plain_at(self, nonce: int, data: bytes) -> bytes:
+        """The PLAIN payload of a nonce :meth:`plain` took already (to send it again)."""
+        return encode_channel(Plain(nonce, self._plain_tag, data))
+
+    def reseal(self, nonce: int, data: bytes) -> bytes | None:
+        """The DATA payload a plain message of ``nonce`` would have been, sealed (it is resent
+        on a path that is not a direct hop: a relay must never see it plain); None when that
+        nonce's key is gone (the peer's replay window is past it anyway) or the session is
+        not open."""
+        if self._phase is not Phase.OPEN or self._sender is None:
+            return None
+        try:
+            return encode_channel(self._sender.seal_at(nonce, ChannelKind.DATA, data))
+        except LookupError:
+            return None
+
     def ping(self) -> bytes:
         """A sealed PING: the peer answers with a sealed PONG, proving it holds the session."""
         return self.seal(b"", ChannelKind.PING)
@@ -490,21 +442,23 @@ class SecureSession:
             return encode_channel(self._sender.seal(ChannelKind.CLOSE, reason.encode()[:256]))
         return None
 
-    def receive(self, data: bytes) -> Received:
+    def receive(self, data: bytes, *, direct: bool = False) -> Received:
         """What ``data`` (a channel payload from the peer) produced. ChannelError means the
         channel cannot go on: during the handshake it is then CLOSED (a failed handshake is
-        terminal, and says why); ReplayedMessage only drops the message."""
+        terminal, and says why); ReplayedMessage only drops the message. ``direct``: it came
+        over a hop to the peer itself (the glue knows the hop's authenticated NodeId), the
+        one place a PLAIN payload is taken from; from anywhere else one is a tampering."""
         if self._phase is Phase.CLOSED:
             raise UnexpectedMessage(self.failure or "the channel is closed")
         try:
-            return self._receive(data)
+            return self._receive(data, direct)
         except ChannelError as exc:
             if self.state is State.HANDSHAKING:
                 self._phase = Phase.CLOSED
                 self.failure = f"the handshake failed: {exc.reason}"
             raise
 
-    def _receive(self, data: bytes) -> Received:
+    def _receive(self, data: bytes, direct: bool) -> Received:
         try:
             payload = decode_channel(data)
         except WireError as exc:
@@ -516,6 +470,8 @@ class SecureSession:
             return self._fall_back(payload.reason)
         if isinstance(payload, Handshake):
             return self._handshake(payload)
+        if isinstance(payload, Plain):
+            return self._plain(payload, direct)
         return self._sealed(payload)
 
     # -- handshake --------------------------------------------------------------------
@@ -674,11 +630,28 @@ class SecureSession:
         return hello
 
     def _keys(self) -> None:
+        # Both ends hold the same handshake hash, and no other session does.
+        tag = hashlib.sha256(PLAIN_TAG_LABEL + self._noise.handshake_hash).digest()
+        self._plain_tag = tag[:PLAIN_TAG_SIZE]
         send, receive = self._noise.split()
-        self._sender = _Sender(self._cipher, send)
-        self._receiver = _Receiver(self._cipher, receive)
+        self._sender = SendKeys(self._cipher, send)
+        self._receiver = ReceiveKeys(self._cipher, receive)
 
     # -- transport --------------------------------------------------------------------
+
+    def _plain(self, plain: Plain, direct: bool) -> Received:
+        if not direct:
+            raise ChannelError(
+                "a plain message came over a route that is not a direct hop to the peer "
+                "(tampered with on the route?)"
+            )
+        self._allowed(ChannelKind.PLAIN)  # OPEN only: a plain message opens nothing
+        assert self._receiver is not None  # OPEN has keys
+        if plain.session != self._plain_tag:  # late, from a session before a re-handshake
+            raise ReplayedMessage("a plain message of another session")
+        self._receiver.accept_plain(plain.nonce)
+        self.peer_open = True
+        return Received(plaintext=plain.data, nonce=plain.nonce)
 
     def _sealed(self, sealed: Sealed) -> Received:
         if self._receiver is None:  # no keys yet, and no phase without keys allows one
@@ -688,6 +661,7 @@ class SecureSession:
         plaintext = self._receiver.open(sealed)
         before = self._phase
         self._phase = self._allowed(sealed.kind)
+        self.peer_open = True
         # Opened: an XX initiator by the CONFIRM (or a sealed message that overtook it), an IK
         # responder by any first sealed message.
         opened = self._phase is Phase.OPEN and before is not Phase.OPEN

@@ -146,11 +146,13 @@ def pick_node(
     hint: str | None = None,
     *,
     create: bool = False,
+    seeds: list[str] | None = None,
 ) -> str:
     """The node a command acts on: ``given`` (``NAME`` or ``/node/NAME``); else a node named
     ``hint``; else the only node; else the default node (the first created, or `node default
     NAME`). With ``create``, where there is no node at all, one named ``default`` is created
-    and started (Ockam's implicit default node)."""
+    and started (Ockam's implicit default node), joining through ``seeds`` if given (its
+    listeners then follow them: on all interfaces for seeds on other machines)."""
     home = get_home(ctx)
     if given:
         return existing_node(ctx, given).name
@@ -165,7 +167,7 @@ def pick_node(
     if not names and create:
         from meshkey.node import launcher
 
-        launcher.create_node(home, DEFAULT_NODE, tcp=None, identity=None)
+        launcher.create_node(home, DEFAULT_NODE, tcp=None, identity=None, seeds=seeds)
         launcher.start_node(home, DEFAULT_NODE)
         click.echo(f"Node {DEFAULT_NODE} created and started (there was no node)", err=True)
         return DEFAULT_NODE

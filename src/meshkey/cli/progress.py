@@ -82,9 +82,8 @@ def peer_stage(answer: dict[str, object]) -> str | None:
     """What the node is doing to reach a peer, from its ``peer.progress`` answer."""
     path = answer.get("path")
     if isinstance(path, dict):
-        upgrade = str(path.get("upgrade") or "")
         now = str(path.get("now") or "")
-        if upgrade.startswith(("punching", "punch requested")):
+        if path.get("punching"):
             return f"punching ({now})" if now and now != "no path" else "punching"
         if now and now != "no path":
             return now

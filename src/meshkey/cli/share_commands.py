@@ -12,6 +12,7 @@ a secure channel to it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import click
@@ -200,9 +201,15 @@ def connect(
         ticket.verify()
     except TicketError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from exc
-    node = pick_node(ctx, at, "--at", create=True)
+    hints = [hint.seed_text(ticket.node) for hint in ticket.hints]
+    created = not at and not get_home(ctx).node_names()
+    # A node made for this ticket joins through its hints from the start, so it listens
+    # where they can reach it (all interfaces for hints on other machines).
+    node = pick_node(ctx, at, "--at", create=True, seeds=hints or None)
     with progress("joining the node graph through the ticket's hints"):
-        joined = _join_through(ctx, node, ticket)
+        joined = _wait_joined(ctx, node, hints, timeout) if created else None
+        if joined is None:
+            joined = _join_through(ctx, node, ticket)
     route = f"/peer/{ticket.node}/secure/api/service/{ticket.service}"
     args = {
         "from": listen,
@@ -225,6 +232,20 @@ def connect(
         if record.get("last_error"):
             click.echo(f"warning: {record['last_error']} (clients try again)", err=True)
     emit(output, record, record["address"])
+
+
+def _wait_joined(ctx: click.Context, node: str, hints: list[str], timeout: float) -> list[str]:
+    """A node created for the ticket joins through its hints on its own: wait until it has
+    (within ``timeout``), so the inlet's first lookup finds the sharing node; warn if not."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = str(call(ctx, node, "status", {}, timeout=5)["graph"]["state"])
+        if state == "joined":
+            return hints
+        time.sleep(0.2)
+    click.echo(f"warning: node {node} has not joined the node graph yet: {state}", err=True)
+    return hints
 
 
 def _join_through(ctx: click.Context, node: str, ticket: Ticket) -> list[str]:

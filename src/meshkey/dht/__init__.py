@@ -16,7 +16,7 @@ Sans-IO cores (DESIGN.md decision 9; STYLE.md patterns 1, 2, 5, 7, 8):
 - :mod:`meshkey.dht.budget`  what a dial on another node's say-so costs, each peer's credit
   for them (3x what it sent) and the addresses found dead (DESIGN.md decision 20)
 - :mod:`meshkey.dht.engine`  one node's cores together: join, refresh, publishing — what the
-  daemon and the simulator (``bench/dhtsim.py``) both run; :mod:`meshkey.dht.events` is
+  daemon and the simulator (``tests/natsim/dht.py``) both run; :mod:`meshkey.dht.events` is
   what it emits
 - :mod:`meshkey.dht.maintenance` the upkeep around the engine: the join retried with
   backoff, the reachability checks that decide the mode, publishing the record on change

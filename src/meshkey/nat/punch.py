@@ -1,5 +1,9 @@
 """The punch session: one hole-punching attempt between this node and a peer, sans-IO.
 
+(Over 600 lines on purpose: one machine, whose sub-machines already live in
+:mod:`~meshkey.nat.signalling` and :mod:`~meshkey.nat.probes`; a fifth of it is this
+theory of operation, and its endings and state table read best next to each other.)
+
 Theory of operation
 -------------------
 A punch is signalled end to end over a secure channel (usually through the peer's relay)

@@ -69,6 +69,19 @@ class ReflexiveAddressService:
         self.alternate_port = 0  # 0: no alternate WHOAMI port
         for kind in (ControlKind.WHOAMI_REQUEST, ControlKind.WHOAMI_RESPONSE):
             udp.register_control(kind, self._on_packet)
+        self._asking: dict[Endpoint, set[asyncio.Future[WhoamiResponse]]] = {}
+        udp.unreachable_listeners.append(self._on_unreachable)
+
+    def _on_unreachable(self, destination: Endpoint) -> None:
+        """ICMP said nothing listens where we ask: every question there fails now."""
+        for future in self._asking.get(destination, ()):
+            if not future.done():
+                future.set_exception(
+                    RemoteError(
+                        ErrorCode.UNREACHABLE,
+                        f"nothing listens at {destination[0]}:{destination[1]} (ICMP)",
+                    )
+                )
 
     def open_alternate(self) -> int:
         """Opens the alternate WHOAMI port (one the system picks); returns it, 0 if none
@@ -116,6 +129,8 @@ class ReflexiveAddressService:
         txid = self._rng.randbytes(TXID_SIZE)
         future: asyncio.Future[WhoamiResponse] = loop.create_future()
         self._pending[txid] = future
+        asked: Endpoint = (str(destination[0]), int(destination[1]))
+        self._asking.setdefault(asked, set()).add(future)
         packet = encode_control_packet(WhoamiRequest(txid))
         deadline = loop.time() + timeout
         retransmit = RetrySchedule(
@@ -123,7 +138,7 @@ class ReflexiveAddressService:
         )
         try:
             while True:
-                self.udp.send_control(packet, (str(destination[0]), int(destination[1])))
+                self.udp.send_control(packet, asked)
                 now = loop.time()
                 if now >= deadline:
                     raise RemoteError(
@@ -138,4 +153,9 @@ class ReflexiveAddressService:
                     continue
         finally:
             self._pending.pop(txid, None)
+            waiting = self._asking.get(asked)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._asking[asked]
         return TransportAddress.from_socket("udp", response.host, response.port)

@@ -15,20 +15,19 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from meshkey.dht.peers import PeerNotFoundError
 from meshkey.identity.node_id import NodeId
 from meshkey.node.control import ControlHandler
+from meshkey.node.control_args import control_errors, node_ids_arg, text_arg, timeout_arg
 from meshkey.node.control_client import TICKET_SIGNATURE_CONTEXT, ControlError
 from meshkey.node.core import Node
+from meshkey.node.peer_handlers import PeerHandlers, describe_hops
 from meshkey.node.services import uppercase
 from meshkey.node.state import NodeStateError, parse_listen, resolve_route
 from meshkey.portal.portals import parse_endpoint
-from meshkey.relay.registry import PREFIX as RELAY_PREFIX
 from meshkey.routing.address import (
-    PeerAddress,
     Route,
     RouteError,
     SecureAddress,
@@ -37,17 +36,15 @@ from meshkey.routing.address import (
     parse_address,
     parse_route,
 )
-from meshkey.routing.errors import RemoteError
 from meshkey.routing.message import Message
 from meshkey.routing.router import is_internal_worker
-from meshkey.transport.link import HopLink
 from meshkey.wire.hop import CloseCode
 
 if TYPE_CHECKING:
     from meshkey.node.daemon import Daemon
 
 
-class ControlHandlers:
+class ControlHandlers(PeerHandlers):
     """The operations of a daemon's control API, over its node (see the module)."""
 
     def __init__(self, daemon: Daemon) -> None:
@@ -136,7 +133,7 @@ class ControlHandlers:
             path = described.get("path") or {}
             if path.get("direct"):
                 way.update(
-                    kind="direct", description=path["now"], punched="(punched)" in path["now"]
+                    kind="direct", description=path["now"], punched=bool(path.get("punched"))
                 )
             channels.append({**described, "way": way})
         return {
@@ -150,8 +147,8 @@ class ControlHandlers:
     async def _service_start(self, args: dict[str, Any]) -> dict[str, Any]:
         """Another instance of a built-in service at an address of its own (Ockam's ``service
         start``); not kept across restarts."""
-        kind = _text(args, "kind")
-        address = _text(args, "address").removeprefix("/service/")
+        kind = text_arg(args, "kind")
+        address = text_arg(args, "address").removeprefix("/service/")
         node = self._node
         with control_errors():
             if kind not in STARTABLE_SERVICES:
@@ -175,7 +172,7 @@ class ControlHandlers:
 
     async def _tcp_connection_create(self, args: dict[str, Any]) -> dict[str, Any]:
         """A TCP hop to ``to`` (HOST:PORT, or a /ip4/.../tcp/... address), authenticated."""
-        text = _text(args, "to")
+        text = text_arg(args, "to")
         with control_errors():
             if text.startswith("/"):
                 address = parse_address(text)
@@ -185,7 +182,7 @@ class ControlHandlers:
                 address = TransportAddress.from_socket("tcp", *parse_listen(text))
             link = self._node.tcp.outbound(address)
             try:
-                await asyncio.wait_for(link.settled.wait(), _timeout(args))
+                await asyncio.wait_for(link.settled.wait(), timeout_arg(args))
             except TimeoutError:
                 raise ControlError("timeout", f"no TCP hop to {text} within the timeout") from None
             if not link.core.is_open:
@@ -195,7 +192,7 @@ class ControlHandlers:
         return link.describe()
 
     async def _tcp_connection_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = _text(args, "address")
+        text = text_arg(args, "address")
         with control_errors():
             host, port = parse_listen(text)
         closed = []
@@ -211,7 +208,7 @@ class ControlHandlers:
         """Where reaching a peer stands (for the CLI's progress line): in the graph, a live
         hop to it, the path manager's view."""
         with control_errors():
-            peer = NodeId.parse(_text(args, "node_id"))
+            peer = NodeId.parse(text_arg(args, "node_id"))
         node = self._node
         return {
             "in_graph": node.graph.knows(peer),
@@ -223,7 +220,7 @@ class ControlHandlers:
         """An outlet to ``to`` for ``meshkey share`` (the one shared before, if there is one
         to the same place), and what a ticket may hint at: this node's seeds, the routes of
         its relays, and its own addresses when others can dial it."""
-        to = _text(args, "to")
+        to = text_arg(args, "to")
         node = self._node
         with self._portal_errors():
             host, port = parse_endpoint(to, what="address to share")
@@ -239,7 +236,7 @@ class ControlHandlers:
             if entry is None:
                 name = f"{SHARE_PREFIX}{secrets.token_hex(3)}"
                 entry = await node.create_tcp_outlet(
-                    target, name=name, alias=name, allow=_node_ids(args.get("allow"))
+                    target, name=name, alias=name, allow=node_ids_arg(args.get("allow"))
                 )
         record = node.record_content()
         return {
@@ -261,21 +258,21 @@ class ControlHandlers:
         return {"stopping": True}
 
     async def _message_send(self, args: dict[str, Any]) -> dict[str, Any]:
-        route = _text(args, "route")
+        route = text_arg(args, "route")
         payload = args.get("payload")
         if not isinstance(payload, bytes):
             raise ControlError("invalid", "message.send needs a payload")
         started = time.perf_counter()
         with control_errors():
             try:
-                reply = await self._node.send(route, payload, timeout=_timeout(args))
+                reply = await self._node.send(route, payload, timeout=timeout_arg(args))
             except NodeStateError as exc:
                 # /node/NAME/.../secure/X with NAME stopped: a channel opened through it may
                 # live on (on a direct path); then it carries the message.
                 through = self._through_open_channel(route)
                 if exc.code != "conflict" or through is None:
                     raise
-                reply = await self._node.send(through, payload, timeout=_timeout(args))
+                reply = await self._node.send(through, payload, timeout=timeout_arg(args))
         return {"payload": reply, "elapsed": time.perf_counter() - started}
 
     def _through_open_channel(self, text: str) -> Route | None:
@@ -292,14 +289,14 @@ class ControlHandlers:
         return None
 
     async def _whoami(self, args: dict[str, Any]) -> dict[str, Any]:
-        via = _text(args, "via")
+        via = text_arg(args, "via")
         with control_errors():
-            observed = await self._node.whoami(via, timeout=_timeout(args))
+            observed = await self._node.whoami(via, timeout=timeout_arg(args))
         return {"observed": str(observed), "local": str(self._node.udp.address), "via": via}
 
     async def _relay_create(self, args: dict[str, Any]) -> dict[str, Any]:
         with control_errors():
-            relay = await self._node.create_relay(_text(args, "name"), _text(args, "at"))
+            relay = await self._node.create_relay(text_arg(args, "name"), text_arg(args, "at"))
         return relay.describe()
 
     async def _relay_list(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +315,7 @@ class ControlHandlers:
         }
 
     async def _relay_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _text(args, "name")
+        name = text_arg(args, "name")
         try:
             await self._node.delete_relay(name)
         except KeyError:
@@ -331,16 +328,16 @@ class ControlHandlers:
             raise ControlError("invalid", "via must be a list of UDP addresses")
         with control_errors():
             try:
-                return await self._node.classify_nat(via, timeout=_timeout(args))
+                return await self._node.classify_nat(via, timeout=timeout_arg(args))
             except TimeoutError:
                 raise ControlError("timeout", "the NAT classification did not finish") from None
 
     async def _channel_create(self, args: dict[str, Any]) -> dict[str, Any]:
         with control_errors():
             address = await self._node.create_secure_channel(
-                _text(args, "route"),
-                authorized=_node_ids(args.get("authorized")),
-                timeout=_timeout(args),
+                text_arg(args, "route"),
+                authorized=node_ids_arg(args.get("authorized")),
+                timeout=timeout_arg(args),
                 no_direct=bool(args.get("no_direct")),
             )
         channel = self._node.channels.get(address)
@@ -351,7 +348,7 @@ class ControlHandlers:
         return [self._node.channels.describe(c) for c in self._node.channels.channels()]
 
     async def _channel_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        address = _text(args, "address")
+        address = text_arg(args, "address")
         try:
             await self._node.channels.delete(address)
         except KeyError:
@@ -359,20 +356,20 @@ class ControlHandlers:
         return {"deleted": address}
 
     async def _listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _text(args, "name").removeprefix("/service/")
+        name = text_arg(args, "name").removeprefix("/service/")
         with control_errors():
             if not _SERVICE_NAME.fullmatch(name) or is_internal_worker(name):
                 raise ValueError(f"invalid listener address /service/{name}")
             if self._node.router.has_worker(name):
                 raise ControlError("conflict", f"/service/{name} is already in use on this node")
-            self._node.add_listener(name, _node_ids(args.get("authorized")))
+            self._node.add_listener(name, node_ids_arg(args.get("authorized")))
         return {"address": f"/service/{name}"}
 
     async def _listener_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [listener.describe() for listener in self._node.channels.listeners()]
 
     async def _listener_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _text(args, "name").removeprefix("/service/")
+        name = text_arg(args, "name").removeprefix("/service/")
         try:
             with control_errors():
                 self._node.remove_listener(name)
@@ -383,7 +380,7 @@ class ControlHandlers:
         return {"deleted": f"/service/{name}"}
 
     async def _tcp_listener_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = _text(args, "address")
+        text = text_arg(args, "address")
         with control_errors():
             host, port = parse_listen(text)
             for address in self._node.tcp.listen_addresses:
@@ -414,7 +411,7 @@ class ControlHandlers:
         ]
 
     async def _tcp_listener_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = _text(args, "address")
+        text = text_arg(args, "address")
         with control_errors():
             host, port = parse_listen(text)
         tcp = self._node.tcp
@@ -434,8 +431,8 @@ class ControlHandlers:
         return self._node.tcp.connections()
 
     async def _policy_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        resource = _text(args, "resource").removeprefix("/service/")
-        allow = _node_ids(args.get("allow"))
+        resource = text_arg(args, "resource").removeprefix("/service/")
+        allow = node_ids_arg(args.get("allow"))
         with control_errors():
             if not allow:
                 raise ValueError("a policy needs at least one --allow NODEID")
@@ -454,7 +451,7 @@ class ControlHandlers:
         ]
 
     async def _policy_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        resource = _text(args, "resource").removeprefix("/service/")
+        resource = text_arg(args, "resource").removeprefix("/service/")
         try:
             self._node.delete_policy(resource)
         except KeyError:
@@ -481,10 +478,10 @@ class ControlHandlers:
     async def _tcp_outlet_create(self, args: dict[str, Any]) -> dict[str, Any]:
         with self._portal_errors():
             entry = await self._node.create_tcp_outlet(
-                _text(args, "to"),
+                text_arg(args, "to"),
                 name=str(args.get("name") or "outlet"),
                 alias=args.get("alias") or None,
-                allow=_node_ids(args.get("allow")),
+                allow=node_ids_arg(args.get("allow")),
                 insecure=bool(args.get("insecure")),
             )
         return entry.describe()
@@ -494,18 +491,18 @@ class ControlHandlers:
 
     async def _tcp_outlet_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         with self._portal_errors():
-            entry = await self._node.delete_tcp_outlet(_text(args, "alias"))
+            entry = await self._node.delete_tcp_outlet(text_arg(args, "alias"))
         return {"deleted": entry.alias}
 
     async def _tcp_inlet_create(self, args: dict[str, Any]) -> dict[str, Any]:
         with self._portal_errors():
             entry = await self._node.create_tcp_inlet(
-                _text(args, "from"),
-                route=_text(args, "to"),
-                authorized=_node_ids(args.get("authorized")),
+                text_arg(args, "from"),
+                route=text_arg(args, "to"),
+                authorized=node_ids_arg(args.get("authorized")),
                 alias=args.get("alias") or None,
                 insecure=bool(args.get("insecure")),
-                timeout=_timeout(args),
+                timeout=timeout_arg(args),
             )
         return entry.describe()
 
@@ -514,139 +511,8 @@ class ControlHandlers:
 
     async def _tcp_inlet_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         with self._portal_errors():
-            entry = await self._node.delete_tcp_inlet(_text(args, "alias"))
+            entry = await self._node.delete_tcp_inlet(text_arg(args, "alias"))
         return {"deleted": entry.alias}
-
-    # the node graph
-    async def _peer_add(self, args: dict[str, Any]) -> dict[str, Any]:
-        with control_errors():
-            return await self._node.peers.add(
-                _text(args, "node_id"),
-                _text(args, "address"),
-                force=bool(args.get("force")),
-                ping=not args.get("no_ping"),
-            )
-
-    async def _peer_find(self, args: dict[str, Any]) -> dict[str, Any]:
-        with control_errors():
-            result = await self._node.peers.find(_text(args, "node_id"), timeout=_timeout(args))
-        return result.describe()
-
-    async def _peer_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        graph = self._node.graph
-        return {
-            "node_id": str(self._node.node_id),
-            "mode": graph.mode.name.lower(),
-            "peers": self._node.peers.list(),
-        }
-
-    async def _peer_ping(self, args: dict[str, Any]) -> dict[str, Any]:
-        """One authenticated round trip to the peer's ``echo`` through a secure channel to
-        it (``/peer/NODEID/secure/api``: end to end, over whatever path its traffic takes
-        now), timed with the performance counter (the loop's clock ticks in milliseconds
-        under uvloop); a peer nobody knows is looked up first."""
-        timeout = _timeout(args)
-        with control_errors():
-            peer = NodeId.parse(_text(args, "node_id"))
-            node = self._node
-            if not node.graph.knows(peer) and node.graph.live_link(peer) is None:
-                found = await node.peers.find(peer, timeout=timeout)
-                if not found.found:
-                    raise PeerNotFoundError(
-                        f"peer {peer} not found (the lookup asked {found.stats.nodes_asked} nodes)"
-                    )
-            route = await node.resolve_secure(
-                f"/peer/{peer}/secure/api/service/echo", timeout=timeout
-            )
-            payload = os.urandom(8)
-            started = time.perf_counter()
-            reply = await node.request(
-                Message(route, (), payload), timeout=timeout, describe=f"peer {peer.short()}"
-            )
-            rtt = time.perf_counter() - started
-            if reply.is_error:
-                code, text = reply.error()
-                raise RemoteError(code, text)
-        return {
-            "node_id": str(peer),
-            "success": reply.payload == payload,
-            "rtt_ms": round(rtt * 1000, 3),
-            "path": await self._path_to(peer, route),
-        }
-
-    async def _path_to(self, peer: NodeId, route: tuple[Any, ...]) -> dict[str, Any]:
-        """How traffic to ``peer`` goes now: the path manager's choice if it has one, else
-        the first hop of the channel's route (a hop straight to it, or a relay)."""
-        node = self._node
-        first = route[0] if route else None
-        channel = node.channels.get(first.name) if isinstance(first, ServiceAddress) else None
-        hops = parse_route(node.channels.describe(channel)["route"]) if channel else route
-        if hops and isinstance(hops[0], PeerAddress):  # where /peer/NODEID leads now
-            hops = (*(await node.path_service.resolve_peer(hops[0].node_id) or ()), *hops[1:])
-        described = describe_hops(hops, [*node.udp.links, *node.tcp.links], self._local_name)
-        info = node.path_service.path_info(peer)
-        if info is not None and info["direct"]:  # a direct path under a relayed channel
-            described.update(
-                kind="direct", description=info["now"], punched="(punched)" in info["now"]
-            )
-        return described
-
-    async def _peer_connections(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return self._node.peers.connections()
-
-    async def _peer_remove(self, args: dict[str, Any]) -> dict[str, Any]:
-        node_id = _text(args, "node_id")
-        with control_errors():
-            removed = self._node.peers.remove(node_id)
-        if not removed:
-            raise ControlError("not_found", f"{node_id} is not in this node's graph")
-        return {"removed": node_id}
-
-
-def describe_hops(
-    hops: Sequence[Any],
-    links: Iterable[HopLink],
-    name_of: Callable[[NodeId], str | None] = lambda _: None,
-) -> dict[str, Any]:
-    """A route's way to its far end in words: through a relay (``via relay green
-    (127.0.0.1:4000)``, naming the relay node if it is a local one) or straight there
-    (``direct 127.0.0.1:4000``)."""
-    first = hops[0] if hops else None
-    relay = next(
-        (
-            a.name.removeprefix(RELAY_PREFIX)
-            for a in hops
-            if isinstance(a, ServiceAddress) and a.name.startswith(RELAY_PREFIX)
-        ),
-        None,
-    )
-    transport = remote = None
-    hop_peer: NodeId | None = None
-    if isinstance(first, ServiceAddress):
-        link = next((each for each in links if each.name == first.name), None)
-        if link is not None:
-            transport, remote = link.transport.protocol, "{}:{}".format(*link.remote)
-            hop_peer = link.core.peer
-    elif isinstance(first, TransportAddress):
-        transport, remote = first.protocol, f"{first.host}:{first.port}"
-        hop_peer = first.node_id
-    over = f" over {transport}" if transport == "tcp" else ""
-    relay_node = name_of(hop_peer) if relay and hop_peer is not None else None
-    if relay_node:
-        description = f"via relay {relay_node} ({remote}{over})"
-    elif relay:
-        description = f"via relay {remote}{over}" if remote else f"via relay {relay}"
-    else:
-        description = f"direct {remote}{over}"
-    return {
-        "kind": "relay" if relay else "direct",
-        "description": description,
-        "transport": transport,
-        "remote": remote,
-        "relay": relay,
-        "relay_node": str(hop_peer) if relay and hop_peer is not None else None,
-        "punched": False,
-    }
 
 
 #: The built-in services ``service start KIND`` starts more of.
@@ -660,45 +526,3 @@ _SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 def _echo(payload: bytes) -> bytes:
     return payload
-
-
-def _text(args: dict[str, Any], key: str) -> str:
-    value = args.get(key)
-    if not isinstance(value, str) or not value:
-        raise ControlError("invalid", f"missing {key!r}")
-    return value
-
-
-def _timeout(args: dict[str, Any]) -> float:
-    timeout = args.get("timeout", 10.0)
-    if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        raise ControlError("invalid", "timeout must be between 0 and 3600 seconds")
-    return float(timeout)
-
-
-def _node_ids(values: Any) -> list[NodeId] | None:
-    if not values:
-        return None
-    if not isinstance(values, list):
-        raise ControlError("invalid", "expected a list of NodeIds")
-    try:
-        return [NodeId.parse(str(value)) for value in values]
-    except ValueError as exc:
-        raise ControlError("invalid", str(exc)) from exc
-
-
-@contextlib.contextmanager
-def control_errors() -> Iterator[None]:
-    """Turns the node's typed errors into control errors the CLI maps to exit codes."""
-    try:
-        yield
-    except RouteError as exc:
-        raise ControlError("invalid", str(exc)) from exc
-    except NodeStateError as exc:
-        raise ControlError(exc.code, str(exc)) from exc
-    except RemoteError as exc:
-        raise ControlError(exc.code.name.lower(), exc.text) from exc
-    except PeerNotFoundError as exc:
-        raise ControlError(exc.kind, str(exc)) from exc
-    except ValueError as exc:
-        raise ControlError("conflict" if "already" in str(exc) else "invalid", str(exc)) from exc

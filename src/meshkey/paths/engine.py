@@ -1,6 +1,10 @@
 """A node's paths as one sans-IO core: NAT classification, hole punching and path choice
 (DESIGN.md decisions 10-12), and the decisions that join them.
 
+(Over 600 lines on purpose: the composite that joins classification, punching and path
+choice; each of those is its own module, and what is left here is the decisions between
+them, which a split would scatter again.)
+
 Theory of operation
 -------------------
 :class:`PathEngine` composes three cores and owns what used to be decided in the asyncio glue:
@@ -23,8 +27,8 @@ Inputs return nothing; drain :meth:`PathEngine.commands` (what the glue must do:
 sockets, hop dials, pings, signals) and :meth:`PathEngine.events` (what happened:
 classifications, path switches, punch outcomes), then re-read :meth:`next_deadline`.
 
-A network change (the classifier's :class:`NetworkChanged`) is passed on, and a new
-classification re-sets what punches offer.
+A network change (the classifier's :class:`NetworkChanged`) is passed on, with a PING on
+every UDP hop this node dialled, and a new classification re-sets what punches offer.
 
 Hops are named by the glue's link name (a string, unique per hop), so the engine never holds
 a connection; the glue keeps the one map from names to links.
@@ -172,6 +176,11 @@ class _Hop:
     key: PathKey | None  # the path it is, if it is a path of a relayed peer
     socket: int = 0  # the local socket it lives on (a birthday punch's, or the main one)
     up_at: float = 0.0
+
+
+def _suspect_allowance(srtt: float | None) -> float:
+    """How long a direct path may go unanswered before new traffic passes it over."""
+    return max(SUSPECT_AFTER, 2 * (srtt or 0.0) + 0.3)
 
 
 class PathEngine:
@@ -336,14 +345,34 @@ class PathEngine:
             return None
         if now is not None:
             path = next((p for p in self.paths.paths(peer) if p.key == key), None)
-            if path is not None and path.waiting_since is not None:
-                allowance = max(SUSPECT_AFTER, 2 * (path.srtt or 0.0) + 0.3)
-                if now - path.waiting_since > allowance:
-                    return None
+            if (
+                path is not None
+                and path.waiting_since is not None
+                and now - path.waiting_since > _suspect_allowance(path.srtt)
+            ):
+                return None
         for name, hop in self._hops.items():
             if hop.peer == peer and hop.key == key:
                 return name
         return None
+
+    def on_heard_elsewhere(self, peer: NodeId, link: str | None, now: float) -> None:
+        """Channel traffic from ``peer`` arrived over ``link`` (None: not over a hop of ours
+        to it, e.g. through its relay) while its current path is a direct hop: when that is
+        not the hop it came over, the peer is not reaching us on it, so the path is suspected
+        at once (new traffic takes the relay, and a ping asks whether it is alive) instead of
+        after our own sends go unanswered (issue 18: a path broken toward us)."""
+        current = self.hop_link(peer)
+        if current is None or link == current:
+            return
+        key = self.paths.current_path(peer)
+        path = next((p for p in self.paths.paths(peer) if p.key == key), None)
+        if path is None:
+            return
+        # Just past the allowance, so hop_link passes the path over from this instant.
+        unanswered = _suspect_allowance(path.srtt) + 0.001
+        self.paths.suspect_current(peer, now, unanswered_for=unanswered)
+        self._drain_cores(now)
 
     # -- punch packets ------------------------------------------------------------------
 
@@ -554,6 +583,12 @@ class PathEngine:
         self._commands.extend(self.nat.commands())
         for event in self.nat.events():
             self._events.append(event)
+            if isinstance(event, NetworkChanged):
+                # Every UDP hop this node dialled: a PING from the new address lets its peer
+                # move the connection there (QUIC migration) or shows at once it is gone.
+                for name, hop in self._hops.items():
+                    if hop.outbound and hop.transport == "udp":
+                        self._commands.append(PingHop(name, self.rng.getrandbits(64)))
             if isinstance(event, NatClassified):
                 self._update_local()
                 waiting, self._deferred_punches = self._deferred_punches, set()

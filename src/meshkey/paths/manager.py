@@ -1,6 +1,10 @@
 """The path manager: every peer's paths, which one carries its traffic, and when to look for
 a better one (DESIGN.md decision 12). Sans-IO.
 
+(Over 600 lines on purpose: one machine, the per-peer path choice, whose rules (probe,
+validate, fail, reselect, upgrade) read best together; its commands, events and reports are
+the small dataclasses above it, and the path itself is :mod:`~meshkey.paths.path`.)
+
 Theory of operation
 -------------------
 For each peer the manager keeps :class:`~meshkey.paths.path.Path` objects (a relay route,
@@ -192,7 +196,8 @@ class PeerReport:
     switch_reason: SwitchReason | None
     previous: PathKey | None
     no_direct: bool
-    punch: str  # what the last upgrade attempt did, or why none is made
+    punch: str  # what the last upgrade attempt did, or why none is made (for people)
+    punching: bool  # a punch is asked for or under way now
     next_upgrade_at: float | None
     paths: tuple[PathReport, ...]
 
@@ -373,6 +378,23 @@ class PathManager:
         path.record_received(size, now, answers=not suspect)
         self._service(state, now)
 
+    def suspect_current(self, peer: NodeId, now: float, *, unanswered_for: float) -> None:
+        """Evidence that ``peer``'s current direct path is broken toward the peer (its traffic
+        came another way): treat the path as unanswered for ``unanswered_for`` already, so it
+        is under suspicion now and pinged at once. A PONG clears it (the other way was only a
+        straggler); silence makes it dead ``dead_after`` after that."""
+        state = self._peers.get(peer)
+        path = state.paths.get(state.current) if state and state.current else None
+        if state is None or path is None or not path.key.kind.is_direct:
+            return
+        if path.state is not PathState.VALIDATED:
+            return
+        since = now - unanswered_for
+        if path.waiting_since is None or path.waiting_since > since:
+            path.waiting_since = since
+        path.next_probe_at = now
+        self._service(state, now)
+
     def on_pong(self, peer: NodeId, key: PathKey, token: int, now: float) -> None:
         state = self._peers.get(peer)
         path = state.paths.get(key) if state else None
@@ -486,6 +508,7 @@ class PathManager:
             state.previous,
             state.no_direct,
             state.punch_status,
+            state.punching_since is not None,
             state.upgrade_at,
             tuple(
                 PathReport(

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from meshkey.timing import RttEstimate
 from meshkey.wire.net import Endpoint
 
 MAX_OUTSTANDING = 8  # probe tokens remembered per path; the oldest is forgotten first
@@ -75,9 +76,7 @@ class Path:
     validated_at: float | None = None
     failed_at: float | None = None
     failure: str = ""
-    srtt: float | None = None
-    rttvar: float = 0.0
-    rtt_samples: int = 0
+    rtt: RttEstimate = field(default_factory=RttEstimate)
     last_pong: float | None = None
     last_received: float | None = None
     last_sent: float | None = None
@@ -120,14 +119,12 @@ class Path:
             del self.outstanding[next(iter(self.outstanding))]
         self.outstanding[token] = now
 
+    @property
+    def srtt(self) -> float | None:
+        return self.rtt.srtt
+
     def rtt_sample(self, rtt: float) -> None:
-        rtt = max(rtt, 0.0)
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rtt_samples += 1
+        self.rtt.add(rtt)
 
     def fail(self, reason: str, now: float) -> None:
         self.state = PathState.FAILED

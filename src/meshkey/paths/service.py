@@ -49,6 +49,7 @@ from meshkey.paths.engine import (
     SendPathSignal,
 )
 from meshkey.paths.manager import CloseSocket, PathConfig, PathSwitched
+from meshkey.paths.path import PathKind
 from meshkey.paths.resolution import PeerResolution
 from meshkey.paths.resolver import PeerResolver
 from meshkey.routing.address import (
@@ -300,6 +301,16 @@ class PathService(PeerResolution):
         self.engine.channel_closed(peer, address, self.now())
         self.wake()
 
+    def heard_from(self, peer: NodeId, worker: str | None) -> None:
+        """A channel message from ``peer`` arrived over the hop link ``worker`` (its return
+        route's first hop; None if it came some other way): if that is not our current
+        direct hop to it, the engine suspects the hop (see ``on_heard_elsewhere``)."""
+        current = self.engine.hop_link(peer)
+        if current is None or current == worker:
+            return
+        self.engine.on_heard_elsewhere(peer, worker, self.now())
+        self.wake()
+
     def direct_route(self, peer: NodeId) -> Route | None:
         name = self.engine.hop_link(peer, self.now())
         link = self._links.get(name) if name is not None else None
@@ -321,6 +332,8 @@ class PathService(PeerResolution):
         return {
             "now": report.description,
             "direct": bool(report.current and report.current.kind.is_direct),
+            "punched": bool(report.current and report.current.kind is PathKind.PUNCHED),
+            "punching": report.punching,
             "rtt_ms": round(report.rtt * 1000, 2) if report.rtt is not None else None,
             "switched_at": self._wall(report.switched_at),
             "switch_reason": report.switch_reason.value if report.switch_reason else None,
@@ -432,12 +445,7 @@ class PathService(PeerResolution):
                 for callback in list(self.network_listeners):
                     callback()
         elif isinstance(event, NetworkChanged):
-            log.info("network.changed", reason=event.reason)
-            # Every hop this node dialled: a PING from the new address lets its peer move the
-            # connection there (QUIC migration) or shows at once that it is gone.
-            for link in self.udp.links:
-                if link.direction == "outbound" and not link.closed:
-                    link.ping(self.rng.getrandbits(64))
+            log.info("network.changed", reason=event.reason)  # the engine pings the hops
         elif isinstance(event, PathSwitched):
             log.info(
                 "path.switched",

@@ -36,9 +36,10 @@ from typing import Any
 from meshkey.channel.manager import ChannelState, SecureChannels
 from meshkey.log import EventLogger
 from meshkey.portal.budget import PortalBudget
-from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd
+from meshkey.portal.driver import MuxDriver, PortalCounters
 from meshkey.portal.mux import MAX_SESSIONS
 from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, SessionLimits
+from meshkey.portal.socket_end import SocketEnd
 from meshkey.retry import RetrySchedule
 from meshkey.routing.address import (
     NodeNameAddress,

@@ -33,9 +33,10 @@ from typing import Any
 from meshkey.identity.node_id import NodeId
 from meshkey.log import EventLogger
 from meshkey.portal.budget import PortalBudget
-from meshkey.portal.driver import MuxDriver, PortalCounters, SocketEnd, is_portal_worker
+from meshkey.portal.driver import MuxDriver, PortalCounters, is_portal_worker
 from meshkey.portal.mux import MAX_SESSIONS, ROUTE_SESSION
 from meshkey.portal.session import DEFAULT_LIMITS, PortalLocalError, Role, SessionLimits
+from meshkey.portal.socket_end import SocketEnd
 from meshkey.routing.address import Address, ServiceAddress
 from meshkey.routing.message import Message
 from meshkey.routing.router import Router

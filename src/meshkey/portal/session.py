@@ -1,5 +1,9 @@
 """One portal session, sans-IO: a TCP connection's bytes, both ways, over an unreliable path.
 
+(Over 600 lines on purpose: one machine whose halves already live in
+:mod:`~meshkey.portal.send_half` and :mod:`~meshkey.portal.receive_half`; an eighth of it is
+this theory of operation.)
+
 One TCP connection is one session between an **opener** (the inlet's side, which allocates
 the session id) and an **acceptor** (the outlet's side, which connects to the TCP server).
 The core takes the application's bytes and the peer's frames (:mod:`meshkey.wire.portal`)

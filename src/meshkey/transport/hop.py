@@ -178,10 +178,12 @@ class PeerClosed:
 
 @dataclass(frozen=True, slots=True)
 class HopFailed:
-    """The peer broke the protocol or authentication; the hop is closed (CLOSE queued)."""
+    """The peer broke the protocol or authentication, or (``timed_out``) never finished
+    authenticating in time; the hop is closed (CLOSE queued)."""
 
     code: CloseCode
     reason: str
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +347,8 @@ class HopConnection:
         """Events due at ``now``; then drain :meth:`chunks_to_send`, re-read the deadline."""
         if self.state is State.AUTHENTICATING:
             if now >= self._auth_deadline:
-                return [self._failed(CloseCode.AUTH_FAILED, "authentication timed out")]
+                self.close(CloseCode.AUTH_FAILED, "authentication timed out")
+                return [HopFailed(CloseCode.AUTH_FAILED, "authentication timed out", True)]
             return []
         if self.phase is not Phase.OPEN:
             return []

@@ -1,5 +1,9 @@
 """Hop links: what every transport does once it has an encrypted byte pipe to a peer.
 
+(Over 600 lines on purpose: :class:`HopLink` is the one glue every transport's links share
+(two thirds of the file), beside the :class:`LinkTransport` they live in; the hop protocol
+itself is the sans-IO :mod:`~meshkey.transport.hop`.)
+
 A :class:`HopLink` drives the sans-IO hop protocol (authentication, frames, liveness) over a
 pipe its subclass provides (a TLS stream for TCP, a QUIC stream for UDP), registers itself
 as a worker so replies return over the link a request came in on, batches outgoing messages,
@@ -456,7 +460,7 @@ class HopLink:
                 await self.close(CloseCode.NORMAL, f"peer closed: {event.reason or event.code}")
             elif isinstance(event, HopFailed):
                 if self.core.peer is None:
-                    await self._refuse(event.reason)
+                    await self._refuse(event.reason, timed_out=event.timed_out)
                 else:
                     log.warning("hop.protocol_error", peer=self.core.peer, reason=event.reason)
                     await self.close(event.code, event.reason)
@@ -590,7 +594,9 @@ class HopLink:
             self._flush()
         self._rearm()
 
-    async def _refuse(self, reason: str) -> None:
+    async def _refuse(self, reason: str, *, timed_out: bool = False) -> None:
+        """The peer could not be authenticated: what waited for the hop fails, with TIMEOUT
+        when the peer never answered in time (a lossy or silent path, not a refusal)."""
         log.warning(
             "hop.refused",
             transport=self.transport.protocol,
@@ -601,9 +607,8 @@ class HopLink:
         self.transport.emit(
             HopRefused(self.transport.protocol, self.remote, self.direction, reason)
         )
-        await self.close(
-            CloseCode.AUTH_FAILED, reason, ErrorCode.AUTH_FAILED, public="hop authentication failed"
-        )
+        error = ErrorCode.TIMEOUT if timed_out else ErrorCode.AUTH_FAILED
+        await self.close(CloseCode.AUTH_FAILED, reason, error, public="hop authentication failed")
 
     async def close(
         self,

@@ -133,6 +133,8 @@ class QuicTransport(LinkTransport):
             ControlKind.STALE: self._on_nudge,
             ControlKind.RESTARTED: self._on_nudge,
         }
+        #: Told of every ICMP error for a destination (control packets have no link).
+        self.unreachable_listeners: list[Callable[[Endpoint], None]] = []
 
     # -- configuration ----------------------------------------------------------------
 
@@ -451,6 +453,8 @@ class QuicTransport(LinkTransport):
 
     def _on_unreachable(self, destination: Endpoint, original: bytes) -> None:
         """An ICMP error came back for ``original``, a datagram we sent to ``destination``."""
+        for listener in list(self.unreachable_listeners):
+            listener(destination)
         for link in list(self.links):
             if isinstance(link, QuicLink) and link.remote == destination:
                 link.unreachable(original)

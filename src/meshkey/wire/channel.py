@@ -5,7 +5,14 @@
 kinds: HELLO, HELLO_REPLY, FINISH carry Noise XX handshake messages, IK_HELLO and IK_REPLY
 Noise IK's two (the initiator knew the responder's static key); CONFIRM, DATA, CLOSE, PING and
 PONG carry ``u64 nonce | AEAD ciphertext`` (PING/PONG: the channel's own liveness, authentic
-and replay-protected like data, so no node on the route can fake an answer); REFUSE and USE_XX
+and replay-protected like data, so no node on the route can fake an answer); PLAIN carries
+``u64 nonce | 8-byte session tag | data``: a DATA message not sealed again, sent only on a
+direct hop between the channel's two nodes (a hop that is already mutually authenticated and
+encrypted end to end, DESIGN decision 19), its nonce taken from the same sequence as sealed
+messages', so replay and order rules stay the channel's, and its tag naming the session (from
+the handshake hash), so a late one from an earlier session is not taken for this one's; the
+receiver accepts one only from such a hop (the kind says it is not sealed: neither side
+infers it from the path); REFUSE and USE_XX
 carry a plaintext reason. REFUSE says the handshake is over; USE_XX, a listener's answer to an
 IK_HELLO it cannot use (it does not hold the static key the initiator encrypted to: a stale
 record, a rotated key; or the message was a replay), asks the initiator to start again with XX.
@@ -27,6 +34,7 @@ opaque here) is what the layer above has the handshake carry, e.g. a punch's can
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 from meshkey.wire.errors import MalformedError, OversizeError, UnsupportedVersionError
@@ -34,6 +42,7 @@ from meshkey.wire.reader import Reader, u16, u64
 
 CHANNEL_VERSION = 1
 MAX_REASON = 512
+PLAIN_TAG_SIZE = 8
 #: Opaque early data one handshake message may carry, each way.
 MAX_EARLY_DATA = 1024
 #: The longest handshake message: XX's second or IK's first (ephemeral 32, encrypted static
@@ -54,11 +63,14 @@ class ChannelKind(enum.IntEnum):
     IK_HELLO = 10
     IK_REPLY = 11
     USE_XX = 12
+    PLAIN = 13
 
 
 _SEALED = frozenset(
     {ChannelKind.CONFIRM, ChannelKind.DATA, ChannelKind.CLOSE, ChannelKind.PING, ChannelKind.PONG}
 )
+_NONCED = _SEALED | {ChannelKind.PLAIN}
+_SEALED_HEADER = struct.Struct("!BBQ")  # version, kind, nonce
 _HANDSHAKE = frozenset(
     {
         ChannelKind.HELLO,
@@ -80,7 +92,19 @@ class Handshake:
 class Sealed:
     kind: ChannelKind
     nonce: int
-    ciphertext: bytes
+    #: Decoded: a view into the received payload (the AEAD reads it in place; a payload of a
+    #: MiB is not copied only to be decrypted into another).
+    ciphertext: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """DATA not sealed again, on a direct hop between the channel's two nodes."""
+
+    nonce: int
+    session: bytes  # PLAIN_TAG_SIZE bytes naming the channel's session
+    #: Decoded: a view into the received payload, as a sealed message's ciphertext.
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +119,7 @@ class UseXX:
     reason: str
 
 
-ChannelPayload = Handshake | Sealed | Refuse | UseXX
+ChannelPayload = Handshake | Sealed | Plain | Refuse | UseXX
 
 
 def encode_channel(payload: ChannelPayload) -> bytes:
@@ -105,6 +129,10 @@ def encode_channel(payload: ChannelPayload) -> bytes:
             return header + bytes([kind]) + noise
         case Sealed(kind, nonce, ciphertext):
             return header + bytes([kind]) + u64(nonce) + ciphertext
+        case Plain(nonce, session, data):
+            if len(session) != PLAIN_TAG_SIZE:
+                raise ValueError(f"a session tag is {PLAIN_TAG_SIZE} bytes")
+            return header + bytes([ChannelKind.PLAIN]) + u64(nonce) + session + data
         case Refuse(reason):
             return header + bytes([ChannelKind.REFUSE]) + reason.encode()[:MAX_REASON]
         case UseXX(reason):
@@ -124,6 +152,14 @@ def peek_kind(data: bytes) -> ChannelKind | None:
 
 
 def decode_channel(data: bytes) -> ChannelPayload:
+    if len(data) >= _SEALED_HEADER.size and data[0] == CHANNEL_VERSION and data[1] in _NONCED:
+        # The bulk path, without a Reader: one struct read, the ciphertext (or data) a view.
+        _, kind, nonce = _SEALED_HEADER.unpack_from(data)
+        rest = memoryview(data)[_SEALED_HEADER.size :]
+        if kind != ChannelKind.PLAIN:
+            return Sealed(ChannelKind(kind), nonce, rest)
+        if len(rest) >= PLAIN_TAG_SIZE:
+            return Plain(nonce, bytes(rest[:PLAIN_TAG_SIZE]), rest[PLAIN_TAG_SIZE:])
     reader = Reader(data, "channel payload")
     version = reader.u8()
     if version != CHANNEL_VERSION:
@@ -139,6 +175,8 @@ def decode_channel(data: bytes) -> ChannelPayload:
         return Handshake(kind, reader.rest())
     if kind in _SEALED:
         return Sealed(kind, reader.u64(), reader.rest())
+    if kind is ChannelKind.PLAIN:
+        return Plain(reader.u64(), reader.take(PLAIN_TAG_SIZE), reader.rest())
     if reader.remaining > MAX_REASON:
         raise OversizeError("refusal reason too long")
     reason = reader.rest().decode("utf-8", errors="replace")

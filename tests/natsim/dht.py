@@ -1,8 +1,13 @@
-"""An in-process, deterministic DHT network: the daemon's sans-IO engine on a fake network.
+"""The node graph in the simulator: the daemon's sans-IO engine on a fake network.
 
 Every simulated node is a :class:`meshkey.dht.engine.DhtEngine`, the very object the daemon
-runs; only the network and the clock are fake. One event queue (a heap ordered by time, then
-by insertion) drives everything, so a run with the same seed is the same run.
+runs; only the network and the clock are fake. The clock is the package's one
+:class:`~tests.natsim.net.SimNet` (its event queue, its seeded rng), and each node follows
+its engine's deadline with the daemon's own :class:`~meshkey.timing.DeadlineTimer` on that
+clock, so a run with the same seed is the same run, and a DHT network can share one
+simulation with path and portal scenarios (pass ``net``). The glue here is
+:class:`~meshkey.dht.service.DhtService`'s mapping: requests out, answers and failures in,
+``HopAuthenticated`` as ``on_authenticated``; what it does *not* drive is listed at the end.
 
 - **Links.** Each node has an access latency drawn once from ``latency``; the one-way delay
   between two nodes is the sum of theirs (so some pairs are near, some far). ``loss`` loses
@@ -26,18 +31,23 @@ by insertion) drives everything, so a run with the same seed is the same run.
 
 :func:`forged_entries` counts the table entries, over all live nodes, whose NodeId does not
 live at the address recorded: the target is 0.
+
+Not simulated (the daemon decides these in its asyncio glue or in cores this module does not
+drive): the upkeep core (:class:`~meshkey.dht.maintenance.Maintenance`: join retries,
+reachability checks, publishing on change; nodes here join with ``engine.join`` and have a
+fixed mode), the way a dial-back is carried out (:meth:`meshkey.dht.hops.DhtHops.dial_back`:
+here it succeeds exactly when the asker is alive and reachable), and a punched hop counted
+as inbound (``DhtService.on_transport_event``).
 """
 
 from __future__ import annotations
 
 import bisect
-import heapq
-import itertools
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -54,6 +64,7 @@ from meshkey.dht.lookup import LookupDone, LookupKind
 from meshkey.dht.records import RecordContent, sign_record
 from meshkey.identity.keys import Identity
 from meshkey.identity.node_id import NodeId
+from meshkey.timing import DeadlineTimer
 from meshkey.wire.dht import (
     Answer,
     DialBackResult,
@@ -65,6 +76,7 @@ from meshkey.wire.dht import (
     WireContact,
 )
 from meshkey.wire.net import Endpoint
+from tests.natsim.net import SimNet
 
 START = 1000.0
 WALL_OFFSET = 1.7e9  # simulated wall clock = monotonic + this (records carry unix expiries)
@@ -75,7 +87,7 @@ def identity_from_seed(rng: random.Random) -> Identity:
 
 
 @dataclass(eq=False)
-class SimNode:
+class DhtNode:
     index: int
     identity: Identity
     address: Endpoint
@@ -84,8 +96,7 @@ class SimNode:
     alive: bool = True
     poisoner: bool = False
     reachable: bool = True
-    timer_at: float | None = None
-    timer_version: int = 0
+    timer: DeadlineTimer | None = None  # follows the engine's deadline (set by the network)
     results: dict[int, LookupDone] = field(default_factory=dict)
 
     @property
@@ -93,7 +104,10 @@ class SimNode:
         return self.identity.node_id
 
 
-class SimNet:
+class DhtNetwork:
+    """DHT nodes on the simulator's clock. ``net``: the simulation to join (its clock and
+    rng), else a new one seeded with ``seed`` and starting at :data:`START`."""
+
     def __init__(
         self,
         seed: int = 1,
@@ -102,28 +116,31 @@ class SimNet:
         loss: float = 0.0,
         k: int = 20,
         alpha: int = 3,
+        net: SimNet | None = None,
     ) -> None:
-        self.rng = random.Random(seed)
+        self.net = net or SimNet(seed, start=START)
+        self.rng = self.net.rng
         self.latency = latency
         self.loss = loss
         self.k = k
         self.alpha = alpha
-        self.now = START
-        self.nodes: list[SimNode] = []
-        self.by_address: dict[Endpoint, SimNode] = {}
-        self.by_id: dict[NodeId, SimNode] = {}
-        self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
-        self._sequence = itertools.count()
+        self.nodes: list[DhtNode] = []
+        self.by_address: dict[Endpoint, DhtNode] = {}
+        self.by_id: dict[NodeId, DhtNode] = {}
         self.delivered = 0
         self.dropped = 0
         self.auth_failures = 0
         self.published: dict[NodeId, int] = {}
 
+    @property
+    def now(self) -> float:
+        return self.net.now
+
     # -- building -----------------------------------------------------------------------
 
     def add_node(
         self, *, poisoner: bool = False, reachable: bool = True, host: str | None = None
-    ) -> SimNode:
+    ) -> DhtNode:
         """A node at an address of its own (a /24 of its own), or on ``host`` (a port each)."""
         index = len(self.nodes)
         identity = identity_from_seed(self.rng)
@@ -141,7 +158,8 @@ class SimNet:
             mode=Mode.SERVER if reachable else Mode.CLIENT,
             wall_offset=WALL_OFFSET,
         )
-        node = SimNode(index, identity, address, engine, self.rng.uniform(*self.latency))
+        node = DhtNode(index, identity, address, engine, self.rng.uniform(*self.latency))
+        node.timer = self.net.timer(functools.partial(self._fire, node))
         node.poisoner = poisoner
         node.reachable = reachable
         self.nodes.append(node)
@@ -214,7 +232,7 @@ class SimNet:
             node.engine.events()
             self._service(node)
 
-    def add_sybils(self, count: int, host: str, *, seeds: int = 2) -> list[SimNode]:
+    def add_sybils(self, count: int, host: str, *, seeds: int = 2) -> list[DhtNode]:
         """``count`` identities on one host join through the protocol (and so dial into
         whatever their lookups visit, claiming to be servers)."""
         living = [n for n in self.nodes if n.alive and n.reachable]
@@ -226,7 +244,7 @@ class SimNet:
         self.run_until(lambda: all(n.engine.phase == Phase.READY for n in sybils), 600)
         return sybils
 
-    def kill(self, fraction: float, *, keep: Iterable[SimNode] = ()) -> list[SimNode]:
+    def kill(self, fraction: float, *, keep: Iterable[DhtNode] = ()) -> list[DhtNode]:
         """Kills ``fraction`` of the live nodes at once, without warning."""
         kept = set(keep)
         living = [n for n in self.nodes if n.alive and n not in kept]
@@ -235,40 +253,24 @@ class SimNet:
             node.alive = False
         return victims
 
-    def living(self) -> list[SimNode]:
+    def living(self) -> list[DhtNode]:
         return [n for n in self.nodes if n.alive]
 
     # -- running ------------------------------------------------------------------------
 
-    def at(self, when: float, function: Callable[..., None], *args: Any) -> None:
-        heapq.heappush(self._queue, (when, next(self._sequence), function, args))
-
-    def step(self) -> bool:
-        if not self._queue:
-            return False
-        when, _, function, args = heapq.heappop(self._queue)
-        self.now = max(self.now, when)
-        function(*args)
-        return True
+    def at(self, when: float, function: Callable[..., None], *args: object) -> None:
+        self.net.call_at(when, function, *args)
 
     def run_until(self, predicate: Callable[[], bool], limit: float) -> bool:
-        deadline = self.now + limit
-        while not predicate():
-            if not self._queue or self._queue[0][0] > deadline:
-                self.now = max(self.now, min(deadline, self._queue[0][0] if self._queue else 0))
-                return predicate()
-            self.step()
-        return True
+        """Runs the simulation until ``predicate()``, for at most ``limit`` more seconds."""
+        return self.net.run_until(predicate, self.net.now + limit)
 
     def run_for(self, seconds: float) -> None:
-        deadline = self.now + seconds
-        while self._queue and self._queue[0][0] <= deadline:
-            self.step()
-        self.now = deadline
+        self.net.run_for(seconds)
 
     def lookup(
         self,
-        source: SimNode,
+        source: DhtNode,
         target: NodeId,
         *,
         kind: LookupKind = LookupKind.FIND_NODE,
@@ -283,7 +285,7 @@ class SimNet:
         self.run_until(lambda: lookup_id in source.results, limit)
         return source.results.pop(lookup_id)
 
-    def publish(self, node: SimNode, limit: float = 120.0) -> None:
+    def publish(self, node: DhtNode, limit: float = 120.0) -> None:
         node.engine.publish(RecordContent(direct=(node.address,)), self.now)
         self._service(node)
         sequence = node.engine.publisher.sequence
@@ -291,7 +293,7 @@ class SimNet:
 
     # -- the network --------------------------------------------------------------------
 
-    def _service(self, node: SimNode) -> None:
+    def _service(self, node: DhtNode) -> None:
         """Drains a node's commands and events and re-arms its timer (pattern 1)."""
         engine = node.engine
         for command in engine.commands():
@@ -302,21 +304,16 @@ class SimNet:
                 node.results[event.lookup_id] = event.result
             elif isinstance(event, Published):
                 self.published[node.node_id] = event.sequence
-        deadline = engine.next_deadline()
-        if deadline != node.timer_at:
-            node.timer_at = deadline
-            node.timer_version += 1
-            if deadline is not None:
-                self.at(max(deadline, self.now), self._fire, node, node.timer_version)
+        assert node.timer is not None
+        node.timer.follow(engine.next_deadline())
 
-    def _fire(self, node: SimNode, version: int) -> None:
-        if version != node.timer_version or not node.alive:
-            return
-        node.timer_at = None
-        node.engine.on_timer(self.now)
+    def _fire(self, node: DhtNode, now: float) -> None:
+        if not node.alive:
+            return  # a dead node's timer is silent, as its process is
+        node.engine.on_timer(now)
         self._service(node)
 
-    def _delay(self, a: SimNode, b: SimNode) -> float:
+    def _delay(self, a: DhtNode, b: DhtNode) -> float:
         return a.latency + b.latency
 
     def _transit(self, delay: float) -> float:
@@ -327,7 +324,7 @@ class SimNet:
             total += 3 * delay
         return total
 
-    def _send(self, source: SimNode, command: SendRequest) -> None:
+    def _send(self, source: DhtNode, command: SendRequest) -> None:
         if not source.alive:
             return
         target = self.by_address.get(command.address)
@@ -345,19 +342,19 @@ class SimNet:
             return  # a NAT drops an unsolicited dial: silence
         self.at(self.now + self._transit(delay), self._arrive, source, target, command)
 
-    def _give_up(self, source: SimNode, command: SendRequest) -> None:
+    def _give_up(self, source: DhtNode, command: SendRequest) -> None:
         """A dial on someone's say-so that nothing answers is closed after its patience, as
         the daemon's glue does (``dial_timeout``): the engine hears the failure then."""
         if command.dial_timeout is not None:
             when = self.now + command.dial_timeout
             self.at(when, self._failed, source, command.txid, False)
 
-    def _failed(self, source: SimNode, txid: bytes, refused: bool = True) -> None:
+    def _failed(self, source: DhtNode, txid: bytes, refused: bool = True) -> None:
         if source.alive:
             source.engine.on_failure(txid, self.now, refused=refused)
             self._service(source)
 
-    def _arrive(self, source: SimNode, target: SimNode, command: SendRequest) -> None:
+    def _arrive(self, source: DhtNode, target: DhtNode, command: SendRequest) -> None:
         if not target.alive:
             return
         engine = target.engine
@@ -374,7 +371,7 @@ class SimNet:
         self.at(back, self._answered, source, target, command, answer)
 
     def _answered(
-        self, source: SimNode, target: SimNode, command: SendRequest, answer: Answer
+        self, source: DhtNode, target: DhtNode, command: SendRequest, answer: Answer
     ) -> None:
         if not source.alive:
             return
@@ -383,7 +380,7 @@ class SimNet:
         engine.on_answer(command.txid, target.node_id, answer, self.now)
         self._service(source)
 
-    def _dial_back(self, dialer: SimNode, job: DialBackJob) -> None:
+    def _dial_back(self, dialer: DhtNode, job: DialBackJob) -> None:
         requester = self.by_id.get(job.peer)
         ok = requester is not None and requester.alive and requester.reachable
         if requester is None:
@@ -395,7 +392,7 @@ class SimNet:
 
     # -- poison -------------------------------------------------------------------------
 
-    def _forge(self, poisoner: SimNode, command: SendRequest, answer: Answer) -> Answer:
+    def _forge(self, poisoner: DhtNode, command: SendRequest, answer: Answer) -> Answer:
         request = command.request
         if not isinstance(request, FindNode | FindValue):
             return answer
@@ -431,7 +428,7 @@ class SimNet:
         return Value(request.txid, Mode.SERVER, None, contacts)
 
 
-def sybil_clustering(net: SimNet, sybils: list[SimNode], asks: int = 200) -> dict[str, int]:
+def sybil_clustering(net: DhtNetwork, sybils: list[DhtNode], asks: int = 200) -> dict[str, int]:
     """Over every other live node: the most places the ``sybils`` (one host) took in one
     bucket and in one table, and in one FIND_NODE answer of ``asks`` random ones."""
     ids = {s.node_id for s in sybils}
@@ -463,7 +460,7 @@ def sybil_clustering(net: SimNet, sybils: list[SimNode], asks: int = 200) -> dic
     }
 
 
-def forged_entries(net: SimNet) -> int:
+def forged_entries(net: DhtNetwork) -> int:
     """Table entries (over all live nodes) whose NodeId does not live at the recorded address."""
     count = 0
     for node in net.nodes:
@@ -499,19 +496,19 @@ class LookupReport:
         }
 
 
-def true_closest(net: SimNet, target: NodeId, pool: list[SimNode]) -> NodeId:
+def true_closest(net: DhtNetwork, target: NodeId, pool: list[DhtNode]) -> NodeId:
     goal = int.from_bytes(target.raw, "big")
     return min(pool, key=lambda n: int.from_bytes(n.node_id.raw, "big") ^ goal).node_id
 
 
 def run_lookups(
-    net: SimNet,
+    net: DhtNetwork,
     count: int,
     *,
     stop_at_target: bool = False,
     random_keys: bool = False,
-    sources: list[SimNode] | None = None,
-    targets: list[SimNode] | None = None,
+    sources: list[DhtNode] | None = None,
+    targets: list[DhtNode] | None = None,
 ) -> LookupReport:
     """``count`` lookups from random live nodes. For random live nodes' ids, success = the
     target itself answered; with ``random_keys`` (ids nobody has), success = the first
