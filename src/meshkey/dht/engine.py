@@ -1,6 +1,11 @@
 """The node graph's sans-IO engine: one object per node that the daemon and the simulator
 both drive.
 
+(Over 600 lines on purpose: the composite that joins the node graph's sub-machines, each in
+its own module (:mod:`~meshkey.dht.transactions`, :mod:`~meshkey.dht.responder`,
+:mod:`~meshkey.dht.lookups`, :mod:`~meshkey.dht.rounds`, :mod:`~meshkey.dht.maintenance`);
+what is left is the routing between them and the budgets that bound what peers cause.)
+
 Theory of operation
 -------------------
 The engine composes the cores — :class:`~meshkey.dht.table.RoutingTable`,

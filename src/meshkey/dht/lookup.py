@@ -1,5 +1,8 @@
 """The iterative lookup: Kademlia's node (and value) search as a sans-IO state machine.
 
+(Just over 600 lines: one machine, the iterative lookup, with its theory of operation and
+its record-keeping rules (the highest sequence among answers in flight) side by side.)
+
 Theory of operation
 -------------------
 A lookup for ``target`` starts from the closest servers of this node's table and keeps a

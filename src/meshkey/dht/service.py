@@ -1,5 +1,8 @@
 """The node graph's asyncio glue: the engine and its upkeep on real hops, timers, persistence.
 
+(Over 600 lines on purpose: the one asyncio glue of the node graph, for its engine, its
+upkeep and persistence; its hops over UDP and TCP are :mod:`~meshkey.dht.hops`.)
+
 :class:`DhtService` owns one :class:`~meshkey.dht.engine.DhtEngine` and does its I/O:
 
 - **In.** The node subscribes :meth:`DhtService.on_transport_event` to its event bus; each
