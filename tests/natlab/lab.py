@@ -852,6 +852,7 @@ class Lab:
         self._switch: subprocess.Popen[bytes] | None = None
         self._taps = 0
         self._lans = 0
+        self._router_addresses = 0
         self._wan_hosts = 0
         self._closed = False
         self.state: run_state.RunState | None = None
@@ -1010,6 +1011,20 @@ class Lab:
         self._record_host(host)
         return host
 
+    #: Public addresses the lab's tests and benchmarks name themselves (the seed, fixed public
+    #: hosts, renumbering targets): a router never gets one of them.
+    _FIXED_PUBLIC = frozenset({9, 10, *range(20, 40), 60, 77})
+
+    def _next_router_address(self) -> str:
+        """The next router WAN address, 203.0.113.1 upwards, skipping the fixed ones (the
+        tenth router used to take the seed's 203.0.113.10)."""
+        while True:
+            self._router_addresses += 1
+            if self._router_addresses >= 100:  # 100 and up are public hosts'
+                raise LabError("the lab has no router address left")
+            if self._router_addresses not in self._FIXED_PUBLIC:
+                return f"203.0.113.{self._router_addresses}"
+
     def add_router(
         self,
         name: str,
@@ -1033,7 +1048,7 @@ class Lab:
             lan_prefix = f"10.{self._lans}.0"
         if behind is None:
             if wan_address is None:
-                wan_address = f"203.0.113.{self._lans}"
+                wan_address = self._next_router_address()
             tap = self._wan_port(name, netns)
             wan_lines = self._wan_lines(tap, wan_address)
         else:
