@@ -1,5 +1,9 @@
 """One end of a secure channel, sans-IO: handshake with identity proofs, then sealed messages.
 
+(Over 600 lines on purpose: one machine, the session's handshakes (XX, IK and the fallback
+between them) and its data; the key schedules are :mod:`~meshkey.channel.keys`, the Noise
+patterns :mod:`~meshkey.channel.noise`; a ninth of it is this theory of operation.)
+
 Bytes in (channel payloads, :mod:`meshkey.wire.channel`), results out; no sockets, no clock.
 
 After the handshake each side knows the other's NodeId: it checked that the NodeId's
