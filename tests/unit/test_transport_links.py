@@ -23,6 +23,7 @@ from meshkey.transport.udp import QuicTransport
 from meshkey.transport.udp_socket import UdpEndpoint
 from meshkey.wire.frames import FrameDecoder, encode_frame
 from meshkey.wire.hop import Close, CloseCode, Ping, decode_hop_frame
+from meshkey.wire.message import ErrorCode
 from meshkey.wire.net import Endpoint
 from meshkey.wire.udp import ControlKind, Stale, decode_nudge_packet
 
@@ -373,3 +374,48 @@ def _no_real_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a unit test tried to bind a real UDP socket")
 
     monkeypatch.setattr(UdpEndpoint, "bind", refuse)
+
+
+class DialledPipeLink(PipeLink):
+    """An outbound PipeLink whose "TLS" presents SERVER's certificate at once."""
+
+    async def _connect(self) -> Any:
+        return SERVER.node_id
+
+
+class DiallingTransport(PipeTransport):
+    def _new_outbound(self, address: TransportAddress) -> HopLink:
+        return DialledPipeLink(self, "outbound", address.endpoint, address.node_id, address)
+
+
+async def test_a_dial_whose_authentication_times_out_is_tried_once_more_with_what_waited() -> None:
+    """The server never says SERVER_HELLO (its packets lost): the first dial times out, a
+    second one takes over the queued message (nothing left the node, so nothing can arrive
+    twice), and when it times out too the message fails with TIMEOUT, not AUTH_FAILED."""
+    transport = DiallingTransport(CLIENT)
+    answers: list[Message] = []
+
+    async def collect(message: Message) -> None:
+        answers.append(message)
+
+    transport.router.register("_reply", collect, inline=True)
+    target = TransportAddress.from_socket("tcp", "192.0.2.9", 4000, SERVER.node_id)
+    message = Message((target, ServiceAddress("echo")), (ServiceAddress("_reply"),), b"hello")
+    await transport.send(target, message.step())
+    first = transport.outbound(target)
+    await asyncio.sleep(0)
+    first._timer._expired()  # the authentication deadline passed with no SERVER_HELLO
+    await asyncio.wait_for(first.settled.wait(), WAIT)
+    second = transport.outbound(target)
+    assert first.closed and second is not first and not answers
+    assert list(second._queue) == [message.step()] and second.redials_left == 0
+    await asyncio.sleep(0)
+    second._timer._expired()
+    await asyncio.wait_for(second.settled.wait(), WAIT)
+    for _ in range(10):
+        if answers:
+            break
+        await asyncio.sleep(0)
+    [answer] = answers
+    code, text = answer.error()
+    assert code is ErrorCode.TIMEOUT and "authentication timed out" in text

@@ -77,6 +77,9 @@ MAX_UNAUTHENTICATED_PER_SOURCE = 8
 INBOUND_AUTH_TIMEOUT = 5.0
 #: Events handled before a link's task lets others run.
 EVENTS_PER_TURN = 64
+#: An outbound dial whose authentication timed out is tried this many times more before what
+#: waited for it fails (issue 22: a lossy handshake retries within the caller's timeout).
+AUTH_REDIALS = 1
 #: Malformed messages an authenticated peer may send (a bug now and then is forgiven; a
 #: stream of them closes the hop).
 MALFORMED_PER_SECOND = 10.0
@@ -168,12 +171,17 @@ class LinkTransport:
         """The link to ``address``: an open or opening one, else a new one (dialling). A
         link under suspicion (silent since it was asked to prove itself) is not handed out:
         a new one is dialled beside it, and the old one closes unless it answers."""
-        key = (address.host, address.port, address.node_id)
-        link = self._outbound.get(key)
+        link = self._outbound.get((address.host, address.port, address.node_id))
         if link is None or link.closed or link.core.suspected:
-            link = self._new_outbound(address)
-            self._outbound[key] = link
-            link.start_outbound()
+            link = self.dial(address)
+        return link
+
+    def dial(self, address: TransportAddress) -> HopLink:
+        """A new outbound link to ``address``, dialling, the one :meth:`outbound` hands out
+        from now on (whatever link it handed out before)."""
+        link = self._new_outbound(address)
+        self._outbound[(address.host, address.port, address.node_id)] = link
+        link.start_outbound()
         return link
 
     def question_older_hops(self, inbound: HopLink) -> None:
@@ -291,6 +299,8 @@ class HopLink:
         self.settled = asyncio.Event()
         self.monitor: LinkMonitor | None = None
         self.punched = False  # dialled over an address a hole punch found
+        #: Outbound: dials left after one whose authentication times out (see _redial).
+        self.redials_left = AUTH_REDIALS
         self._malformed = TokenBucket(MALFORMED_PER_SECOND, MALFORMED_BURST)
         self._counted_stranger = direction == "inbound"
         if self._counted_stranger:
@@ -608,7 +618,29 @@ class HopLink:
             HopRefused(self.transport.protocol, self.remote, self.direction, reason)
         )
         error = ErrorCode.TIMEOUT if timed_out else ErrorCode.AUTH_FAILED
+        if timed_out and self.redials_left > 0 and self.target is not None and self._queue:
+            await self._redial(reason)
+            return
         await self.close(CloseCode.AUTH_FAILED, reason, error, public="hop authentication failed")
+
+    async def _redial(self, reason: str) -> None:
+        """An outbound hop whose authentication timed out (a lossy path can lose handshake
+        packets past QUIC's backoff) is dialled once more, and what waited for it waits for
+        the new one: none of it left this node, so nothing can arrive twice. Its senders'
+        own timeouts still bound the wait."""
+        assert self.target is not None
+        waiting = list(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        fresh = self.transport.dial(self.target)
+        fresh.redials_left = self.redials_left - 1
+        log.info("hop.redial", remote=f"{self.remote[0]}:{self.remote[1]}", waiting=len(waiting))
+        for message in waiting:
+            try:
+                await fresh.enqueue(message)
+            except RoutingError as exc:
+                await self.transport.router.fail(message, exc.code, exc.text)
+        await self.close(CloseCode.AUTH_FAILED, reason, ErrorCode.TIMEOUT)
 
     async def close(
         self,
