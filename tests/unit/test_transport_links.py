@@ -419,3 +419,20 @@ async def test_a_dial_whose_authentication_times_out_is_tried_once_more_with_wha
     [answer] = answers
     code, text = answer.error()
     assert code is ErrorCode.TIMEOUT and "authentication timed out" in text
+
+
+async def test_a_dial_the_peer_closes_before_authenticating_is_tried_once_more() -> None:
+    """Over a lossy path the server's own (shorter) deadline can run out first and it closes
+    the connection: that dial, too, is tried once more with what waited for it."""
+    transport = DiallingTransport(CLIENT)
+    target = TransportAddress.from_socket("tcp", "192.0.2.9", 4000, SERVER.node_id)
+    message = Message((target, ServiceAddress("echo")), (ServiceAddress("_reply"),), b"hello")
+    await transport.send(target, message.step())
+    first = transport.outbound(target)
+    assert isinstance(first, PipeLink)
+    await asyncio.sleep(0)
+    first.incoming.put_nowait(b"")  # the peer closed the connection
+    await asyncio.wait_for(first.settled.wait(), WAIT)
+    second = transport.outbound(target)
+    assert first.closed and second is not first
+    assert list(second._queue) == [message.step()] and second.redials_left == 0

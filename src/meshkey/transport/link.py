@@ -389,14 +389,20 @@ class HopLink:
             while await self._read_once():
                 pass
             if not self.closed:
+                if not self.core.is_open and self._may_redial():
+                    # The peer gave up on a handshake a lossy path slowed (its own deadline).
+                    await self._redial("peer closed the connection during authentication")
+                    return
                 during = "" if self.core.is_open else " during authentication"
                 await self.close(
                     CloseCode.NORMAL, f"peer closed the connection{during}", ErrorCode.UNREACHABLE
                 )
         except (LinkError, OSError, asyncio.IncompleteReadError) as exc:
-            await self.close(
-                CloseCode.NORMAL, f"connection lost: {describe_error(exc)}", ErrorCode.UNREACHABLE
-            )
+            reason = f"connection lost: {describe_error(exc)}"
+            if not self.closed and not self.core.is_open and self._may_redial():
+                await self._redial(reason)
+                return
+            await self.close(CloseCode.NORMAL, reason, ErrorCode.UNREACHABLE)
 
     def _opened(self) -> None:
         peer = self.core.peer
@@ -618,16 +624,26 @@ class HopLink:
             HopRefused(self.transport.protocol, self.remote, self.direction, reason)
         )
         error = ErrorCode.TIMEOUT if timed_out else ErrorCode.AUTH_FAILED
-        if timed_out and self.redials_left > 0 and self.target is not None and self._queue:
+        if timed_out and self._may_redial():
             await self._redial(reason)
             return
         await self.close(CloseCode.AUTH_FAILED, reason, error, public="hop authentication failed")
 
+    def _may_redial(self) -> bool:
+        """An outbound hop that never authenticated, with messages waiting and a redial left."""
+        return (
+            self.direction == "outbound"
+            and self.target is not None
+            and self.redials_left > 0
+            and bool(self._queue)
+        )
+
     async def _redial(self, reason: str) -> None:
-        """An outbound hop whose authentication timed out (a lossy path can lose handshake
-        packets past QUIC's backoff) is dialled once more, and what waited for it waits for
-        the new one: none of it left this node, so nothing can arrive twice. Its senders'
-        own timeouts still bound the wait."""
+        """An outbound hop whose authentication timed out or that its peer closed before it
+        was authenticated (a lossy path can lose handshake packets past QUIC's or TCP's
+        backoff, and the peer has its own deadline) is dialled once more, and what waited for
+        it waits for the new one: none of it left this node, so nothing can arrive twice.
+        Its senders' own timeouts still bound the wait."""
         assert self.target is not None
         waiting = list(self._queue)
         self._queue.clear()
