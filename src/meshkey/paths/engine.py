@@ -89,7 +89,10 @@ PUNCH_HOP_WINDOW = 30.0
 #: A direct path silent this long after traffic went out on it is passed over for new
 #: traffic (it is declared dead a little later: PathConfig.dead_after).
 SUSPECT_AFTER = 0.5
-MAX_EARLY_SIGNALS = 4  # punch messages kept for a peer whose channel is not open yet
+#: Punch messages kept for a peer whose channel is not open yet (this node's own: a birthday
+#: punch's CREDIT alone is 12 of them, and with 4 the rest were dropped, so the peer's spray
+#: stopped at ~560 of its 2,048 probes and about one birthday punch in a hundred missed).
+MAX_EARLY_SIGNALS = 32
 #: A punch waits for this node's own classification when a round is due this soon.
 CLASSIFY_SOON = 1.0
 CAPABILITIES = frozenset({Capability.BIRTHDAY, Capability.LOW_TTL, Capability.TCP_DIAL})
