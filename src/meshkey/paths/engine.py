@@ -359,23 +359,25 @@ class PathEngine:
                 return name
         return None
 
-    def on_heard_elsewhere(self, peer: NodeId, link: str | None, now: float) -> None:
+    def on_heard_elsewhere(self, peer: NodeId, link: str | None, now: float) -> bool:
         """Channel traffic from ``peer`` arrived over ``link`` (None: not over a hop of ours
         to it, e.g. through its relay) while its current path is a direct hop: when that is
         not the hop it came over, the peer is not reaching us on it, so the path is suspected
         at once (new traffic takes the relay, and a ping asks whether it is alive) instead of
-        after our own sends go unanswered (issue 18: a path broken toward us)."""
+        after our own sends go unanswered (issue 18: a path broken toward us). True when it
+        did: the glue has commands to drain (called per message, so cheap when it did not)."""
         current = self.hop_link(peer)
         if current is None or link == current:
-            return
+            return False
         key = self.paths.current_path(peer)
         path = next((p for p in self.paths.paths(peer) if p.key == key), None)
         if path is None:
-            return
+            return False
         # Just past the allowance, so hop_link passes the path over from this instant.
         unanswered = _suspect_allowance(path.srtt) + 0.001
         self.paths.suspect_current(peer, now, unanswered_for=unanswered)
         self._drain_cores(now)
+        return True
 
     # -- punch packets ------------------------------------------------------------------
 

@@ -305,11 +305,8 @@ class PathService(PeerResolution):
         """A channel message from ``peer`` arrived over the hop link ``worker`` (its return
         route's first hop; None if it came some other way): if that is not our current
         direct hop to it, the engine suspects the hop (see ``on_heard_elsewhere``)."""
-        current = self.engine.hop_link(peer)
-        if current is None or current == worker:
-            return
-        self.engine.on_heard_elsewhere(peer, worker, self.now())
-        self.wake()
+        if self.engine.on_heard_elsewhere(peer, worker, self.now()):
+            self.wake()
 
     def direct_route(self, peer: NodeId) -> Route | None:
         name = self.engine.hop_link(peer, self.now())
